@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Runs the full Chorus test suite from a clean clone (also what CI runs):
+# packages, rustfmt, clippy, a private RabbitMQ + Redis pair on test ports
+# (always stopped on exit), build, then `cargo test`.
+#
+# Usage: deploy/test.sh [EXTRA CARGO TEST ARGS...]
+#   extra args go to the test binaries, after `--`, e.g.
+#   deploy/test.sh some_test_name --nocapture
+# Settings (environment): CHORUS_TEST_STATE_DIR (default <repo>/.chorus/test),
+# CHORUS_TEST_AMQP_PORT (5690), CHORUS_TEST_REDIS_PORT (6400),
+# CHORUS_TEST_THREADS (4), CARGO (cargo).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+cd "$REPO_DIR"
+
+CARGO="${CARGO:-cargo}"
+TEST_THREADS="${CHORUS_TEST_THREADS:-4}"
+
+export CHORUS_TEST_STATE_DIR="${CHORUS_TEST_STATE_DIR:-$REPO_DIR/.chorus/test}"
+export CHORUS_TEST_AMQP_PORT="${CHORUS_TEST_AMQP_PORT:-5690}"
+export CHORUS_TEST_REDIS_PORT="${CHORUS_TEST_REDIS_PORT:-6400}"
+export CHORUS_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$CHORUS_TEST_AMQP_PORT/%2f"
+export CHORUS_TEST_REDIS_URL="redis://127.0.0.1:$CHORUS_TEST_REDIS_PORT"
+# services.sh (also when the test harness calls `services.sh vhost NAME`)
+# then targets the test pair, never the dev one.
+export CHORUS_STATE_DIR="$CHORUS_TEST_STATE_DIR"
+export CHORUS_AMQP_PORT="$CHORUS_TEST_AMQP_PORT"
+export CHORUS_REDIS_PORT="$CHORUS_TEST_REDIS_PORT"
+# Tests must not pick up a developer's own endpoints by accident.
+unset CHORUS_AMQP_URL CHORUS_REDIS_URL
+export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
+
+T0=$SECONDS
+CURRENT_STEP="setup"
+
+section() {
+    CURRENT_STEP="$1"
+    printf '\n\n======================================================================\n' >&2
+    printf '== %s   (t+%ss)\n' "$1" "$((SECONDS - T0))" >&2
+    printf '======================================================================\n' >&2
+}
+
+SERVICES_STARTED=0
+on_exit() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if ((SERVICES_STARTED)); then
+        printf '\n== stopping test services\n' >&2
+        "$SCRIPT_DIR/services.sh" stop || true
+    fi
+    if ((rc == 0)); then
+        printf '\n== ALL CHECKS PASSED in %ss\n' "$((SECONDS - T0))" >&2
+    else
+        printf '\n== FAILED at step "%s" (exit %s) after %ss\n' "$CURRENT_STEP" "$rc" "$((SECONDS - T0))" >&2
+        if ((SERVICES_STARTED)); then
+            printf '   service logs: %s/rabbitmq/log/ %s/redis/redis.log\n' \
+                "$CHORUS_TEST_STATE_DIR" "$CHORUS_TEST_STATE_DIR" >&2
+        fi
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+section "Packages (rabbitmq-server, redis-server)"
+"$SCRIPT_DIR/services.sh" install
+"$CARGO" --version
+if ! "$CARGO" fmt --version >/dev/null 2>&1 || ! "$CARGO" clippy --version >/dev/null 2>&1; then
+    if command -v rustup >/dev/null 2>&1; then
+        rustup component add rustfmt clippy
+    fi
+fi
+
+section "cargo fmt --all --check"
+"$CARGO" fmt --all --check
+
+section "cargo clippy --workspace --all-targets -- -D warnings"
+"$CARGO" clippy --workspace --all-targets -- -D warnings
+
+section "Private RabbitMQ + Redis on 127.0.0.1:$CHORUS_TEST_AMQP_PORT / :$CHORUS_TEST_REDIS_PORT"
+SERVICES_STARTED=1
+# Start from empty brokers: stop leftovers of an aborted run, drop their data.
+"$SCRIPT_DIR/services.sh" stop
+rm -rf "$CHORUS_TEST_STATE_DIR/rabbitmq" "$CHORUS_TEST_STATE_DIR/redis"
+"$SCRIPT_DIR/services.sh" start
+"$SCRIPT_DIR/services.sh" status
+env | grep '^CHORUS_TEST_' | sort >&2
+
+section "cargo build --workspace --bins"
+"$CARGO" build --workspace --bins
+
+section "cargo test --workspace -- --test-threads=$TEST_THREADS${*:+ $*}"
+"$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@"
+
+CURRENT_STEP="done"

@@ -1,0 +1,461 @@
+//! The orchestrator: takes tasks from `chorus.tasks`, validates them, plans them with their
+//! kind's planner, records the plan in Redis and publishes the subtasks with confirms, acking a
+//! task only once every one of its subtasks is confirmed.
+
+use std::{sync::Arc, time::Duration};
+
+use chorus_shared::{
+    amqp::{self, Outgoing},
+    config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    consume::{self, check_size, earlier_deliveries, ConsumeConfig, Disposition, Session},
+    error::{ProtocolError, ServiceError},
+    finish::{self, panic_message, reply_target, Finisher},
+    kinds::Registry,
+    protocol::{self, Encoding, Outcome, ReplyTarget, SubtaskMessage, TaskRequest},
+    store::{Claim, Store, TaskKeys, TaskState},
+    topology,
+};
+use clap::Parser;
+use lapin::message::Delivery;
+use serde_bytes::ByteBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `chorus-orchestrator`.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "chorus-orchestrator",
+    version,
+    about = "Chorus orchestrator: plans tasks from chorus.tasks into subtasks and publishes them.",
+    long_about = "Chorus orchestrator: consumes tasks from the chorus.tasks queue, validates them, \
+                  calls their kind's planner, records the plan in Redis and publishes the subtasks \
+                  to chorus.subtasks with publisher confirms. A task is acked only when all its \
+                  subtasks are confirmed; after a crash the redelivered task resumes publishing \
+                  where the confirmed prefix ends. Run any number of them."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub outcomes: OutcomeArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Tasks planned and published at once by this process (also its prefetch).
+    #[arg(long, env = "CHORUS_ORCHESTRATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Subtasks published per batch; the batch's confirms are awaited together and then the
+    /// confirmed prefix is saved in Redis.
+    #[arg(long, env = "CHORUS_PUBLISH_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub publish_batch: u64,
+
+    /// Most subtasks one task may plan; a larger plan rejects the task.
+    #[arg(long, env = "CHORUS_MAX_SUBTASKS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subtasks: u64,
+
+    /// Retry delays go up to this, so the delay queues are declared up to it (keep equal to
+    /// the workers' --retry-max-delay-ms).
+    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_delay_ms: u64,
+}
+
+struct Orchestrator {
+    config: Config,
+    registry: Registry,
+    finisher: Finisher,
+}
+
+/// Runs the orchestrator until `shutdown` is cancelled.
+///
+/// # Errors
+/// Redis cannot be reached at start-up.
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
+    store.warn_about_settings().await;
+    tracing::info!(kinds = ?registry.names(), "orchestrator starting");
+    let consume_config = ConsumeConfig {
+        queue: topology::TASKS_QUEUE.to_owned(),
+        prefetch: config.concurrency,
+        concurrency: usize::from(config.concurrency),
+        grace: config.shutdown.grace(),
+    };
+    let amqp_url = config.connect.amqp_url.clone();
+    let publish_timeout = config.connect.publish_timeout();
+    let max_delay = Duration::from_millis(config.retry_max_delay_ms);
+    consume::run_sessions(
+        "chorus-orchestrator",
+        &amqp_url,
+        publish_timeout,
+        shutdown.clone(),
+        |session: Arc<Session>| {
+            let orchestrator = Arc::new(Orchestrator {
+                finisher: Finisher {
+                    store: store.clone(),
+                    publisher: session.publisher.clone(),
+                    registry: registry.clone(),
+                    outcome_ttl: config.outcomes.outcome_ttl(),
+                    lease: config.outcomes.lease(),
+                },
+                config: config.clone(),
+                registry: registry.clone(),
+            });
+            let consume_config = consume_config.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                topology::declare(session.publisher.channel(), max_delay).await?;
+                consume::consume(&session, &consume_config, &shutdown, move |delivery| {
+                    let orchestrator = Arc::clone(&orchestrator);
+                    async move { orchestrator.handle(&delivery).await }
+                })
+                .await
+            }
+        },
+    )
+    .await;
+    tracing::info!("orchestrator stopped");
+    Ok(())
+}
+
+/// A request that is not a runnable task: it is answered `rejected` and dead-lettered.
+struct Refusal {
+    id: String,
+    error: ProtocolError,
+}
+
+impl Orchestrator {
+    async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+        let properties = &delivery.properties;
+        let encoding = Encoding::from_content_type(amqp::property_str(properties.content_type()));
+        let fallback_id = amqp::property_str(properties.message_id())
+            .or(amqp::property_str(properties.correlation_id()))
+            .unwrap_or("")
+            .to_owned();
+        let parsed = encoding
+            .map_err(|error| Refusal {
+                id: fallback_id.clone(),
+                error,
+            })
+            .and_then(|encoding| {
+                self.parse(delivery, encoding)
+                    .map(|(id, request)| (id, request, encoding))
+            });
+        match parsed {
+            Ok((id, request, encoding)) => self.run_task(delivery, id, request, encoding).await,
+            Err(refusal) => {
+                let encoding =
+                    Encoding::from_content_type(amqp::property_str(properties.content_type()))
+                        .unwrap_or(Encoding::Msgpack);
+                if let Some(waiter) = reply_target(properties, &refusal.id, encoding) {
+                    finish::reply_rejected(
+                        &self.finisher.publisher,
+                        &waiter,
+                        &refusal.id,
+                        &refusal.error.to_string(),
+                    )
+                    .await?;
+                }
+                let task = Some(refusal.id).filter(|id| !id.is_empty());
+                Ok(Disposition::Reject(refusal.error, task, None))
+            }
+        }
+    }
+
+    fn parse(
+        &self,
+        delivery: &Delivery,
+        encoding: Encoding,
+    ) -> Result<(String, TaskRequest), Refusal> {
+        let properties = &delivery.properties;
+        let message_id = amqp::property_str(properties.message_id()).map(str::to_owned);
+        let refuse = |id: Option<&str>, error: ProtocolError| Refusal {
+            id: id.or(message_id.as_deref()).unwrap_or("").to_owned(),
+            error,
+        };
+        check_size(delivery, self.config.limits.max_message_bytes())
+            .map_err(|e| refuse(None, e))?;
+        let deliveries = earlier_deliveries(delivery);
+        if deliveries >= self.config.limits.max_deliveries {
+            return Err(refuse(
+                None,
+                ProtocolError::Invalid(format!(
+                    "delivered {deliveries} times without being acked; giving up on it as poison"
+                )),
+            ));
+        }
+        let request: TaskRequest = encoding
+            .decode(&delivery.data)
+            .map_err(|e| refuse(None, e))?;
+        let id = match request.id.clone().or(message_id.clone()) {
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        protocol::validate_task_id(&id).map_err(|e| refuse(None, e))?;
+        if request.kind.is_empty() {
+            return Err(refuse(
+                Some(&id),
+                ProtocolError::Invalid("kind must not be empty".into()),
+            ));
+        }
+        if let Some(options) = &request.options {
+            options.resolve().map_err(|e| refuse(Some(&id), e))?;
+        }
+        Ok((id, request))
+    }
+
+    async fn run_task(
+        &self,
+        delivery: &Delivery,
+        id: String,
+        request: TaskRequest,
+        encoding: Encoding,
+    ) -> Result<Disposition, ServiceError> {
+        let options = request.options.clone().unwrap_or_default().resolve()?;
+        let waiter = reply_target(&delivery.properties, &id, encoding);
+        let store = &self.finisher.store;
+        let claim = store
+            .claim(
+                &id,
+                waiter.as_ref(),
+                &request.kind,
+                &protocol::encode(&options)?,
+                &protocol::encode(&request.input)?,
+            )
+            .await?;
+        let state = match claim {
+            Claim::Finished(outcome) => {
+                tracing::info!(task = %id, status = outcome.status.as_str(), "duplicate of a finished task; replying with its outcome");
+                if let Some(waiter) = &waiter {
+                    self.finisher.reply(waiter, &outcome).await?;
+                }
+                return Ok(Disposition::Ack);
+            }
+            Claim::New => TaskState::Planning,
+            Claim::Exists(state) => state,
+        };
+        if matches!(state, TaskState::Running | TaskState::Finished) {
+            tracing::info!(task = %id, state = state.as_str(), "duplicate of a running task; its outcome will be sent to this submitter too");
+            return Ok(Disposition::Ack);
+        }
+        if self.registry.get(&request.kind).is_none() {
+            let reason = format!(
+                "unknown kind {:?}; this deployment knows: {}",
+                request.kind,
+                self.registry.names().join(", ")
+            );
+            return self.reject_task(&id, reason).await;
+        }
+        self.plan_and_publish(&id, waiter.as_ref()).await
+    }
+
+    /// Stores and delivers a `rejected` outcome for a claimed task; the request is dead-lettered.
+    async fn reject_task(&self, id: &str, reason: String) -> Result<Disposition, ServiceError> {
+        self.finisher
+            .conclude(&Outcome::rejected(id, reason.clone()))
+            .await?;
+        Ok(Disposition::Reject(
+            ProtocolError::Invalid(reason),
+            Some(id.to_owned()),
+            None,
+        ))
+    }
+
+    async fn plan_and_publish(
+        &self,
+        id: &str,
+        _waiter: Option<&ReplyTarget>,
+    ) -> Result<Disposition, ServiceError> {
+        let store = &self.finisher.store;
+        let keys = TaskKeys::new(id);
+        let lease = loop {
+            if let Some(lease) = store
+                .try_lease(&keys.plan_lease, self.config.outcomes.lease())
+                .await?
+            {
+                break lease;
+            }
+            // Another orchestrator (or this one, for a twin delivery) is on it; wait for it to
+            // finish or for its lease to lapse.
+            match store.task(id).await? {
+                Some(record)
+                    if matches!(record.state, TaskState::Planning | TaskState::Planned) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                _ => return Ok(Disposition::Ack),
+            }
+        };
+        let result = self.plan_and_publish_leased(id).await;
+        if let Err(error) = lease.release().await {
+            tracing::debug!(task = id, %error, "cannot release plan lease; it lapses by itself");
+        }
+        result
+    }
+
+    async fn plan_and_publish_leased(&self, id: &str) -> Result<Disposition, ServiceError> {
+        let store = &self.finisher.store;
+        let Some(record) = store.task(id).await? else {
+            return Ok(Disposition::Ack);
+        };
+        let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
+        match record.state {
+            TaskState::Planning => {
+                let Some(kind) = self.registry.get(&record.kind) else {
+                    return self
+                        .reject_task(id, format!("unknown kind {:?}", record.kind))
+                        .await;
+                };
+                let input = record.input.clone();
+                let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;
+                let payloads = match planned {
+                    Ok(Ok(payloads)) => payloads,
+                    Ok(Err(error)) => {
+                        return self
+                            .reject_task(
+                                id,
+                                format!("invalid input for kind {:?}: {error}", record.kind),
+                            )
+                            .await;
+                    }
+                    Err(join) => {
+                        return self
+                            .reject_task(
+                                id,
+                                format!(
+                                    "planner of kind {:?} panicked: {}",
+                                    record.kind,
+                                    panic_message(join)
+                                ),
+                            )
+                            .await;
+                    }
+                };
+                if payloads.len() as u64 > self.config.max_subtasks {
+                    return self
+                        .reject_task(
+                            id,
+                            format!(
+                                "plan has {} subtasks; the limit is {}",
+                                payloads.len(),
+                                self.config.max_subtasks
+                            ),
+                        )
+                        .await;
+                }
+                let room = self.config.limits.max_message_bytes().saturating_sub(1024);
+                if let Some((index, big)) =
+                    payloads.iter().enumerate().find(|(_, p)| p.len() > room)
+                {
+                    return self
+                        .reject_task(
+                            id,
+                            format!(
+                                "subtask {index} is {} bytes; the limit is {room}",
+                                big.len()
+                            ),
+                        )
+                        .await;
+                }
+                store.record_plan(id, &payloads).await?;
+                tracing::info!(task = id, kind = %record.kind, subtasks = payloads.len(), "task planned");
+                self.publish(
+                    id,
+                    &record.kind,
+                    &options,
+                    0,
+                    payloads.len() as u64,
+                    Some(&payloads),
+                )
+                .await?;
+            }
+            TaskState::Planned => {
+                tracing::info!(
+                    task = id,
+                    published = record.published,
+                    total = record.total,
+                    "resuming publication of a planned task"
+                );
+                self.publish(
+                    id,
+                    &record.kind,
+                    &options,
+                    record.published,
+                    record.total,
+                    None,
+                )
+                .await?;
+            }
+            TaskState::Running | TaskState::Finished => {}
+        }
+        Ok(Disposition::Ack)
+    }
+
+    /// Publishes subtasks `from..total` batch by batch, saving the confirmed prefix after each.
+    async fn publish(
+        &self,
+        id: &str,
+        kind: &str,
+        options: &protocol::ResolvedOptions,
+        from: u64,
+        total: u64,
+        in_memory: Option<&[Vec<u8>]>,
+    ) -> Result<(), ServiceError> {
+        let store = &self.finisher.store;
+        let mut start = from;
+        while start < total {
+            let end = (start + self.config.publish_batch).min(total);
+            let loaded;
+            let payloads: &[Vec<u8>] = match in_memory {
+                Some(all) => all
+                    .get(
+                        usize::try_from(start).unwrap_or(usize::MAX)
+                            ..usize::try_from(end).unwrap_or(usize::MAX),
+                    )
+                    .unwrap_or(&[]),
+                None => {
+                    loaded = store.plan_range(id, start, end).await?;
+                    &loaded
+                }
+            };
+            let bodies = payloads
+                .iter()
+                .zip(start..)
+                .map(|(payload, index)| {
+                    protocol::encode(&SubtaskMessage {
+                        task: id.to_owned(),
+                        subtask: index.to_string(),
+                        kind: kind.to_owned(),
+                        attempt: 1,
+                        max_attempts: options.max_attempts,
+                        timeout_ms: options.timeout_ms,
+                        payload: ByteBuf::from(payload.clone()),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            self.finisher
+                .publisher
+                .publish_all(bodies.iter().map(|body| Outgoing {
+                    exchange: "",
+                    routing_key: topology::SUBTASKS_QUEUE,
+                    body,
+                    properties: amqp::persistent(protocol::MSGPACK),
+                    mandatory: false,
+                }))
+                .await?;
+            store.set_published(id, end).await?;
+            start = end;
+        }
+        store.mark_running(id, total).await?;
+        if total == 0 {
+            self.finisher.finish_if_settled(id).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,259 @@
+//! RabbitMQ plumbing: connections, confirmed publishing with time limits, acks that report
+//! loss, header access, and dead-lettering with a reason.
+
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, LongString, ShortString},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+};
+
+use crate::{error::BrokerError, topology};
+
+/// AMQP delivery mode of messages that survive a broker restart.
+const PERSISTENT: u8 = 2;
+
+/// Opens a connection named after the service (the name shows in the broker's connection list).
+///
+/// # Errors
+/// The broker cannot be reached or refuses the credentials.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    Ok(Connection::connect(url, properties).await?)
+}
+
+/// Properties of a persistent message in the given content type.
+pub fn persistent(content_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(PERSISTENT)
+        .with_content_type(ShortString::from(content_type))
+}
+
+/// One message to publish.
+#[derive(Debug)]
+pub struct Outgoing<'a> {
+    /// Exchange; empty for the default exchange.
+    pub exchange: &'a str,
+    /// Routing key (the queue name on the default exchange).
+    pub routing_key: &'a str,
+    /// Body.
+    pub body: &'a [u8],
+    /// Properties and headers.
+    pub properties: BasicProperties,
+    /// Fail with [`BrokerError::Unroutable`] when no queue takes the message.
+    pub mandatory: bool,
+}
+
+/// A channel in confirm mode: every publish returns only once the broker has taken
+/// responsibility for the message, or fails.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl Publisher {
+    /// Opens a confirm-mode channel on `connection`.
+    ///
+    /// # Errors
+    /// The channel cannot be opened or put in confirm mode.
+    pub async fn open(connection: &Connection, timeout: Duration) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel, timeout })
+    }
+
+    /// The underlying channel, e.g. to declare the topology.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn send(&self, message: Outgoing<'_>) -> Result<(), BrokerError> {
+        let routing_key = message.routing_key.to_owned();
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(message.exchange),
+                ShortString::from(message.routing_key),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..Default::default()
+                },
+                message.body,
+                message.properties,
+            )
+            .await?;
+        match confirm.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key)),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key)),
+        }
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    ///
+    /// # Errors
+    /// A negative confirm, an unroutable mandatory message, a dead channel, or no confirm
+    /// within the publish timeout.
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), BrokerError> {
+        tokio::time::timeout(self.timeout, self.send(message))
+            .await
+            .map_err(|_| BrokerError::Timeout("publish confirm", self.timeout_ms()))?
+    }
+
+    /// Publishes many messages with their confirms pipelined, and waits for all of them.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`], for the first message that fails; others may have been
+    /// published, so callers only use this for messages whose repetition is harmless.
+    pub async fn publish_all<'a>(
+        &self,
+        messages: impl IntoIterator<Item = Outgoing<'a>>,
+    ) -> Result<(), BrokerError> {
+        let sends = messages.into_iter().map(|message| self.send(message));
+        tokio::time::timeout(self.timeout, try_join_all(sends))
+            .await
+            .map_err(|_| BrokerError::Timeout("publish confirms", self.timeout_ms()))?
+            .map(|_| ())
+    }
+}
+
+/// Acks a delivery. lapin answers `false` when the channel is already gone, in which case the
+/// broker redelivers the message; that is reported as [`BrokerError::AckLost`], never as success.
+///
+/// # Errors
+/// The ack could not be sent.
+pub async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
+    if delivery.acker.ack(BasicAckOptions::default()).await? {
+        Ok(())
+    } else {
+        Err(BrokerError::AckLost)
+    }
+}
+
+/// A header's value as text, when it is a string.
+pub fn header_str(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(value) => {
+            Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
+        }
+        AMQPValue::ShortString(value) => Some(value.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// A header's value as an integer, whatever integer width the publisher chose.
+pub fn header_u64(properties: &BasicProperties, name: &str) -> Option<u64> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+        AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+        AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+        AMQPValue::Timestamp(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// A short-string property (`reply_to`, `correlation_id`, ...) as `&str`.
+pub fn property_str(value: &Option<ShortString>) -> Option<&str> {
+    value
+        .as_ref()
+        .map(ShortString::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+/// The properties of `original` worth keeping on a dead-lettered copy: not `expiration` (the
+/// copy must stay) nor `user_id` (the broker refuses one that is not the publisher's own).
+fn copy_for_dead_letter(original: &BasicProperties) -> BasicProperties {
+    let mut copy = BasicProperties::default().with_delivery_mode(PERSISTENT);
+    if let Some(value) = original.content_type() {
+        copy = copy.with_content_type(value.clone());
+    }
+    if let Some(value) = original.content_encoding() {
+        copy = copy.with_content_encoding(value.clone());
+    }
+    if let Some(value) = original.correlation_id() {
+        copy = copy.with_correlation_id(value.clone());
+    }
+    if let Some(value) = original.reply_to() {
+        copy = copy.with_reply_to(value.clone());
+    }
+    if let Some(value) = original.message_id() {
+        copy = copy.with_message_id(value.clone());
+    }
+    if let Some(value) = original.timestamp() {
+        copy = copy.with_timestamp(*value);
+    }
+    if let Some(value) = original.kind() {
+        copy = copy.with_type(value.clone());
+    }
+    if let Some(value) = original.app_id() {
+        copy = copy.with_app_id(value.clone());
+    }
+    copy
+}
+
+/// What is known about a message being dead-lettered.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadLetter<'a> {
+    /// Queue the message was consumed from.
+    pub source_queue: &'a str,
+    /// Why Chorus gives up on it, for the operator.
+    pub reason: &'a str,
+    /// Its task, when known.
+    pub task: Option<&'a str>,
+    /// Its subtask, when known.
+    pub subtask: Option<&'a str>,
+}
+
+/// Publishes a copy of a message to `chorus.dead`, with its original body and properties and
+/// headers naming the reason and origin. Expiration is dropped so the copy stays.
+///
+/// # Errors
+/// The copy could not be published and confirmed; the caller must then not ack the original.
+pub async fn dead_letter(
+    publisher: &Publisher,
+    body: &[u8],
+    original: &BasicProperties,
+    letter: DeadLetter<'_>,
+) -> Result<(), BrokerError> {
+    let mut headers = original.headers().clone().unwrap_or_default();
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()));
+    headers.insert(
+        ShortString::from(topology::REASON_HEADER),
+        text(letter.reason),
+    );
+    headers.insert(
+        ShortString::from(topology::SOURCE_QUEUE_HEADER),
+        text(letter.source_queue),
+    );
+    if let Some(task) = letter.task {
+        headers.insert(ShortString::from(topology::TASK_HEADER), text(task));
+    }
+    if let Some(subtask) = letter.subtask {
+        headers.insert(ShortString::from(topology::SUBTASK_HEADER), text(subtask));
+    }
+    let properties = copy_for_dead_letter(original).with_headers(headers);
+    publisher
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: topology::DEAD_QUEUE,
+            body,
+            properties,
+            mandatory: false,
+        })
+        .await
+}

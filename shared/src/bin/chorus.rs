@@ -1,0 +1,279 @@
+//! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
+//! progress bar), show a task's state, print its outcome.
+
+use std::{io::IsTerminal, process::ExitCode, time::Duration};
+
+use chorus_shared::{
+    client::{Client, ClientError},
+    config::{ConnectArgs, EXIT_USAGE},
+    protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
+};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Exit code for a `failed` outcome.
+const EXIT_FAILED: u8 = 1;
+/// Exit code for a `rejected` outcome.
+const EXIT_REJECTED: u8 = 3;
+/// Exit code when there is no such task or no outcome yet (or the wait timed out).
+const EXIT_NO_OUTCOME: u8 = 4;
+/// Exit code when RabbitMQ or Redis cannot be used (BSD `EX_UNAVAILABLE`).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chorus",
+    version,
+    about = "Submit Chorus tasks and follow them.",
+    after_help = "Exit codes: 0 succeeded or partial, 1 failed, 3 rejected, 4 no such task / no \
+                  outcome yet / wait timed out, 64 bad usage, 69 RabbitMQ or Redis unavailable."
+)]
+struct Cli {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Submit a task; prints its id, or with --wait its outcome as JSON.
+    Submit {
+        /// Kind of the task, e.g. range-sum or wordfreq.
+        #[arg(long)]
+        kind: String,
+        /// Task input: JSON text, or @FILE to read JSON from a file.
+        #[arg(long)]
+        input: String,
+        /// Task id (default: a new UUID). Submitting an id again runs nothing new: you get the
+        /// same outcome.
+        #[arg(long)]
+        id: Option<String>,
+        /// Wait for the outcome, with a progress bar on a terminal, and print it.
+        #[arg(long)]
+        wait: bool,
+        /// Attempts per subtask (default 3).
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        /// Time limit of one subtask attempt, in ms (default 300000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// What a failed subtask does to the task: fail (default) or continue (partial result).
+        #[arg(long, value_parser = parse_on_failure)]
+        on_failure: Option<OnFailure>,
+        /// With --wait, give up waiting after this many seconds (the task goes on).
+        #[arg(long, default_value_t = 3600)]
+        wait_timeout_secs: u64,
+    },
+    /// Show a task's state and counters as JSON.
+    Status {
+        /// Task id.
+        id: String,
+    },
+    /// Print a finished task's outcome as JSON.
+    Result {
+        /// Task id.
+        id: String,
+    },
+}
+
+fn parse_on_failure(raw: &str) -> Result<OnFailure, String> {
+    match raw {
+        "fail" => Ok(OnFailure::Fail),
+        "continue" => Ok(OnFailure::Continue),
+        other => Err(format!("expected fail or continue, got {other:?}")),
+    }
+}
+
+fn read_input(raw: &str) -> Result<rmpv::Value, String> {
+    let text = match raw.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--input {path}: {e}"))?,
+        None => raw.to_owned(),
+    };
+    serde_json::from_str(&text).map_err(|e| format!("--input is not valid JSON: {e}"))
+}
+
+fn exit_code_of(status: Status) -> u8 {
+    match status {
+        Status::Succeeded | Status::Partial => 0,
+        Status::Failed => EXIT_FAILED,
+        Status::Rejected => EXIT_REJECTED,
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| format!("cannot print as JSON: {e}"))?;
+    println!("{text}");
+    Ok(())
+}
+
+enum Failure {
+    Usage(String),
+    Unavailable(ClientError),
+    NoOutcome(String),
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Self::Unavailable(error)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) if error.use_stderr() => {
+            drop(error.print());
+            return ExitCode::from(EXIT_USAGE as u8);
+        }
+        Err(error) => {
+            drop(error.print());
+            return ExitCode::SUCCESS;
+        }
+    };
+    if let Err(message) = cli.connect.validate() {
+        eprintln!("chorus: {message}");
+        return ExitCode::from(EXIT_USAGE as u8);
+    }
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(Failure::Usage(message)) => {
+            eprintln!("chorus: {message}");
+            ExitCode::from(EXIT_USAGE as u8)
+        }
+        Err(Failure::Unavailable(error)) => {
+            eprintln!("chorus: {error}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        Err(Failure::NoOutcome(message)) => {
+            eprintln!("chorus: {message}");
+            ExitCode::from(EXIT_NO_OUTCOME)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    match cli.command {
+        Command::Submit {
+            kind,
+            input,
+            id,
+            wait,
+            max_attempts,
+            timeout_ms,
+            on_failure,
+            wait_timeout_secs,
+        } => {
+            let input = read_input(&input).map_err(Failure::Usage)?;
+            let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let options = TaskOptions {
+                max_attempts,
+                timeout_ms,
+                on_failure,
+            };
+            let request = TaskRequest {
+                kind,
+                input,
+                id: Some(id.clone()),
+                options: (options != TaskOptions::default()).then_some(options),
+            };
+            let client = Client::connect(&cli.connect).await?;
+            if !wait {
+                client.submit(&request, None).await?;
+                print_json(&serde_json::json!({ "id": id })).map_err(Failure::Usage)?;
+                return Ok(0);
+            }
+            let mut replies = client.reply_queue().await?;
+            client.submit(&request, Some(&replies.name)).await?;
+            let outcome = wait_for_outcome(
+                &client,
+                &mut replies,
+                &id,
+                Duration::from_secs(wait_timeout_secs),
+            )
+            .await?;
+            print_json(&outcome).map_err(Failure::Usage)?;
+            Ok(exit_code_of(outcome.status))
+        }
+        Command::Status { id } => {
+            let client = Client::connect(&cli.connect).await?;
+            match client.status(&id).await? {
+                Some(status) => {
+                    print_json(&status).map_err(Failure::Usage)?;
+                    Ok(0)
+                }
+                None => Err(Failure::NoOutcome(format!(
+                    "no task {id:?} (unknown, or its record expired)"
+                ))),
+            }
+        }
+        Command::Result { id } => {
+            let client = Client::connect(&cli.connect).await?;
+            match client.outcome(&id).await? {
+                Some(outcome) => {
+                    print_json(&outcome).map_err(Failure::Usage)?;
+                    Ok(exit_code_of(outcome.status))
+                }
+                None => {
+                    let state = client
+                        .status(&id)
+                        .await?
+                        .map(|s| s.state)
+                        .unwrap_or("unknown");
+                    Err(Failure::NoOutcome(format!(
+                        "task {id:?} has no outcome yet (state: {state})"
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Waits for the outcome on the reply queue, drawing progress from Redis meanwhile. Redis is
+/// also a fallback: an outcome stored there counts even if its reply was missed.
+async fn wait_for_outcome(
+    client: &Client,
+    replies: &mut chorus_shared::client::ReplyQueue,
+    id: &str,
+    limit: Duration,
+) -> Result<Outcome, Failure> {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::new(0)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{bar:40}] {pos}/{len} subtasks settled · {msg} · {elapsed}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let outcome = loop {
+        tokio::select! {
+            reply = replies.next_outcome() => break reply?,
+            _ = tick.tick() => {
+                if tokio::time::Instant::now() >= deadline {
+                    bar.abandon();
+                    return Err(Failure::NoOutcome(format!("gave up waiting for task {id:?} after {} s; it goes on", limit.as_secs())));
+                }
+                if let Some(status) = client.status(id).await? {
+                    bar.set_length(status.subtasks);
+                    bar.set_position(status.settled);
+                    bar.set_message(status.state);
+                    if status.status.is_some() {
+                        if let Some(outcome) = client.outcome(id).await? {
+                            break outcome;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    bar.finish_and_clear();
+    Ok(outcome)
+}

@@ -1,0 +1,220 @@
+//! Client side: submitting tasks, waiting for outcomes on a private reply queue, and reading a
+//! task's state from Redis. The `chorus` CLI is a thin layer over this.
+
+use futures::StreamExt;
+use lapin::{
+    options::{BasicConsumeOptions, QueueDeclareOptions},
+    types::{FieldTable, ShortString},
+    Connection, Consumer,
+};
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::{
+    amqp::{self, Outgoing, Publisher},
+    config::ConnectArgs,
+    error::{BrokerError, ProtocolError, StoreError},
+    protocol::{self, Outcome, Status, TaskRequest},
+    store::{Store, TaskState},
+    topology,
+};
+
+/// A connection to both services, for submitting and watching tasks.
+pub struct Client {
+    connection: Connection,
+    publisher: Publisher,
+    store: Store,
+}
+
+/// A private, exclusive queue on which outcomes arrive.
+pub struct ReplyQueue {
+    /// Server-generated name, to put in `reply_to`.
+    pub name: String,
+    consumer: Consumer,
+}
+
+impl ReplyQueue {
+    /// The next outcome published to this queue, decoded from MessagePack or JSON.
+    ///
+    /// # Errors
+    /// The connection failed, the consumer was cancelled, or the message does not decode.
+    pub async fn next_outcome(&mut self) -> Result<Outcome, ClientError> {
+        let delivery = self
+            .consumer
+            .next()
+            .await
+            .ok_or(ClientError::Broker(BrokerError::Timeout(
+                "reply consumer (cancelled)",
+                0,
+            )))?
+            .map_err(BrokerError::from)?;
+        let encoding = protocol::Encoding::from_content_type(amqp::property_str(
+            delivery.properties.content_type(),
+        ))?;
+        Ok(encoding.decode(&delivery.data)?)
+    }
+}
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// RabbitMQ failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Redis failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A message could not be encoded or decoded.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl From<lapin::Error> for ClientError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
+
+/// What `chorus status` shows about a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskStatus {
+    /// Task id.
+    pub id: String,
+    /// `planning`, `planned`, `running` or `finished`.
+    pub state: &'static str,
+    /// Kind name.
+    pub kind: String,
+    /// Subtasks in the plan.
+    pub subtasks: u64,
+    /// Subtasks published and confirmed.
+    pub published: u64,
+    /// Subtasks settled so far (succeeded + failed).
+    pub settled: u64,
+    /// Settled as succeeded.
+    pub succeeded: u64,
+    /// Settled as failed.
+    pub failed: u64,
+    /// Retries so far.
+    pub retries: u64,
+    /// Final status, once finished.
+    pub status: Option<Status>,
+}
+
+impl Client {
+    /// Connects to RabbitMQ and Redis and makes sure the queues exist.
+    ///
+    /// # Errors
+    /// Either service is unreachable.
+    pub async fn connect(args: &ConnectArgs) -> Result<Self, ClientError> {
+        let store = Store::connect(&args.redis_url, args.redis_timeout()).await?;
+        let connection = amqp::connect(&args.amqp_url, "chorus client").await?;
+        let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
+        topology::declare(publisher.channel(), Duration::from_millis(100)).await?;
+        Ok(Self {
+            connection,
+            publisher,
+            store,
+        })
+    }
+
+    /// Declares an exclusive, server-named queue and consumes it.
+    ///
+    /// # Errors
+    /// The broker failed.
+    pub async fn reply_queue(&self) -> Result<ReplyQueue, ClientError> {
+        let channel = self.connection.create_channel().await?;
+        let queue = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let name = queue.name().as_str().to_owned();
+        let consumer = channel
+            .basic_consume(
+                ShortString::from(name.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(ReplyQueue { name, consumer })
+    }
+
+    /// Publishes a task request (MessagePack) to `chorus.tasks`, with a confirm. The request
+    /// must carry its id; it also goes in `message_id` and `correlation_id`.
+    ///
+    /// # Errors
+    /// The request has no id, or the broker did not confirm.
+    pub async fn submit(
+        &self,
+        request: &TaskRequest,
+        reply_to: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let id = request
+            .id
+            .as_deref()
+            .ok_or_else(|| ProtocolError::Invalid("a submitted request needs an id".into()))?;
+        protocol::validate_task_id(id)?;
+        let body = protocol::encode(request)?;
+        let mut properties = amqp::persistent(protocol::MSGPACK)
+            .with_message_id(ShortString::from(id))
+            .with_correlation_id(ShortString::from(id));
+        if let Some(reply_to) = reply_to {
+            properties = properties.with_reply_to(ShortString::from(reply_to));
+        }
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: topology::TASKS_QUEUE,
+                body: &body,
+                properties,
+                mandatory: true,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The state of a task, or `None` when Redis knows no such task.
+    ///
+    /// # Errors
+    /// Redis failed.
+    pub async fn status(&self, id: &str) -> Result<Option<TaskStatus>, ClientError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(None);
+        };
+        let status = if record.state == TaskState::Finished {
+            self.store.outcome(id).await?.map(|outcome| outcome.status)
+        } else {
+            None
+        };
+        Ok(Some(TaskStatus {
+            id: id.to_owned(),
+            state: record.state.as_str(),
+            kind: record.kind,
+            subtasks: record.total,
+            published: record.published,
+            settled: record.succeeded + record.failed,
+            succeeded: record.succeeded,
+            failed: record.failed,
+            retries: record.retries,
+            status,
+        }))
+    }
+
+    /// The stored outcome of a task, if it has one.
+    ///
+    /// # Errors
+    /// Redis failed.
+    pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, ClientError> {
+        Ok(self.store.outcome(id).await?)
+    }
+}

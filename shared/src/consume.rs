@@ -1,0 +1,351 @@
+//! The consume loop every service runs: reconnecting sessions, prefetch plus a concurrency
+//! bound, per-message error handling (bad input → `chorus.dead`, Redis trouble → retry in
+//! place, broker trouble → new session), and a bounded drain on shutdown.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::StreamExt;
+use lapin::{
+    message::Delivery,
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
+    types::{FieldTable, ShortString},
+    Channel, Connection,
+};
+use tokio::sync::{Mutex, Semaphore};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    amqp::{self, DeadLetter, Publisher},
+    config::redact_url,
+    error::{BrokerError, ProtocolError, ServiceError},
+    topology,
+};
+
+/// The two broker connections of a session: consuming and publishing are kept apart so that a
+/// publisher blocked by a broker alarm never stops acks from flowing.
+pub struct Session {
+    /// Connection for consumers and acks.
+    pub consume: Connection,
+    /// Connection for publishes.
+    pub publish: Connection,
+    /// Confirm-mode channel on the publish connection.
+    pub publisher: Publisher,
+}
+
+/// Reconnect pacing: quick first retries, then at most every five seconds.
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+async fn open_session(
+    url: &str,
+    name: &str,
+    publish_timeout: Duration,
+) -> Result<Session, BrokerError> {
+    let consume = amqp::connect(url, &format!("{name} (consume)")).await?;
+    let publish = amqp::connect(url, &format!("{name} (publish)")).await?;
+    let publisher = Publisher::open(&publish, publish_timeout).await?;
+    Ok(Session {
+        consume,
+        publish,
+        publisher,
+    })
+}
+
+async fn close_session(session: &Session) {
+    // Closing may fail on a dead connection; there is nothing left to do about it then.
+    drop(session.consume.close(200, ShortString::from("bye")).await);
+    drop(session.publish.close(200, ShortString::from("bye")).await);
+}
+
+/// Runs `serve` on a fresh session until it returns `Ok` (shutdown) — reconnecting with backoff
+/// whenever the broker connection fails. Each session starts from scratch: unacked messages of
+/// a failed session come back from the broker and are handled again.
+pub async fn run_sessions<F, Fut>(
+    name: &str,
+    amqp_url: &str,
+    publish_timeout: Duration,
+    shutdown: CancellationToken,
+    mut serve: F,
+) where
+    F: FnMut(Arc<Session>) -> Fut,
+    Fut: Future<Output = Result<(), ServiceError>>,
+{
+    let mut delays = reconnect_backoff();
+    while !shutdown.is_cancelled() {
+        let opened = tokio::select! {
+            () = shutdown.cancelled() => return,
+            opened = open_session(amqp_url, name, publish_timeout) => opened,
+        };
+        match opened {
+            Ok(session) => {
+                tracing::info!(broker = %redact_url(amqp_url), "connected to RabbitMQ");
+                delays = reconnect_backoff();
+                let session = Arc::new(session);
+                let served = serve(Arc::clone(&session)).await;
+                close_session(&session).await;
+                match served {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!(error = %error, "broker session ended; reconnecting")
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(broker = %redact_url(amqp_url), error = %error, "cannot connect to RabbitMQ; retrying");
+            }
+        }
+        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// How one consumer runs.
+#[derive(Clone, Debug)]
+pub struct ConsumeConfig {
+    /// Queue to consume.
+    pub queue: String,
+    /// `basic_qos` prefetch: deliveries the broker may hand over unacked.
+    pub prefetch: u16,
+    /// Deliveries handled at once (a permit per running handler).
+    pub concurrency: usize,
+    /// Time given to handlers in progress at shutdown.
+    pub grace: Duration,
+}
+
+/// What a handler tells the loop once it is done with a delivery.
+#[derive(Debug)]
+pub enum Disposition {
+    /// Handled: ack it.
+    Ack,
+    /// The message is bad: dead-letter it with this reason, then ack it.
+    Reject(ProtocolError, Option<String>, Option<String>),
+}
+
+/// Rejects a message before it is decoded if it is over the size limit.
+///
+/// # Errors
+/// [`ProtocolError::TooLarge`].
+pub fn check_size(delivery: &Delivery, limit: usize) -> Result<(), ProtocolError> {
+    if delivery.data.len() > limit {
+        Err(ProtocolError::TooLarge {
+            size: delivery.data.len(),
+            limit,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Earlier deliveries of this message, as counted by the (quorum) queue.
+pub fn earlier_deliveries(delivery: &Delivery) -> u64 {
+    amqp::header_u64(&delivery.properties, topology::DELIVERY_COUNT_HEADER).unwrap_or(0)
+}
+
+/// Pause between attempts to handle one message while Redis is failing.
+fn store_retry_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Consumes `config.queue` on a new channel of `session`, running `handler` for each delivery
+/// under the concurrency bound, until `shutdown` (returns `Ok`) or a broker failure (returns the
+/// error, so the caller starts a new session).
+///
+/// # Errors
+/// The broker side failed; the session must be rebuilt.
+pub async fn consume<H, Fut>(
+    session: &Session,
+    config: &ConsumeConfig,
+    shutdown: &CancellationToken,
+    handler: H,
+) -> Result<(), ServiceError>
+where
+    H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
+{
+    let channel: Channel = session.consume.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            ShortString::from(config.queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let tag = consumer.tag();
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
+
+    let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
+    let tracker = TaskTracker::new();
+    let broken = CancellationToken::new();
+    let failure: Arc<Mutex<Option<ServiceError>>> = Arc::new(Mutex::new(None));
+
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = broken.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let next = tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = broken.cancelled() => break,
+            next = consumer.next() => next,
+        };
+        let delivery = match next {
+            Some(Ok(delivery)) => Arc::new(delivery),
+            Some(Err(error)) => {
+                *failure.lock().await = Some(error.into());
+                break;
+            }
+            None => {
+                *failure.lock().await = Some(ServiceError::Broker(BrokerError::Timeout(
+                    "consumer (cancelled by the broker)",
+                    0,
+                )));
+                break;
+            }
+        };
+        let job = Job {
+            publisher: session.publisher.clone(),
+            queue: config.queue.clone(),
+            shutdown: shutdown.clone(),
+            broken: broken.clone(),
+            failure: Arc::clone(&failure),
+        };
+        let handler = handler.clone();
+        tracker.spawn(async move {
+            job.run(delivery, handler).await;
+            drop(permit);
+        });
+    }
+
+    // Stop new deliveries first, then give the running handlers their grace period.
+    drop(
+        channel
+            .basic_cancel(tag, BasicCancelOptions::default())
+            .await,
+    );
+    tracker.close();
+    if tokio::time::timeout(config.grace, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            queue = %config.queue,
+            grace_secs = config.grace.as_secs(),
+            "grace period over with work in progress; it returns to the queue"
+        );
+    }
+    let failed = failure.lock().await.take();
+    match failed {
+        Some(error) if !shutdown.is_cancelled() => Err(error),
+        _ => Ok(()),
+    }
+}
+
+struct Job {
+    publisher: Publisher,
+    queue: String,
+    shutdown: CancellationToken,
+    broken: CancellationToken,
+    failure: Arc<Mutex<Option<ServiceError>>>,
+}
+
+impl Job {
+    async fn run<H, Fut>(self, delivery: Arc<Delivery>, handler: H)
+    where
+        H: Fn(Arc<Delivery>) -> Fut,
+        Fut: Future<Output = Result<Disposition, ServiceError>>,
+    {
+        let mut delays = store_retry_backoff();
+        loop {
+            let outcome = match handler(Arc::clone(&delivery)).await {
+                Ok(disposition) => self.settle(&delivery, disposition).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(ServiceError::Store(error)) => {
+                    if self.shutdown.is_cancelled() || self.broken.is_cancelled() {
+                        return;
+                    }
+                    tracing::warn!(queue = %self.queue, error = %error, "Redis failed; retrying this message");
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(3))).await;
+                }
+                Err(ServiceError::Protocol(error)) => {
+                    // A handler that surfaces a protocol error unhandled means the message is bad.
+                    if let Err(error) = self
+                        .settle(&delivery, Disposition::Reject(error, None, None))
+                        .await
+                    {
+                        self.fail(error).await;
+                    }
+                    return;
+                }
+                Err(error) => {
+                    self.fail(error).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn fail(&self, error: ServiceError) {
+        let mut slot = self.failure.lock().await;
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        self.broken.cancel();
+    }
+
+    async fn settle(
+        &self,
+        delivery: &Delivery,
+        disposition: Disposition,
+    ) -> Result<(), ServiceError> {
+        if let Disposition::Reject(reason, task, subtask) = disposition {
+            let reason = reason.to_string();
+            tracing::warn!(
+                queue = %self.queue,
+                task = task.as_deref().unwrap_or(""),
+                subtask = subtask.as_deref().unwrap_or(""),
+                reason = %reason,
+                "message dead-lettered to chorus.dead"
+            );
+            amqp::dead_letter(
+                &self.publisher,
+                &delivery.data,
+                &delivery.properties,
+                DeadLetter {
+                    source_queue: &self.queue,
+                    reason: &reason,
+                    task: task.as_deref(),
+                    subtask: subtask.as_deref(),
+                },
+            )
+            .await?;
+        }
+        amqp::ack(delivery).await?;
+        Ok(())
+    }
+}

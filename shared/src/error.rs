@@ -1,0 +1,85 @@
+//! Error types of each layer, and the one question every consumer asks of them: retry or give up?
+
+use thiserror::Error;
+
+/// A message that cannot be understood. Never retried: the message is dead-lettered.
+#[derive(Debug, Error)]
+pub enum ProtocolError {
+    /// The body is not valid in its encoding, or lacks or mistypes a field.
+    #[error("cannot decode body: {0}")]
+    Decode(String),
+    /// A value could not be encoded (a bug, or a kind's output serde cannot represent).
+    #[error("cannot encode message: {0}")]
+    Encode(String),
+    /// The `content_type` property names an encoding Chorus does not speak.
+    #[error("unsupported content_type {0:?}; use application/msgpack or application/json")]
+    UnsupportedContentType(String),
+    /// The body is larger than the configured limit.
+    #[error("body is {size} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// Body size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The message decodes but breaks a rule of the protocol.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A failure talking to RabbitMQ.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// Anything lapin reports: connection, channel or protocol errors.
+    #[error("AMQP: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused a publish (negative confirm).
+    #[error("broker refused the publish to {0:?} (negative confirm)")]
+    Nacked(String),
+    /// A mandatory publish had no queue to go to.
+    #[error("no queue is bound for {0:?}; is the consuming service running?")]
+    Unroutable(String),
+    /// No confirm or reply came in time.
+    #[error("{0} timed out after {1} ms")]
+    Timeout(&'static str, u64),
+    /// An ack went to a channel that is gone; the broker will redeliver the message.
+    #[error("ack was not delivered: its channel is closed")]
+    AckLost,
+}
+
+/// A failure talking to Redis.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// Anything redis-rs reports, timeouts included.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Redis holds something Chorus did not write (or wrote with another version).
+    #[error("unexpected data in Redis: {0}")]
+    Corrupt(String),
+}
+
+/// Why a service stopped handling one message.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The broker side failed; the session is rebuilt and unacked messages come back.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Redis failed; the message is retried in place after a pause.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The message is bad; it is dead-lettered.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+impl From<lapin::Error> for ServiceError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(BrokerError::Amqp(error))
+    }
+}
+
+impl From<redis::RedisError> for ServiceError {
+    fn from(error: redis::RedisError) -> Self {
+        Self::Store(StoreError::Redis(error))
+    }
+}

@@ -1,0 +1,294 @@
+//! Ending a task: synthesis under a lease, storing the outcome once, and delivering it to every
+//! waiter and to `chorus.events`. Every step is safe to repeat, so a redelivered message can
+//! always finish what a crashed process started.
+
+use std::time::Duration;
+
+use lapin::types::ShortString;
+use rmpv::Value;
+
+use crate::{
+    amqp::{self, Outgoing, Publisher},
+    error::{ServiceError, StoreError},
+    kinds::{self, Registry},
+    protocol::{
+        self, Encoding, OnFailure, Outcome, OutcomeError, ReplyTarget, ResolvedOptions, Stats,
+        Status, SubtaskOutcome,
+    },
+    store::{now_ms, Store, TaskKeys, TaskRecord, TaskState},
+    topology,
+};
+
+/// Pause between looks at a task whose lease another process holds.
+const LEASE_POLL: Duration = Duration::from_millis(100);
+
+/// Everything needed to end tasks.
+#[derive(Clone)]
+pub struct Finisher {
+    /// Redis.
+    pub store: Store,
+    /// Confirm-mode publisher.
+    pub publisher: Publisher,
+    /// Kinds, for their synthesizers.
+    pub registry: Registry,
+    /// How long outcomes stay in Redis.
+    pub outcome_ttl: Duration,
+    /// Lease on synthesizing one task.
+    pub lease: Duration,
+}
+
+impl Finisher {
+    /// Finishes task `id` if all its subtasks are settled; delivers a stored but undelivered
+    /// outcome; does nothing otherwise. Waits while another process holds the task's lease.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn finish_if_settled(&self, id: &str) -> Result<(), ServiceError> {
+        loop {
+            let Some(record) = self.store.task(id).await? else {
+                return Ok(());
+            };
+            if record.delivered {
+                return Ok(());
+            }
+            if record.state == TaskState::Finished {
+                return self.deliver(id).await;
+            }
+            if !matches!(record.state, TaskState::Planned | TaskState::Running)
+                || self.store.pending_count(id).await? > 0
+            {
+                return Ok(());
+            }
+            let keys = TaskKeys::new(id);
+            if let Some(lease) = self.store.try_lease(&keys.synth_lease, self.lease).await? {
+                let result = self.synthesize_and_deliver(id).await;
+                if let Err(error) = lease.release().await {
+                    tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
+                }
+                return result;
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    async fn synthesize_and_deliver(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        if record.state != TaskState::Finished {
+            let outcome = self.synthesize(id, record).await?;
+            self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+        }
+        self.deliver(id).await
+    }
+
+    async fn synthesize(&self, id: &str, record: TaskRecord) -> Result<Outcome, ServiceError> {
+        let options: ResolvedOptions = protocol::decode(&record.options)
+            .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
+        let mut successes = Vec::new();
+        let mut failures = Vec::new();
+        for (subtask, stored) in self.store.results(id).await? {
+            match stored.outcome {
+                SubtaskOutcome::Succeeded(bytes) => successes.push((subtask, bytes.into_vec())),
+                SubtaskOutcome::Failed(message) => failures.push((subtask, message)),
+            }
+        }
+        kinds::sort_by_subtask_id(&mut successes);
+        kinds::sort_by_subtask_id(&mut failures);
+        let mut errors: Vec<OutcomeError> = failures
+            .iter()
+            .map(|(subtask, message)| OutcomeError {
+                subtask: Some(subtask.clone()),
+                message: message.clone(),
+            })
+            .collect();
+        let run_synthesis = failures.is_empty()
+            || (options.on_failure == OnFailure::Continue && !successes.is_empty());
+        let (status, output) = if run_synthesis {
+            match self.run_synthesis(&record, successes).await {
+                Ok(output) if failures.is_empty() => (Status::Succeeded, output),
+                Ok(output) => (Status::Partial, output),
+                Err(message) => {
+                    errors.push(OutcomeError {
+                        subtask: None,
+                        message,
+                    });
+                    (Status::Failed, Value::Nil)
+                }
+            }
+        } else {
+            let message = if successes.is_empty() && !failures.is_empty() {
+                "every subtask failed".to_owned()
+            } else {
+                format!(
+                    "{} of {} subtasks failed (on_failure: fail)",
+                    failures.len(),
+                    record.total
+                )
+            };
+            errors.push(OutcomeError {
+                subtask: None,
+                message,
+            });
+            (Status::Failed, Value::Nil)
+        };
+        Ok(Outcome {
+            id: id.to_owned(),
+            status,
+            output,
+            errors,
+            stats: Stats {
+                subtasks: record.total,
+                succeeded: record.succeeded,
+                failed: record.failed,
+                retries: record.retries,
+                duration_ms: now_ms().saturating_sub(record.created_ms),
+            },
+        })
+    }
+
+    async fn run_synthesis(
+        &self,
+        record: &TaskRecord,
+        outputs: Vec<(String, Vec<u8>)>,
+    ) -> Result<Value, String> {
+        let Some(kind) = self.registry.get(&record.kind) else {
+            return Err(format!(
+                "kind {:?} is not registered in this synthesizer",
+                record.kind
+            ));
+        };
+        let input = record.input.clone();
+        match tokio::task::spawn_blocking(move || kind.synthesize(&input, outputs)).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(format!("synthesis failed: {error}")),
+            Err(join) => Err(format!("synthesis panicked: {}", panic_message(join))),
+        }
+    }
+
+    /// Stores `outcome` for a task that ends without running (rejected), then delivers it.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn conclude(&self, outcome: &Outcome) -> Result<(), ServiceError> {
+        self.store.store_outcome(outcome, self.outcome_ttl).await?;
+        self.deliver(&outcome.id).await
+    }
+
+    /// Publishes the stored outcome to every waiter and as an event, then marks it delivered.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe (waiters may then get a second,
+    /// identical copy).
+    pub async fn deliver(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(outcome) = self.store.outcome(id).await? else {
+            return Ok(());
+        };
+        let waiters = self.store.waiters(id).await?;
+        let event = protocol::encode(&outcome)?;
+        let replies = waiters
+            .iter()
+            .map(|waiter| Ok((waiter, waiter.encoding.encode(&outcome)?)))
+            .collect::<Result<Vec<_>, ServiceError>>()?;
+        let routing_key = format!("task.{}", outcome.status.as_str());
+        let messages = replies
+            .iter()
+            .map(|(waiter, body)| reply_message(waiter, body))
+            .chain(std::iter::once(Outgoing {
+                exchange: topology::EVENTS_EXCHANGE,
+                routing_key: &routing_key,
+                body: &event,
+                properties: amqp::persistent(protocol::MSGPACK)
+                    .with_message_id(ShortString::from(short_id(id))),
+                mandatory: false,
+            }));
+        self.publisher.publish_all(messages).await?;
+        self.store.mark_delivered(id).await?;
+        tracing::info!(
+            task = id,
+            status = outcome.status.as_str(),
+            subtasks = outcome.stats.subtasks,
+            failed = outcome.stats.failed,
+            retries = outcome.stats.retries,
+            duration_ms = outcome.stats.duration_ms,
+            waiters = waiters.len(),
+            "task finished"
+        );
+        Ok(())
+    }
+
+    /// Publishes an outcome to one waiter only (a duplicate submission of a finished task).
+    ///
+    /// # Errors
+    /// The broker failed.
+    pub async fn reply(&self, waiter: &ReplyTarget, outcome: &Outcome) -> Result<(), ServiceError> {
+        let body = waiter.encoding.encode(outcome)?;
+        self.publisher.publish(reply_message(waiter, &body)).await?;
+        Ok(())
+    }
+}
+
+/// Publishes a `rejected` outcome straight to a submitter, for a request that is not a task at
+/// all (it is not stored: its id, if any, cannot be trusted).
+///
+/// # Errors
+/// The broker failed.
+pub async fn reply_rejected(
+    publisher: &Publisher,
+    waiter: &ReplyTarget,
+    id: &str,
+    reason: &str,
+) -> Result<(), ServiceError> {
+    let outcome = Outcome::rejected(id, reason);
+    let body = waiter.encoding.encode(&outcome)?;
+    publisher.publish(reply_message(waiter, &body)).await?;
+    Ok(())
+}
+
+fn reply_message<'a>(waiter: &'a ReplyTarget, body: &'a [u8]) -> Outgoing<'a> {
+    Outgoing {
+        exchange: "",
+        routing_key: &waiter.reply_to,
+        body,
+        properties: amqp::persistent(waiter.encoding.content_type())
+            .with_correlation_id(ShortString::from(short_id(&waiter.correlation_id))),
+        mandatory: false,
+    }
+}
+
+/// An id cut to the 255 bytes an AMQP short string holds (task ids are at most 200 bytes; a
+/// third party's correlation id came in a short string, so this never cuts in practice).
+fn short_id(id: &str) -> String {
+    let mut end = id.len().min(255);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    id[..end].to_owned()
+}
+
+/// The text of a panic, for an error message.
+pub fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-text panic payload".to_owned()),
+        Err(join) => join.to_string(),
+    }
+}
+
+/// Reply target of a request, from its `reply_to` and `correlation_id` properties.
+pub fn reply_target(
+    properties: &lapin::BasicProperties,
+    task_id: &str,
+    encoding: Encoding,
+) -> Option<ReplyTarget> {
+    let reply_to = amqp::property_str(properties.reply_to())?;
+    let correlation_id = amqp::property_str(properties.correlation_id()).unwrap_or(task_id);
+    Some(ReplyTarget {
+        reply_to: reply_to.to_owned(),
+        correlation_id: correlation_id.to_owned(),
+        encoding,
+    })
+}

@@ -1,0 +1,307 @@
+//! `wordfreq`: word frequencies over files and directories, as a map-reduce. The planner reads
+//! the files and ships their text in chunks of at most 256 KiB; workers count words; the
+//! synthesizer merges the counts and keeps the top N.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{HandlerContext, Kind, KindError};
+
+/// Largest chunk of text in one subtask, in bytes.
+pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// Most text one task may read, in bytes.
+pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+/// Largest `top` accepted.
+pub const MAX_TOP: usize = 100_000;
+/// Bytes looked at to tell a binary file (one with a NUL byte) from text.
+const BINARY_SNIFF_BYTES: usize = 8000;
+
+/// The `wordfreq` kind.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WordFreq;
+
+fn default_top() -> usize {
+    10
+}
+
+/// Input of a `wordfreq` task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WordFreqInput {
+    /// Files and directories (read recursively, hidden entries skipped), on the orchestrator's
+    /// machine.
+    pub paths: Vec<String>,
+    /// How many of the most frequent words to report (default 10).
+    #[serde(default = "default_top")]
+    pub top: usize,
+}
+
+/// A chunk of text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chunk {
+    /// The text, cut at whitespace.
+    pub text: String,
+}
+
+/// Word counts of one chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Word → occurrences.
+    pub counts: HashMap<String, u64>,
+}
+
+/// One entry of the result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordCount {
+    /// The word, lower-cased.
+    pub word: String,
+    /// Occurrences.
+    pub count: u64,
+}
+
+/// Output of a `wordfreq` task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WordFreqOutput {
+    /// Most frequent words, by count descending, then alphabetically.
+    pub top: Vec<WordCount>,
+    /// Words counted in all.
+    pub total_words: u64,
+    /// Different words.
+    pub distinct_words: u64,
+}
+
+/// Words of a text: runs of letters, digits and `_` holding at least one letter, lower-cased.
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|w| w.chars().any(char::is_alphabetic))
+        .map(str::to_lowercase)
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), KindError> {
+    let metadata = std::fs::metadata(path)
+        .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
+    if metadata.is_file() {
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    if !metadata.is_dir() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(path)
+        .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
+    let mut children: Vec<PathBuf> = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
+        if kind.is_symlink() {
+            continue;
+        }
+        children.push(entry.path());
+    }
+    children.sort();
+    for child in children {
+        collect_files(&child, files)?;
+    }
+    Ok(())
+}
+
+/// Cuts `text` into pieces of at most `limit` bytes, at whitespace where there is any.
+fn split_at_whitespace(text: &str, limit: usize) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    while rest.len() > limit {
+        let mut cut = limit;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let at_space = rest[..cut].rfind(char::is_whitespace).filter(|&i| i > 0);
+        let cut = at_space.unwrap_or(cut).max(1);
+        let (head, tail) = rest.split_at(cut);
+        pieces.push(head);
+        rest = tail;
+    }
+    if !rest.is_empty() {
+        pieces.push(rest);
+    }
+    pieces
+}
+
+impl Kind for WordFreq {
+    type Input = WordFreqInput;
+    type Subtask = Chunk;
+    type Output = Counts;
+    type Final = WordFreqOutput;
+
+    fn name(&self) -> &str {
+        "wordfreq"
+    }
+
+    fn plan(&self, input: &WordFreqInput) -> Result<Vec<Chunk>, KindError> {
+        if input.paths.is_empty() {
+            return Err(KindError::fatal(
+                "paths must name at least one file or directory",
+            ));
+        }
+        if input.top == 0 || input.top > MAX_TOP {
+            return Err(KindError::fatal(format!(
+                "top must be between 1 and {MAX_TOP}"
+            )));
+        }
+        let mut files = Vec::new();
+        for path in &input.paths {
+            collect_files(Path::new(path), &mut files)?;
+        }
+        let mut chunks = Vec::new();
+        let mut current = String::new();
+        let mut total: u64 = 0;
+        for file in files {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?;
+            if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
+                continue;
+            }
+            total += bytes.len() as u64;
+            if total > MAX_TOTAL_BYTES {
+                return Err(KindError::fatal(format!(
+                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
+                )));
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            for piece in split_at_whitespace(&text, MAX_CHUNK_BYTES - 1) {
+                if !current.is_empty() && current.len() + 1 + piece.len() > MAX_CHUNK_BYTES {
+                    chunks.push(Chunk {
+                        text: std::mem::take(&mut current),
+                    });
+                }
+                if !current.is_empty() {
+                    current.push('\n');
+                }
+                current.push_str(piece);
+            }
+        }
+        if !current.is_empty() {
+            chunks.push(Chunk { text: current });
+        }
+        Ok(chunks)
+    }
+
+    async fn handle(&self, chunk: Chunk, _context: HandlerContext) -> Result<Counts, KindError> {
+        let mut counts = HashMap::new();
+        for word in words(&chunk.text) {
+            *counts.entry(word).or_insert(0) += 1;
+        }
+        Ok(Counts { counts })
+    }
+
+    fn synthesize(
+        &self,
+        input: &WordFreqInput,
+        outputs: Vec<(String, Counts)>,
+    ) -> Result<WordFreqOutput, KindError> {
+        let mut merged: HashMap<String, u64> = HashMap::new();
+        for (_, part) in outputs {
+            for (word, count) in part.counts {
+                *merged.entry(word).or_insert(0) += count;
+            }
+        }
+        let total_words = merged.values().sum();
+        let distinct_words = merged.len() as u64;
+        let mut ranked: Vec<WordCount> = merged
+            .into_iter()
+            .map(|(word, count)| WordCount { word, count })
+            .collect();
+        ranked.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.word.cmp(&b.word)));
+        ranked.truncate(input.top);
+        Ok(WordFreqOutput {
+            top: ranked,
+            total_words,
+            distinct_words,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_lowercased_runs_with_a_letter() {
+        let found: Vec<String> = words("Hello, hello_world! 42 x2 ÉTÉ").collect();
+        assert_eq!(found, ["hello", "hello_world", "x2", "été"]);
+    }
+
+    #[test]
+    fn splitting_respects_the_limit_and_keeps_every_byte() {
+        let text = "alpha beta gamma delta ".repeat(1000);
+        let pieces = split_at_whitespace(&text, 100);
+        assert!(pieces.iter().all(|p| p.len() <= 100));
+        assert_eq!(pieces.concat(), text);
+        let unbroken = "é".repeat(300);
+        let pieces = split_at_whitespace(&unbroken, 101);
+        assert!(pieces.iter().all(|p| p.len() <= 101));
+        assert_eq!(pieces.concat(), unbroken);
+    }
+
+    #[test]
+    fn plan_reads_directories_into_bounded_chunks_and_counts_match() {
+        let dir = std::env::temp_dir().join(format!("chorus-wordfreq-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        std::fs::write(dir.join("a.txt"), "the cat the dog\n").expect("write");
+        std::fs::write(dir.join("sub/b.txt"), "the end ".repeat(70_000)).expect("write");
+        std::fs::write(dir.join(".hidden"), "secret secret").expect("write");
+        let input = WordFreqInput {
+            paths: vec![dir.to_string_lossy().into_owned()],
+            top: 2,
+        };
+        let chunks = WordFreq.plan(&input).expect("plan");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|c| c.text.len() <= MAX_CHUNK_BYTES));
+        let outputs: Vec<(String, Counts)> = chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let mut counts = HashMap::new();
+                for word in words(&chunk.text) {
+                    *counts.entry(word).or_insert(0) += 1;
+                }
+                (i.to_string(), Counts { counts })
+            })
+            .collect();
+        let output = WordFreq.synthesize(&input, outputs).expect("synthesize");
+        assert_eq!(
+            output.top,
+            vec![
+                WordCount {
+                    word: "the".into(),
+                    count: 70_002
+                },
+                WordCount {
+                    word: "end".into(),
+                    count: 70_000
+                }
+            ]
+        );
+        assert_eq!(output.total_words, 140_004);
+        assert_eq!(output.distinct_words, 4);
+    }
+
+    #[test]
+    fn missing_paths_are_refused_with_the_path_named() {
+        let input = WordFreqInput {
+            paths: vec!["/nonexistent/chorus".into()],
+            top: 3,
+        };
+        let error = WordFreq.plan(&input).expect_err("missing path");
+        assert!(error.message().contains("/nonexistent/chorus"), "{error}");
+    }
+}

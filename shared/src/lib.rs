@@ -1,0 +1,26 @@
+//! Chorus: the library every Chorus binary is built on — and that your own binaries, with your
+//! own kinds, are built on too.
+//!
+//! # Layout
+//! - [`protocol`]: the wire messages (task requests, outcomes, subtasks, results) and encodings.
+//! - [`topology`]: names and declarations of exchanges and queues, dead-lettering, delay queues.
+//! - [`amqp`]: connections, confirmed publishing with time limits, acks, dead-letter copies.
+//! - [`consume`]: the reconnecting consume loop with prefetch, concurrency bound and drain.
+//! - [`store`]: Redis keys of a task and the atomic Lua scripts of the fan-in.
+//! - [`finish`]: synthesis under a lease, storing the outcome once, delivering it.
+//! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
+//! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
+//! - [`config`], [`telemetry`], [`shutdown`], [`error`]: flags, logging, signals, errors.
+
+pub mod amqp;
+pub mod client;
+pub mod config;
+pub mod consume;
+pub mod error;
+pub mod finish;
+pub mod kinds;
+pub mod protocol;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod topology;

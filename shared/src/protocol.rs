@@ -1,0 +1,504 @@
+//! Wire protocol: the messages on every queue, their encodings and their validation.
+//!
+//! Public messages (task requests and outcomes) come in MessagePack or JSON, chosen by the AMQP
+//! `content_type` property. Internal messages (subtasks and results) are always MessagePack maps
+//! with named fields, so that an operator reading `chorus.dead` can decode them with any tool.
+//! `docs/protocol.md` is the normative description of everything here.
+
+use rmpv::Value;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::error::ProtocolError;
+
+/// Content type of MessagePack bodies; also assumed when a message has no `content_type`.
+pub const MSGPACK: &str = "application/msgpack";
+/// Content type of JSON bodies.
+pub const JSON: &str = "application/json";
+/// Longest task id accepted, in bytes.
+pub const MAX_TASK_ID_BYTES: usize = 200;
+
+/// How a public message body is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `application/msgpack` (also `application/x-msgpack`, and the default).
+    Msgpack,
+    /// `application/json`.
+    Json,
+}
+
+impl Encoding {
+    /// Picks the encoding from an AMQP `content_type`; an absent one means MessagePack.
+    ///
+    /// # Errors
+    /// Any content type other than the MessagePack and JSON ones.
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Self, ProtocolError> {
+        let Some(raw) = content_type else {
+            return Ok(Self::Msgpack);
+        };
+        // Parameters such as `; charset=utf-8` do not change the encoding.
+        let essence = raw
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "" | MSGPACK | "application/x-msgpack" | "application/vnd.msgpack" => Ok(Self::Msgpack),
+            JSON => Ok(Self::Json),
+            _ => Err(ProtocolError::UnsupportedContentType(raw.to_owned())),
+        }
+    }
+
+    /// The `content_type` property to put on a message in this encoding.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Msgpack => MSGPACK,
+            Self::Json => JSON,
+        }
+    }
+
+    /// Encodes a value; MessagePack maps keep their field names.
+    ///
+    /// # Errors
+    /// A value serde cannot represent in the encoding.
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, ProtocolError> {
+        match self {
+            Self::Msgpack => encode(value),
+            Self::Json => {
+                serde_json::to_vec(value).map_err(|e| ProtocolError::Encode(e.to_string()))
+            }
+        }
+    }
+
+    /// Decodes a body in this encoding.
+    ///
+    /// # Errors
+    /// A body that is not valid in the encoding or does not fit `T`.
+    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
+        match self {
+            Self::Msgpack => decode(body),
+            Self::Json => {
+                serde_json::from_slice(body).map_err(|e| ProtocolError::Decode(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Encodes an internal message as a MessagePack map with named fields.
+///
+/// # Errors
+/// A value serde cannot represent in MessagePack.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
+    rmp_serde::to_vec_named(value).map_err(|e| ProtocolError::Encode(e.to_string()))
+}
+
+/// Decodes a MessagePack body.
+///
+/// # Errors
+/// Bytes that are not MessagePack, or do not fit `T`.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ProtocolError> {
+    rmp_serde::from_slice(body).map_err(|e| ProtocolError::Decode(e.to_string()))
+}
+
+/// What to do with a task when some of its subtasks fail for good.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Any failed subtask fails the task: status `failed`, no output.
+    #[default]
+    Fail,
+    /// Synthesize what succeeded: status `partial`, the failures listed in `errors`.
+    Continue,
+}
+
+/// Per-task options, as a submitter may give them. Unknown keys are refused so typos surface.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskOptions {
+    /// Attempts per subtask, first run included (1..=100; default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Time limit of one subtask attempt in milliseconds (default 300000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Partial-failure policy (default `fail`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+/// Options with every default applied: what the services work with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedOptions {
+    /// Attempts per subtask, first run included.
+    pub max_attempts: u32,
+    /// Time limit of one attempt, in milliseconds.
+    pub timeout_ms: u64,
+    /// Partial-failure policy.
+    pub on_failure: OnFailure,
+}
+
+/// Default attempts per subtask.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default time limit of one attempt: five minutes.
+pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
+/// Largest accepted `max_attempts`.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Largest accepted `timeout_ms`: one day.
+pub const TIMEOUT_MS_LIMIT: u64 = 86_400_000;
+
+impl TaskOptions {
+    /// Applies defaults and checks ranges.
+    ///
+    /// # Errors
+    /// A value out of its documented range, named in the message.
+    pub fn resolve(&self) -> Result<ResolvedOptions, ProtocolError> {
+        let max_attempts = self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(ProtocolError::Invalid(format!(
+                "options.max_attempts must be between 1 and {MAX_ATTEMPTS_LIMIT}, got {max_attempts}"
+            )));
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+        if !(1..=TIMEOUT_MS_LIMIT).contains(&timeout_ms) {
+            return Err(ProtocolError::Invalid(format!(
+                "options.timeout_ms must be between 1 and {TIMEOUT_MS_LIMIT}, got {timeout_ms}"
+            )));
+        }
+        Ok(ResolvedOptions {
+            max_attempts,
+            timeout_ms,
+            on_failure: self.on_failure.unwrap_or_default(),
+        })
+    }
+}
+
+/// A task as a submitter publishes it on `chorus.tasks`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// Name of a registered kind.
+    pub kind: String,
+    /// The kind's input, any value.
+    pub input: Value,
+    /// Task id; when absent the message's `message_id` is used, else one is generated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Optional settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<TaskOptions>,
+}
+
+/// Checks that a task id can be used as a key part and in log lines.
+///
+/// # Errors
+/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace or control characters.
+pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
+    if id.is_empty() {
+        return Err(ProtocolError::Invalid("id must not be empty".into()));
+    }
+    if id.len() > MAX_TASK_ID_BYTES {
+        return Err(ProtocolError::Invalid(format!(
+            "id is {} bytes long; the limit is {MAX_TASK_ID_BYTES}",
+            id.len()
+        )));
+    }
+    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ProtocolError::Invalid(
+            "id must not contain whitespace or control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Final status of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every subtask succeeded and the synthesis produced the output.
+    Succeeded,
+    /// Some subtasks failed, `on_failure` was `continue`: output from the rest.
+    Partial,
+    /// Subtasks failed under `on_failure: fail`, none succeeded, or the synthesis failed.
+    Failed,
+    /// The request was not a runnable task: bad message, unknown kind, invalid input.
+    Rejected,
+}
+
+impl Status {
+    /// Lower-case name, as on the wire and in `task.<status>` routing keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Partial => "partial",
+            Self::Failed => "failed",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// One error listed in an outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeError {
+    /// The subtask that failed, or nil for an error of the task as a whole.
+    pub subtask: Option<String>,
+    /// What went wrong, for a human.
+    pub message: String,
+}
+
+/// Counters of a finished task.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Subtasks in the plan.
+    pub subtasks: u64,
+    /// Subtasks settled as succeeded.
+    pub succeeded: u64,
+    /// Subtasks settled as failed.
+    pub failed: u64,
+    /// Attempts beyond the first, summed over settled subtasks.
+    pub retries: u64,
+    /// From the orchestrator's first sight of the task to its outcome.
+    pub duration_ms: u64,
+}
+
+/// The one logical result of a task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// Task id.
+    pub id: String,
+    /// Final status.
+    pub status: Status,
+    /// The kind's synthesized output; nil when there is none.
+    pub output: Value,
+    /// Failed subtasks and task-level errors.
+    pub errors: Vec<OutcomeError>,
+    /// Counters.
+    pub stats: Stats,
+}
+
+impl Outcome {
+    /// An outcome for a request that never became a running task.
+    pub fn rejected(id: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            status: Status::Rejected,
+            output: Value::Nil,
+            errors: vec![OutcomeError {
+                subtask: None,
+                message: message.into(),
+            }],
+            stats: Stats::default(),
+        }
+    }
+}
+
+/// Where a submitter wants the outcome: an AMQP queue name, its correlation id and encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplyTarget {
+    /// Queue to publish to through the default exchange.
+    pub reply_to: String,
+    /// `correlation_id` to set (the request's, else the task id).
+    pub correlation_id: String,
+    /// Encoding of the request, used for the outcome.
+    pub encoding: Encoding,
+}
+
+/// One subtask on `chorus.subtasks` (and in the delay queues between attempts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskMessage {
+    /// Task id.
+    pub task: String,
+    /// Subtask id, unique within the task.
+    pub subtask: String,
+    /// Kind name, so the worker finds the handler without asking Redis.
+    pub kind: String,
+    /// 1 for the first run.
+    pub attempt: u32,
+    /// Attempts allowed in all.
+    pub max_attempts: u32,
+    /// Time limit of this attempt.
+    pub timeout_ms: u64,
+    /// The kind's subtask, MessagePack-encoded by the kind.
+    pub payload: ByteBuf,
+}
+
+/// How one subtask ended, as carried on `chorus.results` and stored in Redis.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubtaskOutcome {
+    /// The handler's output, MessagePack-encoded by the kind.
+    Succeeded(ByteBuf),
+    /// The last attempt's error.
+    Failed(String),
+}
+
+/// One settled subtask on `chorus.results`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultMessage {
+    /// Task id.
+    pub task: String,
+    /// Subtask id.
+    pub subtask: String,
+    /// Attempts used, the successful or last one included.
+    pub attempts: u32,
+    /// Success with output, or failure with the error.
+    pub outcome: SubtaskOutcome,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_request() -> TaskRequest {
+        TaskRequest {
+            kind: "range-sum".into(),
+            input: Value::Map(vec![
+                (Value::from("start"), Value::from(0)),
+                (Value::from("end"), Value::from(100)),
+                (Value::from("parts"), Value::from(4)),
+            ]),
+            id: Some("t-1".into()),
+            options: Some(TaskOptions {
+                max_attempts: Some(2),
+                timeout_ms: Some(1000),
+                on_failure: Some(OnFailure::Continue),
+            }),
+        }
+    }
+
+    #[test]
+    fn task_request_round_trips_in_both_encodings() {
+        for encoding in [Encoding::Msgpack, Encoding::Json] {
+            let bytes = encoding.encode(&sample_request()).expect("encode");
+            let back: TaskRequest = encoding.decode(&bytes).expect("decode");
+            assert_eq!(back, sample_request(), "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn outcome_round_trips_in_both_encodings() {
+        let outcome = Outcome {
+            id: "t".into(),
+            status: Status::Partial,
+            output: Value::from(42),
+            errors: vec![OutcomeError {
+                subtask: Some("3".into()),
+                message: "boom".into(),
+            }],
+            stats: Stats {
+                subtasks: 4,
+                succeeded: 3,
+                failed: 1,
+                retries: 2,
+                duration_ms: 17,
+            },
+        };
+        for encoding in [Encoding::Msgpack, Encoding::Json] {
+            let bytes = encoding.encode(&outcome).expect("encode");
+            let back: Outcome = encoding.decode(&bytes).expect("decode");
+            assert_eq!(back, outcome, "{encoding:?}");
+        }
+        let json: serde_json::Value =
+            serde_json::from_slice(&Encoding::Json.encode(&outcome).expect("encode"))
+                .expect("json");
+        assert_eq!(json["status"], "partial");
+        assert_eq!(json["errors"][0]["subtask"], "3");
+        assert_eq!(json["stats"]["retries"], 2);
+    }
+
+    #[test]
+    fn internal_messages_round_trip() {
+        let subtask = SubtaskMessage {
+            task: "t".into(),
+            subtask: "0".into(),
+            kind: "k".into(),
+            attempt: 1,
+            max_attempts: 3,
+            timeout_ms: 10,
+            payload: ByteBuf::from(vec![1, 2, 3]),
+        };
+        assert_eq!(
+            decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),
+            subtask
+        );
+        for outcome in [
+            SubtaskOutcome::Succeeded(ByteBuf::from(vec![9])),
+            SubtaskOutcome::Failed("x".into()),
+        ] {
+            let result = ResultMessage {
+                task: "t".into(),
+                subtask: "1".into(),
+                attempts: 2,
+                outcome,
+            };
+            assert_eq!(
+                decode::<ResultMessage>(&encode(&result).expect("encode")).expect("decode"),
+                result
+            );
+        }
+    }
+
+    #[test]
+    fn content_types_are_recognised() {
+        assert_eq!(
+            Encoding::from_content_type(None).expect("none"),
+            Encoding::Msgpack
+        );
+        assert_eq!(
+            Encoding::from_content_type(Some("application/json; charset=utf-8")).expect("json"),
+            Encoding::Json
+        );
+        assert_eq!(
+            Encoding::from_content_type(Some("application/x-msgpack")).expect("x"),
+            Encoding::Msgpack
+        );
+        assert!(Encoding::from_content_type(Some("text/plain")).is_err());
+    }
+
+    #[test]
+    fn missing_fields_and_wrong_types_are_refused() {
+        assert!(Encoding::Json
+            .decode::<TaskRequest>(br#"{"input": 1}"#)
+            .is_err());
+        assert!(Encoding::Json
+            .decode::<TaskRequest>(br#"{"kind": 5, "input": 1}"#)
+            .is_err());
+        assert!(Encoding::Json
+            .decode::<TaskRequest>(br#"{"kind": "k"}"#)
+            .is_err());
+        assert!(Encoding::Json
+            .decode::<TaskRequest>(br#"{"kind": "k", "input": 1, "options": {"max_attemps": 2}}"#)
+            .is_err());
+        assert!(Encoding::Msgpack
+            .decode::<TaskRequest>(b"\xc1garbage")
+            .is_err());
+    }
+
+    #[test]
+    fn options_resolve_with_defaults_and_ranges() {
+        let resolved = TaskOptions::default().resolve().expect("defaults");
+        assert_eq!(resolved.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        assert_eq!(resolved.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(resolved.on_failure, OnFailure::Fail);
+        assert!(TaskOptions {
+            max_attempts: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(TaskOptions {
+            timeout_ms: Some(0),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+    }
+
+    #[test]
+    fn task_ids_are_checked() {
+        assert!(validate_task_id("job-42:a/b").is_ok());
+        assert!(validate_task_id("").is_err());
+        assert!(validate_task_id("a b").is_err());
+        assert!(validate_task_id(&"x".repeat(MAX_TASK_ID_BYTES + 1)).is_err());
+    }
+}

@@ -1,0 +1,277 @@
+//! The worker: takes subtasks from `chorus.subtasks`, runs their kind's handler under the
+//! subtask's timeout, and publishes the result — or, on a retryable failure, the next attempt
+//! into a delay queue — with a confirm before it acks.
+
+use std::{sync::Arc, time::Duration};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chorus_shared::{
+    amqp::{self, DeadLetter, Outgoing, Publisher},
+    config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
+    consume::{self, check_size, earlier_deliveries, ConsumeConfig, Disposition, Session},
+    error::ServiceError,
+    finish::panic_message,
+    kinds::{HandlerContext, Registry},
+    protocol::{self, ResultMessage, SubtaskMessage, SubtaskOutcome},
+    topology,
+};
+use clap::Parser;
+use lapin::{message::Delivery, types::ShortString};
+use serde_bytes::ByteBuf;
+use tokio_util::sync::CancellationToken;
+
+/// Flags of `chorus-worker`.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "chorus-worker",
+    version,
+    about = "Chorus worker: runs subtasks from chorus.subtasks and publishes their results.",
+    long_about = "Chorus worker: consumes subtasks from chorus.subtasks with a prefetch of \
+                  --concurrency, runs each under its timeout, publishes the result to \
+                  chorus.results with a confirm and only then acks. Failed attempts are retried \
+                  with exponential backoff and jitter through delay queues, so a waiting retry \
+                  holds no slot and survives crashes. Run as many as the load needs, anywhere."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+
+    /// Subtasks run at once by this process; also the prefetch, so the broker never hands it
+    /// more than it runs.
+    #[arg(long, env = "CHORUS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Delay before the first retry; each next one doubles, plus random jitter.
+    #[arg(long, env = "CHORUS_RETRY_BASE_DELAY_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_base_delay_ms: u64,
+
+    /// Longest delay between two attempts.
+    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_delay_ms: u64,
+}
+
+impl Config {
+    /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.
+    pub fn retry_delay(&self, next_attempt: u32) -> Duration {
+        let retries = usize::try_from(next_attempt.saturating_sub(1))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.retry_base_delay_ms))
+            .with_max_delay(Duration::from_millis(self.retry_max_delay_ms))
+            .with_factor(2.0)
+            .with_jitter()
+            .with_max_times(retries)
+            .build()
+            .last()
+            .unwrap_or(Duration::from_millis(self.retry_base_delay_ms))
+            .min(Duration::from_millis(self.retry_max_delay_ms))
+    }
+}
+
+struct Worker {
+    config: Config,
+    registry: Registry,
+    publisher: Publisher,
+}
+
+/// Runs the worker until `shutdown` is cancelled; work in progress then gets the grace period.
+///
+/// # Errors
+/// None today; the signature leaves room for start-up checks.
+pub async fn run(
+    config: Config,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
+    let consume_config = ConsumeConfig {
+        queue: topology::SUBTASKS_QUEUE.to_owned(),
+        prefetch: config.concurrency,
+        concurrency: usize::from(config.concurrency),
+        grace: config.shutdown.grace(),
+    };
+    let amqp_url = config.connect.amqp_url.clone();
+    let max_delay = Duration::from_millis(config.retry_max_delay_ms);
+    consume::run_sessions(
+        "chorus-worker",
+        &amqp_url,
+        config.connect.publish_timeout(),
+        shutdown.clone(),
+        |session: Arc<Session>| {
+            let worker = Arc::new(Worker {
+                config: config.clone(),
+                registry: registry.clone(),
+                publisher: session.publisher.clone(),
+            });
+            let consume_config = consume_config.clone();
+            let shutdown = shutdown.clone();
+            async move {
+                topology::declare(session.publisher.channel(), max_delay).await?;
+                consume::consume(&session, &consume_config, &shutdown, move |delivery| {
+                    let worker = Arc::clone(&worker);
+                    async move { worker.handle(&delivery).await }
+                })
+                .await
+            }
+        },
+    )
+    .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// How an attempt ended, before deciding between retry and settling.
+enum Attempt {
+    Succeeded(Vec<u8>),
+    Failed { message: String, retryable: bool },
+}
+
+impl Worker {
+    async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+        check_size(delivery, self.config.limits.max_message_bytes())?;
+        let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
+        if let Err(error) = protocol::validate_task_id(&subtask.task) {
+            return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
+        }
+        let deliveries = earlier_deliveries(delivery);
+        let attempt = if deliveries >= self.config.limits.max_deliveries {
+            Attempt::Failed {
+                message: format!(
+                    "delivered {deliveries} times without an ack: its handler may be crashing the worker"
+                ),
+                retryable: false,
+            }
+        } else {
+            self.run_handler(&subtask).await
+        };
+        match attempt {
+            Attempt::Succeeded(output) => {
+                self.publish_result(&subtask, SubtaskOutcome::Succeeded(ByteBuf::from(output)))
+                    .await?;
+            }
+            Attempt::Failed { message, retryable }
+                if retryable && subtask.attempt < subtask.max_attempts =>
+            {
+                self.schedule_retry(&subtask, &message).await?;
+            }
+            Attempt::Failed { message, .. } => {
+                let reason = format!("failed after {} attempt(s): {message}", subtask.attempt);
+                tracing::warn!(task = %subtask.task, subtask = %subtask.subtask, %reason, "subtask failed for good");
+                self.publish_result(&subtask, SubtaskOutcome::Failed(message))
+                    .await?;
+                amqp::dead_letter(
+                    &self.publisher,
+                    &delivery.data,
+                    &delivery.properties,
+                    DeadLetter {
+                        source_queue: topology::SUBTASKS_QUEUE,
+                        reason: &reason,
+                        task: Some(&subtask.task),
+                        subtask: Some(&subtask.subtask),
+                    },
+                )
+                .await?;
+            }
+        }
+        Ok(Disposition::Ack)
+    }
+
+    async fn run_handler(&self, subtask: &SubtaskMessage) -> Attempt {
+        let Some(kind) = self.registry.get(&subtask.kind) else {
+            return Attempt::Failed {
+                message: format!("kind {:?} is not registered in this worker", subtask.kind),
+                retryable: false,
+            };
+        };
+        let context = HandlerContext {
+            task: subtask.task.clone(),
+            subtask: subtask.subtask.clone(),
+            attempt: subtask.attempt,
+            max_attempts: subtask.max_attempts,
+        };
+        // Spawned so that a panicking handler fails its attempt instead of the worker.
+        let mut running = tokio::spawn(kind.handle(&subtask.payload, context));
+        let limit = Duration::from_millis(subtask.timeout_ms);
+        match tokio::time::timeout(limit, &mut running).await {
+            Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
+            Ok(Ok(Err(error))) => Attempt::Failed {
+                message: error.to_string(),
+                retryable: error.is_retryable(),
+            },
+            Ok(Err(join)) => Attempt::Failed {
+                message: format!("handler panicked: {}", panic_message(join)),
+                retryable: true,
+            },
+            Err(_) => {
+                running.abort();
+                Attempt::Failed {
+                    message: format!("timed out after {} ms", subtask.timeout_ms),
+                    retryable: true,
+                }
+            }
+        }
+    }
+
+    async fn publish_result(
+        &self,
+        subtask: &SubtaskMessage,
+        outcome: SubtaskOutcome,
+    ) -> Result<(), ServiceError> {
+        let body = protocol::encode(&ResultMessage {
+            task: subtask.task.clone(),
+            subtask: subtask.subtask.clone(),
+            attempts: subtask.attempt,
+            outcome,
+        })?;
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: topology::RESULTS_QUEUE,
+                body: &body,
+                properties: amqp::persistent(protocol::MSGPACK),
+                mandatory: false,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn schedule_retry(
+        &self,
+        subtask: &SubtaskMessage,
+        message: &str,
+    ) -> Result<(), ServiceError> {
+        let next = SubtaskMessage {
+            attempt: subtask.attempt + 1,
+            ..subtask.clone()
+        };
+        let delay = self.config.retry_delay(next.attempt);
+        let queue = topology::delay_queue_for(delay);
+        tracing::info!(
+            task = %subtask.task,
+            subtask = %subtask.subtask,
+            attempt = subtask.attempt,
+            delay_ms = delay.as_millis() as u64,
+            error = message,
+            "attempt failed; retrying later"
+        );
+        let body = protocol::encode(&next)?;
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: &queue,
+                body: &body,
+                properties: amqp::persistent(protocol::MSGPACK)
+                    .with_expiration(ShortString::from(delay.as_millis().to_string())),
+                mandatory: true,
+            })
+            .await?;
+        Ok(())
+    }
+}
