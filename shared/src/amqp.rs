@@ -257,3 +257,29 @@ pub async fn dead_letter(
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::FieldTable;
+
+    #[test]
+    fn integer_headers_of_any_width_are_read() {
+        // Quorum queues send x-delivery-count as a signed long long; others use other widths.
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("a"), AMQPValue::LongLongInt(7));
+        headers.insert(ShortString::from("b"), AMQPValue::ShortUInt(8));
+        headers.insert(
+            ShortString::from("c"),
+            AMQPValue::LongString(LongString::from(b"9".to_vec())),
+        );
+        headers.insert(ShortString::from("d"), AMQPValue::LongInt(-1));
+        let properties = BasicProperties::default().with_headers(headers);
+        assert_eq!(header_u64(&properties, "a"), Some(7));
+        assert_eq!(header_u64(&properties, "b"), Some(8));
+        assert_eq!(header_u64(&properties, "c"), None);
+        assert_eq!(header_u64(&properties, "d"), None);
+        assert_eq!(header_str(&properties, "c").as_deref(), Some("9"));
+        assert_eq!(header_u64(&properties, "missing"), None);
+    }
+}

@@ -1,5 +1,7 @@
 //! Logging set-up: `tracing` with `RUST_LOG` filtering, as text or JSON lines on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
@@ -11,7 +13,8 @@ pub fn init(format: LogFormat) {
     let builder = fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal());
     let result = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

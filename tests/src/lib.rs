@@ -1,0 +1,388 @@
+//! Test harness: private RabbitMQ and Redis (started by `deploy/services.sh`), one vhost and one
+//! Redis database per test, the real service binaries as child processes, and a raw AMQP client
+//! that only publishes and consumes, as a third-party submitter would.
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use lapin::{
+    options::{
+        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+        QueueBindOptions, QueueDeclareOptions,
+    },
+    types::{FieldTable, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+};
+
+/// Longest wait for anything in a test.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// The private service pair all tests of a run share.
+#[derive(Debug)]
+pub struct Services {
+    /// AMQP port.
+    pub amqp_port: u16,
+    /// Redis port.
+    pub redis_port: u16,
+    /// State directory given to `deploy/services.sh`.
+    pub state_dir: PathBuf,
+}
+
+/// The repository root.
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The shared services, started on first use unless `deploy/test.sh` already started them.
+pub fn services() -> &'static Services {
+    static SERVICES: OnceLock<Services> = OnceLock::new();
+    SERVICES.get_or_init(|| {
+        let services = Services {
+            amqp_port: env_or("CHORUS_TEST_AMQP_PORT", 5690),
+            redis_port: env_or("CHORUS_TEST_REDIS_PORT", 6400),
+            state_dir: std::env::var("CHORUS_TEST_STATE_DIR")
+                .map_or_else(|_| repo_dir().join(".chorus/test"), PathBuf::from),
+        };
+        if std::env::var("CHORUS_TEST_AMQP_PORT").is_err() {
+            let status = services
+                .script(&["start"])
+                .status()
+                .expect("run deploy/services.sh start");
+            assert!(status.success(), "deploy/services.sh start failed");
+        }
+        services
+    })
+}
+
+impl Services {
+    /// A `deploy/services.sh` command aimed at this pair.
+    pub fn script(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(repo_dir().join("deploy/services.sh"));
+        command
+            .args(args)
+            .env("CHORUS_STATE_DIR", &self.state_dir)
+            .env("CHORUS_AMQP_PORT", self.amqp_port.to_string())
+            .env("CHORUS_REDIS_PORT", self.redis_port.to_string());
+        command
+    }
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace --bins`).
+pub fn binary(name: &str) -> PathBuf {
+    let target =
+        std::env::var("CARGO_TARGET_DIR").map_or_else(|_| repo_dir().join("target"), PathBuf::from);
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (deploy/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// One test's private world: a vhost, a Redis database, and the processes it started.
+pub struct TestEnv {
+    /// Vhost name.
+    pub vhost: String,
+    /// AMQP URL of the vhost.
+    pub amqp_url: String,
+    /// Redis URL of the database.
+    pub redis_url: String,
+    children: Vec<(String, Child)>,
+    logs: PathBuf,
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(1);
+
+impl TestEnv {
+    /// Creates the vhost and clears the Redis database.
+    pub async fn new(name: &str) -> Self {
+        let services = services();
+        let vhost = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let status = services
+            .script(&["vhost", &vhost])
+            .stdout(Stdio::null())
+            .status()
+            .expect("create vhost");
+        assert!(status.success(), "cannot create vhost {vhost}");
+        // Databases 1..63 (the private Redis has 64); test binaries run one after another.
+        let db = NEXT_DB.fetch_add(1, Ordering::SeqCst) % 63 + 1;
+        let redis_url = format!("redis://127.0.0.1:{}/{db}", services.redis_port);
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("FLUSHDB")
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+        let logs = services.state_dir.join("logs").join(&vhost);
+        std::fs::create_dir_all(&logs).unwrap();
+        Self {
+            amqp_url: format!(
+                "amqp://guest:guest@127.0.0.1:{}/{vhost}",
+                services.amqp_port
+            ),
+            redis_url,
+            vhost,
+            children: Vec::new(),
+            logs,
+        }
+    }
+
+    /// Starts a service binary with this env's URLs; returns its index for [`TestEnv::kill`].
+    pub fn spawn(&mut self, bin: &str, args: &[&str]) -> usize {
+        let index = self.children.len();
+        let log = std::fs::File::create(self.logs.join(format!("{index}-{bin}.log"))).unwrap();
+        let child = Command::new(binary(bin))
+            .args(args)
+            .env("CHORUS_AMQP_URL", &self.amqp_url)
+            .env("CHORUS_REDIS_URL", &self.redis_url)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.children.push((bin.to_owned(), child));
+        index
+    }
+
+    /// Starts one orchestrator, `workers` workers and one synthesizer, with fast retries.
+    pub fn start_system(&mut self, workers: usize) {
+        self.spawn("chorus-orchestrator", &[]);
+        for _ in 0..workers {
+            self.spawn(
+                "chorus-worker",
+                &["--retry-base-delay-ms", "20", "--retry-max-delay-ms", "200"],
+            );
+        }
+        self.spawn("chorus-synthesizer", &[]);
+    }
+
+    /// SIGKILLs child `index`.
+    pub fn kill(&mut self, index: usize) {
+        let (_, child) = &mut self.children[index];
+        drop(child.kill());
+        drop(child.wait());
+    }
+
+    /// Runs the `chorus` CLI to completion; returns exit code and stdout.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String) {
+        let output = tokio::process::Command::new(binary("chorus"))
+            .args(args)
+            .env("CHORUS_AMQP_URL", &self.amqp_url)
+            .env("CHORUS_REDIS_URL", &self.redis_url)
+            .output();
+        let output = tokio::time::timeout(WAIT, output)
+            .await
+            .expect("chorus CLI timed out")
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    }
+
+    /// A Redis connection to this env's database.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// A third-party AMQP client on this env's vhost.
+    pub async fn client(&self) -> RawClient {
+        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        RawClient {
+            _connection: connection,
+            channel,
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            drop(child.kill());
+            drop(child.wait());
+        }
+    }
+}
+
+/// A bare AMQP client: publishes and consumes, declares only its own queues.
+pub struct RawClient {
+    _connection: Connection,
+    /// Confirm-mode channel.
+    pub channel: Channel,
+}
+
+impl RawClient {
+    /// Waits until `queue` exists (the services declare it at start-up).
+    pub async fn wait_for_queue(&self, queue: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let probe = self._connection.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if probe
+                .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+                .await
+                .is_ok()
+            {
+                drop(probe.close(200, ShortString::from("ok")).await);
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue} never appeared"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Declares an exclusive server-named queue and consumes it without acks.
+    pub async fn reply_queue(&self) -> (String, Consumer) {
+        let queue = self
+            .channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let name = queue.name().as_str().to_owned();
+        let consumer = self
+            .channel
+            .basic_consume(
+                ShortString::from(name.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (name, consumer)
+    }
+
+    /// A queue bound to `chorus.events` for `pattern`, consumed without acks.
+    pub async fn events(&self, pattern: &str) -> Consumer {
+        let (name, consumer) = self.reply_queue().await;
+        self.channel
+            .queue_bind(
+                ShortString::from(name.as_str()),
+                ShortString::from("chorus.events"),
+                ShortString::from(pattern),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        consumer
+    }
+
+    /// Publishes `body` to `queue` through the default exchange and waits for the confirm.
+    pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "publish to {queue} not confirmed");
+    }
+
+    /// Takes every message now in `queue` (acking them), waiting until at least `at_least` came.
+    pub async fn drain(
+        &self,
+        queue: &str,
+        at_least: usize,
+    ) -> Vec<lapin::message::BasicGetMessage> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut messages = Vec::new();
+        loop {
+            match self
+                .channel
+                .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                Some(message) => messages.push(message),
+                None if messages.len() >= at_least => return messages,
+                None => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "only {} of {at_least} messages arrived in {queue}",
+                        messages.len()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Next message of a consumer, or a panic after [`WAIT`].
+pub async fn next_message(consumer: &mut Consumer) -> lapin::message::Delivery {
+    tokio::time::timeout(WAIT, consumer.next())
+        .await
+        .expect("no message in time")
+        .expect("consumer ended")
+        .expect("consumer failed")
+}
+
+/// A header of a message as text.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    chorus_shared::amqp::header_str(properties, name)
+}
+
+/// Decodes a MessagePack body into JSON for easy assertions.
+pub fn msgpack_to_json(body: &[u8]) -> serde_json::Value {
+    let value = rmpv::decode::read_value(&mut &body[..]).unwrap();
+    serde_json::to_value(value).unwrap()
+}
