@@ -1,0 +1,113 @@
+//! `primes`: counts the primes below `limit`, in `parts` slices — a kind written outside Chorus.
+
+use chorus_shared::kinds::{HandlerContext, Kind, KindError};
+use serde::{Deserialize, Serialize};
+
+/// The kind.
+pub struct Primes;
+
+/// Task input.
+#[derive(Deserialize)]
+pub struct PrimesInput {
+    /// Count primes in `[0, limit)`.
+    pub limit: u64,
+    /// Number of subtasks.
+    pub parts: u64,
+}
+
+/// One slice `[from, to)`.
+#[derive(Serialize, Deserialize)]
+pub struct Range {
+    from: u64,
+    to: u64,
+}
+
+/// Primes found in a slice.
+#[derive(Serialize, Deserialize)]
+pub struct Count {
+    primes: u64,
+}
+
+/// The task's result.
+#[derive(Serialize)]
+pub struct Total {
+    /// Primes below `limit`.
+    pub primes: u64,
+}
+
+fn is_prime(n: u64) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+impl Kind for Primes {
+    type Input = PrimesInput;
+    type Subtask = Range;
+    type Output = Count;
+    type Final = Total;
+
+    fn name(&self) -> &str {
+        "primes"
+    }
+
+    fn plan(&self, input: &PrimesInput) -> Result<Vec<Range>, KindError> {
+        if input.parts == 0 || input.parts > 10_000 {
+            return Err(KindError::fatal("parts must be between 1 and 10000"));
+        }
+        let step = input.limit.div_ceil(input.parts).max(1);
+        Ok((0..input.parts)
+            .map(|i| Range {
+                from: (i * step).min(input.limit),
+                to: ((i + 1) * step).min(input.limit),
+            })
+            .collect())
+    }
+
+    async fn handle(&self, range: Range, _context: HandlerContext) -> Result<Count, KindError> {
+        Ok(Count {
+            primes: (range.from..range.to).filter(|&n| is_prime(n)).count() as u64,
+        })
+    }
+
+    fn synthesize(
+        &self,
+        _input: &PrimesInput,
+        outputs: Vec<(String, Count)>,
+    ) -> Result<Total, KindError> {
+        Ok(Total {
+            primes: outputs.iter().map(|(_, count)| count.primes).sum(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn counts_the_primes_below_a_hundred() {
+        let input = PrimesInput {
+            limit: 100,
+            parts: 7,
+        };
+        let mut outputs = Vec::new();
+        for (i, range) in Primes.plan(&input).expect("plan").into_iter().enumerate() {
+            let context = HandlerContext {
+                task: "t".into(),
+                subtask: i.to_string(),
+                attempt: 1,
+                max_attempts: 1,
+            };
+            outputs.push((
+                i.to_string(),
+                Primes.handle(range, context).await.expect("handle"),
+            ));
+        }
+        assert_eq!(
+            Primes
+                .synthesize(&input, outputs)
+                .expect("synthesize")
+                .primes,
+            25
+        );
+    }
+}
