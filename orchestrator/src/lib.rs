@@ -7,11 +7,13 @@ use std::{sync::Arc, time::Duration};
 use chorus_shared::{
     amqp::{self, Outgoing},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{self, check_size, earlier_deliveries, ConsumeConfig, Disposition, Session},
+    consume::{
+        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
+    },
     error::{ProtocolError, ServiceError},
     finish::{self, panic_message, reply_target, Finisher},
     kinds::Registry,
-    protocol::{self, Encoding, Outcome, ReplyTarget, SubtaskMessage, TaskRequest},
+    protocol::{self, Encoding, Outcome, SubtaskMessage, TaskRequest},
     store::{Claim, Store, TaskKeys, TaskState},
     topology,
 };
@@ -81,44 +83,35 @@ pub async fn run(
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     store.warn_about_settings().await;
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
-    let consume_config = ConsumeConfig {
-        queue: topology::TASKS_QUEUE.to_owned(),
-        prefetch: config.concurrency,
-        concurrency: usize::from(config.concurrency),
-        grace: config.shutdown.grace(),
-    };
-    let amqp_url = config.connect.amqp_url.clone();
-    let publish_timeout = config.connect.publish_timeout();
-    let max_delay = Duration::from_millis(config.retry_max_delay_ms);
-    consume::run_sessions(
-        "chorus-orchestrator",
-        &amqp_url,
-        publish_timeout,
-        shutdown.clone(),
-        |session: Arc<Session>| {
-            let orchestrator = Arc::new(Orchestrator {
-                finisher: Finisher {
-                    store: store.clone(),
-                    publisher: session.publisher.clone(),
-                    registry: registry.clone(),
-                    outcome_ttl: config.outcomes.outcome_ttl(),
-                    lease: config.outcomes.lease(),
-                },
-                config: config.clone(),
-                registry: registry.clone(),
-            });
-            let consume_config = consume_config.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                topology::declare(session.publisher.channel(), max_delay).await?;
-                consume::consume(&session, &consume_config, &shutdown, move |delivery| {
-                    let orchestrator = Arc::clone(&orchestrator);
-                    async move { orchestrator.handle(&delivery).await }
-                })
-                .await
-            }
+    let spec = ServiceSpec {
+        name: "chorus-orchestrator",
+        amqp_url: config.connect.amqp_url.clone(),
+        publish_timeout: config.connect.publish_timeout(),
+        max_retry_delay: Duration::from_millis(config.retry_max_delay_ms),
+        consume: ConsumeConfig {
+            queue: topology::TASKS_QUEUE.to_owned(),
+            prefetch: config.concurrency,
+            concurrency: usize::from(config.concurrency),
+            grace: config.shutdown.grace(),
         },
-    )
+    };
+    consume::serve(spec, shutdown, |session: &Session| {
+        let orchestrator = Arc::new(Orchestrator {
+            finisher: Finisher {
+                store: store.clone(),
+                publisher: session.publisher.clone(),
+                registry: registry.clone(),
+                outcome_ttl: config.outcomes.outcome_ttl(),
+                lease: config.outcomes.lease(),
+            },
+            config: config.clone(),
+            registry: registry.clone(),
+        });
+        move |delivery: Arc<Delivery>| {
+            let orchestrator = Arc::clone(&orchestrator);
+            async move { orchestrator.handle(&delivery).await }
+        }
+    })
     .await;
     tracing::info!("orchestrator stopped");
     Ok(())
@@ -244,15 +237,9 @@ impl Orchestrator {
             tracing::info!(task = %id, state = state.as_str(), "duplicate of a running task; its outcome will be sent to this submitter too");
             return Ok(Disposition::Ack);
         }
-        if self.registry.get(&request.kind).is_none() {
-            let reason = format!(
-                "unknown kind {:?}; this deployment knows: {}",
-                request.kind,
-                self.registry.names().join(", ")
-            );
-            return self.reject_task(&id, reason).await;
-        }
-        self.plan_and_publish(&id, waiter.as_ref()).await
+        // The kind is checked on the claimed record, not on this request: a duplicate naming
+        // another kind must not change the task it duplicates.
+        self.plan_and_publish(&id).await
     }
 
     /// Stores and delivers a `rejected` outcome for a claimed task; the request is dead-lettered.
@@ -267,11 +254,7 @@ impl Orchestrator {
         ))
     }
 
-    async fn plan_and_publish(
-        &self,
-        id: &str,
-        _waiter: Option<&ReplyTarget>,
-    ) -> Result<Disposition, ServiceError> {
+    async fn plan_and_publish(&self, id: &str) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let keys = TaskKeys::new(id);
         let lease = loop {
@@ -308,9 +291,12 @@ impl Orchestrator {
         match record.state {
             TaskState::Planning => {
                 let Some(kind) = self.registry.get(&record.kind) else {
-                    return self
-                        .reject_task(id, format!("unknown kind {:?}", record.kind))
-                        .await;
+                    let known = self.registry.names().join(", ");
+                    let reason = format!(
+                        "unknown kind {:?}; this deployment knows: {known}",
+                        record.kind
+                    );
+                    return self.reject_task(id, reason).await;
                 };
                 let input = record.input.clone();
                 let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;

@@ -24,11 +24,11 @@ pub enum LogFormat {
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
     /// RabbitMQ address (amqp:// or amqps://); the vhost is the URL path, %2f for "/".
-    #[arg(long, env = "CHORUS_AMQP_URL", default_value = DEFAULT_AMQP_URL)]
+    #[arg(long, env = "CHORUS_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
     pub amqp_url: String,
 
     /// Redis address, redis://[user:password@]host:port[/db].
-    #[arg(long, env = "CHORUS_REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    #[arg(long, env = "CHORUS_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
     pub redis_url: String,
 
     /// Longest wait for one Redis command; a slower command fails and is retried later.

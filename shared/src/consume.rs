@@ -109,6 +109,47 @@ pub async fn run_sessions<F, Fut>(
     }
 }
 
+/// Everything a service needs to consume one queue.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    /// Connection name prefix, e.g. `chorus-worker`.
+    pub name: &'static str,
+    /// Broker URL.
+    pub amqp_url: String,
+    /// Publisher confirm timeout.
+    pub publish_timeout: Duration,
+    /// Retry delay queues are declared up to this delay.
+    pub max_retry_delay: Duration,
+    /// The consumer.
+    pub consume: ConsumeConfig,
+}
+
+/// Runs a service: sessions that declare the topology and consume `spec.consume.queue` with the
+/// handler `make_handler` builds for each session, until `shutdown`.
+pub async fn serve<M, H, Fut>(spec: ServiceSpec, shutdown: CancellationToken, make_handler: M)
+where
+    M: Fn(&Session) -> H,
+    H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
+{
+    let sessions_shutdown = shutdown.clone();
+    run_sessions(
+        spec.name,
+        &spec.amqp_url,
+        spec.publish_timeout,
+        sessions_shutdown,
+        |session| {
+            let handler = make_handler(&session);
+            let (spec, shutdown) = (spec.clone(), shutdown.clone());
+            async move {
+                topology::declare(session.publisher.channel(), spec.max_retry_delay).await?;
+                consume(&session, &spec.consume, &shutdown, handler).await
+            }
+        },
+    )
+    .await;
+}
+
 /// How one consumer runs.
 #[derive(Clone, Debug)]
 pub struct ConsumeConfig {

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use chorus_shared::{
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{self, check_size, earlier_deliveries, ConsumeConfig, Disposition, Session},
+    consume::{
+        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
+    },
     error::{ProtocolError, ServiceError},
     finish::Finisher,
     kinds::Registry,
@@ -65,41 +67,34 @@ pub async fn run(
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     store.warn_about_settings().await;
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
-    let consume_config = ConsumeConfig {
-        queue: topology::RESULTS_QUEUE.to_owned(),
-        prefetch: config.concurrency,
-        concurrency: usize::from(config.concurrency),
-        grace: config.shutdown.grace(),
-    };
-    let amqp_url = config.connect.amqp_url.clone();
-    consume::run_sessions(
-        "chorus-synthesizer",
-        &amqp_url,
-        config.connect.publish_timeout(),
-        shutdown.clone(),
-        |session: Arc<Session>| {
-            let synthesizer = Arc::new(Synthesizer {
-                finisher: Finisher {
-                    store: store.clone(),
-                    publisher: session.publisher.clone(),
-                    registry: registry.clone(),
-                    outcome_ttl: config.outcomes.outcome_ttl(),
-                    lease: config.outcomes.lease(),
-                },
-                config: config.clone(),
-            });
-            let consume_config = consume_config.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                topology::declare(session.publisher.channel(), Duration::from_millis(100)).await?;
-                consume::consume(&session, &consume_config, &shutdown, move |delivery| {
-                    let synthesizer = Arc::clone(&synthesizer);
-                    async move { synthesizer.handle(&delivery).await }
-                })
-                .await
-            }
+    let spec = ServiceSpec {
+        name: "chorus-synthesizer",
+        amqp_url: config.connect.amqp_url.clone(),
+        publish_timeout: config.connect.publish_timeout(),
+        max_retry_delay: Duration::from_millis(100),
+        consume: ConsumeConfig {
+            queue: topology::RESULTS_QUEUE.to_owned(),
+            prefetch: config.concurrency,
+            concurrency: usize::from(config.concurrency),
+            grace: config.shutdown.grace(),
         },
-    )
+    };
+    consume::serve(spec, shutdown, |session: &Session| {
+        let synthesizer = Arc::new(Synthesizer {
+            finisher: Finisher {
+                store: store.clone(),
+                publisher: session.publisher.clone(),
+                registry: registry.clone(),
+                outcome_ttl: config.outcomes.outcome_ttl(),
+                lease: config.outcomes.lease(),
+            },
+            config: config.clone(),
+        });
+        move |delivery: Arc<Delivery>| {
+            let synthesizer = Arc::clone(&synthesizer);
+            async move { synthesizer.handle(&delivery).await }
+        }
+    })
     .await;
     tracing::info!("synthesizer stopped");
     Ok(())

@@ -8,7 +8,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
-    consume::{self, check_size, earlier_deliveries, ConsumeConfig, Disposition, Session},
+    consume::{
+        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
+    },
     error::ServiceError,
     finish::panic_message,
     kinds::{HandlerContext, Registry},
@@ -91,37 +93,29 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
-    let consume_config = ConsumeConfig {
-        queue: topology::SUBTASKS_QUEUE.to_owned(),
-        prefetch: config.concurrency,
-        concurrency: usize::from(config.concurrency),
-        grace: config.shutdown.grace(),
-    };
-    let amqp_url = config.connect.amqp_url.clone();
-    let max_delay = Duration::from_millis(config.retry_max_delay_ms);
-    consume::run_sessions(
-        "chorus-worker",
-        &amqp_url,
-        config.connect.publish_timeout(),
-        shutdown.clone(),
-        |session: Arc<Session>| {
-            let worker = Arc::new(Worker {
-                config: config.clone(),
-                registry: registry.clone(),
-                publisher: session.publisher.clone(),
-            });
-            let consume_config = consume_config.clone();
-            let shutdown = shutdown.clone();
-            async move {
-                topology::declare(session.publisher.channel(), max_delay).await?;
-                consume::consume(&session, &consume_config, &shutdown, move |delivery| {
-                    let worker = Arc::clone(&worker);
-                    async move { worker.handle(&delivery).await }
-                })
-                .await
-            }
+    let spec = ServiceSpec {
+        name: "chorus-worker",
+        amqp_url: config.connect.amqp_url.clone(),
+        publish_timeout: config.connect.publish_timeout(),
+        max_retry_delay: Duration::from_millis(config.retry_max_delay_ms),
+        consume: ConsumeConfig {
+            queue: topology::SUBTASKS_QUEUE.to_owned(),
+            prefetch: config.concurrency,
+            concurrency: usize::from(config.concurrency),
+            grace: config.shutdown.grace(),
         },
-    )
+    };
+    consume::serve(spec, shutdown, |session: &Session| {
+        let worker = Arc::new(Worker {
+            config: config.clone(),
+            registry: registry.clone(),
+            publisher: session.publisher.clone(),
+        });
+        move |delivery: Arc<Delivery>| {
+            let worker = Arc::clone(&worker);
+            async move { worker.handle(&delivery).await }
+        }
+    })
     .await;
     tracing::info!("worker stopped");
     Ok(())

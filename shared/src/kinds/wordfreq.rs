@@ -1,6 +1,7 @@
 //! `wordfreq`: word frequencies over files and directories, as a map-reduce. The planner reads
-//! the files and ships their text in chunks of at most 256 KiB; workers count words; the
-//! synthesizer merges the counts and keeps the top N.
+//! the files and ships their text in chunks of at most 256 KiB (smaller for small inputs, so
+//! that they too spread over the workers); workers count words; the synthesizer merges the
+//! counts and keeps the top N.
 
 use std::{
     collections::HashMap,
@@ -13,6 +14,10 @@ use super::{HandlerContext, Kind, KindError};
 
 /// Largest chunk of text in one subtask, in bytes.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
+/// Smallest chunk the planner aims for when the input is small.
+pub const MIN_CHUNK_BYTES: usize = 16 * 1024;
+/// Chunks the planner aims for, so that even a small input spreads over several workers.
+const TARGET_CHUNKS: usize = 64;
 /// Most text one task may read, in bytes.
 pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
 /// Largest `top` accepted.
@@ -160,8 +165,7 @@ impl Kind for WordFreq {
         for path in &input.paths {
             collect_files(Path::new(path), &mut files)?;
         }
-        let mut chunks = Vec::new();
-        let mut current = String::new();
+        let mut texts = Vec::new();
         let mut total: u64 = 0;
         for file in files {
             let bytes = std::fs::read(&file)
@@ -175,9 +179,17 @@ impl Kind for WordFreq {
                     "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
                 )));
             }
-            let text = String::from_utf8_lossy(&bytes);
-            for piece in split_at_whitespace(&text, MAX_CHUNK_BYTES - 1) {
-                if !current.is_empty() && current.len() + 1 + piece.len() > MAX_CHUNK_BYTES {
+            texts.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let target = usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .div_ceil(TARGET_CHUNKS)
+            .clamp(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES);
+        let mut chunks = Vec::new();
+        let mut current = String::new();
+        for text in &texts {
+            for piece in split_at_whitespace(text, target - 1) {
+                if !current.is_empty() && current.len() + 1 + piece.len() > target {
                     chunks.push(Chunk {
                         text: std::mem::take(&mut current),
                     });
