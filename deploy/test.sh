@@ -51,6 +51,12 @@ on_exit() {
         printf '\n== stopping test services\n' >&2
         "$SCRIPT_DIR/services.sh" stop || true
     fi
+    # One plain closing line with the totals of every test binary, so a CI reader does not take
+    # the last binary's "0 passed" (doc-tests) for the whole run.
+    local summary=""
+    if [[ -n "${TEST_LOG:-}" && -f "$TEST_LOG" ]]; then
+        summary="$(sed 's/\x1b\[[0-9;]*m//g' "$TEST_LOG" | awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed", p, f }')"
+    fi
     if ((rc == 0)); then
         printf '\n== ALL CHECKS PASSED in %ss\n' "$((SECONDS - T0))" >&2
     else
@@ -59,6 +65,9 @@ on_exit() {
             printf '   service logs: %s/rabbitmq/log/ %s/redis/redis.log\n' \
                 "$CHORUS_TEST_STATE_DIR" "$CHORUS_TEST_STATE_DIR" >&2
         fi
+    fi
+    if [[ -n "$summary" ]]; then
+        printf '%s\n' "$summary"
     fi
     exit "$rc"
 }
@@ -94,6 +103,8 @@ section "cargo build --workspace --bins"
 "$CARGO" build --workspace --bins
 
 section "cargo test --workspace -- --test-threads=$TEST_THREADS${*:+ $*}"
-"$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@"
+TEST_LOG="$CHORUS_TEST_STATE_DIR/cargo-test.log"
+mkdir -p "$CHORUS_TEST_STATE_DIR"
+"$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$TEST_LOG"
 
 CURRENT_STEP="done"
