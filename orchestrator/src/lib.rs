@@ -11,6 +11,7 @@ use chorus_shared::{
         self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
     },
     error::{ProtocolError, ServiceError},
+    failpoint,
     finish::{self, panic_message, reply_target, Finisher},
     kinds::Registry,
     protocol::{self, Encoding, Outcome, SubtaskMessage, TaskRequest},
@@ -350,6 +351,7 @@ impl Orchestrator {
                         .await;
                 }
                 store.record_plan(id, &payloads).await?;
+                failpoint::hit("orchestrator.after-plan-recorded").await;
                 tracing::info!(task = id, kind = %record.kind, subtasks = payloads.len(), "task planned");
                 self.publish(
                     id,
@@ -436,6 +438,7 @@ impl Orchestrator {
                 }))
                 .await?;
             store.set_published(id, end).await?;
+            failpoint::hit("orchestrator.after-batch").await;
             start = end;
         }
         store.mark_running(id, total).await?;

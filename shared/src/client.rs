@@ -96,6 +96,9 @@ pub struct TaskStatus {
     pub failed: u64,
     /// Retries so far.
     pub retries: u64,
+    /// Results received again for an already settled subtask (each one a duplicate execution or
+    /// a redelivery); they change nothing.
+    pub duplicate_results: u64,
     /// Final status, once finished.
     pub status: Option<Status>,
 }
@@ -206,6 +209,7 @@ impl Client {
             succeeded: record.succeeded,
             failed: record.failed,
             retries: record.retries,
+            duplicate_results: record.duplicates,
             status,
         }))
     }

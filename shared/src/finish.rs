@@ -10,6 +10,7 @@ use rmpv::Value;
 use crate::{
     amqp::{self, Outgoing, Publisher},
     error::{ServiceError, StoreError},
+    failpoint,
     kinds::{self, Registry},
     protocol::{
         self, Encoding, OnFailure, Outcome, OutcomeError, ReplyTarget, ResolvedOptions, Stats,
@@ -78,6 +79,7 @@ impl Finisher {
         if record.state != TaskState::Finished {
             let outcome = self.synthesize(id, record).await?;
             self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+            failpoint::hit("synthesizer.after-store-outcome").await;
         }
         self.deliver(id).await
     }

@@ -11,12 +11,14 @@
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`error`]: flags, logging, signals, errors.
+//! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
 pub mod amqp;
 pub mod client;
 pub mod config;
 pub mod consume;
 pub mod error;
+pub mod failpoint;
 pub mod finish;
 pub mod kinds;
 pub mod protocol;

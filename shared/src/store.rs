@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
-//! | `task` | hash | state, kind, options, input, counters, timestamps |
+//! | `task` | hash | state, kind, options, input, counters (duplicates included), timestamps |
 //! | `waiters` | set | encoded [`ReplyTarget`]s that get the outcome |
 //! | `plan` | list | subtask payloads in plan order (index = subtask id) |
 //! | `pending` | set | ids of subtasks not settled yet |
@@ -159,6 +159,9 @@ pub struct TaskRecord {
     pub failed: u64,
     /// Retries summed over settled subtasks.
     pub retries: u64,
+    /// Results that arrived again for an already settled subtask (duplicate executions or
+    /// redeliveries), counted while the task record exists.
+    pub duplicates: u64,
     /// When the orchestrator claimed the task, ms since the Unix epoch.
     pub created_ms: u64,
     /// Whether the outcome has been published to every waiter.
@@ -192,7 +195,10 @@ return 1
 const RECORD_RESULT: &str = r"
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'unknown-task', 0} end
-if state == 'finished' then return {'finished', 0} end
+if state == 'finished' then
+  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
+  return {'finished', 0}
+end
 if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
   if ARGV[3] == '1' then
@@ -204,6 +210,7 @@ if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
   return {'new', redis.call('SCARD', KEYS[2])}
 end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
   return {'duplicate', redis.call('SCARD', KEYS[2])}
 end
 return {'unknown-subtask', 0}
@@ -506,6 +513,7 @@ impl Store {
             succeeded: number("succeeded"),
             failed: number("failed"),
             retries: number("retries"),
+            duplicates: number("duplicates"),
             created_ms: number("created_ms"),
             delivered: number("delivered") == 1,
         }))

@@ -11,6 +11,7 @@ use chorus_shared::{
         self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
     },
     error::{ProtocolError, ServiceError},
+    failpoint,
     finish::Finisher,
     kinds::Registry,
     protocol::{self, ResultMessage},
@@ -125,6 +126,7 @@ impl Synthesizer {
                 &result.outcome,
             )
             .await?;
+        failpoint::hit("synthesizer.after-record").await;
         match recorded {
             Recorded::New { remaining: 0 }
             | Recorded::Duplicate { remaining: 0 }

@@ -23,6 +23,8 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 
+pub mod fault;
+
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);
 
@@ -126,22 +128,31 @@ impl TestEnv {
         assert!(status.success(), "cannot create vhost {vhost}");
         // Databases 1..63 (the private Redis has 64); test binaries run one after another.
         let db = NEXT_DB.fetch_add(1, Ordering::SeqCst) % 63 + 1;
-        let redis_url = format!("redis://127.0.0.1:{}/{db}", services.redis_port);
-        let client = redis::Client::open(redis_url.as_str()).unwrap();
-        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let env = Self::with_urls(
+            &vhost,
+            format!(
+                "amqp://guest:guest@127.0.0.1:{}/{vhost}",
+                services.amqp_port
+            ),
+            format!("redis://127.0.0.1:{}/{db}", services.redis_port),
+            services.state_dir.join("logs"),
+        );
+        let mut conn = env.redis().await;
         redis::cmd("FLUSHDB")
             .query_async::<()>(&mut conn)
             .await
             .unwrap();
-        let logs = services.state_dir.join("logs").join(&vhost);
+        env
+    }
+
+    /// An environment on given URLs; service logs go to `logs/<name>/`.
+    pub fn with_urls(name: &str, amqp_url: String, redis_url: String, logs: PathBuf) -> Self {
+        let logs = logs.join(name);
         std::fs::create_dir_all(&logs).unwrap();
         Self {
-            amqp_url: format!(
-                "amqp://guest:guest@127.0.0.1:{}/{vhost}",
-                services.amqp_port
-            ),
+            vhost: name.to_owned(),
+            amqp_url,
             redis_url,
-            vhost,
             children: Vec::new(),
             logs,
         }
@@ -149,6 +160,11 @@ impl TestEnv {
 
     /// Starts a service binary with this env's URLs; returns its index for [`TestEnv::kill`].
     pub fn spawn(&mut self, bin: &str, args: &[&str]) -> usize {
+        self.spawn_with(bin, args, &[])
+    }
+
+    /// [`TestEnv::spawn`] with extra environment variables (e.g. failpoints).
+    pub fn spawn_with(&mut self, bin: &str, args: &[&str], vars: &[(&str, &str)]) -> usize {
         let index = self.children.len();
         let log = std::fs::File::create(self.logs.join(format!("{index}-{bin}.log"))).unwrap();
         let child = Command::new(binary(bin))
@@ -159,6 +175,7 @@ impl TestEnv {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(vars.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -177,6 +194,32 @@ impl TestEnv {
             );
         }
         self.spawn("chorus-synthesizer", &[]);
+    }
+
+    /// Sends SIGTERM to child `index` and waits (bounded) for its exit code.
+    pub fn terminate(&mut self, index: usize, limit: Duration) -> Option<i32> {
+        let (_, child) = &mut self.children[index];
+        let pid = child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether child `index` is still running.
+    pub fn is_running(&mut self, index: usize) -> bool {
+        self.children[index].1.try_wait().unwrap().is_none()
     }
 
     /// SIGKILLs child `index`.

@@ -12,6 +12,7 @@ use chorus_shared::{
         self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
     },
     error::ServiceError,
+    failpoint,
     finish::panic_message,
     kinds::{HandlerContext, Registry},
     protocol::{self, ResultMessage, SubtaskMessage, SubtaskOutcome},
@@ -149,6 +150,7 @@ impl Worker {
             Attempt::Succeeded(output) => {
                 self.publish_result(&subtask, SubtaskOutcome::Succeeded(ByteBuf::from(output)))
                     .await?;
+                failpoint::hit("worker.after-publish-result").await;
             }
             Attempt::Failed { message, retryable }
                 if retryable && subtask.attempt < subtask.max_attempts =>

@@ -1,0 +1,559 @@
+//! The fault-injection suite: real processes and a private RabbitMQ + Redis per test, killed,
+//! restarted and paused while tasks run; the oracle then checks that nothing was lost, counted
+//! twice, stuck or wrong. docs/reliability.md lists what each scenario proves.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chorus_tests::{
+    fault::{check, collect_replies, collect_stored, Cluster, Planned, Report},
+    RawClient, TestEnv,
+};
+use lapin::{types::ShortString, BasicProperties};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn msgpack(value: &Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).unwrap()
+}
+
+fn tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> {
+    (0..count)
+        .map(|i| {
+            let i64_i = i as i64;
+            Planned {
+                id: format!("{prefix}-{i}"),
+                start: -1000 * i64_i,
+                end: 100_000 + 7919 * i64_i,
+                parts,
+                // Every third task has a poisoned subtask, so `partial` outcomes are checked too.
+                poison: if i % 3 == 2 { vec![1] } else { vec![] },
+                delay_ms,
+            }
+        })
+        .collect()
+}
+
+async fn submit(client: &RawClient, tasks: &[Planned], reply_to: &str) {
+    submit_as(client, tasks, reply_to, None).await;
+}
+
+/// Submits with a given correlation id (else the outcome carries the task id).
+async fn submit_as(
+    client: &RawClient,
+    tasks: &[Planned],
+    reply_to: &str,
+    correlation_id: Option<&str>,
+) {
+    for task in tasks {
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/msgpack"))
+            .with_delivery_mode(2)
+            .with_reply_to(ShortString::from(reply_to));
+        if let Some(correlation_id) = correlation_id {
+            properties = properties.with_correlation_id(ShortString::from(correlation_id));
+        }
+        client
+            .publish("chorus.tasks", &msgpack(&task.request()), properties)
+            .await;
+    }
+}
+
+/// Waits until every service has declared its queues, and a little more: RabbitMQ 3.10 may not
+/// restart a quorum queue killed within a fraction of a second of its creation (its Ra server
+/// stays leaderless), which is a broker limitation, not what these scenarios test.
+async fn wait_for_topology(client: &RawClient) {
+    for queue in [
+        "chorus.tasks",
+        "chorus.subtasks",
+        "chorus.results",
+        "chorus.dead",
+    ] {
+        client.wait_for_queue(queue).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Waits until at least `settled` subtasks of `tasks` are settled, as Redis counts them.
+async fn wait_for_progress(env: &TestEnv, tasks: &[Planned], settled: u64) {
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut total = 0;
+        for task in tasks {
+            let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+                .arg(format!("chorus:{{{}}}:task", task.id))
+                .arg("succeeded")
+                .arg("failed")
+                .query_async(&mut redis)
+                .await
+                .unwrap_or_default();
+            total += counts.into_iter().flatten().sum::<u64>();
+        }
+        if total >= settled {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {total} of {settled} settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_clean(scenario: &str, report: &Report) {
+    eprintln!("[{scenario}] {report}");
+    assert!(report.is_clean(), "[{scenario}] {report}");
+}
+
+async fn start(cluster: &Cluster, name: &str) -> (TestEnv, RawClient) {
+    let env = cluster.env(name).await;
+    let client = env.client().await;
+    (env, client)
+}
+
+fn worker_args() -> [&'static str; 6] {
+    [
+        "--concurrency",
+        "8",
+        "--retry-base-delay-ms",
+        "20",
+        "--retry-max-delay-ms",
+        "200",
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s01_a_killed_worker_s_deliveries_finish_elsewhere() {
+    let cluster = Cluster::start("s01");
+    let (mut env, client) = start(&cluster, "s01").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let victim = env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-synthesizer", &[]);
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s01", 6, 20, 400);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 10).await;
+    env.kill(victim);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("worker SIGKILL", &report);
+    assert!(
+        collected.counts.values().all(|&n| n == 1),
+        "{:?}",
+        collected.counts
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s02_a_synthesizer_killed_while_results_stream_in_loses_nothing() {
+    let cluster = Cluster::start("s02");
+    let (mut env, client) = start(&cluster, "s02").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-worker", &worker_args());
+    let synthesizer = env.spawn("chorus-synthesizer", &[]);
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s02", 8, 40, 20);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 40).await;
+    env.kill(synthesizer);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.spawn("chorus-synthesizer", &[]);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("synthesizer SIGKILL while results stream", &report);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s02_a_synthesizer_crashing_at_each_step_of_the_fan_in_still_gives_one_outcome() {
+    let cluster = Cluster::start("s02b");
+    let (mut env, client) = start(&cluster, "s02b").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &worker_args());
+    client.wait_for_queue("chorus.tasks").await;
+    for (round, failpoint) in [
+        "synthesizer.after-record",
+        "synthesizer.after-store-outcome",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (reply_to, mut replies) = client.reply_queue().await;
+        let run = tasks(&format!("s02b-{round}"), 1, 5, 0);
+        let crashing = env.spawn_with(
+            "chorus-synthesizer",
+            &[],
+            &[("CHORUS_FAILPOINTS", &format!("{failpoint}=abort"))],
+        );
+        submit(&client, &run, &reply_to).await;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while env.is_running(crashing) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "failpoint {failpoint} never hit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let healthy = env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+        let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+        let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+        assert_clean(&format!("synthesizer abort at {failpoint}"), &report);
+        assert_eq!(
+            collected.counts.get(&run[0].id),
+            Some(&1),
+            "exactly one outcome after {failpoint}"
+        );
+        env.kill(healthy);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s03_an_orchestrator_crashing_after_recording_the_plan_completes_it_after_restart() {
+    let cluster = Cluster::start("s03");
+    let (mut env, client) = start(&cluster, "s03").await;
+    let crashing = env.spawn_with(
+        "chorus-orchestrator",
+        &["--publish-batch", "10"],
+        &[(
+            "CHORUS_FAILPOINTS",
+            "orchestrator.after-plan-recorded=abort",
+        )],
+    );
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-synthesizer", &[]);
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s03", 1, 200, 0);
+    submit(&client, &run, &reply_to).await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while env.is_running(crashing) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "failpoint never hit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.spawn("chorus-orchestrator", &["--lease-ms", "1000"]);
+    let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("orchestrator abort after recording the plan", &report);
+}
+
+async fn broker_restart(name: &str, kill: bool) {
+    let cluster = Cluster::start(name);
+    let (mut env, client) = start(&cluster, name).await;
+    let services = [
+        env.spawn("chorus-orchestrator", &["--publish-timeout-ms", "5000"]),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-synthesizer", &["--publish-timeout-ms", "5000"]),
+    ];
+    wait_for_topology(&client).await;
+    let run = tasks(name, 8, 30, 200);
+    submit(&client, &run, "nobody-listens").await;
+    wait_for_progress(&env, &run, 30).await;
+    drop(client);
+    if kill {
+        cluster.kill_rabbitmq();
+    } else {
+        cluster.stop_rabbitmq();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.start_missing();
+    let outcomes = collect_stored(&env, &run, DEADLINE).await;
+    let report = check(&env, &run, &outcomes, 0).await;
+    assert_clean(
+        &format!(
+            "RabbitMQ {}",
+            if kill { "SIGKILL" } else { "graceful restart" }
+        ),
+        &report,
+    );
+    for service in services {
+        assert!(
+            env.is_running(service),
+            "a service exited instead of reconnecting"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s04_services_ride_through_a_graceful_broker_restart() {
+    broker_restart("s04a", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s04_services_ride_through_a_killed_broker() {
+    broker_restart("s04b", true).await;
+}
+
+#[derive(Clone, Copy, Debug)]
+enum RedisFault {
+    Restart,
+    Kill,
+    Pause,
+}
+
+async fn redis_fault(name: &str, fault: RedisFault) {
+    let cluster = Cluster::start(name);
+    let (mut env, client) = start(&cluster, name).await;
+    let timeouts = ["--redis-timeout-ms", "1000"];
+    let services = [
+        env.spawn("chorus-orchestrator", &timeouts),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-synthesizer", &timeouts),
+    ];
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks(name, 8, 30, 30);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 30).await;
+    match fault {
+        RedisFault::Restart => cluster.stop_redis(),
+        RedisFault::Kill => cluster.kill_redis(),
+        RedisFault::Pause => cluster.pause_redis(),
+    }
+    // Longer than the command timeout, so commands fail instead of waiting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    match fault {
+        RedisFault::Pause => cluster.resume_redis(),
+        RedisFault::Restart | RedisFault::Kill => cluster.start_missing(),
+    }
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean(&format!("Redis {fault:?}"), &report);
+    for service in services {
+        assert!(
+            env.is_running(service),
+            "a service exited instead of riding out the Redis fault"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s06_redis_restarted_gracefully() {
+    redis_fault("s06a", RedisFault::Restart).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s06_redis_killed_with_appendonly() {
+    redis_fault("s06b", RedisFault::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s06_redis_paused_longer_than_the_command_timeout() {
+    redis_fault("s06c", RedisFault::Pause).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s07_duplicate_tasks_subtasks_and_results_change_nothing() {
+    let cluster = Cluster::start("s07");
+    let (mut env, client) = start(&cluster, "s07").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-synthesizer", &[]);
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s07", 1, 10, 300);
+    let task = &run[0];
+    for correlation_id in ["first", "second", "third"] {
+        submit_as(&client, &run, &reply_to, Some(correlation_id)).await;
+    }
+    // The copies must find the task planned, or they are (rightly) dead-lettered as strays.
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let state: Option<String> = redis::cmd("HGET")
+            .arg("chorus:{s07-0}:task")
+            .arg("state")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if state.as_deref() == Some("running") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "task never started running"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let properties =
+        BasicProperties::default().with_content_type(ShortString::from("application/msgpack"));
+    for index in [2_u32, 5] {
+        let (start, end) =
+            chorus_shared::kinds::range_sum::slice_bounds(task.start, task.end, task.parts, index);
+        let slice = json!({"index": index, "start": start, "end": end, "delay_ms": 0, "fail_attempts": 0, "poison": false});
+        let subtask = json!({
+            "task": task.id, "subtask": index.to_string(), "kind": "range-sum", "attempt": 1,
+            "max_attempts": 2, "timeout_ms": 10_000, "payload": serde_bytes::ByteBuf::from(msgpack(&slice)),
+        });
+        let sum = i64::try_from(chorus_shared::kinds::range_sum::sum_of_range(start, end)).unwrap();
+        let output = serde_bytes::ByteBuf::from(msgpack(&json!({"sum": sum})));
+        let result = json!({"task": task.id, "subtask": index.to_string(), "attempts": 1, "outcome": {"succeeded": output}});
+        for _ in 0..2 {
+            client
+                .publish(
+                    "chorus.subtasks",
+                    &rmp_serde::to_vec_named(&subtask).unwrap(),
+                    properties.clone(),
+                )
+                .await;
+            client
+                .publish(
+                    "chorus.results",
+                    &rmp_serde::to_vec_named(&result).unwrap(),
+                    properties.clone(),
+                )
+                .await;
+        }
+    }
+    let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("duplicates of tasks, subtasks and results", &report);
+    assert!(report.duplicate_executions >= 4, "{report}");
+    assert_eq!(
+        collected.counts.get(&task.id),
+        Some(&3),
+        "each of the three submissions gets the one outcome"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
+    let cluster = Cluster::start("s11");
+    let (mut env, client) = start(&cluster, "s11").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    let draining = env.spawn(
+        "chorus-worker",
+        &["--concurrency", "4", "--shutdown-grace-secs", "20"],
+    );
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s11", 1, 8, 1500);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 0).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Four subtasks are running; SIGTERM lets them finish, then the worker exits 0.
+    let code = tokio::task::block_in_place(|| env.terminate(draining, Duration::from_secs(20)));
+    assert_eq!(code, Some(0), "a drained worker exits 0");
+    let mut redis = env.redis().await;
+    let settled: u64 = redis::cmd("HGET")
+        .arg("chorus:{s11-0}:task")
+        .arg("succeeded")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        settled, 4,
+        "the four running subtasks finished before the exit"
+    );
+    let helper = env.spawn("chorus-worker", &worker_args());
+    let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("graceful worker shutdown", &report);
+    env.kill(helper);
+    assert_eq!(
+        report.duplicate_executions, 0,
+        "a drained worker hands nothing back twice"
+    );
+
+    // A second signal does not wait for the grace period.
+    let run = tasks("s11b", 1, 2, 30_000);
+    let stubborn = env.spawn(
+        "chorus-worker",
+        &["--concurrency", "4", "--shutdown-grace-secs", "60"],
+    );
+    submit(&client, &run, &reply_to).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let _ = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_millis(300)));
+    let code = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_secs(5)));
+    assert!(
+        code.is_some() && code != Some(0),
+        "the second signal ends the worker at once: {code:?}"
+    );
+}
+
+fn random_below(n: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    u64::from(nanos) % n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s12_soak_with_random_kills() {
+    let long = std::env::var("CHORUS_SOAK").is_ok_and(|v| v == "long");
+    let (count, parts, rounds) = if long { (200, 100, 12) } else { (30, 40, 4) };
+    let cluster = Cluster::start("s12");
+    let (mut env, client) = start(&cluster, "s12").await;
+    let mut orchestrator = env.spawn(
+        "chorus-orchestrator",
+        &["--lease-ms", "2000", "--publish-timeout-ms", "5000"],
+    );
+    let mut workers = vec![
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-worker", &worker_args()),
+    ];
+    let mut synthesizer = env.spawn(
+        "chorus-synthesizer",
+        &["--lease-ms", "2000", "--publish-timeout-ms", "5000"],
+    );
+    wait_for_topology(&client).await;
+    let run = tasks("s12", count, parts, 5);
+    submit(&client, &run, "nobody-listens").await;
+    drop(client);
+    let mut faults = Vec::new();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(800 + random_below(700))).await;
+        match (round + random_below(4) as usize) % 4 {
+            0 => {
+                let victim = workers.remove(random_below(workers.len() as u64) as usize);
+                env.kill(victim);
+                workers.push(env.spawn("chorus-worker", &worker_args()));
+                faults.push("worker");
+            }
+            1 => {
+                env.kill(synthesizer);
+                synthesizer = env.spawn(
+                    "chorus-synthesizer",
+                    &["--lease-ms", "2000", "--publish-timeout-ms", "5000"],
+                );
+                faults.push("synthesizer");
+            }
+            2 => {
+                env.kill(orchestrator);
+                orchestrator = env.spawn(
+                    "chorus-orchestrator",
+                    &["--lease-ms", "2000", "--publish-timeout-ms", "5000"],
+                );
+                faults.push("orchestrator");
+            }
+            _ => {
+                cluster.kill_rabbitmq();
+                cluster.start_missing();
+                faults.push("rabbitmq");
+            }
+        }
+    }
+    let outcomes = collect_stored(
+        &env,
+        &run,
+        if long {
+            Duration::from_secs(900)
+        } else {
+            DEADLINE
+        },
+    )
+    .await;
+    let report = check(&env, &run, &outcomes, 0).await;
+    eprintln!("[soak] faults injected: {faults:?}");
+    assert_clean("soak", &report);
+}
