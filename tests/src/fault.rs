@@ -73,6 +73,13 @@ impl Cluster {
         self.run(&["rabbitmqctl", "shutdown"]);
     }
 
+    /// Runs `rabbitmqctl` against the node.
+    pub fn rabbitmqctl(&self, args: &[&str]) {
+        let mut all = vec!["rabbitmqctl"];
+        all.extend_from_slice(args);
+        self.run(&all);
+    }
+
     /// SIGKILLs the RabbitMQ node.
     pub fn kill_rabbitmq(&self) {
         self.run(&["kill-rabbitmq"]);

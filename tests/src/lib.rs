@@ -217,6 +217,19 @@ impl TestEnv {
         }
     }
 
+    /// Resident memory of child `index`, in KiB.
+    pub fn rss_kib(&self, index: usize) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.children[index].1.id()))
+                .unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
     /// Whether child `index` is still running.
     pub fn is_running(&mut self, index: usize) -> bool {
         self.children[index].1.try_wait().unwrap().is_none()

@@ -557,3 +557,134 @@ async fn s12_soak_with_random_kills() {
     eprintln!("[soak] faults injected: {faults:?}");
     assert_clean("soak", &report);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s05_a_memory_alarm_blocks_publishers_without_losing_anything() {
+    let cluster = Cluster::start("s05");
+    let (mut env, client) = start(&cluster, "s05").await;
+    let services = [
+        env.spawn("chorus-orchestrator", &[]),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-synthesizer", &[]),
+    ];
+    wait_for_topology(&client).await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s05", 6, 30, 100);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 20).await;
+    cluster.rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+    let mut redis = env.redis().await;
+    let settled_at_alarm = settled(&mut redis, &run).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let settled_during_alarm = settled(&mut redis, &run).await;
+    cluster.rabbitmqctl(&["set_vm_memory_high_watermark", "0.6"]);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("memory alarm", &report);
+    eprintln!("[memory alarm] settled when the alarm went off: {settled_at_alarm}, four seconds later: {settled_during_alarm}");
+    for service in services {
+        assert!(env.is_running(service), "a service exited during the alarm");
+    }
+}
+
+async fn settled(redis: &mut redis::aio::MultiplexedConnection, run: &[Planned]) -> u64 {
+    let mut total = 0;
+    for task in run {
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(format!("chorus:{{{}}}:task", task.id))
+            .arg("succeeded")
+            .arg("failed")
+            .query_async(redis)
+            .await
+            .unwrap_or_default();
+        total += counts.into_iter().flatten().sum::<u64>();
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s09_hostile_input_on_every_queue_is_dead_lettered_with_bounded_memory() {
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    let cluster = Cluster::start("s09");
+    let (mut env, client) = start(&cluster, "s09").await;
+    let services = [
+        env.spawn("chorus-orchestrator", &[]),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-synthesizer", &[]),
+    ];
+    wait_for_topology(&client).await;
+    // As large as a header frame may be (the broker's frame_max is 128 KiB).
+    let mut huge_headers = FieldTable::default();
+    for i in 0..1100 {
+        huge_headers.insert(
+            ShortString::from(format!("h{i}")),
+            AMQPValue::LongString(LongString::from(vec![b'x'; 100])),
+        );
+    }
+    let plain = BasicProperties::default();
+    let bodies: Vec<(&str, Vec<u8>, BasicProperties)> = vec![
+        ("garbage", b"\xc1\xc1\xc1".to_vec(), plain.clone()),
+        (
+            "wrong schema",
+            msgpack(&json!({"hello": "world"})),
+            plain.clone(),
+        ),
+        (
+            "missing ids",
+            msgpack(&json!({"kind": "range-sum"})),
+            plain.clone(),
+        ),
+        ("10 MiB", vec![0x90; 10 * 1024 * 1024], plain.clone()),
+        (
+            "huge header table",
+            b"\xc1".to_vec(),
+            plain.clone().with_headers(huge_headers),
+        ),
+        (
+            "stray id",
+            msgpack(
+                &json!({"task": "nobody", "subtask": "0", "attempts": 1, "outcome": {"failed": "x"}}),
+            ),
+            plain.clone(),
+        ),
+    ];
+    let queues = ["chorus.tasks", "chorus.subtasks", "chorus.results"];
+    for queue in queues {
+        for (_, body, properties) in &bodies {
+            client.publish(queue, body, properties.clone()).await;
+        }
+    }
+    let dead = client
+        .drain("chorus.dead", queues.len() * bodies.len())
+        .await;
+    assert_eq!(
+        dead.len(),
+        queues.len() * bodies.len(),
+        "everything is accounted for in chorus.dead"
+    );
+    for message in &dead {
+        let reason = chorus_tests::header(&message.delivery.properties, "x-chorus-reason");
+        assert!(
+            reason.is_some_and(|r| !r.is_empty()),
+            "every dead letter carries a reason"
+        );
+    }
+    // Still serving, and small.
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s09", 2, 10, 0);
+    submit(&client, &run, &reply_to).await;
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    assert_clean(
+        "after hostile input",
+        &check(&env, &run, &collected.outcomes, collected.conflicting).await,
+    );
+    for service in services {
+        assert!(env.is_running(service), "a service died of hostile input");
+        let rss = env.rss_kib(service);
+        eprintln!("[hostile input] service {service} RSS {rss} KiB");
+        assert!(
+            rss < 200 * 1024,
+            "service {service} holds {rss} KiB after hostile input"
+        );
+    }
+}
