@@ -10,6 +10,7 @@
 //! | `plan` | list | subtask payloads in plan order (index = subtask id) |
 //! | `pending` | set | ids of subtasks not settled yet |
 //! | `results` | hash | subtask id → encoded [`SubtaskOutcome`] with attempts |
+//! | `starts` | hash | subtask id → runs started after a redelivery (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 
@@ -74,6 +75,8 @@ pub struct TaskKeys {
     pub results: String,
     /// The outcome.
     pub outcome: String,
+    /// Hash of subtask id → runs started after a redelivery (poison detection).
+    pub starts: String,
     /// Lease of the orchestrator planning and publishing the task.
     pub plan_lease: String,
     /// Lease of the synthesizer finishing the task.
@@ -91,6 +94,7 @@ impl TaskKeys {
             pending: key("pending"),
             results: key("results"),
             outcome: key("outcome"),
+            starts: key("starts"),
             plan_lease: key("plan-lease"),
             synth_lease: key("synth-lease"),
         }
@@ -225,7 +229,7 @@ if not existing then
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6])
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 return existing
 ";
 
@@ -470,6 +474,21 @@ impl Store {
         })
     }
 
+    /// Counts one more start of a redelivered subtask; returns the starts counted before this one.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn count_start(&self, task: &str, subtask: &str) -> Result<u64, StoreError> {
+        let keys = TaskKeys::new(task);
+        let starts: u64 = redis::cmd("HINCRBY")
+            .arg(&keys.starts)
+            .arg(subtask)
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(starts.saturating_sub(1))
+    }
+
     /// Unsettled subtasks of a task.
     ///
     /// # Errors
@@ -568,6 +587,7 @@ impl Store {
             .key(&keys.plan)
             .key(&keys.pending)
             .key(&keys.results)
+            .key(&keys.starts)
             .arg(encoded)
             .arg(ttl.as_secs().max(1))
             .arg(now_ms())

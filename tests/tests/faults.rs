@@ -688,3 +688,94 @@ async fn s09_hostile_input_on_every_queue_is_dead_lettered_with_bounded_memory()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s08_poison_that_panics_or_crashes_its_worker_ends_in_chorus_dead_and_innocents_do_not() {
+    let cluster = Cluster::start("s08");
+    let (mut env, client) = start(&cluster, "s08").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    let crash_failpoint = [("CHORUS_FAILPOINTS", "range-sum.crash=abort")];
+    let crashing_worker = [
+        "--concurrency",
+        "4",
+        "--retry-base-delay-ms",
+        "20",
+        "--retry-max-delay-ms",
+        "100",
+    ];
+    let mut worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
+    wait_for_topology(&client).await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let request = json!({
+        "kind": "range-sum", "id": "s08",
+        "input": {"start": 0, "end": 1200, "parts": 12, "panic": [2], "crash": [7], "delay_ms": 100},
+        "options": {"max_attempts": 3, "on_failure": "continue"},
+    });
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_reply_to(ShortString::from(reply_to.as_str()));
+    client
+        .publish("chorus.tasks", &msgpack(&request), properties)
+        .await;
+
+    // Play supervisor: restart the worker each time the poison takes it down.
+    let mut crashes = 0;
+    let outcome = loop {
+        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        {
+            break chorus_tests::msgpack_to_json(&reply.data);
+        }
+        if !env.is_running(worker) {
+            crashes += 1;
+            assert!(crashes <= 10, "the poison was never given up on");
+            worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
+        }
+    };
+    eprintln!("[poison] worker crashes: {crashes}; outcome: {outcome}");
+    assert_eq!(outcome["status"], "partial", "{outcome}");
+    assert_eq!(outcome["stats"]["succeeded"], 10);
+    assert_eq!(outcome["stats"]["failed"], 2);
+    let failed: Vec<&str> = outcome["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["subtask"].as_str())
+        .collect();
+    assert_eq!(failed, ["2", "7"], "only the culprits fail");
+    let (a, b) = chorus_shared::kinds::range_sum::slice_bounds(0, 1200, 12, 2);
+    let (c, d) = chorus_shared::kinds::range_sum::slice_bounds(0, 1200, 12, 7);
+    let expected = (0..1200).sum::<i64>() - (a..b).sum::<i64>() - (c..d).sum::<i64>();
+    assert_eq!(outcome["output"]["sum"], expected);
+    assert!(
+        crashes >= 4,
+        "the crashing subtask ran until the limit: {crashes} crashes"
+    );
+    let dead = client.drain("chorus.dead", 2).await;
+    let mut culprits: Vec<String> = dead
+        .iter()
+        .map(|m| chorus_tests::header(&m.delivery.properties, "x-chorus-subtask").unwrap())
+        .collect();
+    culprits.sort();
+    assert_eq!(
+        culprits,
+        ["2", "7"],
+        "innocent co-delivered subtasks are not dead-lettered"
+    );
+    let reasons: Vec<String> = dead
+        .iter()
+        .map(|m| chorus_tests::header(&m.delivery.properties, "x-chorus-reason").unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("panicked")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("without finishing")),
+        "{reasons:?}"
+    );
+}

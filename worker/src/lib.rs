@@ -16,11 +16,13 @@ use chorus_shared::{
     finish::panic_message,
     kinds::{HandlerContext, Registry},
     protocol::{self, ResultMessage, SubtaskMessage, SubtaskOutcome},
+    store::Store,
     topology,
 };
 use clap::Parser;
 use lapin::{message::Delivery, types::ShortString};
 use serde_bytes::ByteBuf;
+use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `chorus-worker`.
@@ -82,17 +84,22 @@ struct Worker {
     config: Config,
     registry: Registry,
     publisher: Publisher,
+    store: Store,
+    /// Redelivered subtasks take it exclusively, so that if one of them crashes the process,
+    /// no innocent subtask was running beside it (and only the culprit's start is counted).
+    quarantine: Arc<RwLock<()>>,
 }
 
 /// Runs the worker until `shutdown` is cancelled; work in progress then gets the grace period.
 ///
 /// # Errors
-/// None today; the signature leaves room for start-up checks.
+/// Redis cannot be reached at start-up.
 pub async fn run(
     config: Config,
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
     let spec = ServiceSpec {
         name: "chorus-worker",
@@ -111,6 +118,8 @@ pub async fn run(
             config: config.clone(),
             registry: registry.clone(),
             publisher: session.publisher.clone(),
+            store: store.clone(),
+            quarantine: Arc::new(RwLock::new(())),
         });
         move |delivery: Arc<Delivery>| {
             let worker = Arc::clone(&worker);
@@ -135,15 +144,10 @@ impl Worker {
         if let Err(error) = protocol::validate_task_id(&subtask.task) {
             return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
         }
-        let deliveries = earlier_deliveries(delivery);
-        let attempt = if deliveries >= self.config.limits.max_deliveries {
-            Attempt::Failed {
-                message: format!(
-                    "delivered {deliveries} times without an ack: its handler may be crashing the worker"
-                ),
-                retryable: false,
-            }
+        let attempt = if delivery.redelivered || earlier_deliveries(delivery) > 0 {
+            self.run_suspect(&subtask).await?
         } else {
+            let _shared = self.quarantine.read().await;
             self.run_handler(&subtask).await
         };
         match attempt {
@@ -177,6 +181,27 @@ impl Worker {
             }
         }
         Ok(Disposition::Ack)
+    }
+
+    /// Runs a redelivered subtask alone, counting its starts in Redis: one that keeps taking its
+    /// worker down (a crash, an OOM kill) is failed after `--max-deliveries` runs, while the
+    /// subtasks that were merely prefetched beside it are not blamed.
+    async fn run_suspect(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
+        let _alone = self.quarantine.write().await;
+        // The first delivery ran unobserved; count it too.
+        let runs = 1 + self
+            .store
+            .count_start(&subtask.task, &subtask.subtask)
+            .await?;
+        if runs >= self.config.limits.max_deliveries {
+            return Ok(Attempt::Failed {
+                message: format!(
+                    "started {runs} times without finishing: its handler keeps crashing or stalling the worker"
+                ),
+                retryable: false,
+            });
+        }
+        Ok(self.run_handler(subtask).await)
     }
 
     async fn run_handler(&self, subtask: &SubtaskMessage) -> Attempt {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{HandlerContext, Kind, KindError};
+use crate::failpoint;
 
 /// Most slices one task may have.
 pub const MAX_PARTS: u32 = 1_000_000;
@@ -33,6 +34,14 @@ pub struct RangeSumInput {
     /// Indices of subtasks that fail on every attempt.
     #[serde(default)]
     pub poison: Vec<u32>,
+    /// Indices of subtasks whose handler panics on every attempt.
+    #[serde(default)]
+    pub panic: Vec<u32>,
+    /// Indices of subtasks that abort their worker process on every attempt — only where the
+    /// worker runs with the failpoint `range-sum.crash=abort` (the fault-injection suite);
+    /// elsewhere they run normally.
+    #[serde(default)]
+    pub crash: Vec<u32>,
 }
 
 /// One slice.
@@ -50,6 +59,12 @@ pub struct Slice {
     pub fail_attempts: u32,
     /// Whether every attempt fails.
     pub poison: bool,
+    /// Whether every attempt panics.
+    #[serde(default)]
+    pub panic: bool,
+    /// Whether every attempt hits the `range-sum.crash` failpoint.
+    #[serde(default)]
+    pub crash: bool,
 }
 
 /// Sum of one slice.
@@ -112,11 +127,17 @@ impl Kind for RangeSum {
                 input.parts
             )));
         }
-        if let Some(bad) = input.poison.iter().find(|&&i| i >= input.parts) {
-            return Err(KindError::fatal(format!(
-                "poison index {bad} is out of range (parts = {})",
-                input.parts
-            )));
+        for (name, indices) in [
+            ("poison", &input.poison),
+            ("panic", &input.panic),
+            ("crash", &input.crash),
+        ] {
+            if let Some(bad) = indices.iter().find(|&&i| i >= input.parts) {
+                return Err(KindError::fatal(format!(
+                    "{name} index {bad} is out of range (parts = {})",
+                    input.parts
+                )));
+            }
         }
         Ok((0..input.parts)
             .map(|index| {
@@ -128,6 +149,8 @@ impl Kind for RangeSum {
                     delay_ms: input.delay_ms,
                     fail_attempts: input.fail_attempts,
                     poison: input.poison.contains(&index),
+                    panic: input.panic.contains(&index),
+                    crash: input.crash.contains(&index),
                 }
             })
             .collect())
@@ -148,6 +171,12 @@ impl Kind for RangeSum {
                 "subtask {} is poisoned",
                 slice.index
             )));
+        }
+        if slice.crash {
+            failpoint::hit("range-sum.crash").await;
+        }
+        if slice.panic {
+            panic!("subtask {} panics by request", slice.index);
         }
         let sum = i64::try_from(sum_of_range(slice.start, slice.end)).map_err(|_| {
             KindError::fatal(format!(
