@@ -213,6 +213,8 @@ mod tests {
             delay_ms: 0,
             fail_attempts: 0,
             poison: vec![],
+            panic: vec![],
+            crash: vec![],
         }
     }
 
