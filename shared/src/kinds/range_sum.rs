@@ -255,5 +255,11 @@ mod tests {
                 ..input(0, 10, 5)
             })
             .is_err());
+        assert!(RangeSum
+            .plan(&RangeSumInput {
+                crash: vec![9],
+                ..input(0, 10, 5)
+            })
+            .is_err());
     }
 }
