@@ -105,6 +105,11 @@ section "cargo build --workspace --bins"
 section "cargo test --workspace -- --test-threads=$TEST_THREADS${*:+ $*}"
 TEST_LOG="$CHORUS_TEST_STATE_DIR/cargo-test.log"
 mkdir -p "$CHORUS_TEST_STATE_DIR"
+rm -f "$REPO_DIR/.chorus/fault/report.txt"
 "$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$TEST_LOG"
+if [[ -f "$REPO_DIR/.chorus/fault/report.txt" ]]; then
+    section "Fault-injection figures (see docs/reliability.md)"
+    cat "$REPO_DIR/.chorus/fault/report.txt" >&2
+fi
 
 CURRENT_STEP="done"

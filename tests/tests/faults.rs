@@ -103,8 +103,23 @@ async fn wait_for_progress(env: &TestEnv, tasks: &[Planned], settled: u64) {
 }
 
 fn assert_clean(scenario: &str, report: &Report) {
-    eprintln!("[{scenario}] {report}");
+    note(&format!("[{scenario}] {report}"));
     assert!(report.is_clean(), "[{scenario}] {report}");
+}
+
+/// Prints a figure and appends it to `.chorus/fault/report.txt`, which `deploy/test.sh` shows
+/// at the end of a run (test output is otherwise captured).
+fn note(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = chorus_tests::repo_dir().join(".chorus/fault/report.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        drop(writeln!(file, "{line}"));
+    }
 }
 
 async fn start(cluster: &Cluster, name: &str) -> (TestEnv, RawClient) {
@@ -554,7 +569,9 @@ async fn s12_soak_with_random_kills() {
     )
     .await;
     let report = check(&env, &run, &outcomes, 0).await;
-    eprintln!("[soak] faults injected: {faults:?}");
+    note(&format!(
+        "[soak] {count} tasks x {parts} subtasks, faults injected: {faults:?}"
+    ));
     assert_clean("soak", &report);
 }
 
@@ -581,7 +598,9 @@ async fn s05_a_memory_alarm_blocks_publishers_without_losing_anything() {
     let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
     let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
     assert_clean("memory alarm", &report);
-    eprintln!("[memory alarm] settled when the alarm went off: {settled_at_alarm}, four seconds later: {settled_during_alarm}");
+    note(&format!(
+        "[memory alarm] subtasks settled when the alarm went off: {settled_at_alarm}, four seconds into it: {settled_during_alarm}"
+    ));
     for service in services {
         assert!(env.is_running(service), "a service exited during the alarm");
     }
@@ -681,7 +700,10 @@ async fn s09_hostile_input_on_every_queue_is_dead_lettered_with_bounded_memory()
     for service in services {
         assert!(env.is_running(service), "a service died of hostile input");
         let rss = env.rss_kib(service);
-        eprintln!("[hostile input] service {service} RSS {rss} KiB");
+        note(&format!(
+            "[hostile input] service #{service} RSS {rss} KiB after {} hostile messages",
+            dead.len()
+        ));
         assert!(
             rss < 200 * 1024,
             "service {service} holds {rss} KiB after hostile input"
@@ -736,7 +758,9 @@ async fn s08_poison_that_panics_or_crashes_its_worker_ends_in_chorus_dead_and_in
             worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
         }
     };
-    eprintln!("[poison] worker crashes: {crashes}; outcome: {outcome}");
+    note(&format!(
+        "[poison] worker crashes before the crashing subtask was given up: {crashes}"
+    ));
     assert_eq!(outcome["status"], "partial", "{outcome}");
     assert_eq!(outcome["stats"]["succeeded"], 10);
     assert_eq!(outcome["stats"]["failed"], 2);
