@@ -803,3 +803,51 @@ async fn s08_poison_that_panics_or_crashes_its_worker_ends_in_chorus_dead_and_in
         "{reasons:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s10_a_channel_closed_for_consumer_timeout_loses_and_double_counts_nothing() {
+    let cluster = Cluster::start("s10");
+    // A one-second consumer_timeout, checked every 100 ms (RabbitMQ checks once a minute by
+    // default, which is why the real setting must exceed the longest subtask by a margin).
+    cluster.rabbitmqctl(&[
+        "eval",
+        "application:set_env(rabbit, channel_tick_interval, 100), application:set_env(rabbit, consumer_timeout, 1000).",
+    ]);
+    let (mut env, client) = start(&cluster, "s10").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let worker = env.spawn("chorus-worker", &["--concurrency", "3"]);
+    env.spawn("chorus-synthesizer", &[]);
+    wait_for_topology(&client).await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    // Every attempt takes 1.5 s, past the timeout: the broker closes the worker's channel
+    // under every one of them.
+    let run = tasks("s10", 1, 3, 1500);
+    submit(&client, &run, &reply_to).await;
+    let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+    // The subtasks whose acks the closed channel lost run again; their results must change
+    // nothing. Wait for at least one of them to come back.
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let duplicates: Option<u64> = redis::cmd("HGET")
+            .arg("chorus:{s10-0}:task")
+            .arg("duplicates")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if duplicates.is_some_and(|d| d > 0) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no subtask ran again: did the broker close the channel?"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("consumer_timeout closes the worker's channel", &report);
+    assert!(
+        env.is_running(worker),
+        "the worker reconnects instead of exiting"
+    );
+}
