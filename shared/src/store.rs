@@ -281,19 +281,24 @@ impl Store {
     /// Logs a warning for every server setting that weakens Chorus's guarantees.
     pub async fn warn_about_settings(&self) {
         let mut conn = self.conn();
-        for (name, wanted) in [("appendonly", "yes"), ("maxmemory-policy", "noeviction")] {
+        let required: [(&str, &[&str]); 3] = [
+            ("appendonly", &["yes"]),
+            ("appendfsync", &["everysec", "always"]),
+            ("maxmemory-policy", &["noeviction"]),
+        ];
+        for (name, accepted) in required {
             let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
                 .arg("GET")
                 .arg(name)
                 .query_async(&mut conn)
                 .await;
             match reply {
-                Ok(pair) if pair.get(1).map(String::as_str) == Some(wanted) => {}
+                Ok(pair) if pair.get(1).is_some_and(|v| accepted.contains(&v.as_str())) => {}
                 Ok(pair) => tracing::warn!(
                     setting = name,
                     value = pair.get(1).map(String::as_str).unwrap_or("?"),
-                    wanted,
-                    "Redis setting weakens Chorus's guarantees (see docs/protocol.md#redis)"
+                    wanted = accepted.join(" or "),
+                    "Redis setting weakens Chorus's guarantees (see docs/reliability.md)"
                 ),
                 Err(error) => {
                     tracing::debug!(setting = name, %error, "cannot read Redis setting");
