@@ -135,7 +135,7 @@ pid_alive() {
     local line rest
     [[ -n "${1:-}" ]] || return 1
     kill -0 "$1" 2>/dev/null || return 1
-    read -r line <"/proc/$1/stat" 2>/dev/null || return 1
+    { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 1
     rest="${line##*) }"
     [[ "${rest%% *}" != Z ]]
 }
@@ -162,7 +162,7 @@ find_proc() { # comm
     local d comm
     for d in /proc/[0-9]*; do
         comm=""
-        read -r comm <"$d/comm" 2>/dev/null || continue
+        { read -r comm <"$d/comm"; } 2>/dev/null || continue
         [[ "$comm" == "$1" ]] || continue
         if is_our_rmq "${d#/proc/}"; then
             printf '%s' "${d#/proc/}"

@@ -7,15 +7,13 @@ use std::{sync::Arc, time::Duration};
 use chorus_shared::{
     amqp::{self, Outgoing},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{
-        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
-    },
+    consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::{self, panic_message, reply_target, Finisher},
     kinds::Registry,
     protocol::{self, Encoding, Outcome, SubtaskMessage, TaskRequest},
-    store::{Claim, Store, TaskKeys, TaskState},
+    store::{Claim, Lease, Store, TaskKeys, TaskState},
     topology,
 };
 use clap::Parser;
@@ -66,6 +64,9 @@ pub struct Config {
     pub retry_max_delay_ms: u64,
 }
 
+/// Name under which planner runs are counted (see `Store::begin_run`).
+const PLAN_RUN: &str = "plan";
+
 struct Orchestrator {
     config: Config,
     registry: Registry,
@@ -104,6 +105,7 @@ pub async fn run(
                 registry: registry.clone(),
                 outcome_ttl: config.outcomes.outcome_ttl(),
                 lease: config.outcomes.lease(),
+                max_runs: config.limits.max_deliveries,
             },
             config: config.clone(),
             registry: registry.clone(),
@@ -175,15 +177,6 @@ impl Orchestrator {
         };
         check_size(delivery, self.config.limits.max_message_bytes())
             .map_err(|e| refuse(None, e))?;
-        let deliveries = earlier_deliveries(delivery);
-        if deliveries >= self.config.limits.max_deliveries {
-            return Err(refuse(
-                None,
-                ProtocolError::Invalid(format!(
-                    "delivered {deliveries} times without being acked; giving up on it as poison"
-                )),
-            ));
-        }
         let request: TaskRequest = encoding
             .decode(&delivery.data)
             .map_err(|e| refuse(None, e))?;
@@ -229,6 +222,8 @@ impl Orchestrator {
                 if let Some(waiter) = &waiter {
                     self.finisher.reply(waiter, &outcome).await?;
                 }
+                // Finishes an interrupted delivery to the other waiters, if any.
+                self.finisher.finish_if_settled(&id).await?;
                 return Ok(Disposition::Ack);
             }
             Claim::New => TaskState::Planning,
@@ -236,6 +231,9 @@ impl Orchestrator {
         };
         if matches!(state, TaskState::Running | TaskState::Finished) {
             tracing::info!(task = %id, state = state.as_str(), "duplicate of a running task; its outcome will be sent to this submitter too");
+            // A task whose last step was interrupted (one without subtasks, whose orchestrator
+            // died before finishing it) is pushed on by any duplicate.
+            self.finisher.finish_if_settled(&id).await?;
             return Ok(Disposition::Ack);
         }
         // The kind is checked on the claimed record, not on this request: a duplicate naming
@@ -276,14 +274,18 @@ impl Orchestrator {
                 _ => return Ok(Disposition::Ack),
             }
         };
-        let result = self.plan_and_publish_leased(id).await;
+        let result = self.plan_and_publish_leased(id, &lease).await;
         if let Err(error) = lease.release().await {
             tracing::debug!(task = id, %error, "cannot release plan lease; it lapses by itself");
         }
         result
     }
 
-    async fn plan_and_publish_leased(&self, id: &str) -> Result<Disposition, ServiceError> {
+    async fn plan_and_publish_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+    ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let Some(record) = store.task(id).await? else {
             return Ok(Disposition::Ack);
@@ -300,7 +302,22 @@ impl Orchestrator {
                     return self.reject_task(id, reason).await;
                 };
                 let input = record.input.clone();
+                // Planner runs that never return (a planner crashing the process) are counted, so
+                // such a task is rejected instead of taking orchestrators down forever.
+                match store.begin_run(id, PLAN_RUN).await? {
+                    None => return Ok(Disposition::Ack),
+                    Some(runs) if runs > self.config.limits.max_deliveries => {
+                        let reason = format!(
+                            "planning did not finish in {} runs: the planner of kind {:?} may be crashing the orchestrator",
+                            runs - 1,
+                            record.kind
+                        );
+                        return self.reject_task(id, reason).await;
+                    }
+                    Some(_) => {}
+                }
                 let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;
+                store.end_run(id, PLAN_RUN).await?;
                 let payloads = match planned {
                     Ok(Ok(payloads)) => payloads,
                     Ok(Err(error)) => {
@@ -350,7 +367,7 @@ impl Orchestrator {
                         )
                         .await;
                 }
-                store.record_plan(id, &payloads).await?;
+                store.record_plan(id, lease, &payloads).await?;
                 failpoint::hit("orchestrator.after-plan-recorded").await;
                 tracing::info!(task = id, kind = %record.kind, subtasks = payloads.len(), "task planned");
                 self.publish(

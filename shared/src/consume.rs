@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     amqp::{self, DeadLetter, Publisher},
     config::redact_url,
-    error::{BrokerError, ProtocolError, ServiceError},
+    error::{BrokerError, ProtocolError, ServiceError, StoreError},
     topology,
 };
 
@@ -32,6 +32,9 @@ pub struct Session {
     /// Confirm-mode channel on the publish connection.
     pub publisher: Publisher,
 }
+
+/// A session that lasted this long resets the reconnect backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// Reconnect pacing: quick first retries, then at most every five seconds.
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
@@ -86,10 +89,15 @@ pub async fn run_sessions<F, Fut>(
         match opened {
             Ok(session) => {
                 tracing::info!(broker = %redact_url(amqp_url), "connected to RabbitMQ");
-                delays = reconnect_backoff();
+                let started = tokio::time::Instant::now();
                 let session = Arc::new(session);
                 let served = serve(Arc::clone(&session)).await;
                 close_session(&session).await;
+                // Only a session that worked for a while resets the pace: one that fails at
+                // once (a refused declaration, say) must not reconnect in a tight loop.
+                if started.elapsed() >= HEALTHY_SESSION {
+                    delays = reconnect_backoff();
+                }
                 match served {
                     Ok(()) => return,
                     Err(error) => {
@@ -235,6 +243,9 @@ where
 
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let tracker = TaskTracker::new();
+    // Cancelled when the grace period is over: what still runs is dropped, not left running
+    // beside the next session (its messages come back from the broker).
+    let abandon = CancellationToken::new();
     let broken = CancellationToken::new();
     let failure: Arc<Mutex<Option<ServiceError>>> = Arc::new(Mutex::new(None));
 
@@ -274,8 +285,12 @@ where
             failure: Arc::clone(&failure),
         };
         let handler = handler.clone();
+        let abandon = abandon.clone();
         tracker.spawn(async move {
-            job.run(delivery, handler).await;
+            tokio::select! {
+                () = abandon.cancelled() => {}
+                () = job.run(delivery, handler) => {}
+            }
             drop(permit);
         });
     }
@@ -326,12 +341,31 @@ impl Job {
             };
             match outcome {
                 Ok(()) => return,
-                Err(ServiceError::Store(error)) => {
+                Err(ServiceError::Store(error)) if error.is_transient() => {
                     if self.shutdown.is_cancelled() || self.broken.is_cancelled() {
                         return;
                     }
                     tracing::warn!(queue = %self.queue, error = %error, "Redis failed; retrying this message");
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(3))).await;
+                }
+                Err(ServiceError::Store(StoreError::Fenced(reason))) => {
+                    // Another process took the work over under its own lease; its message
+                    // stays unacked until it is done, so this copy is not needed.
+                    tracing::info!(queue = %self.queue, %reason, "work taken over elsewhere; acking this copy");
+                    if let Err(error) = self.settle(&delivery, Disposition::Ack).await {
+                        self.fail(error).await;
+                    }
+                    return;
+                }
+                Err(ServiceError::Store(error)) => {
+                    let reason = ProtocolError::Invalid(format!("cannot be handled: {error}"));
+                    if let Err(error) = self
+                        .settle(&delivery, Disposition::Reject(reason, None, None))
+                        .await
+                    {
+                        self.fail(error).await;
+                    }
+                    return;
                 }
                 Err(ServiceError::Protocol(error)) => {
                     // A handler that surfaces a protocol error unhandled means the message is bad.

@@ -56,6 +56,17 @@ pub enum StoreError {
     /// Redis holds something Chorus did not write (or wrote with another version).
     #[error("unexpected data in Redis: {0}")]
     Corrupt(String),
+    /// A write under a lease was refused: the lease lapsed and another process took over.
+    #[error("{0}")]
+    Fenced(String),
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (Redis unreachable or slow), as opposed to data
+    /// that will not change by waiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Redis(_))
+    }
 }
 
 /// Why a service stopped handling one message.

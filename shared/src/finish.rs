@@ -20,6 +20,20 @@ use crate::{
     topology,
 };
 
+/// Name under which synthesis runs are counted (see [`Store::begin_run`]).
+const SYNTH_RUN: &str = "synth";
+
+/// Counters of a task, as its outcome reports them.
+fn stats_of(record: &TaskRecord) -> Stats {
+    Stats {
+        subtasks: record.total,
+        succeeded: record.succeeded,
+        failed: record.failed,
+        retries: record.retries,
+        duration_ms: now_ms().saturating_sub(record.created_ms),
+    }
+}
+
 /// Pause between looks at a task whose lease another process holds.
 const LEASE_POLL: Duration = Duration::from_millis(100);
 
@@ -36,6 +50,9 @@ pub struct Finisher {
     pub outcome_ttl: Duration,
     /// Lease on synthesizing one task.
     pub lease: Duration,
+    /// Synthesis runs that may start without finishing (crashing their process) before the
+    /// task is failed.
+    pub max_runs: u64,
 }
 
 impl Finisher {
@@ -52,17 +69,17 @@ impl Finisher {
             if record.delivered {
                 return Ok(());
             }
-            if record.state == TaskState::Finished {
-                return self.deliver(id).await;
-            }
-            if !matches!(record.state, TaskState::Planned | TaskState::Running)
-                || self.store.pending_count(id).await? > 0
-            {
+            let ready = record.state == TaskState::Finished
+                || (matches!(record.state, TaskState::Planned | TaskState::Running)
+                    && self.store.pending_count(id).await? == 0);
+            if !ready {
                 return Ok(());
             }
+            // Delivery too happens under the lease, so that without a crash nobody gets the
+            // outcome twice.
             let keys = TaskKeys::new(id);
             if let Some(lease) = self.store.try_lease(&keys.synth_lease, self.lease).await? {
-                let result = self.synthesize_and_deliver(id).await;
+                let result = self.finish_leased(id).await;
                 if let Err(error) = lease.release().await {
                     tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
                 }
@@ -72,12 +89,39 @@ impl Finisher {
         }
     }
 
-    async fn synthesize_and_deliver(&self, id: &str) -> Result<(), ServiceError> {
+    async fn finish_leased(&self, id: &str) -> Result<(), ServiceError> {
         let Some(record) = self.store.task(id).await? else {
             return Ok(());
         };
+        if record.delivered {
+            return Ok(());
+        }
         if record.state != TaskState::Finished {
-            let outcome = self.synthesize(id, record).await?;
+            let outcome = match self.store.begin_run(id, SYNTH_RUN).await? {
+                None => return Ok(()),
+                Some(runs) if runs > self.max_runs => {
+                    let message = format!(
+                        "synthesis did not finish in {} runs: it may be crashing the synthesizer",
+                        runs - 1
+                    );
+                    tracing::warn!(task = id, %message, "giving up on the synthesis");
+                    Outcome {
+                        status: Status::Failed,
+                        output: Value::Nil,
+                        errors: vec![OutcomeError {
+                            subtask: None,
+                            message,
+                        }],
+                        stats: stats_of(&record),
+                        id: id.to_owned(),
+                    }
+                }
+                Some(_) => {
+                    let synthesized = self.synthesize(id, record).await;
+                    self.store.end_run(id, SYNTH_RUN).await?;
+                    synthesized?
+                }
+            };
             self.store.store_outcome(&outcome, self.outcome_ttl).await?;
             failpoint::hit("synthesizer.after-store-outcome").await;
         }
@@ -139,13 +183,7 @@ impl Finisher {
             status,
             output,
             errors,
-            stats: Stats {
-                subtasks: record.total,
-                succeeded: record.succeeded,
-                failed: record.failed,
-                retries: record.retries,
-                duration_ms: now_ms().saturating_sub(record.created_ms),
-            },
+            stats: stats_of(&record),
         })
     }
 
@@ -188,14 +226,17 @@ impl Finisher {
         };
         let waiters = self.store.waiters(id).await?;
         let event = protocol::encode(&outcome)?;
-        let replies = waiters
+        let replies: Vec<(&ReplyTarget, Encoding, Vec<u8>)> = waiters
             .iter()
-            .map(|waiter| Ok((waiter, waiter.encoding.encode(&outcome)?)))
-            .collect::<Result<Vec<_>, ServiceError>>()?;
+            .map(|waiter| {
+                let (encoding, body) = encode_reply(waiter, &outcome, &event);
+                (waiter, encoding, body)
+            })
+            .collect();
         let routing_key = format!("task.{}", outcome.status.as_str());
         let messages = replies
             .iter()
-            .map(|(waiter, body)| reply_message(waiter, body))
+            .map(|(waiter, encoding, body)| reply_message(waiter, *encoding, body))
             .chain(std::iter::once(Outgoing {
                 exchange: topology::EVENTS_EXCHANGE,
                 routing_key: &routing_key,
@@ -224,9 +265,28 @@ impl Finisher {
     /// # Errors
     /// The broker failed.
     pub async fn reply(&self, waiter: &ReplyTarget, outcome: &Outcome) -> Result<(), ServiceError> {
-        let body = waiter.encoding.encode(outcome)?;
-        self.publisher.publish(reply_message(waiter, &body)).await?;
+        let msgpack = protocol::encode(outcome)?;
+        let (encoding, body) = encode_reply(waiter, outcome, &msgpack);
+        self.publisher
+            .publish(reply_message(waiter, encoding, &body))
+            .await?;
         Ok(())
+    }
+}
+
+/// The outcome in the waiter's encoding — or in MessagePack (`msgpack`, already encoded) when
+/// JSON cannot carry it (a kind's output with non-string map keys, say): the waiter still gets
+/// its outcome, with a `content_type` saying how to read it.
+fn encode_reply(waiter: &ReplyTarget, outcome: &Outcome, msgpack: &[u8]) -> (Encoding, Vec<u8>) {
+    match waiter.encoding {
+        Encoding::Msgpack => (Encoding::Msgpack, msgpack.to_vec()),
+        Encoding::Json => match Encoding::Json.encode(outcome) {
+            Ok(body) => (Encoding::Json, body),
+            Err(error) => {
+                tracing::warn!(task = %outcome.id, %error, "outcome has no JSON form; sending it as MessagePack");
+                (Encoding::Msgpack, msgpack.to_vec())
+            }
+        },
     }
 }
 
@@ -242,17 +302,20 @@ pub async fn reply_rejected(
     reason: &str,
 ) -> Result<(), ServiceError> {
     let outcome = Outcome::rejected(id, reason);
-    let body = waiter.encoding.encode(&outcome)?;
-    publisher.publish(reply_message(waiter, &body)).await?;
+    let msgpack = protocol::encode(&outcome)?;
+    let (encoding, body) = encode_reply(waiter, &outcome, &msgpack);
+    publisher
+        .publish(reply_message(waiter, encoding, &body))
+        .await?;
     Ok(())
 }
 
-fn reply_message<'a>(waiter: &'a ReplyTarget, body: &'a [u8]) -> Outgoing<'a> {
+fn reply_message<'a>(waiter: &'a ReplyTarget, encoding: Encoding, body: &'a [u8]) -> Outgoing<'a> {
     Outgoing {
         exchange: "",
         routing_key: &waiter.reply_to,
         body,
-        properties: amqp::persistent(waiter.encoding.content_type())
+        properties: amqp::persistent(encoding.content_type())
             .with_correlation_id(ShortString::from(short_id(&waiter.correlation_id))),
         mandatory: false,
     }

@@ -192,7 +192,8 @@ pub struct TaskRequest {
 /// Checks that a task id can be used as a key part and in log lines.
 ///
 /// # Errors
-/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace or control characters.
+/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control characters or
+/// braces (which would break the Redis hash tag `{<id>}` of the task's keys).
 pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
     if id.is_empty() {
         return Err(ProtocolError::Invalid("id must not be empty".into()));
@@ -203,9 +204,12 @@ pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
             id.len()
         )));
     }
-    if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if id
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+    {
         return Err(ProtocolError::Invalid(
-            "id must not contain whitespace or control characters".into(),
+            "id must not contain whitespace, control characters, '{' or '}'".into(),
         ));
     }
     Ok(())
@@ -320,6 +324,32 @@ pub struct SubtaskMessage {
     pub timeout_ms: u64,
     /// The kind's subtask, MessagePack-encoded by the kind.
     pub payload: ByteBuf,
+}
+
+impl SubtaskMessage {
+    /// Checks what a worker relies on: a valid task id and attempt counters and timeout
+    /// within the limits the orchestrator itself applies.
+    ///
+    /// # Errors
+    /// The first field out of range.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        validate_task_id(&self.task)?;
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts)
+            || !(1..=self.max_attempts).contains(&self.attempt)
+        {
+            return Err(ProtocolError::Invalid(format!(
+                "attempt {} of {} is out of range (max_attempts is at most {MAX_ATTEMPTS_LIMIT})",
+                self.attempt, self.max_attempts
+            )));
+        }
+        if !(1..=TIMEOUT_MS_LIMIT).contains(&self.timeout_ms) {
+            return Err(ProtocolError::Invalid(format!(
+                "timeout_ms {} is out of range",
+                self.timeout_ms
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How one subtask ended, as carried on `chorus.results` and stored in Redis.
@@ -499,6 +529,7 @@ mod tests {
         assert!(validate_task_id("job-42:a/b").is_ok());
         assert!(validate_task_id("").is_err());
         assert!(validate_task_id("a b").is_err());
+        assert!(validate_task_id("}x{").is_err());
         assert!(validate_task_id(&"x".repeat(MAX_TASK_ID_BYTES + 1)).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Redis state of every task: key layout, the atomic Lua scripts of the fan-in, and leases.
 //!
 //! All keys of one task share the hash tag `{<task-id>}` (`chorus:{<id>}:task`, `...:plan`,
-//! ...), so every script touches a single slot and works unchanged on Redis Cluster.
+//! ...), so every script touches a single slot, as Redis Cluster requires (the connection itself
+//! is to a single Redis for now).
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
@@ -10,11 +11,11 @@
 //! | `plan` | list | subtask payloads in plan order (index = subtask id) |
 //! | `pending` | set | ids of subtasks not settled yet |
 //! | `results` | hash | subtask id → encoded [`SubtaskOutcome`] with attempts |
-//! | `starts` | hash | subtask id → runs started after a redelivery (poison detection) |
+//! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 
-use std::time::Duration;
+use std::{sync::LazyLock, time::Duration};
 
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, Script};
 use serde::{Deserialize, Serialize};
@@ -225,12 +226,45 @@ local existing = redis.call('GET', KEYS[2])
 if not existing then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
   existing = ARGV[1]
-  redis.call('HSET', KEYS[1], 'state', 'finished', 'finished_ms', ARGV[3])
+    redis.call('HSET', KEYS[1], 'state', 'finished', 'finished_ms', ARGV[3])
+  -- Everything kept expires together, set once: a later call must not outlive the outcome.
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[2])
+  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 return existing
+";
+
+const BEGIN_RUN: &str = r"
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state or state == 'finished' then return -1 end
+return redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+";
+
+const END_RUN: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+end
+return 0
+";
+
+const RESET_PLAN: &str = r"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[4], 'state') ~= 'planning' then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+return 1
+";
+
+const APPEND_PLAN: &str = r"
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[4], 'state') ~= 'planning' then return 0 end
+if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
+local first = tonumber(ARGV[2])
+for i = 3, #ARGV do
+  redis.call('RPUSH', KEYS[1], ARGV[i])
+  redis.call('SADD', KEYS[2], tostring(first + i - 3))
+end
+return 1
 ";
 
 const RELEASE_LEASE: &str = r"
@@ -242,6 +276,19 @@ const RENEW_LEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
 ";
+
+// Scripts are hashed once; invocations then go by EVALSHA.
+static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
+static MARK_PLANNED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_PLANNED));
+static MARK_RUNNING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_RUNNING));
+static RECORD_RESULT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_RESULT));
+static STORE_OUTCOME_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_OUTCOME));
+static RELEASE_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE));
+static RENEW_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LEASE));
+static BEGIN_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_RUN));
+static END_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(END_RUN));
+static RESET_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESET_PLAN));
+static APPEND_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_PLAN));
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -326,7 +373,7 @@ impl Store {
             }
             None => Vec::new(),
         };
-        let (status, value): (String, Vec<u8>) = Script::new(CLAIM)
+        let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
             .key(&keys.task)
             .key(&keys.outcome)
             .key(&keys.waiters)
@@ -348,35 +395,52 @@ impl Store {
 
     /// Records the plan: payloads in order, and every subtask id as pending, then moves the task
     /// to `planned`. Starts from scratch each time, so a crash half-way is repaired by a rerun.
+    /// Every write checks that `lease` is still held and the task still `planning`, so a holder
+    /// whose lease lapsed (a long pause) cannot overwrite the work of the one that took over.
     ///
     /// # Errors
-    /// Redis fails, or the task left the `planning` state meanwhile.
-    pub async fn record_plan(&self, id: &str, payloads: &[Vec<u8>]) -> Result<(), StoreError> {
+    /// Redis fails, or the lease was lost or the task left the `planning` state meanwhile
+    /// ([`StoreError::Fenced`]).
+    pub async fn record_plan(
+        &self,
+        id: &str,
+        lease: &Lease,
+        payloads: &[Vec<u8>],
+    ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         let mut conn = self.conn();
-        redis::cmd("DEL")
-            .arg(&keys.plan)
-            .arg(&keys.pending)
-            .query_async::<()>(&mut conn)
+        let fenced = || {
+            StoreError::Fenced(format!(
+                "task {id}: plan lease lost or task no longer planning"
+            ))
+        };
+        let reset: i64 = RESET_PLAN_SCRIPT
+            .key(&keys.plan)
+            .key(&keys.pending)
+            .key(&keys.plan_lease)
+            .key(&keys.task)
+            .arg(&lease.token)
+            .invoke_async(&mut conn)
             .await?;
-        for (chunk_index, chunk) in payloads.chunks(CHUNK).enumerate() {
-            let first = chunk_index * CHUNK;
-            let ids: Vec<String> = (first..first + chunk.len())
-                .map(|i| i.to_string())
-                .collect();
-            redis::pipe()
-                .cmd("RPUSH")
-                .arg(&keys.plan)
-                .arg(chunk)
-                .ignore()
-                .cmd("SADD")
-                .arg(&keys.pending)
-                .arg(&ids)
-                .ignore()
-                .query_async::<()>(&mut conn)
-                .await?;
+        if reset != 1 {
+            return Err(fenced());
         }
-        let moved: i64 = Script::new(MARK_PLANNED)
+        for (chunk_index, chunk) in payloads.chunks(CHUNK).enumerate() {
+            let appended: i64 = APPEND_PLAN_SCRIPT
+                .key(&keys.plan)
+                .key(&keys.pending)
+                .key(&keys.plan_lease)
+                .key(&keys.task)
+                .arg(&lease.token)
+                .arg(chunk_index * CHUNK)
+                .arg(chunk)
+                .invoke_async(&mut conn)
+                .await?;
+            if appended != 1 {
+                return Err(fenced());
+            }
+        }
+        let moved: i64 = MARK_PLANNED_SCRIPT
             .key(&keys.task)
             .arg(payloads.len())
             .invoke_async(&mut conn)
@@ -384,10 +448,40 @@ impl Store {
         if moved == 1 {
             Ok(())
         } else {
-            Err(StoreError::Corrupt(format!(
-                "task {id} left the planning state while being planned"
-            )))
+            Err(fenced())
         }
+    }
+
+    /// Notes that a run of `what` (a subtask id, `plan` or `synth`) of task `task` starts.
+    /// Returns the runs of it that started and have not finished, this one included — or
+    /// `None` when the task is finished or unknown (nothing left to run).
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn begin_run(&self, task: &str, what: &str) -> Result<Option<u64>, StoreError> {
+        let keys = TaskKeys::new(task);
+        let runs: i64 = BEGIN_RUN_SCRIPT
+            .key(&keys.task)
+            .key(&keys.starts)
+            .arg(what)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(u64::try_from(runs).ok())
+    }
+
+    /// Notes that a run counted by [`Store::begin_run`] finished (whatever its result), so only
+    /// runs that took their process down stay counted.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn end_run(&self, task: &str, what: &str) -> Result<(), StoreError> {
+        let keys = TaskKeys::new(task);
+        END_RUN_SCRIPT
+            .key(&keys.starts)
+            .arg(what)
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        Ok(())
     }
 
     /// Reads plan entries `start..end` (subtask ids are their indices).
@@ -434,7 +528,7 @@ impl Store {
     /// Redis fails.
     pub async fn mark_running(&self, id: &str, published: u64) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
-        Script::new(MARK_RUNNING)
+        MARK_RUNNING_SCRIPT
             .key(&keys.task)
             .arg(published)
             .invoke_async::<i64>(&mut self.conn())
@@ -460,7 +554,7 @@ impl Store {
             outcome: outcome.clone(),
         })
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (status, remaining): (String, u64) = Script::new(RECORD_RESULT)
+        let (status, remaining): (String, u64) = RECORD_RESULT_SCRIPT
             .key(&keys.task)
             .key(&keys.pending)
             .key(&keys.results)
@@ -477,21 +571,6 @@ impl Store {
             "unknown-task" => Recorded::UnknownTask,
             _ => Recorded::UnknownSubtask,
         })
-    }
-
-    /// Counts one more start of a redelivered subtask; returns the starts counted before this one.
-    ///
-    /// # Errors
-    /// Redis fails.
-    pub async fn count_start(&self, task: &str, subtask: &str) -> Result<u64, StoreError> {
-        let keys = TaskKeys::new(task);
-        let starts: u64 = redis::cmd("HINCRBY")
-            .arg(&keys.starts)
-            .arg(subtask)
-            .arg(1)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(starts.saturating_sub(1))
     }
 
     /// Unsettled subtasks of a task.
@@ -585,7 +664,7 @@ impl Store {
     ) -> Result<Outcome, StoreError> {
         let keys = TaskKeys::new(&outcome.id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let stored: Vec<u8> = Script::new(STORE_OUTCOME)
+        let stored: Vec<u8> = STORE_OUTCOME_SCRIPT
             .key(&keys.task)
             .key(&keys.outcome)
             .key(&keys.waiters)
@@ -679,7 +758,7 @@ impl Store {
                         () = stop.cancelled() => return,
                         () = tokio::time::sleep(every) => {}
                     }
-                    let renewed: Result<i64, _> = Script::new(RENEW_LEASE)
+                    let renewed: Result<i64, _> = RENEW_LEASE_SCRIPT
                         .key(&key)
                         .arg(&token)
                         .arg(ttl_ms)
@@ -705,6 +784,7 @@ impl Store {
 pub struct Lease {
     store: Store,
     key: String,
+    /// Owner token, checked by the scripts that write under the lease.
     token: String,
     stop: CancellationToken,
 }
@@ -716,7 +796,7 @@ impl Lease {
     /// Redis fails; the lease then lapses by itself.
     pub async fn release(self) -> Result<(), StoreError> {
         self.stop.cancel();
-        Script::new(RELEASE_LEASE)
+        RELEASE_LEASE_SCRIPT
             .key(&self.key)
             .arg(&self.token)
             .invoke_async::<i64>(&mut self.store.conn())

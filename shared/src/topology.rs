@@ -2,8 +2,9 @@
 //!
 //! Work queues (`chorus.tasks`, `chorus.subtasks`, `chorus.results`) and `chorus.dead` are quorum
 //! queues: replicated when the broker is a cluster, and with `x-delivery-limit` so a message that
-//! keeps crashing its consumer ends in `chorus.dead` instead of looping. Retry delay queues are
-//! classic queues whose messages expire (per-message TTL) back into `chorus.subtasks`.
+//! keeps crashing its consumer ends in `chorus.dead` instead of looping. Retry queues are quorum
+//! queues too, whose messages expire (per-message TTL) back into `chorus.subtasks` with
+//! at-least-once dead-lettering, so a retry survives a broker crash at the moment it is due.
 
 use std::time::Duration;
 
@@ -25,8 +26,8 @@ pub const RESULTS_QUEUE: &str = "chorus.results";
 pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
-/// Prefix of the retry delay queues; the suffix is the bucket's upper bound in milliseconds.
-pub const DELAY_QUEUE_PREFIX: &str = "chorus.delay.";
+/// Prefix of the retry queues; the suffix is the bucket's upper bound in milliseconds.
+pub const DELAY_QUEUE_PREFIX: &str = "chorus.retry.";
 /// Shortest retry delay bucket; each next bucket doubles it.
 pub const DELAY_BUCKET_BASE_MS: u64 = 100;
 
@@ -149,29 +150,29 @@ mod tests {
     fn delays_map_to_the_smallest_covering_bucket() {
         assert_eq!(
             delay_queue_for(Duration::from_millis(0)),
-            "chorus.delay.100"
+            "chorus.retry.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(100)),
-            "chorus.delay.100"
+            "chorus.retry.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(101)),
-            "chorus.delay.200"
+            "chorus.retry.200"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(1500)),
-            "chorus.delay.1600"
+            "chorus.retry.1600"
         );
     }
 
     #[test]
     fn declared_buckets_cover_the_maximum_delay() {
         let names = delay_queues_up_to(Duration::from_secs(60));
-        assert_eq!(names.first().map(String::as_str), Some("chorus.delay.100"));
+        assert_eq!(names.first().map(String::as_str), Some("chorus.retry.100"));
         assert_eq!(
             names.last().map(String::as_str),
-            Some("chorus.delay.102400")
+            Some("chorus.retry.102400")
         );
         assert_eq!(names.len(), 11);
     }

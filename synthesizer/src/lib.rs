@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use chorus_shared::{
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{
-        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
-    },
+    consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::Finisher,
@@ -88,6 +86,7 @@ pub async fn run(
                 registry: registry.clone(),
                 outcome_ttl: config.outcomes.outcome_ttl(),
                 lease: config.outcomes.lease(),
+                max_runs: config.limits.max_deliveries,
             },
             config: config.clone(),
         });
@@ -108,13 +107,6 @@ impl Synthesizer {
         let (task, subtask) = (Some(result.task.clone()), Some(result.subtask.clone()));
         if let Err(error) = protocol::validate_task_id(&result.task) {
             return Ok(Disposition::Reject(error, None, subtask));
-        }
-        let deliveries = earlier_deliveries(delivery);
-        if deliveries >= self.config.limits.max_deliveries {
-            let error = ProtocolError::Invalid(format!(
-                "delivered {deliveries} times without being acked; giving up on it as poison"
-            ));
-            return Ok(Disposition::Reject(error, task, subtask));
         }
         let recorded = self
             .finisher

@@ -131,6 +131,28 @@ impl Cluster {
             .success());
     }
 
+    /// Declares Chorus's topology, then restarts the node gracefully. RabbitMQ 3.10 keeps the
+    /// names of quorum queues in a table it saves lazily: a node SIGKILLed soon after a queue
+    /// was declared forgets that queue's replica, which then never gets a leader again. A
+    /// graceful stop saves the table, so the scenarios that SIGKILL the node start with it.
+    pub async fn prepare_for_broker_kills(&self) {
+        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port);
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        chorus_shared::topology::declare(&channel, Duration::from_secs(60))
+            .await
+            .unwrap();
+        drop(
+            connection
+                .close(200, lapin::types::ShortString::from("ok"))
+                .await,
+        );
+        self.stop_rabbitmq();
+        self.start_missing();
+    }
+
     /// A test environment on this pair (default vhost, database 0).
     pub async fn env(&self, name: &str) -> TestEnv {
         TestEnv::with_urls(

@@ -217,6 +217,12 @@ impl TestEnv {
         }
     }
 
+    /// What child `index` has logged so far.
+    pub fn log_of(&self, index: usize) -> String {
+        let (bin, _) = &self.children[index];
+        std::fs::read_to_string(self.logs.join(format!("{index}-{bin}.log"))).unwrap_or_default()
+    }
+
     /// Resident memory of child `index`, in KiB.
     pub fn rss_kib(&self, index: usize) -> u64 {
         let status =

@@ -64,7 +64,8 @@ pub struct Config {
 impl Config {
     /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.
     pub fn retry_delay(&self, next_attempt: u32) -> Duration {
-        let retries = usize::try_from(next_attempt.saturating_sub(1))
+        // Past 64 doublings every delay is the maximum anyway.
+        let retries = usize::try_from(next_attempt.saturating_sub(1).min(64))
             .unwrap_or(usize::MAX)
             .max(1);
         ExponentialBuilder::default()
@@ -100,6 +101,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
+    // One gate for the process, across sessions: handlers of an old session may still be
+    // running during the grace period.
+    let quarantine = Arc::new(RwLock::new(()));
     tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
     let spec = ServiceSpec {
         name: "chorus-worker",
@@ -119,7 +123,7 @@ pub async fn run(
             registry: registry.clone(),
             publisher: session.publisher.clone(),
             store: store.clone(),
-            quarantine: Arc::new(RwLock::new(())),
+            quarantine: Arc::clone(&quarantine),
         });
         move |delivery: Arc<Delivery>| {
             let worker = Arc::clone(&worker);
@@ -141,11 +145,14 @@ impl Worker {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
         let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
-        if let Err(error) = protocol::validate_task_id(&subtask.task) {
+        if let Err(error) = subtask.validate() {
             return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
         }
         let attempt = if delivery.redelivered || earlier_deliveries(delivery) > 0 {
-            self.run_suspect(&subtask).await?
+            match self.run_suspect(&subtask).await? {
+                Some(attempt) => attempt,
+                None => return Ok(Disposition::Ack),
+            }
         } else {
             let _shared = self.quarantine.read().await;
             self.run_handler(&subtask).await
@@ -186,22 +193,28 @@ impl Worker {
     /// Runs a redelivered subtask alone, counting its starts in Redis: one that keeps taking its
     /// worker down (a crash, an OOM kill) is failed after `--max-deliveries` runs, while the
     /// subtasks that were merely prefetched beside it are not blamed.
-    async fn run_suspect(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
+    async fn run_suspect(&self, subtask: &SubtaskMessage) -> Result<Option<Attempt>, ServiceError> {
         let _alone = self.quarantine.write().await;
-        // The first delivery ran unobserved; count it too.
-        let runs = 1 + self
+        let Some(unfinished) = self
             .store
-            .count_start(&subtask.task, &subtask.subtask)
-            .await?;
-        if runs >= self.config.limits.max_deliveries {
-            return Ok(Attempt::Failed {
+            .begin_run(&subtask.task, &subtask.subtask)
+            .await?
+        else {
+            // The task is over; running this copy would change nothing.
+            return Ok(None);
+        };
+        // The first delivery ran unobserved: assume it did not finish either.
+        if unfinished >= self.config.limits.max_deliveries {
+            return Ok(Some(Attempt::Failed {
                 message: format!(
-                    "started {runs} times without finishing: its handler keeps crashing or stalling the worker"
+                    "started {unfinished} times without finishing: its handler keeps crashing or stalling the worker"
                 ),
                 retryable: false,
-            });
+            }));
         }
-        Ok(self.run_handler(subtask).await)
+        let attempt = self.run_handler(subtask).await;
+        self.store.end_run(&subtask.task, &subtask.subtask).await?;
+        Ok(Some(attempt))
     }
 
     async fn run_handler(&self, subtask: &SubtaskMessage) -> Attempt {

@@ -168,12 +168,21 @@ impl Kind for WordFreq {
         let mut texts = Vec::new();
         let mut total: u64 = 0;
         for file in files {
+            // Checked before reading, so a huge file is refused instead of loaded.
+            let size = std::fs::metadata(&file)
+                .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?
+                .len();
+            if total.saturating_add(size) > MAX_TOTAL_BYTES {
+                return Err(KindError::fatal(format!(
+                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
+                )));
+            }
             let bytes = std::fs::read(&file)
                 .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?;
             if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
                 continue;
             }
-            total += bytes.len() as u64;
+            total = total.saturating_add(bytes.len() as u64);
             if total > MAX_TOTAL_BYTES {
                 return Err(KindError::fatal(format!(
                     "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
@@ -222,10 +231,13 @@ impl Kind for WordFreq {
         let mut merged: HashMap<String, u64> = HashMap::new();
         for (_, part) in outputs {
             for (word, count) in part.counts {
-                *merged.entry(word).or_insert(0) += count;
+                let entry = merged.entry(word).or_insert(0);
+                *entry = entry.saturating_add(count);
             }
         }
-        let total_words = merged.values().sum();
+        let total_words = merged
+            .values()
+            .fold(0_u64, |sum, &count| sum.saturating_add(count));
         let distinct_words = merged.len() as u64;
         let mut ranked: Vec<WordCount> = merged
             .into_iter()
