@@ -102,6 +102,28 @@ async fn wait_for_progress(env: &TestEnv, tasks: &[Planned], settled: u64) {
     }
 }
 
+/// Waits until the task hash `key` is in `state`.
+async fn wait_for_state(env: &TestEnv, key: &str, state: &str) {
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let current: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("state")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if current.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never reached state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn assert_clean(scenario: &str, report: &Report) {
     note(&format!("[{scenario}] {report}"));
     assert!(report.is_clean(), "[{scenario}] {report}");
@@ -383,24 +405,7 @@ async fn s07_duplicate_tasks_subtasks_and_results_change_nothing() {
         submit_as(&client, &run, &reply_to, Some(correlation_id)).await;
     }
     // The copies must find the task planned, or they are (rightly) dead-lettered as strays.
-    let mut redis = env.redis().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let state: Option<String> = redis::cmd("HGET")
-            .arg("chorus:{s07-0}:task")
-            .arg("state")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if state.as_deref() == Some("running") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task never started running"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_state(&env, "chorus:{s07-0}:task", "running").await;
     let properties =
         BasicProperties::default().with_content_type(ShortString::from("application/msgpack"));
     for index in [2_u32, 5] {
@@ -456,7 +461,7 @@ async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
     let (reply_to, mut replies) = client.reply_queue().await;
     let run = tasks("s11", 1, 8, 1500);
     submit(&client, &run, &reply_to).await;
-    wait_for_progress(&env, &run, 0).await;
+    wait_for_state(&env, "chorus:{s11-0}:task", "running").await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     // Four subtasks are running; SIGTERM lets them finish, then the worker exits 0.
     let code = tokio::task::block_in_place(|| env.terminate(draining, Duration::from_secs(20)));
@@ -489,8 +494,13 @@ async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
         &["--concurrency", "4", "--shutdown-grace-secs", "60"],
     );
     submit(&client, &run, &reply_to).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let _ = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_millis(300)));
+    wait_for_state(&env, "chorus:{s11b-0}:task", "running").await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let first = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_millis(300)));
+    assert_eq!(
+        first, None,
+        "with 30 s subtasks in hand, the first signal waits for them"
+    );
     let code = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_secs(5)));
     assert!(
         code.is_some() && code != Some(0),
