@@ -2,9 +2,10 @@
 //!
 //! Work queues (`chorus.tasks`, `chorus.subtasks`, `chorus.results`) and `chorus.dead` are quorum
 //! queues: replicated when the broker is a cluster, and with `x-delivery-limit` so a message that
-//! keeps crashing its consumer ends in `chorus.dead` instead of looping. Retry queues are quorum
-//! queues too, whose messages expire (per-message TTL) back into `chorus.subtasks` with
-//! at-least-once dead-lettering, so a retry survives a broker crash at the moment it is due.
+//! keeps crashing its consumer ends in `chorus.dead` instead of looping. Retry queues are durable
+//! classic queues whose messages expire (per-message TTL) back into `chorus.subtasks`: RabbitMQ
+//! 3.10 does not reliably restart quorum queues declared shortly before a node restart, and one
+//! such retry queue would strand every retry in it (docs/reliability.md).
 
 use std::time::Duration;
 
