@@ -1,0 +1,613 @@
+//! `chorus-bench`: measures, in one run and on one broker, the raw two-hop broker path a subtask
+//! must take at minimum (the baseline) and Chorus itself — throughput at several task sizes,
+//! latency of small tasks, cost per subtask, memory and CPU of each service, and scale-out over
+//! worker processes. Prints one table and writes it as JSON. `deploy/bench.sh` runs it against
+//! a private RabbitMQ and Redis.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use chorus_shared::kinds::range_sum::sum_of_range;
+use clap::Parser;
+use futures::{stream::FuturesUnordered, StreamExt};
+use lapin::{
+    options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+    BasicProperties, Channel, Connection, ConnectionProperties,
+};
+use serde::Serialize;
+use serde_json::json;
+
+/// Flags of `chorus-bench`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "chorus-bench",
+    version,
+    about = "Benchmark Chorus against the raw broker path, side by side."
+)]
+struct Cli {
+    /// RabbitMQ to measure on (use a private one: queues are purged).
+    #[arg(long, env = "CHORUS_AMQP_URL")]
+    amqp_url: String,
+    /// Redis to use (it is flushed between runs).
+    #[arg(long, env = "CHORUS_REDIS_URL")]
+    redis_url: String,
+    /// Directory holding chorus-orchestrator, chorus-worker and chorus-synthesizer.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Task sizes (subtasks) for the throughput and growth measurements.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    sizes: Vec<u64>,
+    /// Runs of each measurement; the table shows the median and the min–max.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Sequential 3-subtask tasks for the latency measurement.
+    #[arg(long, default_value_t = 500)]
+    latency_tasks: usize,
+    /// Worker process counts for the scale-out measurement (at the middle size).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    workers: Vec<usize>,
+    /// Concurrency (and prefetch) of each worker process.
+    #[arg(long, default_value_t = 100)]
+    worker_concurrency: u16,
+    /// Where to write the JSON table.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+}
+
+/// Median and range of repeated measurements.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(values: &[f64]) -> Self {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let median = if sorted.is_empty() {
+            0.0
+        } else if sorted.len() % 2 == 1 {
+            sorted[sorted.len() / 2]
+        } else {
+            (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: *sorted.first().unwrap_or(&0.0),
+            max: *sorted.last().unwrap_or(&0.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Stat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} ({:.0}–{:.0})", self.median, self.min, self.max)
+    }
+}
+
+fn quorum_args() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        ShortString::from("x-queue-type"),
+        AMQPValue::LongString(LongString::from(b"quorum".to_vec())),
+    );
+    args
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
+/// The raw two-hop path: publish persistent + confirmed → consume + publish the "result"
+/// persistent + confirmed, then ack → consume + ack. Same queue type as Chorus (quorum),
+/// prefetch 100. Returns messages per second through both hops.
+async fn baseline(url: &str, n: u64) -> Result<f64> {
+    let (hop1, hop2) = ("bench.hop1", "bench.hop2");
+    let setup = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = setup.create_channel().await?;
+    for queue in [hop1, hop2] {
+        drop(
+            channel
+                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+                .await,
+        );
+        let channel = setup.create_channel().await?;
+        channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions::durable(),
+                quorum_args(),
+            )
+            .await?;
+    }
+    let worker_in = Connection::connect(url, ConnectionProperties::default()).await?;
+    let worker_out = Connection::connect(url, ConnectionProperties::default()).await?;
+    let sink = Connection::connect(url, ConnectionProperties::default()).await?;
+    let producer = Connection::connect(url, ConnectionProperties::default()).await?;
+
+    // Middle hop: prefetch 100, each delivery republished with a confirm, then acked.
+    let consume_channel = worker_in.create_channel().await?;
+    consume_channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = consume_channel
+        .basic_consume(
+            ShortString::from(hop1),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publish_channel = Arc::new(confirm_channel(&worker_out).await?);
+    let middle = tokio::spawn(async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut done = 0;
+        while done < n {
+            tokio::select! {
+                Some(delivery) = deliveries.next() => {
+                    let delivery = delivery?;
+                    let channel = Arc::clone(&publish_channel);
+                    in_flight.push(async move {
+                        channel
+                            .basic_publish(ShortString::from(""), ShortString::from(hop2), BasicPublishOptions::default(), &delivery.data, persistent())
+                            .await?
+                            .await?;
+                        delivery.acker.ack(BasicAckOptions::default()).await?;
+                        Ok::<(), lapin::Error>(())
+                    });
+                }
+                Some(result) = in_flight.next() => {
+                    result?;
+                    done += 1;
+                }
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    });
+    let sink_channel = sink.create_channel().await?;
+    sink_channel
+        .basic_qos(100, BasicQosOptions::default())
+        .await?;
+    let mut results = sink_channel
+        .basic_consume(
+            ShortString::from(hop2),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    let started = Instant::now();
+    let publisher = confirm_channel(&producer).await?;
+    let produce = tokio::spawn(async move {
+        let body = [7_u8; 64];
+        let mut confirms = FuturesUnordered::new();
+        for _ in 0..n {
+            confirms.push(
+                publisher
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(hop1),
+                        BasicPublishOptions::default(),
+                        &body,
+                        persistent(),
+                    )
+                    .await?,
+            );
+            while confirms.len() >= 1000 {
+                if let Some(confirm) = confirms.next().await {
+                    confirm?;
+                }
+            }
+        }
+        while let Some(confirm) = confirms.next().await {
+            confirm?;
+        }
+        Ok::<(), lapin::Error>(())
+    });
+    let mut received = 0;
+    while received < n {
+        let delivery = tokio::time::timeout(Duration::from_secs(120), results.next())
+            .await
+            .context("baseline stalled")?
+            .context("sink consumer ended")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        received += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    produce.await??;
+    middle.await??;
+    for connection in [&setup, &worker_in, &worker_out, &sink, &producer] {
+        drop(connection.close(200, ShortString::from("bye")).await);
+    }
+    Ok(n as f64 / elapsed)
+}
+
+/// The Chorus services of one measurement, as child processes.
+struct System {
+    children: Vec<(String, Child)>,
+}
+
+impl System {
+    fn start(cli: &Cli, workers: usize) -> Result<Self> {
+        let mut children = Vec::new();
+        let spawn = |bin: &str, args: &[&str]| -> Result<(String, Child)> {
+            let path = cli.bin_dir.join(bin);
+            if !path.exists() {
+                bail!(
+                    "{} is missing: build the release binaries first",
+                    path.display()
+                );
+            }
+            let child = Command::new(&path)
+                .args(args)
+                .env("CHORUS_AMQP_URL", &cli.amqp_url)
+                .env("CHORUS_REDIS_URL", &cli.redis_url)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("cannot start {}", path.display()))?;
+            Ok((bin.to_owned(), child))
+        };
+        children.push(spawn("chorus-orchestrator", &["--publish-batch", "1000"])?);
+        let concurrency = cli.worker_concurrency.to_string();
+        for _ in 0..workers {
+            children.push(spawn("chorus-worker", &["--concurrency", &concurrency])?);
+        }
+        children.push(spawn("chorus-synthesizer", &["--concurrency", "256"])?);
+        Ok(Self { children })
+    }
+
+    /// Peak resident memory (KiB) and CPU seconds of each service, by binary name (the
+    /// maximum over worker processes for memory, the sum for CPU).
+    fn usage(&self) -> BTreeMap<String, (u64, f64)> {
+        let ticks = 100.0; // USER_HZ on Linux
+        let mut usage: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+        for (bin, child) in &self.children {
+            let pid = child.id();
+            let peak = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0);
+            let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+                    let user: f64 = rest.get(11)?.parse().ok()?;
+                    let system: f64 = rest.get(12)?.parse().ok()?;
+                    Some((user + system) / ticks)
+                })
+                .unwrap_or(0.0);
+            let entry = usage.entry(bin.clone()).or_insert((0, 0.0));
+            entry.0 = entry.0.max(peak);
+            entry.1 += cpu;
+        }
+        usage
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            drop(child.kill());
+            drop(child.wait());
+        }
+    }
+}
+
+/// Empties Redis and every Chorus queue, so each measurement starts alike.
+async fn reset(cli: &Cli) -> Result<()> {
+    let client = redis::Client::open(cli.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
+    let connection = Connection::connect(&cli.amqp_url, ConnectionProperties::default()).await?;
+    for queue in [
+        "chorus.tasks",
+        "chorus.subtasks",
+        "chorus.results",
+        "chorus.dead",
+    ] {
+        let channel = connection.create_channel().await?;
+        drop(
+            channel
+                .queue_purge(ShortString::from(queue), Default::default())
+                .await,
+        );
+    }
+    drop(connection.close(200, ShortString::from("bye")).await);
+    Ok(())
+}
+
+/// A client that submits `range-sum` tasks and waits for their outcomes.
+struct Submitter {
+    connection: Connection,
+    channel: Channel,
+    reply_to: String,
+    replies: lapin::Consumer,
+}
+
+impl Submitter {
+    async fn connect(url: &str) -> Result<Self> {
+        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+        let channel = confirm_channel(&connection).await?;
+        // Wait until the orchestrator has declared its queue.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let probe = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if probe
+                .queue_declare(
+                    ShortString::from("chorus.tasks"),
+                    passive,
+                    FieldTable::default(),
+                )
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("chorus.tasks never appeared: did the orchestrator start?");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let queue = channel
+            .queue_declare(
+                ShortString::from(""),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let reply_to = queue.name().as_str().to_owned();
+        let replies = channel
+            .basic_consume(
+                ShortString::from(reply_to.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+            reply_to,
+            replies,
+        })
+    }
+
+    /// Runs one task of `parts` no-op subtasks; returns its wall time, having checked the sum.
+    async fn run(&mut self, parts: u64) -> Result<Duration> {
+        let end = i64::try_from(parts * 10)?;
+        let request = json!({"kind": "range-sum", "id": uuid::Uuid::new_v4().to_string(),
+                             "input": {"start": 0, "end": end, "parts": parts}});
+        let body = rmp_serde::to_vec_named(&request)?;
+        let started = Instant::now();
+        self.channel
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from("chorus.tasks"),
+                BasicPublishOptions::default(),
+                &body,
+                persistent()
+                    .with_content_type(ShortString::from("application/msgpack"))
+                    .with_reply_to(ShortString::from(self.reply_to.as_str())),
+            )
+            .await?
+            .await?;
+        let reply = tokio::time::timeout(Duration::from_secs(600), self.replies.next())
+            .await
+            .context("no outcome within 10 minutes")?
+            .context("reply consumer ended")??;
+        let elapsed = started.elapsed();
+        let outcome = rmpv::decode::read_value(&mut reply.data.as_slice())?;
+        let outcome = serde_json::to_value(outcome)?;
+        let expected = i64::try_from(sum_of_range(0, end))?;
+        if outcome["status"] != "succeeded" || outcome["output"]["sum"] != expected {
+            bail!("wrong outcome: {outcome}");
+        }
+        Ok(elapsed)
+    }
+
+    async fn close(self) {
+        drop(self.connection.close(200, ShortString::from("bye")).await);
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct SizeRow {
+    subtasks: u64,
+    subtasks_per_s: Stat,
+    ratio_to_baseline: f64,
+    us_per_subtask: Stat,
+    peak_rss_kib: BTreeMap<String, u64>,
+    cpu_us_per_subtask: BTreeMap<String, f64>,
+}
+
+async fn measure_size(
+    cli: &Cli,
+    n: u64,
+    workers: usize,
+) -> Result<(Vec<f64>, BTreeMap<String, u64>, BTreeMap<String, f64>)> {
+    let mut rates = Vec::new();
+    let mut rss = BTreeMap::new();
+    let mut cpu = BTreeMap::new();
+    for _ in 0..cli.repeat {
+        reset(cli).await?;
+        let system = System::start(cli, workers)?;
+        let mut submitter = Submitter::connect(&cli.amqp_url).await?;
+        // Let every service connect and declare before the clock starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let elapsed = submitter.run(n).await?;
+        rates.push(n as f64 / elapsed.as_secs_f64());
+        for (bin, (peak, seconds)) in system.usage() {
+            let entry = rss.entry(bin.clone()).or_insert(0);
+            *entry = (*entry).max(peak);
+            cpu.insert(bin, seconds * 1e6 / n as f64);
+        }
+        submitter.close().await;
+    }
+    Ok((rates, rss, cpu))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() as f64 - 1.0)).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let middle = cli
+        .sizes
+        .get(cli.sizes.len() / 2)
+        .copied()
+        .unwrap_or(10_000);
+    eprintln!(
+        "baseline: raw two-hop path, {middle} messages x {}",
+        cli.repeat
+    );
+    let mut baseline_rates = Vec::new();
+    for _ in 0..cli.repeat {
+        baseline_rates.push(baseline(&cli.amqp_url, middle).await?);
+    }
+    let baseline_stat = Stat::of(&baseline_rates);
+
+    let mut rows = Vec::new();
+    for &n in &cli.sizes {
+        eprintln!("throughput: one task of {n} subtasks x {}", cli.repeat);
+        let (rates, rss, cpu) = measure_size(&cli, n, 1).await?;
+        let stat = Stat::of(&rates);
+        let us: Vec<f64> = rates.iter().map(|r| 1e6 / r).collect();
+        rows.push(SizeRow {
+            subtasks: n,
+            subtasks_per_s: stat,
+            ratio_to_baseline: stat.median / baseline_stat.median,
+            us_per_subtask: Stat::of(&us),
+            peak_rss_kib: rss,
+            cpu_us_per_subtask: cpu,
+        });
+    }
+
+    eprintln!(
+        "latency: {} sequential tasks of 3 subtasks",
+        cli.latency_tasks
+    );
+    reset(&cli).await?;
+    let latency = {
+        let _system = System::start(&cli, 1)?;
+        let mut submitter = Submitter::connect(&cli.amqp_url).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut samples = Vec::new();
+        for _ in 0..cli.latency_tasks {
+            samples.push(submitter.run(3).await?.as_secs_f64() * 1000.0);
+        }
+        submitter.close().await;
+        samples.sort_by(f64::total_cmp);
+        json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
+    };
+
+    let mut scale = Vec::new();
+    for &workers in &cli.workers {
+        eprintln!(
+            "scale-out: {middle} subtasks with {workers} worker process(es) x {}",
+            cli.repeat
+        );
+        let (rates, _, _) = measure_size(&cli, middle, workers).await?;
+        scale.push(json!({"workers": workers, "subtasks_per_s": Stat::of(&rates)}));
+    }
+
+    println!();
+    println!(
+        "baseline (raw two-hop, quorum, persistent, confirms, prefetch 100): {baseline_stat} msg/s"
+    );
+    println!();
+    println!("{:>9} {:>24} {:>7} {:>18}   peak RSS KiB (orch/worker/synth)   CPU µs per subtask (orch/worker/synth)", "subtasks", "subtasks/s", "ratio", "µs/subtask");
+    for row in &rows {
+        let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        let getf = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+        println!(
+            "{:>9} {:>24} {:>7.2} {:>18}   {:>8}/{:>8}/{:>8}   {:>8.1}/{:>8.1}/{:>8.1}",
+            row.subtasks,
+            row.subtasks_per_s.to_string(),
+            row.ratio_to_baseline,
+            row.us_per_subtask.to_string(),
+            get(&row.peak_rss_kib, "chorus-orchestrator"),
+            get(&row.peak_rss_kib, "chorus-worker"),
+            get(&row.peak_rss_kib, "chorus-synthesizer"),
+            getf(&row.cpu_us_per_subtask, "chorus-orchestrator"),
+            getf(&row.cpu_us_per_subtask, "chorus-worker"),
+            getf(&row.cpu_us_per_subtask, "chorus-synthesizer"),
+        );
+    }
+    println!();
+    println!(
+        "latency, 3-subtask tasks: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        latency["p50_ms"].as_f64().unwrap_or(0.0),
+        latency["p90_ms"].as_f64().unwrap_or(0.0),
+        latency["p99_ms"].as_f64().unwrap_or(0.0)
+    );
+    for row in &scale {
+        println!(
+            "scale-out: {} worker process(es): {} subtasks/s",
+            row["workers"],
+            row["subtasks_per_s"]["median"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .round()
+        );
+    }
+    let table = json!({
+        "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true},
+        "baseline_msgs_per_s": baseline_stat,
+        "throughput": rows,
+        "latency": latency,
+        "scale_out": scale,
+    });
+    write_json(&cli.out, &table)?;
+    println!("\nwritten to {}", cli.out.display());
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}

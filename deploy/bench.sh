@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the Chorus benchmark (bench/): a private RabbitMQ + Redis of its own (installed if
+# missing), the release binaries, then chorus-bench, which measures the raw broker baseline and
+# Chorus side by side and writes bench/results/latest.json. Arguments go to chorus-bench
+# (e.g. --sizes 1000,10000 --repeat 1 for a quick run).
+#
+# Settings (environment): CHORUS_BENCH_STATE_DIR (default <repo>/.chorus/bench),
+# CHORUS_BENCH_AMQP_PORT (5700), CHORUS_BENCH_REDIS_PORT (6450).
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+cd "$REPO_DIR"
+
+export CHORUS_STATE_DIR="${CHORUS_BENCH_STATE_DIR:-$REPO_DIR/.chorus/bench}"
+export CHORUS_AMQP_PORT="${CHORUS_BENCH_AMQP_PORT:-5700}"
+export CHORUS_REDIS_PORT="${CHORUS_BENCH_REDIS_PORT:-6450}"
+
+"$SCRIPT_DIR/services.sh" start
+trap '"$SCRIPT_DIR/services.sh" stop || true' EXIT
+eval "$("$SCRIPT_DIR/services.sh" env)"
+export CHORUS_AMQP_URL CHORUS_REDIS_URL
+
+cargo build --release --workspace --bins
+mkdir -p bench/results
+{
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
+    echo "rabbitmq: $("$SCRIPT_DIR/services.sh" rabbitmqctl version 2>/dev/null || echo '?'), redis: $(redis-server --version | awk '{ print $3 }')"
+} | tee bench/results/machine.txt
+target/release/chorus-bench --bin-dir target/release --out bench/results/latest.json "$@" | tee bench/results/latest.txt
