@@ -13,7 +13,12 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use chorus_shared::kinds::range_sum::sum_of_range;
+use chorus_shared::{
+    client::{Client, ReplyQueue},
+    config::ConnectArgs,
+    kinds::range_sum::sum_of_range,
+    protocol::{Status, TaskRequest},
+};
 use clap::Parser;
 use futures::{stream::FuturesUnordered, StreamExt};
 use lapin::{
@@ -344,108 +349,49 @@ async fn reset(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// A client that submits `range-sum` tasks and waits for their outcomes.
+/// Submits `range-sum` tasks through the client library and waits for their outcomes.
 struct Submitter {
-    connection: Connection,
-    channel: Channel,
-    reply_to: String,
-    replies: lapin::Consumer,
+    client: Client,
+    replies: ReplyQueue,
 }
 
 impl Submitter {
-    async fn connect(url: &str) -> Result<Self> {
-        let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-        let channel = confirm_channel(&connection).await?;
-        // Wait until the orchestrator has declared its queue.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let probe = connection.create_channel().await?;
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            if probe
-                .queue_declare(
-                    ShortString::from("chorus.tasks"),
-                    passive,
-                    FieldTable::default(),
-                )
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("chorus.tasks never appeared: did the orchestrator start?");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let queue = channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let reply_to = queue.name().as_str().to_owned();
-        let replies = channel
-            .basic_consume(
-                ShortString::from(reply_to.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            connection,
-            channel,
-            reply_to,
-            replies,
-        })
+    async fn connect(cli: &Cli) -> Result<Self> {
+        let args = ConnectArgs {
+            amqp_url: cli.amqp_url.clone(),
+            redis_url: cli.redis_url.clone(),
+            redis_timeout_ms: 5000,
+            publish_timeout_ms: 30_000,
+        };
+        let client = Client::connect(&args).await?;
+        let replies = client.reply_queue().await?;
+        Ok(Self { client, replies })
     }
 
     /// Runs one task of `parts` no-op subtasks; returns its wall time, having checked the sum.
     async fn run(&mut self, parts: u64) -> Result<Duration> {
         let end = i64::try_from(parts * 10)?;
-        let request = json!({"kind": "range-sum", "id": uuid::Uuid::new_v4().to_string(),
-                             "input": {"start": 0, "end": end, "parts": parts}});
-        let body = rmp_serde::to_vec_named(&request)?;
+        let input = json!({"start": 0, "end": end, "parts": parts});
+        let request = TaskRequest {
+            kind: "range-sum".into(),
+            input: rmpv::ext::to_value(&input)?,
+            id: Some(uuid::Uuid::new_v4().to_string()),
+            options: None,
+        };
         let started = Instant::now();
-        self.channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from("chorus.tasks"),
-                BasicPublishOptions::default(),
-                &body,
-                persistent()
-                    .with_content_type(ShortString::from("application/msgpack"))
-                    .with_reply_to(ShortString::from(self.reply_to.as_str())),
-            )
-            .await?
+        self.client
+            .submit(&request, Some(&self.replies.name))
             .await?;
-        let reply = tokio::time::timeout(Duration::from_secs(600), self.replies.next())
+        let outcome = tokio::time::timeout(Duration::from_secs(600), self.replies.next_outcome())
             .await
-            .context("no outcome within 10 minutes")?
-            .context("reply consumer ended")??;
+            .context("no outcome within 10 minutes")??;
         let elapsed = started.elapsed();
-        let outcome = rmpv::decode::read_value(&mut reply.data.as_slice())?;
-        let outcome = serde_json::to_value(outcome)?;
+        let output = serde_json::to_value(&outcome.output)?;
         let expected = i64::try_from(sum_of_range(0, end))?;
-        if outcome["status"] != "succeeded" || outcome["output"]["sum"] != expected {
-            bail!("wrong outcome: {outcome}");
+        if outcome.status != Status::Succeeded || output["sum"] != expected {
+            bail!("wrong outcome: {outcome:?}");
         }
         Ok(elapsed)
-    }
-
-    async fn close(self) {
-        drop(self.connection.close(200, ShortString::from("bye")).await);
     }
 }
 
@@ -470,7 +416,7 @@ async fn measure_size(
     for _ in 0..cli.repeat {
         reset(cli).await?;
         let system = System::start(cli, workers)?;
-        let mut submitter = Submitter::connect(&cli.amqp_url).await?;
+        let mut submitter = Submitter::connect(cli).await?;
         // Let every service connect and declare before the clock starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let elapsed = submitter.run(n).await?;
@@ -480,7 +426,6 @@ async fn measure_size(
             *entry = (*entry).max(peak);
             cpu.insert(bin, seconds * 1e6 / n as f64);
         }
-        submitter.close().await;
     }
     Ok((rates, rss, cpu))
 }
@@ -534,13 +479,12 @@ async fn main() -> Result<()> {
     reset(&cli).await?;
     let latency = {
         let _system = System::start(&cli, 1)?;
-        let mut submitter = Submitter::connect(&cli.amqp_url).await?;
+        let mut submitter = Submitter::connect(&cli).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut samples = Vec::new();
         for _ in 0..cli.latency_tasks {
             samples.push(submitter.run(3).await?.as_secs_f64() * 1000.0);
         }
-        submitter.close().await;
         samples.sort_by(f64::total_cmp);
         json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
     };

@@ -99,14 +99,13 @@ pub async fn run(
     };
     consume::serve(spec, shutdown, |session: &Session| {
         let orchestrator = Arc::new(Orchestrator {
-            finisher: Finisher {
-                store: store.clone(),
-                publisher: session.publisher.clone(),
-                registry: registry.clone(),
-                outcome_ttl: config.outcomes.outcome_ttl(),
-                lease: config.outcomes.lease(),
-                max_runs: config.limits.max_deliveries,
-            },
+            finisher: Finisher::new(
+                store.clone(),
+                session.publisher.clone(),
+                registry.clone(),
+                &config.outcomes,
+                &config.limits,
+            ),
             config: config.clone(),
             registry: registry.clone(),
         });

@@ -9,6 +9,7 @@ use rmpv::Value;
 
 use crate::{
     amqp::{self, Outgoing, Publisher},
+    config::{LimitArgs, OutcomeArgs},
     error::{ServiceError, StoreError},
     failpoint,
     kinds::{self, Registry},
@@ -56,6 +57,24 @@ pub struct Finisher {
 }
 
 impl Finisher {
+    /// A finisher with the outcome and poison settings of a service's flags.
+    pub fn new(
+        store: Store,
+        publisher: Publisher,
+        registry: Registry,
+        outcomes: &OutcomeArgs,
+        limits: &LimitArgs,
+    ) -> Self {
+        Self {
+            store,
+            publisher,
+            registry,
+            outcome_ttl: outcomes.outcome_ttl(),
+            lease: outcomes.lease(),
+            max_runs: limits.max_deliveries,
+        }
+    }
+
     /// Finishes task `id` if all its subtasks are settled; delivers a stored but undelivered
     /// outcome; does nothing otherwise. Waits while another process holds the task's lease.
     ///
