@@ -20,6 +20,8 @@ settings through CELERY_CHORD_* environment variables set by the driver.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import math
 import os
@@ -29,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,7 @@ class BenchConfig:
     confirm_publish: bool = False
 
     @classmethod
-    def from_env(cls) -> "BenchConfig":
+    def from_env(cls) -> BenchConfig:
         defaults = cls()
         return cls(
             broker_url=os.environ.get(ENV_BROKER_URL, defaults.broker_url),
@@ -158,7 +160,7 @@ class Stat:
     max: float
 
     @classmethod
-    def of(cls, values: list[float]) -> "Stat | None":
+    def of(cls, values: list[float]) -> Stat | None:
         if not values:
             return None
         ordered = sorted(values)
@@ -226,6 +228,8 @@ class CeleryWorker:
     def start(self) -> None:
         env = dict(os.environ)
         env.update(self.config.to_env())
+        # The worker imports this file as a module: keep bench/ free of __pycache__.
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(BENCH_DIR), env.get("PYTHONPATH", "")) if p
         )
@@ -283,13 +287,11 @@ class CeleryWorker:
         try:
             self.process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
+            # The worker leads its own process group (start_new_session), pool processes
+            # included; kill that group while its leader still exists, so the id is ours.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
-        # Pool processes left behind by a forced stop share the worker's process group.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ---------------------------------------------------------------------------- measuring ----
@@ -325,8 +327,14 @@ def header_progress(group_id: str | None) -> int | None:
         return None
 
 
-def run_chord(n: int, deadline: float) -> ChordRun:
-    """Runs one chord of n `sum_slice` tasks and `total`; checks the sum."""
+def run_chord(n: int, deadline: float, follow_parents: bool = False) -> ChordRun:
+    """Runs one chord of n `sum_slice` tasks and `total`; checks the sum.
+
+    `follow_parents=False` is a documented `AsyncResult.get()` argument: with Celery's default
+    (True) every wake-up of the waiting client re-checks all n header results for errors, and
+    it wakes up once per header result published on Redis pub/sub: O(n^2) client CPU, which
+    would measure the waiting loop rather than the chord.
+    """
     end = 10 * n
     started_build = time.perf_counter()
     canvas = chord(
@@ -340,9 +348,11 @@ def run_chord(n: int, deadline: float) -> ChordRun:
     result = canvas.apply_async()
     publish_seconds = time.perf_counter() - started
     try:
-        value = result.get(timeout=max(0.001, deadline - time.monotonic()), interval=0.01)
+        value = result.get(
+            timeout=max(0.001, deadline - time.monotonic()), follow_parents=follow_parents
+        )
     except CeleryTimeoutError:
-        return ChordRun(
+        run = ChordRun(
             subtasks=n,
             seconds=time.perf_counter() - started,
             timed_out=True,
@@ -351,12 +361,16 @@ def run_chord(n: int, deadline: float) -> ChordRun:
             publish_seconds=publish_seconds,
             client_cpu_seconds=time.process_time() - cpu_before,
         )
+        # A result that timed out stays registered with the Redis result consumer (subscribed
+        # to its pub/sub channel) until forgotten; forget it and its header now, or their
+        # __del__ would unsubscribe during interpreter shutdown.
+        result.forget()
+        return run
     seconds = time.perf_counter() - started
     client_cpu = time.process_time() - cpu_before
     expected = sum_of_range(0, end)
     if value != expected:
         raise RuntimeError(f"wrong sum for {n} subtasks: got {value!r}, expected {expected}")
-    result.forget()
     return ChordRun(
         subtasks=n,
         seconds=seconds,
@@ -401,9 +415,12 @@ def measure_size(config: BenchConfig, args: argparse.Namespace, n: int) -> list[
     for attempt in range(args.repeat):
         with FreshWorker(config, args.worker_log) as worker:
             cpu_before = worker.cpu_seconds()
-            run = run_chord(n, deadline=time.monotonic() + args.timeout_secs)
+            run = run_chord(n, time.monotonic() + args.timeout_secs, args.follow_parents)
             run.worker_cpu_seconds = worker.cpu_seconds() - cpu_before
             run.worker_peak_rss_kib = worker.peak_rss_kib()
+        # Result objects of the chord hold reference cycles; collect them now, while the worker
+        # and Redis are up, not at interpreter exit (where their __del__ would unsubscribe).
+        gc.collect()
         runs.append(run)
         if run.timed_out:
             log(
@@ -427,7 +444,7 @@ def measure_latency(config: BenchConfig, args: argparse.Namespace) -> list[dict[
         with FreshWorker(config, args.worker_log):
             deadline = time.monotonic() + args.timeout_secs
             for _ in range(args.latency_tasks):
-                run = run_chord(3, deadline)
+                run = run_chord(3, deadline, args.follow_parents)
                 if run.timed_out:
                     timed_out = True
                     break
@@ -451,19 +468,22 @@ def measure_latency(config: BenchConfig, args: argparse.Namespace) -> list[dict[
     return series
 
 
+def stat_dict(values: list[float]) -> dict[str, float] | None:
+    stat = Stat.of(values)
+    return asdict(stat) if stat else None
+
+
 def throughput_row(n: int, runs: list[ChordRun]) -> dict[str, Any]:
+    """One table row: statistics over the runs that finished, plus every run as measured."""
     done = [r for r in runs if not r.timed_out]
-    as_dict = lambda stat: asdict(stat) if stat else None  # noqa: E731
     return {
         "subtasks": n,
-        "subtasks_per_s": as_dict(Stat.of([r.subtasks_per_s for r in done])),
-        "us_per_subtask": as_dict(Stat.of([r.seconds * 1e6 / n for r in done])),
-        "worker_cpu_us_per_subtask": as_dict(
-            Stat.of([r.worker_cpu_seconds * 1e6 / n for r in done if r.worker_cpu_seconds])
+        "subtasks_per_s": stat_dict([r.subtasks_per_s for r in done]),
+        "us_per_subtask": stat_dict([r.seconds * 1e6 / n for r in done]),
+        "worker_cpu_us_per_subtask": stat_dict(
+            [r.worker_cpu_seconds * 1e6 / n for r in done if r.worker_cpu_seconds is not None]
         ),
-        "client_cpu_us_per_subtask": as_dict(
-            Stat.of([r.client_cpu_seconds * 1e6 / n for r in done])
-        ),
+        "client_cpu_us_per_subtask": stat_dict([r.client_cpu_seconds * 1e6 / n for r in done]),
         "worker_peak_rss_kib": max((r.worker_peak_rss_kib or 0 for r in done), default=None),
         "timed_out_runs": len(runs) - len(done),
         "runs": [asdict(r) for r in runs],
@@ -471,12 +491,12 @@ def throughput_row(n: int, runs: list[ChordRun]) -> dict[str, Any]:
 
 
 def latency_summary(series: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min–max of each percentile over the series that finished."""
     complete = [s for s in series if not s["timed_out"]]
     summary: dict[str, Any] = {"subtasks_per_task": 3}
     summary["tasks"] = complete[0]["tasks"] if complete else 0
     for key in ("p50_ms", "p90_ms", "p99_ms"):
-        stat = Stat.of([s[key] for s in complete])
-        summary[key] = asdict(stat) if stat else None
+        summary[key] = stat_dict([s[key] for s in complete])
     summary["timed_out_runs"] = len(series) - len(complete)
     summary["runs"] = series
     return summary
@@ -536,6 +556,7 @@ def stated_settings(config: BenchConfig, args: argparse.Namespace) -> dict[str, 
         "timeout_secs": args.timeout_secs,
         "fresh_worker_per_run": True,
         "clock": "chord(...).apply_async() until body .get() returns; signatures built before",
+        "wait": f"AsyncResult.get(follow_parents={args.follow_parents})",
     }
 
 
@@ -554,7 +575,7 @@ def print_report(
     for key, value in settings["celery"].items():
         print(f"  {key} = {value!r}")
     for key in ("broker_prefetch_count", "worker_command", "worker_scheduling", "result_chord_join",
-                "clock"):  # fmt: skip
+                "clock", "wait"):  # fmt: skip
         print(f"  {key}: {settings[key]}")
     print()
     print(
@@ -570,7 +591,8 @@ def print_report(
             continue
         note = f"   ({row['timed_out_runs']} run(s) timed out)" if row["timed_out_runs"] else ""
         print(
-            f"{row['subtasks']:>9} {show(row['subtasks_per_s']):>22} {show(row['us_per_subtask']):>22}"
+            f"{row['subtasks']:>9} {show(row['subtasks_per_s']):>22}"
+            f" {show(row['us_per_subtask']):>22}"
             f" {show(row['worker_cpu_us_per_subtask']):>20}"
             f" {show(row['client_cpu_us_per_subtask']):>20}"
             f" {row['worker_peak_rss_kib'] or 0:>20}{note}"
@@ -581,7 +603,11 @@ def print_report(
             f"latency, {latency['tasks']} sequential 3-subtask chords: "
             f"p50 {show(latency['p50_ms'], 1)} ms, p90 {show(latency['p90_ms'], 1)} ms, "
             f"p99 {show(latency['p99_ms'], 1)} ms"
-            + (f"   ({latency['timed_out_runs']} run(s) timed out)" if latency["timed_out_runs"] else "")
+            + (
+                f"   ({latency['timed_out_runs']} run(s) timed out)"
+                if latency["timed_out_runs"]
+                else ""
+            )
         )
 
 
@@ -606,28 +632,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark Celery's chord like chorus-bench benchmarks Chorus.",
     )
-    parser.add_argument("--sizes", type=sizes, default=[1000, 10000, 100000],
-                        help="chord header sizes (subtasks), comma-separated (default %(default)s)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="runs of each measurement; median and min–max shown (default 3)")
-    parser.add_argument("--latency-tasks", type=int, default=500,
-                        help="sequential 3-subtask chords per latency run; 0 skips it (default 500)")
-    parser.add_argument("--timeout-secs", type=float, default=900.0,
-                        help="limit of one run (one chord, or one latency series) (default 900)")
-    parser.add_argument("--amqp-url", default=os.environ.get("CHORUS_AMQP_URL"),
-                        help="RabbitMQ to use, wiped (default $CHORUS_AMQP_URL)")
-    parser.add_argument("--redis-url", default=os.environ.get("CHORUS_REDIS_URL"),
-                        help="Redis to use, flushed (default $CHORUS_REDIS_URL; database 0)")
-    parser.add_argument("--concurrency", type=int, default=2,
-                        help="prefork pool processes (default 2: the machine has 2 cores)")
-    parser.add_argument("--prefetch-multiplier", type=int, default=50,
-                        help="worker_prefetch_multiplier; prefetch = this x concurrency (default 50)")
-    parser.add_argument("--queue-type", choices=("quorum", "classic"), default="quorum",
-                        help="type of the task queue (default quorum, as Chorus's queues)")
-    parser.add_argument("--confirm-publish", action="store_true",
-                        help="publisher confirms for every task message (Celery default: off)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="JSON file to write (default bench/results/celery.json)")
+    parser.add_argument(
+        "--sizes",
+        type=sizes,
+        default=[1000, 10000, 100000],
+        help="chord header sizes (subtasks), comma-separated (default 1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of each measurement; median and min–max shown (default 3)",
+    )
+    parser.add_argument(
+        "--latency-tasks",
+        type=int,
+        default=500,
+        help="sequential 3-subtask chords per latency run; 0 skips it (default 500)",
+    )
+    parser.add_argument(
+        "--timeout-secs",
+        type=float,
+        default=900.0,
+        help="limit of one run (one chord, or one latency series) (default 900)",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        default=os.environ.get("CHORUS_AMQP_URL"),
+        help="RabbitMQ to use, wiped (default $CHORUS_AMQP_URL)",
+    )
+    parser.add_argument(
+        "--redis-url",
+        default=os.environ.get("CHORUS_REDIS_URL"),
+        help="Redis to use, flushed (default $CHORUS_REDIS_URL; database 0)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="prefork pool processes (default 2: the machine has 2 cores)",
+    )
+    parser.add_argument(
+        "--prefetch-multiplier",
+        type=int,
+        default=50,
+        help="worker_prefetch_multiplier; prefetch = this x concurrency (default 50)",
+    )
+    parser.add_argument(
+        "--queue-type",
+        choices=("quorum", "classic"),
+        default="quorum",
+        help="type of the task queue (default quorum, as Chorus's queues)",
+    )
+    parser.add_argument(
+        "--confirm-publish",
+        action="store_true",
+        help="publisher confirms for every task message (Celery default: off)",
+    )
+    parser.add_argument(
+        "--follow-parents",
+        action="store_true",
+        help="wait with Celery's default get(follow_parents=True), which re-checks "
+        "every header result at each wake-up (O(n^2) in the client)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="JSON file to write (default bench/results/celery.json)",
+    )
     args = parser.parse_args(argv)
     if not args.amqp_url or not args.redis_url:
         parser.error("set CHORUS_AMQP_URL and CHORUS_REDIS_URL, or pass --amqp-url and --redis-url")
@@ -675,8 +748,10 @@ def main(argv: list[str] | None = None) -> int:
         print_report(versions, settings, rows, latency)
         table = {
             "system": "celery-chord",
-            "machine": {"cpus": os.cpu_count(), "client_peak_rss_kib":
-                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},  # fmt: skip
+            "machine": {
+                "cpus": os.cpu_count(),
+                "client_peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            },  # fmt: skip
             "versions": versions,
             "settings": settings,
             "throughput": rows,
