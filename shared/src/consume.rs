@@ -352,36 +352,32 @@ impl Job {
                     // Another process took the work over under its own lease; its message
                     // stays unacked until it is done, so this copy is not needed.
                     tracing::info!(queue = %self.queue, %reason, "work taken over elsewhere; acking this copy");
-                    if let Err(error) = self.settle(&delivery, Disposition::Ack).await {
-                        self.fail(error).await;
-                    }
-                    return;
+                    return self.conclude(&delivery, Disposition::Ack).await;
                 }
                 Err(ServiceError::Store(error)) => {
                     let reason = ProtocolError::Invalid(format!("cannot be handled: {error}"));
-                    if let Err(error) = self
-                        .settle(&delivery, Disposition::Reject(reason, None, None))
-                        .await
-                    {
-                        self.fail(error).await;
-                    }
-                    return;
+                    return self
+                        .conclude(&delivery, Disposition::Reject(reason, None, None))
+                        .await;
                 }
                 Err(ServiceError::Protocol(error)) => {
                     // A handler that surfaces a protocol error unhandled means the message is bad.
-                    if let Err(error) = self
-                        .settle(&delivery, Disposition::Reject(error, None, None))
-                        .await
-                    {
-                        self.fail(error).await;
-                    }
-                    return;
+                    return self
+                        .conclude(&delivery, Disposition::Reject(error, None, None))
+                        .await;
                 }
                 Err(error) => {
                     self.fail(error).await;
                     return;
                 }
             }
+        }
+    }
+
+    /// Settles the delivery; a failure to do so ends the session.
+    async fn conclude(&self, delivery: &Delivery, disposition: Disposition) {
+        if let Err(error) = self.settle(delivery, disposition).await {
+            self.fail(error).await;
         }
     }
 
