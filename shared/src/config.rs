@@ -81,10 +81,10 @@ pub struct LimitArgs {
     #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_message_bytes: u64,
 
-    /// Runs of one message after which a consumer gives up on it as poison instead of running
-    /// it again. For subtasks: runs started without finishing (redelivered subtasks run alone
-    /// and their starts are counted in Redis, so only the culprit is blamed); for tasks and
-    /// results: deliveries counted by the broker.
+    /// Runs that may start and never finish (they crash or stall their process) before Chorus
+    /// gives up as poison: a subtask's handler (redelivered subtasks run alone, so only the
+    /// culprit is counted), a task's planner or its synthesis. The subtask or task is then
+    /// settled as failed (or rejected) with the reason.
     #[arg(long, env = "CHORUS_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..20))]
     pub max_deliveries: u64,
 }
