@@ -61,10 +61,22 @@ async fn open_session(
     })
 }
 
+/// Longest wait for the broker to answer a close or a cancel: on a connection that just died
+/// the answer never comes, and waiting for it would keep the service from reconnecting.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+
 async fn close_session(session: &Session) {
-    // Closing may fail on a dead connection; there is nothing left to do about it then.
-    drop(session.consume.close(200, ShortString::from("bye")).await);
-    drop(session.publish.close(200, ShortString::from("bye")).await);
+    // Closing may fail, or never be answered, on a dead connection; there is nothing left to
+    // do about it then.
+    for connection in [&session.consume, &session.publish] {
+        drop(
+            tokio::time::timeout(
+                FAREWELL_TIMEOUT,
+                connection.close(200, ShortString::from("bye")),
+            )
+            .await,
+        );
+    }
 }
 
 /// Runs `serve` on a fresh session until it returns `Ok` (shutdown) — reconnecting with backoff
@@ -249,20 +261,39 @@ where
     let broken = CancellationToken::new();
     let failure: Arc<Mutex<Option<ServiceError>>> = Arc::new(Mutex::new(None));
 
+    // A consumer stream is not always told when its connection dies; the session is checked
+    // directly too, so a dead broker connection always ends the session.
+    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
+    let session_alive =
+        || session.consume.status().connected() && session.publish.status().connected();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
             () = broken.cancelled() => break,
+            _ = watchdog.tick(), if !session_alive() => {
+                *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                break;
+            }
             permit = Arc::clone(&permits).acquire_owned() => match permit {
                 Ok(permit) => permit,
                 Err(_) => break,
             },
         };
-        let next = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = broken.cancelled() => break,
-            next = consumer.next() => next,
+        let next = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break None,
+                () = broken.cancelled() => break None,
+                _ = watchdog.tick() => {
+                    if session_alive() {
+                        continue;
+                    }
+                    *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                    break None;
+                }
+                next = consumer.next() => break Some(next),
+            }
         };
+        let Some(next) = next else { break };
         let delivery = match next {
             Some(Ok(delivery)) => Arc::new(delivery),
             Some(Err(error)) => {
@@ -297,9 +328,11 @@ where
 
     // Stop new deliveries first, then give the running handlers their grace period.
     drop(
-        channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await,
+        tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            channel.basic_cancel(tag, BasicCancelOptions::default()),
+        )
+        .await,
     );
     tracker.close();
     if tokio::time::timeout(config.grace, tracker.wait())

@@ -45,6 +45,9 @@ pub enum BrokerError {
     /// An ack went to a channel that is gone; the broker will redeliver the message.
     #[error("ack was not delivered: its channel is closed")]
     AckLost,
+    /// A connection of the session is no longer open.
+    #[error("connection to the broker lost")]
+    ConnectionLost,
 }
 
 /// A failure talking to Redis.
