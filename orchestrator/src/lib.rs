@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use chorus_shared::{
     amqp::{self, Outgoing},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
+    consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::{self, panic_message, reply_target, Finisher},
@@ -85,18 +85,14 @@ pub async fn run(
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     store.warn_about_settings().await;
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
-    let spec = ServiceSpec {
-        name: "chorus-orchestrator",
-        amqp_url: config.connect.amqp_url.clone(),
-        publish_timeout: config.connect.publish_timeout(),
-        max_retry_delay: Duration::from_millis(config.retry_max_delay_ms),
-        consume: ConsumeConfig {
-            queue: topology::TASKS_QUEUE.to_owned(),
-            prefetch: config.concurrency,
-            concurrency: usize::from(config.concurrency),
-            grace: config.shutdown.grace(),
-        },
-    };
+    let spec = ServiceSpec::new(
+        "chorus-orchestrator",
+        &config.connect,
+        topology::TASKS_QUEUE,
+        config.concurrency,
+        config.shutdown.grace(),
+        Duration::from_millis(config.retry_max_delay_ms),
+    );
     consume::serve(spec, shutdown, |session: &Session| {
         let orchestrator = Arc::new(Orchestrator {
             finisher: Finisher::new(

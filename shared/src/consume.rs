@@ -17,7 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     amqp::{self, DeadLetter, Publisher},
-    config::redact_url,
+    config::{redact_url, ConnectArgs},
     error::{BrokerError, ProtocolError, ServiceError, StoreError},
     topology,
 };
@@ -142,6 +142,31 @@ pub struct ServiceSpec {
     pub max_retry_delay: Duration,
     /// The consumer.
     pub consume: ConsumeConfig,
+}
+
+impl ServiceSpec {
+    /// The spec of a service consuming `queue` with `concurrency` handlers (also the prefetch).
+    pub fn new(
+        name: &'static str,
+        connect: &ConnectArgs,
+        queue: &str,
+        concurrency: u16,
+        grace: Duration,
+        max_retry_delay: Duration,
+    ) -> Self {
+        Self {
+            name,
+            amqp_url: connect.amqp_url.clone(),
+            publish_timeout: connect.publish_timeout(),
+            max_retry_delay,
+            consume: ConsumeConfig {
+                queue: queue.to_owned(),
+                prefetch: concurrency,
+                concurrency: usize::from(concurrency),
+                grace,
+            },
+        }
+    }
 }
 
 /// Runs a service: sessions that declare the topology and consume `spec.consume.queue` with the

@@ -549,11 +549,14 @@ impl Store {
     ) -> Result<Recorded, StoreError> {
         let keys = TaskKeys::new(task);
         let succeeded = matches!(outcome, SubtaskOutcome::Succeeded(_));
-        let record = protocol::encode(&StoredResult {
-            attempts,
-            outcome: outcome.clone(),
-        })
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Encodes like a `StoredResult`, without copying the output.
+        #[derive(Serialize)]
+        struct StoredResultRef<'a> {
+            attempts: u32,
+            outcome: &'a SubtaskOutcome,
+        }
+        let record = protocol::encode(&StoredResultRef { attempts, outcome })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (status, remaining): (String, u64) = RECORD_RESULT_SCRIPT
             .key(&keys.task)
             .key(&keys.pending)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chorus_shared::{
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
-    consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
+    consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::Finisher,
@@ -66,18 +66,14 @@ pub async fn run(
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     store.warn_about_settings().await;
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
-    let spec = ServiceSpec {
-        name: "chorus-synthesizer",
-        amqp_url: config.connect.amqp_url.clone(),
-        publish_timeout: config.connect.publish_timeout(),
-        max_retry_delay: Duration::from_millis(100),
-        consume: ConsumeConfig {
-            queue: topology::RESULTS_QUEUE.to_owned(),
-            prefetch: config.concurrency,
-            concurrency: usize::from(config.concurrency),
-            grace: config.shutdown.grace(),
-        },
-    };
+    let spec = ServiceSpec::new(
+        "chorus-synthesizer",
+        &config.connect,
+        topology::RESULTS_QUEUE,
+        config.concurrency,
+        config.shutdown.grace(),
+        Duration::from_millis(100),
+    );
     consume::serve(spec, shutdown, |session: &Session| {
         let synthesizer = Arc::new(Synthesizer {
             finisher: Finisher::new(

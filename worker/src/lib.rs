@@ -8,9 +8,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
-    consume::{
-        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
-    },
+    consume::{self, check_size, earlier_deliveries, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
     finish::panic_message,
@@ -105,18 +103,14 @@ pub async fn run(
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
     tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
-    let spec = ServiceSpec {
-        name: "chorus-worker",
-        amqp_url: config.connect.amqp_url.clone(),
-        publish_timeout: config.connect.publish_timeout(),
-        max_retry_delay: Duration::from_millis(config.retry_max_delay_ms),
-        consume: ConsumeConfig {
-            queue: topology::SUBTASKS_QUEUE.to_owned(),
-            prefetch: config.concurrency,
-            concurrency: usize::from(config.concurrency),
-            grace: config.shutdown.grace(),
-        },
-    };
+    let spec = ServiceSpec::new(
+        "chorus-worker",
+        &config.connect,
+        topology::SUBTASKS_QUEUE,
+        config.concurrency,
+        config.shutdown.grace(),
+        Duration::from_millis(config.retry_max_delay_ms),
+    );
     consume::serve(spec, shutdown, |session: &Session| {
         let worker = Arc::new(Worker {
             config: config.clone(),
