@@ -377,6 +377,7 @@ impl Submitter {
             input: rmpv::ext::to_value(&input)?,
             id: Some(uuid::Uuid::new_v4().to_string()),
             options: None,
+            parent: None,
         };
         let started = Instant::now();
         self.client

@@ -1,24 +1,27 @@
 //! The orchestrator: takes tasks from `chorus.tasks`, validates them, plans them with their
-//! kind's planner, records the plan in Redis and publishes the subtasks with confirms, acking a
-//! task only once every one of its subtasks is confirmed.
+//! kind's planner, checks the plan as a graph, records it in Redis and publishes the first wave
+//! (subtasks without dependencies, up to the task's concurrency cap) to their worker types'
+//! queues with confirms, acking a task only once that wave is confirmed. Later waves are
+//! released by the synthesizer as results settle.
 
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
-    amqp::{self, Outgoing},
+    amqp,
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
-    finish::{self, panic_message, reply_target, Finisher},
+    finish::{self, arm_deadline, panic_message, reply_target, Finisher},
+    graph,
     kinds::Registry,
-    protocol::{self, Encoding, Outcome, SubtaskMessage, TaskRequest},
-    store::{Claim, Lease, Store, TaskKeys, TaskState},
+    protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
+    release::{self, TaskContext},
+    store::{Claim, Lease, Store, TaskKeys, TaskRecord, TaskState},
     topology,
 };
 use clap::Parser;
 use lapin::message::Delivery;
-use serde_bytes::ByteBuf;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `chorus-orchestrator`.
@@ -28,10 +31,12 @@ use tokio_util::sync::CancellationToken;
     version,
     about = "Chorus orchestrator: plans tasks from chorus.tasks into subtasks and publishes them.",
     long_about = "Chorus orchestrator: consumes tasks from the chorus.tasks queue, validates them, \
-                  calls their kind's planner, records the plan in Redis and publishes the subtasks \
-                  to chorus.subtasks with publisher confirms. A task is acked only when all its \
-                  subtasks are confirmed; after a crash the redelivered task resumes publishing \
-                  where the confirmed prefix ends. Run any number of them."
+                  calls their kind's planner, checks the plan (ids, worker types, dependencies, \
+                  cycles), records it in Redis and publishes the first wave of subtasks to their \
+                  worker type's queue (chorus.subtasks, chorus.subtasks.<type>) with publisher \
+                  confirms. A task is acked only when its first wave is confirmed; after a crash \
+                  the redelivered task resumes publishing where the confirmed prefix ends. Run \
+                  any number of them."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -53,10 +58,6 @@ pub struct Config {
     /// confirmed prefix is saved in Redis.
     #[arg(long, env = "CHORUS_PUBLISH_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub publish_batch: u64,
-
-    /// Most subtasks one task may plan; a larger plan rejects the task.
-    #[arg(long, env = "CHORUS_MAX_SUBTASKS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_subtasks: u64,
 
     /// Retry delays go up to this, so the delay queues are declared up to it (keep equal to
     /// the workers' --retry-max-delay-ms).
@@ -93,7 +94,7 @@ pub async fn run(
         config.shutdown.grace(),
         Duration::from_millis(config.retry_max_delay_ms),
     );
-    consume::serve(spec, shutdown, |session: &Session| {
+    consume::serve(spec, shutdown, |session: &Session, _queue: &str| {
         let orchestrator = Arc::new(Orchestrator {
             finisher: Finisher::new(
                 store.clone(),
@@ -209,6 +210,7 @@ impl Orchestrator {
                 &request.kind,
                 &protocol::encode(&options)?,
                 &protocol::encode(&request.input)?,
+                request.parent.as_ref(),
             )
             .await?;
         let state = match claim {
@@ -286,6 +288,18 @@ impl Orchestrator {
             return Ok(Disposition::Ack);
         };
         let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
+        if let Some(deadline_ms) = options.deadline_ms {
+            if record.state == TaskState::Planning {
+                // Set on every planning run: a crash before it must not leave the task without
+                // a timer, and a second timer is harmless.
+                arm_deadline(
+                    &self.finisher.publisher,
+                    id,
+                    record.created_ms.saturating_add(deadline_ms),
+                )
+                .await?;
+            }
+        }
         match record.state {
             TaskState::Planning => {
                 let Some(kind) = self.registry.get(&record.kind) else {
@@ -313,8 +327,8 @@ impl Orchestrator {
                 }
                 let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;
                 store.end_run(id, PLAN_RUN).await?;
-                let payloads = match planned {
-                    Ok(Ok(payloads)) => payloads,
+                let entries = match planned {
+                    Ok(Ok(entries)) => entries,
                     Ok(Err(error)) => {
                         return self
                             .reject_task(
@@ -336,83 +350,90 @@ impl Orchestrator {
                             .await;
                     }
                 };
-                if payloads.len() as u64 > self.config.max_subtasks {
-                    return self
-                        .reject_task(
-                            id,
-                            format!(
-                                "plan has {} subtasks; the limit is {}",
-                                payloads.len(),
-                                self.config.max_subtasks
-                            ),
-                        )
-                        .await;
+                if let Some(reason) = self.refuse_plan(&entries) {
+                    return self.reject_task(id, reason).await;
                 }
-                let room = self.config.limits.max_message_bytes().saturating_sub(1024);
-                if let Some((index, big)) =
-                    payloads.iter().enumerate().find(|(_, p)| p.len() > room)
-                {
-                    return self
-                        .reject_task(
-                            id,
-                            format!(
-                                "subtask {index} is {} bytes; the limit is {room}",
-                                big.len()
-                            ),
-                        )
-                        .await;
-                }
-                store.record_plan(id, lease, &payloads).await?;
+                let wave = graph::first_wave(&entries, options.max_concurrency);
+                store
+                    .record_plan(id, lease, &entries, &wave, options.max_concurrency)
+                    .await?;
                 failpoint::hit("orchestrator.after-plan-recorded").await;
-                tracing::info!(task = id, kind = %record.kind, subtasks = payloads.len(), "task planned");
-                self.publish(
-                    id,
-                    &record.kind,
-                    &options,
-                    0,
-                    payloads.len() as u64,
-                    Some(&payloads),
-                )
-                .await?;
+                tracing::info!(task = id, kind = %record.kind, subtasks = entries.len(), first_wave = wave.release.len(), "task planned");
+                let first: Vec<PlanEntry> = wave
+                    .release
+                    .iter()
+                    .filter_map(|&position| entries.get(position).cloned())
+                    .collect();
+                drop(entries);
+                self.publish_wave(id, &record, &options, 0, Some(&first))
+                    .await?;
             }
             TaskState::Planned => {
                 tracing::info!(
                     task = id,
                     published = record.published,
-                    total = record.total,
+                    wave = record.wave_len,
                     "resuming publication of a planned task"
                 );
-                self.publish(
-                    id,
-                    &record.kind,
-                    &options,
-                    record.published,
-                    record.total,
-                    None,
-                )
-                .await?;
+                self.publish_wave(id, &record, &options, record.published, None)
+                    .await?;
             }
             TaskState::Running | TaskState::Finished => {}
         }
         Ok(Disposition::Ack)
     }
 
-    /// Publishes subtasks `from..total` batch by batch, saving the confirmed prefix after each.
-    async fn publish(
+    /// Why a plan cannot run, if it cannot: a bad graph, too many subtasks, one too large.
+    fn refuse_plan(&self, entries: &[PlanEntry]) -> Option<String> {
+        let limit = self.config.limits.max_subtasks;
+        if entries.len() as u64 > limit {
+            return Some(format!(
+                "plan has {} subtasks; the limit is {limit} (--max-subtasks)",
+                entries.len()
+            ));
+        }
+        if let Err(reason) = graph::check_plan(entries) {
+            return Some(format!("invalid plan: {reason}"));
+        }
+        let room = self.config.limits.max_message_bytes().saturating_sub(1024);
+        entries
+            .iter()
+            .find(|entry| entry.payload.len() > room)
+            .map(|big| {
+                format!(
+                    "subtask {} is {} bytes; the limit is {room}",
+                    big.id,
+                    big.payload.len()
+                )
+            })
+    }
+
+    /// Publishes first-wave subtasks `from..` batch by batch, saving the confirmed prefix after
+    /// each; `in_memory` holds the whole wave when the plan was just made.
+    async fn publish_wave(
         &self,
         id: &str,
-        kind: &str,
+        record: &TaskRecord,
         options: &protocol::ResolvedOptions,
         from: u64,
-        total: u64,
-        in_memory: Option<&[Vec<u8>]>,
+        in_memory: Option<&[PlanEntry]>,
     ) -> Result<(), ServiceError> {
         let store = &self.finisher.store;
+        let total = match in_memory {
+            Some(wave) => wave.len() as u64,
+            None => record.wave_len,
+        };
+        let context = TaskContext {
+            task: id,
+            kind: &record.kind,
+            options,
+            created_ms: record.created_ms,
+        };
         let mut start = from;
         while start < total {
             let end = (start + self.config.publish_batch).min(total);
             let loaded;
-            let payloads: &[Vec<u8>] = match in_memory {
+            let entries: &[PlanEntry] = match in_memory {
                 Some(all) => all
                     .get(
                         usize::try_from(start).unwrap_or(usize::MAX)
@@ -420,43 +441,22 @@ impl Orchestrator {
                     )
                     .unwrap_or(&[]),
                 None => {
-                    loaded = store.plan_range(id, start, end).await?;
+                    loaded = store
+                        .wave_range(id, record.wave_is_order, start, end)
+                        .await?;
                     &loaded
                 }
             };
-            let bodies = payloads
-                .iter()
-                .zip(start..)
-                .map(|(payload, index)| {
-                    protocol::encode(&SubtaskMessage {
-                        task: id.to_owned(),
-                        subtask: index.to_string(),
-                        kind: kind.to_owned(),
-                        attempt: 1,
-                        max_attempts: options.max_attempts,
-                        timeout_ms: options.timeout_ms,
-                        payload: ByteBuf::from(payload.clone()),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            self.finisher
-                .publisher
-                .publish_all(bodies.iter().map(|body| Outgoing {
-                    exchange: "",
-                    routing_key: topology::SUBTASKS_QUEUE,
-                    body,
-                    properties: amqp::persistent(protocol::MSGPACK),
-                    mandatory: false,
-                }))
-                .await?;
+            release::publish_entries(store, &self.finisher.publisher, context, entries).await?;
             store.set_published(id, end).await?;
             failpoint::hit("orchestrator.after-batch").await;
             start = end;
         }
         store.mark_running(id, total).await?;
-        if total == 0 {
-            self.finisher.finish_if_settled(id).await?;
-        }
+        // Releases of a crashed synthesizer are published by whoever sees the task next; a
+        // task planned empty is finished here.
+        self.finisher.flush_outbox(id).await?;
+        self.finisher.finish_if_settled(id).await?;
         Ok(())
     }
 }

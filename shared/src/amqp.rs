@@ -1,7 +1,11 @@
 //! RabbitMQ plumbing: connections, confirmed publishing with time limits, acks that report
 //! loss, header access, and dead-lettering with a reason.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use futures::future::try_join_all;
 use lapin::{
@@ -54,6 +58,8 @@ pub struct Outgoing<'a> {
 pub struct Publisher {
     channel: Channel,
     timeout: Duration,
+    /// Worker types whose subtask queue this channel has declared.
+    declared: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Publisher {
@@ -66,7 +72,32 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self { channel, timeout })
+        Ok(Self {
+            channel,
+            timeout,
+            declared: Arc::default(),
+        })
+    }
+
+    /// The subtask queue of `worker_type`, declared on first use by this publisher (so
+    /// subtasks for a type no worker has started yet wait in their queue, not nowhere).
+    ///
+    /// # Errors
+    /// The broker refuses the declaration.
+    pub async fn subtask_queue(&self, worker_type: &str) -> Result<String, BrokerError> {
+        let known = self
+            .declared
+            .lock()
+            .map(|declared| declared.contains(worker_type))
+            .unwrap_or(false);
+        if known {
+            return Ok(topology::subtask_queue(worker_type));
+        }
+        let queue = topology::declare_subtask_queue(&self.channel, worker_type).await?;
+        if let Ok(mut declared) = self.declared.lock() {
+            declared.insert(worker_type.to_owned());
+        }
+        Ok(queue)
     }
 
     /// The underlying channel, e.g. to declare the topology.

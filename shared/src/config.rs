@@ -87,6 +87,16 @@ pub struct LimitArgs {
     /// settled as failed (or rejected) with the reason.
     #[arg(long, env = "CHORUS_MAX_DELIVERIES", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..20))]
     pub max_deliveries: u64,
+
+    /// Most subtasks one task may have in all, planned and spawned: a larger plan rejects the
+    /// task, spawning past it fails the task.
+    #[arg(long, env = "CHORUS_MAX_SUBTASKS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subtasks: u64,
+
+    /// Deepest spawning allowed: planned subtasks are at depth 0, what they spawn at 1, and so
+    /// on. A spawn deeper than this fails the task.
+    #[arg(long, env = "CHORUS_MAX_SPAWN_DEPTH", default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_spawn_depth: u32,
 }
 
 impl LimitArgs {

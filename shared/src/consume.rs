@@ -129,7 +129,7 @@ pub async fn run_sessions<F, Fut>(
     }
 }
 
-/// Everything a service needs to consume one queue.
+/// Everything a service needs to consume its queues.
 #[derive(Clone, Debug)]
 pub struct ServiceSpec {
     /// Connection name prefix, e.g. `chorus-worker`.
@@ -140,8 +140,8 @@ pub struct ServiceSpec {
     pub publish_timeout: Duration,
     /// Retry delay queues are declared up to this delay.
     pub max_retry_delay: Duration,
-    /// The consumer.
-    pub consume: ConsumeConfig,
+    /// The consumers, one channel each, all in the same session.
+    pub consumers: Vec<ConsumeConfig>,
 }
 
 impl ServiceSpec {
@@ -159,21 +159,45 @@ impl ServiceSpec {
             amqp_url: connect.amqp_url.clone(),
             publish_timeout: connect.publish_timeout(),
             max_retry_delay,
-            consume: ConsumeConfig {
+            consumers: vec![ConsumeConfig {
                 queue: queue.to_owned(),
                 prefetch: concurrency,
                 concurrency: usize::from(concurrency),
                 grace,
-            },
+                worker_type: None,
+            }],
         }
+    }
+
+    /// The spec of a service with no consumer yet; add them with [`ServiceSpec::consuming`].
+    pub fn without_consumers(
+        name: &'static str,
+        connect: &ConnectArgs,
+        max_retry_delay: Duration,
+    ) -> Self {
+        Self {
+            name,
+            amqp_url: connect.amqp_url.clone(),
+            publish_timeout: connect.publish_timeout(),
+            max_retry_delay,
+            consumers: Vec::new(),
+        }
+    }
+
+    /// Adds a consumer.
+    #[must_use]
+    pub fn consuming(mut self, consumer: ConsumeConfig) -> Self {
+        self.consumers.push(consumer);
+        self
     }
 }
 
-/// Runs a service: sessions that declare the topology and consume `spec.consume.queue` with the
-/// handler `make_handler` builds for each session, until `shutdown`.
+/// Runs a service: sessions that declare the topology and consume every queue of
+/// `spec.consumers` with the handler `make_handler` builds for it (given the session and the
+/// queue name), until `shutdown`. When one consumer fails the whole session is rebuilt.
 pub async fn serve<M, H, Fut>(spec: ServiceSpec, shutdown: CancellationToken, make_handler: M)
 where
-    M: Fn(&Session) -> H,
+    M: Fn(&Session, &str) -> H,
     H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
 {
@@ -184,11 +208,38 @@ where
         spec.publish_timeout,
         sessions_shutdown,
         |session| {
-            let handler = make_handler(&session);
+            let handlers: Vec<H> = spec
+                .consumers
+                .iter()
+                .map(|consumer| make_handler(&session, &consumer.queue))
+                .collect();
             let (spec, shutdown) = (spec.clone(), shutdown.clone());
             async move {
-                topology::declare(session.publisher.channel(), spec.max_retry_delay).await?;
-                consume(&session, &spec.consume, &shutdown, handler).await
+                let channel = session.publisher.channel();
+                topology::declare(channel, spec.max_retry_delay).await?;
+                for consumer in &spec.consumers {
+                    if let Some(worker_type) = &consumer.worker_type {
+                        topology::declare_subtask_queue(channel, worker_type).await?;
+                    }
+                }
+                // One consumer failing ends the others too, so the session is rebuilt whole.
+                let stop = shutdown.child_token();
+                let consumers = spec
+                    .consumers
+                    .iter()
+                    .zip(handlers)
+                    .map(|(config, handler)| {
+                        let (session, stop) = (&session, stop.clone());
+                        async move {
+                            let result = consume(session, config, &stop, handler).await;
+                            if result.is_err() {
+                                stop.cancel();
+                            }
+                            result
+                        }
+                    });
+                let results = futures::future::join_all(consumers).await;
+                results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
             }
         },
     )
@@ -206,6 +257,8 @@ pub struct ConsumeConfig {
     pub concurrency: usize,
     /// Time given to handlers in progress at shutdown.
     pub grace: Duration,
+    /// The worker type whose subtask queue this is, declared before consuming it.
+    pub worker_type: Option<String>,
 }
 
 /// What a handler tells the loop once it is done with a delivery.

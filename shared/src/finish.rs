@@ -1,23 +1,27 @@
-//! Ending a task: synthesis under a lease, storing the outcome once, and delivering it to every
-//! waiter and to `chorus.events`. Every step is safe to repeat, so a redelivered message can
-//! always finish what a crashed process started.
+//! Ending a task: review rounds and synthesis under a lease, cancellation and deadlines, storing
+//! the outcome once, and delivering it to every waiter, to `chorus.events`, to the parent of a
+//! child task and (as cancellations) to the children of a finished one. Every step is safe to
+//! repeat, so a redelivered message can always finish what a crashed process started.
 
 use std::time::Duration;
 
 use lapin::types::ShortString;
 use rmpv::Value;
 
+use std::collections::{HashMap, HashSet};
+
 use crate::{
     amqp::{self, Outgoing, Publisher},
     config::{LimitArgs, OutcomeArgs},
     error::{ServiceError, StoreError},
-    failpoint,
-    kinds::{self, Registry},
+    failpoint, graph,
+    kinds::Registry,
     protocol::{
-        self, Encoding, OnFailure, Outcome, OutcomeError, ReplyTarget, ResolvedOptions, Stats,
-        Status, SubtaskOutcome,
+        self, Control, Encoding, OnFailure, Outcome, OutcomeError, ParentRef, PlanEntry,
+        ReplyTarget, ResolvedOptions, ResultMessage, Stats, Status, SubtaskOutcome,
     },
-    store::{now_ms, Store, TaskKeys, TaskRecord, TaskState},
+    release::{self, TaskContext},
+    store::{now_ms, Lease, Store, TaskKeys, TaskRecord, TaskState},
     topology,
 };
 
@@ -32,7 +36,31 @@ fn stats_of(record: &TaskRecord) -> Stats {
         failed: record.failed,
         retries: record.retries,
         duration_ms: now_ms().saturating_sub(record.created_ms),
+        skipped: record.skipped,
+        rounds: record.round,
     }
+}
+
+/// An outcome with no output and one task-level error.
+fn failed_outcome(id: &str, status: Status, message: String, record: &TaskRecord) -> Outcome {
+    Outcome {
+        id: id.to_owned(),
+        status,
+        output: Value::Nil,
+        errors: vec![OutcomeError {
+            subtask: None,
+            message,
+        }],
+        stats: stats_of(record),
+    }
+}
+
+/// What synthesis decided.
+enum Synthesis {
+    /// The task is over.
+    Outcome(Outcome),
+    /// The review sent subtasks back: another round runs.
+    NextRound,
 }
 
 /// Pause between looks at a task whose lease another process holds.
@@ -98,7 +126,7 @@ impl Finisher {
             // outcome twice.
             let keys = TaskKeys::new(id);
             if let Some(lease) = self.store.try_lease(&keys.synth_lease, self.lease).await? {
-                let result = self.finish_leased(id).await;
+                let result = self.finish_leased(id, &lease).await;
                 if let Err(error) = lease.release().await {
                     tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
                 }
@@ -108,7 +136,7 @@ impl Finisher {
         }
     }
 
-    async fn finish_leased(&self, id: &str) -> Result<(), ServiceError> {
+    async fn finish_leased(&self, id: &str, lease: &Lease) -> Result<(), ServiceError> {
         let Some(record) = self.store.task(id).await? else {
             return Ok(());
         };
@@ -124,21 +152,15 @@ impl Finisher {
                         runs - 1
                     );
                     tracing::warn!(task = id, %message, "giving up on the synthesis");
-                    Outcome {
-                        status: Status::Failed,
-                        output: Value::Nil,
-                        errors: vec![OutcomeError {
-                            subtask: None,
-                            message,
-                        }],
-                        stats: stats_of(&record),
-                        id: id.to_owned(),
-                    }
+                    failed_outcome(id, Status::Failed, message, &record)
                 }
                 Some(_) => {
-                    let synthesized = self.synthesize(id, record).await;
+                    let synthesized = self.synthesize(id, record, lease).await;
                     self.store.end_run(id, SYNTH_RUN).await?;
-                    synthesized?
+                    match synthesized? {
+                        Synthesis::Outcome(outcome) => outcome,
+                        Synthesis::NextRound => return Ok(()),
+                    }
                 }
             };
             self.store.store_outcome(&outcome, self.outcome_ttl).await?;
@@ -147,19 +169,42 @@ impl Finisher {
         self.deliver(id).await
     }
 
-    async fn synthesize(&self, id: &str, record: TaskRecord) -> Result<Outcome, ServiceError> {
+    async fn synthesize(
+        &self,
+        id: &str,
+        record: TaskRecord,
+        lease: &Lease,
+    ) -> Result<Synthesis, ServiceError> {
         let options: ResolvedOptions = protocol::decode(&record.options)
             .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
+        let order = self.store.order(id).await?;
+        let position: HashMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, subtask)| (subtask.as_str(), i))
+            .collect();
         let mut successes = Vec::new();
         let mut failures = Vec::new();
         for (subtask, stored) in self.store.results(id).await? {
             match stored.outcome {
                 SubtaskOutcome::Succeeded(bytes) => successes.push((subtask, bytes.into_vec())),
                 SubtaskOutcome::Failed(message) => failures.push((subtask, message)),
+                SubtaskOutcome::Skipped(message) => {
+                    failures.push((subtask, format!("skipped: {message}")));
+                }
             }
         }
-        kinds::sort_by_subtask_id(&mut successes);
-        kinds::sort_by_subtask_id(&mut failures);
+        let rank = |subtask: &String| {
+            (
+                position
+                    .get(subtask.as_str())
+                    .copied()
+                    .unwrap_or(usize::MAX),
+                subtask.clone(),
+            )
+        };
+        successes.sort_by_cached_key(|(subtask, _)| rank(subtask));
+        failures.sort_by_cached_key(|(subtask, _)| rank(subtask));
         let mut errors: Vec<OutcomeError> = failures
             .iter()
             .map(|(subtask, message)| OutcomeError {
@@ -169,6 +214,20 @@ impl Finisher {
             .collect();
         let run_synthesis = failures.is_empty()
             || (options.on_failure == OnFailure::Continue && !successes.is_empty());
+        if run_synthesis && record.round < options.max_rounds {
+            match self.review(id, &record, &successes, &order, lease).await {
+                Ok(true) => return Ok(Synthesis::NextRound),
+                Ok(false) => {}
+                Err(message) => {
+                    return Ok(Synthesis::Outcome(failed_outcome(
+                        id,
+                        Status::Failed,
+                        message,
+                        &record,
+                    )));
+                }
+            }
+        }
         let (status, output) = if run_synthesis {
             match self.run_synthesis(&record, successes).await {
                 Ok(output) if failures.is_empty() => (Status::Succeeded, output),
@@ -197,13 +256,175 @@ impl Finisher {
             });
             (Status::Failed, Value::Nil)
         };
-        Ok(Outcome {
+        Ok(Synthesis::Outcome(Outcome {
             id: id.to_owned(),
             status,
             output,
             errors,
             stats: stats_of(&record),
-        })
+        }))
+    }
+
+    /// Runs the kind's review of round `record.round`; when it sends subtasks back, records the
+    /// next round and publishes what it releases. `Ok(true)` when another round runs.
+    async fn review(
+        &self,
+        id: &str,
+        record: &TaskRecord,
+        outputs: &[(String, Vec<u8>)],
+        order: &[String],
+        lease: &Lease,
+    ) -> Result<bool, String> {
+        let Some(kind) = self.registry.get(&record.kind) else {
+            return Err(format!(
+                "kind {:?} is not registered in this synthesizer",
+                record.kind
+            ));
+        };
+        let (input, round) = (record.input.clone(), record.round);
+        let outputs = outputs.to_vec();
+        let reviewed =
+            match tokio::task::spawn_blocking(move || kind.review(&input, &outputs, round)).await {
+                Ok(Ok(reviewed)) => reviewed,
+                Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
+                Err(join) => {
+                    return Err(format!(
+                        "review of round {round} panicked: {}",
+                        panic_message(join)
+                    ))
+                }
+            };
+        let Some(entries) = reviewed.filter(|entries| !entries.is_empty()) else {
+            return Ok(false);
+        };
+        let existing: HashSet<String> = order.iter().cloned().collect();
+        graph::check_additions(&entries, &existing)
+            .map_err(|e| format!("review of round {round} returned a bad subtask: {e}"))?;
+        tracing::info!(
+            task = id,
+            round,
+            redo = entries.len(),
+            "review sent subtasks back; next round"
+        );
+        let released = self
+            .store
+            .revise(id, lease, &entries)
+            .await
+            .map_err(|e| format!("cannot record round {}: {e}", round + 1))?;
+        self.publish_released(id, record, &released)
+            .await
+            .map_err(|e| format!("cannot publish round {}: {e}", round + 1))?;
+        Ok(true)
+    }
+
+    /// Publishes subtasks a script released, then clears them from the outbox.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; the outbox keeps them for the next attempt.
+    pub async fn publish_released(
+        &self,
+        id: &str,
+        record: &TaskRecord,
+        released: &[PlanEntry],
+    ) -> Result<(), ServiceError> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let options: ResolvedOptions = protocol::decode(&record.options)
+            .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
+        let context = TaskContext {
+            task: id,
+            kind: &record.kind,
+            options: &options,
+            created_ms: record.created_ms,
+        };
+        release::publish_entries(&self.store, &self.publisher, context, released).await?;
+        self.store.clear_outbox(id, released).await?;
+        Ok(())
+    }
+
+    /// Publishes what a crashed process released but did not publish (the outbox).
+    ///
+    /// # Errors
+    /// Redis or the broker failed.
+    pub async fn flush_outbox(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        if record.state == TaskState::Finished {
+            return Ok(());
+        }
+        let released = self.store.outbox(id).await?;
+        if !released.is_empty() {
+            tracing::info!(
+                task = id,
+                subtasks = released.len(),
+                "publishing subtasks released before a crash"
+            );
+        }
+        self.publish_released(id, &record, &released).await
+    }
+
+    /// Ends a task that is not finished with `status` and one task-level error (a cancel, a
+    /// passed deadline, a spawn limit), keeping the stats so far, and delivers it.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn stop(
+        &self,
+        id: &str,
+        status: Status,
+        message: String,
+    ) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        if record.state != TaskState::Finished {
+            tracing::info!(task = id, status = status.as_str(), %message, "stopping task");
+            let outcome = failed_outcome(id, status, message, &record);
+            self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+        }
+        if record.delivered {
+            return Ok(());
+        }
+        self.deliver(id).await
+    }
+
+    /// Handles a control message.
+    ///
+    /// # Errors
+    /// Redis or the broker failed.
+    pub async fn control(&self, control: &Control) -> Result<(), ServiceError> {
+        match control {
+            Control::Cancel { task, reason } => {
+                let message = reason
+                    .clone()
+                    .unwrap_or_else(|| "cancelled on request".to_owned());
+                self.stop(task, Status::Cancelled, message).await
+            }
+            Control::Deadline { task } => self.check_deadline(task).await,
+        }
+    }
+
+    /// Fails the task if its deadline passed; otherwise sets the next timer.
+    async fn check_deadline(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        if record.state == TaskState::Finished {
+            return Ok(());
+        }
+        let options: ResolvedOptions = protocol::decode(&record.options)
+            .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
+        let Some(deadline_ms) = options.deadline_ms else {
+            return Ok(());
+        };
+        let due = record.created_ms.saturating_add(deadline_ms);
+        if now_ms() >= due {
+            let message = format!("deadline exceeded ({deadline_ms} ms)");
+            return self.stop(id, Status::Failed, message).await;
+        }
+        arm_deadline(&self.publisher, id, due).await
     }
 
     async fn run_synthesis(
@@ -265,6 +486,8 @@ impl Finisher {
                 mandatory: false,
             }));
         self.publisher.publish_all(messages).await?;
+        self.report_to_parent(id, &outcome).await?;
+        self.cancel_children(id, &outcome).await?;
         self.store.mark_delivered(id).await?;
         tracing::info!(
             task = id,
@@ -276,6 +499,77 @@ impl Finisher {
             waiters = waiters.len(),
             "task finished"
         );
+        Ok(())
+    }
+
+    /// A child task's outcome becomes the result of its parent's subtask.
+    async fn report_to_parent(&self, id: &str, outcome: &Outcome) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        let Some(parent) = record.parent else {
+            return Ok(());
+        };
+        let parent: ParentRef = protocol::decode(&parent)
+            .map_err(|e| StoreError::Corrupt(format!("parent of task {id}: {e}")))?;
+        let result = match outcome.status {
+            Status::Succeeded | Status::Partial => SubtaskOutcome::Succeeded(
+                serde_bytes::ByteBuf::from(protocol::encode(&outcome.output)?),
+            ),
+            status => {
+                let reasons: Vec<&str> =
+                    outcome.errors.iter().map(|e| e.message.as_str()).collect();
+                SubtaskOutcome::Failed(format!(
+                    "child task {id} {}: {}",
+                    status.as_str(),
+                    reasons.join("; ")
+                ))
+            }
+        };
+        let body = protocol::encode(&ResultMessage {
+            task: parent.task,
+            subtask: parent.subtask,
+            attempts: 1,
+            outcome: result,
+            spawned: Vec::new(),
+        })?;
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: topology::RESULTS_QUEUE,
+                body: &body,
+                properties: amqp::persistent(protocol::MSGPACK),
+                mandatory: true,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// A finished task's unfinished children are cancelled: their work no longer matters.
+    async fn cancel_children(&self, id: &str, outcome: &Outcome) -> Result<(), ServiceError> {
+        let children = self.store.children(id).await?;
+        if children.is_empty() {
+            return Ok(());
+        }
+        let reason = format!("parent task {id} ended {}", outcome.status.as_str());
+        let bodies = children
+            .iter()
+            .map(|child| {
+                protocol::encode(&Control::Cancel {
+                    task: child.clone(),
+                    reason: Some(reason.clone()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.publisher
+            .publish_all(bodies.iter().map(|body| Outgoing {
+                exchange: "",
+                routing_key: topology::CONTROL_QUEUE,
+                body,
+                properties: amqp::persistent(protocol::MSGPACK),
+                mandatory: true,
+            }))
+            .await?;
         Ok(())
     }
 
@@ -291,6 +585,29 @@ impl Finisher {
             .await?;
         Ok(())
     }
+}
+
+/// Sets a timer that brings task `id` back to the synthesizer at `due` (ms since the epoch),
+/// hopping through the delay buckets (at most a minute each) until then.
+///
+/// # Errors
+/// The broker failed.
+pub async fn arm_deadline(publisher: &Publisher, id: &str, due: u64) -> Result<(), ServiceError> {
+    let wait = Duration::from_millis(due.saturating_sub(now_ms()).max(1))
+        .min(Duration::from_millis(topology::MIN_DELAY_COVERAGE_MS));
+    let body = protocol::encode(&Control::Deadline {
+        task: id.to_owned(),
+    })?;
+    publisher
+        .publish(Outgoing {
+            exchange: topology::DELAY_EXCHANGE,
+            routing_key: topology::CONTROL_QUEUE,
+            body: &body,
+            properties: topology::delayed(amqp::persistent(protocol::MSGPACK), wait),
+            mandatory: true,
+        })
+        .await?;
+    Ok(())
 }
 
 /// The outcome in the waiter's encoding — or in MessagePack (`msgpack`, already encoded) when

@@ -8,6 +8,9 @@
 //! - [`consume`]: the reconnecting consume loop with prefetch, concurrency bound and drain.
 //! - [`store`]: Redis keys of a task and the atomic Lua scripts of the fan-in.
 //! - [`finish`]: synthesis under a lease, storing the outcome once, delivering it.
+//! - [`graph`]: plan checks (ids, worker types, dependencies, cycles) and the first wave.
+//! - [`ratelimit`]: token buckets in Redis shared by every worker of a type.
+//! - [`release`]: publishing released subtasks to their worker type's queue, child tasks.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`error`]: flags, logging, signals, errors.
@@ -20,8 +23,11 @@ pub mod consume;
 pub mod error;
 pub mod failpoint;
 pub mod finish;
+pub mod graph;
 pub mod kinds;
 pub mod protocol;
+pub mod ratelimit;
+pub mod release;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

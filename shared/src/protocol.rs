@@ -117,6 +117,19 @@ pub enum OnFailure {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskOptions {
+    /// Most subtasks of this task in flight at once, across all workers (default: no cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Time limit of the whole task in milliseconds, from its first sight by an orchestrator;
+    /// past it the task fails with "deadline exceeded" (default: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// Rounds the kind's review may run, the first included (1..=20; default 1: no refinement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rounds: Option<u32>,
+    /// Publish a `subtask.<status>` event on `chorus.events` for every subtask (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subtask_events: Option<bool>,
     /// Attempts per subtask, first run included (1..=100; default 3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
@@ -137,6 +150,22 @@ pub struct ResolvedOptions {
     pub timeout_ms: u64,
     /// Partial-failure policy.
     pub on_failure: OnFailure,
+    /// Most subtasks in flight at once; 0 means no cap.
+    #[serde(default)]
+    pub max_concurrency: u32,
+    /// Time limit of the whole task, in milliseconds.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Review rounds allowed, the first included.
+    #[serde(default = "one")]
+    pub max_rounds: u32,
+    /// Whether `subtask.<status>` events are published.
+    #[serde(default)]
+    pub subtask_events: bool,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Default attempts per subtask.
@@ -147,6 +176,14 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 /// Largest accepted `timeout_ms`: one day.
 pub const TIMEOUT_MS_LIMIT: u64 = 86_400_000;
+/// Largest accepted `deadline_ms`: thirty days.
+pub const DEADLINE_MS_LIMIT: u64 = 30 * 86_400_000;
+/// Largest accepted `max_rounds`.
+pub const MAX_ROUNDS_LIMIT: u32 = 20;
+/// Worker type of subtasks that name none.
+pub const DEFAULT_WORKER_TYPE: &str = "default";
+/// Longest worker type name, in bytes.
+pub const MAX_WORKER_TYPE_BYTES: usize = 64;
 
 impl TaskOptions {
     /// Applies defaults and checks ranges.
@@ -166,10 +203,32 @@ impl TaskOptions {
                 "options.timeout_ms must be between 1 and {TIMEOUT_MS_LIMIT}, got {timeout_ms}"
             )));
         }
+        if let Some(deadline_ms) = self.deadline_ms {
+            if !(1..=DEADLINE_MS_LIMIT).contains(&deadline_ms) {
+                return Err(ProtocolError::Invalid(format!(
+                    "options.deadline_ms must be between 1 and {DEADLINE_MS_LIMIT}, got {deadline_ms}"
+                )));
+            }
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(ProtocolError::Invalid(
+                "options.max_concurrency must be at least 1 (leave it out for no cap)".into(),
+            ));
+        }
+        let max_rounds = self.max_rounds.unwrap_or(1);
+        if !(1..=MAX_ROUNDS_LIMIT).contains(&max_rounds) {
+            return Err(ProtocolError::Invalid(format!(
+                "options.max_rounds must be between 1 and {MAX_ROUNDS_LIMIT}, got {max_rounds}"
+            )));
+        }
         Ok(ResolvedOptions {
             max_attempts,
             timeout_ms,
             on_failure: self.on_failure.unwrap_or_default(),
+            max_concurrency: self.max_concurrency.unwrap_or(0),
+            deadline_ms: self.deadline_ms,
+            max_rounds,
+            subtask_events: self.subtask_events.unwrap_or(false),
         })
     }
 }
@@ -187,6 +246,92 @@ pub struct TaskRequest {
     /// Optional settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub options: Option<TaskOptions>,
+    /// Set by Chorus on a child task: the subtask whose result the child's outcome becomes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRef>,
+}
+
+/// The subtask a child task reports to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentRef {
+    /// Parent task id.
+    pub task: String,
+    /// Subtask of the parent that the child's outcome settles.
+    pub subtask: String,
+}
+
+/// Checks a subtask id given by a planner or a spawning handler: the rules of task ids.
+///
+/// # Errors
+/// As [`validate_task_id`], with the message naming a subtask id.
+pub fn validate_subtask_id(id: &str) -> Result<(), ProtocolError> {
+    validate_id(&format!("subtask id {id:?}"), id)
+}
+
+/// Checks a worker type name: it becomes part of a queue name.
+///
+/// # Errors
+/// An empty name, one over [`MAX_WORKER_TYPE_BYTES`], or one with characters other than
+/// lower-case ASCII letters, digits, `-` and `_`.
+pub fn validate_worker_type(name: &str) -> Result<(), ProtocolError> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_WORKER_TYPE_BYTES
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProtocolError::Invalid(format!(
+            "worker type {name:?} must be 1 to {MAX_WORKER_TYPE_BYTES} characters of a-z, 0-9, '-' and '_'"
+        )))
+    }
+}
+
+fn default_worker_type() -> String {
+    DEFAULT_WORKER_TYPE.to_owned()
+}
+
+fn is_default_worker_type(name: &str) -> bool {
+    name == DEFAULT_WORKER_TYPE
+}
+
+/// A task of another kind that a subtask runs as a child: the child's outcome settles the
+/// subtask (its output on success, its errors otherwise).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChildSpec {
+    /// Kind of the child task.
+    pub kind: String,
+    /// Its input.
+    pub input: Value,
+    /// Its options.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<TaskOptions>,
+}
+
+/// One subtask of a plan, as recorded in Redis: from the planner, a spawning handler or a
+/// review round.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    /// Subtask id, unique within the task.
+    pub id: String,
+    /// Worker type that runs it.
+    #[serde(
+        default = "default_worker_type",
+        skip_serializing_if = "is_default_worker_type"
+    )]
+    pub worker_type: String,
+    /// Subtasks that must succeed before this one is released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// 0 for planned subtasks; a spawned subtask is one deeper than its spawner.
+    #[serde(default)]
+    pub depth: u32,
+    /// The kind's subtask, MessagePack-encoded by the kind (empty for a child task).
+    pub payload: ByteBuf,
+    /// Set when the subtask is a whole child task rather than a handler run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub child: Option<ChildSpec>,
 }
 
 /// Checks that a task id can be used as a key part and in log lines.
@@ -195,12 +340,16 @@ pub struct TaskRequest {
 /// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control characters or
 /// braces (which would break the Redis hash tag `{<id>}` of the task's keys).
 pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
+    validate_id("id", id)
+}
+
+fn validate_id(what: &str, id: &str) -> Result<(), ProtocolError> {
     if id.is_empty() {
-        return Err(ProtocolError::Invalid("id must not be empty".into()));
+        return Err(ProtocolError::Invalid(format!("{what} must not be empty")));
     }
     if id.len() > MAX_TASK_ID_BYTES {
         return Err(ProtocolError::Invalid(format!(
-            "id is {} bytes long; the limit is {MAX_TASK_ID_BYTES}",
+            "{what} is {} bytes long; the limit is {MAX_TASK_ID_BYTES}",
             id.len()
         )));
     }
@@ -208,9 +357,9 @@ pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
         .chars()
         .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
     {
-        return Err(ProtocolError::Invalid(
-            "id must not contain whitespace, control characters, '{' or '}'".into(),
-        ));
+        return Err(ProtocolError::Invalid(format!(
+            "{what} must not contain whitespace, control characters, '{{' or '}}'"
+        )));
     }
     Ok(())
 }
@@ -223,10 +372,13 @@ pub enum Status {
     Succeeded,
     /// Some subtasks failed, `on_failure` was `continue`: output from the rest.
     Partial,
-    /// Subtasks failed under `on_failure: fail`, none succeeded, or the synthesis failed.
+    /// Subtasks failed under `on_failure: fail`, none succeeded, the synthesis failed, the
+    /// deadline passed or a spawn limit was exceeded.
     Failed,
     /// The request was not a runnable task: bad message, unknown kind, invalid input.
     Rejected,
+    /// Cancelled on request before it finished.
+    Cancelled,
 }
 
 impl Status {
@@ -237,6 +389,7 @@ impl Status {
             Self::Partial => "partial",
             Self::Failed => "failed",
             Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -263,6 +416,12 @@ pub struct Stats {
     pub retries: u64,
     /// From the orchestrator's first sight of the task to its outcome.
     pub duration_ms: u64,
+    /// Subtasks settled as skipped because a dependency failed.
+    #[serde(default)]
+    pub skipped: u64,
+    /// Review rounds run (1 when there was no refinement).
+    #[serde(default)]
+    pub rounds: u32,
 }
 
 /// The one logical result of a task.
@@ -324,6 +483,21 @@ pub struct SubtaskMessage {
     pub timeout_ms: u64,
     /// The kind's subtask, MessagePack-encoded by the kind.
     pub payload: ByteBuf,
+    /// Worker type whose queue carries it.
+    #[serde(default = "default_worker_type")]
+    pub worker_type: String,
+    /// Subtasks whose outputs the handler receives as context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// Spawn depth (0 for planned subtasks).
+    #[serde(default)]
+    pub depth: u32,
+    /// When the task's deadline passes, ms since the Unix epoch: no attempt starts after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<u64>,
+    /// Whether to publish `subtask.<status>` events.
+    #[serde(default)]
+    pub events: bool,
 }
 
 impl SubtaskMessage {
@@ -348,7 +522,7 @@ impl SubtaskMessage {
                 self.timeout_ms
             )));
         }
-        Ok(())
+        validate_worker_type(&self.worker_type)
     }
 }
 
@@ -360,10 +534,12 @@ pub enum SubtaskOutcome {
     Succeeded(ByteBuf),
     /// The last attempt's error.
     Failed(String),
+    /// Not run because a dependency failed (recorded by the synthesizer, never sent by workers).
+    Skipped(String),
 }
 
 /// One settled subtask on `chorus.results`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResultMessage {
     /// Task id.
     pub task: String,
@@ -373,6 +549,47 @@ pub struct ResultMessage {
     pub attempts: u32,
     /// Success with output, or failure with the error.
     pub outcome: SubtaskOutcome,
+    /// Subtasks the handler spawned; recorded with the result, once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spawned: Vec<PlanEntry>,
+}
+
+/// A `subtask.<status>` event on `chorus.events` (`running`, `retrying`, `succeeded`,
+/// `failed`), published by workers for tasks with `options.subtask_events`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskEvent {
+    /// Task id.
+    pub task: String,
+    /// Subtask id.
+    pub subtask: String,
+    /// Worker type.
+    pub worker_type: String,
+    /// Attempt, 1 for the first.
+    pub attempt: u32,
+    /// What happened.
+    pub status: String,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+}
+
+/// A control message on `chorus.control`, in MessagePack or JSON like task requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Control {
+    /// Cancel a task: it ends `cancelled`, queued subtasks are dropped, running handlers see
+    /// their cancellation token.
+    Cancel {
+        /// Task id.
+        task: String,
+        /// Why, for the outcome's errors.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Internal timer: check task `task` against its deadline (published by Chorus itself).
+    Deadline {
+        /// Task id.
+        task: String,
+    },
 }
 
 #[cfg(test)]
@@ -392,7 +609,12 @@ mod tests {
                 max_attempts: Some(2),
                 timeout_ms: Some(1000),
                 on_failure: Some(OnFailure::Continue),
+                max_concurrency: Some(4),
+                deadline_ms: Some(60_000),
+                max_rounds: Some(2),
+                subtask_events: Some(true),
             }),
+            parent: None,
         }
     }
 
@@ -421,6 +643,8 @@ mod tests {
                 failed: 1,
                 retries: 2,
                 duration_ms: 17,
+                skipped: 0,
+                rounds: 1,
             },
         };
         for encoding in [Encoding::Msgpack, Encoding::Json] {
@@ -446,6 +670,11 @@ mod tests {
             max_attempts: 3,
             timeout_ms: 10,
             payload: ByteBuf::from(vec![1, 2, 3]),
+            worker_type: "gpu".into(),
+            depends_on: vec!["a".into()],
+            depth: 1,
+            deadline_at_ms: Some(5),
+            events: true,
         };
         assert_eq!(
             decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),
@@ -460,12 +689,56 @@ mod tests {
                 subtask: "1".into(),
                 attempts: 2,
                 outcome,
+                spawned: vec![PlanEntry {
+                    id: "1.0".into(),
+                    worker_type: DEFAULT_WORKER_TYPE.into(),
+                    depends_on: vec![],
+                    depth: 1,
+                    payload: ByteBuf::from(vec![7]),
+                    child: None,
+                }],
             };
             assert_eq!(
                 decode::<ResultMessage>(&encode(&result).expect("encode")).expect("decode"),
                 result
             );
         }
+    }
+
+    #[test]
+    fn control_messages_decode_from_json() {
+        let cancel: Control = Encoding::Json
+            .decode(br#"{"op": "cancel", "task": "t-1"}"#)
+            .expect("cancel");
+        assert_eq!(
+            cancel,
+            Control::Cancel {
+                task: "t-1".into(),
+                reason: None
+            }
+        );
+        assert!(Encoding::Json
+            .decode::<Control>(br#"{"op": "explode", "task": "t"}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn stored_skips_written_by_lua_decode() {
+        // What the graph scripts store for a skipped subtask (cmsgpack packs a Lua table).
+        let bytes = rmp_serde::to_vec_named(&serde_json::json!({
+            "attempts": 0,
+            "outcome": {"skipped": "dependency 3 did not succeed"}
+        }))
+        .expect("encode");
+        #[derive(Deserialize)]
+        struct Stored {
+            outcome: SubtaskOutcome,
+        }
+        let stored: Stored = decode(&bytes).expect("decode");
+        assert_eq!(
+            stored.outcome,
+            SubtaskOutcome::Skipped("dependency 3 did not succeed".into())
+        );
     }
 
     #[test]

@@ -6,11 +6,20 @@
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
-//! | `task` | hash | state, kind, options, input, counters (duplicates included), timestamps |
+//! | `task` | hash | state, kind, options, input, counters (duplicates included), timestamps, cap, in-flight count, round |
 //! | `waiters` | set | encoded [`ReplyTarget`]s that get the outcome |
-//! | `plan` | list | subtask payloads in plan order (index = subtask id) |
+//! | `plan` | hash | subtask id → encoded [`PlanEntry`] |
+//! | `order` | list | subtask ids in plan order (spawned and added ones appended) |
+//! | `wave` | list | ids of the first wave, published by the orchestrator (absent when it is `order`) |
 //! | `pending` | set | ids of subtasks not settled yet |
 //! | `results` | hash | subtask id → encoded [`SubtaskOutcome`] with attempts |
+//! | `done` | hash | subtask id → `ok`, `failed` or `skipped` |
+//! | `waiting` | hash | subtask id → dependencies not settled yet |
+//! | `dependents` | hash | subtask id → space-separated ids that wait for it |
+//! | `ready` | list | ids whose dependencies succeeded, waiting for a slot under the cap |
+//! | `outbox` | set | ids released after planning whose publication is not confirmed yet |
+//! | `types` | hash | per worker type `<type>` total and `<type>:released/ok/failed/skipped` counts |
+//! | `children` | set | ids of child tasks started by subtasks |
 //! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
@@ -23,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::StoreError,
-    protocol::{self, Outcome, ReplyTarget, SubtaskOutcome},
+    graph::FirstWave,
+    protocol::{self, Outcome, PlanEntry, ReplyTarget, SubtaskOutcome},
 };
 
 /// Lifecycle of a task in Redis.
@@ -82,6 +92,24 @@ pub struct TaskKeys {
     pub plan_lease: String,
     /// Lease of the synthesizer finishing the task.
     pub synth_lease: String,
+    /// Subtask ids in plan order.
+    pub order: String,
+    /// First-wave ids, when not the whole order.
+    pub wave: String,
+    /// Settled status per subtask.
+    pub done: String,
+    /// Unmet dependency counts.
+    pub waiting: String,
+    /// Who waits for whom.
+    pub dependents: String,
+    /// Released when a slot frees.
+    pub ready: String,
+    /// Released, publication unconfirmed.
+    pub outbox: String,
+    /// Per worker type counters.
+    pub types: String,
+    /// Child task ids.
+    pub children: String,
 }
 
 impl TaskKeys {
@@ -98,7 +126,50 @@ impl TaskKeys {
             starts: key("starts"),
             plan_lease: key("plan-lease"),
             synth_lease: key("synth-lease"),
+            order: key("order"),
+            wave: key("wave"),
+            done: key("done"),
+            waiting: key("waiting"),
+            dependents: key("dependents"),
+            ready: key("ready"),
+            outbox: key("outbox"),
+            types: key("types"),
+            children: key("children"),
         }
+    }
+
+    /// The keys the graph scripts take, in the order of their Lua prelude.
+    fn graph(&self) -> [&str; 11] {
+        [
+            &self.task,
+            &self.pending,
+            &self.results,
+            &self.plan,
+            &self.order,
+            &self.waiting,
+            &self.dependents,
+            &self.ready,
+            &self.outbox,
+            &self.types,
+            &self.done,
+        ]
+    }
+
+    /// Working state dropped when the task finishes.
+    fn working(&self) -> [&str; 11] {
+        [
+            &self.plan,
+            &self.order,
+            &self.wave,
+            &self.pending,
+            &self.results,
+            &self.done,
+            &self.waiting,
+            &self.dependents,
+            &self.ready,
+            &self.outbox,
+            &self.starts,
+        ]
     }
 }
 
@@ -122,13 +193,31 @@ pub enum Claim {
     Exists(TaskState),
 }
 
+/// Subtasks a script released: their plan entries, to publish.
+pub type Released = Vec<PlanEntry>;
+
 /// What recording a result did.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Recorded {
     /// First time for this subtask; `remaining` are still pending.
     New {
         /// Unsettled subtasks left.
         remaining: u64,
+        /// Subtasks this result released (dependencies met, or a slot freed under the cap).
+        released: Released,
+        /// Subtasks settled as skipped because this one failed.
+        skipped: Vec<String>,
+    },
+    /// The result spawned more subtasks than the task may have in all; nothing was recorded.
+    TooManySubtasks {
+        /// Subtasks the task would have had.
+        would_have: u64,
+    },
+    /// A spawned subtask reuses an existing id or depends on an unknown one; nothing was
+    /// recorded.
+    SpawnConflict {
+        /// What is wrong.
+        reason: String,
     },
     /// Already recorded before; nothing changed.
     Duplicate {
@@ -171,6 +260,52 @@ pub struct TaskRecord {
     pub created_ms: u64,
     /// Whether the outcome has been published to every waiter.
     pub delivered: bool,
+    /// Settled as skipped.
+    pub skipped: u64,
+    /// Released and not settled.
+    pub in_flight: u64,
+    /// Current review round, 1 for the first.
+    pub round: u32,
+    /// Whether the first wave is the whole plan order (no dependencies, no cap).
+    pub wave_is_order: bool,
+    /// Subtasks in the first wave.
+    pub wave_len: u64,
+    /// The parent subtask of a child task, encoded [`protocol::ParentRef`].
+    pub parent: Option<Vec<u8>>,
+}
+
+/// Per worker type progress of a task.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TypeProgress {
+    /// Worker type.
+    pub worker_type: String,
+    /// Subtasks of this type in the plan.
+    pub total: u64,
+    /// Released to workers (queued, running or settled).
+    pub released: u64,
+    /// Settled as succeeded.
+    pub succeeded: u64,
+    /// Settled as failed.
+    pub failed: u64,
+    /// Settled as skipped.
+    pub skipped: u64,
+}
+
+impl TypeProgress {
+    /// Released and not settled yet: queued or running.
+    pub fn in_flight(&self) -> u64 {
+        self.released.saturating_sub(self.succeeded + self.failed)
+    }
+
+    /// Not released yet: waiting for dependencies or a slot.
+    pub fn waiting(&self) -> u64 {
+        self.total.saturating_sub(self.released + self.skipped)
+    }
+
+    /// Settled in any way.
+    pub fn settled(&self) -> u64 {
+        self.succeeded + self.failed + self.skipped
+    }
 }
 
 const CLAIM: &str = r"
@@ -181,13 +316,19 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state then return {'exists', state} end
 redis.call('HSET', KEYS[1], 'state', 'planning', 'kind', ARGV[2], 'options', ARGV[3],
   'input', ARGV[4], 'created_ms', ARGV[5], 'total', 0, 'published', 0,
-  'succeeded', 0, 'failed', 0, 'retries', 0)
+  'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1, 'inflight', 0)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'parent', ARGV[6]) end
 return {'new', 'planning'}
 ";
 
 const MARK_PLANNED: &str = r"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'planning' then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'planned', 'total', ARGV[1], 'published', 0)
+redis.call('HSET', KEYS[1], 'state', 'planned', 'total', ARGV[2], 'published', 0,
+  'cap', ARGV[3], 'inflight', ARGV[4], 'wave_len', ARGV[4], 'wave_is_order', ARGV[5])
+for i = 6, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[i] .. ':released', ARGV[i + 1])
+end
 return 1
 ";
 
@@ -197,40 +338,219 @@ redis.call('HSET', KEYS[1], 'state', 'running', 'published', ARGV[1])
 return 1
 ";
 
-const RECORD_RESULT: &str = r"
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'unknown-task', 0} end
-if state == 'finished' then
-  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
-  return {'finished', 0}
+/// Lua shared by the scripts that change the dependency graph; their KEYS follow
+/// [`TaskKeys::graph`].
+const GRAPH_PRELUDE: &str = r"
+local T, PENDING, RESULTS, PLAN, ORDER, WAITING, DEPENDENTS, READY, OUTBOX, TYPES, DONE =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+
+local function split(s)
+  local out = {}
+  if s then for w in string.gmatch(s, '%S+') do out[#out + 1] = w end end
+  return out
 end
-if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-  if ARGV[3] == '1' then
-    redis.call('HINCRBY', KEYS[1], 'succeeded', 1)
-  else
-    redis.call('HINCRBY', KEYS[1], 'failed', 1)
+
+local function type_of(id)
+  local raw = redis.call('HGET', PLAN, id)
+  if not raw then return 'default' end
+  local ok, entry = pcall(cmsgpack.unpack, raw)
+  if ok and type(entry) == 'table' and entry.worker_type then return entry.worker_type end
+  return 'default'
+end
+
+local skipped = {}
+
+local function skip_one(id, cause)
+  if redis.call('SREM', PENDING, id) == 0 then return false end
+  redis.call('HDEL', WAITING, id)
+  redis.call('HSET', RESULTS, id, cmsgpack.pack({attempts = 0,
+    outcome = {skipped = 'dependency ' .. cause .. ' did not succeed'}}))
+  redis.call('HSET', DONE, id, 'skipped')
+  redis.call('HINCRBY', T, 'skipped', 1)
+  redis.call('HINCRBY', TYPES, type_of(id) .. ':skipped', 1)
+  skipped[#skipped + 1] = id
+  return true
+end
+
+-- Settles everything that waits, directly or not, on `cause` as skipped.
+local function skip_dependents_of(cause)
+  local queue = {}
+  for _, d in ipairs(split(redis.call('HGET', DEPENDENTS, cause))) do queue[#queue + 1] = {d, cause} end
+  local i = 1
+  while i <= #queue do
+    local d, why = queue[i][1], queue[i][2]
+    i = i + 1
+    if redis.call('HEXISTS', WAITING, d) == 1 and skip_one(d, why) then
+      for _, n in ipairs(split(redis.call('HGET', DEPENDENTS, d))) do queue[#queue + 1] = {n, d} end
+    end
   end
-  redis.call('HINCRBY', KEYS[1], 'retries', ARGV[4])
-  return {'new', redis.call('SCARD', KEYS[2])}
 end
-if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[1], 'duplicates', 1)
-  return {'duplicate', redis.call('SCARD', KEYS[2])}
+
+local function satisfy_dependents_of(id)
+  for _, d in ipairs(split(redis.call('HGET', DEPENDENTS, id))) do
+    if redis.call('HEXISTS', WAITING, d) == 1 then
+      if redis.call('HINCRBY', WAITING, d, -1) <= 0 then
+        redis.call('HDEL', WAITING, d)
+        redis.call('RPUSH', READY, d)
+      end
+    end
+  end
 end
-return {'unknown-subtask', 0}
+
+-- Adds or redoes a subtask whose dependencies are existing subtasks.
+local function add_entry(id, raw, wtype, deps)
+  local existed = redis.call('HEXISTS', PLAN, id) == 1
+  redis.call('HSET', PLAN, id, raw)
+  if not existed then
+    redis.call('RPUSH', ORDER, id)
+    redis.call('HINCRBY', T, 'total', 1)
+    redis.call('HINCRBY', TYPES, wtype, 1)
+  end
+  redis.call('SADD', PENDING, id)
+  local unmet, failed_dep = 0, nil
+  for _, dep in ipairs(split(deps)) do
+    local status = redis.call('HGET', DONE, dep)
+    if status == 'ok' then
+    elseif status then failed_dep = failed_dep or dep
+    else
+      unmet = unmet + 1
+      local list = redis.call('HGET', DEPENDENTS, dep)
+      redis.call('HSET', DEPENDENTS, dep, list and (list .. ' ' .. id) or id)
+    end
+  end
+  if failed_dep then skip_one(id, failed_dep)
+  elseif unmet > 0 then redis.call('HSET', WAITING, id, unmet)
+  else redis.call('RPUSH', READY, id) end
+end
+
+-- Forgets the settled result of `id` so it can run again.
+local function reset_result(id)
+  local status = redis.call('HGET', DONE, id)
+  if not status then return end
+  local counter = ({ok = 'succeeded', failed = 'failed', skipped = 'skipped'})[status]
+  local suffix = ({ok = ':ok', failed = ':failed', skipped = ':skipped'})[status]
+  local wtype = type_of(id)
+  redis.call('HINCRBY', T, counter, -1)
+  redis.call('HINCRBY', TYPES, wtype .. suffix, -1)
+  if status ~= 'skipped' then redis.call('HINCRBY', TYPES, wtype .. ':released', -1) end
+  redis.call('HDEL', DONE, id)
+  redis.call('HDEL', RESULTS, id)
+end
+
+-- Moves ready subtasks to the outbox while the cap allows; returns {id, entry, ...}.
+local function release()
+  local cap = tonumber(redis.call('HGET', T, 'cap') or '0') or 0
+  local inflight = tonumber(redis.call('HGET', T, 'inflight') or '0') or 0
+  local out = {}
+  while cap == 0 or inflight < cap do
+    local d = redis.call('LPOP', READY)
+    if not d then break end
+    if redis.call('SISMEMBER', PENDING, d) == 1 then
+      redis.call('SADD', OUTBOX, d)
+      inflight = inflight + 1
+      redis.call('HINCRBY', TYPES, type_of(d) .. ':released', 1)
+      out[#out + 1] = d
+      out[#out + 1] = redis.call('HGET', PLAN, d)
+    end
+  end
+  redis.call('HSET', T, 'inflight', inflight)
+  return out
+end
+
+local function reply(status, released)
+  local out = {status, redis.call('SCARD', PENDING), #skipped}
+  for _, id in ipairs(skipped) do out[#out + 1] = id end
+  for _, v in ipairs(released) do out[#out + 1] = v end
+  return out
+end
 ";
 
+/// ARGV: subtask, record, `1` succeeded / `0` failed, retries, spawned count, subtask limit,
+/// then per spawned entry: id, encoded entry, worker type, space-separated dependencies.
+const RECORD_RESULT: &str = r"
+local id, record, ok, retries = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
+local nspawn, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local state = redis.call('HGET', T, 'state')
+if not state then return {'unknown-task', 0, 0} end
+if state == 'finished' then
+  redis.call('HINCRBY', T, 'duplicates', 1)
+  return {'finished', 0, 0}
+end
+if redis.call('SISMEMBER', PENDING, id) == 0 then
+  if redis.call('HEXISTS', RESULTS, id) == 1 then
+    redis.call('HINCRBY', T, 'duplicates', 1)
+    return {'duplicate', redis.call('SCARD', PENDING), 0}
+  end
+  return {'unknown-subtask', 0, 0}
+end
+if nspawn > 0 then
+  local would_have = tonumber(redis.call('HGET', T, 'total')) + nspawn
+  if would_have > limit then return {'limit', would_have, 0} end
+  local siblings = {}
+  for i = 0, nspawn - 1 do
+    local sid = ARGV[7 + i * 4]
+    if redis.call('HEXISTS', PLAN, sid) == 1 then
+      return {'conflict', 0, 1, 'spawned subtask id ' .. sid .. ' is already used in this task'}
+    end
+    for _, dep in ipairs(split(ARGV[10 + i * 4])) do
+      if not siblings[dep] and redis.call('HEXISTS', PLAN, dep) == 0 then
+        return {'conflict', 0, 1, 'spawned subtask ' .. sid .. ' depends on unknown subtask ' .. dep}
+      end
+    end
+    siblings[sid] = true
+  end
+end
+redis.call('SREM', PENDING, id)
+redis.call('HSET', RESULTS, id, record)
+local wtype = type_of(id)
+if ok then
+  redis.call('HSET', DONE, id, 'ok')
+  redis.call('HINCRBY', T, 'succeeded', 1)
+  redis.call('HINCRBY', TYPES, wtype .. ':ok', 1)
+else
+  redis.call('HSET', DONE, id, 'failed')
+  redis.call('HINCRBY', T, 'failed', 1)
+  redis.call('HINCRBY', TYPES, wtype .. ':failed', 1)
+end
+redis.call('HINCRBY', T, 'retries', retries)
+redis.call('HINCRBY', T, 'inflight', -1)
+for i = 0, nspawn - 1 do
+  local base = 7 + i * 4
+  add_entry(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3])
+end
+if ok then satisfy_dependents_of(id) else skip_dependents_of(id) end
+return reply('new', release())
+";
+
+/// Redoes or adds subtasks for another review round, under the synthesis lease.
+/// ARGV: lease token, then per entry: id, encoded entry, worker type, dependencies.
+const REVISE: &str = r"
+if redis.call('GET', KEYS[12]) ~= ARGV[1] then return {'fenced', 0, 0} end
+local state = redis.call('HGET', T, 'state')
+if state ~= 'running' and state ~= 'planned' then return {'fenced', 0, 0} end
+for i = 2, #ARGV, 4 do reset_result(ARGV[i]) end
+for i = 2, #ARGV, 4 do add_entry(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
+redis.call('HINCRBY', T, 'round', 1)
+return reply('revised', release())
+";
+
+/// Publication of the outbox entries in ARGV is confirmed.
+const CLEAR_OUTBOX: &str = r"
+for i = 1, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+return 0
+";
+
+/// KEYS: task, outcome, waiters, types, children, then the working keys to drop.
 const STORE_OUTCOME: &str = r"
 local existing = redis.call('GET', KEYS[2])
 if not existing then
   redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
   existing = ARGV[1]
-    redis.call('HSET', KEYS[1], 'state', 'finished', 'finished_ms', ARGV[3])
+  redis.call('HSET', KEYS[1], 'state', 'finished', 'finished_ms', ARGV[3])
   -- Everything kept expires together, set once: a later call must not outlive the outcome.
+  for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[3], ARGV[2])
-  redis.call('DEL', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+  for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 end
 return existing
 ";
@@ -248,22 +568,38 @@ end
 return 0
 ";
 
+/// KEYS: plan lease, task, then the keys to clear.
 const RESET_PLAN: &str = r"
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[4], 'state') ~= 'planning' then return 0 end
-redis.call('DEL', KEYS[1], KEYS[2])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
+for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 ";
 
+/// KEYS: plan lease, task, plan, order, pending, waiting, dependents, types.
+/// ARGV: token, entries already in `order`, then per entry: id, encoded entry, worker type,
+/// unmet dependency count, space-separated dependents.
 const APPEND_PLAN: &str = r"
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
-if redis.call('HGET', KEYS[4], 'state') ~= 'planning' then return 0 end
-if redis.call('LLEN', KEYS[1]) ~= tonumber(ARGV[2]) then return 0 end
-local first = tonumber(ARGV[2])
-for i = 3, #ARGV do
-  redis.call('RPUSH', KEYS[1], ARGV[i])
-  redis.call('SADD', KEYS[2], tostring(first + i - 3))
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
+if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[2]) then return 0 end
+for i = 3, #ARGV, 5 do
+  local id = ARGV[i]
+  redis.call('HSET', KEYS[3], id, ARGV[i + 1])
+  redis.call('RPUSH', KEYS[4], id)
+  redis.call('SADD', KEYS[5], id)
+  redis.call('HINCRBY', KEYS[8], ARGV[i + 2], 1)
+  if ARGV[i + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[i + 3]) end
+  if ARGV[i + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[i + 4]) end
 end
+return 1
+";
+
+/// KEYS: plan lease, task, list. ARGV: token, then ids to append.
+const APPEND_LIST: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
 return 1
 ";
 
@@ -281,7 +617,12 @@ return 0
 static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
 static MARK_PLANNED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_PLANNED));
 static MARK_RUNNING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_RUNNING));
-static RECORD_RESULT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_RESULT));
+static RECORD_RESULT_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{RECORD_RESULT}")));
+static REVISE_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{REVISE}")));
+static CLEAR_OUTBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_OUTBOX));
+static APPEND_LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_LIST));
 static STORE_OUTCOME_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_OUTCOME));
 static RELEASE_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE));
 static RENEW_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LEASE));
@@ -325,6 +666,64 @@ impl Store {
         self.connection.clone()
     }
 
+    /// A handle on the connection, for scripts kept beside the modules that use them.
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Which of `tasks` have an outcome (are over: finished, cancelled, past their deadline),
+    /// in one round trip.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn finished(&self, tasks: &[String]) -> Result<Vec<bool>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            pipe.cmd("EXISTS").arg(TaskKeys::new(task).outcome);
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
+    }
+
+    /// Encoded outputs of `subtasks` of `task` (those that succeeded), for a handler's
+    /// dependencies.
+    ///
+    /// # Errors
+    /// Redis fails, a result does not decode, or a dependency has no successful output.
+    pub async fn outputs(
+        &self,
+        task: &str,
+        subtasks: &[String],
+    ) -> Result<Vec<(String, serde_bytes::ByteBuf)>, StoreError> {
+        if subtasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = TaskKeys::new(task);
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&keys.results)
+            .arg(subtasks)
+            .query_async(&mut self.conn())
+            .await?;
+        raw.into_iter()
+            .zip(subtasks)
+            .map(|(bytes, subtask)| {
+                let bytes = bytes.ok_or_else(|| {
+                    StoreError::Corrupt(format!("{task}/{subtask} has no result yet"))
+                })?;
+                let stored: StoredResult = protocol::decode(&bytes)
+                    .map_err(|e| StoreError::Corrupt(format!("result of {task}/{subtask}: {e}")))?;
+                match stored.outcome {
+                    SubtaskOutcome::Succeeded(output) => Ok((subtask.clone(), output)),
+                    _ => Err(StoreError::Corrupt(format!(
+                        "{task}/{subtask} did not succeed"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
     /// Logs a warning for every server setting that weakens Chorus's guarantees.
     pub async fn warn_about_settings(&self) {
         let mut conn = self.conn();
@@ -365,8 +764,15 @@ impl Store {
         kind: &str,
         options: &[u8],
         input: &[u8],
+        parent: Option<&protocol::ParentRef>,
     ) -> Result<Claim, StoreError> {
         let keys = TaskKeys::new(id);
+        let parent = match parent {
+            Some(parent) => {
+                protocol::encode(parent).map_err(|e| StoreError::Corrupt(e.to_string()))?
+            }
+            None => Vec::new(),
+        };
         let waiter = match waiter {
             Some(target) => {
                 protocol::encode(target).map_err(|e| StoreError::Corrupt(e.to_string()))?
@@ -382,6 +788,7 @@ impl Store {
             .arg(options)
             .arg(input)
             .arg(now_ms())
+            .arg(parent)
             .invoke_async(&mut self.conn())
             .await?;
         match status.as_str() {
@@ -393,19 +800,23 @@ impl Store {
         }
     }
 
-    /// Records the plan: payloads in order, and every subtask id as pending, then moves the task
-    /// to `planned`. Starts from scratch each time, so a crash half-way is repaired by a rerun.
-    /// Every write checks that `lease` is still held and the task still `planning`, so a holder
-    /// whose lease lapsed (a long pause) cannot overwrite the work of the one that took over.
+    /// Records the plan — entries, order, pending set, dependency counts and dependents, the
+    /// first wave and the ready list — then moves the task to `planned` with the first wave
+    /// counted in flight. Starts from scratch each time, so a crash half-way is repaired by a
+    /// rerun. Every write checks that `lease` is still held and the task still `planning`, so a
+    /// holder whose lease lapsed (a long pause) cannot overwrite the work of the one that took
+    /// over.
     ///
     /// # Errors
-    /// Redis fails, or the lease was lost or the task left the `planning` state meanwhile
-    /// ([`StoreError::Fenced`]).
+    /// Redis fails, an entry does not encode, or the lease was lost or the task left the
+    /// `planning` state meanwhile ([`StoreError::Fenced`]).
     pub async fn record_plan(
         &self,
         id: &str,
         lease: &Lease,
-        payloads: &[Vec<u8>],
+        entries: &[PlanEntry],
+        wave: &FirstWave,
+        cap: u32,
     ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         let mut conn = self.conn();
@@ -415,41 +826,292 @@ impl Store {
             ))
         };
         let reset: i64 = RESET_PLAN_SCRIPT
-            .key(&keys.plan)
-            .key(&keys.pending)
             .key(&keys.plan_lease)
             .key(&keys.task)
+            .key(keys.working().as_slice())
+            .key(&keys.types)
             .arg(&lease.token)
             .invoke_async(&mut conn)
             .await?;
         if reset != 1 {
             return Err(fenced());
         }
-        for (chunk_index, chunk) in payloads.chunks(CHUNK).enumerate() {
-            let appended: i64 = APPEND_PLAN_SCRIPT
-                .key(&keys.plan)
-                .key(&keys.pending)
-                .key(&keys.plan_lease)
+        let mut dependents: std::collections::HashMap<&str, String> =
+            std::collections::HashMap::new();
+        for entry in entries {
+            for dep in &entry.depends_on {
+                let list = dependents.entry(dep.as_str()).or_default();
+                if !list.is_empty() {
+                    list.push(' ');
+                }
+                list.push_str(&entry.id);
+            }
+        }
+        for (chunk_index, chunk) in entries.chunks(CHUNK).enumerate() {
+            let mut call = APPEND_PLAN_SCRIPT.prepare_invoke();
+            call.key(&keys.plan_lease)
                 .key(&keys.task)
+                .key(&keys.plan)
+                .key(&keys.order)
+                .key(&keys.pending)
+                .key(&keys.waiting)
+                .key(&keys.dependents)
+                .key(&keys.types)
                 .arg(&lease.token)
-                .arg(chunk_index * CHUNK)
-                .arg(chunk)
-                .invoke_async(&mut conn)
-                .await?;
+                .arg(chunk_index * CHUNK);
+            for entry in chunk {
+                call.arg(&entry.id)
+                    .arg(encode_entry(entry)?)
+                    .arg(&entry.worker_type)
+                    .arg(entry.depends_on.len())
+                    .arg(dependents.get(entry.id.as_str()).map_or("", String::as_str));
+            }
+            let appended: i64 = call.invoke_async(&mut conn).await?;
             if appended != 1 {
                 return Err(fenced());
             }
         }
-        let moved: i64 = MARK_PLANNED_SCRIPT
-            .key(&keys.task)
-            .arg(payloads.len())
-            .invoke_async(&mut conn)
-            .await?;
+        let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
+        if !wave_is_order {
+            for (list, positions) in [(&keys.wave, &wave.release), (&keys.ready, &wave.ready)] {
+                for chunk in positions.chunks(CHUNK) {
+                    let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
+                    call.key(&keys.plan_lease)
+                        .key(&keys.task)
+                        .key(list)
+                        .arg(&lease.token);
+                    for &position in chunk {
+                        call.arg(entries.get(position).map_or("", |e| e.id.as_str()));
+                    }
+                    let appended: i64 = call.invoke_async(&mut conn).await?;
+                    if appended != 1 {
+                        return Err(fenced());
+                    }
+                }
+            }
+        }
+        let mut released_by_type: std::collections::BTreeMap<&str, u64> =
+            std::collections::BTreeMap::new();
+        for &position in &wave.release {
+            if let Some(entry) = entries.get(position) {
+                *released_by_type
+                    .entry(entry.worker_type.as_str())
+                    .or_default() += 1;
+            }
+        }
+        let mut call = MARK_PLANNED_SCRIPT.prepare_invoke();
+        call.key(&keys.task)
+            .key(&keys.plan_lease)
+            .key(&keys.types)
+            .arg(&lease.token)
+            .arg(entries.len())
+            .arg(cap)
+            .arg(wave.release.len())
+            .arg(u8::from(wave_is_order));
+        for (worker_type, count) in released_by_type {
+            call.arg(worker_type).arg(count);
+        }
+        let moved: i64 = call.invoke_async(&mut conn).await?;
         if moved == 1 {
             Ok(())
         } else {
             Err(fenced())
         }
+    }
+
+    /// First-wave entries `start..end` (positions in the wave), for resuming publication.
+    ///
+    /// # Errors
+    /// Redis fails, or an entry is missing or does not decode.
+    pub async fn wave_range(
+        &self,
+        id: &str,
+        wave_is_order: bool,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<PlanEntry>, StoreError> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let keys = TaskKeys::new(id);
+        let list = if wave_is_order {
+            &keys.order
+        } else {
+            &keys.wave
+        };
+        let ids: Vec<String> = redis::cmd("LRANGE")
+            .arg(list)
+            .arg(start)
+            .arg(end - 1)
+            .query_async(&mut self.conn())
+            .await?;
+        self.entries(id, &ids).await
+    }
+
+    /// Plan entries of `ids`, in that order.
+    ///
+    /// # Errors
+    /// Redis fails, or an entry is missing or does not decode.
+    pub async fn entries(&self, id: &str, ids: &[String]) -> Result<Vec<PlanEntry>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = TaskKeys::new(id);
+        let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
+            .arg(&keys.plan)
+            .arg(ids)
+            .query_async(&mut self.conn())
+            .await?;
+        raw.iter()
+            .zip(ids)
+            .map(|(bytes, subtask)| match bytes {
+                Some(bytes) => decode_entry(id, bytes),
+                None => Err(StoreError::Corrupt(format!(
+                    "task {id} has no plan entry {subtask}"
+                ))),
+            })
+            .collect()
+    }
+
+    /// Subtask ids in plan order.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn order(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let keys = TaskKeys::new(id);
+        Ok(redis::cmd("LRANGE")
+            .arg(&keys.order)
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// Entries released after planning whose publication was not confirmed (a crash between
+    /// release and publish): publishing them again is how the caller repairs it.
+    ///
+    /// # Errors
+    /// Redis fails, or an entry does not decode.
+    pub async fn outbox(&self, id: &str) -> Result<Released, StoreError> {
+        let keys = TaskKeys::new(id);
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&keys.outbox)
+            .query_async(&mut self.conn())
+            .await?;
+        self.entries(id, &ids).await
+    }
+
+    /// Notes that the publication of `released` is confirmed.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn clear_outbox(&self, id: &str, released: &[PlanEntry]) -> Result<(), StoreError> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let keys = TaskKeys::new(id);
+        let mut call = CLEAR_OUTBOX_SCRIPT.prepare_invoke();
+        call.key(&keys.outbox);
+        for entry in released {
+            call.arg(&entry.id);
+        }
+        call.invoke_async::<i64>(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Redoes or adds `entries` for another review round and returns what is released at once.
+    /// Written only while `lease` (the synthesis lease) is held.
+    ///
+    /// # Errors
+    /// Redis fails, or the lease was lost or the task is not running ([`StoreError::Fenced`]).
+    pub async fn revise(
+        &self,
+        id: &str,
+        lease: &Lease,
+        entries: &[PlanEntry],
+    ) -> Result<Released, StoreError> {
+        let keys = TaskKeys::new(id);
+        let mut call = REVISE_SCRIPT.prepare_invoke();
+        call.key(keys.graph().as_slice())
+            .key(&keys.synth_lease)
+            .arg(&lease.token);
+        for entry in entries {
+            call.arg(&entry.id)
+                .arg(encode_entry(entry)?)
+                .arg(&entry.worker_type)
+                .arg(entry.depends_on.join(" "));
+        }
+        let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn()).await?;
+        let parsed = parse_graph_reply(id, &reply)?;
+        if parsed.status == "revised" {
+            Ok(parsed.released)
+        } else {
+            Err(StoreError::Fenced(format!(
+                "task {id}: synthesis lease lost before the review round was recorded"
+            )))
+        }
+    }
+
+    /// Remembers a child task started by a subtask, so cancelling the parent reaches it.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn add_child(&self, id: &str, child: &str) -> Result<(), StoreError> {
+        let keys = TaskKeys::new(id);
+        redis::cmd("SADD")
+            .arg(&keys.children)
+            .arg(child)
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Child tasks started by the subtasks of a task.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn children(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        let keys = TaskKeys::new(id);
+        Ok(redis::cmd("SMEMBERS")
+            .arg(&keys.children)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
+    /// Progress per worker type, sorted by type.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn type_progress(&self, id: &str) -> Result<Vec<TypeProgress>, StoreError> {
+        let keys = TaskKeys::new(id);
+        let fields: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+            .arg(&keys.types)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut by_type: std::collections::BTreeMap<String, TypeProgress> =
+            std::collections::BTreeMap::new();
+        for (field, value) in fields {
+            let value = u64::try_from(value).unwrap_or(0);
+            let (name, counter) = match field.split_once(':') {
+                Some((name, counter)) => (name, counter),
+                None => (field.as_str(), "total"),
+            };
+            let progress = by_type
+                .entry(name.to_owned())
+                .or_insert_with(|| TypeProgress {
+                    worker_type: name.to_owned(),
+                    ..TypeProgress::default()
+                });
+            match counter {
+                "total" => progress.total = value,
+                "released" => progress.released = value,
+                "ok" => progress.succeeded = value,
+                "failed" => progress.failed = value,
+                "skipped" => progress.skipped = value,
+                _ => {}
+            }
+        }
+        Ok(by_type.into_values().collect())
     }
 
     /// Notes that a run of `what` (a subtask id, `plan` or `synth`) of task `task` starts.
@@ -484,29 +1146,7 @@ impl Store {
         Ok(())
     }
 
-    /// Reads plan entries `start..end` (subtask ids are their indices).
-    ///
-    /// # Errors
-    /// Redis fails.
-    pub async fn plan_range(
-        &self,
-        id: &str,
-        start: u64,
-        end: u64,
-    ) -> Result<Vec<Vec<u8>>, StoreError> {
-        if end <= start {
-            return Ok(Vec::new());
-        }
-        let keys = TaskKeys::new(id);
-        Ok(redis::cmd("LRANGE")
-            .arg(&keys.plan)
-            .arg(start)
-            .arg(end - 1)
-            .query_async(&mut self.conn())
-            .await?)
-    }
-
-    /// Remembers that subtasks `0..published` are confirmed by the broker.
+    /// Remembers that first-wave subtasks `0..published` are confirmed by the broker.
     ///
     /// # Errors
     /// Redis fails.
@@ -536,16 +1176,20 @@ impl Store {
         Ok(())
     }
 
-    /// Records one settled subtask, once: a duplicate changes nothing.
+    /// Records one settled subtask, once — with the subtasks it spawned — and releases what
+    /// that unblocks: dependents whose dependencies all succeeded (or skips them when it
+    /// failed) and, under a cap, the next ready subtasks. A duplicate changes nothing.
     ///
     /// # Errors
-    /// Redis fails.
+    /// Redis fails, or something does not encode or decode.
     pub async fn record_result(
         &self,
         task: &str,
         subtask: &str,
         attempts: u32,
         outcome: &SubtaskOutcome,
+        spawned: &[PlanEntry],
+        max_subtasks: u64,
     ) -> Result<Recorded, StoreError> {
         let keys = TaskKeys::new(task);
         let succeeded = matches!(outcome, SubtaskOutcome::Succeeded(_));
@@ -557,21 +1201,39 @@ impl Store {
         }
         let record = protocol::encode(&StoredResultRef { attempts, outcome })
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (status, remaining): (String, u64) = RECORD_RESULT_SCRIPT
-            .key(&keys.task)
-            .key(&keys.pending)
-            .key(&keys.results)
+        let mut call = RECORD_RESULT_SCRIPT.prepare_invoke();
+        call.key(keys.graph().as_slice())
             .arg(subtask)
             .arg(record)
             .arg(if succeeded { "1" } else { "0" })
             .arg(attempts.saturating_sub(1))
-            .invoke_async(&mut self.conn())
-            .await?;
-        Ok(match status.as_str() {
-            "new" => Recorded::New { remaining },
-            "duplicate" => Recorded::Duplicate { remaining },
+            .arg(spawned.len())
+            .arg(max_subtasks);
+        for entry in spawned {
+            call.arg(&entry.id)
+                .arg(encode_entry(entry)?)
+                .arg(&entry.worker_type)
+                .arg(entry.depends_on.join(" "));
+        }
+        let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn()).await?;
+        let parsed = parse_graph_reply(task, &reply)?;
+        Ok(match parsed.status.as_str() {
+            "new" => Recorded::New {
+                remaining: parsed.remaining,
+                released: parsed.released,
+                skipped: parsed.skipped,
+            },
+            "duplicate" => Recorded::Duplicate {
+                remaining: parsed.remaining,
+            },
             "finished" => Recorded::TaskFinished,
             "unknown-task" => Recorded::UnknownTask,
+            "limit" => Recorded::TooManySubtasks {
+                would_have: parsed.remaining,
+            },
+            "conflict" => Recorded::SpawnConflict {
+                reason: parsed.skipped.into_iter().next().unwrap_or_default(),
+            },
             _ => Recorded::UnknownSubtask,
         })
     }
@@ -622,6 +1284,12 @@ impl Store {
             duplicates: number("duplicates"),
             created_ms: number("created_ms"),
             delivered: number("delivered") == 1,
+            skipped: number("skipped"),
+            in_flight: number("inflight"),
+            round: u32::try_from(number("round")).unwrap_or(1).max(1),
+            wave_is_order: text("wave_is_order").as_deref() != Some("0"),
+            wave_len: number("wave_len"),
+            parent: fields.get("parent").cloned(),
         }))
     }
 
@@ -671,10 +1339,9 @@ impl Store {
             .key(&keys.task)
             .key(&keys.outcome)
             .key(&keys.waiters)
-            .key(&keys.plan)
-            .key(&keys.pending)
-            .key(&keys.results)
-            .key(&keys.starts)
+            .key(&keys.types)
+            .key(&keys.children)
+            .key(keys.working().as_slice())
             .arg(encoded)
             .arg(ttl.as_secs().max(1))
             .arg(now_ms())
@@ -812,6 +1479,70 @@ impl Drop for Lease {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+fn encode_entry(entry: &PlanEntry) -> Result<Vec<u8>, StoreError> {
+    protocol::encode(entry).map_err(|e| StoreError::Corrupt(format!("plan entry: {e}")))
+}
+
+fn decode_entry(task: &str, bytes: &[u8]) -> Result<PlanEntry, StoreError> {
+    protocol::decode(bytes).map_err(|e| StoreError::Corrupt(format!("plan entry of {task}: {e}")))
+}
+
+/// A reply of the graph scripts: `{status, remaining, n, skipped × n, (id, entry) × m}`.
+struct GraphReply {
+    status: String,
+    remaining: u64,
+    skipped: Vec<String>,
+    released: Released,
+}
+
+fn parse_graph_reply(task: &str, reply: &[redis::Value]) -> Result<GraphReply, StoreError> {
+    use redis::FromRedisValue;
+    let corrupt = |what: String| StoreError::Corrupt(format!("script reply for {task}: {what}"));
+    fn read<T: FromRedisValue>(value: &redis::Value) -> Result<T, String> {
+        T::from_redis_value_ref(value).map_err(|e| e.to_string())
+    }
+    let status: String = reply
+        .first()
+        .map(read)
+        .transpose()
+        .map_err(corrupt)?
+        .ok_or_else(|| corrupt("no status".into()))?;
+    let remaining: u64 = reply
+        .get(1)
+        .map(read)
+        .transpose()
+        .map_err(corrupt)?
+        .unwrap_or(0);
+    let count: usize = reply
+        .get(2)
+        .map(read)
+        .transpose()
+        .map_err(corrupt)?
+        .unwrap_or(0);
+    let skipped = reply
+        .iter()
+        .skip(3)
+        .take(count)
+        .map(read::<String>)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(corrupt)?;
+    let rest: Vec<&redis::Value> = reply.iter().skip(3 + count).collect();
+    let mut released = Vec::with_capacity(rest.len() / 2);
+    for pair in rest.chunks(2) {
+        let [_, entry] = pair else {
+            return Err(corrupt("odd release list".into()));
+        };
+        let bytes: Vec<u8> = read(entry).map_err(corrupt)?;
+        released.push(decode_entry(task, &bytes)?);
+    }
+    Ok(GraphReply {
+        status,
+        remaining,
+        skipped,
+        released,
+    })
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome, StoreError> {

@@ -1,34 +1,50 @@
 //! Exchanges and queues: their names, types and arguments, declared the same way by every binary.
 //!
-//! Work queues (`chorus.tasks`, `chorus.subtasks`, `chorus.results`) and `chorus.dead` are quorum
-//! queues: replicated when the broker is a cluster, and with `x-delivery-limit` so a message that
-//! keeps crashing its consumer ends in `chorus.dead` instead of looping. Retry queues are durable
-//! classic queues whose messages expire (per-message TTL) back into `chorus.subtasks`: RabbitMQ
-//! 3.10 does not reliably restart quorum queues declared shortly before a node restart, and one
-//! such retry queue would strand every retry in it (docs/reliability.md).
+//! Work queues (`chorus.tasks`, `chorus.subtasks` and one `chorus.subtasks.<type>` per worker
+//! type, `chorus.results`, `chorus.control`) and `chorus.dead` are quorum queues: replicated when
+//! the broker is a cluster, and with `x-delivery-limit` so a message that keeps crashing its
+//! consumer ends in `chorus.dead` instead of looping.
+//!
+//! Delays (retry backoff, deadline timers) go through the headers exchange `chorus.delay` into
+//! durable classic bucket queues `chorus.delay.<ms>`, picked by the `chorus-delay` header.
+//! Their messages expire (per-message TTL) into the direct exchange `chorus.retry` with their
+//! original routing key — the queue they are for — so one set of buckets serves every worker
+//! type. Buckets are classic queues: RabbitMQ 3.10 does not reliably restart quorum queues
+//! declared shortly before a node restart, and one such bucket would strand every retry in it
+//! (docs/reliability.md).
 
 use std::time::Duration;
 
 use lapin::{
-    options::{ExchangeDeclareOptions, QueueDeclareOptions},
+    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    Channel, ExchangeKind,
+    BasicProperties, Channel, ExchangeKind,
 };
 
 use crate::error::BrokerError;
 
 /// Queue that submitters publish tasks to, through the default exchange.
 pub const TASKS_QUEUE: &str = "chorus.tasks";
-/// Queue of subtasks waiting for a worker.
+/// Queue of subtasks of the default worker type waiting for a worker; other types have
+/// `chorus.subtasks.<type>` (see [`subtask_queue`]).
 pub const SUBTASKS_QUEUE: &str = "chorus.subtasks";
+/// Queue of control messages (cancellations, deadline timers), consumed by the synthesizer.
+pub const CONTROL_QUEUE: &str = "chorus.control";
+/// Headers exchange routing delayed messages to their bucket queue.
+pub const DELAY_EXCHANGE: &str = "chorus.delay";
+/// Direct exchange that expired delayed messages return through, by their routing key.
+pub const RETRY_EXCHANGE: &str = "chorus.retry";
+/// Header naming the delay bucket of a delayed message. Not `x-` prefixed: headers exchanges
+/// ignore such headers when matching.
+pub const DELAY_HEADER: &str = "chorus-delay";
 /// Queue of settled subtasks waiting for the synthesizer.
 pub const RESULTS_QUEUE: &str = "chorus.results";
 /// Dead-letter queue: every message Chorus gives up on, with a reason header.
 pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
-/// Prefix of the retry queues; the suffix is the bucket's upper bound in milliseconds.
-pub const DELAY_QUEUE_PREFIX: &str = "chorus.retry.";
+/// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
+pub const DELAY_QUEUE_PREFIX: &str = "chorus.delay.";
 /// Shortest retry delay bucket; each next bucket doubles it.
 pub const DELAY_BUCKET_BASE_MS: u64 = 100;
 
@@ -66,31 +82,58 @@ fn work_queue_arguments() -> FieldTable {
     args
 }
 
-/// Name of the delay queue whose bucket holds `delay`: the smallest `base·2^k` not below it.
-pub fn delay_queue_for(delay: Duration) -> String {
+/// Properties that take a message published to [`DELAY_EXCHANGE`] (its routing key naming the
+/// queue it is for) through the delay bucket of `delay`.
+pub fn delayed(properties: BasicProperties, delay: Duration) -> BasicProperties {
+    let bucket = delay_bucket_for(delay);
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(ShortString::from(DELAY_HEADER), short(&bucket.to_string()));
+    properties
+        .with_headers(headers)
+        .with_expiration(ShortString::from(delay.as_millis().to_string()))
+}
+
+/// Queue of the subtasks of `worker_type`.
+pub fn subtask_queue(worker_type: &str) -> String {
+    if worker_type == crate::protocol::DEFAULT_WORKER_TYPE {
+        SUBTASKS_QUEUE.to_owned()
+    } else {
+        format!("{SUBTASKS_QUEUE}.{worker_type}")
+    }
+}
+
+/// The bucket (its upper bound in ms) that holds `delay`: the smallest `base·2^k` not below it.
+pub fn delay_bucket_for(delay: Duration) -> u64 {
     let wanted = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
     let mut bucket = DELAY_BUCKET_BASE_MS;
     while bucket < wanted && bucket < u64::MAX / 2 {
         bucket *= 2;
     }
-    format!("{DELAY_QUEUE_PREFIX}{bucket}")
+    bucket
 }
 
-/// Every delay bucket needed for delays up to `max_delay`.
-pub fn delay_queues_up_to(max_delay: Duration) -> Vec<String> {
-    let last = delay_queue_for(max_delay);
-    let mut names = Vec::new();
+/// Name of the delay queue whose bucket holds `delay`.
+pub fn delay_queue_for(delay: Duration) -> String {
+    format!("{DELAY_QUEUE_PREFIX}{}", delay_bucket_for(delay))
+}
+
+/// Every delay bucket needed for delays up to `max_delay`: queue names and bounds in ms.
+pub fn delay_queues_up_to(max_delay: Duration) -> Vec<(String, u64)> {
+    let last = delay_bucket_for(max_delay.max(Duration::from_millis(MIN_DELAY_COVERAGE_MS)));
+    let mut buckets = Vec::new();
     let mut bucket = DELAY_BUCKET_BASE_MS;
     loop {
-        let name = format!("{DELAY_QUEUE_PREFIX}{bucket}");
-        let done = name == last;
-        names.push(name);
-        if done || bucket >= u64::MAX / 2 {
-            return names;
+        buckets.push((format!("{DELAY_QUEUE_PREFIX}{bucket}"), bucket));
+        if bucket >= last || bucket >= u64::MAX / 2 {
+            return buckets;
         }
         bucket *= 2;
     }
 }
+
+/// Buckets always cover at least this delay, so deadline timers hop at most once a minute
+/// whatever the retry settings.
+pub const MIN_DELAY_COVERAGE_MS: u64 = 60_000;
 
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
     channel
@@ -124,23 +167,82 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
             FieldTable::default(),
         )
         .await?;
+    for (name, kind) in [
+        (DELAY_EXCHANGE, ExchangeKind::Headers),
+        (RETRY_EXCHANGE, ExchangeKind::Direct),
+    ] {
+        channel
+            .exchange_declare(
+                ShortString::from(name),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
     let mut dead_args = FieldTable::default();
     dead_args.insert(ShortString::from("x-queue-type"), short("quorum"));
     declare_queue(channel, DEAD_QUEUE, dead_args).await?;
-    for queue in [TASKS_QUEUE, SUBTASKS_QUEUE, RESULTS_QUEUE] {
+    for queue in [TASKS_QUEUE, RESULTS_QUEUE] {
         declare_queue(channel, queue, work_queue_arguments()).await?;
     }
-    for queue in delay_queues_up_to(max_retry_delay) {
+    for queue in [SUBTASKS_QUEUE, CONTROL_QUEUE] {
+        declare_returning_queue(channel, queue).await?;
+    }
+    for (queue, bucket) in delay_queues_up_to(max_retry_delay) {
         let mut args = FieldTable::default();
         args.insert(ShortString::from("x-queue-type"), short("classic"));
-        args.insert(ShortString::from("x-dead-letter-exchange"), short(""));
         args.insert(
-            ShortString::from("x-dead-letter-routing-key"),
-            short(SUBTASKS_QUEUE),
+            ShortString::from("x-dead-letter-exchange"),
+            short(RETRY_EXCHANGE),
         );
         declare_queue(channel, &queue, args).await?;
+        let mut binding = FieldTable::default();
+        binding.insert(ShortString::from("x-match"), short("all"));
+        binding.insert(ShortString::from(DELAY_HEADER), short(&bucket.to_string()));
+        channel
+            .queue_bind(
+                ShortString::from(queue.as_str()),
+                ShortString::from(DELAY_EXCHANGE),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                binding,
+            )
+            .await?;
     }
     Ok(())
+}
+
+/// Declares a work queue that delayed messages come back to, bound to `chorus.retry` by its
+/// own name.
+async fn declare_returning_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
+    declare_queue(channel, queue, work_queue_arguments()).await?;
+    channel
+        .queue_bind(
+            ShortString::from(queue),
+            ShortString::from(RETRY_EXCHANGE),
+            ShortString::from(queue),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Declares the subtask queue of `worker_type` (idempotent) and returns its name.
+///
+/// # Errors
+/// The broker refuses the declaration.
+pub async fn declare_subtask_queue(
+    channel: &Channel,
+    worker_type: &str,
+) -> Result<String, BrokerError> {
+    let queue = subtask_queue(worker_type);
+    declare_returning_queue(channel, &queue).await?;
+    Ok(queue)
 }
 
 #[cfg(test)]
@@ -151,30 +253,37 @@ mod tests {
     fn delays_map_to_the_smallest_covering_bucket() {
         assert_eq!(
             delay_queue_for(Duration::from_millis(0)),
-            "chorus.retry.100"
+            "chorus.delay.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(100)),
-            "chorus.retry.100"
+            "chorus.delay.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(101)),
-            "chorus.retry.200"
+            "chorus.delay.200"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(1500)),
-            "chorus.retry.1600"
+            "chorus.delay.1600"
         );
     }
 
     #[test]
     fn declared_buckets_cover_the_maximum_delay() {
-        let names = delay_queues_up_to(Duration::from_secs(60));
-        assert_eq!(names.first().map(String::as_str), Some("chorus.retry.100"));
+        let buckets = delay_queues_up_to(Duration::from_secs(60));
+        assert_eq!(buckets.first().map(|b| b.1), Some(100));
         assert_eq!(
-            names.last().map(String::as_str),
-            Some("chorus.retry.102400")
+            buckets.last().map(|b| b.0.as_str()),
+            Some("chorus.delay.102400")
         );
-        assert_eq!(names.len(), 11);
+        assert_eq!(buckets.len(), 11);
+        assert_eq!(delay_queues_up_to(Duration::from_secs(1)).len(), 11);
+    }
+
+    #[test]
+    fn worker_types_have_their_own_queue() {
+        assert_eq!(subtask_queue("default"), "chorus.subtasks");
+        assert_eq!(subtask_queue("gpu"), "chorus.subtasks.gpu");
     }
 }

@@ -1,39 +1,51 @@
-//! The worker: takes subtasks from `chorus.subtasks`, runs their kind's handler under the
-//! subtask's timeout, and publishes the result — or, on a retryable failure, the next attempt
-//! into a delay queue — with a confirm before it acks.
+//! The worker: takes subtasks from the queues of the worker types it serves (`chorus.subtasks`
+//! for `default`, `chorus.subtasks.<type>` for the others), runs their kind's handler under the
+//! subtask's timeout, the task's deadline and the type's rate limit, and publishes the result
+//! (with anything the handler spawned) — or, on a retryable failure, the next attempt into a
+//! delay queue — with a confirm before it acks. Subtasks of tasks that are over are dropped, and
+//! running handlers of such tasks see their cancellation token.
 
-use std::{sync::Arc, time::Duration};
+mod watch;
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
-    consume::{self, check_size, earlier_deliveries, Disposition, ServiceSpec, Session},
+    consume::{
+        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
+    },
     error::ServiceError,
     failpoint,
     finish::panic_message,
-    kinds::{HandlerContext, Registry},
-    protocol::{self, ResultMessage, SubtaskMessage, SubtaskOutcome},
-    store::Store,
+    kinds::{self, HandlerContext, Registry},
+    protocol::{self, PlanEntry, ResultMessage, SubtaskEvent, SubtaskMessage, SubtaskOutcome},
+    ratelimit::RateLimit,
+    store::{now_ms, Store},
     topology,
 };
 use clap::Parser;
-use lapin::{message::Delivery, types::ShortString};
+use lapin::message::Delivery;
 use serde_bytes::ByteBuf;
 use tokio::sync::RwLock;
 use tokio_util::sync::CancellationToken;
+use watch::TaskWatch;
 
 /// Flags of `chorus-worker`.
 #[derive(Parser, Clone, Debug)]
 #[command(
     name = "chorus-worker",
     version,
-    about = "Chorus worker: runs subtasks from chorus.subtasks and publishes their results.",
-    long_about = "Chorus worker: consumes subtasks from chorus.subtasks with a prefetch of \
-                  --concurrency, runs each under its timeout, publishes the result to \
-                  chorus.results with a confirm and only then acks. Failed attempts are retried \
-                  with exponential backoff and jitter through delay queues, so a waiting retry \
-                  holds no slot and survives crashes. Run as many as the load needs, anywhere."
+    about = "Chorus worker: runs subtasks of the worker types it serves and publishes their results.",
+    long_about = "Chorus worker: consumes the subtask queue of each worker type in --types \
+                  (chorus.subtasks for default, chorus.subtasks.<type> for others), each with its \
+                  own prefetch, runs each subtask under its timeout, the task's deadline and the \
+                  type's --rate-limit, publishes the result to chorus.results with a confirm and \
+                  only then acks. Failed attempts are retried with exponential backoff and \
+                  jitter through delay queues, so a waiting retry holds no slot and survives \
+                  crashes. Subtasks of cancelled or finished tasks are dropped. Run as many as \
+                  the load needs, anywhere, with the types each machine should serve."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -45,10 +57,21 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
 
-    /// Subtasks run at once by this process; also the prefetch, so the broker never hands it
-    /// more than it runs.
+    /// Subtasks run at once by this process per worker type that names no concurrency of its
+    /// own; also the prefetch, so the broker never hands it more than it runs.
     #[arg(long, env = "CHORUS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// Worker types served, comma-separated, each optionally with its own concurrency:
+    /// `default,gpu:2,api:32`. Each type has its own queue and prefetch.
+    #[arg(long, env = "CHORUS_TYPES", default_value = "default", value_delimiter = ',', value_parser = parse_worker_type)]
+    pub types: Vec<(String, Option<u16>)>,
+
+    /// Rate limit of a worker type, shared by all its workers on every machine:
+    /// `TYPE=RATE[:BURST]` in subtasks per second (burst 1 by default). Repeatable; give the
+    /// same limit to every worker of the type.
+    #[arg(long = "rate-limit", env = "CHORUS_RATE_LIMITS", value_delimiter = ',')]
+    pub rate_limits: Vec<RateLimit>,
 
     /// Delay before the first retry; each next one doubles, plus random jitter.
     #[arg(long, env = "CHORUS_RETRY_BASE_DELAY_MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
@@ -57,6 +80,25 @@ pub struct Config {
     /// Longest delay between two attempts.
     #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
+}
+
+/// Parses `TYPE` or `TYPE:CONCURRENCY`.
+fn parse_worker_type(raw: &str) -> Result<(String, Option<u16>), String> {
+    let (name, concurrency) = match raw.split_once(':') {
+        Some((name, concurrency)) => {
+            let concurrency = concurrency
+                .parse::<u16>()
+                .ok()
+                .filter(|c| *c >= 1)
+                .ok_or_else(|| {
+                    format!("concurrency {concurrency:?} of type {name:?} must be 1 to 65535")
+                })?;
+            (name, Some(concurrency))
+        }
+        None => (raw, None),
+    };
+    protocol::validate_worker_type(name).map_err(|e| e.to_string())?;
+    Ok((name.to_owned(), concurrency))
 }
 
 impl Config {
@@ -87,6 +129,10 @@ struct Worker {
     /// Redelivered subtasks take it exclusively, so that if one of them crashes the process,
     /// no innocent subtask was running beside it (and only the culprit's start is counted).
     quarantine: Arc<RwLock<()>>,
+    /// Which tasks are over, and the cancellation tokens of running handlers.
+    watch: Arc<TaskWatch>,
+    /// Rate limits by worker type.
+    limits: Arc<HashMap<String, RateLimit>>,
 }
 
 /// Runs the worker until `shutdown` is cancelled; work in progress then gets the grace period.
@@ -102,22 +148,44 @@ pub async fn run(
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
-    tracing::info!(kinds = ?registry.names(), concurrency = config.concurrency, "worker starting");
-    let spec = ServiceSpec::new(
+    let watch = TaskWatch::start(store.clone(), shutdown.clone());
+    let limits: Arc<HashMap<String, RateLimit>> = Arc::new(
+        config
+            .rate_limits
+            .iter()
+            .map(|limit| (limit.worker_type.clone(), limit.clone()))
+            .collect(),
+    );
+    let types: Vec<String> = config.types.iter().map(|(name, _)| name.clone()).collect();
+    tracing::info!(kinds = ?registry.names(), ?types, concurrency = config.concurrency, rate_limits = ?config.rate_limits.iter().map(ToString::to_string).collect::<Vec<_>>(), "worker starting");
+    let mut spec = ServiceSpec::without_consumers(
         "chorus-worker",
         &config.connect,
-        topology::SUBTASKS_QUEUE,
-        config.concurrency,
-        config.shutdown.grace(),
         Duration::from_millis(config.retry_max_delay_ms),
     );
-    consume::serve(spec, shutdown, |session: &Session| {
+    let mut seen = std::collections::HashSet::new();
+    for (worker_type, concurrency) in &config.types {
+        if !seen.insert(worker_type.clone()) {
+            continue;
+        }
+        let concurrency = concurrency.unwrap_or(config.concurrency);
+        spec = spec.consuming(ConsumeConfig {
+            queue: topology::subtask_queue(worker_type),
+            prefetch: concurrency,
+            concurrency: usize::from(concurrency),
+            grace: config.shutdown.grace(),
+            worker_type: Some(worker_type.clone()),
+        });
+    }
+    consume::serve(spec, shutdown, |session: &Session, _queue: &str| {
         let worker = Arc::new(Worker {
             config: config.clone(),
             registry: registry.clone(),
             publisher: session.publisher.clone(),
             store: store.clone(),
             quarantine: Arc::clone(&quarantine),
+            watch: Arc::clone(&watch),
+            limits: Arc::clone(&limits),
         });
         move |delivery: Arc<Delivery>| {
             let worker = Arc::clone(&worker);
@@ -131,8 +199,14 @@ pub async fn run(
 
 /// How an attempt ended, before deciding between retry and settling.
 enum Attempt {
-    Succeeded(Vec<u8>),
-    Failed { message: String, retryable: bool },
+    Succeeded {
+        output: Vec<u8>,
+        spawned: Vec<PlanEntry>,
+    },
+    Failed {
+        message: String,
+        retryable: bool,
+    },
 }
 
 impl Worker {
@@ -142,19 +216,32 @@ impl Worker {
         if let Err(error) = subtask.validate() {
             return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
         }
-        let attempt = if delivery.redelivered || earlier_deliveries(delivery) > 0 {
+        if !self.watch.is_live(&subtask.task).await? {
+            tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
+            return Ok(Disposition::Ack);
+        }
+        let attempt = if subtask.deadline_at_ms.is_some_and(|at| now_ms() >= at) {
+            Attempt::Failed {
+                message: "the task's deadline passed before this subtask started".into(),
+                retryable: false,
+            }
+        } else if delivery.redelivered || earlier_deliveries(delivery) > 0 {
             match self.run_suspect(&subtask).await? {
                 Some(attempt) => attempt,
                 None => return Ok(Disposition::Ack),
             }
         } else {
             let _shared = self.quarantine.read().await;
-            self.run_handler(&subtask).await
+            self.run_handler(&subtask).await?
         };
         match attempt {
-            Attempt::Succeeded(output) => {
-                self.publish_result(&subtask, SubtaskOutcome::Succeeded(ByteBuf::from(output)))
-                    .await?;
+            Attempt::Succeeded { output, spawned } => {
+                self.publish_result(
+                    &subtask,
+                    SubtaskOutcome::Succeeded(ByteBuf::from(output)),
+                    spawned,
+                )
+                .await?;
                 failpoint::hit("worker.after-publish-result").await;
             }
             Attempt::Failed { message, retryable }
@@ -165,14 +252,14 @@ impl Worker {
             Attempt::Failed { message, .. } => {
                 let reason = format!("failed after {} attempt(s): {message}", subtask.attempt);
                 tracing::warn!(task = %subtask.task, subtask = %subtask.subtask, %reason, "subtask failed for good");
-                self.publish_result(&subtask, SubtaskOutcome::Failed(message))
+                self.publish_result(&subtask, SubtaskOutcome::Failed(message), Vec::new())
                     .await?;
                 amqp::dead_letter(
                     &self.publisher,
                     &delivery.data,
                     &delivery.properties,
                     DeadLetter {
-                        source_queue: topology::SUBTASKS_QUEUE,
+                        source_queue: &topology::subtask_queue(&subtask.worker_type),
                         reason: &reason,
                         task: Some(&subtask.task),
                         subtask: Some(&subtask.subtask),
@@ -206,44 +293,148 @@ impl Worker {
                 retryable: false,
             }));
         }
-        let attempt = self.run_handler(subtask).await;
+        let attempt = self.run_handler(subtask).await?;
         self.store.end_run(&subtask.task, &subtask.subtask).await?;
         Ok(Some(attempt))
     }
 
-    async fn run_handler(&self, subtask: &SubtaskMessage) -> Attempt {
+    /// Waits for a token of the subtask's worker type, if it is rate-limited.
+    async fn take_token(
+        &self,
+        subtask: &SubtaskMessage,
+        cancel: &CancellationToken,
+    ) -> Result<bool, ServiceError> {
+        let Some(limit) = self.limits.get(&subtask.worker_type) else {
+            return Ok(true);
+        };
+        while let Some(wait) = self.store.take_token(limit).await? {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = cancel.cancelled() => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    async fn run_handler(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
+        let fail = |message: String, retryable: bool| Attempt::Failed { message, retryable };
         let Some(kind) = self.registry.get(&subtask.kind) else {
-            return Attempt::Failed {
-                message: format!("kind {:?} is not registered in this worker", subtask.kind),
-                retryable: false,
-            };
+            return Ok(fail(
+                format!("kind {:?} is not registered in this worker", subtask.kind),
+                false,
+            ));
+        };
+        let running = self.watch.enter(&subtask.task);
+        if !self.take_token(subtask, running.token()).await? {
+            return Ok(fail(
+                "task ended while waiting for a rate-limit token".into(),
+                false,
+            ));
+        }
+        let dependencies = if subtask.depends_on.is_empty() {
+            Vec::new()
+        } else {
+            match self.store.outputs(&subtask.task, &subtask.depends_on).await {
+                Ok(outputs) => outputs,
+                Err(error) if error.is_transient() => return Err(error.into()),
+                Err(error) => {
+                    return Ok(fail(
+                        format!("cannot read dependency outputs: {error}"),
+                        false,
+                    ))
+                }
+            }
         };
         let context = HandlerContext {
             task: subtask.task.clone(),
             subtask: subtask.subtask.clone(),
             attempt: subtask.attempt,
             max_attempts: subtask.max_attempts,
+            depth: subtask.depth,
+            dependencies,
+            cancel: running.token().clone(),
+            spawned: kinds::Spawned::default(),
         };
+        let spawned = context.spawned.clone();
+        self.publish_event(subtask, "running").await;
         // Spawned so that a panicking handler fails its attempt instead of the worker.
-        let mut running = tokio::spawn(kind.handle(&subtask.payload, context));
-        let limit = Duration::from_millis(subtask.timeout_ms);
-        match tokio::time::timeout(limit, &mut running).await {
-            Ok(Ok(Ok(output))) => Attempt::Succeeded(output),
-            Ok(Ok(Err(error))) => Attempt::Failed {
-                message: error.to_string(),
-                retryable: error.is_retryable(),
-            },
-            Ok(Err(join)) => Attempt::Failed {
-                message: format!("handler panicked: {}", panic_message(join)),
-                retryable: true,
-            },
-            Err(_) => {
-                running.abort();
-                Attempt::Failed {
-                    message: format!("timed out after {} ms", subtask.timeout_ms),
-                    retryable: true,
+        let mut handler = tokio::spawn(kind.handle(&subtask.payload, context));
+        let mut limit = Duration::from_millis(subtask.timeout_ms);
+        let mut deadline_bound = false;
+        if let Some(at) = subtask.deadline_at_ms {
+            let left = Duration::from_millis(at.saturating_sub(now_ms()));
+            if left < limit {
+                (limit, deadline_bound) = (left, true);
+            }
+        }
+        let attempt = match tokio::time::timeout(limit, &mut handler).await {
+            Ok(Ok(Ok(output))) => {
+                let planned = spawned.take();
+                match kinds::to_entries(
+                    planned,
+                    &format!("{}.", subtask.subtask),
+                    subtask.depth + 1,
+                ) {
+                    Ok(entries) => Attempt::Succeeded {
+                        output,
+                        spawned: entries,
+                    },
+                    Err(error) => fail(error.to_string(), false),
                 }
             }
+            Ok(Ok(Err(error))) => fail(error.to_string(), error.is_retryable()),
+            Ok(Err(join)) => fail(format!("handler panicked: {}", panic_message(join)), true),
+            Err(_) => {
+                handler.abort();
+                if deadline_bound {
+                    fail("stopped at the task's deadline".into(), false)
+                } else {
+                    fail(format!("timed out after {} ms", subtask.timeout_ms), true)
+                }
+            }
+        };
+        let outcome = match &attempt {
+            Attempt::Succeeded { .. } => "succeeded",
+            Attempt::Failed {
+                retryable: true, ..
+            } if subtask.attempt < subtask.max_attempts => "retrying",
+            Attempt::Failed { .. } => "failed",
+        };
+        self.publish_event(subtask, outcome).await;
+        Ok(attempt)
+    }
+
+    /// Publishes `subtask.<status>` on `chorus.events` when the task asked for events. Events
+    /// are for dashboards: one that cannot be published is logged, never retried.
+    async fn publish_event(&self, subtask: &SubtaskMessage, status: &str) {
+        if !subtask.events {
+            return;
+        }
+        let event = SubtaskEvent {
+            task: subtask.task.clone(),
+            subtask: subtask.subtask.clone(),
+            worker_type: subtask.worker_type.clone(),
+            attempt: subtask.attempt,
+            status: status.to_owned(),
+            at_ms: now_ms(),
+        };
+        let Ok(body) = protocol::encode(&event) else {
+            return;
+        };
+        let routing_key = format!("subtask.{status}");
+        let published = self
+            .publisher
+            .publish(Outgoing {
+                exchange: topology::EVENTS_EXCHANGE,
+                routing_key: &routing_key,
+                body: &body,
+                properties: lapin::BasicProperties::default()
+                    .with_content_type(protocol::MSGPACK.into()),
+                mandatory: false,
+            })
+            .await;
+        if let Err(error) = published {
+            tracing::debug!(task = %subtask.task, %error, "cannot publish subtask event");
         }
     }
 
@@ -251,12 +442,14 @@ impl Worker {
         &self,
         subtask: &SubtaskMessage,
         outcome: SubtaskOutcome,
+        spawned: Vec<PlanEntry>,
     ) -> Result<(), ServiceError> {
         let body = protocol::encode(&ResultMessage {
             task: subtask.task.clone(),
             subtask: subtask.subtask.clone(),
             attempts: subtask.attempt,
             outcome,
+            spawned,
         })?;
         self.publisher
             .publish(Outgoing {
@@ -280,7 +473,7 @@ impl Worker {
             ..subtask.clone()
         };
         let delay = self.config.retry_delay(next.attempt);
-        let queue = topology::delay_queue_for(delay);
+        let queue = topology::subtask_queue(&subtask.worker_type);
         tracing::info!(
             task = %subtask.task,
             subtask = %subtask.subtask,
@@ -292,11 +485,10 @@ impl Worker {
         let body = protocol::encode(&next)?;
         self.publisher
             .publish(Outgoing {
-                exchange: "",
+                exchange: topology::DELAY_EXCHANGE,
                 routing_key: &queue,
                 body: &body,
-                properties: amqp::persistent(protocol::MSGPACK)
-                    .with_expiration(ShortString::from(delay.as_millis().to_string())),
+                properties: topology::delayed(amqp::persistent(protocol::MSGPACK), delay),
                 mandatory: true,
             })
             .await?;

@@ -1,6 +1,6 @@
 //! `primes`: counts the primes below `limit`, in `parts` slices — a kind written outside Chorus.
 
-use chorus_shared::kinds::{HandlerContext, Kind, KindError};
+use chorus_shared::kinds::{HandlerContext, Kind, KindError, Plan};
 use serde::{Deserialize, Serialize};
 
 /// The kind.
@@ -49,17 +49,18 @@ impl Kind for Primes {
         "primes"
     }
 
-    fn plan(&self, input: &PrimesInput) -> Result<Vec<Range>, KindError> {
+    fn plan(&self, input: &PrimesInput) -> Result<Plan<Range>, KindError> {
         if input.parts == 0 || input.parts > 10_000 {
             return Err(KindError::fatal("parts must be between 1 and 10000"));
         }
         let step = input.limit.div_ceil(input.parts).max(1);
-        Ok((0..input.parts)
+        let ranges: Vec<Range> = (0..input.parts)
             .map(|i| Range {
                 from: (i * step).min(input.limit),
                 to: ((i + 1) * step).min(input.limit),
             })
-            .collect())
+            .collect();
+        Ok(ranges.into())
     }
 
     async fn handle(&self, range: Range, _context: HandlerContext) -> Result<Count, KindError> {
@@ -90,12 +91,19 @@ mod tests {
             parts: 7,
         };
         let mut outputs = Vec::new();
-        for (i, range) in Primes.plan(&input).expect("plan").into_iter().enumerate() {
+        for (i, range) in Primes
+            .plan(&input)
+            .expect("plan")
+            .into_subtasks()
+            .into_iter()
+            .enumerate()
+        {
             let context = HandlerContext {
                 task: "t".into(),
                 subtask: i.to_string(),
                 attempt: 1,
                 max_attempts: 1,
+                ..HandlerContext::default()
             };
             outputs.push((
                 i.to_string(),

@@ -17,6 +17,8 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_REJECTED: u8 = 3;
 /// Exit code when there is no such task or no outcome yet (or the wait timed out).
 const EXIT_NO_OUTCOME: u8 = 4;
+/// Exit code for a `cancelled` outcome.
+const EXIT_CANCELLED: u8 = 5;
 /// Exit code when RabbitMQ or Redis cannot be used (BSD `EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -26,7 +28,8 @@ const EXIT_UNAVAILABLE: u8 = 69;
     version,
     about = "Submit Chorus tasks and follow them.",
     after_help = "Exit codes: 0 succeeded or partial, 1 failed, 3 rejected, 4 no such task / no \
-                  outcome yet / wait timed out, 64 bad usage, 69 RabbitMQ or Redis unavailable."
+                  outcome yet / wait timed out, 5 cancelled, 64 bad usage, 69 RabbitMQ or Redis \
+                  unavailable."
 )]
 struct Cli {
     #[command(flatten)]
@@ -61,6 +64,18 @@ enum Command {
         /// What a failed subtask does to the task: fail (default) or continue (partial result).
         #[arg(long, value_parser = parse_on_failure)]
         on_failure: Option<OnFailure>,
+        /// Most subtasks of the task in flight at once, across all workers (default: no cap).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_concurrency: Option<u32>,
+        /// Time limit of the whole task, in ms; past it the task fails "deadline exceeded".
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Review rounds the kind may run, the first included (default 1: no refinement).
+        #[arg(long)]
+        max_rounds: Option<u32>,
+        /// Publish subtask.<status> events on chorus.events for this task.
+        #[arg(long)]
+        subtask_events: bool,
         /// With --wait, give up waiting after this many seconds (the task goes on).
         #[arg(long, default_value_t = 3600)]
         wait_timeout_secs: u64,
@@ -98,6 +113,7 @@ fn exit_code_of(status: Status) -> u8 {
         Status::Succeeded | Status::Partial => 0,
         Status::Failed => EXIT_FAILED,
         Status::Rejected => EXIT_REJECTED,
+        Status::Cancelled => EXIT_CANCELLED,
     }
 }
 
@@ -164,6 +180,10 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             max_attempts,
             timeout_ms,
             on_failure,
+            max_concurrency,
+            deadline_ms,
+            max_rounds,
+            subtask_events,
             wait_timeout_secs,
         } => {
             let input = read_input(&input).map_err(Failure::Usage)?;
@@ -172,12 +192,20 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 max_attempts,
                 timeout_ms,
                 on_failure,
+                max_concurrency,
+                deadline_ms,
+                max_rounds,
+                subtask_events: subtask_events.then_some(true),
             };
+            options
+                .resolve()
+                .map_err(|e| Failure::Usage(e.to_string()))?;
             let request = TaskRequest {
                 kind,
                 input,
                 id: Some(id.clone()),
                 options: (options != TaskOptions::default()).then_some(options),
+                parent: None,
             };
             let client = Client::connect(&cli.connect).await?;
             if !wait {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{HandlerContext, Kind, KindError};
-use crate::failpoint;
+use super::{HandlerContext, Kind, KindError, Plan, Planned, Review};
+use crate::{failpoint, store::now_ms};
 
 /// Most slices one task may have.
 pub const MAX_PARTS: u32 = 1_000_000;
@@ -16,7 +16,7 @@ pub const MAX_PARTS: u32 = 1_000_000;
 pub struct RangeSum;
 
 /// Input of a `range-sum` task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RangeSumInput {
     /// First integer of the range.
@@ -42,6 +42,29 @@ pub struct RangeSumInput {
     /// elsewhere they run normally.
     #[serde(default)]
     pub crash: Vec<u32>,
+    /// Worker types, slice `i` going to `types[i % len]` (default: the `default` type).
+    #[serde(default)]
+    pub types: Vec<String>,
+    /// Slice `i` depends on slice `i - 1`: each output's `total` is then a prefix sum.
+    #[serde(default)]
+    pub chain: bool,
+    /// Extra dependencies as `[slice, dependency]` pairs of indices.
+    #[serde(default)]
+    pub after: Vec<[u32; 2]>,
+    /// A slice of more integers than this spawns its two halves instead of summing (0: never).
+    #[serde(default)]
+    pub split_above: u64,
+    /// Outputs carry their start and end times, and the task output the peak of slices that ran
+    /// at once.
+    #[serde(default)]
+    pub trace: bool,
+    /// Indices of slices whose first version returns a draft (its sum off by one) that the
+    /// review sends back: with `max_rounds` ≥ 2 the sum comes out exact.
+    #[serde(default)]
+    pub drafts: Vec<u32>,
+    /// Indices of slices run as child `range-sum` tasks of two parts each.
+    #[serde(default)]
+    pub children: Vec<u32>,
 }
 
 /// One slice.
@@ -65,13 +88,34 @@ pub struct Slice {
     /// Whether every attempt hits the `range-sum.crash` failpoint.
     #[serde(default)]
     pub crash: bool,
+    /// Spawn halves instead of summing above this many integers (0: never).
+    #[serde(default)]
+    pub split_above: u64,
+    /// Record start and end times.
+    #[serde(default)]
+    pub trace: bool,
+    /// Return a draft (sum off by one) for the review to send back.
+    #[serde(default)]
+    pub draft: bool,
 }
 
 /// Sum of one slice.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceSum {
-    /// The sum.
+    /// The sum (0 for a slice that split itself: its halves carry it).
     pub sum: i64,
+    /// The sum plus the `total`s of the slices it depends on.
+    #[serde(default)]
+    pub total: i64,
+    /// Whether this is a draft the review should send back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
+    /// When the handler started, ms since the Unix epoch (with `trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// When it finished (with `trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
 }
 
 /// Output of a `range-sum` task.
@@ -81,6 +125,28 @@ pub struct RangeSumOutput {
     pub sum: i64,
     /// Slices that went into the sum.
     pub parts: u64,
+    /// `total` of the last slice in plan order, when slices have dependencies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_total: Option<i64>,
+    /// Most slices that ran at once (with `trace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_in_flight: Option<u64>,
+}
+
+/// Most of the `[start, end)` intervals that overlap at one instant.
+pub fn peak_overlap(intervals: &[(u64, u64)]) -> u64 {
+    let mut edges: Vec<(u64, i64)> = intervals
+        .iter()
+        .flat_map(|&(start, end)| [(start, 1), (end, -1)])
+        .collect();
+    // An end sorts before a start at the same instant: touching intervals do not overlap.
+    edges.sort_unstable();
+    let (mut now, mut peak) = (0i64, 0i64);
+    for (_, delta) in edges {
+        now += delta;
+        peak = peak.max(now);
+    }
+    u64::try_from(peak).unwrap_or(0)
 }
 
 /// Sum of the integers in `[start, end)`, exactly.
@@ -114,7 +180,7 @@ impl Kind for RangeSum {
         "range-sum"
     }
 
-    fn plan(&self, input: &RangeSumInput) -> Result<Vec<Slice>, KindError> {
+    fn plan(&self, input: &RangeSumInput) -> Result<Plan<Slice>, KindError> {
         if input.end < input.start {
             return Err(KindError::fatal(format!(
                 "end ({}) must not be below start ({})",
@@ -139,10 +205,29 @@ impl Kind for RangeSum {
                 )));
             }
         }
-        Ok((0..input.parts)
-            .map(|index| {
-                let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
-                Slice {
+        if let Some([slice, dep]) = input
+            .after
+            .iter()
+            .find(|[slice, dep]| *slice >= input.parts || *dep >= input.parts)
+        {
+            return Err(KindError::fatal(format!(
+                "after pair [{slice}, {dep}] is out of range (parts = {})",
+                input.parts
+            )));
+        }
+        let mut plan = Vec::with_capacity(input.parts as usize);
+        for index in 0..input.parts {
+            let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
+            let mut planned = if input.children.contains(&index) {
+                let child = RangeSumInput {
+                    start,
+                    end,
+                    parts: 2,
+                    ..RangeSumInput::default()
+                };
+                Planned::child("range-sum", &child, None)?
+            } else {
+                Planned::new(Slice {
                     index,
                     start,
                     end,
@@ -151,14 +236,36 @@ impl Kind for RangeSum {
                     poison: input.poison.contains(&index),
                     panic: input.panic.contains(&index),
                     crash: input.crash.contains(&index),
-                }
-            })
-            .collect())
+                    split_above: input.split_above,
+                    trace: input.trace,
+                    draft: input.drafts.contains(&index),
+                })
+            };
+            if !input.types.is_empty() {
+                planned = planned.on(input.types[index as usize % input.types.len()].clone());
+            }
+            if input.chain && index > 0 {
+                planned = planned.after([(index - 1).to_string()]);
+            }
+            let extra = input
+                .after
+                .iter()
+                .filter(|[slice, _]| *slice == index)
+                .map(|[_, dep]| dep.to_string());
+            plan.push(planned.after(extra));
+        }
+        Ok(plan.into())
     }
 
     async fn handle(&self, slice: Slice, context: HandlerContext) -> Result<SliceSum, KindError> {
+        let started_ms = slice.trace.then(now_ms);
         if slice.delay_ms > 0 {
-            tokio::time::sleep(Duration::from_millis(slice.delay_ms)).await;
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(slice.delay_ms)) => {}
+                () = context.cancel.cancelled() => {
+                    return Err(KindError::fatal("cancelled while sleeping"));
+                }
+            }
         }
         if context.attempt <= slice.fail_attempts {
             return Err(KindError::retryable(format!(
@@ -178,25 +285,98 @@ impl Kind for RangeSum {
         if slice.panic {
             panic!("subtask {} panics by request", slice.index);
         }
+        let finished_ms = slice.trace.then(now_ms);
+        let size = u64::try_from(i128::from(slice.end) - i128::from(slice.start)).unwrap_or(0);
+        if slice.split_above > 0 && size > slice.split_above {
+            let middle = slice.start + (slice.end - slice.start) / 2;
+            for (start, end) in [(slice.start, middle), (middle, slice.end)] {
+                context.spawn(Planned::new(Slice {
+                    start,
+                    end,
+                    ..slice.clone()
+                }))?;
+            }
+            return Ok(SliceSum {
+                started_ms,
+                finished_ms,
+                ..SliceSum::default()
+            });
+        }
         let sum = i64::try_from(sum_of_range(slice.start, slice.end)).map_err(|_| {
             KindError::fatal(format!(
                 "sum of [{}, {}) overflows i64",
                 slice.start, slice.end
             ))
         })?;
-        Ok(SliceSum { sum })
+        let sum = if slice.draft { sum + 1 } else { sum };
+        let upstream: i64 = context
+            .dependency_outputs::<SliceSum>()?
+            .iter()
+            .map(|(_, output)| output.total)
+            .sum();
+        Ok(SliceSum {
+            sum,
+            total: sum + upstream,
+            draft: slice.draft,
+            started_ms,
+            finished_ms,
+        })
     }
 
     fn synthesize(
         &self,
-        _input: &RangeSumInput,
+        input: &RangeSumInput,
         outputs: Vec<(String, SliceSum)>,
     ) -> Result<RangeSumOutput, KindError> {
         let total: i128 = outputs.iter().map(|(_, part)| i128::from(part.sum)).sum();
         let sum = i64::try_from(total).map_err(|_| KindError::fatal("total sum overflows i64"))?;
+        let has_dependencies = input.chain || !input.after.is_empty();
+        let intervals: Vec<(u64, u64)> = outputs
+            .iter()
+            .filter_map(|(_, part)| part.started_ms.zip(part.finished_ms))
+            .collect();
         Ok(RangeSumOutput {
             sum,
             parts: outputs.len() as u64,
+            last_total: has_dependencies
+                .then(|| outputs.last().map(|(_, part)| part.total))
+                .flatten(),
+            peak_in_flight: input.trace.then(|| peak_overlap(&intervals)),
+        })
+    }
+
+    fn review(
+        &self,
+        input: &RangeSumInput,
+        outputs: &[(String, SliceSum)],
+        _round: u32,
+    ) -> Result<Review<Slice>, KindError> {
+        let redo: Vec<Planned<Slice>> = outputs
+            .iter()
+            .filter(|(_, part)| part.draft)
+            .filter_map(|(id, _)| id.parse::<u32>().ok().map(|index| (id, index)))
+            .map(|(id, index)| {
+                let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
+                Planned::new(Slice {
+                    index,
+                    start,
+                    end,
+                    delay_ms: input.delay_ms,
+                    fail_attempts: 0,
+                    poison: false,
+                    panic: false,
+                    crash: false,
+                    split_above: 0,
+                    trace: input.trace,
+                    draft: false,
+                })
+                .id(id.clone())
+            })
+            .collect();
+        Ok(if redo.is_empty() {
+            Review::Accept
+        } else {
+            Review::Revise(redo)
         })
     }
 }
@@ -210,12 +390,41 @@ mod tests {
             start,
             end,
             parts,
-            delay_ms: 0,
-            fail_attempts: 0,
-            poison: vec![],
-            panic: vec![],
-            crash: vec![],
+            ..RangeSumInput::default()
         }
+    }
+
+    fn slices(plan: Plan<Slice>) -> Vec<Slice> {
+        plan.into_subtasks()
+    }
+
+    #[test]
+    fn peak_overlap_counts_concurrent_intervals() {
+        assert_eq!(peak_overlap(&[(0, 10), (5, 15), (10, 20)]), 2);
+        assert_eq!(peak_overlap(&[(0, 1), (1, 2)]), 1);
+        assert_eq!(peak_overlap(&[]), 0);
+    }
+
+    #[test]
+    fn chains_and_types_shape_the_plan() {
+        let plan = RangeSum
+            .plan(&RangeSumInput {
+                chain: true,
+                types: vec!["a".into(), "b".into()],
+                after: vec![[2, 0]],
+                ..input(0, 10, 3)
+            })
+            .expect("plan");
+        let deps: Vec<Vec<String>> = plan.0.iter().map(|p| p.depends_on.clone()).collect();
+        assert_eq!(
+            deps,
+            vec![vec![], vec!["0".to_owned()], vec!["1".into(), "0".into()]]
+        );
+        let types: Vec<Option<String>> = plan.0.iter().map(|p| p.worker_type.clone()).collect();
+        assert_eq!(
+            types,
+            vec![Some("a".into()), Some("b".into()), Some("a".into())]
+        );
     }
 
     #[test]
@@ -227,7 +436,7 @@ mod tests {
             (0, 3, 7),
             (0, 1_000_000, 1000),
         ] {
-            let plan = RangeSum.plan(&input(start, end, parts)).expect("plan");
+            let plan = slices(RangeSum.plan(&input(start, end, parts)).expect("plan"));
             assert_eq!(plan.len(), parts as usize);
             assert_eq!(plan[0].start, start);
             assert_eq!(plan[plan.len() - 1].end, end);

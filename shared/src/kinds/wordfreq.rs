@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{HandlerContext, Kind, KindError};
+use super::{HandlerContext, Kind, KindError, Plan};
 
 /// Largest chunk of text in one subtask, in bytes.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
@@ -150,7 +150,7 @@ impl Kind for WordFreq {
         "wordfreq"
     }
 
-    fn plan(&self, input: &WordFreqInput) -> Result<Vec<Chunk>, KindError> {
+    fn plan(&self, input: &WordFreqInput) -> Result<Plan<Chunk>, KindError> {
         if input.paths.is_empty() {
             return Err(KindError::fatal(
                 "paths must name at least one file or directory",
@@ -212,7 +212,7 @@ impl Kind for WordFreq {
         if !current.is_empty() {
             chunks.push(Chunk { text: current });
         }
-        Ok(chunks)
+        Ok(chunks.into())
     }
 
     async fn handle(&self, chunk: Chunk, _context: HandlerContext) -> Result<Counts, KindError> {
@@ -286,7 +286,7 @@ mod tests {
             paths: vec![dir.to_string_lossy().into_owned()],
             top: 2,
         };
-        let chunks = WordFreq.plan(&input).expect("plan");
+        let chunks = WordFreq.plan(&input).expect("plan").into_subtasks();
         std::fs::remove_dir_all(&dir).expect("cleanup");
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|c| c.text.len() <= MAX_CHUNK_BYTES));
