@@ -14,8 +14,8 @@ use crate::{
     amqp::{self, Outgoing, Publisher},
     config::ConnectArgs,
     error::{BrokerError, ProtocolError, StoreError},
-    protocol::{self, Outcome, Status, TaskRequest},
-    store::{Store, TaskState},
+    protocol::{self, Control, Outcome, Status, TaskRequest},
+    store::{Store, TaskState, TypeProgress},
     topology,
 };
 
@@ -88,19 +88,46 @@ pub struct TaskStatus {
     pub subtasks: u64,
     /// Subtasks published and confirmed.
     pub published: u64,
-    /// Subtasks settled so far (succeeded + failed).
+    /// Subtasks settled so far (succeeded + failed + skipped).
     pub settled: u64,
     /// Settled as succeeded.
     pub succeeded: u64,
     /// Settled as failed.
     pub failed: u64,
+    /// Settled as skipped (a dependency failed).
+    pub skipped: u64,
+    /// Released to workers and not settled: queued or running.
+    pub running: u64,
+    /// Not released yet: waiting for dependencies or a slot under the cap.
+    pub pending: u64,
     /// Retries so far.
     pub retries: u64,
+    /// Review round, 1 for the first.
+    pub round: u32,
+    /// Progress per worker type, with what the broker says of its queue.
+    pub types: Vec<TypeStatus>,
     /// Results received again for an already settled subtask (each one a duplicate execution or
     /// a redelivery); they change nothing.
     pub duplicate_results: u64,
     /// Final status, once finished.
     pub status: Option<Status>,
+}
+
+/// Progress of one worker type within a task.
+#[derive(Clone, Debug, Serialize)]
+pub struct TypeStatus {
+    /// Counters from Redis.
+    #[serde(flatten)]
+    pub progress: TypeProgress,
+    /// Queue of the type.
+    pub queue: String,
+    /// Messages ready in the queue (all tasks), when the broker could be asked.
+    pub queued: Option<u32>,
+    /// Consumers of the queue (worker processes serving the type).
+    pub consumers: Option<u32>,
+    /// A warning for a human, e.g. that no worker serves the type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl Client {
@@ -199,19 +226,96 @@ impl Client {
         } else {
             None
         };
+        let progress = self.store.type_progress(id).await?;
+        let mut types = Vec::with_capacity(progress.len());
+        for progress in progress {
+            let queue = topology::subtask_queue(&progress.worker_type);
+            let (queued, consumers) = self.queue_info(&queue).await;
+            let note = (record.state != TaskState::Finished
+                && progress.in_flight() > 0
+                && consumers == Some(0))
+            .then(|| {
+                format!(
+                    "no worker serves type {:?}: {} subtask(s) wait in {queue} (start chorus-worker --types {})",
+                    progress.worker_type,
+                    progress.in_flight(),
+                    progress.worker_type
+                )
+            });
+            types.push(TypeStatus {
+                progress,
+                queue,
+                queued,
+                consumers,
+                note,
+            });
+        }
+        let running: u64 = types.iter().map(|t| t.progress.in_flight()).sum();
+        let pending: u64 = types.iter().map(|t| t.progress.waiting()).sum();
         Ok(Some(TaskStatus {
             id: id.to_owned(),
             state: record.state.as_str(),
             kind: record.kind,
             subtasks: record.total,
             published: record.published,
-            settled: record.succeeded + record.failed,
+            settled: record.succeeded + record.failed + record.skipped,
             succeeded: record.succeeded,
             failed: record.failed,
+            skipped: record.skipped,
+            running,
+            pending,
             retries: record.retries,
+            round: record.round,
+            types,
             duplicate_results: record.duplicates,
             status,
         }))
+    }
+
+    /// Ready messages and consumers of `queue`, or `None`s when it does not exist.
+    async fn queue_info(&self, queue: &str) -> (Option<u32>, Option<u32>) {
+        // A passive declare of a missing queue closes its channel, so each gets its own.
+        let Ok(channel) = self.connection.create_channel().await else {
+            return (None, None);
+        };
+        let declared = channel
+            .queue_declare(
+                ShortString::from(queue),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        let info = match declared {
+            Ok(queue) => (Some(queue.message_count()), Some(queue.consumer_count())),
+            Err(_) => (None, None),
+        };
+        drop(channel.close(200, ShortString::from("bye")).await);
+        info
+    }
+
+    /// Asks for a task to be cancelled (a `cancel` message on `chorus.control`).
+    ///
+    /// # Errors
+    /// The broker did not confirm.
+    pub async fn cancel(&self, id: &str, reason: Option<String>) -> Result<(), ClientError> {
+        protocol::validate_task_id(id)?;
+        let body = protocol::encode(&Control::Cancel {
+            task: id.to_owned(),
+            reason,
+        })?;
+        self.publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: topology::CONTROL_QUEUE,
+                body: &body,
+                properties: amqp::persistent(protocol::MSGPACK),
+                mandatory: true,
+            })
+            .await?;
+        Ok(())
     }
 
     /// The stored outcome of a task, if it has one.

@@ -18,6 +18,7 @@
 //! | `dependents` | hash | subtask id → space-separated ids that wait for it |
 //! | `ready` | list | ids whose dependencies succeeded, waiting for a slot under the cap |
 //! | `outbox` | set | ids released after planning whose publication is not confirmed yet |
+//! | `worker-types` | hash | subtask id → worker type, for types other than `default` |
 //! | `types` | hash | per worker type `<type>` total and `<type>:released/ok/failed/skipped` counts |
 //! | `children` | set | ids of child tasks started by subtasks |
 //! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
@@ -110,6 +111,8 @@ pub struct TaskKeys {
     pub types: String,
     /// Child task ids.
     pub children: String,
+    /// Subtask id → worker type, for subtasks of a type other than `default`.
+    pub worker_types: String,
 }
 
 impl TaskKeys {
@@ -135,11 +138,12 @@ impl TaskKeys {
             outbox: key("outbox"),
             types: key("types"),
             children: key("children"),
+            worker_types: key("worker-types"),
         }
     }
 
     /// The keys the graph scripts take, in the order of their Lua prelude.
-    fn graph(&self) -> [&str; 11] {
+    fn graph(&self) -> [&str; 12] {
         [
             &self.task,
             &self.pending,
@@ -152,11 +156,12 @@ impl TaskKeys {
             &self.outbox,
             &self.types,
             &self.done,
+            &self.worker_types,
         ]
     }
 
     /// Working state dropped when the task finishes.
-    fn working(&self) -> [&str; 11] {
+    fn working(&self) -> [&str; 12] {
         [
             &self.plan,
             &self.order,
@@ -169,6 +174,7 @@ impl TaskKeys {
             &self.ready,
             &self.outbox,
             &self.starts,
+            &self.worker_types,
         ]
     }
 }
@@ -341,8 +347,9 @@ return 1
 /// Lua shared by the scripts that change the dependency graph; their KEYS follow
 /// [`TaskKeys::graph`].
 const GRAPH_PRELUDE: &str = r"
-local T, PENDING, RESULTS, PLAN, ORDER, WAITING, DEPENDENTS, READY, OUTBOX, TYPES, DONE =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local T, PENDING, RESULTS, PLAN, ORDER, WAITING, DEPENDENTS, READY, OUTBOX, TYPES, DONE, WTYPE =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
+  KEYS[11], KEYS[12]
 
 local function split(s)
   local out = {}
@@ -351,11 +358,7 @@ local function split(s)
 end
 
 local function type_of(id)
-  local raw = redis.call('HGET', PLAN, id)
-  if not raw then return 'default' end
-  local ok, entry = pcall(cmsgpack.unpack, raw)
-  if ok and type(entry) == 'table' and entry.worker_type then return entry.worker_type end
-  return 'default'
+  return redis.call('HGET', WTYPE, id) or 'default'
 end
 
 local skipped = {}
@@ -401,6 +404,7 @@ end
 local function add_entry(id, raw, wtype, deps)
   local existed = redis.call('HEXISTS', PLAN, id) == 1
   redis.call('HSET', PLAN, id, raw)
+  if wtype ~= 'default' then redis.call('HSET', WTYPE, id, wtype) else redis.call('HDEL', WTYPE, id) end
   if not existed then
     redis.call('RPUSH', ORDER, id)
     redis.call('HINCRBY', T, 'total', 1)
@@ -525,7 +529,7 @@ return reply('new', release())
 /// Redoes or adds subtasks for another review round, under the synthesis lease.
 /// ARGV: lease token, then per entry: id, encoded entry, worker type, dependencies.
 const REVISE: &str = r"
-if redis.call('GET', KEYS[12]) ~= ARGV[1] then return {'fenced', 0, 0} end
+if redis.call('GET', KEYS[13]) ~= ARGV[1] then return {'fenced', 0, 0} end
 local state = redis.call('HGET', T, 'state')
 if state ~= 'running' and state ~= 'planned' then return {'fenced', 0, 0} end
 for i = 2, #ARGV, 4 do reset_result(ARGV[i]) end
@@ -576,7 +580,7 @@ for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 ";
 
-/// KEYS: plan lease, task, plan, order, pending, waiting, dependents, types.
+/// KEYS: plan lease, task, plan, order, pending, waiting, dependents, types, worker types.
 /// ARGV: token, entries already in `order`, then per entry: id, encoded entry, worker type,
 /// unmet dependency count, space-separated dependents.
 const APPEND_PLAN: &str = r"
@@ -589,6 +593,7 @@ for i = 3, #ARGV, 5 do
   redis.call('RPUSH', KEYS[4], id)
   redis.call('SADD', KEYS[5], id)
   redis.call('HINCRBY', KEYS[8], ARGV[i + 2], 1)
+  if ARGV[i + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[i + 2]) end
   if ARGV[i + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[i + 3]) end
   if ARGV[i + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[i + 4]) end
 end
@@ -857,6 +862,7 @@ impl Store {
                 .key(&keys.waiting)
                 .key(&keys.dependents)
                 .key(&keys.types)
+                .key(&keys.worker_types)
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {

@@ -207,6 +207,9 @@ enum Attempt {
         message: String,
         retryable: bool,
     },
+    /// The task ended (cancelled, failed, past its deadline) while the handler ran: nothing
+    /// to publish.
+    TaskOver,
 }
 
 impl Worker {
@@ -235,6 +238,7 @@ impl Worker {
             self.run_handler(&subtask).await?
         };
         match attempt {
+            Attempt::TaskOver => {}
             Attempt::Succeeded { output, spawned } => {
                 self.publish_result(
                     &subtask,
@@ -370,16 +374,13 @@ impl Worker {
         let attempt = match tokio::time::timeout(limit, &mut handler).await {
             Ok(Ok(Ok(output))) => {
                 let planned = spawned.take();
-                match kinds::to_entries(
-                    planned,
-                    &format!("{}.", subtask.subtask),
-                    subtask.depth + 1,
-                ) {
-                    Ok(entries) => Attempt::Succeeded {
-                        output,
-                        spawned: entries,
-                    },
-                    Err(error) => fail(error.to_string(), false),
+                Attempt::Succeeded {
+                    output,
+                    spawned: kinds::spawned_entries(
+                        planned,
+                        &format!("{}.", subtask.subtask),
+                        subtask.depth + 1,
+                    ),
                 }
             }
             Ok(Ok(Err(error))) => fail(error.to_string(), error.is_retryable()),
@@ -393,7 +394,12 @@ impl Worker {
                 }
             }
         };
+        if running.token().is_cancelled() {
+            tracing::info!(task = %subtask.task, subtask = %subtask.subtask, "task ended while its handler ran; result dropped");
+            return Ok(Attempt::TaskOver);
+        }
         let outcome = match &attempt {
+            Attempt::TaskOver => "cancelled",
             Attempt::Succeeded { .. } => "succeeded",
             Attempt::Failed {
                 retryable: true, ..

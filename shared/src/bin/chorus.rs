@@ -3,13 +3,15 @@
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
+use std::collections::HashMap;
+
 use chorus_shared::{
-    client::{Client, ClientError},
+    client::{Client, ClientError, TaskStatus},
     config::{ConnectArgs, EXIT_USAGE},
     protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
 };
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Exit code for a `failed` outcome.
 const EXIT_FAILED: u8 = 1;
@@ -89,6 +91,24 @@ enum Command {
     Result {
         /// Task id.
         id: String,
+    },
+    /// Cancel a task: queued subtasks are dropped, running handlers see their cancellation
+    /// token, and the outcome is `cancelled` with the stats so far.
+    Cancel {
+        /// Task id.
+        id: String,
+        /// Why, recorded in the outcome's errors.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Follow a task live: a progress bar per worker type on a terminal, a plain line per change
+    /// otherwise; prints the outcome as JSON at the end.
+    Watch {
+        /// Task id.
+        id: String,
+        /// Give up after this many seconds (the task goes on).
+        #[arg(long, default_value_t = 3600)]
+        timeout_secs: u64,
     },
 }
 
@@ -237,6 +257,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 ))),
             }
         }
+        Command::Cancel { id, reason } => {
+            let client = Client::connect(&cli.connect).await?;
+            client.cancel(&id, reason).await?;
+            print_json(&serde_json::json!({ "id": id, "cancel": "requested" }))
+                .map_err(Failure::Usage)?;
+            Ok(0)
+        }
+        Command::Watch { id, timeout_secs } => {
+            let client = Client::connect(&cli.connect).await?;
+            let outcome = watch(&client, &id, Duration::from_secs(timeout_secs)).await?;
+            print_json(&outcome).map_err(Failure::Usage)?;
+            Ok(exit_code_of(outcome.status))
+        }
         Command::Result { id } => {
             let client = Client::connect(&cli.connect).await?;
             match client.outcome(&id).await? {
@@ -256,6 +289,113 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
             }
         }
+    }
+}
+
+/// One line of progress of a task, for logs and pipes.
+fn progress_line(status: &TaskStatus) -> String {
+    let types: Vec<String> = status
+        .types
+        .iter()
+        .map(|t| {
+            let p = &t.progress;
+            let mut line = format!(
+                "{} {}/{} settled ({} running, {} waiting, {} failed, {} skipped)",
+                p.worker_type,
+                p.settled(),
+                p.total,
+                p.in_flight(),
+                p.waiting(),
+                p.failed,
+                p.skipped
+            );
+            if let Some(note) = &t.note {
+                line.push_str(&format!(" [{note}]"));
+            }
+            line
+        })
+        .collect();
+    format!(
+        "{} {} round {} retries {}: {}",
+        status.id,
+        status.state,
+        status.round,
+        status.retries,
+        types.join(" · ")
+    )
+}
+
+/// Follows a task until it has an outcome: bars per worker type on a terminal, else a line
+/// whenever the progress changes.
+async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Failure> {
+    let terminal = std::io::stderr().is_terminal();
+    let bars = MultiProgress::new();
+    let mut by_type: HashMap<String, ProgressBar> = HashMap::new();
+    let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut last_line = String::new();
+    let mut unknown_since: Option<tokio::time::Instant> = None;
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Failure::NoOutcome(format!(
+                "gave up watching task {id:?} after {} s; it goes on",
+                limit.as_secs()
+            )));
+        }
+        match client.status(id).await? {
+            None => {
+                let since = *unknown_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() > Duration::from_secs(10) {
+                    return Err(Failure::NoOutcome(format!(
+                        "no task {id:?} (unknown, or its record expired)"
+                    )));
+                }
+            }
+            Some(status) => {
+                unknown_since = None;
+                if terminal {
+                    for t in &status.types {
+                        let p = &t.progress;
+                        let bar = by_type.entry(p.worker_type.clone()).or_insert_with(|| {
+                            let bar = bars.add(ProgressBar::new(0));
+                            bar.set_style(style.clone());
+                            bar.set_prefix(p.worker_type.clone());
+                            bar
+                        });
+                        bar.set_length(p.total);
+                        bar.set_position(p.settled());
+                        bar.set_message(format!(
+                            "{} running · {} waiting · {} failed · {} skipped{}",
+                            p.in_flight(),
+                            p.waiting(),
+                            p.failed,
+                            p.skipped,
+                            t.note
+                                .as_ref()
+                                .map(|n| format!(" · {n}"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                } else {
+                    let line = progress_line(&status);
+                    if line != last_line {
+                        eprintln!("{line}");
+                        last_line = line;
+                    }
+                }
+                if status.status.is_some() {
+                    if let Some(outcome) = client.outcome(id).await? {
+                        for bar in by_type.values() {
+                            bar.finish();
+                        }
+                        return Ok(outcome);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

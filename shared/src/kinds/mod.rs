@@ -174,6 +174,35 @@ pub fn to_entries<S: Serialize>(
         .collect()
 }
 
+/// Turns what a handler spawned (subtasks already encoded by [`HandlerContext::spawn`]) into
+/// plan entries; one without an id gets `id_prefix` followed by its position.
+pub fn spawned_entries(
+    spawned: Vec<Planned<ByteBuf>>,
+    id_prefix: &str,
+    depth: u32,
+) -> Vec<PlanEntry> {
+    spawned
+        .into_iter()
+        .enumerate()
+        .map(|(offset, item)| {
+            let (payload, child) = match item.work {
+                Work::Handler(payload) => (payload, None),
+                Work::Child(spec) => (ByteBuf::new(), Some(spec)),
+            };
+            PlanEntry {
+                id: item.id.unwrap_or_else(|| format!("{id_prefix}{offset}")),
+                worker_type: item
+                    .worker_type
+                    .unwrap_or_else(|| protocol::DEFAULT_WORKER_TYPE.to_owned()),
+                depends_on: item.depends_on,
+                depth,
+                payload,
+                child,
+            }
+        })
+        .collect()
+}
+
 /// Subtasks a handler spawned during its attempt, collected by the worker when it returns.
 #[derive(Clone, Debug, Default)]
 pub struct Spawned(Arc<Mutex<Vec<Planned<ByteBuf>>>>);

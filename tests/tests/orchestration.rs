@@ -1,0 +1,359 @@
+//! End-to-end tests of dynamic orchestration through the real binaries over real RabbitMQ and
+//! Redis: worker types, dependencies, caps, spawning, child tasks, refinement rounds,
+//! cancellation, deadlines, rate limits and progress.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chorus_tests::{msgpack_to_json, next_message, TestEnv};
+use lapin::{message::Delivery, types::ShortString, BasicProperties, Consumer};
+use serde_json::{json, Value};
+
+const RETRY_FLAGS: [&str; 4] = ["--retry-base-delay-ms", "20", "--retry-max-delay-ms", "200"];
+
+fn sum_of(start: i64, end: i64) -> i64 {
+    (start..end).sum()
+}
+
+/// Publishes a request with a private reply queue; the outcome comes from [`outcome_of`].
+async fn submit(env: &TestEnv, request: &Value) -> Consumer {
+    let client = env.client().await;
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, replies) = client.reply_queue().await;
+    client
+        .publish(
+            "chorus.tasks",
+            &rmp_serde::to_vec_named(request).unwrap(),
+            BasicProperties::default()
+                .with_content_type(ShortString::from("application/msgpack"))
+                .with_delivery_mode(2)
+                .with_reply_to(ShortString::from(reply_to.as_str())),
+        )
+        .await;
+    replies
+}
+
+async fn outcome_of(replies: &mut Consumer) -> Value {
+    let reply: Delivery = next_message(replies).await;
+    msgpack_to_json(&reply.data)
+}
+
+async fn run_task(env: &TestEnv, request: Value) -> Value {
+    let mut replies = submit(env, &request).await;
+    outcome_of(&mut replies).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dependencies_pass_outputs_along_a_chain() {
+    let mut env = TestEnv::new("chain").await;
+    env.start_system(2);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "chain", "input": {"start": 0, "end": 1000, "parts": 10, "chain": true, "after": [[9, 0]]}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 1000));
+    // Each slice's total adds its dependencies' totals: slice 9 depends on 8 (a prefix sum of
+    // everything before it) and on 0 again.
+    assert_eq!(
+        outcome["output"]["last_total"],
+        sum_of(0, 1000) + sum_of(0, 100)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cycle_or_an_unknown_dependency_rejects_the_task_naming_it() {
+    let mut env = TestEnv::new("cycle").await;
+    env.start_system(1);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "cycle", "input": {"start": 0, "end": 10, "parts": 4, "after": [[1, 2], [2, 3], [3, 1]]}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    let message = outcome["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("dependency cycle: 1 → 2 → 3 → 1"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_dependency_skips_its_dependents() {
+    let mut env = TestEnv::new("skip").await;
+    env.start_system(1);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "skip", "input": {"start": 0, "end": 100, "parts": 5, "chain": true, "poison": [2]},
+               "options": {"max_attempts": 1, "on_failure": "continue"}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "partial", "{outcome}");
+    assert_eq!(outcome["stats"]["succeeded"], 2);
+    assert_eq!(outcome["stats"]["failed"], 1);
+    assert_eq!(outcome["stats"]["skipped"], 2);
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 40));
+    let errors: Vec<(String, String)> = outcome["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["subtask"].as_str().unwrap_or("").to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(errors[0].0, "2");
+    assert_eq!(errors[1].0, "3");
+    assert!(errors[1].1.contains("skipped: dependency 2"), "{errors:?}");
+    assert!(errors[2].1.contains("skipped: dependency 3"), "{errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_concurrency_cap_bounds_subtasks_in_flight() {
+    let mut env = TestEnv::new("cap").await;
+    env.start_system(2);
+    let input = json!({"start": 0, "end": 1200, "parts": 12, "delay_ms": 150, "trace": true});
+    let capped = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "capped", "input": input, "options": {"max_concurrency": 3}}),
+    )
+    .await;
+    assert_eq!(capped["status"], "succeeded", "{capped}");
+    assert_eq!(capped["output"]["sum"], sum_of(0, 1200));
+    let peak = capped["output"]["peak_in_flight"].as_u64().unwrap();
+    assert!((2..=3).contains(&peak), "peak {peak} with a cap of 3");
+    // The same task without a cap runs wider: the measurement can see the difference.
+    let free = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "free", "input": input}),
+    )
+    .await;
+    let peak = free["output"]["peak_in_flight"].as_u64().unwrap();
+    assert!(peak > 3, "uncapped peak {peak}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_types_route_to_their_own_pools_and_status_says_when_none_serves() {
+    let mut env = TestEnv::new("types").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    let mut alpha_args = vec!["--types", "alpha:4"];
+    alpha_args.extend(RETRY_FLAGS);
+    let alpha = env.spawn("chorus-worker", &alpha_args);
+    let mut replies = submit(
+        &env,
+        &json!({"kind": "range-sum", "id": "typed", "input": {"start": 0, "end": 600, "parts": 6, "types": ["alpha", "beta"]}}),
+    )
+    .await;
+    // Alpha's three settle; beta's three wait, and status says nobody serves beta.
+    let mut note = String::new();
+    let mut last = String::new();
+    for _ in 0..100 {
+        let (code, out) = env.cli(&["status", "typed"]).await;
+        last = format!("{code} {out}");
+        if code == 0 {
+            let status: Value = serde_json::from_str(&out).unwrap();
+            let beta = status["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["worker_type"] == "beta")
+                .cloned();
+            let alpha_done = status["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|t| t["worker_type"] == "alpha" && t["succeeded"] == 3);
+            if let Some(beta) = beta {
+                if alpha_done && beta["note"].is_string() {
+                    assert_eq!(beta["total"], 3);
+                    assert_eq!(beta["consumers"], 0);
+                    note = beta["note"].as_str().unwrap().to_owned();
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        note.contains("no worker serves type \"beta\""),
+        "status never said beta is unserved; last status: {last}"
+    );
+    let mut beta_args = vec!["--types", "beta"];
+    beta_args.extend(RETRY_FLAGS);
+    let beta = env.spawn("chorus-worker", &beta_args);
+    let outcome = outcome_of(&mut replies).await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 600));
+    assert!(env.log_of(alpha).contains("queue=chorus.subtasks.alpha"));
+    assert!(!env.log_of(alpha).contains("chorus.subtasks.beta"));
+    assert!(env.log_of(beta).contains("queue=chorus.subtasks.beta"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn handlers_spawn_work_and_the_task_waits_for_it() {
+    let mut env = TestEnv::new("spawn").await;
+    env.start_system(2);
+    // 4 slices of 250 integers split down to slices of at most 40: 4 + 4·(2 + 4 + 8) subtasks.
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "spawn", "input": {"start": 0, "end": 1000, "parts": 4, "split_above": 40}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 1000));
+    assert_eq!(outcome["stats"]["subtasks"], 4 + 4 * (2 + 4 + 8));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spawning_past_a_limit_fails_the_task_naming_the_limit() {
+    let mut env = TestEnv::new("spawnlimit").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &RETRY_FLAGS);
+    env.spawn(
+        "chorus-synthesizer",
+        &["--max-spawn-depth", "2", "--max-subtasks", "1000"],
+    );
+    let deep = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "deep", "input": {"start": 0, "end": 1000, "parts": 1, "split_above": 10}}),
+    )
+    .await;
+    assert_eq!(deep["status"], "failed", "{deep}");
+    let message = deep["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("--max-spawn-depth"), "{message}");
+    assert!(message.contains("depth 3; the limit is 2"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn child_tasks_settle_their_parent_subtask() {
+    let mut env = TestEnv::new("child").await;
+    env.start_system(1);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "parent", "input": {"start": 0, "end": 400, "parts": 4, "children": [1, 3]}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 400));
+    let (code, out) = env.cli(&["result", "parent/1"]).await;
+    assert_eq!(code, 0, "{out}");
+    let child: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(child["output"]["sum"], sum_of(100, 200));
+    assert_eq!(child["stats"]["subtasks"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_review_round_redoes_drafts() {
+    let mut env = TestEnv::new("rounds").await;
+    env.start_system(1);
+    let input = json!({"start": 0, "end": 100, "parts": 5, "drafts": [1, 4]});
+    let refined = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "refined", "input": input, "options": {"max_rounds": 2}}),
+    )
+    .await;
+    assert_eq!(refined["status"], "succeeded", "{refined}");
+    assert_eq!(refined["output"]["sum"], sum_of(0, 100));
+    assert_eq!(refined["stats"]["rounds"], 2);
+    assert_eq!(refined["stats"]["subtasks"], 5);
+    // Without a second round the drafts (each off by one) stand.
+    let single = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "single", "input": input}),
+    )
+    .await;
+    assert_eq!(single["output"]["sum"], sum_of(0, 100) + 2);
+    assert_eq!(single["stats"]["rounds"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_queued_and_running_subtasks() {
+    let mut env = TestEnv::new("cancel").await;
+    env.start_system(1);
+    let mut replies = submit(
+        &env,
+        &json!({"kind": "range-sum", "id": "doomed", "input": {"start": 0, "end": 100, "parts": 40, "delay_ms": 3000},
+                "options": {"max_concurrency": 4}}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (code, out) = env
+        .cli(&["cancel", "doomed", "--reason", "changed my mind"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let started = std::time::Instant::now();
+    let outcome = outcome_of(&mut replies).await;
+    assert_eq!(outcome["status"], "cancelled", "{outcome}");
+    assert_eq!(outcome["errors"][0]["message"], "changed my mind");
+    assert_eq!(outcome["stats"]["subtasks"], 40);
+    assert_eq!(outcome["stats"]["succeeded"], 0);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let (code, _) = env.cli(&["result", "doomed"]).await;
+    assert_eq!(code, 5);
+    // Running handlers saw their token: they end well before their 3 s sleep would have.
+    let worker = 1;
+    let mut seen = false;
+    for _ in 0..30 {
+        if env
+            .log_of(worker)
+            .contains("task ended while its handler ran; result dropped")
+        {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen, "running handlers were not cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deadline_fails_the_task_with_what_finished() {
+    let mut env = TestEnv::new("deadline").await;
+    env.start_system(1);
+    let started = std::time::Instant::now();
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "late", "input": {"start": 0, "end": 100, "parts": 6, "delay_ms": 4000},
+               "options": {"deadline_ms": 700}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert!(
+        outcome["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline exceeded"),
+        "{outcome}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_holds_across_worker_processes() {
+    let mut env = TestEnv::new("ratelimit").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    for _ in 0..2 {
+        let mut args = vec!["--types", "api:8", "--rate-limit", "api=10"];
+        args.extend(RETRY_FLAGS);
+        env.spawn("chorus-worker", &args);
+    }
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "limited", "input": {"start": 0, "end": 2000, "parts": 20, "types": ["api"], "trace": true}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 2000));
+    // 20 starts at 10/s with a burst of 1 span at least 1.9 s; unlimited they take milliseconds.
+    let duration = outcome["stats"]["duration_ms"].as_u64().unwrap();
+    assert!(duration >= 1800, "20 subtasks at 10/s took {duration} ms");
+}
