@@ -191,17 +191,24 @@ pub struct Planned {
     pub poison: Vec<u32>,
     /// Sleep per attempt.
     pub delay_ms: u64,
+    /// More `range-sum` input (dependencies, drafts, ...) that leaves the expected outcome as
+    /// it is; `Value::Null` for none.
+    pub shape: Value,
+    /// More options (`max_concurrency`, `max_rounds`, ...); `Value::Null` for none.
+    pub options: Value,
 }
 
 impl Planned {
     /// The request body.
     pub fn request(&self) -> Value {
-        json!({
-            "kind": "range-sum",
-            "id": self.id,
-            "input": {"start": self.start, "end": self.end, "parts": self.parts, "poison": self.poison, "delay_ms": self.delay_ms},
-            "options": {"max_attempts": 2, "on_failure": "continue"},
-        })
+        let mut input = json!({"start": self.start, "end": self.end, "parts": self.parts, "poison": self.poison, "delay_ms": self.delay_ms});
+        let mut options = json!({"max_attempts": 2, "on_failure": "continue"});
+        for (target, extra) in [(&mut input, &self.shape), (&mut options, &self.options)] {
+            if let (Some(target), Some(extra)) = (target.as_object_mut(), extra.as_object()) {
+                target.extend(extra.clone());
+            }
+        }
+        json!({"kind": "range-sum", "id": self.id, "input": input, "options": options})
     }
 
     /// The outcome a fault-free run gives: status, sum and counters.

@@ -30,6 +30,8 @@ fn tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> 
                 // Every third task has a poisoned subtask, so `partial` outcomes are checked too.
                 poison: if i % 3 == 2 { vec![1] } else { vec![] },
                 delay_ms,
+                shape: Value::Null,
+                options: Value::Null,
             }
         })
         .collect()
@@ -850,4 +852,131 @@ async fn s10_a_channel_closed_for_consumer_timeout_loses_and_double_counts_nothi
         env.is_running(worker),
         "the worker reconnects instead of exiting"
     );
+}
+
+/// Tasks whose subtasks wait on each other, under a cap, with a review round: the state the
+/// fault-free outcome depends on lives in Redis, not in any process.
+fn graph_tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> {
+    tasks(prefix, count, parts, delay_ms)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut task)| {
+            task.poison.clear();
+            task.shape = if i % 2 == 0 {
+                json!({"chain": true, "drafts": [1, parts - 1]})
+            } else {
+                json!({"after": [[parts - 1, 0], [parts - 2, 1]], "drafts": [0]})
+            };
+            task.options = json!({"max_concurrency": 3, "max_rounds": 2});
+            task
+        })
+        .collect()
+}
+
+/// Waits until child `index` exits by itself (a failpoint abort).
+async fn wait_for_exit(env: &mut TestEnv, index: usize, what: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while env.is_running(index) {
+        assert!(tokio::time::Instant::now() < deadline, "{what} never hit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s13_dependencies_caps_and_rounds_survive_synthesizer_and_orchestrator_kills() {
+    let cluster = Cluster::start("s13");
+    let (mut env, client) = start(&cluster, "s13").await;
+    let orchestrator = env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-worker", &worker_args());
+    let synthesizer = env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = graph_tasks("s13", 6, 12, 40);
+    submit(&client, &run, &reply_to).await;
+    wait_for_progress(&env, &run, 20).await;
+    env.kill(synthesizer);
+    env.kill(orchestrator);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    env.spawn("chorus-orchestrator", &[]);
+    wait_for_progress(&env, &run, 45).await;
+    let synthesizer = env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    env.kill(synthesizer);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("graph tasks: synthesizer and orchestrator SIGKILL", &report);
+    for outcome in collected.outcomes.values() {
+        assert_eq!(outcome["stats"]["rounds"], 2, "{outcome}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s14_a_crash_between_releasing_and_publishing_is_repaired() {
+    let cluster = Cluster::start("s14");
+    let (mut env, client) = start(&cluster, "s14").await;
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    client.wait_for_queue("chorus.tasks").await;
+    // The orchestrator dies right after recording the plan, before publishing anything.
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let mut run = graph_tasks("s14-plan", 1, 8, 0);
+    let crashing = env.spawn_with(
+        "chorus-orchestrator",
+        &[],
+        &[(
+            "CHORUS_FAILPOINTS",
+            "orchestrator.after-plan-recorded=abort",
+        )],
+    );
+    submit(&client, &run, &reply_to).await;
+    wait_for_exit(&mut env, crashing, "orchestrator.after-plan-recorded").await;
+    env.spawn("chorus-orchestrator", &["--lease-ms", "1000"]);
+    // A synthesizer dies after recording results, with what they released not yet published.
+    let later = graph_tasks("s14-release", 2, 8, 0);
+    let crashing = env.spawn_with(
+        "chorus-synthesizer",
+        &[],
+        &[("CHORUS_FAILPOINTS", "synthesizer.after-record=abort")],
+    );
+    submit(&client, &later, &reply_to).await;
+    wait_for_exit(&mut env, crashing, "synthesizer.after-record").await;
+    run.extend(later);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("crash between release and publish", &report);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s15_a_cancel_sent_while_the_synthesizer_is_down_is_served_after_restart() {
+    let cluster = Cluster::start("s15");
+    let (mut env, client) = start(&cluster, "s15").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let worker = env.spawn("chorus-worker", &worker_args());
+    let synthesizer = env.spawn("chorus-synthesizer", &[]);
+    client.wait_for_queue("chorus.control").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = tasks("s15", 1, 30, 2000);
+    submit(&client, &run, &reply_to).await;
+    wait_for_state(&env, "chorus:{s15-0}:task", "running").await;
+    env.kill(synthesizer);
+    let (code, out) = env.cli(&["cancel", "s15-0"]).await;
+    assert_eq!(code, 0, "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    env.spawn("chorus-synthesizer", &[]);
+    let collected = collect_replies(&mut replies, 1, DEADLINE).await;
+    let outcome = collected.outcomes.get("s15-0").expect("an outcome");
+    assert_eq!(outcome["status"], "cancelled", "{outcome}");
+    assert_eq!(collected.conflicting, 0);
+    // The worker drops what is left instead of running it.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !env.log_of(worker).contains("result dropped") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "running handlers never saw the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    note("[cancel while the synthesizer is down] served after restart");
 }
