@@ -85,8 +85,8 @@ start_proc() { # name binary [env assignments...]
 
 say "Starting orchestrator, 2 workers, synthesizer"
 start_proc orchestrator chorus-orchestrator
-start_proc worker-1 chorus-worker CHORUS_WORKER_ID=worker-1
-start_proc worker-2 chorus-worker CHORUS_WORKER_ID=worker-2
+start_proc worker-1 chorus-worker CHORUS_WORKER_ID=worker-1 CHORUS_TYPES=default,writer,editor
+start_proc worker-2 chorus-worker CHORUS_WORKER_ID=worker-2 CHORUS_TYPES=default,writer,editor
 start_proc synthesizer chorus-synthesizer
 
 # A process that dies right away (bad config, broker unreachable...) is

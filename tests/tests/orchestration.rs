@@ -357,3 +357,69 @@ async fn a_rate_limit_holds_across_worker_processes() {
     let duration = outcome["stats"]["duration_ms"].as_u64().unwrap();
     assert!(duration >= 1800, "20 subtasks at 10/s took {duration} ms");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_report_demo_plans_writes_reviews_and_assembles() {
+    let mut env = TestEnv::new("report").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    let mut args = vec!["--types", "writer:4,editor:1"];
+    args.extend(RETRY_FLAGS);
+    env.spawn("chorus-worker", &args);
+    let events_client = env.client().await;
+    events_client.wait_for_queue("chorus.tasks").await;
+    let mut events = events_client.events("subtask.*").await;
+    let outcome = run_task(
+        &env,
+        json!({"kind": "report", "id": "report", "input": {"topic": "Chorus", "sections": ["Background", "Design", "Risks"]},
+               "options": {"max_rounds": 2, "subtask_events": true}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["stats"]["rounds"], 2);
+    assert_eq!(outcome["stats"]["subtasks"], 4);
+    let document = outcome["output"]["document"].as_str().unwrap();
+    assert!(document.starts_with("# Chorus\n"), "{document}");
+    for title in ["## Background", "## Design", "## Risks"] {
+        assert!(document.contains(title), "{title} missing: {document}");
+    }
+    // The weak second section was sent back and rewritten with the feedback; the summary was
+    // redone after it and counts the rewritten words.
+    assert!(
+        document.contains("Revised after review: round 1 found"),
+        "{document}"
+    );
+    let words = outcome["output"]["words"].as_u64().unwrap();
+    let summary_words = "This report on Chorus covers Background, Design, Risks in N words."
+        .split_whitespace()
+        .count() as u64;
+    assert!(
+        document.contains(&format!("in {} words.", words - summary_words)),
+        "{document}"
+    );
+    // Every run announced itself: 3 sections and the summary, then the rewrite and the new
+    // summary, each `running` then `succeeded`.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while let Ok(delivery) =
+        tokio::time::timeout(Duration::from_secs(2), next_message(&mut events)).await
+    {
+        let event = msgpack_to_json(&delivery.data);
+        assert_eq!(
+            delivery.routing_key.as_str(),
+            format!("subtask.{}", event["status"].as_str().unwrap())
+        );
+        seen.push((
+            event["subtask"].as_str().unwrap().to_owned(),
+            event["status"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let succeeded = seen.iter().filter(|(_, s)| s == "succeeded").count();
+    let running = seen.iter().filter(|(_, s)| s == "running").count();
+    assert_eq!((running, succeeded), (6, 6), "{seen:?}");
+    assert_eq!(
+        seen.iter()
+            .filter(|(id, s)| id == "summary" && s == "succeeded")
+            .count(),
+        2
+    );
+}

@@ -6,6 +6,7 @@
 //! services never need to know them.
 
 pub mod range_sum;
+pub mod report;
 pub mod wordfreq;
 
 use std::{
@@ -525,10 +526,11 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds: `range-sum` and `wordfreq`.
+    /// The built-in kinds: `range-sum`, `report` and `wordfreq`.
     pub fn builtin() -> Self {
         Self::new()
             .with(range_sum::RangeSum)
+            .with(report::Report)
             .with(wordfreq::WordFreq)
     }
 
