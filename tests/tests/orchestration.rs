@@ -63,7 +63,7 @@ async fn dependencies_pass_outputs_along_a_chain() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cycle_or_an_unknown_dependency_rejects_the_task_naming_it() {
+async fn a_dependency_cycle_rejects_the_task_naming_it() {
     let mut env = TestEnv::new("cycle").await;
     env.start_system(1);
     let outcome = run_task(
@@ -226,6 +226,15 @@ async fn spawning_past_a_limit_fails_the_task_naming_the_limit() {
     let message = deep["errors"][0]["message"].as_str().unwrap();
     assert!(message.contains("--max-spawn-depth"), "{message}");
     assert!(message.contains("depth 3; the limit is 2"), "{message}");
+    // 400 slices of two integers each spawn two halves: 1,200 subtasks in all, over 1,000.
+    let wide = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "wide", "input": {"start": 0, "end": 800, "parts": 400, "split_above": 1}}),
+    )
+    .await;
+    assert_eq!(wide["status"], "failed", "{wide}");
+    let message = wide["errors"][0]["message"].as_str().unwrap();
+    assert!(message.contains("the limit is 1000 (--max-subtasks)"), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -244,6 +253,50 @@ async fn child_tasks_settle_their_parent_subtask() {
     let child: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(child["output"]["sum"], sum_of(100, 200));
     assert_eq!(child["stats"]["subtasks"], 2);
+    // `chorus watch` on a finished task prints its outcome and exits with its code.
+    let (code, out) = env.cli(&["watch", "parent"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["id"], "parent");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_parent_cancels_its_children() {
+    let mut env = TestEnv::new("childcancel").await;
+    env.start_system(1);
+    let mut replies = submit(
+        &env,
+        &json!({"kind": "range-sum", "id": "family", "input": {"start": 0, "end": 100, "parts": 2, "children": [0, 1], "delay_ms": 5000}}),
+    )
+    .await;
+    // Both children exist before the parent is cancelled.
+    for child in ["family/0", "family/1"] {
+        let mut known = false;
+        for _ in 0..100 {
+            if env.cli(&["status", child]).await.0 == 0 {
+                known = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(known, "child {child} never started");
+    }
+    let (code, out) = env.cli(&["cancel", "family"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(outcome_of(&mut replies).await["status"], "cancelled");
+    for child in ["family/0", "family/1"] {
+        let mut status = Value::Null;
+        for _ in 0..50 {
+            let (code, out) = env.cli(&["result", child]).await;
+            if code != 4 {
+                status = serde_json::from_str::<Value>(&out).unwrap();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status["status"], "cancelled", "{child}: {status}");
+        let reason = status["errors"][0]["message"].as_str().unwrap_or("");
+        assert!(reason.contains("parent task family ended cancelled"), "{reason}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -62,7 +62,8 @@ pub struct RangeSumInput {
     /// review sends back: with `max_rounds` ≥ 2 the sum comes out exact.
     #[serde(default)]
     pub drafts: Vec<u32>,
-    /// Indices of slices run as child `range-sum` tasks of two parts each.
+    /// Indices of slices run as child `range-sum` tasks of two parts each (with this task's
+    /// `delay_ms`).
     #[serde(default)]
     pub children: Vec<u32>,
 }
@@ -223,6 +224,7 @@ impl Kind for RangeSum {
                     start,
                     end,
                     parts: 2,
+                    delay_ms: input.delay_ms,
                     ..RangeSumInput::default()
                 };
                 Planned::child("range-sum", &child, None)?
