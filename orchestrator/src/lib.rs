@@ -255,7 +255,7 @@ impl Orchestrator {
         let keys = TaskKeys::new(id);
         let lease = loop {
             if let Some(lease) = store
-                .try_lease(&keys.plan_lease, self.config.outcomes.lease())
+                .try_lease(&keys.plan_lease(), self.config.outcomes.lease())
                 .await?
             {
                 break lease;
@@ -359,12 +359,16 @@ impl Orchestrator {
                     .await?;
                 failpoint::hit("orchestrator.after-plan-recorded").await;
                 tracing::info!(task = id, kind = %record.kind, subtasks = entries.len(), first_wave = wave.release.len(), "task planned");
-                let first: Vec<PlanEntry> = wave
-                    .release
-                    .iter()
-                    .filter_map(|&position| entries.get(position).cloned())
-                    .collect();
-                drop(entries);
+                // The plan is moved, not copied, into the first wave: a large plan is held once.
+                let first: Vec<PlanEntry> = if wave.release.len() == entries.len() {
+                    entries
+                } else {
+                    let mut slots: Vec<Option<PlanEntry>> = entries.into_iter().map(Some).collect();
+                    wave.release
+                        .iter()
+                        .filter_map(|&position| slots.get_mut(position).and_then(Option::take))
+                        .collect()
+                };
                 self.publish_wave(id, &record, &options, 0, Some(&first))
                     .await?;
             }

@@ -125,7 +125,11 @@ impl Finisher {
             // Delivery too happens under the lease, so that without a crash nobody gets the
             // outcome twice.
             let keys = TaskKeys::new(id);
-            if let Some(lease) = self.store.try_lease(&keys.synth_lease, self.lease).await? {
+            if let Some(lease) = self
+                .store
+                .try_lease(&keys.synth_lease(), self.lease)
+                .await?
+            {
                 let result = self.finish_leased(id, &lease).await;
                 if let Err(error) = lease.release().await {
                     tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");

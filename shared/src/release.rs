@@ -1,6 +1,8 @@
 //! Publishing released subtasks: a plan entry becomes a subtask message on its worker type's
 //! queue, or — for a child task — a task request on `chorus.tasks` that reports back to it.
 
+use std::collections::HashMap;
+
 use lapin::types::ShortString;
 use serde_bytes::ByteBuf;
 
@@ -79,11 +81,21 @@ pub async fn publish_entries(
     if entries.is_empty() {
         return Ok(());
     }
-    let mut messages: Vec<(String, Vec<u8>, Option<String>)> = Vec::with_capacity(entries.len());
+    // Usually one worker type for a whole batch: its queue is looked up once.
+    let mut queues: HashMap<&str, String> = HashMap::new();
+    for entry in entries.iter().filter(|entry| entry.child.is_none()) {
+        if !queues.contains_key(entry.worker_type.as_str()) {
+            let queue = publisher.subtask_queue(&entry.worker_type).await?;
+            queues.insert(&entry.worker_type, queue);
+        }
+    }
+    let mut messages: Vec<(&str, Vec<u8>, Option<String>)> = Vec::with_capacity(entries.len());
     for entry in entries {
         match &entry.child {
             None => {
-                let queue = publisher.subtask_queue(&entry.worker_type).await?;
+                let queue = queues
+                    .get(entry.worker_type.as_str())
+                    .map_or(topology::SUBTASKS_QUEUE, String::as_str);
                 let body = protocol::encode(&SubtaskMessage {
                     task: context.task.to_owned(),
                     subtask: entry.id.clone(),
@@ -113,7 +125,7 @@ pub async fn publish_entries(
                         subtask: entry.id.clone(),
                     }),
                 })?;
-                messages.push((topology::TASKS_QUEUE.to_owned(), body, Some(child_id)));
+                messages.push((topology::TASKS_QUEUE, body, Some(child_id)));
             }
         }
     }

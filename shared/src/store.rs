@@ -72,109 +72,156 @@ impl TaskState {
     }
 }
 
-/// The keys of one task.
+/// The keys of one task, made on demand (a script call needs only some of them).
 #[derive(Clone, Debug)]
 pub struct TaskKeys {
-    /// Task hash.
-    pub task: String,
-    /// Set of reply targets.
-    pub waiters: String,
-    /// List of subtask payloads.
-    pub plan: String,
-    /// Set of unsettled subtask ids.
-    pub pending: String,
-    /// Hash of settled subtasks.
-    pub results: String,
-    /// The outcome.
-    pub outcome: String,
-    /// Hash of subtask id → runs started after a redelivery (poison detection).
-    pub starts: String,
-    /// Lease of the orchestrator planning and publishing the task.
-    pub plan_lease: String,
-    /// Lease of the synthesizer finishing the task.
-    pub synth_lease: String,
-    /// Subtask ids in plan order.
-    pub order: String,
-    /// First-wave ids, when not the whole order.
-    pub wave: String,
-    /// Settled status per subtask.
-    pub done: String,
-    /// Unmet dependency counts.
-    pub waiting: String,
-    /// Who waits for whom.
-    pub dependents: String,
-    /// Released when a slot frees.
-    pub ready: String,
-    /// Released, publication unconfirmed.
-    pub outbox: String,
-    /// Per worker type counters.
-    pub types: String,
-    /// Child task ids.
-    pub children: String,
-    /// Subtask id → worker type, for subtasks of a type other than `default`.
-    pub worker_types: String,
+    /// `chorus:{<id>}:`
+    prefix: String,
 }
 
 impl TaskKeys {
     /// Keys of task `id`.
     pub fn new(id: &str) -> Self {
-        let key = |suffix: &str| format!("chorus:{{{id}}}:{suffix}");
         Self {
-            task: key("task"),
-            waiters: key("waiters"),
-            plan: key("plan"),
-            pending: key("pending"),
-            results: key("results"),
-            outcome: key("outcome"),
-            starts: key("starts"),
-            plan_lease: key("plan-lease"),
-            synth_lease: key("synth-lease"),
-            order: key("order"),
-            wave: key("wave"),
-            done: key("done"),
-            waiting: key("waiting"),
-            dependents: key("dependents"),
-            ready: key("ready"),
-            outbox: key("outbox"),
-            types: key("types"),
-            children: key("children"),
-            worker_types: key("worker-types"),
+            prefix: format!("chorus:{{{id}}}:"),
         }
     }
 
+    fn key(&self, suffix: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + suffix.len());
+        key.push_str(&self.prefix);
+        key.push_str(suffix);
+        key
+    }
+
+    /// Task hash.
+    pub fn task(&self) -> String {
+        self.key("task")
+    }
+
+    /// Set of reply targets.
+    pub fn waiters(&self) -> String {
+        self.key("waiters")
+    }
+
+    /// Plan entries by subtask id.
+    pub fn plan(&self) -> String {
+        self.key("plan")
+    }
+
+    /// Set of unsettled subtask ids.
+    pub fn pending(&self) -> String {
+        self.key("pending")
+    }
+
+    /// Hash of settled subtasks.
+    pub fn results(&self) -> String {
+        self.key("results")
+    }
+
+    /// The outcome.
+    pub fn outcome(&self) -> String {
+        self.key("outcome")
+    }
+
+    /// Hash of subtask id → runs started after a redelivery (poison detection).
+    pub fn starts(&self) -> String {
+        self.key("starts")
+    }
+
+    /// Lease of the orchestrator planning and publishing the task.
+    pub fn plan_lease(&self) -> String {
+        self.key("plan-lease")
+    }
+
+    /// Lease of the synthesizer finishing the task.
+    pub fn synth_lease(&self) -> String {
+        self.key("synth-lease")
+    }
+
+    /// Subtask ids in plan order.
+    pub fn order(&self) -> String {
+        self.key("order")
+    }
+
+    /// First-wave ids, when not the whole order.
+    pub fn wave(&self) -> String {
+        self.key("wave")
+    }
+
+    /// Settled status per subtask.
+    pub fn done(&self) -> String {
+        self.key("done")
+    }
+
+    /// Unmet dependency counts.
+    pub fn waiting(&self) -> String {
+        self.key("waiting")
+    }
+
+    /// Who waits for whom.
+    pub fn dependents(&self) -> String {
+        self.key("dependents")
+    }
+
+    /// Released when a slot frees.
+    pub fn ready(&self) -> String {
+        self.key("ready")
+    }
+
+    /// Released, publication unconfirmed.
+    pub fn outbox(&self) -> String {
+        self.key("outbox")
+    }
+
+    /// Per worker type counters.
+    pub fn types(&self) -> String {
+        self.key("types")
+    }
+
+    /// Child task ids.
+    pub fn children(&self) -> String {
+        self.key("children")
+    }
+
+    /// Subtask id → worker type, for subtasks of a type other than `default`.
+    pub fn worker_types(&self) -> String {
+        self.key("worker-types")
+    }
+
     /// The keys the graph scripts take, in the order of their Lua prelude.
-    fn graph(&self) -> [&str; 12] {
+    fn graph(&self) -> [String; 12] {
         [
-            &self.task,
-            &self.pending,
-            &self.results,
-            &self.plan,
-            &self.order,
-            &self.waiting,
-            &self.dependents,
-            &self.ready,
-            &self.outbox,
-            &self.types,
-            &self.done,
-            &self.worker_types,
+            self.task(),
+            self.pending(),
+            self.results(),
+            self.plan(),
+            self.order(),
+            self.waiting(),
+            self.dependents(),
+            self.ready(),
+            self.outbox(),
+            self.types(),
+            self.done(),
+            self.worker_types(),
         ]
     }
 
     /// Working state dropped when the task finishes.
-    fn working(&self) -> [&str; 12] {
+    fn working(&self) -> [String; 12] {
         [
-            &self.plan,
-            &self.order,
-            &self.wave,
-            &self.pending,
-            &self.results,
-            &self.done,
-            &self.waiting,
-            &self.dependents,
-            &self.ready,
-            &self.outbox,
-            &self.starts,
-            &self.worker_types,
+            self.plan(),
+            self.order(),
+            self.wave(),
+            self.pending(),
+            self.results(),
+            self.done(),
+            self.waiting(),
+            self.dependents(),
+            self.ready(),
+            self.outbox(),
+            self.starts(),
+            self.worker_types(),
         ]
     }
 }
@@ -687,7 +734,7 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         for task in tasks {
-            pipe.cmd("EXISTS").arg(TaskKeys::new(task).outcome);
+            pipe.cmd("EXISTS").arg(TaskKeys::new(task).outcome());
         }
         Ok(pipe.query_async(&mut self.conn()).await?)
     }
@@ -707,7 +754,7 @@ impl Store {
         }
         let keys = TaskKeys::new(task);
         let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&keys.results)
+            .arg(&keys.results())
             .arg(subtasks)
             .query_async(&mut self.conn())
             .await?;
@@ -785,9 +832,9 @@ impl Store {
             None => Vec::new(),
         };
         let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
-            .key(&keys.task)
-            .key(&keys.outcome)
-            .key(&keys.waiters)
+            .key(&keys.task())
+            .key(&keys.outcome())
+            .key(&keys.waiters())
             .arg(waiter)
             .arg(kind)
             .arg(options)
@@ -831,10 +878,10 @@ impl Store {
             ))
         };
         let reset: i64 = RESET_PLAN_SCRIPT
-            .key(&keys.plan_lease)
-            .key(&keys.task)
+            .key(&keys.plan_lease())
+            .key(&keys.task())
             .key(keys.working().as_slice())
-            .key(&keys.types)
+            .key(&keys.types())
             .arg(&lease.token)
             .invoke_async(&mut conn)
             .await?;
@@ -854,15 +901,15 @@ impl Store {
         }
         for (chunk_index, chunk) in entries.chunks(CHUNK).enumerate() {
             let mut call = APPEND_PLAN_SCRIPT.prepare_invoke();
-            call.key(&keys.plan_lease)
-                .key(&keys.task)
-                .key(&keys.plan)
-                .key(&keys.order)
-                .key(&keys.pending)
-                .key(&keys.waiting)
-                .key(&keys.dependents)
-                .key(&keys.types)
-                .key(&keys.worker_types)
+            call.key(&keys.plan_lease())
+                .key(&keys.task())
+                .key(&keys.plan())
+                .key(&keys.order())
+                .key(&keys.pending())
+                .key(&keys.waiting())
+                .key(&keys.dependents())
+                .key(&keys.types())
+                .key(&keys.worker_types())
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {
@@ -879,11 +926,11 @@ impl Store {
         }
         let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
         if !wave_is_order {
-            for (list, positions) in [(&keys.wave, &wave.release), (&keys.ready, &wave.ready)] {
+            for (list, positions) in [(&keys.wave(), &wave.release), (&keys.ready(), &wave.ready)] {
                 for chunk in positions.chunks(CHUNK) {
                     let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
-                    call.key(&keys.plan_lease)
-                        .key(&keys.task)
+                    call.key(&keys.plan_lease())
+                        .key(&keys.task())
                         .key(list)
                         .arg(&lease.token);
                     for &position in chunk {
@@ -906,9 +953,9 @@ impl Store {
             }
         }
         let mut call = MARK_PLANNED_SCRIPT.prepare_invoke();
-        call.key(&keys.task)
-            .key(&keys.plan_lease)
-            .key(&keys.types)
+        call.key(&keys.task())
+            .key(&keys.plan_lease())
+            .key(&keys.types())
             .arg(&lease.token)
             .arg(entries.len())
             .arg(cap)
@@ -941,9 +988,9 @@ impl Store {
         }
         let keys = TaskKeys::new(id);
         let list = if wave_is_order {
-            &keys.order
+            &keys.order()
         } else {
-            &keys.wave
+            &keys.wave()
         };
         let ids: Vec<String> = redis::cmd("LRANGE")
             .arg(list)
@@ -964,7 +1011,7 @@ impl Store {
         }
         let keys = TaskKeys::new(id);
         let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&keys.plan)
+            .arg(&keys.plan())
             .arg(ids)
             .query_async(&mut self.conn())
             .await?;
@@ -986,7 +1033,7 @@ impl Store {
     pub async fn order(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("LRANGE")
-            .arg(&keys.order)
+            .arg(&keys.order())
             .arg(0)
             .arg(-1)
             .query_async(&mut self.conn())
@@ -1001,7 +1048,7 @@ impl Store {
     pub async fn outbox(&self, id: &str) -> Result<Released, StoreError> {
         let keys = TaskKeys::new(id);
         let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&keys.outbox)
+            .arg(&keys.outbox())
             .query_async(&mut self.conn())
             .await?;
         self.entries(id, &ids).await
@@ -1017,7 +1064,7 @@ impl Store {
         }
         let keys = TaskKeys::new(id);
         let mut call = CLEAR_OUTBOX_SCRIPT.prepare_invoke();
-        call.key(&keys.outbox);
+        call.key(&keys.outbox());
         for entry in released {
             call.arg(&entry.id);
         }
@@ -1039,7 +1086,7 @@ impl Store {
         let keys = TaskKeys::new(id);
         let mut call = REVISE_SCRIPT.prepare_invoke();
         call.key(keys.graph().as_slice())
-            .key(&keys.synth_lease)
+            .key(&keys.synth_lease())
             .arg(&lease.token);
         for entry in entries {
             call.arg(&entry.id)
@@ -1065,7 +1112,7 @@ impl Store {
     pub async fn add_child(&self, id: &str, child: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("SADD")
-            .arg(&keys.children)
+            .arg(&keys.children())
             .arg(child)
             .query_async::<()>(&mut self.conn())
             .await?;
@@ -1079,7 +1126,7 @@ impl Store {
     pub async fn children(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("SMEMBERS")
-            .arg(&keys.children)
+            .arg(&keys.children())
             .query_async(&mut self.conn())
             .await?)
     }
@@ -1091,7 +1138,7 @@ impl Store {
     pub async fn type_progress(&self, id: &str) -> Result<Vec<TypeProgress>, StoreError> {
         let keys = TaskKeys::new(id);
         let fields: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(&keys.types)
+            .arg(&keys.types())
             .query_async(&mut self.conn())
             .await?;
         let mut by_type: std::collections::BTreeMap<String, TypeProgress> =
@@ -1129,8 +1176,8 @@ impl Store {
     pub async fn begin_run(&self, task: &str, what: &str) -> Result<Option<u64>, StoreError> {
         let keys = TaskKeys::new(task);
         let runs: i64 = BEGIN_RUN_SCRIPT
-            .key(&keys.task)
-            .key(&keys.starts)
+            .key(&keys.task())
+            .key(&keys.starts())
             .arg(what)
             .invoke_async(&mut self.conn())
             .await?;
@@ -1145,7 +1192,7 @@ impl Store {
     pub async fn end_run(&self, task: &str, what: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(task);
         END_RUN_SCRIPT
-            .key(&keys.starts)
+            .key(&keys.starts())
             .arg(what)
             .invoke_async::<i64>(&mut self.conn())
             .await?;
@@ -1159,7 +1206,7 @@ impl Store {
     pub async fn set_published(&self, id: &str, published: u64) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("HSET")
-            .arg(&keys.task)
+            .arg(&keys.task())
             .arg("published")
             .arg(published)
             .query_async::<()>(&mut self.conn())
@@ -1175,7 +1222,7 @@ impl Store {
     pub async fn mark_running(&self, id: &str, published: u64) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         MARK_RUNNING_SCRIPT
-            .key(&keys.task)
+            .key(&keys.task())
             .arg(published)
             .invoke_async::<i64>(&mut self.conn())
             .await?;
@@ -1251,7 +1298,7 @@ impl Store {
     pub async fn pending_count(&self, id: &str) -> Result<u64, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("SCARD")
-            .arg(&keys.pending)
+            .arg(&keys.pending())
             .query_async(&mut self.conn())
             .await?)
     }
@@ -1263,7 +1310,7 @@ impl Store {
     pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let keys = TaskKeys::new(id);
         let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(&keys.task)
+            .arg(&keys.task())
             .query_async(&mut self.conn())
             .await?;
         if fields.is_empty() {
@@ -1310,7 +1357,7 @@ impl Store {
         let mut results = Vec::new();
         loop {
             let (next, entries): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-                .arg(&keys.results)
+                .arg(&keys.results())
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(CHUNK)
@@ -1342,11 +1389,11 @@ impl Store {
         let keys = TaskKeys::new(&outcome.id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let stored: Vec<u8> = STORE_OUTCOME_SCRIPT
-            .key(&keys.task)
-            .key(&keys.outcome)
-            .key(&keys.waiters)
-            .key(&keys.types)
-            .key(&keys.children)
+            .key(&keys.task())
+            .key(&keys.outcome())
+            .key(&keys.waiters())
+            .key(&keys.types())
+            .key(&keys.children())
             .key(keys.working().as_slice())
             .arg(encoded)
             .arg(ttl.as_secs().max(1))
@@ -1363,7 +1410,7 @@ impl Store {
     pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
         let keys = TaskKeys::new(id);
         let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys.outcome)
+            .arg(&keys.outcome())
             .query_async(&mut self.conn())
             .await?;
         raw.map(|bytes| decode_outcome(&bytes)).transpose()
@@ -1376,7 +1423,7 @@ impl Store {
     pub async fn waiters(&self, id: &str) -> Result<Vec<ReplyTarget>, StoreError> {
         let keys = TaskKeys::new(id);
         let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-            .arg(&keys.waiters)
+            .arg(&keys.waiters())
             .query_async(&mut self.conn())
             .await?;
         raw.iter()
@@ -1394,7 +1441,7 @@ impl Store {
     pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("HSET")
-            .arg(&keys.task)
+            .arg(&keys.task())
             .arg("delivered")
             .arg(1)
             .query_async::<()>(&mut self.conn())

@@ -381,22 +381,30 @@ impl RawClient {
         consumer
     }
 
-    /// Publishes `body` to `queue` through the default exchange and waits for the confirm.
+    /// Publishes `body` to `queue` through the default exchange and waits for the confirm,
+    /// publishing again after a negative one (a quorum queue nacks when its leader cannot write
+    /// in time, as on a loaded 2-core machine) — what any careful publisher does.
     pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) {
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queue),
-                BasicPublishOptions::default(),
-                body,
-                properties,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        assert!(confirm.is_ack(), "publish to {queue} not confirmed");
+        for _ in 0..5 {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(queue),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties.clone(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            if confirm.is_ack() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("publish to {queue} not confirmed after 5 tries");
     }
 
     /// Takes every message now in `queue` (acking them), waiting until at least `at_least` came.

@@ -234,7 +234,10 @@ async fn spawning_past_a_limit_fails_the_task_naming_the_limit() {
     .await;
     assert_eq!(wide["status"], "failed", "{wide}");
     let message = wide["errors"][0]["message"].as_str().unwrap();
-    assert!(message.contains("the limit is 1000 (--max-subtasks)"), "{message}");
+    assert!(
+        message.contains("the limit is 1000 (--max-subtasks)"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,7 +298,10 @@ async fn cancelling_a_parent_cancels_its_children() {
         }
         assert_eq!(status["status"], "cancelled", "{child}: {status}");
         let reason = status["errors"][0]["message"].as_str().unwrap_or("");
-        assert!(reason.contains("parent task family ended cancelled"), "{reason}");
+        assert!(
+            reason.contains("parent task family ended cancelled"),
+            "{reason}"
+        );
     }
 }
 

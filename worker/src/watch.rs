@@ -125,17 +125,28 @@ impl TaskWatch {
     /// Registers a running handler of `task`; its token is cancelled when the task is over.
     pub fn enter(self: &Arc<Self>, task: &str) -> Running {
         let mut tasks = self.lock();
-        let watched = tasks.entry(task.to_owned()).or_insert_with(|| Watched {
-            token: CancellationToken::new(),
-            running: 0,
-            checked: Instant::now(),
-            live: true,
-        });
-        watched.running += 1;
+        if !tasks.contains_key(task) {
+            tasks.insert(
+                task.to_owned(),
+                Watched {
+                    token: CancellationToken::new(),
+                    running: 0,
+                    checked: Instant::now(),
+                    live: true,
+                },
+            );
+        }
+        let token = match tasks.get_mut(task) {
+            Some(watched) => {
+                watched.running += 1;
+                watched.token.child_token()
+            }
+            None => CancellationToken::new(),
+        };
         Running {
             watch: Arc::clone(self),
             task: task.to_owned(),
-            token: watched.token.child_token(),
+            token,
         }
     }
 
