@@ -754,7 +754,7 @@ impl Store {
         }
         let keys = TaskKeys::new(task);
         let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&keys.results())
+            .arg(keys.results())
             .arg(subtasks)
             .query_async(&mut self.conn())
             .await?;
@@ -832,9 +832,9 @@ impl Store {
             None => Vec::new(),
         };
         let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
-            .key(&keys.task())
-            .key(&keys.outcome())
-            .key(&keys.waiters())
+            .key(keys.task())
+            .key(keys.outcome())
+            .key(keys.waiters())
             .arg(waiter)
             .arg(kind)
             .arg(options)
@@ -878,10 +878,10 @@ impl Store {
             ))
         };
         let reset: i64 = RESET_PLAN_SCRIPT
-            .key(&keys.plan_lease())
-            .key(&keys.task())
+            .key(keys.plan_lease())
+            .key(keys.task())
             .key(keys.working().as_slice())
-            .key(&keys.types())
+            .key(keys.types())
             .arg(&lease.token)
             .invoke_async(&mut conn)
             .await?;
@@ -901,15 +901,15 @@ impl Store {
         }
         for (chunk_index, chunk) in entries.chunks(CHUNK).enumerate() {
             let mut call = APPEND_PLAN_SCRIPT.prepare_invoke();
-            call.key(&keys.plan_lease())
-                .key(&keys.task())
-                .key(&keys.plan())
-                .key(&keys.order())
-                .key(&keys.pending())
-                .key(&keys.waiting())
-                .key(&keys.dependents())
-                .key(&keys.types())
-                .key(&keys.worker_types())
+            call.key(keys.plan_lease())
+                .key(keys.task())
+                .key(keys.plan())
+                .key(keys.order())
+                .key(keys.pending())
+                .key(keys.waiting())
+                .key(keys.dependents())
+                .key(keys.types())
+                .key(keys.worker_types())
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {
@@ -929,8 +929,8 @@ impl Store {
             for (list, positions) in [(&keys.wave(), &wave.release), (&keys.ready(), &wave.ready)] {
                 for chunk in positions.chunks(CHUNK) {
                     let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
-                    call.key(&keys.plan_lease())
-                        .key(&keys.task())
+                    call.key(keys.plan_lease())
+                        .key(keys.task())
                         .key(list)
                         .arg(&lease.token);
                     for &position in chunk {
@@ -953,9 +953,9 @@ impl Store {
             }
         }
         let mut call = MARK_PLANNED_SCRIPT.prepare_invoke();
-        call.key(&keys.task())
-            .key(&keys.plan_lease())
-            .key(&keys.types())
+        call.key(keys.task())
+            .key(keys.plan_lease())
+            .key(keys.types())
             .arg(&lease.token)
             .arg(entries.len())
             .arg(cap)
@@ -1011,7 +1011,7 @@ impl Store {
         }
         let keys = TaskKeys::new(id);
         let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-            .arg(&keys.plan())
+            .arg(keys.plan())
             .arg(ids)
             .query_async(&mut self.conn())
             .await?;
@@ -1033,7 +1033,7 @@ impl Store {
     pub async fn order(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("LRANGE")
-            .arg(&keys.order())
+            .arg(keys.order())
             .arg(0)
             .arg(-1)
             .query_async(&mut self.conn())
@@ -1048,7 +1048,7 @@ impl Store {
     pub async fn outbox(&self, id: &str) -> Result<Released, StoreError> {
         let keys = TaskKeys::new(id);
         let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&keys.outbox())
+            .arg(keys.outbox())
             .query_async(&mut self.conn())
             .await?;
         self.entries(id, &ids).await
@@ -1064,7 +1064,7 @@ impl Store {
         }
         let keys = TaskKeys::new(id);
         let mut call = CLEAR_OUTBOX_SCRIPT.prepare_invoke();
-        call.key(&keys.outbox());
+        call.key(keys.outbox());
         for entry in released {
             call.arg(&entry.id);
         }
@@ -1086,7 +1086,7 @@ impl Store {
         let keys = TaskKeys::new(id);
         let mut call = REVISE_SCRIPT.prepare_invoke();
         call.key(keys.graph().as_slice())
-            .key(&keys.synth_lease())
+            .key(keys.synth_lease())
             .arg(&lease.token);
         for entry in entries {
             call.arg(&entry.id)
@@ -1112,7 +1112,7 @@ impl Store {
     pub async fn add_child(&self, id: &str, child: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("SADD")
-            .arg(&keys.children())
+            .arg(keys.children())
             .arg(child)
             .query_async::<()>(&mut self.conn())
             .await?;
@@ -1126,7 +1126,7 @@ impl Store {
     pub async fn children(&self, id: &str) -> Result<Vec<String>, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("SMEMBERS")
-            .arg(&keys.children())
+            .arg(keys.children())
             .query_async(&mut self.conn())
             .await?)
     }
@@ -1138,7 +1138,7 @@ impl Store {
     pub async fn type_progress(&self, id: &str) -> Result<Vec<TypeProgress>, StoreError> {
         let keys = TaskKeys::new(id);
         let fields: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
-            .arg(&keys.types())
+            .arg(keys.types())
             .query_async(&mut self.conn())
             .await?;
         let mut by_type: std::collections::BTreeMap<String, TypeProgress> =
@@ -1176,8 +1176,8 @@ impl Store {
     pub async fn begin_run(&self, task: &str, what: &str) -> Result<Option<u64>, StoreError> {
         let keys = TaskKeys::new(task);
         let runs: i64 = BEGIN_RUN_SCRIPT
-            .key(&keys.task())
-            .key(&keys.starts())
+            .key(keys.task())
+            .key(keys.starts())
             .arg(what)
             .invoke_async(&mut self.conn())
             .await?;
@@ -1192,7 +1192,7 @@ impl Store {
     pub async fn end_run(&self, task: &str, what: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(task);
         END_RUN_SCRIPT
-            .key(&keys.starts())
+            .key(keys.starts())
             .arg(what)
             .invoke_async::<i64>(&mut self.conn())
             .await?;
@@ -1206,7 +1206,7 @@ impl Store {
     pub async fn set_published(&self, id: &str, published: u64) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("HSET")
-            .arg(&keys.task())
+            .arg(keys.task())
             .arg("published")
             .arg(published)
             .query_async::<()>(&mut self.conn())
@@ -1222,7 +1222,7 @@ impl Store {
     pub async fn mark_running(&self, id: &str, published: u64) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         MARK_RUNNING_SCRIPT
-            .key(&keys.task())
+            .key(keys.task())
             .arg(published)
             .invoke_async::<i64>(&mut self.conn())
             .await?;
@@ -1298,7 +1298,7 @@ impl Store {
     pub async fn pending_count(&self, id: &str) -> Result<u64, StoreError> {
         let keys = TaskKeys::new(id);
         Ok(redis::cmd("SCARD")
-            .arg(&keys.pending())
+            .arg(keys.pending())
             .query_async(&mut self.conn())
             .await?)
     }
@@ -1310,7 +1310,7 @@ impl Store {
     pub async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let keys = TaskKeys::new(id);
         let fields: std::collections::HashMap<String, Vec<u8>> = redis::cmd("HGETALL")
-            .arg(&keys.task())
+            .arg(keys.task())
             .query_async(&mut self.conn())
             .await?;
         if fields.is_empty() {
@@ -1357,7 +1357,7 @@ impl Store {
         let mut results = Vec::new();
         loop {
             let (next, entries): (u64, Vec<(String, Vec<u8>)>) = redis::cmd("HSCAN")
-                .arg(&keys.results())
+                .arg(keys.results())
                 .arg(cursor)
                 .arg("COUNT")
                 .arg(CHUNK)
@@ -1389,11 +1389,11 @@ impl Store {
         let keys = TaskKeys::new(&outcome.id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let stored: Vec<u8> = STORE_OUTCOME_SCRIPT
-            .key(&keys.task())
-            .key(&keys.outcome())
-            .key(&keys.waiters())
-            .key(&keys.types())
-            .key(&keys.children())
+            .key(keys.task())
+            .key(keys.outcome())
+            .key(keys.waiters())
+            .key(keys.types())
+            .key(keys.children())
             .key(keys.working().as_slice())
             .arg(encoded)
             .arg(ttl.as_secs().max(1))
@@ -1410,7 +1410,7 @@ impl Store {
     pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
         let keys = TaskKeys::new(id);
         let raw: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&keys.outcome())
+            .arg(keys.outcome())
             .query_async(&mut self.conn())
             .await?;
         raw.map(|bytes| decode_outcome(&bytes)).transpose()
@@ -1423,7 +1423,7 @@ impl Store {
     pub async fn waiters(&self, id: &str) -> Result<Vec<ReplyTarget>, StoreError> {
         let keys = TaskKeys::new(id);
         let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
-            .arg(&keys.waiters())
+            .arg(keys.waiters())
             .query_async(&mut self.conn())
             .await?;
         raw.iter()
@@ -1441,7 +1441,7 @@ impl Store {
     pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         redis::cmd("HSET")
-            .arg(&keys.task())
+            .arg(keys.task())
             .arg("delivered")
             .arg(1)
             .query_async::<()>(&mut self.conn())
