@@ -198,17 +198,9 @@ impl Finisher {
                 }
             }
         }
-        let rank = |subtask: &String| {
-            (
-                position
-                    .get(subtask.as_str())
-                    .copied()
-                    .unwrap_or(usize::MAX),
-                subtask.clone(),
-            )
-        };
-        successes.sort_by_cached_key(|(subtask, _)| rank(subtask));
-        failures.sort_by_cached_key(|(subtask, _)| rank(subtask));
+        let rank = |subtask: &str| position.get(subtask).copied().unwrap_or(usize::MAX);
+        successes.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
+        failures.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
         let mut errors: Vec<OutcomeError> = failures
             .iter()
             .map(|(subtask, message)| OutcomeError {

@@ -331,7 +331,7 @@ pub struct PlanEntry {
     pub payload: ByteBuf,
     /// Set when the subtask is a whole child task rather than a handler run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub child: Option<ChildSpec>,
+    pub child: Option<Box<ChildSpec>>,
 }
 
 /// Checks that a task id can be used as a key part and in log lines.
@@ -555,7 +555,8 @@ pub struct ResultMessage {
 }
 
 /// A `subtask.<status>` event on `chorus.events` (`running`, `retrying`, `succeeded`,
-/// `failed`), published by workers for tasks with `options.subtask_events`.
+/// `failed` from workers, `skipped` from the synthesizer), for tasks with
+/// `options.subtask_events`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskEvent {
     /// Task id.

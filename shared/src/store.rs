@@ -1105,6 +1105,30 @@ impl Store {
         }
     }
 
+    /// Worker types of `subtasks`, in that order.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn worker_types_of(
+        &self,
+        id: &str,
+        subtasks: &[String],
+    ) -> Result<Vec<String>, StoreError> {
+        if subtasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = TaskKeys::new(id);
+        let types: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(keys.worker_types())
+            .arg(subtasks)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(types
+            .into_iter()
+            .map(|t| t.unwrap_or_else(|| protocol::DEFAULT_WORKER_TYPE.to_owned()))
+            .collect())
+    }
+
     /// Remembers a child task started by a subtask, so cancelling the parent reaches it.
     ///
     /// # Errors

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_shared::{
-    amqp,
+    amqp::{self, Outgoing},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
@@ -16,8 +16,11 @@ use chorus_shared::{
     finish::Finisher,
     graph,
     kinds::Registry,
-    protocol::{self, Control, Encoding, ResultMessage, Status, SubtaskOutcome},
-    store::{Recorded, Store},
+    protocol::{
+        self, Control, Encoding, ResolvedOptions, ResultMessage, Status, SubtaskEvent,
+        SubtaskOutcome,
+    },
+    store::{now_ms, Recorded, Store, TaskRecord},
     topology,
 };
 use clap::Parser;
@@ -159,11 +162,12 @@ impl Synthesizer {
                 released,
                 skipped,
             } => {
-                if !skipped.is_empty() {
-                    tracing::info!(task = %result.task, subtask = %result.subtask, skipped = skipped.len(), "dependents skipped after a failure");
-                }
-                if !released.is_empty() {
+                if !skipped.is_empty() || !released.is_empty() {
                     if let Some(record) = store.task(&result.task).await? {
+                        if !skipped.is_empty() {
+                            tracing::info!(task = %result.task, subtask = %result.subtask, skipped = skipped.len(), "dependents skipped after a failure");
+                            self.announce_skipped(&result.task, &record, &skipped).await;
+                        }
                         self.finisher
                             .publish_released(&result.task, &record, &released)
                             .await?;
@@ -209,6 +213,52 @@ impl Synthesizer {
             }
         }
         Ok(Disposition::Ack)
+    }
+
+    /// Publishes `subtask.skipped` events when the task asked for subtask events. Events are
+    /// for dashboards: one that cannot be published is logged, never retried.
+    async fn announce_skipped(&self, task: &str, record: &TaskRecord, skipped: &[String]) {
+        let wants_events = protocol::decode::<ResolvedOptions>(&record.options)
+            .is_ok_and(|options| options.subtask_events);
+        if !wants_events {
+            return;
+        }
+        let types = match self.finisher.store.worker_types_of(task, skipped).await {
+            Ok(types) => types,
+            Err(error) => {
+                tracing::debug!(task, %error, "cannot look up worker types for skip events");
+                return;
+            }
+        };
+        let at_ms = now_ms();
+        for (subtask, worker_type) in skipped.iter().zip(types) {
+            let event = SubtaskEvent {
+                task: task.to_owned(),
+                subtask: subtask.clone(),
+                worker_type,
+                attempt: 0,
+                status: "skipped".into(),
+                at_ms,
+            };
+            let Ok(body) = protocol::encode(&event) else {
+                continue;
+            };
+            let published = self
+                .finisher
+                .publisher
+                .publish(Outgoing {
+                    exchange: topology::EVENTS_EXCHANGE,
+                    routing_key: "subtask.skipped",
+                    body: &body,
+                    properties: lapin::BasicProperties::default()
+                        .with_content_type(protocol::MSGPACK.into()),
+                    mandatory: false,
+                })
+                .await;
+            if let Err(error) = published {
+                tracing::debug!(task, %error, "cannot publish a skip event");
+            }
+        }
     }
 
     async fn record(&self, result: &ResultMessage) -> Result<Recorded, ServiceError> {

@@ -83,12 +83,22 @@ async fn a_dependency_cycle_rejects_the_task_naming_it() {
 async fn a_failed_dependency_skips_its_dependents() {
     let mut env = TestEnv::new("skip").await;
     env.start_system(1);
+    let events_client = env.client().await;
+    events_client.wait_for_queue("chorus.tasks").await;
+    let mut skip_events = events_client.events("subtask.skipped").await;
     let outcome = run_task(
         &env,
         json!({"kind": "range-sum", "id": "skip", "input": {"start": 0, "end": 100, "parts": 5, "chain": true, "poison": [2]},
-               "options": {"max_attempts": 1, "on_failure": "continue"}}),
+               "options": {"max_attempts": 1, "on_failure": "continue", "subtask_events": true}}),
     )
     .await;
+    let mut skipped_events = Vec::new();
+    for _ in 0..2 {
+        let event = msgpack_to_json(&next_message(&mut skip_events).await.data);
+        skipped_events.push(event["subtask"].as_str().unwrap().to_owned());
+    }
+    skipped_events.sort();
+    assert_eq!(skipped_events, ["3", "4"]);
     assert_eq!(outcome["status"], "partial", "{outcome}");
     assert_eq!(outcome["stats"]["succeeded"], 2);
     assert_eq!(outcome["stats"]["failed"], 1);

@@ -159,7 +159,7 @@ pub fn to_entries<S: Serialize>(
         .map(|(offset, item)| {
             let (payload, child) = match item.work {
                 Work::Handler(subtask) => (encode_for_kind(&subtask, "subtask")?, None),
-                Work::Child(spec) => (Vec::new(), Some(spec)),
+                Work::Child(spec) => (Vec::new(), Some(Box::new(spec))),
             };
             Ok(PlanEntry {
                 id: item.id.unwrap_or_else(|| format!("{id_prefix}{offset}")),
@@ -188,7 +188,7 @@ pub fn spawned_entries(
         .map(|(offset, item)| {
             let (payload, child) = match item.work {
                 Work::Handler(payload) => (payload, None),
-                Work::Child(spec) => (ByteBuf::new(), Some(spec)),
+                Work::Child(spec) => (ByteBuf::new(), Some(Box::new(spec))),
             };
             PlanEntry {
                 id: item.id.unwrap_or_else(|| format!("{id_prefix}{offset}")),
