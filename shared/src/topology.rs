@@ -6,7 +6,7 @@
 //! consumer ends in `chorus.dead` instead of looping.
 //!
 //! Delays (retry backoff, deadline timers) go through the headers exchange `chorus.delay` into
-//! durable classic bucket queues `chorus.delay.<ms>`, picked by the `chorus-delay` header.
+//! durable classic bucket queues `chorus.delayed.<ms>`, picked by the `chorus-delay` header.
 //! Their messages expire (per-message TTL) into the direct exchange `chorus.retry` with their
 //! original routing key — the queue they are for — so one set of buckets serves every worker
 //! type. Buckets are classic queues: RabbitMQ 3.10 does not reliably restart quorum queues
@@ -44,7 +44,7 @@ pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
 /// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
-pub const DELAY_QUEUE_PREFIX: &str = "chorus.delay.";
+pub const DELAY_QUEUE_PREFIX: &str = "chorus.delayed.";
 /// Shortest retry delay bucket; each next bucket doubles it.
 pub const DELAY_BUCKET_BASE_MS: u64 = 100;
 
@@ -253,19 +253,19 @@ mod tests {
     fn delays_map_to_the_smallest_covering_bucket() {
         assert_eq!(
             delay_queue_for(Duration::from_millis(0)),
-            "chorus.delay.100"
+            "chorus.delayed.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(100)),
-            "chorus.delay.100"
+            "chorus.delayed.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(101)),
-            "chorus.delay.200"
+            "chorus.delayed.200"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(1500)),
-            "chorus.delay.1600"
+            "chorus.delayed.1600"
         );
     }
 
@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(buckets.first().map(|b| b.1), Some(100));
         assert_eq!(
             buckets.last().map(|b| b.0.as_str()),
-            Some("chorus.delay.102400")
+            Some("chorus.delayed.102400")
         );
         assert_eq!(buckets.len(), 11);
         assert_eq!(delay_queues_up_to(Duration::from_secs(1)).len(), 11);
