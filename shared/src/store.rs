@@ -378,8 +378,9 @@ const MARK_PLANNED: &str = r"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'planning' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'planned', 'total', ARGV[2], 'published', 0,
-  'cap', ARGV[3], 'inflight', ARGV[4], 'wave_len', ARGV[4], 'wave_is_order', ARGV[5])
-for i = 6, #ARGV, 2 do
+  'cap', ARGV[3], 'inflight', ARGV[4], 'wave_len', ARGV[4], 'wave_is_order', ARGV[5],
+  'graph', ARGV[6])
+for i = 7, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[i] .. ':released', ARGV[i + 1])
 end
 return 1
@@ -470,7 +471,9 @@ local function add_entry(id, raw, wtype, deps)
     end
   end
   if failed_dep then skip_one(id, failed_dep)
-  elseif unmet > 0 then redis.call('HSET', WAITING, id, unmet)
+  elseif unmet > 0 then
+    redis.call('HSET', WAITING, id, unmet)
+    redis.call('HSET', T, 'graph', 1)
   else redis.call('RPUSH', READY, id) end
 end
 
@@ -488,10 +491,11 @@ local function reset_result(id)
   redis.call('HDEL', RESULTS, id)
 end
 
--- Moves ready subtasks to the outbox while the cap allows; returns {id, entry, ...}.
-local function release()
-  local cap = tonumber(redis.call('HGET', T, 'cap') or '0') or 0
-  local inflight = tonumber(redis.call('HGET', T, 'inflight') or '0') or 0
+-- Moves ready subtasks to the outbox while the cap allows (the in-flight count is kept only
+-- under a cap); returns {id, entry, ...}.
+local function release(cap)
+  local inflight = 0
+  if cap > 0 then inflight = tonumber(redis.call('HGET', T, 'inflight') or '0') or 0 end
   local out = {}
   while cap == 0 or inflight < cap do
     local d = redis.call('LPOP', READY)
@@ -504,8 +508,12 @@ local function release()
       out[#out + 1] = redis.call('HGET', PLAN, d)
     end
   end
-  redis.call('HSET', T, 'inflight', inflight)
+  if cap > 0 then redis.call('HSET', T, 'inflight', inflight) end
   return out
+end
+
+local function cap_of()
+  return tonumber(redis.call('HGET', T, 'cap') or '0') or 0
 end
 
 local function reply(status, released)
@@ -521,7 +529,8 @@ end
 const RECORD_RESULT: &str = r"
 local id, record, ok, retries = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
 local nspawn, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
-local state = redis.call('HGET', T, 'state')
+local meta = redis.call('HMGET', T, 'state', 'cap', 'graph')
+local state, cap, graph = meta[1], tonumber(meta[2] or '0') or 0, meta[3] == '1'
 if not state then return {'unknown-task', 0, 0} end
 if state == 'finished' then
   redis.call('HINCRBY', T, 'duplicates', 1)
@@ -564,13 +573,18 @@ else
   redis.call('HINCRBY', TYPES, wtype .. ':failed', 1)
 end
 redis.call('HINCRBY', T, 'retries', retries)
-redis.call('HINCRBY', T, 'inflight', -1)
+if cap > 0 then redis.call('HINCRBY', T, 'inflight', -1) end
 for i = 0, nspawn - 1 do
   local base = 7 + i * 4
   add_entry(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3])
 end
-if ok then satisfy_dependents_of(id) else skip_dependents_of(id) end
-return reply('new', release())
+-- A task without dependencies, cap or spawns has nothing to release: its whole plan went out
+-- with the first wave.
+if graph then
+  if ok then satisfy_dependents_of(id) else skip_dependents_of(id) end
+end
+if graph or cap > 0 or nspawn > 0 then return reply('new', release(cap)) end
+return reply('new', {})
 ";
 
 /// Redoes or adds subtasks for another review round, under the synthesis lease.
@@ -582,7 +596,7 @@ if state ~= 'running' and state ~= 'planned' then return {'fenced', 0, 0} end
 for i = 2, #ARGV, 4 do reset_result(ARGV[i]) end
 for i = 2, #ARGV, 4 do add_entry(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]) end
 redis.call('HINCRBY', T, 'round', 1)
-return reply('revised', release())
+return reply('revised', release(cap_of()))
 ";
 
 /// Publication of the outbox entries in ARGV is confirmed.
@@ -960,7 +974,8 @@ impl Store {
             .arg(entries.len())
             .arg(cap)
             .arg(wave.release.len())
-            .arg(u8::from(wave_is_order));
+            .arg(u8::from(wave_is_order))
+            .arg(u8::from(entries.iter().any(|e| !e.depends_on.is_empty())));
         for (worker_type, count) in released_by_type {
             call.arg(worker_type).arg(count);
         }

@@ -297,9 +297,10 @@ impl Worker {
                 retryable: false,
             }));
         }
-        let attempt = self.run_handler(subtask).await?;
+        // Uncounted whatever happened: only a run that takes the process down stays counted.
+        let attempt = self.run_handler(subtask).await;
         self.store.end_run(&subtask.task, &subtask.subtask).await?;
-        Ok(Some(attempt))
+        Ok(Some(attempt?))
     }
 
     /// Waits for a token of the subtask's worker type, if it is rate-limited.
