@@ -154,19 +154,13 @@ impl ServiceSpec {
         grace: Duration,
         max_retry_delay: Duration,
     ) -> Self {
-        Self {
-            name,
-            amqp_url: connect.amqp_url.clone(),
-            publish_timeout: connect.publish_timeout(),
-            max_retry_delay,
-            consumers: vec![ConsumeConfig {
-                queue: queue.to_owned(),
-                prefetch: concurrency,
-                concurrency: usize::from(concurrency),
-                grace,
-                worker_type: None,
-            }],
-        }
+        Self::without_consumers(name, connect, max_retry_delay).consuming(ConsumeConfig {
+            queue: queue.to_owned(),
+            prefetch: concurrency,
+            concurrency: usize::from(concurrency),
+            grace,
+            worker_type: None,
+        })
     }
 
     /// The spec of a service with no consumer yet; add them with [`ServiceSpec::consuming`].

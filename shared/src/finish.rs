@@ -208,6 +208,27 @@ impl Finisher {
                 message: message.clone(),
             })
             .collect();
+        // Workers cut subtasks off at the deadline, so their failures may settle the task before
+        // the deadline timer does: the outcome is the same either way.
+        let deadline_passed = options
+            .deadline_ms
+            .filter(|&ms| now_ms() >= record.created_ms.saturating_add(ms));
+        if let (Some(deadline_ms), false) = (deadline_passed, failures.is_empty()) {
+            errors.insert(
+                0,
+                OutcomeError {
+                    subtask: None,
+                    message: format!("deadline exceeded ({deadline_ms} ms)"),
+                },
+            );
+            return Ok(Synthesis::Outcome(Outcome {
+                id: id.to_owned(),
+                status: Status::Failed,
+                output: Value::Nil,
+                errors,
+                stats: stats_of(&record),
+            }));
+        }
         let run_synthesis = failures.is_empty()
             || (options.on_failure == OnFailure::Continue && !successes.is_empty());
         if run_synthesis && record.round < options.max_rounds {
@@ -522,23 +543,14 @@ impl Finisher {
                 ))
             }
         };
-        let body = protocol::encode(&ResultMessage {
+        let result = ResultMessage {
             task: parent.task,
             subtask: parent.subtask,
             attempts: 1,
             outcome: result,
             spawned: Vec::new(),
-        })?;
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: topology::RESULTS_QUEUE,
-                body: &body,
-                properties: amqp::persistent(protocol::MSGPACK),
-                mandatory: true,
-            })
-            .await?;
-        Ok(())
+        };
+        release::publish_result(&self.publisher, &result).await
     }
 
     /// A finished task's unfinished children are cancelled: their work no longer matters.

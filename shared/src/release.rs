@@ -1,5 +1,6 @@
-//! Publishing released subtasks: a plan entry becomes a subtask message on its worker type's
-//! queue, or — for a child task — a task request on `chorus.tasks` that reports back to it.
+//! Publishing what moves a task along: released subtasks (a plan entry becomes a subtask
+//! message on its worker type's queue, or — for a child task — a task request on `chorus.tasks`
+//! that reports back to it), settled results, and `subtask.<status>` events.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,10 @@ use serde_bytes::ByteBuf;
 use crate::{
     amqp::{self, Outgoing, Publisher},
     error::ServiceError,
-    protocol::{self, ParentRef, PlanEntry, ResolvedOptions, SubtaskMessage, TaskRequest},
+    protocol::{
+        self, ParentRef, PlanEntry, ResolvedOptions, ResultMessage, SubtaskEvent, SubtaskMessage,
+        TaskRequest,
+    },
     store::Store,
     topology,
 };
@@ -145,6 +149,49 @@ pub async fn publish_entries(
         }))
         .await?;
     Ok(())
+}
+
+/// Publishes a settled subtask to `chorus.results` with a confirm.
+///
+/// # Errors
+/// The broker did not confirm.
+pub async fn publish_result(
+    publisher: &Publisher,
+    result: &ResultMessage,
+) -> Result<(), ServiceError> {
+    let body = protocol::encode(result)?;
+    publisher
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: topology::RESULTS_QUEUE,
+            body: &body,
+            properties: amqp::persistent(protocol::MSGPACK),
+            mandatory: true,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Publishes a `subtask.<status>` event on `chorus.events`. Events are for dashboards: one that
+/// cannot be published is logged, never retried.
+pub async fn announce(publisher: &Publisher, event: &SubtaskEvent) {
+    let Ok(body) = protocol::encode(event) else {
+        return;
+    };
+    let routing_key = format!("subtask.{}", event.status);
+    let published = publisher
+        .publish(Outgoing {
+            exchange: topology::EVENTS_EXCHANGE,
+            routing_key: &routing_key,
+            body: &body,
+            properties: lapin::BasicProperties::default()
+                .with_content_type(ShortString::from(protocol::MSGPACK)),
+            mandatory: false,
+        })
+        .await;
+    if let Err(error) = published {
+        tracing::debug!(task = %event.task, %error, "cannot publish a subtask event");
+    }
 }
 
 #[cfg(test)]

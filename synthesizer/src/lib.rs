@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_shared::{
-    amqp::{self, Outgoing},
+    amqp,
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
@@ -20,6 +20,7 @@ use chorus_shared::{
         self, Control, Encoding, ResolvedOptions, ResultMessage, Status, SubtaskEvent,
         SubtaskOutcome,
     },
+    release,
     store::{now_ms, Recorded, Store, TaskRecord},
     topology,
 };
@@ -215,8 +216,7 @@ impl Synthesizer {
         Ok(Disposition::Ack)
     }
 
-    /// Publishes `subtask.skipped` events when the task asked for subtask events. Events are
-    /// for dashboards: one that cannot be published is logged, never retried.
+    /// Publishes `subtask.skipped` events when the task asked for subtask events.
     async fn announce_skipped(&self, task: &str, record: &TaskRecord, skipped: &[String]) {
         let wants_events = protocol::decode::<ResolvedOptions>(&record.options)
             .is_ok_and(|options| options.subtask_events);
@@ -240,24 +240,7 @@ impl Synthesizer {
                 status: "skipped".into(),
                 at_ms,
             };
-            let Ok(body) = protocol::encode(&event) else {
-                continue;
-            };
-            let published = self
-                .finisher
-                .publisher
-                .publish(Outgoing {
-                    exchange: topology::EVENTS_EXCHANGE,
-                    routing_key: "subtask.skipped",
-                    body: &body,
-                    properties: lapin::BasicProperties::default()
-                        .with_content_type(protocol::MSGPACK.into()),
-                    mandatory: false,
-                })
-                .await;
-            if let Err(error) = published {
-                tracing::debug!(task, %error, "cannot publish a skip event");
-            }
+            release::announce(&self.finisher.publisher, &event).await;
         }
     }
 

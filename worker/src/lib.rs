@@ -22,6 +22,7 @@ use chorus_shared::{
     kinds::{self, HandlerContext, Registry},
     protocol::{self, PlanEntry, ResultMessage, SubtaskEvent, SubtaskMessage, SubtaskOutcome},
     ratelimit::RateLimit,
+    release,
     store::{now_ms, Store},
     topology,
 };
@@ -425,24 +426,7 @@ impl Worker {
             status: status.to_owned(),
             at_ms: now_ms(),
         };
-        let Ok(body) = protocol::encode(&event) else {
-            return;
-        };
-        let routing_key = format!("subtask.{status}");
-        let published = self
-            .publisher
-            .publish(Outgoing {
-                exchange: topology::EVENTS_EXCHANGE,
-                routing_key: &routing_key,
-                body: &body,
-                properties: lapin::BasicProperties::default()
-                    .with_content_type(protocol::MSGPACK.into()),
-                mandatory: false,
-            })
-            .await;
-        if let Err(error) = published {
-            tracing::debug!(task = %subtask.task, %error, "cannot publish subtask event");
-        }
+        release::announce(&self.publisher, &event).await;
     }
 
     async fn publish_result(
@@ -451,23 +435,14 @@ impl Worker {
         outcome: SubtaskOutcome,
         spawned: Vec<PlanEntry>,
     ) -> Result<(), ServiceError> {
-        let body = protocol::encode(&ResultMessage {
+        let result = ResultMessage {
             task: subtask.task.clone(),
             subtask: subtask.subtask.clone(),
             attempts: subtask.attempt,
             outcome,
             spawned,
-        })?;
-        self.publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: topology::RESULTS_QUEUE,
-                body: &body,
-                properties: amqp::persistent(protocol::MSGPACK),
-                mandatory: false,
-            })
-            .await?;
-        Ok(())
+        };
+        release::publish_result(&self.publisher, &result).await
     }
 
     async fn schedule_retry(

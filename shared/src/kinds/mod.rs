@@ -153,30 +153,28 @@ pub fn to_entries<S: Serialize>(
     id_prefix: &str,
     depth: u32,
 ) -> Result<Vec<PlanEntry>, KindError> {
-    planned
+    let encoded = planned
         .into_iter()
-        .enumerate()
-        .map(|(offset, item)| {
-            let (payload, child) = match item.work {
-                Work::Handler(subtask) => (encode_for_kind(&subtask, "subtask")?, None),
-                Work::Child(spec) => (Vec::new(), Some(Box::new(spec))),
+        .map(|item| {
+            let work = match item.work {
+                Work::Handler(subtask) => {
+                    Work::Handler(ByteBuf::from(encode_for_kind(&subtask, "subtask")?))
+                }
+                Work::Child(spec) => Work::Child(spec),
             };
-            Ok(PlanEntry {
-                id: item.id.unwrap_or_else(|| format!("{id_prefix}{offset}")),
-                worker_type: item
-                    .worker_type
-                    .unwrap_or_else(|| protocol::DEFAULT_WORKER_TYPE.to_owned()),
+            Ok(Planned {
+                id: item.id,
+                worker_type: item.worker_type,
                 depends_on: item.depends_on,
-                depth,
-                payload: ByteBuf::from(payload),
-                child,
+                work,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, KindError>>()?;
+    Ok(spawned_entries(encoded, id_prefix, depth))
 }
 
-/// Turns what a handler spawned (subtasks already encoded by [`HandlerContext::spawn`]) into
-/// plan entries; one without an id gets `id_prefix` followed by its position.
+/// Turns subtasks already encoded (what a handler spawned through [`HandlerContext::spawn`])
+/// into plan entries; one without an id gets `id_prefix` followed by its position.
 pub fn spawned_entries(
     spawned: Vec<Planned<ByteBuf>>,
     id_prefix: &str,
