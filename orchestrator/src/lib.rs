@@ -203,6 +203,27 @@ impl Orchestrator {
         let options = request.options.clone().unwrap_or_default().resolve()?;
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let store = &self.finisher.store;
+        if let Some(parent) = &request.parent {
+            // Only a task Chorus started as a child may report to a parent's subtask.
+            let started = release::child_task_id(&parent.task, &parent.subtask) == id
+                && store.is_child(&parent.task, &id).await?;
+            if !started {
+                let error = ProtocolError::Invalid(format!(
+                    "parent {}/{} did not start a child task {id:?}; submitters must not set parent",
+                    parent.task, parent.subtask
+                ));
+                if let Some(waiter) = &waiter {
+                    finish::reply_rejected(
+                        &self.finisher.publisher,
+                        waiter,
+                        &id,
+                        &error.to_string(),
+                    )
+                    .await?;
+                }
+                return Ok(Disposition::Reject(error, Some(id), None));
+            }
+        }
         let claim = store
             .claim(
                 &id,

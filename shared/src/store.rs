@@ -1158,6 +1158,19 @@ impl Store {
         Ok(())
     }
 
+    /// Whether task `id` started `child` as a child task.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn is_child(&self, id: &str, child: &str) -> Result<bool, StoreError> {
+        let keys = TaskKeys::new(id);
+        Ok(redis::cmd("SISMEMBER")
+            .arg(keys.children())
+            .arg(child)
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     /// Child tasks started by the subtasks of a task.
     ///
     /// # Errors

@@ -266,6 +266,18 @@ async fn child_tasks_settle_their_parent_subtask() {
     let child: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(child["output"]["sum"], sum_of(100, 200));
     assert_eq!(child["stats"]["subtasks"], 2);
+    // A submitter cannot pose as a child to settle someone else's subtask.
+    let forged = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "parent/9", "input": {"start": 0, "end": 10, "parts": 1},
+               "parent": {"task": "parent", "subtask": "9"}}),
+    )
+    .await;
+    assert_eq!(forged["status"], "rejected", "{forged}");
+    assert!(forged["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("did not start a child task"));
     // `chorus watch` on a finished task prints its outcome and exits with its code.
     let (code, out) = env.cli(&["watch", "parent"]).await;
     assert_eq!(code, 0, "{out}");
