@@ -478,10 +478,11 @@ impl Orchestrator {
             start = end;
         }
         store.mark_running(id, total).await?;
-        // Releases of a crashed synthesizer are published by whoever sees the task next; a
-        // task planned empty is finished here.
-        self.finisher.flush_outbox(id).await?;
-        self.finisher.finish_if_settled(id).await?;
+        // Only a task planned empty has no result to finish it (a plan with work always has a
+        // first wave: a plan whose every subtask waits is a cycle, and rejected).
+        if total == 0 {
+            self.finisher.finish_if_settled(id).await?;
+        }
         Ok(())
     }
 }

@@ -95,7 +95,7 @@ impl Store {
             .key(bucket_key(&limit.worker_type))
             .arg(limit.rate)
             .arg(limit.burst)
-            .invoke_async(&mut self.connection())
+            .invoke_async(&mut self.conn())
             .await?;
         Ok((wait > 0).then(|| Duration::from_millis(wait)))
     }

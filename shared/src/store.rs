@@ -315,8 +315,6 @@ pub struct TaskRecord {
     pub delivered: bool,
     /// Settled as skipped.
     pub skipped: u64,
-    /// Released and not settled.
-    pub in_flight: u64,
     /// Current review round, 1 for the first.
     pub round: u32,
     /// Whether the first wave is the whole plan order (no dependencies, no cap).
@@ -728,12 +726,8 @@ impl Store {
         Ok(Self { connection })
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.connection.clone()
-    }
-
-    /// A handle on the connection, for scripts kept beside the modules that use them.
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    /// A handle on the connection (also for scripts kept beside the modules that use them).
+    pub(crate) fn conn(&self) -> ConnectionManager {
         self.connection.clone()
     }
 
@@ -1390,7 +1384,6 @@ impl Store {
             created_ms: number("created_ms"),
             delivered: number("delivered") == 1,
             skipped: number("skipped"),
-            in_flight: number("inflight"),
             round: u32::try_from(number("round")).unwrap_or(1).max(1),
             wave_is_order: text("wave_is_order").as_deref() != Some("0"),
             wave_len: number("wave_len"),

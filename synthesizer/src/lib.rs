@@ -126,7 +126,7 @@ pub async fn run(
 impl Synthesizer {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
-        let result: ResultMessage = protocol::decode(&delivery.data)?;
+        let mut result: ResultMessage = protocol::decode(&delivery.data)?;
         let (task, subtask) = (Some(result.task.clone()), Some(result.subtask.clone()));
         if let Err(error) = protocol::validate_task_id(&result.task) {
             return Ok(Disposition::Reject(error, None, subtask));
@@ -144,7 +144,6 @@ impl Synthesizer {
                 return Ok(Disposition::Ack);
             }
         }
-        let mut result = result;
         if let Err(reason) = graph::check_spawned(&result.spawned) {
             result.outcome = SubtaskOutcome::Failed(format!("spawned a bad subtask: {reason}"));
             result.spawned.clear();
