@@ -453,6 +453,7 @@ impl Orchestrator {
             kind: &record.kind,
             options,
             created_ms: record.created_ms,
+            max_message_bytes: self.config.limits.max_message_bytes(),
         };
         let mut start = from;
         while start < total {

@@ -82,6 +82,8 @@ pub struct Finisher {
     /// Synthesis runs that may start without finishing (crashing their process) before the
     /// task is failed.
     pub max_runs: u64,
+    /// Largest message body the services accept.
+    pub max_message_bytes: usize,
 }
 
 impl Finisher {
@@ -100,6 +102,7 @@ impl Finisher {
             outcome_ttl: outcomes.outcome_ttl(),
             lease: outcomes.lease(),
             max_runs: limits.max_deliveries,
+            max_message_bytes: limits.max_message_bytes(),
         }
     }
 
@@ -354,6 +357,7 @@ impl Finisher {
             kind: &record.kind,
             options: &options,
             created_ms: record.created_ms,
+            max_message_bytes: self.max_message_bytes,
         };
         release::publish_entries(&self.store, &self.publisher, context, released).await?;
         self.store.clear_outbox(id, released).await?;

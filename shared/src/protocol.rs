@@ -139,6 +139,12 @@ pub struct TaskOptions {
     /// Partial-failure policy (default `fail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    /// Subtasks packed per message (1..=1000; default 1): for tiny subtasks, so that the
+    /// per-message cost of the broker is paid once per batch. Workers run a batch's subtasks
+    /// side by side, publish their results together and ack the batch once; a batch whose
+    /// worker dies is redone whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
 }
 
 /// Options with every default applied: what the services work with.
@@ -162,6 +168,9 @@ pub struct ResolvedOptions {
     /// Whether `subtask.<status>` events are published.
     #[serde(default)]
     pub subtask_events: bool,
+    /// Subtasks packed per message.
+    #[serde(default = "one")]
+    pub batch_size: u32,
 }
 
 fn one() -> u32 {
@@ -180,6 +189,8 @@ pub const TIMEOUT_MS_LIMIT: u64 = 86_400_000;
 pub const DEADLINE_MS_LIMIT: u64 = 30 * 86_400_000;
 /// Largest accepted `max_rounds`.
 pub const MAX_ROUNDS_LIMIT: u32 = 20;
+/// Largest accepted `batch_size`.
+pub const BATCH_SIZE_LIMIT: u32 = 1000;
 /// Worker type of subtasks that name none.
 pub const DEFAULT_WORKER_TYPE: &str = "default";
 /// Longest worker type name, in bytes.
@@ -221,7 +232,14 @@ impl TaskOptions {
                 "options.max_rounds must be between 1 and {MAX_ROUNDS_LIMIT}, got {max_rounds}"
             )));
         }
+        let batch_size = self.batch_size.unwrap_or(1);
+        if !(1..=BATCH_SIZE_LIMIT).contains(&batch_size) {
+            return Err(ProtocolError::Invalid(format!(
+                "options.batch_size must be between 1 and {BATCH_SIZE_LIMIT}, got {batch_size}"
+            )));
+        }
         Ok(ResolvedOptions {
+            batch_size,
             max_attempts,
             timeout_ms,
             on_failure: self.on_failure.unwrap_or_default(),
@@ -526,6 +544,97 @@ impl SubtaskMessage {
     }
 }
 
+/// AMQP `type` of a message on a subtask queue that carries a [`SubtaskBatch`]; messages
+/// without it carry one [`SubtaskMessage`].
+pub const SUBTASK_BATCH_TYPE: &str = "chorus.subtask-batch";
+/// AMQP `type` of a message on `chorus.results` that carries a [`ResultBatch`]; messages
+/// without it carry one [`ResultMessage`].
+pub const RESULT_BATCH_TYPE: &str = "chorus.result-batch";
+
+/// Several first attempts of one task's subtasks of one worker type, in one message
+/// (`options.batch_size`). Everything but the subtask's id, payload and dependencies is shared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubtaskBatch {
+    /// Task id.
+    pub task: String,
+    /// Kind name.
+    pub kind: String,
+    /// Attempts allowed per subtask.
+    pub max_attempts: u32,
+    /// Time limit of each attempt.
+    pub timeout_ms: u64,
+    /// Worker type whose queue carries it.
+    #[serde(default = "default_worker_type")]
+    pub worker_type: String,
+    /// Spawn depth of the subtasks.
+    #[serde(default)]
+    pub depth: u32,
+    /// When the task's deadline passes, ms since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at_ms: Option<u64>,
+    /// Whether to publish `subtask.<status>` events.
+    #[serde(default)]
+    pub events: bool,
+    /// The subtasks.
+    pub items: Vec<BatchItem>,
+}
+
+/// One subtask of a [`SubtaskBatch`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// Subtask id.
+    pub subtask: String,
+    /// The kind's subtask, MessagePack-encoded by the kind.
+    pub payload: ByteBuf,
+    /// Subtasks whose outputs the handler receives as context.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+}
+
+impl SubtaskBatch {
+    /// Checks the shared fields as [`SubtaskMessage::validate`] does, and that there is work.
+    ///
+    /// # Errors
+    /// The first field out of range, or an empty batch.
+    pub fn validate(&self) -> Result<(), ProtocolError> {
+        if self.items.is_empty() {
+            return Err(ProtocolError::Invalid("subtask batch without items".into()));
+        }
+        self.subtask(&self.items[0]).validate()
+    }
+
+    /// `item` as a subtask message of its own: its first attempt.
+    pub fn subtask(&self, item: &BatchItem) -> SubtaskMessage {
+        SubtaskMessage {
+            task: self.task.clone(),
+            subtask: item.subtask.clone(),
+            kind: self.kind.clone(),
+            attempt: 1,
+            max_attempts: self.max_attempts,
+            timeout_ms: self.timeout_ms,
+            payload: item.payload.clone(),
+            worker_type: self.worker_type.clone(),
+            depends_on: item.depends_on.clone(),
+            depth: self.depth,
+            deadline_at_ms: self.deadline_at_ms,
+            events: self.events,
+        }
+    }
+
+    /// The batch as one subtask message per item.
+    pub fn into_subtasks(self) -> Vec<SubtaskMessage> {
+        self.items.iter().map(|item| self.subtask(item)).collect()
+    }
+}
+
+/// Several settled subtasks in one message on `chorus.results`, published by a worker for a
+/// [`SubtaskBatch`] and acked by the synthesizer once every one is recorded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResultBatch {
+    /// The results, each as it would travel alone.
+    pub results: Vec<ResultMessage>,
+}
+
 /// How one subtask ended, as carried on `chorus.results` and stored in Redis.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -613,6 +722,7 @@ mod tests {
                 max_concurrency: Some(4),
                 deadline_ms: Some(60_000),
                 max_rounds: Some(2),
+                batch_size: Some(10),
                 subtask_events: Some(true),
             }),
             parent: None,

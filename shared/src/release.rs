@@ -9,10 +9,10 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     amqp::{self, Outgoing, Publisher},
-    error::ServiceError,
+    error::{ProtocolError, ServiceError},
     protocol::{
-        self, ParentRef, PlanEntry, ResolvedOptions, ResultMessage, SubtaskEvent, SubtaskMessage,
-        TaskRequest,
+        self, BatchItem, ParentRef, PlanEntry, ResolvedOptions, ResultMessage,
+        SubtaskBatch, SubtaskEvent, SubtaskMessage, TaskRequest,
     },
     store::Store,
     topology,
@@ -29,6 +29,8 @@ pub struct TaskContext<'a> {
     pub options: &'a ResolvedOptions,
     /// When the task was claimed, ms since the Unix epoch (the deadline counts from it).
     pub created_ms: u64,
+    /// Largest message body the consumers accept: a batch is cut well below it.
+    pub max_message_bytes: usize,
 }
 
 impl TaskContext<'_> {
@@ -93,28 +95,23 @@ pub async fn publish_entries(
             queues.insert(&entry.worker_type, queue);
         }
     }
-    let mut messages: Vec<(&str, Vec<u8>, Option<String>)> = Vec::with_capacity(entries.len());
+    let mut messages: Vec<Message<'_>> = Vec::with_capacity(entries.len());
+    let mut batches: Vec<(&str, Vec<&PlanEntry>)> = Vec::new();
     for entry in entries {
         match &entry.child {
             None => {
                 let queue = queues
                     .get(entry.worker_type.as_str())
                     .map_or(topology::SUBTASKS_QUEUE, String::as_str);
-                let body = protocol::encode(&SubtaskMessage {
-                    task: context.task.to_owned(),
-                    subtask: entry.id.clone(),
-                    kind: context.kind.to_owned(),
-                    attempt: 1,
-                    max_attempts: context.options.max_attempts,
-                    timeout_ms: context.options.timeout_ms,
-                    payload: ByteBuf::from(entry.payload.as_ref()),
-                    worker_type: entry.worker_type.clone(),
-                    depends_on: entry.depends_on.clone(),
-                    depth: entry.depth,
-                    deadline_at_ms: context.deadline_at_ms(),
-                    events: context.options.subtask_events,
-                })?;
-                messages.push((queue, body, None));
+                if context.options.batch_size > 1 {
+                    match batches.iter_mut().find(|(q, _)| *q == queue) {
+                        Some((_, batch)) => batch.push(entry),
+                        None => batches.push((queue, vec![entry])),
+                    }
+                    continue;
+                }
+                let body = protocol::encode(&first_attempt(context, entry))?;
+                messages.push(Message::single(queue, body));
             }
             Some(child) => {
                 let child_id = child_task_id(context.task, &entry.id);
@@ -129,26 +126,152 @@ pub async fn publish_entries(
                         subtask: entry.id.clone(),
                     }),
                 })?;
-                messages.push((topology::TASKS_QUEUE, body, Some(child_id)));
+                let mut message = Message::single(topology::TASKS_QUEUE, body);
+                message.message_id = Some(child_id);
+                messages.push(message);
             }
         }
     }
+    for (queue, batch) in batches {
+        for packed in pack(context, &batch) {
+            messages.push(match packed {
+                Packed::One(entry) => {
+                    Message::single(queue, protocol::encode(&first_attempt(context, entry))?)
+                }
+                Packed::Many(batch) => Message {
+                    queue,
+                    body: protocol::encode(&batch)?,
+                    kind: Some(protocol::SUBTASK_BATCH_TYPE),
+                    message_id: None,
+                },
+            });
+        }
+    }
     publisher
-        .publish_all(messages.iter().map(|(queue, body, message_id)| {
+        .publish_all(messages.iter().map(|message| {
             let mut properties = amqp::persistent(protocol::MSGPACK);
-            if let Some(message_id) = message_id {
+            if let Some(message_id) = &message.message_id {
                 properties = properties.with_message_id(ShortString::from(message_id.as_str()));
+            }
+            if let Some(kind) = message.kind {
+                properties = properties.with_type(ShortString::from(kind));
             }
             Outgoing {
                 exchange: "",
-                routing_key: queue,
-                body,
+                routing_key: message.queue,
+                body: &message.body,
                 properties,
                 mandatory: true,
             }
         }))
         .await?;
     Ok(())
+}
+
+/// One message `publish_entries` sends.
+struct Message<'a> {
+    queue: &'a str,
+    body: Vec<u8>,
+    /// AMQP `type`: set on batches.
+    kind: Option<&'static str>,
+    message_id: Option<String>,
+}
+
+impl<'a> Message<'a> {
+    fn single(queue: &'a str, body: Vec<u8>) -> Self {
+        Self {
+            queue,
+            body,
+            kind: None,
+            message_id: None,
+        }
+    }
+}
+
+/// The first attempt of a handler subtask.
+fn first_attempt(context: TaskContext<'_>, entry: &PlanEntry) -> SubtaskMessage {
+    SubtaskMessage {
+        task: context.task.to_owned(),
+        subtask: entry.id.clone(),
+        kind: context.kind.to_owned(),
+        attempt: 1,
+        max_attempts: context.options.max_attempts,
+        timeout_ms: context.options.timeout_ms,
+        payload: ByteBuf::from(entry.payload.as_ref()),
+        worker_type: entry.worker_type.clone(),
+        depends_on: entry.depends_on.clone(),
+        depth: entry.depth,
+        deadline_at_ms: context.deadline_at_ms(),
+        events: context.options.subtask_events,
+    }
+}
+
+/// A message's worth of subtasks: a lone one travels as a plain subtask message.
+enum Packed<'a> {
+    One(&'a PlanEntry),
+    Many(SubtaskBatch),
+}
+
+/// Bytes a batch item adds to its message, roughly: what the cut below needs.
+fn item_bytes(entry: &PlanEntry) -> usize {
+    32 + entry.id.len()
+        + entry.payload.len()
+        + entry.depends_on.iter().map(|d| d.len() + 2).sum::<usize>()
+}
+
+/// Packs entries of one worker type (and one depth, which a batch shares) into batches of at
+/// most `batch_size` entries and about a quarter of the message limit in bytes, so results
+/// of the same size fit too.
+fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'a>> {
+    let size_cap = (context.max_message_bytes / 4).max(1);
+    let count_cap = usize::try_from(context.options.batch_size)
+        .unwrap_or(1)
+        .max(1);
+    let mut out = Vec::new();
+    let mut current: Vec<&'a PlanEntry> = Vec::new();
+    let mut bytes = 0;
+    let flush = |current: &mut Vec<&'a PlanEntry>, out: &mut Vec<Packed<'a>>| {
+        match current.len() {
+            0 => {}
+            1 => out.push(Packed::One(current[0])),
+            _ => {
+                let first = current[0];
+                out.push(Packed::Many(SubtaskBatch {
+                    task: context.task.to_owned(),
+                    kind: context.kind.to_owned(),
+                    max_attempts: context.options.max_attempts,
+                    timeout_ms: context.options.timeout_ms,
+                    worker_type: first.worker_type.clone(),
+                    depth: first.depth,
+                    deadline_at_ms: context.deadline_at_ms(),
+                    events: context.options.subtask_events,
+                    items: current
+                        .iter()
+                        .map(|entry| BatchItem {
+                            subtask: entry.id.clone(),
+                            payload: ByteBuf::from(entry.payload.as_ref()),
+                            depends_on: entry.depends_on.clone(),
+                        })
+                        .collect(),
+                }));
+            }
+        }
+        current.clear();
+    };
+    for &entry in entries {
+        let size = item_bytes(entry);
+        let depth_differs = current.first().is_some_and(|first| first.depth != entry.depth);
+        if !current.is_empty()
+            && (current.len() >= count_cap || bytes + size > size_cap || depth_differs)
+        {
+            flush(&mut current, &mut out);
+            bytes = 0;
+        }
+        current.push(entry);
+        bytes += size;
+    }
+    flush(&mut current, &mut out);
+    out
 }
 
 /// Publishes a settled subtask to `chorus.results` with a confirm.
@@ -170,6 +293,72 @@ pub async fn publish_result(
         })
         .await?;
     Ok(())
+}
+
+/// Publishes the results of a subtask batch to `chorus.results` with their confirms
+/// pipelined: as one [`ResultBatch`] message, or several when together they would pass a
+/// quarter of `max_message_bytes` (one result alone always goes as it is). The caller acks the
+/// batch only after this returns: a crash before then redoes the batch, and results already
+/// published are then duplicates the synthesizer ignores.
+///
+/// # Errors
+/// A result does not encode, or the broker did not confirm.
+pub async fn publish_results(
+    publisher: &Publisher,
+    results: &[ResultMessage],
+    max_message_bytes: usize,
+) -> Result<(), ServiceError> {
+    if let [result] = results {
+        return publish_result(publisher, result).await;
+    }
+    let size_cap = (max_message_bytes / 4).max(1);
+    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    let mut bytes = 0;
+    for result in results {
+        let body = protocol::encode(result)?;
+        if !encoded.is_empty() && bytes + body.len() > size_cap {
+            bodies.push(result_batch_body(&encoded)?);
+            encoded.clear();
+            bytes = 0;
+        }
+        bytes += body.len();
+        encoded.push(body);
+    }
+    if !encoded.is_empty() {
+        bodies.push(result_batch_body(&encoded)?);
+    }
+    publisher
+        .publish_all(bodies.iter().map(|body| Outgoing {
+            exchange: "",
+            routing_key: topology::RESULTS_QUEUE,
+            body,
+            properties: amqp::persistent(protocol::MSGPACK)
+                .with_type(ShortString::from(protocol::RESULT_BATCH_TYPE)),
+            mandatory: true,
+        }))
+        .await?;
+    Ok(())
+}
+
+/// A [`ResultBatch`] body around results already encoded one by one: the same bytes
+/// `protocol::encode` would give, without encoding the outputs twice.
+fn result_batch_body(encoded: &[Vec<u8>]) -> Result<Vec<u8>, ServiceError> {
+    let total: usize = encoded.iter().map(Vec::len).sum();
+    let mut body = Vec::with_capacity(total + 16);
+    let count = u32::try_from(encoded.len())
+        .map_err(|_| protocol_error("too many results for one message"))?;
+    rmp::encode::write_map_len(&mut body, 1).map_err(|e| protocol_error(&e.to_string()))?;
+    rmp::encode::write_str(&mut body, "results").map_err(|e| protocol_error(&e.to_string()))?;
+    rmp::encode::write_array_len(&mut body, count).map_err(|e| protocol_error(&e.to_string()))?;
+    for result in encoded {
+        body.extend_from_slice(result);
+    }
+    Ok(body)
+}
+
+fn protocol_error(message: &str) -> ServiceError {
+    ProtocolError::Encode(message.to_owned()).into()
 }
 
 /// Publishes a `subtask.<status>` event on `chorus.events`. Events are for dashboards: one that
@@ -197,6 +386,73 @@ pub async fn announce(publisher: &Publisher, event: &SubtaskEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{ResultBatch, TaskOptions};
+
+    fn entry(id: &str, bytes: usize, depth: u32) -> PlanEntry {
+        PlanEntry {
+            id: id.to_owned(),
+            worker_type: "default".into(),
+            depends_on: Vec::new(),
+            depth,
+            payload: ByteBuf::from(vec![0; bytes]),
+            child: None,
+        }
+    }
+
+    fn sizes(packed: &[Packed<'_>]) -> Vec<usize> {
+        packed
+            .iter()
+            .map(|p| match p {
+                Packed::One(_) => 1,
+                Packed::Many(batch) => batch.items.len(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packing_cuts_by_count_bytes_and_depth() {
+        let options = TaskOptions {
+            batch_size: Some(3),
+            ..TaskOptions::default()
+        }
+        .resolve()
+        .unwrap();
+        let context = TaskContext {
+            task: "t",
+            kind: "k",
+            options: &options,
+            created_ms: 0,
+            max_message_bytes: 4096,
+        };
+        let small: Vec<PlanEntry> = (0..7).map(|i| entry(&i.to_string(), 10, 0)).collect();
+        let refs: Vec<&PlanEntry> = small.iter().collect();
+        assert_eq!(sizes(&pack(context, &refs)), [3, 3, 1]);
+        // A quarter of 4096 bytes holds two of these, not three.
+        let big: Vec<PlanEntry> = (0..4).map(|i| entry(&i.to_string(), 400, 0)).collect();
+        let refs: Vec<&PlanEntry> = big.iter().collect();
+        assert_eq!(sizes(&pack(context, &refs)), [2, 2]);
+        let mixed = [entry("a", 1, 0), entry("b", 1, 1), entry("c", 1, 1)];
+        let refs: Vec<&PlanEntry> = mixed.iter().collect();
+        assert_eq!(sizes(&pack(context, &refs)), [1, 2]);
+    }
+
+    #[test]
+    fn a_result_batch_body_decodes_as_a_result_batch() {
+        let results: Vec<ResultMessage> = (0..3)
+            .map(|i| ResultMessage {
+                task: "t".into(),
+                subtask: i.to_string(),
+                attempts: 1,
+                outcome: protocol::SubtaskOutcome::Succeeded(ByteBuf::from(vec![i; 3])),
+                spawned: Vec::new(),
+            })
+            .collect();
+        let encoded: Vec<Vec<u8>> = results.iter().map(|r| protocol::encode(r).unwrap()).collect();
+        let body = result_batch_body(&encoded).unwrap();
+        let decoded: ResultBatch = protocol::decode(&body).unwrap();
+        assert_eq!(decoded.results, results);
+        assert_eq!(body, protocol::encode(&ResultBatch { results }).unwrap());
+    }
 
     #[test]
     fn child_ids_are_valid_task_ids() {

@@ -27,14 +27,14 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, Script};
+use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::StoreError,
     graph::FirstWave,
-    protocol::{self, Outcome, PlanEntry, ReplyTarget, SubtaskOutcome},
+    protocol::{self, Outcome, PlanEntry, ReplyTarget, ResultMessage, SubtaskOutcome},
 };
 
 /// Lifecycle of a task in Redis.
@@ -252,15 +252,30 @@ pub type Released = Vec<PlanEntry>;
 /// What recording a result did.
 #[derive(Debug, PartialEq)]
 pub enum Recorded {
-    /// First time for this subtask; `remaining` are still pending.
-    New {
+    /// The results were looked at one by one.
+    Batch {
+        /// What happened to each result, in order.
+        statuses: Vec<ResultStatus>,
         /// Unsettled subtasks left.
         remaining: u64,
-        /// Subtasks this result released (dependencies met, or a slot freed under the cap).
+        /// Subtasks these results released (dependencies met, or slots freed under the cap).
         released: Released,
-        /// Subtasks settled as skipped because this one failed.
+        /// Subtasks settled as skipped because one of these failed.
         skipped: Vec<String>,
     },
+    /// The task is already finished; nothing changed.
+    TaskFinished,
+    /// No such task in Redis.
+    UnknownTask,
+}
+
+/// What recording did with one result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ResultStatus {
+    /// First time for this subtask: recorded.
+    New,
+    /// Already recorded before; nothing changed.
+    Duplicate,
     /// The result spawned more subtasks than the task may have in all; nothing was recorded.
     TooManySubtasks {
         /// Subtasks the task would have had.
@@ -272,15 +287,6 @@ pub enum Recorded {
         /// What is wrong.
         reason: String,
     },
-    /// Already recorded before; nothing changed.
-    Duplicate {
-        /// Unsettled subtasks left.
-        remaining: u64,
-    },
-    /// The task is already finished; nothing changed.
-    TaskFinished,
-    /// No such task in Redis.
-    UnknownTask,
     /// The task has no such subtask.
     UnknownSubtask,
 }
@@ -522,11 +528,14 @@ local function reply(status, released)
 end
 ";
 
-/// ARGV: subtask, record, `1` succeeded / `0` failed, retries, spawned count, subtask limit,
-/// then per spawned entry: id, encoded entry, worker type, space-separated dependencies.
-const RECORD_RESULT: &str = r"
-local id, record, ok, retries = ARGV[1], ARGV[2], ARGV[3] == '1', ARGV[4]
-local nspawn, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+/// Records the results of one task, each once, in one atomic call. ARGV: subtask limit, then
+/// per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and per
+/// spawned entry: id, encoded entry, worker type, space-separated dependencies.
+/// Replies `{'batch', pending, #skipped, skipped..., #results, status per result...,
+/// released id, entry, ...}`; a status is `new`, `duplicate`, `unknown-subtask`,
+/// `limit:<would have>` or `conflict:<reason>` (the last two recorded nothing).
+const RECORD_RESULTS: &str = r"
+local limit = tonumber(ARGV[1])
 local meta = redis.call('HMGET', T, 'state', 'cap', 'graph')
 local state, cap, graph = meta[1], tonumber(meta[2] or '0') or 0, meta[3] == '1'
 if not state then return {'unknown-task', 0, 0} end
@@ -534,55 +543,93 @@ if state == 'finished' then
   redis.call('HINCRBY', T, 'duplicates', 1)
   return {'finished', 0, 0}
 end
-if redis.call('SISMEMBER', PENDING, id) == 0 then
-  if redis.call('HEXISTS', RESULTS, id) == 1 then
-    redis.call('HINCRBY', T, 'duplicates', 1)
-    return {'duplicate', redis.call('SCARD', PENDING), 0}
-  end
-  return {'unknown-subtask', 0, 0}
-end
-if nspawn > 0 then
+
+local function spawn_problem(nspawn, base)
   local would_have = tonumber(redis.call('HGET', T, 'total')) + nspawn
-  if would_have > limit then return {'limit', would_have, 0} end
+  if would_have > limit then return 'limit:' .. would_have end
   local siblings = {}
   for i = 0, nspawn - 1 do
-    local sid = ARGV[7 + i * 4]
+    local sid = ARGV[base + i * 4]
     if redis.call('HEXISTS', PLAN, sid) == 1 then
-      return {'conflict', 0, 1, 'spawned subtask id ' .. sid .. ' is already used in this task'}
+      return 'conflict:spawned subtask id ' .. sid .. ' is already used in this task'
     end
-    for _, dep in ipairs(split(ARGV[10 + i * 4])) do
+    for _, dep in ipairs(split(ARGV[base + 3 + i * 4])) do
       if not siblings[dep] and redis.call('HEXISTS', PLAN, dep) == 0 then
-        return {'conflict', 0, 1, 'spawned subtask ' .. sid .. ' depends on unknown subtask ' .. dep}
+        return 'conflict:spawned subtask ' .. sid .. ' depends on unknown subtask ' .. dep
       end
     end
     siblings[sid] = true
   end
+  return nil
 end
-redis.call('SREM', PENDING, id)
-redis.call('HSET', RESULTS, id, record)
-local wtype = type_of(id)
-if ok then
-  redis.call('HSET', DONE, id, 'ok')
-  redis.call('HINCRBY', T, 'succeeded', 1)
-  redis.call('HINCRBY', TYPES, wtype .. ':ok', 1)
-else
-  redis.call('HSET', DONE, id, 'failed')
-  redis.call('HINCRBY', T, 'failed', 1)
-  redis.call('HINCRBY', TYPES, wtype .. ':failed', 1)
+
+local statuses, spawned, duplicates = {}, false, 0
+local succeeded, failed, retries = 0, 0, 0
+local per_type = {}
+local i = 2
+while i <= #ARGV do
+  local id, record, ok = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
+  local nspawn = tonumber(ARGV[i + 4])
+  local base = i + 5
+  local retried = tonumber(ARGV[i + 3])
+  i = base + nspawn * 4
+  local status = 'new'
+  if redis.call('SISMEMBER', PENDING, id) == 0 then
+    if redis.call('HEXISTS', RESULTS, id) == 1 then
+      duplicates = duplicates + 1
+      status = 'duplicate'
+    else
+      status = 'unknown-subtask'
+    end
+  elseif nspawn > 0 then
+    status = spawn_problem(nspawn, base) or 'new'
+  end
+  if status == 'new' then
+    redis.call('SREM', PENDING, id)
+    redis.call('HSET', RESULTS, id, record)
+    local suffix
+    if ok then
+      redis.call('HSET', DONE, id, 'ok')
+      succeeded, suffix = succeeded + 1, ':ok'
+    else
+      redis.call('HSET', DONE, id, 'failed')
+      failed, suffix = failed + 1, ':failed'
+    end
+    local counter = type_of(id) .. suffix
+    per_type[counter] = (per_type[counter] or 0) + 1
+    retries = retries + retried
+    if cap > 0 then redis.call('HINCRBY', T, 'inflight', -1) end
+    for s = 0, nspawn - 1 do
+      local at = base + s * 4
+      add_entry(ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3])
+    end
+    if nspawn > 0 then
+      spawned = true
+      graph = redis.call('HGET', T, 'graph') == '1'
+    end
+    if graph then
+      if ok then satisfy_dependents_of(id) else skip_dependents_of(id) end
+    end
+  end
+  statuses[#statuses + 1] = status
 end
-redis.call('HINCRBY', T, 'retries', retries)
-if cap > 0 then redis.call('HINCRBY', T, 'inflight', -1) end
-for i = 0, nspawn - 1 do
-  local base = 7 + i * 4
-  add_entry(ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3])
-end
+-- Counters are added once per call: a batch of a thousand results is three writes, not three
+-- thousand.
+if succeeded > 0 then redis.call('HINCRBY', T, 'succeeded', succeeded) end
+if failed > 0 then redis.call('HINCRBY', T, 'failed', failed) end
+if retries > 0 then redis.call('HINCRBY', T, 'retries', retries) end
+if duplicates > 0 then redis.call('HINCRBY', T, 'duplicates', duplicates) end
+for counter, n in pairs(per_type) do redis.call('HINCRBY', TYPES, counter, n) end
 -- A task without dependencies, cap or spawns has nothing to release: its whole plan went out
 -- with the first wave.
-if graph then
-  if ok then satisfy_dependents_of(id) else skip_dependents_of(id) end
-end
-if graph or cap > 0 or nspawn > 0 then return reply('new', release(cap)) end
-return reply('new', {})
+local released = {}
+if graph or cap > 0 or spawned then released = release(cap) end
+local out = {'batch', redis.call('SCARD', PENDING), #skipped}
+for _, id in ipairs(skipped) do out[#out + 1] = id end
+out[#out + 1] = #statuses
+for _, st in ipairs(statuses) do out[#out + 1] = st end
+for _, v in ipairs(released) do out[#out + 1] = v end
+return out
 ";
 
 /// Redoes or adds subtasks for another review round, under the synthesis lease.
@@ -681,8 +728,8 @@ return 0
 static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
 static MARK_PLANNED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_PLANNED));
 static MARK_RUNNING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_RUNNING));
-static RECORD_RESULT_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{RECORD_RESULT}")));
+static RECORD_RESULTS_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{RECORD_RESULTS}")));
 static REVISE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{REVISE}")));
 static CLEAR_OUTBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_OUTBOX));
@@ -1275,65 +1322,107 @@ impl Store {
         Ok(())
     }
 
-    /// Records one settled subtask, once — with the subtasks it spawned — and releases what
-    /// that unblocks: dependents whose dependencies all succeeded (or skips them when it
-    /// failed) and, under a cap, the next ready subtasks. A duplicate changes nothing.
+    /// Records settled subtasks of one task, each once — with the subtasks they spawned — in
+    /// one atomic call, and releases what that unblocks: dependents whose dependencies all
+    /// succeeded (or skips them after a failure) and, under a cap, the next ready subtasks.
+    /// Duplicates change nothing.
     ///
     /// # Errors
     /// Redis fails, or something does not encode or decode.
-    pub async fn record_result(
+    pub async fn record_results(
         &self,
         task: &str,
-        subtask: &str,
-        attempts: u32,
-        outcome: &SubtaskOutcome,
-        spawned: &[PlanEntry],
+        results: &[&ResultMessage],
         max_subtasks: u64,
     ) -> Result<Recorded, StoreError> {
         let keys = TaskKeys::new(task);
-        let succeeded = matches!(outcome, SubtaskOutcome::Succeeded(_));
         // Encodes like a `StoredResult`, without copying the output.
         #[derive(Serialize)]
         struct StoredResultRef<'a> {
             attempts: u32,
             outcome: &'a SubtaskOutcome,
         }
-        let record = protocol::encode(&StoredResultRef { attempts, outcome })
+        let mut call = RECORD_RESULTS_SCRIPT.prepare_invoke();
+        call.key(keys.graph().as_slice()).arg(max_subtasks);
+        for result in results {
+            let record = protocol::encode(&StoredResultRef {
+                attempts: result.attempts,
+                outcome: &result.outcome,
+            })
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let mut call = RECORD_RESULT_SCRIPT.prepare_invoke();
-        call.key(keys.graph().as_slice())
-            .arg(subtask)
-            .arg(record)
-            .arg(if succeeded { "1" } else { "0" })
-            .arg(attempts.saturating_sub(1))
-            .arg(spawned.len())
-            .arg(max_subtasks);
-        for entry in spawned {
-            call.arg(&entry.id)
-                .arg(encode_entry(entry)?)
-                .arg(&entry.worker_type)
-                .arg(entry.depends_on.join(" "));
+            let succeeded = matches!(result.outcome, SubtaskOutcome::Succeeded(_));
+            call.arg(&result.subtask)
+                .arg(record)
+                .arg(if succeeded { "1" } else { "0" })
+                .arg(result.attempts.saturating_sub(1))
+                .arg(result.spawned.len());
+            for entry in &result.spawned {
+                call.arg(&entry.id)
+                    .arg(encode_entry(entry)?)
+                    .arg(&entry.worker_type)
+                    .arg(entry.depends_on.join(" "));
+            }
         }
         let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn()).await?;
-        let parsed = parse_graph_reply(task, &reply)?;
-        Ok(match parsed.status.as_str() {
-            "new" => Recorded::New {
-                remaining: parsed.remaining,
-                released: parsed.released,
-                skipped: parsed.skipped,
-            },
-            "duplicate" => Recorded::Duplicate {
-                remaining: parsed.remaining,
-            },
-            "finished" => Recorded::TaskFinished,
-            "unknown-task" => Recorded::UnknownTask,
-            "limit" => Recorded::TooManySubtasks {
-                would_have: parsed.remaining,
-            },
-            "conflict" => Recorded::SpawnConflict {
-                reason: parsed.skipped.into_iter().next().unwrap_or_default(),
-            },
-            _ => Recorded::UnknownSubtask,
+        let corrupt = |what: &str| StoreError::Corrupt(format!("script reply for {task}: {what}"));
+        let status: String = reply
+            .first()
+            .map(String::from_redis_value_ref)
+            .transpose()
+            .map_err(|e| corrupt(&e.to_string()))?
+            .ok_or_else(|| corrupt("no status"))?;
+        match status.as_str() {
+            "unknown-task" => return Ok(Recorded::UnknownTask),
+            "finished" => return Ok(Recorded::TaskFinished),
+            _ => {}
+        }
+        // `{'batch', pending, #skipped, skipped..., #results, statuses..., released...}`:
+        // the graph reply's layout with the statuses spliced in after the skipped ids.
+        let skipped_count = reply
+            .get(2)
+            .map(usize::from_redis_value_ref)
+            .transpose()
+            .map_err(|e| corrupt(&e.to_string()))?
+            .unwrap_or(0);
+        let statuses_at = 3 + skipped_count;
+        let status_count = reply
+            .get(statuses_at)
+            .map(usize::from_redis_value_ref)
+            .transpose()
+            .map_err(|e| corrupt(&e.to_string()))?
+            .unwrap_or(0);
+        if status_count != results.len() {
+            return Err(corrupt("one status per result expected"));
+        }
+        let statuses = reply
+            .get(statuses_at + 1..statuses_at + 1 + status_count)
+            .ok_or_else(|| corrupt("statuses missing"))?
+            .iter()
+            .map(|value| {
+                let raw = String::from_redis_value_ref(value).map_err(|e| corrupt(&e.to_string()))?;
+                Ok(match raw.split_once(':') {
+                    Some(("limit", n)) => ResultStatus::TooManySubtasks {
+                        would_have: n.parse().unwrap_or(u64::MAX),
+                    },
+                    Some(("conflict", reason)) => ResultStatus::SpawnConflict {
+                        reason: reason.to_owned(),
+                    },
+                    _ => match raw.as_str() {
+                        "new" => ResultStatus::New,
+                        "duplicate" => ResultStatus::Duplicate,
+                        _ => ResultStatus::UnknownSubtask,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut graph_reply: Vec<redis::Value> = reply[..statuses_at].to_vec();
+        graph_reply.extend_from_slice(&reply[statuses_at + 1 + status_count..]);
+        let parsed = parse_graph_reply(task, &graph_reply)?;
+        Ok(Recorded::Batch {
+            statuses,
+            remaining: parsed.remaining,
+            released: parsed.released,
+            skipped: parsed.skipped,
         })
     }
 

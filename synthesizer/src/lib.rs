@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_shared::{
-    amqp,
+    amqp::{self, DeadLetter},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
@@ -17,11 +17,11 @@ use chorus_shared::{
     graph,
     kinds::Registry,
     protocol::{
-        self, Control, Encoding, ResolvedOptions, ResultMessage, Status, SubtaskEvent,
-        SubtaskOutcome,
+        self, Control, Encoding, ResolvedOptions, ResultBatch, ResultMessage, Status,
+        SubtaskEvent, SubtaskOutcome,
     },
     release,
-    store::{now_ms, Recorded, Store, TaskRecord},
+    store::{now_ms, Recorded, ResultStatus, Store, TaskRecord},
     topology,
 };
 use clap::Parser;
@@ -123,96 +123,180 @@ pub async fn run(
     Ok(())
 }
 
+/// A result that cannot be recorded, and why.
+type Refused = (ResultMessage, ProtocolError);
+
 impl Synthesizer {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
-        let mut result: ResultMessage = protocol::decode(&delivery.data)?;
-        let (task, subtask) = (Some(result.task.clone()), Some(result.subtask.clone()));
-        if let Err(error) = protocol::validate_task_id(&result.task) {
-            return Ok(Disposition::Reject(error, None, subtask));
-        }
-        if let Some(deepest) = result.spawned.iter().map(|entry| entry.depth).max() {
-            let limit = self.config.limits.max_spawn_depth;
-            if deepest > limit {
-                let message = format!(
-                    "spawn limit exceeded: subtask {} spawned work at depth {deepest}; the limit is {limit} (--max-spawn-depth)",
-                    result.subtask
-                );
-                self.finisher
-                    .stop(&result.task, Status::Failed, message)
-                    .await?;
-                return Ok(Disposition::Ack);
+        let batched =
+            amqp::property_str(delivery.properties.kind()) == Some(protocol::RESULT_BATCH_TYPE);
+        let results: Vec<ResultMessage> = if batched {
+            protocol::decode::<ResultBatch>(&delivery.data)?.results
+        } else {
+            vec![protocol::decode(&delivery.data)?]
+        };
+        let mut refused: Vec<Refused> = Vec::new();
+        // Grouped by task, in order: one script call records a task's share of the message.
+        let mut by_task: Vec<(String, Vec<ResultMessage>)> = Vec::new();
+        for result in results {
+            if let Err(error) = protocol::validate_task_id(&result.task) {
+                refused.push((result, error));
+                continue;
+            }
+            match by_task.iter_mut().find(|(task, _)| *task == result.task) {
+                Some((_, group)) => group.push(result),
+                None => by_task.push((result.task.clone(), vec![result])),
             }
         }
-        if let Err(reason) = graph::check_spawned(&result.spawned) {
-            result.outcome = SubtaskOutcome::Failed(format!("spawned a bad subtask: {reason}"));
-            result.spawned.clear();
+        for (task, results) in by_task {
+            self.record_task_results(&task, results, &mut refused)
+                .await?;
         }
-        let mut recorded = self.record(&result).await?;
-        if let Recorded::SpawnConflict { reason } = recorded {
-            result.outcome = SubtaskOutcome::Failed(reason);
-            result.spawned.clear();
-            recorded = self.record(&result).await?;
+        if !batched {
+            if let Some((result, error)) = refused.pop() {
+                let task = protocol::validate_task_id(&result.task)
+                    .is_ok()
+                    .then_some(result.task);
+                return Ok(Disposition::Reject(error, task, Some(result.subtask)));
+            }
+            return Ok(Disposition::Ack);
         }
-        failpoint::hit("synthesizer.after-record").await;
+        // In a batch, only the bad results go to chorus.dead, each as a message of its own.
+        for (result, error) in refused {
+            let reason = error.to_string();
+            tracing::warn!(task = %result.task, subtask = %result.subtask, %reason, "result in a batch dead-lettered to chorus.dead");
+            amqp::dead_letter(
+                &self.finisher.publisher,
+                &protocol::encode(&result)?,
+                &amqp::persistent(protocol::MSGPACK),
+                DeadLetter {
+                    source_queue: topology::RESULTS_QUEUE,
+                    reason: &reason,
+                    task: Some(&result.task),
+                    subtask: Some(&result.subtask),
+                },
+            )
+            .await?;
+        }
+        Ok(Disposition::Ack)
+    }
+
+    /// Records results of one task, publishes what they release, and finishes the task when
+    /// nothing is left pending. Results that cannot be recorded go to `refused`.
+    async fn record_task_results(
+        &self,
+        task: &str,
+        mut results: Vec<ResultMessage>,
+        refused: &mut Vec<Refused>,
+    ) -> Result<(), ServiceError> {
+        let limit = self.config.limits.max_spawn_depth;
+        for result in &results {
+            if let Some(deepest) = result.spawned.iter().map(|entry| entry.depth).max() {
+                if deepest > limit {
+                    let message = format!(
+                        "spawn limit exceeded: subtask {} spawned work at depth {deepest}; the limit is {limit} (--max-spawn-depth)",
+                        result.subtask
+                    );
+                    return self.finisher.stop(task, Status::Failed, message).await;
+                }
+            }
+        }
+        for result in &mut results {
+            if let Err(reason) = graph::check_spawned(&result.spawned) {
+                result.outcome = SubtaskOutcome::Failed(format!("spawned a bad subtask: {reason}"));
+                result.spawned.clear();
+            }
+        }
         let store = &self.finisher.store;
-        match recorded {
-            Recorded::New {
+        let (remaining, released, skipped) = match self.record(task, &results).await? {
+            Recorded::TaskFinished => return self.finisher.finish_if_settled(task).await,
+            Recorded::UnknownTask => {
+                for result in results {
+                    let error =
+                        ProtocolError::Invalid(format!("result for unknown task {:?}", result.task));
+                    refused.push((result, error));
+                }
+                return Ok(());
+            }
+            Recorded::Batch {
+                statuses,
                 remaining,
                 released,
                 skipped,
             } => {
-                if !skipped.is_empty() || !released.is_empty() {
-                    if let Some(record) = store.task(&result.task).await? {
-                        if !skipped.is_empty() {
-                            tracing::info!(task = %result.task, subtask = %result.subtask, skipped = skipped.len(), "dependents skipped after a failure");
-                            self.announce_skipped(&result.task, &record, &skipped).await;
+                let mut conflicts = Vec::new();
+                let mut too_many = None;
+                let mut duplicate = false;
+                for (result, status) in results.into_iter().zip(statuses) {
+                    match status {
+                        ResultStatus::New => {}
+                        ResultStatus::Duplicate => duplicate = true,
+                        ResultStatus::TooManySubtasks { would_have } => {
+                            too_many.get_or_insert(format!(
+                                "spawn limit exceeded: subtask {} would bring the task to {would_have} subtasks; the limit is {} (--max-subtasks)",
+                                result.subtask, self.config.limits.max_subtasks
+                            ));
                         }
-                        self.finisher
-                            .publish_released(&result.task, &record, &released)
-                            .await?;
+                        ResultStatus::SpawnConflict { reason } => {
+                            conflicts.push(ResultMessage {
+                                outcome: SubtaskOutcome::Failed(reason),
+                                spawned: Vec::new(),
+                                ..result
+                            });
+                        }
+                        ResultStatus::UnknownSubtask => {
+                            let error = ProtocolError::Invalid(format!(
+                                "task {:?} has no subtask {:?}",
+                                result.task, result.subtask
+                            ));
+                            refused.push((result, error));
+                        }
                     }
                 }
-                if remaining == 0 {
-                    self.finisher.finish_if_settled(&result.task).await?;
+                if let Some(message) = too_many {
+                    return self.finisher.stop(task, Status::Failed, message).await;
                 }
-            }
-            Recorded::Duplicate { remaining } => {
-                // The first copy may have died between releasing and publishing.
-                self.finisher.flush_outbox(&result.task).await?;
-                if remaining == 0 {
-                    self.finisher.finish_if_settled(&result.task).await?;
+                if duplicate {
+                    // The first copy may have died between releasing and publishing.
+                    self.finisher.flush_outbox(task).await?;
                 }
+                let mut outcome = (remaining, released, skipped);
+                if !conflicts.is_empty() {
+                    // Settled as failures instead, which records nothing spawned.
+                    match self.record(task, &conflicts).await? {
+                        Recorded::Batch {
+                            remaining,
+                            released,
+                            skipped,
+                            ..
+                        } => {
+                            outcome.0 = remaining;
+                            outcome.1.extend(released);
+                            outcome.2.extend(skipped);
+                        }
+                        Recorded::TaskFinished | Recorded::UnknownTask => {}
+                    }
+                }
+                outcome
             }
-            Recorded::TaskFinished => {
-                self.finisher.finish_if_settled(&result.task).await?;
-            }
-            Recorded::TooManySubtasks { would_have } => {
-                let message = format!(
-                    "spawn limit exceeded: subtask {} would bring the task to {would_have} subtasks; the limit is {} (--max-subtasks)",
-                    result.subtask, self.config.limits.max_subtasks
-                );
+        };
+        failpoint::hit("synthesizer.after-record").await;
+        if !skipped.is_empty() || !released.is_empty() {
+            if let Some(record) = store.task(task).await? {
+                if !skipped.is_empty() {
+                    tracing::info!(task, skipped = skipped.len(), "dependents skipped after a failure");
+                    self.announce_skipped(task, &record, &skipped).await;
+                }
                 self.finisher
-                    .stop(&result.task, Status::Failed, message)
+                    .publish_released(task, &record, &released)
                     .await?;
             }
-            Recorded::SpawnConflict { reason } => {
-                return Err(ProtocolError::Invalid(reason).into());
-            }
-            Recorded::UnknownTask => {
-                let error =
-                    ProtocolError::Invalid(format!("result for unknown task {:?}", result.task));
-                return Ok(Disposition::Reject(error, task, subtask));
-            }
-            Recorded::UnknownSubtask => {
-                let error = ProtocolError::Invalid(format!(
-                    "task {:?} has no subtask {:?}",
-                    result.task, result.subtask
-                ));
-                return Ok(Disposition::Reject(error, task, subtask));
-            }
         }
-        Ok(Disposition::Ack)
+        if remaining == 0 {
+            self.finisher.finish_if_settled(task).await?;
+        }
+        Ok(())
     }
 
     /// Publishes `subtask.skipped` events when the task asked for subtask events.
@@ -243,18 +327,12 @@ impl Synthesizer {
         }
     }
 
-    async fn record(&self, result: &ResultMessage) -> Result<Recorded, ServiceError> {
+    async fn record(&self, task: &str, results: &[ResultMessage]) -> Result<Recorded, ServiceError> {
+        let results: Vec<&ResultMessage> = results.iter().collect();
         Ok(self
             .finisher
             .store
-            .record_result(
-                &result.task,
-                &result.subtask,
-                result.attempts,
-                &result.outcome,
-                &result.spawned,
-                self.config.limits.max_subtasks,
-            )
+            .record_results(task, &results, self.config.limits.max_subtasks)
             .await?)
     }
 

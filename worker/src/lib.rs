@@ -20,7 +20,9 @@ use chorus_shared::{
     failpoint,
     finish::panic_message,
     kinds::{self, HandlerContext, Registry},
-    protocol::{self, PlanEntry, ResultMessage, SubtaskEvent, SubtaskMessage, SubtaskOutcome},
+    protocol::{
+        self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
+    },
     ratelimit::RateLimit,
     release,
     store::{now_ms, Store},
@@ -29,7 +31,7 @@ use chorus_shared::{
 use clap::Parser;
 use lapin::message::Delivery;
 use serde_bytes::ByteBuf;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
 use watch::TaskWatch;
 
@@ -59,9 +61,17 @@ pub struct Config {
     pub log: LogArgs,
 
     /// Subtasks run at once by this process per worker type that names no concurrency of its
-    /// own; also the prefetch, so the broker never hands it more than it runs.
+    /// own; also the prefetch unless --prefetch says otherwise, so the broker never hands it
+    /// more than it runs.
     #[arg(long, env = "CHORUS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// Messages each worker type's consumer may hold unacked (default: the type's
+    /// concurrency). A batch (`options.batch_size`) counts as one message: when tasks use
+    /// batches, a prefetch of 2 to 4 keeps one worker from holding more of a task than it runs
+    /// while its peers idle.
+    #[arg(long, env = "CHORUS_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
+    pub prefetch: Option<u16>,
 
     /// Worker types served, comma-separated, each optionally with its own concurrency:
     /// `default,gpu:2,api:32`. Each type has its own queue and prefetch.
@@ -134,6 +144,9 @@ struct Worker {
     watch: Arc<TaskWatch>,
     /// Rate limits by worker type.
     limits: Arc<HashMap<String, RateLimit>>,
+    /// Handlers of this consumer's worker type that may run at once (`--types`,
+    /// `--concurrency`), whether their subtasks came alone or in batches.
+    handlers: Arc<Semaphore>,
 }
 
 /// Runs the worker until `shutdown` is cancelled; work in progress then gets the grace period.
@@ -164,22 +177,34 @@ pub async fn run(
         &config.connect,
         Duration::from_millis(config.retry_max_delay_ms),
     );
-    let mut seen = std::collections::HashSet::new();
+    // Per queue, one pool of handler permits for the process, shared across sessions like the
+    // quarantine gate.
+    let mut handler_pools: HashMap<String, Arc<Semaphore>> = HashMap::new();
     for (worker_type, concurrency) in &config.types {
-        if !seen.insert(worker_type.clone()) {
+        let queue = topology::subtask_queue(worker_type);
+        if handler_pools.contains_key(&queue) {
             continue;
         }
         let concurrency = concurrency.unwrap_or(config.concurrency);
+        let prefetch = config.prefetch.unwrap_or(concurrency);
+        handler_pools.insert(
+            queue.clone(),
+            Arc::new(Semaphore::new(usize::from(concurrency))),
+        );
         spec = spec.consuming(ConsumeConfig {
-            queue: topology::subtask_queue(worker_type),
-            prefetch: concurrency,
-            concurrency: usize::from(concurrency),
+            queue,
+            prefetch,
+            concurrency: usize::from(prefetch),
             grace: config.shutdown.grace(),
             worker_type: Some(worker_type.clone()),
         });
     }
-    consume::serve(spec, shutdown, |session: &Session, _queue: &str| {
+    consume::serve(spec, shutdown, |session: &Session, queue: &str| {
+        let handlers = handler_pools
+            .get(queue)
+            .map_or_else(|| Arc::new(Semaphore::new(1)), Arc::clone);
         let worker = Arc::new(Worker {
+            handlers,
             config: config.clone(),
             registry: registry.clone(),
             publisher: session.publisher.clone(),
@@ -198,6 +223,11 @@ pub async fn run(
     Ok(())
 }
 
+/// Whether the broker delivered this message before: its subtasks then run alone, counted.
+fn is_redelivery(delivery: &Delivery) -> bool {
+    delivery.redelivered || earlier_deliveries(delivery) > 0
+}
+
 /// How an attempt ended, before deciding between retry and settling.
 enum Attempt {
     Succeeded {
@@ -213,9 +243,22 @@ enum Attempt {
     TaskOver,
 }
 
+/// What a subtask's attempt leaves to publish.
+enum Settlement {
+    /// Nothing: the task is over.
+    Nothing,
+    /// The subtask settled (succeeded, or failed with no attempt left).
+    Settled(ResultMessage),
+    /// Another attempt, later: the next attempt's message and the error that caused it.
+    Retry(SubtaskMessage, String),
+}
+
 impl Worker {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
+        if amqp::property_str(delivery.properties.kind()) == Some(protocol::SUBTASK_BATCH_TYPE) {
+            return self.handle_batch(delivery).await;
+        }
         let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
         if let Err(error) = subtask.validate() {
             return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
@@ -224,56 +267,152 @@ impl Worker {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
             return Ok(Disposition::Ack);
         }
+        match self.attempt(&subtask, is_redelivery(delivery)).await? {
+            Settlement::Nothing => {}
+            Settlement::Settled(result) => {
+                release::publish_result(&self.publisher, &result).await?;
+                failpoint::hit("worker.after-publish-result").await;
+                if let SubtaskOutcome::Failed(message) = &result.outcome {
+                    self.dead_letter(&subtask, &delivery.data, &delivery.properties, message)
+                        .await?;
+                }
+            }
+            Settlement::Retry(next, error) => self.schedule_retry(&next, &error).await?,
+        }
+        Ok(Disposition::Ack)
+    }
+
+    /// Runs the subtasks of a batch side by side (each under a handler permit of its type),
+    /// then publishes every retry and all the results together, and only then lets the batch
+    /// be acked: a crash at any point before redoes the whole batch, and what was already
+    /// published comes again as duplicates that the synthesizer ignores.
+    async fn handle_batch(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
+        let batch: SubtaskBatch = protocol::decode(&delivery.data)?;
+        if let Err(error) = batch.validate() {
+            return Ok(Disposition::Reject(error, Some(batch.task), None));
+        }
+        if !self.watch.is_live(&batch.task).await? {
+            tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
+            return Ok(Disposition::Ack);
+        }
+        let redelivered = is_redelivery(delivery);
+        let subtasks = batch.into_subtasks();
+        let settlements = futures::future::try_join_all(
+            subtasks
+                .iter()
+                .map(|subtask| self.attempt(subtask, redelivered)),
+        )
+        .await?;
+        let mut results = Vec::with_capacity(subtasks.len());
+        let mut retries = Vec::new();
+        let mut failed = Vec::new();
+        for (subtask, settlement) in subtasks.iter().zip(settlements) {
+            match settlement {
+                Settlement::Nothing => {}
+                Settlement::Settled(result) => {
+                    if let SubtaskOutcome::Failed(message) = &result.outcome {
+                        failed.push((subtask, message.clone()));
+                    }
+                    results.push(result);
+                }
+                Settlement::Retry(next, error) => retries.push((next, error)),
+            }
+        }
+        futures::future::try_join_all(
+            retries
+                .iter()
+                .map(|(next, error)| self.schedule_retry(next, error)),
+        )
+        .await?;
+        release::publish_results(
+            &self.publisher,
+            &results,
+            self.config.limits.max_message_bytes(),
+        )
+        .await?;
+        failpoint::hit("worker.after-publish-result").await;
+        for (subtask, message) in failed {
+            let body = protocol::encode(subtask)?;
+            self.dead_letter(subtask, &body, &amqp::persistent(protocol::MSGPACK), &message)
+                .await?;
+        }
+        Ok(Disposition::Ack)
+    }
+
+    /// Runs one attempt of `subtask` (alone and counted when its message was redelivered) and
+    /// decides what follows it.
+    async fn attempt(
+        &self,
+        subtask: &SubtaskMessage,
+        redelivered: bool,
+    ) -> Result<Settlement, ServiceError> {
+        // The semaphore is never closed, so a permit always comes.
+        let _permit = self.handlers.acquire().await.ok();
         let attempt = if subtask.deadline_at_ms.is_some_and(|at| now_ms() >= at) {
             Attempt::Failed {
                 message: "the task's deadline passed before this subtask started".into(),
                 retryable: false,
             }
-        } else if delivery.redelivered || earlier_deliveries(delivery) > 0 {
-            match self.run_suspect(&subtask).await? {
+        } else if redelivered {
+            match self.run_suspect(subtask).await? {
                 Some(attempt) => attempt,
-                None => return Ok(Disposition::Ack),
+                None => return Ok(Settlement::Nothing),
             }
         } else {
             let _shared = self.quarantine.read().await;
-            self.run_handler(&subtask).await?
+            self.run_handler(subtask).await?
         };
-        match attempt {
-            Attempt::TaskOver => {}
-            Attempt::Succeeded { output, spawned } => {
-                self.publish_result(
-                    &subtask,
-                    SubtaskOutcome::Succeeded(ByteBuf::from(output)),
-                    spawned,
-                )
-                .await?;
-                failpoint::hit("worker.after-publish-result").await;
-            }
+        let result = |outcome, spawned| ResultMessage {
+            task: subtask.task.clone(),
+            subtask: subtask.subtask.clone(),
+            attempts: subtask.attempt,
+            outcome,
+            spawned,
+        };
+        Ok(match attempt {
+            Attempt::TaskOver => Settlement::Nothing,
+            Attempt::Succeeded { output, spawned } => Settlement::Settled(result(
+                SubtaskOutcome::Succeeded(ByteBuf::from(output)),
+                spawned,
+            )),
             Attempt::Failed { message, retryable }
                 if retryable && subtask.attempt < subtask.max_attempts =>
             {
-                self.schedule_retry(&subtask, &message).await?;
+                let next = SubtaskMessage {
+                    attempt: subtask.attempt + 1,
+                    ..subtask.clone()
+                };
+                Settlement::Retry(next, message)
             }
             Attempt::Failed { message, .. } => {
-                let reason = format!("failed after {} attempt(s): {message}", subtask.attempt);
-                tracing::warn!(task = %subtask.task, subtask = %subtask.subtask, %reason, "subtask failed for good");
-                self.publish_result(&subtask, SubtaskOutcome::Failed(message), Vec::new())
-                    .await?;
-                amqp::dead_letter(
-                    &self.publisher,
-                    &delivery.data,
-                    &delivery.properties,
-                    DeadLetter {
-                        source_queue: &topology::subtask_queue(&subtask.worker_type),
-                        reason: &reason,
-                        task: Some(&subtask.task),
-                        subtask: Some(&subtask.subtask),
-                    },
-                )
-                .await?;
+                Settlement::Settled(result(SubtaskOutcome::Failed(message), Vec::new()))
             }
-        }
-        Ok(Disposition::Ack)
+        })
+    }
+
+    /// Sends a copy of a subtask that failed for good to `chorus.dead`, for the operator.
+    async fn dead_letter(
+        &self,
+        subtask: &SubtaskMessage,
+        body: &[u8],
+        properties: &lapin::BasicProperties,
+        message: &str,
+    ) -> Result<(), ServiceError> {
+        let reason = format!("failed after {} attempt(s): {message}", subtask.attempt);
+        tracing::warn!(task = %subtask.task, subtask = %subtask.subtask, %reason, "subtask failed for good");
+        amqp::dead_letter(
+            &self.publisher,
+            body,
+            properties,
+            DeadLetter {
+                source_queue: &topology::subtask_queue(&subtask.worker_type),
+                reason: &reason,
+                task: Some(&subtask.task),
+                subtask: Some(&subtask.subtask),
+            },
+        )
+        .await?;
+        Ok(())
     }
 
     /// Runs a redelivered subtask alone, counting its starts in Redis: one that keeps taking its
@@ -429,42 +568,19 @@ impl Worker {
         release::announce(&self.publisher, &event).await;
     }
 
-    async fn publish_result(
-        &self,
-        subtask: &SubtaskMessage,
-        outcome: SubtaskOutcome,
-        spawned: Vec<PlanEntry>,
-    ) -> Result<(), ServiceError> {
-        let result = ResultMessage {
-            task: subtask.task.clone(),
-            subtask: subtask.subtask.clone(),
-            attempts: subtask.attempt,
-            outcome,
-            spawned,
-        };
-        release::publish_result(&self.publisher, &result).await
-    }
-
-    async fn schedule_retry(
-        &self,
-        subtask: &SubtaskMessage,
-        message: &str,
-    ) -> Result<(), ServiceError> {
-        let next = SubtaskMessage {
-            attempt: subtask.attempt + 1,
-            ..subtask.clone()
-        };
+    /// Publishes the next attempt of a subtask into the delay queue its backoff picks.
+    async fn schedule_retry(&self, next: &SubtaskMessage, message: &str) -> Result<(), ServiceError> {
         let delay = self.config.retry_delay(next.attempt);
-        let queue = topology::subtask_queue(&subtask.worker_type);
+        let queue = topology::subtask_queue(&next.worker_type);
         tracing::info!(
-            task = %subtask.task,
-            subtask = %subtask.subtask,
-            attempt = subtask.attempt,
+            task = %next.task,
+            subtask = %next.subtask,
+            attempt = next.attempt - 1,
             delay_ms = delay.as_millis() as u64,
             error = message,
             "attempt failed; retrying later"
         );
-        let body = protocol::encode(&next)?;
+        let body = protocol::encode(next)?;
         self.publisher
             .publish(Outgoing {
                 exchange: topology::DELAY_EXCHANGE,

@@ -75,6 +75,10 @@ enum Command {
         /// Review rounds the kind may run, the first included (default 1: no refinement).
         #[arg(long)]
         max_rounds: Option<u32>,
+        /// Subtasks packed per message, 1 to 1000 (default 1): for tiny subtasks. Workers run
+        /// a batch side by side and publish its results together.
+        #[arg(long)]
+        batch_size: Option<u32>,
         /// Publish subtask.<status> events on chorus.events for this task.
         #[arg(long)]
         subtask_events: bool,
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             max_concurrency,
             deadline_ms,
             max_rounds,
+            batch_size,
             subtask_events,
             wait_timeout_secs,
         } => {
@@ -216,6 +221,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 deadline_ms,
                 max_rounds,
                 subtask_events: subtask_events.then_some(true),
+                batch_size,
             };
             options
                 .resolve()
