@@ -11,8 +11,8 @@ use crate::{
     amqp::{self, Outgoing, Publisher},
     error::{ProtocolError, ServiceError},
     protocol::{
-        self, BatchItem, ParentRef, PlanEntry, ResolvedOptions, ResultMessage,
-        SubtaskBatch, SubtaskEvent, SubtaskMessage, TaskRequest,
+        self, BatchItem, ParentRef, PlanEntry, ResolvedOptions, ResultMessage, SubtaskBatch,
+        SubtaskEvent, SubtaskMessage, TaskRequest,
     },
     store::Store,
     topology,
@@ -260,7 +260,9 @@ fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'
     };
     for &entry in entries {
         let size = item_bytes(entry);
-        let depth_differs = current.first().is_some_and(|first| first.depth != entry.depth);
+        let depth_differs = current
+            .first()
+            .is_some_and(|first| first.depth != entry.depth);
         if !current.is_empty()
             && (current.len() >= count_cap || bytes + size > size_cap || depth_differs)
         {
@@ -329,13 +331,15 @@ pub async fn publish_results(
         bodies.push(result_batch_body(&encoded)?);
     }
     publisher
-        .publish_all(bodies.iter().map(|body| Outgoing {
-            exchange: "",
-            routing_key: topology::RESULTS_QUEUE,
-            body,
-            properties: amqp::persistent(protocol::MSGPACK)
-                .with_type(ShortString::from(protocol::RESULT_BATCH_TYPE)),
-            mandatory: true,
+        .publish_all(bodies.iter().map(|body| {
+            Outgoing {
+                exchange: "",
+                routing_key: topology::RESULTS_QUEUE,
+                body,
+                properties: amqp::persistent(protocol::MSGPACK)
+                    .with_type(ShortString::from(protocol::RESULT_BATCH_TYPE)),
+                mandatory: true,
+            }
         }))
         .await?;
     Ok(())
@@ -416,7 +420,7 @@ mod tests {
             ..TaskOptions::default()
         }
         .resolve()
-        .unwrap();
+        .expect("valid options");
         let context = TaskContext {
             task: "t",
             kind: "k",
@@ -447,11 +451,17 @@ mod tests {
                 spawned: Vec::new(),
             })
             .collect();
-        let encoded: Vec<Vec<u8>> = results.iter().map(|r| protocol::encode(r).unwrap()).collect();
-        let body = result_batch_body(&encoded).unwrap();
-        let decoded: ResultBatch = protocol::decode(&body).unwrap();
+        let encoded: Vec<Vec<u8>> = results
+            .iter()
+            .map(|r| protocol::encode(r).expect("encodes"))
+            .collect();
+        let body = result_batch_body(&encoded).expect("encodes");
+        let decoded: ResultBatch = protocol::decode(&body).expect("decodes");
         assert_eq!(decoded.results, results);
-        assert_eq!(body, protocol::encode(&ResultBatch { results }).unwrap());
+        assert_eq!(
+            body,
+            protocol::encode(&ResultBatch { results }).expect("encodes")
+        );
     }
 
     #[test]

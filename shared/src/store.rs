@@ -1399,7 +1399,8 @@ impl Store {
             .ok_or_else(|| corrupt("statuses missing"))?
             .iter()
             .map(|value| {
-                let raw = String::from_redis_value_ref(value).map_err(|e| corrupt(&e.to_string()))?;
+                let raw =
+                    String::from_redis_value_ref(value).map_err(|e| corrupt(&e.to_string()))?;
                 Ok(match raw.split_once(':') {
                     Some(("limit", n)) => ResultStatus::TooManySubtasks {
                         would_have: n.parse().unwrap_or(u64::MAX),

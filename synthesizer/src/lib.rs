@@ -17,8 +17,8 @@ use chorus_shared::{
     graph,
     kinds::Registry,
     protocol::{
-        self, Control, Encoding, ResolvedOptions, ResultBatch, ResultMessage, Status,
-        SubtaskEvent, SubtaskOutcome,
+        self, Control, Encoding, ResolvedOptions, ResultBatch, ResultMessage, Status, SubtaskEvent,
+        SubtaskOutcome,
     },
     release,
     store::{now_ms, Recorded, ResultStatus, Store, TaskRecord},
@@ -213,8 +213,10 @@ impl Synthesizer {
             Recorded::TaskFinished => return self.finisher.finish_if_settled(task).await,
             Recorded::UnknownTask => {
                 for result in results {
-                    let error =
-                        ProtocolError::Invalid(format!("result for unknown task {:?}", result.task));
+                    let error = ProtocolError::Invalid(format!(
+                        "result for unknown task {:?}",
+                        result.task
+                    ));
                     refused.push((result, error));
                 }
                 return Ok(());
@@ -285,7 +287,11 @@ impl Synthesizer {
         if !skipped.is_empty() || !released.is_empty() {
             if let Some(record) = store.task(task).await? {
                 if !skipped.is_empty() {
-                    tracing::info!(task, skipped = skipped.len(), "dependents skipped after a failure");
+                    tracing::info!(
+                        task,
+                        skipped = skipped.len(),
+                        "dependents skipped after a failure"
+                    );
                     self.announce_skipped(task, &record, &skipped).await;
                 }
                 self.finisher
@@ -327,7 +333,11 @@ impl Synthesizer {
         }
     }
 
-    async fn record(&self, task: &str, results: &[ResultMessage]) -> Result<Recorded, ServiceError> {
+    async fn record(
+        &self,
+        task: &str,
+        results: &[ResultMessage],
+    ) -> Result<Recorded, ServiceError> {
         let results: Vec<&ResultMessage> = results.iter().collect();
         Ok(self
             .finisher

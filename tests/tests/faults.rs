@@ -980,3 +980,42 @@ async fn s15_a_cancel_sent_while_the_synthesizer_is_down_is_served_after_restart
     }
     note("[cancel while the synthesizer is down] served after restart");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s16_a_crashed_batch_is_redone_whole_and_counted_once() {
+    let cluster = Cluster::start("s16");
+    let (mut env, client) = start(&cluster, "s16").await;
+    env.spawn("chorus-orchestrator", &[]);
+    // One worker dies right after publishing a batch's results, before acking the batch; another
+    // is killed while its handlers run; a synthesizer dies after recording a result batch,
+    // before acking it.
+    let publishing = env.spawn_with(
+        "chorus-worker",
+        &worker_args(),
+        &[("CHORUS_FAILPOINTS", "worker.after-publish-result=abort")],
+    );
+    let running = env.spawn("chorus-worker", &worker_args());
+    let recording = env.spawn_with(
+        "chorus-synthesizer",
+        &[],
+        &[("CHORUS_FAILPOINTS", "synthesizer.after-record=abort")],
+    );
+    client.wait_for_queue("chorus.tasks").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let mut run = tasks("s16", 6, 48, 30);
+    for task in &mut run {
+        task.options = json!({"batch_size": 8});
+    }
+    submit(&client, &run, &reply_to).await;
+    wait_for_exit(&mut env, publishing, "worker.after-publish-result").await;
+    wait_for_exit(&mut env, recording, "synthesizer.after-record").await;
+    env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    wait_for_progress(&env, &run, 60).await;
+    env.kill(running);
+    env.spawn("chorus-worker", &worker_args());
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("batches: worker and synthesizer crashes", &report);
+    // The batch whose results went out before the crash ran again: its results came twice.
+    assert!(report.duplicate_executions > 0, "{report}");
+}

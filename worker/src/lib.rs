@@ -333,8 +333,13 @@ impl Worker {
         failpoint::hit("worker.after-publish-result").await;
         for (subtask, message) in failed {
             let body = protocol::encode(subtask)?;
-            self.dead_letter(subtask, &body, &amqp::persistent(protocol::MSGPACK), &message)
-                .await?;
+            self.dead_letter(
+                subtask,
+                &body,
+                &amqp::persistent(protocol::MSGPACK),
+                &message,
+            )
+            .await?;
         }
         Ok(Disposition::Ack)
     }
@@ -569,7 +574,11 @@ impl Worker {
     }
 
     /// Publishes the next attempt of a subtask into the delay queue its backoff picks.
-    async fn schedule_retry(&self, next: &SubtaskMessage, message: &str) -> Result<(), ServiceError> {
+    async fn schedule_retry(
+        &self,
+        next: &SubtaskMessage,
+        message: &str,
+    ) -> Result<(), ServiceError> {
         let delay = self.config.retry_delay(next.attempt);
         let queue = topology::subtask_queue(&next.worker_type);
         tracing::info!(
