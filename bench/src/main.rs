@@ -17,7 +17,7 @@ use chorus_shared::{
     client::{Client, ReplyQueue},
     config::ConnectArgs,
     kinds::range_sum::sum_of_range,
-    protocol::{Status, TaskRequest},
+    protocol::{Status, TaskOptions, TaskRequest},
 };
 use clap::Parser;
 use futures::{stream::FuturesUnordered, StreamExt};
@@ -64,6 +64,15 @@ struct Cli {
     /// Concurrency (and prefetch) of each worker process.
     #[arg(long, default_value_t = 100)]
     worker_concurrency: u16,
+    /// Subtasks per message in the batched measurement (`options.batch_size`).
+    #[arg(long, default_value_t = 100)]
+    batch_size: u32,
+    /// Task sizes of the batched measurement; none to skip it.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    batched_sizes: Vec<u64>,
+    /// Prefetch of each worker process in the batched measurement (a batch is one message).
+    #[arg(long, default_value_t = 4)]
+    batched_prefetch: u16,
     /// Where to write the JSON table.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -254,7 +263,7 @@ struct System {
 }
 
 impl System {
-    fn start(cli: &Cli, workers: usize) -> Result<Self> {
+    fn start(cli: &Cli, workers: usize, worker_prefetch: Option<u16>) -> Result<Self> {
         let mut children = Vec::new();
         let spawn = |bin: &str, args: &[&str]| -> Result<(String, Child)> {
             let path = cli.bin_dir.join(bin);
@@ -277,8 +286,13 @@ impl System {
         };
         children.push(spawn("chorus-orchestrator", &["--publish-batch", "1000"])?);
         let concurrency = cli.worker_concurrency.to_string();
+        let mut worker_args = vec!["--concurrency".to_owned(), concurrency];
+        if let Some(prefetch) = worker_prefetch {
+            worker_args.extend(["--prefetch".to_owned(), prefetch.to_string()]);
+        }
+        let worker_args: Vec<&str> = worker_args.iter().map(String::as_str).collect();
         for _ in 0..workers {
-            children.push(spawn("chorus-worker", &["--concurrency", &concurrency])?);
+            children.push(spawn("chorus-worker", &worker_args)?);
         }
         children.push(spawn("chorus-synthesizer", &["--concurrency", "256"])?);
         Ok(Self { children })
@@ -368,15 +382,19 @@ impl Submitter {
         Ok(Self { client, replies })
     }
 
-    /// Runs one task of `parts` no-op subtasks; returns its wall time, having checked the sum.
-    async fn run(&mut self, parts: u64) -> Result<Duration> {
+    /// Runs one task of `parts` no-op subtasks, `batch_size` to a message; returns its wall
+    /// time, having checked the sum.
+    async fn run(&mut self, parts: u64, batch_size: Option<u32>) -> Result<Duration> {
         let end = i64::try_from(parts * 10)?;
         let input = json!({"start": 0, "end": end, "parts": parts});
         let request = TaskRequest {
             kind: "range-sum".into(),
             input: rmpv::ext::to_value(&input)?,
             id: Some(uuid::Uuid::new_v4().to_string()),
-            options: None,
+            options: batch_size.map(|batch_size| TaskOptions {
+                batch_size: Some(batch_size),
+                ..TaskOptions::default()
+            }),
             parent: None,
         };
         let started = Instant::now();
@@ -406,21 +424,35 @@ struct SizeRow {
     cpu_us_per_subtask: BTreeMap<String, f64>,
 }
 
+/// How the tasks of a measurement travel.
+#[derive(Clone, Copy, Debug)]
+enum Packing {
+    /// One subtask per message.
+    Single,
+    /// `options.batch_size` subtasks per message, workers with the batched prefetch.
+    Batched,
+}
+
 async fn measure_size(
     cli: &Cli,
     n: u64,
     workers: usize,
+    packing: Packing,
 ) -> Result<(Vec<f64>, BTreeMap<String, u64>, BTreeMap<String, f64>)> {
+    let (batch_size, prefetch) = match packing {
+        Packing::Single => (None, None),
+        Packing::Batched => (Some(cli.batch_size), Some(cli.batched_prefetch)),
+    };
     let mut rates = Vec::new();
     let mut rss = BTreeMap::new();
     let mut cpu = BTreeMap::new();
     for _ in 0..cli.repeat {
         reset(cli).await?;
-        let system = System::start(cli, workers)?;
+        let system = System::start(cli, workers, prefetch)?;
         let mut submitter = Submitter::connect(cli).await?;
         // Let every service connect and declare before the clock starts.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let elapsed = submitter.run(n).await?;
+        let elapsed = submitter.run(n, batch_size).await?;
         rates.push(n as f64 / elapsed.as_secs_f64());
         for (bin, (peak, seconds)) in system.usage() {
             let entry = rss.entry(bin.clone()).or_insert(0);
@@ -458,19 +490,28 @@ async fn main() -> Result<()> {
     let baseline_stat = Stat::of(&baseline_rates);
 
     let mut rows = Vec::new();
-    for &n in &cli.sizes {
-        eprintln!("throughput: one task of {n} subtasks x {}", cli.repeat);
-        let (rates, rss, cpu) = measure_size(&cli, n, 1).await?;
-        let stat = Stat::of(&rates);
-        let us: Vec<f64> = rates.iter().map(|r| 1e6 / r).collect();
-        rows.push(SizeRow {
-            subtasks: n,
-            subtasks_per_s: stat,
-            ratio_to_baseline: stat.median / baseline_stat.median,
-            us_per_subtask: Stat::of(&us),
-            peak_rss_kib: rss,
-            cpu_us_per_subtask: cpu,
-        });
+    let mut batched_rows = Vec::new();
+    for (packing, sizes, out) in [
+        (Packing::Single, &cli.sizes, &mut rows),
+        (Packing::Batched, &cli.batched_sizes, &mut batched_rows),
+    ] {
+        for &n in sizes {
+            eprintln!(
+                "throughput ({packing:?}): one task of {n} subtasks x {}",
+                cli.repeat
+            );
+            let (rates, rss, cpu) = measure_size(&cli, n, 1, packing).await?;
+            let stat = Stat::of(&rates);
+            let us: Vec<f64> = rates.iter().map(|r| 1e6 / r).collect();
+            out.push(SizeRow {
+                subtasks: n,
+                subtasks_per_s: stat,
+                ratio_to_baseline: stat.median / baseline_stat.median,
+                us_per_subtask: Stat::of(&us),
+                peak_rss_kib: rss,
+                cpu_us_per_subtask: cpu,
+            });
+        }
     }
 
     eprintln!(
@@ -479,12 +520,12 @@ async fn main() -> Result<()> {
     );
     reset(&cli).await?;
     let latency = {
-        let _system = System::start(&cli, 1)?;
+        let _system = System::start(&cli, 1, None)?;
         let mut submitter = Submitter::connect(&cli).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut samples = Vec::new();
         for _ in 0..cli.latency_tasks {
-            samples.push(submitter.run(3).await?.as_secs_f64() * 1000.0);
+            samples.push(submitter.run(3, None).await?.as_secs_f64() * 1000.0);
         }
         samples.sort_by(f64::total_cmp);
         json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
@@ -496,7 +537,7 @@ async fn main() -> Result<()> {
             "scale-out: {middle} subtasks with {workers} worker process(es) x {}",
             cli.repeat
         );
-        let (rates, _, _) = measure_size(&cli, middle, workers).await?;
+        let (rates, _, _) = measure_size(&cli, middle, workers, Packing::Single).await?;
         scale.push(json!({"workers": workers, "subtasks_per_s": Stat::of(&rates)}));
     }
 
@@ -505,8 +546,12 @@ async fn main() -> Result<()> {
         "baseline (raw two-hop, quorum, persistent, confirms, prefetch 100): {baseline_stat} msg/s"
     );
     println!();
-    println!("{:>9} {:>24} {:>7} {:>18}   peak RSS KiB (orch/worker/synth)   CPU µs per subtask (orch/worker/synth)", "subtasks", "subtasks/s", "ratio", "µs/subtask");
-    for row in &rows {
+    let header = || {
+        println!("{:>9} {:>24} {:>7} {:>18}   peak RSS KiB (orch/worker/synth)   CPU µs per subtask (orch/worker/synth)", "subtasks", "subtasks/s", "ratio", "µs/subtask");
+    };
+    println!("one subtask per message:");
+    header();
+    let print_row = |row: &SizeRow| {
         let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
         let getf = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
         println!(
@@ -522,6 +567,16 @@ async fn main() -> Result<()> {
             getf(&row.cpu_us_per_subtask, "chorus-worker"),
             getf(&row.cpu_us_per_subtask, "chorus-synthesizer"),
         );
+    };
+    rows.iter().for_each(print_row);
+    if !batched_rows.is_empty() {
+        println!();
+        println!(
+            "batched: {} subtasks per message (options.batch_size), worker prefetch {}:",
+            cli.batch_size, cli.batched_prefetch
+        );
+        header();
+        batched_rows.iter().for_each(print_row);
     }
     println!();
     println!(
@@ -541,9 +596,11 @@ async fn main() -> Result<()> {
         );
     }
     let table = json!({
-        "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true},
+        "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
+                     "batch_size": cli.batch_size, "batched_prefetch": cli.batched_prefetch},
         "baseline_msgs_per_s": baseline_stat,
         "throughput": rows,
+        "batched": batched_rows,
         "latency": latency,
         "scale_out": scale,
     });
