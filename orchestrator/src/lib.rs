@@ -305,9 +305,16 @@ impl Orchestrator {
         lease: &Lease,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
-        let Some(record) = store.task(id).await? else {
+        // Planner runs that never return (a planner crashing the process) are counted, so such
+        // a task is rejected instead of taking orchestrators down forever. The count is taken
+        // in the same round trip as the read, and given back below when no planner runs.
+        let (record, runs) = tokio::try_join!(store.task(id), store.begin_run(id, PLAN_RUN))?;
+        let Some(record) = record else {
             return Ok(Disposition::Ack);
         };
+        if record.state != TaskState::Planning && runs.is_some() {
+            store.end_run(id, PLAN_RUN).await?;
+        }
         let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
         if let Some(deadline_ms) = options.deadline_ms {
             if record.state == TaskState::Planning {
@@ -332,9 +339,7 @@ impl Orchestrator {
                     return self.reject_task(id, reason).await;
                 };
                 let input = record.input.clone();
-                // Planner runs that never return (a planner crashing the process) are counted, so
-                // such a task is rejected instead of taking orchestrators down forever.
-                match store.begin_run(id, PLAN_RUN).await? {
+                match runs {
                     None => return Ok(Disposition::Ack),
                     Some(runs) if runs > self.config.limits.max_deliveries => {
                         let reason = format!(
@@ -347,7 +352,6 @@ impl Orchestrator {
                     Some(_) => {}
                 }
                 let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;
-                store.end_run(id, PLAN_RUN).await?;
                 let entries = match planned {
                     Ok(Ok(entries)) => entries,
                     Ok(Err(error)) => {
@@ -375,9 +379,12 @@ impl Orchestrator {
                     return self.reject_task(id, reason).await;
                 }
                 let wave = graph::first_wave(&entries, options.max_concurrency);
-                store
-                    .record_plan(id, lease, &entries, &wave, options.max_concurrency)
-                    .await?;
+                // The planner run ends as the plan is recorded, in one round trip (a rejection
+                // drops the count with the rest of the working state).
+                tokio::try_join!(
+                    store.end_run(id, PLAN_RUN),
+                    store.record_plan(id, lease, &entries, &wave, options.max_concurrency)
+                )?;
                 failpoint::hit("orchestrator.after-plan-recorded").await;
                 tracing::info!(task = id, kind = %record.kind, subtasks = entries.len(), first_wave = wave.release.len(), "task planned");
                 // The plan is moved, not copied, into the first wave: a large plan is held once.

@@ -143,15 +143,55 @@ impl Finisher {
         }
     }
 
+    /// [`Finisher::finish_if_settled`] for a caller that just saw nothing pending (the script
+    /// that recorded the last result said so): straight to the lease, which saves reading the
+    /// task twice on the way to every outcome.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn finish_settled(&self, id: &str) -> Result<(), ServiceError> {
+        let keys = TaskKeys::new(id);
+        let Some(lease) = self
+            .store
+            .try_lease(&keys.synth_lease(), self.lease)
+            .await?
+        else {
+            // Someone else is finishing it: wait for them the usual way.
+            return self.finish_if_settled(id).await;
+        };
+        let result = self.finish_leased(id, &lease).await;
+        if let Err(error) = lease.release().await {
+            tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
+        }
+        result
+    }
+
     async fn finish_leased(&self, id: &str, lease: &Lease) -> Result<(), ServiceError> {
-        let Some(record) = self.store.task(id).await? else {
+        // The run is counted in the same round trip as the read; the count only moves for a
+        // task that is not finished, which is exactly when the synthesis below runs.
+        let (record, runs, pending) = tokio::try_join!(
+            self.store.task(id),
+            self.store.begin_run(id, SYNTH_RUN),
+            self.store.pending_count(id)
+        )?;
+        let Some(record) = record else {
             return Ok(());
         };
         if record.delivered {
             return Ok(());
         }
+        // Checked under the lease: another synthesizer may have started a review round (more
+        // pending subtasks) between the caller's look and this lease.
+        let settled =
+            matches!(record.state, TaskState::Planned | TaskState::Running) && pending == 0;
+        if record.state != TaskState::Finished && !settled {
+            if runs.is_some() {
+                self.store.end_run(id, SYNTH_RUN).await?;
+            }
+            return Ok(());
+        }
         if record.state != TaskState::Finished {
-            let outcome = match self.store.begin_run(id, SYNTH_RUN).await? {
+            let outcome = match runs {
                 None => return Ok(()),
                 Some(runs) if runs > self.max_runs => {
                     let message = format!(
@@ -161,16 +201,23 @@ impl Finisher {
                     tracing::warn!(task = id, %message, "giving up on the synthesis");
                     failed_outcome(id, Status::Failed, message, &record)
                 }
-                Some(_) => {
-                    let synthesized = self.synthesize(id, record, lease).await;
-                    self.store.end_run(id, SYNTH_RUN).await?;
-                    match synthesized? {
-                        Synthesis::Outcome(outcome) => outcome,
-                        Synthesis::NextRound => return Ok(()),
+                Some(_) => match self.synthesize(id, record, lease).await {
+                    Ok(Synthesis::Outcome(outcome)) => outcome,
+                    Ok(Synthesis::NextRound) => {
+                        self.store.end_run(id, SYNTH_RUN).await?;
+                        return Ok(());
                     }
-                }
+                    Err(error) => {
+                        self.store.end_run(id, SYNTH_RUN).await?;
+                        return Err(error);
+                    }
+                },
             };
-            self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+            // The run ends as the outcome is stored, in one round trip.
+            tokio::try_join!(
+                self.store.end_run(id, SYNTH_RUN),
+                self.store.store_outcome(&outcome, self.outcome_ttl)
+            )?;
             failpoint::hit("synthesizer.after-store-outcome").await;
         }
         self.deliver(id).await
@@ -184,7 +231,7 @@ impl Finisher {
     ) -> Result<Synthesis, ServiceError> {
         let options: ResolvedOptions = protocol::decode(&record.options)
             .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
-        let order = self.store.order(id).await?;
+        let (order, results) = tokio::try_join!(self.store.order(id), self.store.results(id))?;
         let position: HashMap<&str, usize> = order
             .iter()
             .enumerate()
@@ -192,7 +239,7 @@ impl Finisher {
             .collect();
         let mut successes = Vec::new();
         let mut failures = Vec::new();
-        for (subtask, stored) in self.store.results(id).await? {
+        for (subtask, stored) in results {
             match stored.outcome {
                 SubtaskOutcome::Succeeded(bytes) => successes.push((subtask, bytes.into_vec())),
                 SubtaskOutcome::Failed(message) => failures.push((subtask, message)),
@@ -482,10 +529,16 @@ impl Finisher {
     /// Redis or the broker failed; calling again later is safe (waiters may then get a second,
     /// identical copy).
     pub async fn deliver(&self, id: &str) -> Result<(), ServiceError> {
-        let Some(outcome) = self.store.outcome(id).await? else {
+        // Everything delivery needs, read in one round trip.
+        let (outcome, waiters, record, children) = tokio::try_join!(
+            self.store.outcome(id),
+            self.store.waiters(id),
+            self.store.task(id),
+            self.store.children(id)
+        )?;
+        let Some(outcome) = outcome else {
             return Ok(());
         };
-        let waiters = self.store.waiters(id).await?;
         let event = protocol::encode(&outcome)?;
         let replies: Vec<(&ReplyTarget, Encoding, Vec<u8>)> = waiters
             .iter()
@@ -507,8 +560,10 @@ impl Finisher {
                 mandatory: false,
             }));
         self.publisher.publish_all(messages).await?;
-        self.report_to_parent(id, &outcome).await?;
-        self.cancel_children(id, &outcome).await?;
+        if let Some(parent) = record.and_then(|record| record.parent) {
+            self.report_to_parent(id, &parent, &outcome).await?;
+        }
+        self.cancel_children(id, &children, &outcome).await?;
         self.store.mark_delivered(id).await?;
         tracing::info!(
             task = id,
@@ -524,14 +579,13 @@ impl Finisher {
     }
 
     /// A child task's outcome becomes the result of its parent's subtask.
-    async fn report_to_parent(&self, id: &str, outcome: &Outcome) -> Result<(), ServiceError> {
-        let Some(record) = self.store.task(id).await? else {
-            return Ok(());
-        };
-        let Some(parent) = record.parent else {
-            return Ok(());
-        };
-        let parent: ParentRef = protocol::decode(&parent)
+    async fn report_to_parent(
+        &self,
+        id: &str,
+        parent: &[u8],
+        outcome: &Outcome,
+    ) -> Result<(), ServiceError> {
+        let parent: ParentRef = protocol::decode(parent)
             .map_err(|e| StoreError::Corrupt(format!("parent of task {id}: {e}")))?;
         let result = match outcome.status {
             Status::Succeeded | Status::Partial => SubtaskOutcome::Succeeded(
@@ -558,8 +612,12 @@ impl Finisher {
     }
 
     /// A finished task's unfinished children are cancelled: their work no longer matters.
-    async fn cancel_children(&self, id: &str, outcome: &Outcome) -> Result<(), ServiceError> {
-        let children = self.store.children(id).await?;
+    async fn cancel_children(
+        &self,
+        id: &str,
+        children: &[String],
+        outcome: &Outcome,
+    ) -> Result<(), ServiceError> {
         if children.is_empty() {
             return Ok(());
         }

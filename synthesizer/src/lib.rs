@@ -300,7 +300,7 @@ impl Synthesizer {
             }
         }
         if remaining == 0 {
-            self.finisher.finish_if_settled(task).await?;
+            self.finisher.finish_settled(task).await?;
         }
         Ok(())
     }
