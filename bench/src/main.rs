@@ -257,6 +257,103 @@ async fn baseline(url: &str, n: u64) -> Result<f64> {
     Ok(n as f64 / elapsed)
 }
 
+/// The floor under a small task's latency: one message at a time through the four hops a
+/// task's outcome waits for (request → planner, subtask → worker, result → synthesizer on
+/// quorum queues, outcome → submitter on a classic reply queue), each relay publishing
+/// persistent + confirmed before acking, like the services. Returns milliseconds per message.
+async fn hop_floor(url: &str, messages: usize) -> Result<Vec<f64>> {
+    let queues = ["bench.lat1", "bench.lat2", "bench.lat3", "bench.lat4"];
+    let setup = Connection::connect(url, ConnectionProperties::default()).await?;
+    for (index, queue) in queues.iter().enumerate() {
+        let channel = setup.create_channel().await?;
+        drop(
+            channel
+                .queue_delete(ShortString::from(*queue), QueueDeleteOptions::default())
+                .await,
+        );
+        let channel = setup.create_channel().await?;
+        let (options, args) = if index < 3 {
+            (QueueDeclareOptions::durable(), quorum_args())
+        } else {
+            (QueueDeclareOptions::default(), FieldTable::default())
+        };
+        channel
+            .queue_declare(ShortString::from(*queue), options, args)
+            .await?;
+    }
+    let relays = Connection::connect(url, ConnectionProperties::default()).await?;
+    let mut tasks = Vec::new();
+    for pair in queues.windows(2) {
+        let (from, to) = (pair[0], pair[1]);
+        let consume = relays.create_channel().await?;
+        consume.basic_qos(100, BasicQosOptions::default()).await?;
+        let mut deliveries = consume
+            .basic_consume(
+                ShortString::from(from),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let publish = confirm_channel(&relays).await?;
+        tasks.push(tokio::spawn(async move {
+            while let Some(delivery) = deliveries.next().await {
+                let delivery = delivery?;
+                publish
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(to),
+                        BasicPublishOptions::default(),
+                        &delivery.data,
+                        persistent(),
+                    )
+                    .await?
+                    .await?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<(), lapin::Error>(())
+        }));
+    }
+    let client = Connection::connect(url, ConnectionProperties::default()).await?;
+    let sink = client.create_channel().await?;
+    let mut arrivals = sink
+        .basic_consume(
+            ShortString::from(queues[3]),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let producer = confirm_channel(&client).await?;
+    let mut samples = Vec::with_capacity(messages);
+    for _ in 0..messages {
+        let started = Instant::now();
+        let confirm = producer
+            .basic_publish(
+                ShortString::from(""),
+                ShortString::from(queues[0]),
+                BasicPublishOptions::default(),
+                &[7_u8; 64],
+                persistent(),
+            )
+            .await?;
+        let delivery = tokio::time::timeout(Duration::from_secs(30), arrivals.next())
+            .await
+            .context("hop floor stalled")?
+            .context("hop floor consumer ended")??;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        confirm.await?;
+    }
+    for task in tasks {
+        task.abort();
+    }
+    for connection in [&setup, &relays, &client] {
+        drop(connection.close(200, ShortString::from("bye")).await);
+    }
+    Ok(samples)
+}
+
 /// The Chorus services of one measurement, as child processes.
 struct System {
     children: Vec<(String, Child)>,
@@ -531,6 +628,16 @@ async fn main() -> Result<()> {
         json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
     };
 
+    eprintln!(
+        "latency floor: {} messages through the four raw hops",
+        cli.latency_tasks
+    );
+    let floor = {
+        let mut samples = hop_floor(&cli.amqp_url, cli.latency_tasks).await?;
+        samples.sort_by(f64::total_cmp);
+        json!({"messages": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
+    };
+
     let mut scale = Vec::new();
     for &workers in &cli.workers {
         eprintln!(
@@ -585,6 +692,12 @@ async fn main() -> Result<()> {
         latency["p90_ms"].as_f64().unwrap_or(0.0),
         latency["p99_ms"].as_f64().unwrap_or(0.0)
     );
+    println!(
+        "latency floor, one message through the four raw hops (3 quorum + 1 classic, each confirmed): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        floor["p50_ms"].as_f64().unwrap_or(0.0),
+        floor["p90_ms"].as_f64().unwrap_or(0.0),
+        floor["p99_ms"].as_f64().unwrap_or(0.0)
+    );
     for row in &scale {
         println!(
             "scale-out: {} worker process(es): {} subtasks/s",
@@ -602,6 +715,7 @@ async fn main() -> Result<()> {
         "throughput": rows,
         "batched": batched_rows,
         "latency": latency,
+        "latency_floor": floor,
         "scale_out": scale,
     });
     write_json(&cli.out, &table)?;
