@@ -307,14 +307,39 @@ impl Orchestrator {
         let store = &self.finisher.store;
         // Planner runs that never return (a planner crashing the process) are counted, so such
         // a task is rejected instead of taking orchestrators down forever. The count is taken
-        // in the same round trip as the read, and given back below when no planner runs.
-        let (record, runs) = tokio::try_join!(store.task(id), store.begin_run(id, PLAN_RUN))?;
-        let Some(record) = record else {
-            return Ok(Disposition::Ack);
+        // in the same round trip as the read, and given back when no planner runs or when this
+        // attempt fails short of a crash (only runs that take the process down stay counted).
+        let (record, runs) = tokio::join!(store.task(id), store.begin_run(id, PLAN_RUN));
+        let runs = runs?;
+        let result = match record {
+            Ok(Some(record)) if record.state == TaskState::Planning => {
+                self.plan_counted(id, lease, record, runs).await
+            }
+            Ok(Some(record)) => {
+                if runs.is_some() {
+                    store.end_run(id, PLAN_RUN).await?;
+                }
+                self.plan_counted(id, lease, record, None).await
+            }
+            Ok(None) => Ok(Disposition::Ack),
+            Err(error) => Err(error.into()),
         };
-        if record.state != TaskState::Planning && runs.is_some() {
-            store.end_run(id, PLAN_RUN).await?;
+        if result.is_err() && runs.is_some() {
+            drop(store.end_run(id, PLAN_RUN).await);
         }
+        result
+    }
+
+    /// Plans (when `record` is still planning; `runs` counts this planner run) or resumes
+    /// publishing the task, under its plan lease.
+    async fn plan_counted(
+        &self,
+        id: &str,
+        lease: &Lease,
+        record: TaskRecord,
+        runs: Option<u64>,
+    ) -> Result<Disposition, ServiceError> {
+        let store = &self.finisher.store;
         let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
         if let Some(deadline_ms) = options.deadline_ms {
             if record.state == TaskState::Planning {

@@ -169,11 +169,22 @@ impl Finisher {
     async fn finish_leased(&self, id: &str, lease: &Lease) -> Result<(), ServiceError> {
         // The run is counted in the same round trip as the read; the count only moves for a
         // task that is not finished, which is exactly when the synthesis below runs.
-        let (record, runs, pending) = tokio::try_join!(
+        let (record, runs, pending) = tokio::join!(
             self.store.task(id),
             self.store.begin_run(id, SYNTH_RUN),
             self.store.pending_count(id)
-        )?;
+        );
+        let runs = runs?;
+        let (record, pending) = match record.and_then(|record| pending.map(|p| (record, p))) {
+            Ok(reads) => reads,
+            Err(error) => {
+                // A run counted beside a failed read never started: give it back.
+                if runs.is_some() {
+                    drop(self.store.end_run(id, SYNTH_RUN).await);
+                }
+                return Err(error.into());
+            }
+        };
         let Some(record) = record else {
             return Ok(());
         };

@@ -528,19 +528,19 @@ local function reply(status, released)
 end
 ";
 
-/// Records the results of one task, each once, in one atomic call. ARGV: subtask limit, then
-/// per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and per
+/// Records the results of one task, each once, in one atomic call. ARGV: subtask limit, number
+/// of results, then per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and per
 /// spawned entry: id, encoded entry, worker type, space-separated dependencies.
 /// Replies `{'batch', pending, #skipped, skipped..., #results, status per result...,
 /// released id, entry, ...}`; a status is `new`, `duplicate`, `unknown-subtask`,
 /// `limit:<would have>` or `conflict:<reason>` (the last two recorded nothing).
 const RECORD_RESULTS: &str = r"
-local limit = tonumber(ARGV[1])
+local limit, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local meta = redis.call('HMGET', T, 'state', 'cap', 'graph')
 local state, cap, graph = meta[1], tonumber(meta[2] or '0') or 0, meta[3] == '1'
 if not state then return {'unknown-task', 0, 0} end
 if state == 'finished' then
-  redis.call('HINCRBY', T, 'duplicates', 1)
+  redis.call('HINCRBY', T, 'duplicates', count)
   return {'finished', 0, 0}
 end
 
@@ -566,7 +566,7 @@ end
 local statuses, spawned, duplicates = {}, false, 0
 local succeeded, failed, retries = 0, 0, 0
 local per_type = {}
-local i = 2
+local i = 3
 while i <= #ARGV do
   local id, record, ok = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local nspawn = tonumber(ARGV[i + 4])
@@ -1343,7 +1343,9 @@ impl Store {
             outcome: &'a SubtaskOutcome,
         }
         let mut call = RECORD_RESULTS_SCRIPT.prepare_invoke();
-        call.key(keys.graph().as_slice()).arg(max_subtasks);
+        call.key(keys.graph().as_slice())
+            .arg(max_subtasks)
+            .arg(results.len());
         for result in results {
             let record = protocol::encode(&StoredResultRef {
                 attempts: result.attempts,

@@ -223,6 +223,15 @@ pub async fn run(
     Ok(())
 }
 
+/// A spawned task that is aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Whether the broker delivered this message before: its subtasks then run alone, counted.
 fn is_redelivery(delivery: &Delivery) -> bool {
     delivery.redelivered || earlier_deliveries(delivery) > 0
@@ -297,12 +306,31 @@ impl Worker {
         }
         let redelivered = is_redelivery(delivery);
         let subtasks = batch.into_subtasks();
-        let settlements = futures::future::try_join_all(
+        // Every item runs to its end, whatever happens to the others: none is dropped while its
+        // handler still runs.
+        let attempts = futures::future::join_all(
             subtasks
                 .iter()
                 .map(|subtask| self.attempt(subtask, redelivered)),
         )
-        .await?;
+        .await;
+        let mut settlements = Vec::with_capacity(attempts.len());
+        for (subtask, attempt) in subtasks.iter().zip(attempts) {
+            settlements.push(match attempt {
+                Ok(settlement) => settlement,
+                // Redis or the broker in trouble: the whole batch is redone once they are back.
+                Err(ServiceError::Broker(error)) => return Err(error.into()),
+                Err(ServiceError::Store(error)) if error.is_transient() => return Err(error.into()),
+                // Anything else is this item's problem alone: it fails, the others carry on.
+                Err(error) => Settlement::Settled(ResultMessage {
+                    task: subtask.task.clone(),
+                    subtask: subtask.subtask.clone(),
+                    attempts: subtask.attempt,
+                    outcome: SubtaskOutcome::Failed(format!("cannot run: {error}")),
+                    spawned: Vec::new(),
+                }),
+            });
+        }
         let mut results = Vec::with_capacity(subtasks.len());
         let mut retries = Vec::new();
         let mut failed = Vec::new();
@@ -507,8 +535,10 @@ impl Worker {
         };
         let spawned = context.spawned.clone();
         self.publish_event(subtask, "running").await;
-        // Spawned so that a panicking handler fails its attempt instead of the worker.
-        let mut handler = tokio::spawn(kind.handle(&subtask.payload, context));
+        // Spawned so that a panicking handler fails its attempt instead of the worker; aborted
+        // if this attempt is dropped (a batch redone, the grace period over), so that it never
+        // runs on without its permit.
+        let mut handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
         let mut limit = Duration::from_millis(subtask.timeout_ms);
         let mut deadline_bound = false;
         if let Some(at) = subtask.deadline_at_ms {
@@ -517,7 +547,7 @@ impl Worker {
                 (limit, deadline_bound) = (left, true);
             }
         }
-        let attempt = match tokio::time::timeout(limit, &mut handler).await {
+        let attempt = match tokio::time::timeout(limit, &mut handler.0).await {
             Ok(Ok(Ok(output))) => {
                 let planned = spawned.take();
                 Attempt::Succeeded {
@@ -532,7 +562,7 @@ impl Worker {
             Ok(Ok(Err(error))) => fail(error.to_string(), error.is_retryable()),
             Ok(Err(join)) => fail(format!("handler panicked: {}", panic_message(join)), true),
             Err(_) => {
-                handler.abort();
+                handler.0.abort();
                 if deadline_bound {
                     fail("stopped at the task's deadline".into(), false)
                 } else {
