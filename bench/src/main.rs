@@ -120,6 +120,29 @@ fn quorum_args() -> FieldTable {
     args
 }
 
+/// Deletes `queue` if it exists and declares it anew: a durable quorum queue, or a transient
+/// classic one (like a submitter's reply queue).
+async fn fresh_queue(connection: &Connection, queue: &str, quorum: bool) -> Result<()> {
+    let channel = connection.create_channel().await?;
+    // Absent the first time: a failed delete closes only this channel.
+    drop(
+        channel
+            .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
+            .await,
+    );
+    let (options, args) = if quorum {
+        (QueueDeclareOptions::durable(), quorum_args())
+    } else {
+        (QueueDeclareOptions::default(), FieldTable::default())
+    };
+    connection
+        .create_channel()
+        .await?
+        .queue_declare(ShortString::from(queue), options, args)
+        .await?;
+    Ok(())
+}
+
 async fn confirm_channel(connection: &Connection) -> Result<Channel> {
     let channel = connection.create_channel().await?;
     channel
@@ -138,21 +161,8 @@ fn persistent() -> BasicProperties {
 async fn baseline(url: &str, n: u64) -> Result<f64> {
     let (hop1, hop2) = ("bench.hop1", "bench.hop2");
     let setup = Connection::connect(url, ConnectionProperties::default()).await?;
-    let channel = setup.create_channel().await?;
     for queue in [hop1, hop2] {
-        drop(
-            channel
-                .queue_delete(ShortString::from(queue), QueueDeleteOptions::default())
-                .await,
-        );
-        let channel = setup.create_channel().await?;
-        channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions::durable(),
-                quorum_args(),
-            )
-            .await?;
+        fresh_queue(&setup, queue, true).await?;
     }
     let worker_in = Connection::connect(url, ConnectionProperties::default()).await?;
     let worker_out = Connection::connect(url, ConnectionProperties::default()).await?;
@@ -265,21 +275,7 @@ async fn hop_floor(url: &str, messages: usize) -> Result<Vec<f64>> {
     let queues = ["bench.lat1", "bench.lat2", "bench.lat3", "bench.lat4"];
     let setup = Connection::connect(url, ConnectionProperties::default()).await?;
     for (index, queue) in queues.iter().enumerate() {
-        let channel = setup.create_channel().await?;
-        drop(
-            channel
-                .queue_delete(ShortString::from(*queue), QueueDeleteOptions::default())
-                .await,
-        );
-        let channel = setup.create_channel().await?;
-        let (options, args) = if index < 3 {
-            (QueueDeclareOptions::durable(), quorum_args())
-        } else {
-            (QueueDeclareOptions::default(), FieldTable::default())
-        };
-        channel
-            .queue_declare(ShortString::from(*queue), options, args)
-            .await?;
+        fresh_queue(&setup, queue, index < 3).await?;
     }
     let relays = Connection::connect(url, ConnectionProperties::default()).await?;
     let mut tasks = Vec::new();

@@ -133,11 +133,7 @@ impl Finisher {
                 .try_lease(&keys.synth_lease(), self.lease)
                 .await?
             {
-                let result = self.finish_leased(id, &lease).await;
-                if let Err(error) = lease.release().await {
-                    tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
-                }
-                return result;
+                return self.finish_then_release(id, lease).await;
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
@@ -159,6 +155,11 @@ impl Finisher {
             // Someone else is finishing it: wait for them the usual way.
             return self.finish_if_settled(id).await;
         };
+        self.finish_then_release(id, lease).await
+    }
+
+    /// Finishes the task under `lease`, then gives the lease back.
+    async fn finish_then_release(&self, id: &str, lease: Lease) -> Result<(), ServiceError> {
         let result = self.finish_leased(id, &lease).await;
         if let Err(error) = lease.release().await {
             tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");

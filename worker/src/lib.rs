@@ -223,6 +223,21 @@ pub async fn run(
     Ok(())
 }
 
+/// The settled result of this attempt of `subtask`.
+fn result_of(
+    subtask: &SubtaskMessage,
+    outcome: SubtaskOutcome,
+    spawned: Vec<PlanEntry>,
+) -> ResultMessage {
+    ResultMessage {
+        task: subtask.task.clone(),
+        subtask: subtask.subtask.clone(),
+        attempts: subtask.attempt,
+        outcome,
+        spawned,
+    }
+}
+
 /// A spawned task that is aborted when this is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -322,13 +337,11 @@ impl Worker {
                 Err(ServiceError::Broker(error)) => return Err(error.into()),
                 Err(ServiceError::Store(error)) if error.is_transient() => return Err(error.into()),
                 // Anything else is this item's problem alone: it fails, the others carry on.
-                Err(error) => Settlement::Settled(ResultMessage {
-                    task: subtask.task.clone(),
-                    subtask: subtask.subtask.clone(),
-                    attempts: subtask.attempt,
-                    outcome: SubtaskOutcome::Failed(format!("cannot run: {error}")),
-                    spawned: Vec::new(),
-                }),
+                Err(error) => Settlement::Settled(result_of(
+                    subtask,
+                    SubtaskOutcome::Failed(format!("cannot run: {error}")),
+                    Vec::new(),
+                )),
             });
         }
         let mut results = Vec::with_capacity(subtasks.len());
@@ -395,13 +408,7 @@ impl Worker {
             let _shared = self.quarantine.read().await;
             self.run_handler(subtask).await?
         };
-        let result = |outcome, spawned| ResultMessage {
-            task: subtask.task.clone(),
-            subtask: subtask.subtask.clone(),
-            attempts: subtask.attempt,
-            outcome,
-            spawned,
-        };
+        let result = |outcome, spawned| result_of(subtask, outcome, spawned);
         Ok(match attempt {
             Attempt::TaskOver => Settlement::Nothing,
             Attempt::Succeeded { output, spawned } => Settlement::Settled(result(
