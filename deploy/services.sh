@@ -24,6 +24,8 @@
 #                              ports = +20001..+20009, epmd port = +21000)
 #   CHORUS_REDIS_PORT  6390
 #   CHORUS_START_TIMEOUT  seconds to wait for RabbitMQ to boot (default 90)
+#   CHORUS_RABBITMQ_ERL_ARGS  extra Erlang flags of the broker (default: schedulers do not busy-wait,
+#                      +sbwt none +sbwtdcpu none +sbwtdio none)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -90,8 +92,11 @@ RMQ_ENV=(
     "RABBITMQ_CONFIG_FILES=$RMQ_DIR/conf.d"
     "RABBITMQ_ADVANCED_CONFIG_FILE=$RMQ_DIR/advanced.config"
     "RABBITMQ_CONF_ENV_FILE=$RMQ_DIR/rabbitmq-env.conf"
-    # Erlang distribution listens on loopback only.
-    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}"
+    # Erlang distribution listens on loopback only. The broker's schedulers do not busy-wait
+    # (+sbwt none ...): on a small machine shared with Redis and the services, spinning
+    # schedulers take CPU the services need (RabbitMQ's advice for shared hosts).
+    # CHORUS_RABBITMQ_ERL_ARGS replaces those scheduler flags.
+    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1} ${CHORUS_RABBITMQ_ERL_ARGS-+sbwt none +sbwtdcpu none +sbwtdio none}"
 )
 
 log() { printf '[services %s/%s] %s\n' "$AMQP_PORT" "$REDIS_PORT" "$*" >&2; }

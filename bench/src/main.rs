@@ -73,6 +73,10 @@ struct Cli {
     /// Prefetch of each worker process in the batched measurement (a batch is one message).
     #[arg(long, default_value_t = 4)]
     batched_prefetch: u16,
+    /// Measure only the latency of small tasks and its floor (a quick check, e.g. to compare
+    /// two builds run after run).
+    #[arg(long)]
+    latency_only: bool,
     /// Where to write the JSON table.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -567,6 +571,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.latency_only {
+        let (latency, floor) = measure_latency(&cli).await?;
+        print_latency(&latency, &floor);
+        write_json(
+            &cli.out,
+            &json!({"latency": latency, "latency_floor": floor}),
+        )?;
+        return Ok(());
+    }
     let middle = cli
         .sizes
         .get(cli.sizes.len() / 2)
@@ -607,32 +620,7 @@ async fn main() -> Result<()> {
         }
     }
 
-    eprintln!(
-        "latency: {} sequential tasks of 3 subtasks",
-        cli.latency_tasks
-    );
-    reset(&cli).await?;
-    let latency = {
-        let _system = System::start(&cli, 1, None)?;
-        let mut submitter = Submitter::connect(&cli).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let mut samples = Vec::new();
-        for _ in 0..cli.latency_tasks {
-            samples.push(submitter.run(3, None).await?.as_secs_f64() * 1000.0);
-        }
-        samples.sort_by(f64::total_cmp);
-        json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
-    };
-
-    eprintln!(
-        "latency floor: {} messages through the four raw hops",
-        cli.latency_tasks
-    );
-    let floor = {
-        let mut samples = hop_floor(&cli.amqp_url, cli.latency_tasks).await?;
-        samples.sort_by(f64::total_cmp);
-        json!({"messages": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
-    };
+    let (latency, floor) = measure_latency(&cli).await?;
 
     let mut scale = Vec::new();
     for &workers in &cli.workers {
@@ -682,18 +670,7 @@ async fn main() -> Result<()> {
         batched_rows.iter().for_each(print_row);
     }
     println!();
-    println!(
-        "latency, 3-subtask tasks: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
-        latency["p50_ms"].as_f64().unwrap_or(0.0),
-        latency["p90_ms"].as_f64().unwrap_or(0.0),
-        latency["p99_ms"].as_f64().unwrap_or(0.0)
-    );
-    println!(
-        "latency floor, one message through the four raw hops (3 quorum + 1 classic, each confirmed): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
-        floor["p50_ms"].as_f64().unwrap_or(0.0),
-        floor["p90_ms"].as_f64().unwrap_or(0.0),
-        floor["p99_ms"].as_f64().unwrap_or(0.0)
-    );
+    print_latency(&latency, &floor);
     for row in &scale {
         println!(
             "scale-out: {} worker process(es): {} subtasks/s",
@@ -717,6 +694,52 @@ async fn main() -> Result<()> {
     write_json(&cli.out, &table)?;
     println!("\nwritten to {}", cli.out.display());
     Ok(())
+}
+
+/// Sequential small tasks through the system, then one message at a time through the raw hops.
+async fn measure_latency(cli: &Cli) -> Result<(serde_json::Value, serde_json::Value)> {
+    eprintln!(
+        "latency: {} sequential tasks of 3 subtasks",
+        cli.latency_tasks
+    );
+    reset(cli).await?;
+    let latency = {
+        let _system = System::start(cli, 1, None)?;
+        let mut submitter = Submitter::connect(cli).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut samples = Vec::new();
+        for _ in 0..cli.latency_tasks {
+            samples.push(submitter.run(3, None).await?.as_secs_f64() * 1000.0);
+        }
+        samples.sort_by(f64::total_cmp);
+        json!({"tasks": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
+    };
+
+    eprintln!(
+        "latency floor: {} messages through the four raw hops",
+        cli.latency_tasks
+    );
+    let floor = {
+        let mut samples = hop_floor(&cli.amqp_url, cli.latency_tasks).await?;
+        samples.sort_by(f64::total_cmp);
+        json!({"messages": samples.len(), "p50_ms": percentile(&samples, 50.0), "p90_ms": percentile(&samples, 90.0), "p99_ms": percentile(&samples, 99.0)})
+    };
+    Ok((latency, floor))
+}
+
+fn print_latency(latency: &serde_json::Value, floor: &serde_json::Value) {
+    println!(
+        "latency, 3-subtask tasks: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        latency["p50_ms"].as_f64().unwrap_or(0.0),
+        latency["p90_ms"].as_f64().unwrap_or(0.0),
+        latency["p99_ms"].as_f64().unwrap_or(0.0)
+    );
+    println!(
+        "latency floor, one message through the four raw hops (3 quorum + 1 classic, each confirmed): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+        floor["p50_ms"].as_f64().unwrap_or(0.0),
+        floor["p90_ms"].as_f64().unwrap_or(0.0),
+        floor["p99_ms"].as_f64().unwrap_or(0.0)
+    );
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

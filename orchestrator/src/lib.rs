@@ -17,7 +17,7 @@ use chorus_shared::{
     kinds::Registry,
     protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
     release::{self, TaskContext},
-    store::{Claim, Lease, Store, TaskKeys, TaskRecord, TaskState},
+    store::{Claim, Lease, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState, PLAN_RUN},
     topology,
 };
 use clap::Parser;
@@ -64,9 +64,6 @@ pub struct Config {
     #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
 }
-
-/// Name under which planner runs are counted (see `Store::begin_run`).
-const PLAN_RUN: &str = "plan";
 
 struct Orchestrator {
     config: Config,
@@ -224,17 +221,34 @@ impl Orchestrator {
                 return Ok(Disposition::Reject(error, Some(id), None));
             }
         }
+        let options = protocol::encode(&options)?;
+        let input = protocol::encode(&request.input)?;
+        let submission = Submission {
+            kind: &request.kind,
+            options: &options,
+            input: &input,
+            parent: request.parent.as_ref(),
+        };
         let claim = store
             .claim(
                 &id,
                 waiter.as_ref(),
-                &request.kind,
-                &protocol::encode(&options)?,
-                &protocol::encode(&request.input)?,
-                request.parent.as_ref(),
+                submission,
+                self.config.outcomes.lease(),
             )
             .await?;
         let state = match claim {
+            Claim::New(Some(Planning {
+                lease,
+                runs,
+                record,
+            })) => {
+                // The common case: a new task, its plan lease and planner run taken with the
+                // claim.
+                return self
+                    .plan_then_release(&id, lease, Some(record), Some(runs))
+                    .await;
+            }
             Claim::Finished(outcome) => {
                 tracing::info!(task = %id, status = outcome.status.as_str(), "duplicate of a finished task; replying with its outcome");
                 if let Some(waiter) = &waiter {
@@ -244,7 +258,7 @@ impl Orchestrator {
                 self.finisher.finish_if_settled(&id).await?;
                 return Ok(Disposition::Ack);
             }
-            Claim::New => TaskState::Planning,
+            Claim::New(None) => TaskState::Planning,
             Claim::Exists(state) => state,
         };
         if matches!(state, TaskState::Running | TaskState::Finished) {
@@ -274,12 +288,20 @@ impl Orchestrator {
     async fn plan_and_publish(&self, id: &str) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let keys = TaskKeys::new(id);
-        let lease = loop {
-            if let Some(lease) = store
-                .try_lease(&keys.plan_lease(), self.config.outcomes.lease())
+        // Planner runs that never return (a planner crashing the process) are counted, so such
+        // a task is rejected instead of taking orchestrators down forever. The count is taken
+        // with the lease and the read, in one round trip.
+        let leased = loop {
+            if let Some(leased) = store
+                .lease_run(
+                    id,
+                    &keys.plan_lease(),
+                    self.config.outcomes.lease(),
+                    PLAN_RUN,
+                )
                 .await?
             {
-                break lease;
+                break leased;
             }
             // Another orchestrator (or this one, for a twin delivery) is on it; wait for it to
             // finish or for its lease to lapse.
@@ -292,7 +314,20 @@ impl Orchestrator {
                 _ => return Ok(Disposition::Ack),
             }
         };
-        let result = self.plan_and_publish_leased(id, &lease).await;
+        self.plan_then_release(id, leased.lease, leased.record, leased.runs)
+            .await
+    }
+
+    /// Plans or resumes the task under its plan lease (`record` and `runs` were read as it was
+    /// taken), then gives the lease back.
+    async fn plan_then_release(
+        &self,
+        id: &str,
+        lease: Lease,
+        record: Option<TaskRecord>,
+        runs: Option<u64>,
+    ) -> Result<Disposition, ServiceError> {
+        let result = self.plan_and_publish_leased(id, &lease, record, runs).await;
         if let Err(error) = lease.release().await {
             tracing::debug!(task = id, %error, "cannot release plan lease; it lapses by itself");
         }
@@ -303,27 +338,23 @@ impl Orchestrator {
         &self,
         id: &str,
         lease: &Lease,
+        record: Option<TaskRecord>,
+        runs: Option<u64>,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
-        // Planner runs that never return (a planner crashing the process) are counted, so such
-        // a task is rejected instead of taking orchestrators down forever. The count is taken
-        // in the same round trip as the read, and given back when no planner runs or when this
-        // attempt fails short of a crash (only runs that take the process down stay counted).
-        let (record, runs) = tokio::join!(store.task(id), store.begin_run(id, PLAN_RUN));
-        let runs = runs?;
-        let result = match record {
-            Ok(Some(record)) if record.state == TaskState::Planning => {
-                self.plan_counted(id, lease, record, runs).await
-            }
-            Ok(Some(record)) => {
-                if runs.is_some() {
-                    store.end_run(id, PLAN_RUN).await?;
-                }
-                self.plan_counted(id, lease, record, None).await
-            }
-            Ok(None) => Ok(Disposition::Ack),
-            Err(error) => Err(error.into()),
+        let Some(record) = record else {
+            return Ok(Disposition::Ack);
         };
+        if record.state != TaskState::Planning {
+            // No planner runs: the count goes back at once.
+            if runs.is_some() {
+                store.end_run(id, PLAN_RUN).await?;
+            }
+            return self.plan_counted(id, lease, record, None).await;
+        }
+        // The count is given back when this attempt fails short of a crash: only runs that
+        // take the process down stay counted.
+        let result = self.plan_counted(id, lease, record, runs).await;
         if result.is_err() && runs.is_some() {
             drop(store.end_run(id, PLAN_RUN).await);
         }

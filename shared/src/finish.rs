@@ -21,7 +21,7 @@ use crate::{
         ReplyTarget, ResolvedOptions, ResultMessage, Stats, Status, SubtaskOutcome,
     },
     release::{self, TaskContext},
-    store::{now_ms, Lease, Store, TaskKeys, TaskRecord, TaskState},
+    store::{now_ms, Finished, Lease, LeasedRun, Store, TaskKeys, TaskRecord, TaskState},
     topology,
 };
 
@@ -128,64 +128,61 @@ impl Finisher {
             // Delivery too happens under the lease, so that without a crash nobody gets the
             // outcome twice.
             let keys = TaskKeys::new(id);
-            if let Some(lease) = self
+            if let Some(leased) = self
                 .store
-                .try_lease(&keys.synth_lease(), self.lease)
+                .lease_run(id, &keys.synth_lease(), self.lease, SYNTH_RUN)
                 .await?
             {
-                return self.finish_then_release(id, lease).await;
+                return self.finish_then_release(id, leased).await;
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
     }
 
     /// [`Finisher::finish_if_settled`] for a caller that just saw nothing pending (the script
-    /// that recorded the last result said so): straight to the lease, which saves reading the
-    /// task twice on the way to every outcome.
+    /// that recorded the last result said so): straight to the lease, which comes with the
+    /// task's record, its pending count and the synthesis run counted, in one round trip.
     ///
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
     pub async fn finish_settled(&self, id: &str) -> Result<(), ServiceError> {
         let keys = TaskKeys::new(id);
-        let Some(lease) = self
+        let Some(leased) = self
             .store
-            .try_lease(&keys.synth_lease(), self.lease)
+            .lease_run(id, &keys.synth_lease(), self.lease, SYNTH_RUN)
             .await?
         else {
             // Someone else is finishing it: wait for them the usual way.
             return self.finish_if_settled(id).await;
         };
-        self.finish_then_release(id, lease).await
+        self.finish_then_release(id, leased).await
     }
 
-    /// Finishes the task under `lease`, then gives the lease back.
-    async fn finish_then_release(&self, id: &str, lease: Lease) -> Result<(), ServiceError> {
-        let result = self.finish_leased(id, &lease).await;
+    /// Finishes the task under the lease just taken, then gives the lease back.
+    async fn finish_then_release(&self, id: &str, leased: LeasedRun) -> Result<(), ServiceError> {
+        let LeasedRun {
+            lease,
+            record,
+            runs,
+            pending,
+        } = leased;
+        let result = self.finish_leased(id, &lease, record, runs, pending).await;
         if let Err(error) = lease.release().await {
             tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
         }
         result
     }
 
-    async fn finish_leased(&self, id: &str, lease: &Lease) -> Result<(), ServiceError> {
-        // The run is counted in the same round trip as the read; the count only moves for a
-        // task that is not finished, which is exactly when the synthesis below runs.
-        let (record, runs, pending) = tokio::join!(
-            self.store.task(id),
-            self.store.begin_run(id, SYNTH_RUN),
-            self.store.pending_count(id)
-        );
-        let runs = runs?;
-        let (record, pending) = match record.and_then(|record| pending.map(|p| (record, p))) {
-            Ok(reads) => reads,
-            Err(error) => {
-                // A run counted beside a failed read never started: give it back.
-                if runs.is_some() {
-                    drop(self.store.end_run(id, SYNTH_RUN).await);
-                }
-                return Err(error.into());
-            }
-        };
+    /// `record`, `runs` and `pending` were read as `lease` was taken; the run is counted only
+    /// for a task that is not finished, which is exactly when the synthesis below runs.
+    async fn finish_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+        record: Option<TaskRecord>,
+        runs: Option<u64>,
+        pending: u64,
+    ) -> Result<(), ServiceError> {
         let Some(record) = record else {
             return Ok(());
         };
@@ -226,11 +223,12 @@ impl Finisher {
                 },
             };
             // The run ends as the outcome is stored, in one round trip.
-            tokio::try_join!(
+            let ((), finished) = tokio::try_join!(
                 self.store.end_run(id, SYNTH_RUN),
                 self.store.store_outcome(&outcome, self.outcome_ttl)
             )?;
             failpoint::hit("synthesizer.after-store-outcome").await;
+            return self.deliver_finished(id, finished).await;
         }
         self.deliver(id).await
     }
@@ -462,7 +460,8 @@ impl Finisher {
         if record.state != TaskState::Finished {
             tracing::info!(task = id, status = status.as_str(), %message, "stopping task");
             let outcome = failed_outcome(id, status, message, &record);
-            self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+            let finished = self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+            return self.deliver_finished(id, finished).await;
         }
         if record.delivered {
             return Ok(());
@@ -531,8 +530,8 @@ impl Finisher {
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
     pub async fn conclude(&self, outcome: &Outcome) -> Result<(), ServiceError> {
-        self.store.store_outcome(outcome, self.outcome_ttl).await?;
-        self.deliver(&outcome.id).await
+        let finished = self.store.store_outcome(outcome, self.outcome_ttl).await?;
+        self.deliver_finished(&outcome.id, finished).await
     }
 
     /// Publishes the stored outcome to every waiter and as an event, then marks it delivered.
@@ -541,16 +540,20 @@ impl Finisher {
     /// Redis or the broker failed; calling again later is safe (waiters may then get a second,
     /// identical copy).
     pub async fn deliver(&self, id: &str) -> Result<(), ServiceError> {
-        // Everything delivery needs, read in one round trip.
-        let (outcome, waiters, record, children) = tokio::try_join!(
-            self.store.outcome(id),
-            self.store.waiters(id),
-            self.store.task(id),
-            self.store.children(id)
-        )?;
-        let Some(outcome) = outcome else {
-            return Ok(());
-        };
+        match self.store.finished_task(id).await? {
+            Some(finished) => self.deliver_finished(id, finished).await,
+            None => Ok(()),
+        }
+    }
+
+    /// [`Finisher::deliver`] of what storing the outcome returned.
+    async fn deliver_finished(&self, id: &str, finished: Finished) -> Result<(), ServiceError> {
+        let Finished {
+            outcome,
+            waiters,
+            parent,
+            children,
+        } = finished;
         let event = protocol::encode(&outcome)?;
         let replies: Vec<(&ReplyTarget, Encoding, Vec<u8>)> = waiters
             .iter()
@@ -572,7 +575,7 @@ impl Finisher {
                 mandatory: false,
             }));
         self.publisher.publish_all(messages).await?;
-        if let Some(parent) = record.and_then(|record| record.parent) {
+        if let Some(parent) = parent {
             self.report_to_parent(id, &parent, &outcome).await?;
         }
         self.cancel_children(id, &children, &outcome).await?;

@@ -236,15 +236,66 @@ pub struct StoredResult {
 }
 
 /// What the claim of a task id found.
-#[derive(Debug)]
 pub enum Claim {
     /// The task already has an outcome (a duplicate submission after the end).
     Finished(Outcome),
-    /// The id was new: the caller plans the task.
-    New,
+    /// The id was new: the caller plans the task, straight away when the plan lease came with
+    /// the claim (it does unless a lease of an earlier task of that id is still held).
+    New(Option<Planning>),
     /// The task exists and is in this state (a duplicate, or a redelivery after a crash).
     Exists(TaskState),
 }
+
+/// What a submission asks for, as the claim stores it.
+#[derive(Clone, Copy)]
+pub struct Submission<'a> {
+    /// Kind name.
+    pub kind: &'a str,
+    /// Encoded [`protocol::ResolvedOptions`].
+    pub options: &'a [u8],
+    /// Encoded task input.
+    pub input: &'a [u8],
+    /// The parent subtask of a child task.
+    pub parent: Option<&'a protocol::ParentRef>,
+}
+
+/// A new task claimed together with its plan lease, its planner run counted ([`PLAN_RUN`]).
+pub struct Planning {
+    /// The plan lease, held.
+    pub lease: Lease,
+    /// Planner runs started and not ended, this one included.
+    pub runs: u64,
+    /// The task as the claim created it.
+    pub record: TaskRecord,
+}
+
+/// A finished task's outcome and everyone it goes to.
+pub struct Finished {
+    /// The stored outcome.
+    pub outcome: Outcome,
+    /// The submitters waiting for it.
+    pub waiters: Vec<ReplyTarget>,
+    /// The parent subtask of a child task, encoded [`protocol::ParentRef`].
+    pub parent: Option<Vec<u8>>,
+    /// Child tasks it started.
+    pub children: Vec<String>,
+}
+
+/// A lease just taken by [`Store::lease_run`] and what was read under it.
+pub struct LeasedRun {
+    /// The lease, held.
+    pub lease: Lease,
+    /// The task, if it exists.
+    pub record: Option<TaskRecord>,
+    /// Runs started and not ended, this one included; `None` when the task is finished or
+    /// unknown (nothing left to run).
+    pub runs: Option<u64>,
+    /// Subtasks not settled yet.
+    pub pending: u64,
+}
+
+/// Name under which planner runs are counted (see [`Store::begin_run`]).
+pub const PLAN_RUN: &str = "plan";
 
 /// Subtasks a script released: their plan entries, to publish.
 pub type Released = Vec<PlanEntry>;
@@ -365,6 +416,8 @@ impl TypeProgress {
     }
 }
 
+/// KEYS: task, outcome, waiters, plan lease, starts. ARGV: waiter, kind, options, input,
+/// created ms, parent, lease token, lease ttl ms, planner run name.
 const CLAIM: &str = r"
 local outcome = redis.call('GET', KEYS[2])
 if outcome then return {'finished', outcome} end
@@ -375,7 +428,9 @@ redis.call('HSET', KEYS[1], 'state', 'planning', 'kind', ARGV[2], 'options', ARG
   'input', ARGV[4], 'created_ms', ARGV[5], 'total', 0, 'published', 0,
   'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1, 'inflight', 0)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'parent', ARGV[6]) end
-return {'new', 'planning'}
+-- The new task's plan lease and planner run come with the claim, saving two round trips.
+if not redis.call('SET', KEYS[4], ARGV[7], 'NX', 'PX', ARGV[8]) then return {'new', '-1'} end
+return {'new', tostring(redis.call('HINCRBY', KEYS[5], ARGV[9], 1))}
 ";
 
 const MARK_PLANNED: &str = r"
@@ -662,7 +717,19 @@ if not existing then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
 end
-return existing
+-- What delivery needs comes back with it; waiters read after the outcome is set miss none.
+return {existing, redis.call('HGET', KEYS[1], 'parent') or '', redis.call('SMEMBERS', KEYS[3]),
+  redis.call('SMEMBERS', KEYS[5])}
+";
+
+/// KEYS: lease, task, starts, pending. ARGV: token, ttl ms, run name. Nil when the lease is
+/// held; else the run count as [`BEGIN_RUN`] gives it, the pending count and the task hash.
+const LEASE_RUN: &str = r"
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
+local state = redis.call('HGET', KEYS[2], 'state')
+local runs = -1
+if state and state ~= 'finished' then runs = redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
+return {runs, redis.call('SCARD', KEYS[4]), redis.call('HGETALL', KEYS[2])}
 ";
 
 const BEGIN_RUN: &str = r"
@@ -706,6 +773,42 @@ end
 return 1
 ";
 
+/// A whole plan of at most [`CHUNK`] entries in one call: [`RESET_PLAN`], [`APPEND_PLAN`], the
+/// wave and ready lists and [`MARK_PLANNED`] together, so a small task is planned in one round
+/// trip. KEYS: plan lease, task, plan, order, pending, waiting, dependents, types, worker types,
+/// wave, ready, then the keys to clear. ARGV: token, entry count, five values per entry as in
+/// [`APPEND_PLAN`], wave count and ids, ready count and ids, then total, cap, wave length,
+/// whether the wave is the order, whether there is a graph, and (worker type, released) pairs.
+const RECORD_PLAN: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
+for i = 12, #KEYS do redis.call('DEL', KEYS[i]) end
+local p = 3
+for _ = 1, tonumber(ARGV[2]) do
+  local id = ARGV[p]
+  redis.call('HSET', KEYS[3], id, ARGV[p + 1])
+  redis.call('RPUSH', KEYS[4], id)
+  redis.call('SADD', KEYS[5], id)
+  redis.call('HINCRBY', KEYS[8], ARGV[p + 2], 1)
+  if ARGV[p + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[p + 2]) end
+  if ARGV[p + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[p + 3]) end
+  if ARGV[p + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[p + 4]) end
+  p = p + 5
+end
+for list = 10, 11 do
+  local count = tonumber(ARGV[p])
+  for i = p + 1, p + count do redis.call('RPUSH', KEYS[list], ARGV[i]) end
+  p = p + 1 + count
+end
+redis.call('HSET', KEYS[2], 'state', 'planned', 'total', ARGV[p], 'published', 0,
+  'cap', ARGV[p + 1], 'inflight', ARGV[p + 2], 'wave_len', ARGV[p + 2],
+  'wave_is_order', ARGV[p + 3], 'graph', ARGV[p + 4])
+for i = p + 5, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[8], ARGV[i] .. ':released', ARGV[i + 1])
+end
+return 1
+";
+
 /// KEYS: plan lease, task, list. ARGV: token, then ids to append.
 const APPEND_LIST: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -737,10 +840,12 @@ static APPEND_LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEN
 static STORE_OUTCOME_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_OUTCOME));
 static RELEASE_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE));
 static RENEW_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LEASE));
+static LEASE_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RUN));
 static BEGIN_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_RUN));
 static END_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(END_RUN));
 static RESET_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESET_PLAN));
 static APPEND_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_PLAN));
+static RECORD_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_PLAN));
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -860,7 +965,8 @@ impl Store {
         }
     }
 
-    /// Registers `waiter` for task `id` and creates the task if the id is new.
+    /// Registers `waiter` for task `id` and creates the task if the id is new, taking its plan
+    /// lease (held for `lease_ttl`, renewed while held) and counting its planner run.
     ///
     /// # Errors
     /// Redis fails, or holds an outcome that does not decode.
@@ -868,13 +974,17 @@ impl Store {
         &self,
         id: &str,
         waiter: Option<&ReplyTarget>,
-        kind: &str,
-        options: &[u8],
-        input: &[u8],
-        parent: Option<&protocol::ParentRef>,
+        submission: Submission<'_>,
+        lease_ttl: Duration,
     ) -> Result<Claim, StoreError> {
+        let Submission {
+            kind,
+            options,
+            input,
+            parent,
+        } = submission;
         let keys = TaskKeys::new(id);
-        let parent = match parent {
+        let encoded_parent = match parent {
             Some(parent) => {
                 protocol::encode(parent).map_err(|e| StoreError::Corrupt(e.to_string()))?
             }
@@ -886,21 +996,54 @@ impl Store {
             }
             None => Vec::new(),
         };
+        let created_ms = now_ms();
+        let token = new_lease_token();
+        let ttl_ms = lease_ttl_ms(lease_ttl);
         let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
             .key(keys.task())
             .key(keys.outcome())
             .key(keys.waiters())
+            .key(keys.plan_lease())
+            .key(keys.starts())
             .arg(waiter)
             .arg(kind)
             .arg(options)
             .arg(input)
-            .arg(now_ms())
-            .arg(parent)
+            .arg(created_ms)
+            .arg(&encoded_parent)
+            .arg(&token)
+            .arg(ttl_ms)
+            .arg(PLAN_RUN)
             .invoke_async(&mut self.conn())
             .await?;
         match status.as_str() {
             "finished" => Ok(Claim::Finished(decode_outcome(&value)?)),
-            "new" => Ok(Claim::New),
+            "new" => {
+                let runs = String::from_utf8_lossy(&value).parse::<u64>().ok();
+                Ok(Claim::New(runs.map(|runs| Planning {
+                    lease: self.hold_lease(&keys.plan_lease(), token, ttl_ms),
+                    runs,
+                    record: TaskRecord {
+                        state: TaskState::Planning,
+                        kind: kind.to_owned(),
+                        options: options.to_vec(),
+                        input: input.to_vec(),
+                        total: 0,
+                        published: 0,
+                        succeeded: 0,
+                        failed: 0,
+                        retries: 0,
+                        duplicates: 0,
+                        created_ms,
+                        delivered: false,
+                        skipped: 0,
+                        round: 1,
+                        wave_is_order: true,
+                        wave_len: 0,
+                        parent: Some(encoded_parent).filter(|bytes| !bytes.is_empty()),
+                    },
+                })))
+            }
             _ => Ok(Claim::Exists(TaskState::parse(&String::from_utf8_lossy(
                 &value,
             ))?)),
@@ -926,23 +1069,6 @@ impl Store {
         cap: u32,
     ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
-        let mut conn = self.conn();
-        let fenced = || {
-            StoreError::Fenced(format!(
-                "task {id}: plan lease lost or task no longer planning"
-            ))
-        };
-        let reset: i64 = RESET_PLAN_SCRIPT
-            .key(keys.plan_lease())
-            .key(keys.task())
-            .key(keys.working().as_slice())
-            .key(keys.types())
-            .arg(&lease.token)
-            .invoke_async(&mut conn)
-            .await?;
-        if reset != 1 {
-            return Err(fenced());
-        }
         let mut dependents: std::collections::HashMap<&str, String> =
             std::collections::HashMap::new();
         for entry in entries {
@@ -953,6 +1079,90 @@ impl Store {
                 }
                 list.push_str(&entry.id);
             }
+        }
+        let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
+        let lists: [(String, &[usize]); 2] = if wave_is_order {
+            [(keys.wave(), &[]), (keys.ready(), &[])]
+        } else {
+            [(keys.wave(), &wave.release), (keys.ready(), &wave.ready)]
+        };
+        let mut released_by_type: std::collections::BTreeMap<&str, u64> =
+            std::collections::BTreeMap::new();
+        for &position in &wave.release {
+            if let Some(entry) = entries.get(position) {
+                *released_by_type
+                    .entry(entry.worker_type.as_str())
+                    .or_default() += 1;
+            }
+        }
+        let has_graph = entries.iter().any(|e| !e.depends_on.is_empty());
+        let add_entry =
+            |call: &mut redis::ScriptInvocation<'_>, entry: &PlanEntry| -> Result<(), StoreError> {
+                call.arg(&entry.id)
+                    .arg(encode_entry(entry)?)
+                    .arg(&entry.worker_type)
+                    .arg(entry.depends_on.len())
+                    .arg(dependents.get(entry.id.as_str()).map_or("", String::as_str));
+                Ok(())
+            };
+        let id_at = |position: usize| entries.get(position).map_or("", |e| e.id.as_str());
+        let add_marks = |call: &mut redis::ScriptInvocation<'_>| {
+            call.arg(entries.len())
+                .arg(cap)
+                .arg(wave.release.len())
+                .arg(u8::from(wave_is_order))
+                .arg(u8::from(has_graph));
+            for (worker_type, count) in &released_by_type {
+                call.arg(*worker_type).arg(*count);
+            }
+        };
+        let fenced = || {
+            StoreError::Fenced(format!(
+                "task {id}: plan lease lost or task no longer planning"
+            ))
+        };
+        let mut conn = self.conn();
+        if entries.len() <= CHUNK {
+            let mut call = RECORD_PLAN_SCRIPT.prepare_invoke();
+            call.key(keys.plan_lease())
+                .key(keys.task())
+                .key(keys.plan())
+                .key(keys.order())
+                .key(keys.pending())
+                .key(keys.waiting())
+                .key(keys.dependents())
+                .key(keys.types())
+                .key(keys.worker_types())
+                .key(keys.wave())
+                .key(keys.ready())
+                .key(keys.working().as_slice())
+                .key(keys.types())
+                .arg(&lease.token)
+                .arg(entries.len());
+            for entry in entries {
+                add_entry(&mut call, entry)?;
+            }
+            for (_, positions) in &lists {
+                call.arg(positions.len());
+                for &position in *positions {
+                    call.arg(id_at(position));
+                }
+            }
+            add_marks(&mut call);
+            let recorded: i64 = call.invoke_async(&mut conn).await?;
+            return if recorded == 1 { Ok(()) } else { Err(fenced()) };
+        }
+        // A large plan goes in chunks, so that no single call holds Redis up for long.
+        let reset: i64 = RESET_PLAN_SCRIPT
+            .key(keys.plan_lease())
+            .key(keys.task())
+            .key(keys.working().as_slice())
+            .key(keys.types())
+            .arg(&lease.token)
+            .invoke_async(&mut conn)
+            .await?;
+        if reset != 1 {
+            return Err(fenced());
         }
         for (chunk_index, chunk) in entries.chunks(CHUNK).enumerate() {
             let mut call = APPEND_PLAN_SCRIPT.prepare_invoke();
@@ -968,58 +1178,35 @@ impl Store {
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {
-                call.arg(&entry.id)
-                    .arg(encode_entry(entry)?)
-                    .arg(&entry.worker_type)
-                    .arg(entry.depends_on.len())
-                    .arg(dependents.get(entry.id.as_str()).map_or("", String::as_str));
+                add_entry(&mut call, entry)?;
             }
             let appended: i64 = call.invoke_async(&mut conn).await?;
             if appended != 1 {
                 return Err(fenced());
             }
         }
-        let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
-        if !wave_is_order {
-            for (list, positions) in [(&keys.wave(), &wave.release), (&keys.ready(), &wave.ready)] {
-                for chunk in positions.chunks(CHUNK) {
-                    let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
-                    call.key(keys.plan_lease())
-                        .key(keys.task())
-                        .key(list)
-                        .arg(&lease.token);
-                    for &position in chunk {
-                        call.arg(entries.get(position).map_or("", |e| e.id.as_str()));
-                    }
-                    let appended: i64 = call.invoke_async(&mut conn).await?;
-                    if appended != 1 {
-                        return Err(fenced());
-                    }
+        for (list, positions) in &lists {
+            for chunk in positions.chunks(CHUNK) {
+                let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
+                call.key(keys.plan_lease())
+                    .key(keys.task())
+                    .key(list)
+                    .arg(&lease.token);
+                for &position in chunk {
+                    call.arg(id_at(position));
                 }
-            }
-        }
-        let mut released_by_type: std::collections::BTreeMap<&str, u64> =
-            std::collections::BTreeMap::new();
-        for &position in &wave.release {
-            if let Some(entry) = entries.get(position) {
-                *released_by_type
-                    .entry(entry.worker_type.as_str())
-                    .or_default() += 1;
+                let appended: i64 = call.invoke_async(&mut conn).await?;
+                if appended != 1 {
+                    return Err(fenced());
+                }
             }
         }
         let mut call = MARK_PLANNED_SCRIPT.prepare_invoke();
         call.key(keys.task())
             .key(keys.plan_lease())
             .key(keys.types())
-            .arg(&lease.token)
-            .arg(entries.len())
-            .arg(cap)
-            .arg(wave.release.len())
-            .arg(u8::from(wave_is_order))
-            .arg(u8::from(entries.iter().any(|e| !e.depends_on.is_empty())));
-        for (worker_type, count) in released_by_type {
-            call.arg(worker_type).arg(count);
-        }
+            .arg(&lease.token);
+        add_marks(&mut call);
         let moved: i64 = call.invoke_async(&mut conn).await?;
         if moved == 1 {
             Ok(())
@@ -1451,36 +1638,60 @@ impl Store {
             .arg(keys.task())
             .query_async(&mut self.conn())
             .await?;
-        if fields.is_empty() {
+        task_record(id, &fields)
+    }
+
+    /// Takes the lease at `lease_key` if nobody holds it and, in the same round trip, reads task
+    /// `id` and its pending count and counts a run of `run` (as [`Store::begin_run`] does).
+    /// `None` when the lease is held by someone else.
+    ///
+    /// # Errors
+    /// Redis fails, or the task hash is not one Chorus wrote.
+    pub async fn lease_run(
+        &self,
+        id: &str,
+        lease_key: &str,
+        ttl: Duration,
+        run: &str,
+    ) -> Result<Option<LeasedRun>, StoreError> {
+        let keys = TaskKeys::new(id);
+        let token = new_lease_token();
+        let ttl_ms = lease_ttl_ms(ttl);
+        let reply: Option<(i64, u64, Vec<Vec<u8>>)> = LEASE_RUN_SCRIPT
+            .key(lease_key)
+            .key(keys.task())
+            .key(keys.starts())
+            .key(keys.pending())
+            .arg(&token)
+            .arg(ttl_ms)
+            .arg(run)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let Some((runs, pending, flat)) = reply else {
             return Ok(None);
-        }
-        let text = |name: &str| {
-            fields
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
         };
-        let number = |name: &str| -> u64 { text(name).and_then(|v| v.parse().ok()).unwrap_or(0) };
-        let state =
-            text("state").ok_or_else(|| StoreError::Corrupt(format!("task {id} has no state")))?;
-        Ok(Some(TaskRecord {
-            state: TaskState::parse(&state)?,
-            kind: text("kind").unwrap_or_default(),
-            options: fields.get("options").cloned().unwrap_or_default(),
-            input: fields.get("input").cloned().unwrap_or_default(),
-            total: number("total"),
-            published: number("published"),
-            succeeded: number("succeeded"),
-            failed: number("failed"),
-            retries: number("retries"),
-            duplicates: number("duplicates"),
-            created_ms: number("created_ms"),
-            delivered: number("delivered") == 1,
-            skipped: number("skipped"),
-            round: u32::try_from(number("round")).unwrap_or(1).max(1),
-            wave_is_order: text("wave_is_order").as_deref() != Some("0"),
-            wave_len: number("wave_len"),
-            parent: fields.get("parent").cloned(),
-        }))
+        let lease = self.hold_lease(lease_key, token, ttl_ms);
+        let runs = u64::try_from(runs).ok();
+        let mut fields = std::collections::HashMap::with_capacity(flat.len() / 2);
+        let mut flat = flat.into_iter();
+        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+            fields.insert(String::from_utf8_lossy(&name).into_owned(), value);
+        }
+        match task_record(id, &fields) {
+            Ok(record) => Ok(Some(LeasedRun {
+                lease,
+                record,
+                runs,
+                pending,
+            })),
+            Err(error) => {
+                // A run counted beside a record that cannot be read never started.
+                if runs.is_some() {
+                    drop(self.end_run(id, run).await);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Reads every settled subtask, streaming the hash in chunks.
@@ -1513,31 +1724,57 @@ impl Store {
     }
 
     /// Stores the outcome unless one is stored already, marks the task finished, sets the TTL on
-    /// what is kept and drops the working state. Returns the outcome that is stored, which is
-    /// the earlier one if there was one.
+    /// what is kept and drops the working state. Returns the outcome that is stored (the earlier
+    /// one if there was one) with everyone it goes to.
     ///
     /// # Errors
-    /// Redis fails, or the stored outcome does not decode.
+    /// Redis fails, or what is stored does not decode.
     pub async fn store_outcome(
         &self,
         outcome: &Outcome,
         ttl: Duration,
-    ) -> Result<Outcome, StoreError> {
-        let keys = TaskKeys::new(&outcome.id);
+    ) -> Result<Finished, StoreError> {
+        let id = &outcome.id;
+        let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let stored: Vec<u8> = STORE_OUTCOME_SCRIPT
-            .key(keys.task())
-            .key(keys.outcome())
-            .key(keys.waiters())
-            .key(keys.types())
-            .key(keys.children())
-            .key(keys.working().as_slice())
-            .arg(encoded)
-            .arg(ttl.as_secs().max(1))
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
-            .await?;
-        decode_outcome(&stored)
+        let (stored, parent, waiters, children): (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Vec<String>) =
+            STORE_OUTCOME_SCRIPT
+                .key(keys.task())
+                .key(keys.outcome())
+                .key(keys.waiters())
+                .key(keys.types())
+                .key(keys.children())
+                .key(keys.working().as_slice())
+                .arg(encoded)
+                .arg(ttl.as_secs().max(1))
+                .arg(now_ms())
+                .invoke_async(&mut self.conn())
+                .await?;
+        Ok(Finished {
+            outcome: decode_outcome(&stored)?,
+            waiters: decode_waiters(id, &waiters)?,
+            parent: Some(parent).filter(|bytes| !bytes.is_empty()),
+            children,
+        })
+    }
+
+    /// The stored outcome of a task with everyone it goes to; `None` without an outcome.
+    ///
+    /// # Errors
+    /// Redis fails, or what is stored does not decode.
+    pub async fn finished_task(&self, id: &str) -> Result<Option<Finished>, StoreError> {
+        let (outcome, waiters, record, children) = tokio::try_join!(
+            self.outcome(id),
+            self.waiters(id),
+            self.task(id),
+            self.children(id)
+        )?;
+        Ok(outcome.map(|outcome| Finished {
+            outcome,
+            waiters,
+            parent: record.and_then(|record| record.parent),
+            children,
+        }))
     }
 
     /// The stored outcome of a task, if it has one.
@@ -1563,12 +1800,7 @@ impl Store {
             .arg(keys.waiters())
             .query_async(&mut self.conn())
             .await?;
-        raw.iter()
-            .map(|bytes| {
-                protocol::decode(bytes)
-                    .map_err(|e| StoreError::Corrupt(format!("waiter of {id}: {e}")))
-            })
-            .collect()
+        decode_waiters(id, &raw)
     }
 
     /// Notes that every waiter has been sent the outcome.
@@ -1586,25 +1818,9 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the lease at `key` if nobody holds it. While the returned guard lives, a background
-    /// task renews it; a crashed holder's lease lapses after `ttl`.
-    ///
-    /// # Errors
-    /// Redis fails.
-    pub async fn try_lease(&self, key: &str, ttl: Duration) -> Result<Option<Lease>, StoreError> {
-        let token = uuid::Uuid::new_v4().to_string();
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(&token)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl_ms)
-            .query_async(&mut self.conn())
-            .await?;
-        if taken.is_none() {
-            return Ok(None);
-        }
+    /// The guard of a lease just taken at `key` with `token`: renews it in the background
+    /// until released or dropped; a crashed holder's lease lapses after its ttl.
+    fn hold_lease(&self, key: &str, token: String, ttl_ms: u64) -> Lease {
         let stop = CancellationToken::new();
         let renewal = {
             let store = self.clone();
@@ -1631,13 +1847,21 @@ impl Store {
             })
         };
         drop(renewal);
-        Ok(Some(Lease {
+        Lease {
             store: self.clone(),
             key: key.to_owned(),
             token,
             stop,
-        }))
+        }
     }
+}
+
+fn new_lease_token() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn lease_ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// A held lease; [`Lease::release`] gives it back, dropping it lets it lapse.
@@ -1733,6 +1957,51 @@ fn parse_graph_reply(task: &str, reply: &[redis::Value]) -> Result<GraphReply, S
         skipped,
         released,
     })
+}
+
+/// The task record in a task hash's fields; `None` for no fields (unknown or expired task).
+fn task_record(
+    id: &str,
+    fields: &std::collections::HashMap<String, Vec<u8>>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let text = |name: &str| {
+        fields
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    let number = |name: &str| -> u64 { text(name).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    let state =
+        text("state").ok_or_else(|| StoreError::Corrupt(format!("task {id} has no state")))?;
+    Ok(Some(TaskRecord {
+        state: TaskState::parse(&state)?,
+        kind: text("kind").unwrap_or_default(),
+        options: fields.get("options").cloned().unwrap_or_default(),
+        input: fields.get("input").cloned().unwrap_or_default(),
+        total: number("total"),
+        published: number("published"),
+        succeeded: number("succeeded"),
+        failed: number("failed"),
+        retries: number("retries"),
+        duplicates: number("duplicates"),
+        created_ms: number("created_ms"),
+        delivered: number("delivered") == 1,
+        skipped: number("skipped"),
+        round: u32::try_from(number("round")).unwrap_or(1).max(1),
+        wave_is_order: text("wave_is_order").as_deref() != Some("0"),
+        wave_len: number("wave_len"),
+        parent: fields.get("parent").cloned(),
+    }))
+}
+
+fn decode_waiters(id: &str, raw: &[Vec<u8>]) -> Result<Vec<ReplyTarget>, StoreError> {
+    raw.iter()
+        .map(|bytes| {
+            protocol::decode(bytes).map_err(|e| StoreError::Corrupt(format!("waiter of {id}: {e}")))
+        })
+        .collect()
 }
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome, StoreError> {
