@@ -63,6 +63,12 @@ pub struct Config {
     /// the workers' --retry-max-delay-ms).
     #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
+
+    /// Threads of the async runtime: 1 (the default) runs the orchestrator's own work on one
+    /// thread, saving hand-offs between threads on every task; 0 for one per core. Planners run
+    /// on a separate blocking pool either way.
+    #[arg(long, env = "CHORUS_ORCHESTRATOR_THREADS", default_value_t = 1)]
+    pub threads: u16,
 }
 
 struct Orchestrator {
@@ -298,6 +304,7 @@ impl Orchestrator {
                     &keys.plan_lease(),
                     self.config.outcomes.lease(),
                     PLAN_RUN,
+                    0,
                 )
                 .await?
             {

@@ -21,9 +21,13 @@ use crate::{
         ReplyTarget, ResolvedOptions, ResultMessage, Stats, Status, SubtaskOutcome,
     },
     release::{self, TaskContext},
-    store::{now_ms, Finished, Lease, LeasedRun, Store, TaskKeys, TaskRecord, TaskState},
+    store::{now_ms, Finished, Lease, LeasedRun, Settled, Store, TaskKeys, TaskRecord, TaskState},
     topology,
 };
+
+/// A settled task of up to this many results has them read with its lease, one round trip less
+/// on the way to its outcome; larger ones are streamed from Redis in chunks.
+const RESULTS_WITH_LEASE: usize = 1000;
 
 /// Name under which synthesis runs are counted (see [`Store::begin_run`]).
 const SYNTH_RUN: &str = "synth";
@@ -130,7 +134,13 @@ impl Finisher {
             let keys = TaskKeys::new(id);
             if let Some(leased) = self
                 .store
-                .lease_run(id, &keys.synth_lease(), self.lease, SYNTH_RUN)
+                .lease_run(
+                    id,
+                    &keys.synth_lease(),
+                    self.lease,
+                    SYNTH_RUN,
+                    RESULTS_WITH_LEASE,
+                )
                 .await?
             {
                 return self.finish_then_release(id, leased).await;
@@ -149,7 +159,13 @@ impl Finisher {
         let keys = TaskKeys::new(id);
         let Some(leased) = self
             .store
-            .lease_run(id, &keys.synth_lease(), self.lease, SYNTH_RUN)
+            .lease_run(
+                id,
+                &keys.synth_lease(),
+                self.lease,
+                SYNTH_RUN,
+                RESULTS_WITH_LEASE,
+            )
             .await?
         else {
             // Someone else is finishing it: wait for them the usual way.
@@ -165,23 +181,27 @@ impl Finisher {
             record,
             runs,
             pending,
+            settled,
         } = leased;
-        let result = self.finish_leased(id, &lease, record, runs, pending).await;
+        let result = self
+            .finish_leased(id, &lease, record, (runs, pending), settled)
+            .await;
         if let Err(error) = lease.release().await {
             tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
         }
         result
     }
 
-    /// `record`, `runs` and `pending` were read as `lease` was taken; the run is counted only
-    /// for a task that is not finished, which is exactly when the synthesis below runs.
+    /// The task's record, pending count and run count were read as the lease was taken; the
+    /// run is counted only for a task that is not finished, which is exactly when the synthesis
+    /// below runs.
     async fn finish_leased(
         &self,
         id: &str,
         lease: &Lease,
         record: Option<TaskRecord>,
-        runs: Option<u64>,
-        pending: u64,
+        (runs, pending): (Option<u64>, u64),
+        preread: Option<Settled>,
     ) -> Result<(), ServiceError> {
         let Some(record) = record else {
             return Ok(());
@@ -210,7 +230,7 @@ impl Finisher {
                     tracing::warn!(task = id, %message, "giving up on the synthesis");
                     failed_outcome(id, Status::Failed, message, &record)
                 }
-                Some(_) => match self.synthesize(id, record, lease).await {
+                Some(_) => match self.synthesize(id, record, lease, preread).await {
                     Ok(Synthesis::Outcome(outcome)) => outcome,
                     Ok(Synthesis::NextRound) => {
                         self.store.end_run(id, SYNTH_RUN).await?;
@@ -238,10 +258,14 @@ impl Finisher {
         id: &str,
         record: TaskRecord,
         lease: &Lease,
+        preread: Option<Settled>,
     ) -> Result<Synthesis, ServiceError> {
         let options: ResolvedOptions = protocol::decode(&record.options)
             .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))?;
-        let (order, results) = tokio::try_join!(self.store.order(id), self.store.results(id))?;
+        let (order, results) = match preread {
+            Some(Settled { order, results }) => (order, results),
+            None => tokio::try_join!(self.store.order(id), self.store.results(id))?,
+        };
         let position: HashMap<&str, usize> = order
             .iter()
             .enumerate()

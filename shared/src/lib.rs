@@ -13,7 +13,8 @@
 //! - [`release`]: publishing released subtasks to their worker type's queue, child tasks.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
-//! - [`config`], [`telemetry`], [`shutdown`], [`error`]: flags, logging, signals, errors.
+//! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
+//!   the async runtime, errors.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
 pub mod amqp;
@@ -28,6 +29,7 @@ pub mod kinds;
 pub mod protocol;
 pub mod ratelimit;
 pub mod release;
+pub mod runtime;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

@@ -292,6 +292,16 @@ pub struct LeasedRun {
     pub runs: Option<u64>,
     /// Subtasks not settled yet.
     pub pending: u64,
+    /// A small settled task's plan order and results, read with the lease.
+    pub settled: Option<Settled>,
+}
+
+/// A settled task's plan order and every result, as synthesis reads them.
+pub struct Settled {
+    /// Subtask ids in plan order.
+    pub order: Vec<String>,
+    /// Every settled subtask.
+    pub results: Vec<(String, StoredResult)>,
 }
 
 /// Name under which planner runs are counted (see [`Store::begin_run`]).
@@ -722,14 +732,22 @@ return {existing, redis.call('HGET', KEYS[1], 'parent') or '', redis.call('SMEMB
   redis.call('SMEMBERS', KEYS[5])}
 ";
 
-/// KEYS: lease, task, starts, pending. ARGV: token, ttl ms, run name. Nil when the lease is
-/// held; else the run count as [`BEGIN_RUN`] gives it, the pending count and the task hash.
+/// KEYS: lease, task, starts, pending, order, results. ARGV: token, ttl ms, run name, most
+/// results to return. Nil when the lease is held; else the run count as [`BEGIN_RUN`] gives it,
+/// the pending count, the task hash and — for a settled task with at most that many results,
+/// which synthesis reads next — the plan order and the results.
 const LEASE_RUN: &str = r"
 if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
 local state = redis.call('HGET', KEYS[2], 'state')
 local runs = -1
 if state and state ~= 'finished' then runs = redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
-return {runs, redis.call('SCARD', KEYS[4]), redis.call('HGETALL', KEYS[2])}
+local pending = redis.call('SCARD', KEYS[4])
+local reply = {runs, pending, redis.call('HGETALL', KEYS[2])}
+if runs >= 0 and pending == 0 and redis.call('HLEN', KEYS[6]) <= tonumber(ARGV[4]) then
+  reply[4] = redis.call('LRANGE', KEYS[5], 0, -1)
+  reply[5] = redis.call('HGETALL', KEYS[6])
+end
+return reply
 ";
 
 const BEGIN_RUN: &str = r"
@@ -1642,51 +1660,55 @@ impl Store {
     }
 
     /// Takes the lease at `lease_key` if nobody holds it and, in the same round trip, reads task
-    /// `id` and its pending count and counts a run of `run` (as [`Store::begin_run`] does).
+    /// `id` and its pending count and counts a run of `run` (as [`Store::begin_run`] does); for
+    /// a settled task of at most `results_up_to` results, its plan order and results come too.
     /// `None` when the lease is held by someone else.
     ///
     /// # Errors
-    /// Redis fails, or the task hash is not one Chorus wrote.
+    /// Redis fails, or the task hash or a result is not one Chorus wrote.
     pub async fn lease_run(
         &self,
         id: &str,
         lease_key: &str,
         ttl: Duration,
         run: &str,
+        results_up_to: usize,
     ) -> Result<Option<LeasedRun>, StoreError> {
         let keys = TaskKeys::new(id);
         let token = new_lease_token();
         let ttl_ms = lease_ttl_ms(ttl);
-        let reply: Option<(i64, u64, Vec<Vec<u8>>)> = LEASE_RUN_SCRIPT
+        let reply: Option<Vec<redis::Value>> = LEASE_RUN_SCRIPT
             .key(lease_key)
             .key(keys.task())
             .key(keys.starts())
             .key(keys.pending())
+            .key(keys.order())
+            .key(keys.results())
             .arg(&token)
             .arg(ttl_ms)
             .arg(run)
+            .arg(results_up_to)
             .invoke_async(&mut self.conn())
             .await?;
-        let Some((runs, pending, flat)) = reply else {
+        let Some(reply) = reply else {
             return Ok(None);
         };
         let lease = self.hold_lease(lease_key, token, ttl_ms);
-        let runs = u64::try_from(runs).ok();
-        let mut fields = std::collections::HashMap::with_capacity(flat.len() / 2);
-        let mut flat = flat.into_iter();
-        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
-            fields.insert(String::from_utf8_lossy(&name).into_owned(), value);
-        }
-        match task_record(id, &fields) {
-            Ok(record) => Ok(Some(LeasedRun {
+        match read_leased(id, &reply) {
+            Ok(read) => Ok(Some(LeasedRun {
                 lease,
-                record,
-                runs,
-                pending,
+                record: read.record,
+                runs: read.runs,
+                pending: read.pending,
+                settled: read.settled,
             })),
             Err(error) => {
-                // A run counted beside a record that cannot be read never started.
-                if runs.is_some() {
+                // A run counted beside a reply that cannot be read never started.
+                if reply
+                    .first()
+                    .and_then(|runs| i64::from_redis_value_ref(runs).ok())
+                    >= Some(0)
+                {
                     drop(self.end_run(id, run).await);
                 }
                 Err(error)
@@ -1712,9 +1734,7 @@ impl Store {
                 .query_async(&mut conn)
                 .await?;
             for (subtask, raw) in entries {
-                let stored: StoredResult = protocol::decode(&raw)
-                    .map_err(|e| StoreError::Corrupt(format!("result of {id}/{subtask}: {e}")))?;
-                results.push((subtask, stored));
+                results.push(decode_result(id, subtask, &raw)?);
             }
             if next == 0 {
                 return Ok(results);
@@ -1957,6 +1977,53 @@ fn parse_graph_reply(task: &str, reply: &[redis::Value]) -> Result<GraphReply, S
         skipped,
         released,
     })
+}
+
+/// What [`LEASE_RUN`] read besides the lease.
+struct LeasedRead {
+    runs: Option<u64>,
+    pending: u64,
+    record: Option<TaskRecord>,
+    settled: Option<Settled>,
+}
+
+fn read_leased(id: &str, reply: &[redis::Value]) -> Result<LeasedRead, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt(format!("lease reply for {id}: {what}"));
+    fn read<T: FromRedisValue>(value: Option<&redis::Value>) -> Result<T, String> {
+        T::from_redis_value_ref(value.unwrap_or(&redis::Value::Nil)).map_err(|e| e.to_string())
+    }
+    let runs: i64 = read(reply.first()).map_err(corrupt)?;
+    let pending: u64 = read(reply.get(1)).map_err(corrupt)?;
+    let fields: std::collections::HashMap<String, Vec<u8>> = read(reply.get(2)).map_err(corrupt)?;
+    let record = task_record(id, &fields)?;
+    let settled = match (reply.get(3), reply.get(4)) {
+        (Some(order), Some(results)) => {
+            let order: Vec<String> = read(Some(order)).map_err(corrupt)?;
+            let results: Vec<(String, Vec<u8>)> = read(Some(results)).map_err(corrupt)?;
+            let results = results
+                .into_iter()
+                .map(|(subtask, raw)| decode_result(id, subtask, &raw))
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(Settled { order, results })
+        }
+        _ => None,
+    };
+    Ok(LeasedRead {
+        runs: u64::try_from(runs).ok(),
+        pending,
+        record,
+        settled,
+    })
+}
+
+fn decode_result(
+    id: &str,
+    subtask: String,
+    raw: &[u8],
+) -> Result<(String, StoredResult), StoreError> {
+    let stored: StoredResult = protocol::decode(raw)
+        .map_err(|e| StoreError::Corrupt(format!("result of {id}/{subtask}: {e}")))?;
+    Ok((subtask, stored))
 }
 
 /// The task record in a task hash's fields; `None` for no fields (unknown or expired task).

@@ -58,6 +58,12 @@ pub struct Config {
     /// Results handled at once (also the prefetch).
     #[arg(long, env = "CHORUS_SYNTHESIZER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+
+    /// Threads of the async runtime: 1 (the default) runs the synthesizer's own work on one
+    /// thread, saving hand-offs between threads on every result; 0 for one per core. Reviews
+    /// and syntheses run on a separate blocking pool either way.
+    #[arg(long, env = "CHORUS_SYNTHESIZER_THREADS", default_value_t = 1)]
+    pub threads: u16,
 }
 
 /// Control messages handled at once.

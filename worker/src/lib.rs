@@ -73,6 +73,13 @@ pub struct Config {
     #[arg(long, env = "CHORUS_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
 
+    /// Threads running handlers and the worker's own work: 0 for one per core, 1 to run all of
+    /// it on one thread (the least overhead per message, for handlers that wait on I/O and never
+    /// block). Blocking or CPU-heavy handler code belongs on `tokio::task::spawn_blocking`
+    /// either way.
+    #[arg(long, env = "CHORUS_WORKER_THREADS", default_value_t = 0)]
+    pub threads: u16,
+
     /// Worker types served, comma-separated, each optionally with its own concurrency:
     /// `default,gpu:2,api:32`. Each type has its own queue and prefetch.
     #[arg(long, env = "CHORUS_TYPES", default_value = "default", value_delimiter = ',', value_parser = parse_worker_type)]

@@ -1,11 +1,10 @@
 //! `chorus-worker`: flags → logging → [`chorus_worker::run`] until a signal.
 
-use chorus_shared::{config::EXIT_USAGE, kinds::Registry, shutdown, telemetry};
+use chorus_shared::{config::EXIT_USAGE, kinds::Registry, runtime, telemetry};
 use chorus_worker::{run, Config};
 use clap::Parser;
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let config = Config::parse();
     if let Err(message) = config.connect.validate() {
         eprintln!("chorus-worker: {message}");
@@ -16,8 +15,8 @@ async fn main() {
         std::process::exit(EXIT_USAGE);
     }
     telemetry::init(config.log.log_format);
-    if let Err(error) = run(config, Registry::builtin(), shutdown::on_signal()).await {
-        tracing::error!("chorus-worker failed: {error:#}");
-        std::process::exit(1);
-    }
+    let threads = config.threads;
+    runtime::run_service("chorus-worker", threads, |shutdown| {
+        run(config, Registry::builtin(), shutdown)
+    });
 }

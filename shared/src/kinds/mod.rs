@@ -335,8 +335,8 @@ impl std::error::Error for KindError {}
 
 /// A kind of task: planner, handler and synthesizer of one domain.
 ///
-/// `plan` and `synthesize` run on a blocking thread, so they may read files; `handle` is async
-/// and runs under the subtask's timeout (it is dropped when the timeout passes).
+/// `plan`, `review` and `synthesize` run on a blocking thread, so they may read files; `handle`
+/// is async and runs under the subtask's timeout (it is dropped when the timeout passes).
 pub trait Kind: Send + Sync + 'static {
     /// The task input, decoded from the request's `input`.
     type Input: DeserializeOwned + Send + Sync;

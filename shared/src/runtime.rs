@@ -1,0 +1,43 @@
+//! The async runtime a service runs on: one thread (the default of the orchestrator and the
+//! synthesizer, whose own work is waiting on the broker and Redis) or a pool of threads.
+
+use std::future::Future;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::shutdown;
+
+/// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the
+/// calling thread, which saves the hand-offs between threads on every message; `0`: one per
+/// core). `service` gets the token of [`shutdown::on_signal`]. A failure is logged and ends the
+/// process with status 1.
+pub fn run_service<Fut>(name: &str, threads: u16, service: impl FnOnce(CancellationToken) -> Fut)
+where
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let built = match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!("{name} cannot start its async runtime: {error}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async {
+        if let Err(error) = service(shutdown::on_signal()).await {
+            tracing::error!("{name} failed: {error:#}");
+            std::process::exit(1);
+        }
+    });
+}
