@@ -131,18 +131,7 @@ impl Finisher {
             }
             // Delivery too happens under the lease, so that without a crash nobody gets the
             // outcome twice.
-            let keys = TaskKeys::new(id);
-            if let Some(leased) = self
-                .store
-                .lease_run(
-                    id,
-                    &keys.synth_lease(),
-                    self.lease,
-                    SYNTH_RUN,
-                    RESULTS_WITH_LEASE,
-                )
-                .await?
-            {
+            if let Some(leased) = self.lease_synthesis(id).await? {
                 return self.finish_then_release(id, leased).await;
             }
             tokio::time::sleep(LEASE_POLL).await;
@@ -156,9 +145,18 @@ impl Finisher {
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
     pub async fn finish_settled(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(leased) = self.lease_synthesis(id).await? else {
+            // Someone else is finishing it: wait for them the usual way.
+            return self.finish_if_settled(id).await;
+        };
+        self.finish_then_release(id, leased).await
+    }
+
+    /// Takes the task's synthesis lease with what synthesis reads first; `None` while another
+    /// process holds it.
+    async fn lease_synthesis(&self, id: &str) -> Result<Option<LeasedRun>, StoreError> {
         let keys = TaskKeys::new(id);
-        let Some(leased) = self
-            .store
+        self.store
             .lease_run(
                 id,
                 &keys.synth_lease(),
@@ -166,12 +164,7 @@ impl Finisher {
                 SYNTH_RUN,
                 RESULTS_WITH_LEASE,
             )
-            .await?
-        else {
-            // Someone else is finishing it: wait for them the usual way.
-            return self.finish_if_settled(id).await;
-        };
-        self.finish_then_release(id, leased).await
+            .await
     }
 
     /// Finishes the task under the lease just taken, then gives the lease back.

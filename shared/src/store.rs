@@ -771,6 +771,22 @@ for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
 return 1
 ";
 
+/// Lua shared by the scripts that record plan entries; KEYS 3 to 9 are plan, order, pending,
+/// waiting, dependents, types and worker types. An entry is five ARGV values from `p`: id,
+/// encoded entry, worker type, unmet dependency count, space-separated dependents.
+const PLAN_ENTRY_PRELUDE: &str = r"
+local function add_plan_entry(p)
+  local id = ARGV[p]
+  redis.call('HSET', KEYS[3], id, ARGV[p + 1])
+  redis.call('RPUSH', KEYS[4], id)
+  redis.call('SADD', KEYS[5], id)
+  redis.call('HINCRBY', KEYS[8], ARGV[p + 2], 1)
+  if ARGV[p + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[p + 2]) end
+  if ARGV[p + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[p + 3]) end
+  if ARGV[p + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[p + 4]) end
+end
+";
+
 /// KEYS: plan lease, task, plan, order, pending, waiting, dependents, types, worker types.
 /// ARGV: token, entries already in `order`, then per entry: id, encoded entry, worker type,
 /// unmet dependency count, space-separated dependents.
@@ -779,14 +795,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
 if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[2]) then return 0 end
 for i = 3, #ARGV, 5 do
-  local id = ARGV[i]
-  redis.call('HSET', KEYS[3], id, ARGV[i + 1])
-  redis.call('RPUSH', KEYS[4], id)
-  redis.call('SADD', KEYS[5], id)
-  redis.call('HINCRBY', KEYS[8], ARGV[i + 2], 1)
-  if ARGV[i + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[i + 2]) end
-  if ARGV[i + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[i + 3]) end
-  if ARGV[i + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[i + 4]) end
+  add_plan_entry(i)
 end
 return 1
 ";
@@ -803,14 +812,7 @@ if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
 for i = 12, #KEYS do redis.call('DEL', KEYS[i]) end
 local p = 3
 for _ = 1, tonumber(ARGV[2]) do
-  local id = ARGV[p]
-  redis.call('HSET', KEYS[3], id, ARGV[p + 1])
-  redis.call('RPUSH', KEYS[4], id)
-  redis.call('SADD', KEYS[5], id)
-  redis.call('HINCRBY', KEYS[8], ARGV[p + 2], 1)
-  if ARGV[p + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[p + 2]) end
-  if ARGV[p + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[p + 3]) end
-  if ARGV[p + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[p + 4]) end
+  add_plan_entry(p)
   p = p + 5
 end
 for list = 10, 11 do
@@ -862,8 +864,10 @@ static LEASE_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_R
 static BEGIN_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_RUN));
 static END_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(END_RUN));
 static RESET_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESET_PLAN));
-static APPEND_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEND_PLAN));
-static RECORD_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RECORD_PLAN));
+static APPEND_PLAN_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PLAN_ENTRY_PRELUDE}{APPEND_PLAN}")));
+static RECORD_PLAN_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PLAN_ENTRY_PRELUDE}{RECORD_PLAN}")));
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
