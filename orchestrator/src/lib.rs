@@ -17,7 +17,10 @@ use chorus_shared::{
     kinds::Registry,
     protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
     release::{self, TaskContext},
-    store::{Claim, Lease, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState, PLAN_RUN},
+    store::{
+        Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
+        PLAN_RUN,
+    },
     topology,
 };
 use clap::Parser;
@@ -297,17 +300,15 @@ impl Orchestrator {
         // Planner runs that never return (a planner crashing the process) are counted, so such
         // a task is rejected instead of taking orchestrators down forever. The count is taken
         // with the lease and the read, in one round trip.
+        let lease_key = keys.plan_lease();
+        let request = LeaseRequest {
+            key: &lease_key,
+            ttl: self.config.outcomes.lease(),
+            run: PLAN_RUN,
+            results_up_to: 0,
+        };
         let leased = loop {
-            if let Some(leased) = store
-                .lease_run(
-                    id,
-                    &keys.plan_lease(),
-                    self.config.outcomes.lease(),
-                    PLAN_RUN,
-                    0,
-                )
-                .await?
-            {
+            if let Some(leased) = store.lease_run(id, &request).await? {
                 break leased;
             }
             // Another orchestrator (or this one, for a twin delivery) is on it; wait for it to

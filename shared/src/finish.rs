@@ -21,7 +21,10 @@ use crate::{
         ReplyTarget, ResolvedOptions, ResultMessage, Stats, Status, SubtaskOutcome,
     },
     release::{self, TaskContext},
-    store::{now_ms, Finished, Lease, LeasedRun, Settled, Store, TaskKeys, TaskRecord, TaskState},
+    store::{
+        now_ms, Finished, Lease, LeaseRequest, LeasedRun, Settled, SettledLease, Store, TaskKeys,
+        TaskRecord, TaskState,
+    },
     topology,
 };
 
@@ -140,30 +143,53 @@ impl Finisher {
 
     /// [`Finisher::finish_if_settled`] for a caller that just saw nothing pending (the script
     /// that recorded the last result said so): straight to the lease, which comes with the
-    /// task's record, its pending count and the synthesis run counted, in one round trip.
+    /// task's record, its pending count and the synthesis run counted, in one round trip —
+    /// or came with that script already (`lease`).
     ///
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
-    pub async fn finish_settled(&self, id: &str) -> Result<(), ServiceError> {
-        let Some(leased) = self.lease_synthesis(id).await? else {
-            // Someone else is finishing it: wait for them the usual way.
-            return self.finish_if_settled(id).await;
+    pub async fn finish_settled(
+        &self,
+        id: &str,
+        lease: Option<SettledLease>,
+    ) -> Result<(), ServiceError> {
+        let leased = match lease {
+            Some(SettledLease::Taken(leased)) => Some(*leased),
+            Some(SettledLease::Held) => None,
+            None => self.lease_synthesis(id).await?,
         };
-        self.finish_then_release(id, leased).await
+        match leased {
+            Some(leased) => self.finish_then_release(id, leased).await,
+            // Someone else is finishing it: wait for them the usual way.
+            None => self.finish_if_settled(id).await,
+        }
+    }
+
+    /// What the synthesis lease of task `id` is asked for: by [`Store::record_results`] (the
+    /// `lease_key` is [`TaskKeys::synth_lease`]) and by this finisher.
+    pub fn synthesis_lease<'a>(&self, lease_key: &'a str) -> LeaseRequest<'a> {
+        LeaseRequest {
+            key: lease_key,
+            ttl: self.lease,
+            run: SYNTH_RUN,
+            results_up_to: RESULTS_WITH_LEASE,
+        }
+    }
+
+    /// Gives back a synthesis lease taken for a synthesis that will not run now (the caller
+    /// failed before it could start): its run is not counted against the task.
+    pub async fn give_back(&self, id: &str, lease: SettledLease) {
+        if let SettledLease::Taken(leased) = lease {
+            leased.give_back(id, SYNTH_RUN).await;
+        }
     }
 
     /// Takes the task's synthesis lease with what synthesis reads first; `None` while another
     /// process holds it.
     async fn lease_synthesis(&self, id: &str) -> Result<Option<LeasedRun>, StoreError> {
-        let keys = TaskKeys::new(id);
+        let lease_key = TaskKeys::new(id).synth_lease();
         self.store
-            .lease_run(
-                id,
-                &keys.synth_lease(),
-                self.lease,
-                SYNTH_RUN,
-                RESULTS_WITH_LEASE,
-            )
+            .lease_run(id, &self.synthesis_lease(&lease_key))
             .await
     }
 

@@ -296,6 +296,42 @@ pub struct LeasedRun {
     pub settled: Option<Settled>,
 }
 
+/// A lease to take for a run, and how much to read with it.
+pub struct LeaseRequest<'a> {
+    /// The lease's key.
+    pub key: &'a str,
+    /// How long the lease lasts unless renewed (it is renewed while held).
+    pub ttl: Duration,
+    /// Name under which the run is counted (see [`Store::begin_run`]).
+    pub run: &'a str,
+    /// A settled task's results come with the lease when there are at most this many.
+    pub results_up_to: usize,
+}
+
+/// What the call that recorded a task's last results did with its synthesis lease.
+pub enum SettledLease {
+    /// Taken, with what synthesis reads first.
+    Taken(Box<LeasedRun>),
+    /// Held by another process, which is finishing the task.
+    Held,
+}
+
+impl LeasedRun {
+    /// Ends the run counted with the lease and gives the lease back, for a run that stops
+    /// before it starts. Failures are logged: the count then stays (as after a crash) and the
+    /// lease lapses by itself.
+    pub async fn give_back(self, id: &str, run: &str) {
+        if self.runs.is_some() {
+            if let Err(error) = self.lease.store.end_run(id, run).await {
+                tracing::debug!(task = id, %error, "cannot end the run given back");
+            }
+        }
+        if let Err(error) = self.lease.release().await {
+            tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
+        }
+    }
+}
+
 /// A settled task's plan order and every result, as synthesis reads them.
 pub struct Settled {
     /// Subtask ids in plan order.
@@ -593,20 +629,24 @@ local function reply(status, released)
 end
 ";
 
-/// Records the results of one task, each once, in one atomic call. ARGV: subtask limit, number
-/// of results, then per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and per
-/// spawned entry: id, encoded entry, worker type, space-separated dependencies.
-/// Replies `{'batch', pending, #skipped, skipped..., #results, status per result...,
-/// released id, entry, ...}`; a status is `new`, `duplicate`, `unknown-subtask`,
-/// `limit:<would have>` or `conflict:<reason>` (the last two recorded nothing).
+/// Records the results of one task, each once, in one atomic call. KEYS: [`TaskKeys::graph`],
+/// then the synthesis lease and the run counts. ARGV: subtask limit, number of results, lease
+/// token (empty for no lease), lease ttl ms, run name, most results to return with the lease,
+/// then per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and
+/// per spawned entry: id, encoded entry, worker type, space-separated dependencies.
+/// Replies `{recorded, lease}`: `recorded` is `{'batch', pending, #skipped, skipped...,
+/// #results, status per result..., released id, entry, ...}`, where a status is `new`,
+/// `duplicate`, `unknown-subtask`, `limit:<would have>` or `conflict:<reason>` (the last two
+/// recorded nothing). When a token was given and these results left nothing pending, `lease`
+/// is what `lease_run` replies for the synthesis lease, or `held`; else nil.
 const RECORD_RESULTS: &str = r"
 local limit, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local meta = redis.call('HMGET', T, 'state', 'cap', 'graph')
 local state, cap, graph = meta[1], tonumber(meta[2] or '0') or 0, meta[3] == '1'
-if not state then return {'unknown-task', 0, 0} end
+if not state then return {{'unknown-task', 0, 0}, false} end
 if state == 'finished' then
   redis.call('HINCRBY', T, 'duplicates', count)
-  return {'finished', 0, 0}
+  return {{'finished', 0, 0}, false}
 end
 
 local function spawn_problem(nspawn, base)
@@ -631,7 +671,7 @@ end
 local statuses, spawned, duplicates = {}, false, 0
 local succeeded, failed, retries = 0, 0, 0
 local per_type = {}
-local i = 3
+local i = 7
 while i <= #ARGV do
   local id, record, ok = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local nspawn = tonumber(ARGV[i + 4])
@@ -689,12 +729,20 @@ for counter, n in pairs(per_type) do redis.call('HINCRBY', TYPES, counter, n) en
 -- with the first wave.
 local released = {}
 if graph or cap > 0 or spawned then released = release(cap) end
-local out = {'batch', redis.call('SCARD', PENDING), #skipped}
+local pending = redis.call('SCARD', PENDING)
+local out = {'batch', pending, #skipped}
 for _, id in ipairs(skipped) do out[#out + 1] = id end
 out[#out + 1] = #statuses
 for _, st in ipairs(statuses) do out[#out + 1] = st end
 for _, v in ipairs(released) do out[#out + 1] = v end
-return out
+-- The results that settle the task take its synthesis lease too: one round trip less between
+-- the last result and the outcome, and no gap in which the task is settled but unleased.
+local lease = false
+if pending == 0 and ARGV[3] ~= '' and (state == 'planned' or state == 'running') then
+  lease = lease_run(KEYS[13], T, KEYS[14], PENDING, ORDER, RESULTS, ARGV[3], ARGV[4], ARGV[5],
+    ARGV[6]) or 'held'
+end
+return {out, lease}
 ";
 
 /// Redoes or adds subtasks for another review round, under the synthesis lease.
@@ -732,22 +780,31 @@ return {existing, redis.call('HGET', KEYS[1], 'parent') or '', redis.call('SMEMB
   redis.call('SMEMBERS', KEYS[5])}
 ";
 
-/// KEYS: lease, task, starts, pending, order, results. ARGV: token, ttl ms, run name, most
-/// results to return. Nil when the lease is held; else the run count as [`BEGIN_RUN`] gives it,
-/// the pending count, the task hash and — for a settled task with at most that many results,
-/// which synthesis reads next — the plan order and the results.
-const LEASE_RUN: &str = r"
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return false end
-local state = redis.call('HGET', KEYS[2], 'state')
-local runs = -1
-if state and state ~= 'finished' then runs = redis.call('HINCRBY', KEYS[3], ARGV[3], 1) end
-local pending = redis.call('SCARD', KEYS[4])
-local reply = {runs, pending, redis.call('HGETALL', KEYS[2])}
-if runs >= 0 and pending == 0 and redis.call('HLEN', KEYS[6]) <= tonumber(ARGV[4]) then
-  reply[4] = redis.call('LRANGE', KEYS[5], 0, -1)
-  reply[5] = redis.call('HGETALL', KEYS[6])
+/// Lua shared by the scripts that take a lease for a run: `lease_run` takes the lease at
+/// `lease` for `token` unless it is held (then `nil`), and replies the run count as
+/// [`BEGIN_RUN`] gives it, the pending count, the task hash and — for a settled task with at
+/// most `up_to` results, which synthesis reads next — the plan order and the results.
+const LEASE_PRELUDE: &str = r"
+local function lease_run(lease, task, starts, pending_set, order, results, token, ttl, run, up_to)
+  if not redis.call('SET', lease, token, 'NX', 'PX', ttl) then return nil end
+  local state = redis.call('HGET', task, 'state')
+  local runs = -1
+  if state and state ~= 'finished' then runs = redis.call('HINCRBY', starts, run, 1) end
+  local pending = redis.call('SCARD', pending_set)
+  local reply = {runs, pending, redis.call('HGETALL', task)}
+  if runs >= 0 and pending == 0 and redis.call('HLEN', results) <= tonumber(up_to) then
+    reply[4] = redis.call('LRANGE', order, 0, -1)
+    reply[5] = redis.call('HGETALL', results)
+  end
+  return reply
 end
-return reply
+";
+
+/// KEYS: lease, task, starts, pending, order, results. ARGV: token, ttl ms, run name, most
+/// results to return. Nil when the lease is held; else what `lease_run` replies.
+const LEASE_RUN: &str = r"
+return lease_run(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[1], ARGV[2], ARGV[3],
+  ARGV[4]) or false
 ";
 
 const BEGIN_RUN: &str = r"
@@ -852,7 +909,7 @@ static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
 static MARK_PLANNED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_PLANNED));
 static MARK_RUNNING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_RUNNING));
 static RECORD_RESULTS_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{RECORD_RESULTS}")));
+    LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{LEASE_PRELUDE}{RECORD_RESULTS}")));
 static REVISE_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{REVISE}")));
 static CLEAR_OUTBOX_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLEAR_OUTBOX));
@@ -860,7 +917,8 @@ static APPEND_LIST_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(APPEN
 static STORE_OUTCOME_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(STORE_OUTCOME));
 static RELEASE_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE_LEASE));
 static RENEW_LEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RENEW_LEASE));
-static LEASE_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(LEASE_RUN));
+static LEASE_RUN_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{LEASE_PRELUDE}{LEASE_RUN}")));
 static BEGIN_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(BEGIN_RUN));
 static END_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(END_RUN));
 static RESET_PLAN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RESET_PLAN));
@@ -1534,7 +1592,8 @@ impl Store {
     /// Records settled subtasks of one task, each once — with the subtasks they spawned — in
     /// one atomic call, and releases what that unblocks: dependents whose dependencies all
     /// succeeded (or skips them after a failure) and, under a cap, the next ready subtasks.
-    /// Duplicates change nothing.
+    /// Duplicates change nothing. With `settle_lease`, results that leave nothing pending take
+    /// that lease in the same call (see [`Store::lease_run`]).
     ///
     /// # Errors
     /// Redis fails, or something does not encode or decode.
@@ -1543,8 +1602,10 @@ impl Store {
         task: &str,
         results: &[&ResultMessage],
         max_subtasks: u64,
-    ) -> Result<Recorded, StoreError> {
+        settle_lease: Option<&LeaseRequest<'_>>,
+    ) -> Result<(Recorded, Option<SettledLease>), StoreError> {
         let keys = TaskKeys::new(task);
+        let token = settle_lease.map(|_| new_lease_token());
         // Encodes like a `StoredResult`, without copying the output.
         #[derive(Serialize)]
         struct StoredResultRef<'a> {
@@ -1553,8 +1614,14 @@ impl Store {
         }
         let mut call = RECORD_RESULTS_SCRIPT.prepare_invoke();
         call.key(keys.graph().as_slice())
+            .key(settle_lease.map_or_else(|| keys.synth_lease(), |lease| lease.key.to_owned()))
+            .key(keys.starts())
             .arg(max_subtasks)
-            .arg(results.len());
+            .arg(results.len())
+            .arg(token.as_deref().unwrap_or(""))
+            .arg(settle_lease.map_or(0, |lease| lease_ttl_ms(lease.ttl)))
+            .arg(settle_lease.map_or("", |lease| lease.run))
+            .arg(settle_lease.map_or(0, |lease| lease.results_up_to));
         for result in results {
             let record = protocol::encode(&StoredResultRef {
                 attempts: result.attempts,
@@ -1576,66 +1643,27 @@ impl Store {
         }
         let reply: Vec<redis::Value> = call.invoke_async(&mut self.conn()).await?;
         let corrupt = |what: &str| StoreError::Corrupt(format!("script reply for {task}: {what}"));
-        let status: String = reply
-            .first()
-            .map(String::from_redis_value_ref)
-            .transpose()
-            .map_err(|e| corrupt(&e.to_string()))?
-            .ok_or_else(|| corrupt("no status"))?;
-        match status.as_str() {
-            "unknown-task" => return Ok(Recorded::UnknownTask),
-            "finished" => return Ok(Recorded::TaskFinished),
-            _ => {}
+        let lease = match (settle_lease.zip(token), reply.get(1)) {
+            (Some((request, token)), Some(redis::Value::Array(leased))) => Some(
+                SettledLease::Taken(Box::new(self.leased(task, request, token, leased).await?)),
+            ),
+            (Some(_), Some(redis::Value::Nil) | None) | (None, _) => None,
+            (Some(_), Some(_)) => Some(SettledLease::Held),
+        };
+        let recorded = match reply.first() {
+            Some(redis::Value::Array(recorded)) => read_recorded(task, results.len(), recorded),
+            _ => Err(corrupt("no recorded part")),
+        };
+        match (recorded, lease) {
+            (Ok(recorded), lease) => Ok((recorded, lease)),
+            (Err(error), Some(SettledLease::Taken(leased))) => {
+                if let Some(request) = settle_lease {
+                    leased.give_back(task, request.run).await;
+                }
+                Err(error)
+            }
+            (Err(error), _) => Err(error),
         }
-        // `{'batch', pending, #skipped, skipped..., #results, statuses..., released...}`:
-        // the graph reply's layout with the statuses spliced in after the skipped ids.
-        let skipped_count = reply
-            .get(2)
-            .map(usize::from_redis_value_ref)
-            .transpose()
-            .map_err(|e| corrupt(&e.to_string()))?
-            .unwrap_or(0);
-        let statuses_at = 3 + skipped_count;
-        let status_count = reply
-            .get(statuses_at)
-            .map(usize::from_redis_value_ref)
-            .transpose()
-            .map_err(|e| corrupt(&e.to_string()))?
-            .unwrap_or(0);
-        if status_count != results.len() {
-            return Err(corrupt("one status per result expected"));
-        }
-        let statuses = reply
-            .get(statuses_at + 1..statuses_at + 1 + status_count)
-            .ok_or_else(|| corrupt("statuses missing"))?
-            .iter()
-            .map(|value| {
-                let raw =
-                    String::from_redis_value_ref(value).map_err(|e| corrupt(&e.to_string()))?;
-                Ok(match raw.split_once(':') {
-                    Some(("limit", n)) => ResultStatus::TooManySubtasks {
-                        would_have: n.parse().unwrap_or(u64::MAX),
-                    },
-                    Some(("conflict", reason)) => ResultStatus::SpawnConflict {
-                        reason: reason.to_owned(),
-                    },
-                    _ => match raw.as_str() {
-                        "new" => ResultStatus::New,
-                        "duplicate" => ResultStatus::Duplicate,
-                        _ => ResultStatus::UnknownSubtask,
-                    },
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let mut graph_reply: Vec<redis::Value> = reply[..statuses_at].to_vec();
-        graph_reply.extend_from_slice(&reply[statuses_at + 1 + status_count..]);
-        let parsed = parse_graph_reply(task, &graph_reply)?;
-        Ok(Recorded::Batch {
-            statuses,
-            remaining: parsed.remaining,
-            released: parsed.released,
-            skipped: parsed.skipped,
-        })
     }
 
     /// Unsettled subtasks of a task.
@@ -1663,49 +1691,56 @@ impl Store {
         task_record(id, &fields)
     }
 
-    /// Takes the lease at `lease_key` if nobody holds it and, in the same round trip, reads task
-    /// `id` and its pending count and counts a run of `run` (as [`Store::begin_run`] does); for
-    /// a settled task of at most `results_up_to` results, its plan order and results come too.
-    /// `None` when the lease is held by someone else.
+    /// Takes the lease `request` names if nobody holds it and, in the same round trip, reads
+    /// task `id` and its pending count and counts a run (as [`Store::begin_run`] does); for a
+    /// settled task of at most `request.results_up_to` results, its plan order and results come
+    /// too. `None` when the lease is held by someone else.
     ///
     /// # Errors
     /// Redis fails, or the task hash or a result is not one Chorus wrote.
     pub async fn lease_run(
         &self,
         id: &str,
-        lease_key: &str,
-        ttl: Duration,
-        run: &str,
-        results_up_to: usize,
+        request: &LeaseRequest<'_>,
     ) -> Result<Option<LeasedRun>, StoreError> {
         let keys = TaskKeys::new(id);
         let token = new_lease_token();
-        let ttl_ms = lease_ttl_ms(ttl);
         let reply: Option<Vec<redis::Value>> = LEASE_RUN_SCRIPT
-            .key(lease_key)
+            .key(request.key)
             .key(keys.task())
             .key(keys.starts())
             .key(keys.pending())
             .key(keys.order())
             .key(keys.results())
             .arg(&token)
-            .arg(ttl_ms)
-            .arg(run)
-            .arg(results_up_to)
+            .arg(lease_ttl_ms(request.ttl))
+            .arg(request.run)
+            .arg(request.results_up_to)
             .invoke_async(&mut self.conn())
             .await?;
-        let Some(reply) = reply else {
-            return Ok(None);
-        };
-        let lease = self.hold_lease(lease_key, token, ttl_ms);
-        match read_leased(id, &reply) {
-            Ok(read) => Ok(Some(LeasedRun {
+        match reply {
+            Some(reply) => Ok(Some(self.leased(id, request, token, &reply).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Holds the lease a script just took for `token` and reads what came with it.
+    async fn leased(
+        &self,
+        id: &str,
+        request: &LeaseRequest<'_>,
+        token: String,
+        reply: &[redis::Value],
+    ) -> Result<LeasedRun, StoreError> {
+        let lease = self.hold_lease(request.key, token, lease_ttl_ms(request.ttl));
+        match read_leased(id, reply) {
+            Ok(read) => Ok(LeasedRun {
                 lease,
                 record: read.record,
                 runs: read.runs,
                 pending: read.pending,
                 settled: read.settled,
-            })),
+            }),
             Err(error) => {
                 // A run counted beside a reply that cannot be read never started.
                 if reply
@@ -1713,8 +1748,9 @@ impl Store {
                     .and_then(|runs| i64::from_redis_value_ref(runs).ok())
                     >= Some(0)
                 {
-                    drop(self.end_run(id, run).await);
+                    drop(self.end_run(id, request.run).await);
                 }
+                drop(lease.release().await);
                 Err(error)
             }
         }
@@ -2077,4 +2113,72 @@ fn decode_waiters(id: &str, raw: &[Vec<u8>]) -> Result<Vec<ReplyTarget>, StoreEr
 
 fn decode_outcome(bytes: &[u8]) -> Result<Outcome, StoreError> {
     protocol::decode(bytes).map_err(|e| StoreError::Corrupt(format!("stored outcome: {e}")))
+}
+
+/// The part of a [`RECORD_RESULTS`] reply that says what was recorded.
+fn read_recorded(
+    task: &str,
+    expected: usize,
+    reply: &[redis::Value],
+) -> Result<Recorded, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("script reply for {task}: {what}"));
+    let status: String = reply
+        .first()
+        .map(String::from_redis_value_ref)
+        .transpose()
+        .map_err(|e| corrupt(&e.to_string()))?
+        .ok_or_else(|| corrupt("no status"))?;
+    match status.as_str() {
+        "unknown-task" => return Ok(Recorded::UnknownTask),
+        "finished" => return Ok(Recorded::TaskFinished),
+        _ => {}
+    }
+    // `{'batch', pending, #skipped, skipped..., #results, statuses..., released...}`:
+    // the graph reply's layout with the statuses spliced in after the skipped ids.
+    let skipped_count = reply
+        .get(2)
+        .map(usize::from_redis_value_ref)
+        .transpose()
+        .map_err(|e| corrupt(&e.to_string()))?
+        .unwrap_or(0);
+    let statuses_at = 3 + skipped_count;
+    let status_count = reply
+        .get(statuses_at)
+        .map(usize::from_redis_value_ref)
+        .transpose()
+        .map_err(|e| corrupt(&e.to_string()))?
+        .unwrap_or(0);
+    if status_count != expected {
+        return Err(corrupt("one status per result expected"));
+    }
+    let statuses = reply
+        .get(statuses_at + 1..statuses_at + 1 + status_count)
+        .ok_or_else(|| corrupt("statuses missing"))?
+        .iter()
+        .map(|value| {
+            let raw = String::from_redis_value_ref(value).map_err(|e| corrupt(&e.to_string()))?;
+            Ok(match raw.split_once(':') {
+                Some(("limit", n)) => ResultStatus::TooManySubtasks {
+                    would_have: n.parse().unwrap_or(u64::MAX),
+                },
+                Some(("conflict", reason)) => ResultStatus::SpawnConflict {
+                    reason: reason.to_owned(),
+                },
+                _ => match raw.as_str() {
+                    "new" => ResultStatus::New,
+                    "duplicate" => ResultStatus::Duplicate,
+                    _ => ResultStatus::UnknownSubtask,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let mut graph_reply: Vec<redis::Value> = reply[..statuses_at].to_vec();
+    graph_reply.extend_from_slice(&reply[statuses_at + 1 + status_count..]);
+    let parsed = parse_graph_reply(task, &graph_reply)?;
+    Ok(Recorded::Batch {
+        statuses,
+        remaining: parsed.remaining,
+        released: parsed.released,
+        skipped: parsed.skipped,
+    })
 }

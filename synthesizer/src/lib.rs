@@ -21,7 +21,9 @@ use chorus_shared::{
         SubtaskOutcome,
     },
     release,
-    store::{now_ms, Recorded, ResultStatus, Store, TaskRecord},
+    store::{
+        now_ms, LeaseRequest, Recorded, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
+    },
     topology,
 };
 use clap::Parser;
@@ -132,6 +134,16 @@ pub async fn run(
 /// A result that cannot be recorded, and why.
 type Refused = (ResultMessage, ProtocolError);
 
+/// What a task needs once its results are recorded and followed up.
+enum Next {
+    /// Nothing is pending: synthesize and deliver.
+    Finish,
+    /// The task was finished already: deliver the outcome if that was interrupted.
+    Deliver,
+    /// Nothing more now.
+    Nothing,
+}
+
 impl Synthesizer {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
@@ -214,9 +226,42 @@ impl Synthesizer {
                 result.spawned.clear();
             }
         }
+        let lease_key = TaskKeys::new(task).synth_lease();
+        let settle_lease = self.finisher.synthesis_lease(&lease_key);
+        let (recorded, lease) = self.record(task, &results, Some(&settle_lease)).await?;
+        // A lease these results took is given back if anything fails before the synthesis.
+        let next = self.follow_up(task, results, recorded, refused).await;
+        match (next, lease) {
+            (Ok(Next::Finish), lease) => self.finisher.finish_settled(task, lease).await,
+            (next, Some(lease)) => {
+                self.finisher.give_back(task, lease).await;
+                self.after(task, next?).await
+            }
+            (next, None) => self.after(task, next?).await,
+        }
+    }
+
+    /// What is left to do once a follow-up of recorded results is done.
+    async fn after(&self, task: &str, next: Next) -> Result<(), ServiceError> {
+        match next {
+            Next::Finish => self.finisher.finish_settled(task, None).await,
+            Next::Deliver => self.finisher.finish_if_settled(task).await,
+            Next::Nothing => Ok(()),
+        }
+    }
+
+    /// Acts on what recording said: stops a task over its subtask limit, records spawn
+    /// conflicts as failures, announces skipped dependents and publishes released subtasks.
+    async fn follow_up(
+        &self,
+        task: &str,
+        results: Vec<ResultMessage>,
+        recorded: Recorded,
+        refused: &mut Vec<Refused>,
+    ) -> Result<Next, ServiceError> {
         let store = &self.finisher.store;
-        let (remaining, released, skipped) = match self.record(task, &results).await? {
-            Recorded::TaskFinished => return self.finisher.finish_if_settled(task).await,
+        let (remaining, released, skipped) = match recorded {
+            Recorded::TaskFinished => return Ok(Next::Deliver),
             Recorded::UnknownTask => {
                 for result in results {
                     let error = ProtocolError::Invalid(format!(
@@ -225,7 +270,7 @@ impl Synthesizer {
                     ));
                     refused.push((result, error));
                 }
-                return Ok(());
+                return Ok(Next::Nothing);
             }
             Recorded::Batch {
                 statuses,
@@ -263,7 +308,8 @@ impl Synthesizer {
                     }
                 }
                 if let Some(message) = too_many {
-                    return self.finisher.stop(task, Status::Failed, message).await;
+                    self.finisher.stop(task, Status::Failed, message).await?;
+                    return Ok(Next::Nothing);
                 }
                 if duplicate {
                     // The first copy may have died between releasing and publishing.
@@ -272,7 +318,7 @@ impl Synthesizer {
                 let mut outcome = (remaining, released, skipped);
                 if !conflicts.is_empty() {
                     // Settled as failures instead, which records nothing spawned.
-                    match self.record(task, &conflicts).await? {
+                    match self.record(task, &conflicts, None).await?.0 {
                         Recorded::Batch {
                             remaining,
                             released,
@@ -305,10 +351,11 @@ impl Synthesizer {
                     .await?;
             }
         }
-        if remaining == 0 {
-            self.finisher.finish_settled(task).await?;
-        }
-        Ok(())
+        Ok(if remaining == 0 {
+            Next::Finish
+        } else {
+            Next::Nothing
+        })
     }
 
     /// Publishes `subtask.skipped` events when the task asked for subtask events.
@@ -343,12 +390,18 @@ impl Synthesizer {
         &self,
         task: &str,
         results: &[ResultMessage],
-    ) -> Result<Recorded, ServiceError> {
+        settle_lease: Option<&LeaseRequest<'_>>,
+    ) -> Result<(Recorded, Option<SettledLease>), ServiceError> {
         let results: Vec<&ResultMessage> = results.iter().collect();
         Ok(self
             .finisher
             .store
-            .record_results(task, &results, self.config.limits.max_subtasks)
+            .record_results(
+                task,
+                &results,
+                self.config.limits.max_subtasks,
+                settle_lease,
+            )
             .await?)
     }
 

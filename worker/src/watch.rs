@@ -1,7 +1,7 @@
 //! Which tasks are over: a subtask of a finished, cancelled or timed-out task is dropped instead
 //! of run, and the handlers still running for such a task see their cancellation token. Redis
 //! is asked at most once a second per task, so a task of 100,000 subtasks costs one lookup a
-//! second, not one per subtask.
+//! second, not one per subtask; subtasks of a task that arrive together share one lookup.
 
 use std::{
     collections::HashMap,
@@ -10,6 +10,7 @@ use std::{
 };
 
 use chorus_shared::{error::StoreError, store::Store};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// How stale the knowledge that a task is still live may be.
@@ -29,10 +30,38 @@ struct Watched {
     live: bool,
 }
 
+/// What the watch knows, under one lock.
+#[derive(Default)]
+struct Known {
+    tasks: HashMap<String, Watched>,
+    /// Lookups in flight, by task: the answer (`Some(live)`) is sent to everyone who asked
+    /// meanwhile; a lookup that fails or is dropped closes its channel instead.
+    lookups: HashMap<String, watch::Receiver<Option<bool>>>,
+}
+
 /// Liveness of tasks, shared by all handlers of a worker process.
 pub struct TaskWatch {
     store: Store,
-    tasks: Mutex<HashMap<String, Watched>>,
+    known: Mutex<Known>,
+}
+
+/// Whether a caller of [`TaskWatch::is_live`] waits for a lookup in flight or makes it.
+enum Turn {
+    Wait(watch::Receiver<Option<bool>>),
+    LookUp(watch::Sender<Option<bool>>),
+}
+
+/// The one lookup of a task in flight; ends it when dropped, however the lookup went.
+struct Lookup<'a> {
+    watch: &'a TaskWatch,
+    task: &'a str,
+    answer: watch::Sender<Option<bool>>,
+}
+
+impl Drop for Lookup<'_> {
+    fn drop(&mut self) {
+        self.watch.lock().lookups.remove(self.task);
+    }
 }
 
 /// A running handler's hold on its task's token.
@@ -51,7 +80,7 @@ impl Running {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(watched) = self.watch.lock().get_mut(&self.task) {
+        if let Some(watched) = self.watch.lock().tasks.get_mut(&self.task) {
             watched.running = watched.running.saturating_sub(1);
         }
     }
@@ -62,7 +91,7 @@ impl TaskWatch {
     pub fn start(store: Store, shutdown: CancellationToken) -> Arc<Self> {
         let watch = Arc::new(Self {
             store,
-            tasks: Mutex::new(HashMap::new()),
+            known: Mutex::new(Known::default()),
         });
         let poller = Arc::clone(&watch);
         tokio::spawn(async move {
@@ -79,42 +108,84 @@ impl TaskWatch {
         watch
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
-        match self.tasks.lock() {
+    fn lock(&self) -> MutexGuard<'_, Known> {
+        match self.known.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Whether `task` may still run subtasks (no outcome yet), at most a second stale.
+    /// Whether `task` may still run subtasks (no outcome yet), at most a second stale. The
+    /// subtasks of a task that arrive while it is being looked up wait for that lookup, so that
+    /// they start, and their results go out, together.
     ///
     /// # Errors
     /// Redis fails.
     pub async fn is_live(&self, task: &str) -> Result<bool, StoreError> {
-        if let Some(watched) = self.lock().get(task) {
-            if !watched.live || watched.checked.elapsed() < FRESHNESS {
-                return Ok(watched.live);
+        loop {
+            let waiting = {
+                let mut known = self.lock();
+                if let Some(watched) = known.tasks.get(task) {
+                    if !watched.live || watched.checked.elapsed() < FRESHNESS {
+                        return Ok(watched.live);
+                    }
+                }
+                match known.lookups.get(task) {
+                    Some(answer) => Turn::Wait(answer.clone()),
+                    None => {
+                        let (answer, receiver) = watch::channel(None);
+                        known.lookups.insert(task.to_owned(), receiver);
+                        Turn::LookUp(answer)
+                    }
+                }
+            };
+            let mut answer = match waiting {
+                Turn::Wait(answer) => answer,
+                Turn::LookUp(answer) => {
+                    let lookup = Lookup {
+                        watch: self,
+                        task,
+                        answer,
+                    };
+                    return self.look_up(lookup).await;
+                }
+            };
+            // A lookup that failed closes the channel: this caller then tries one of its own.
+            let answered = answer
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|live| *live);
+            if let Some(live) = answered {
+                return Ok(live);
             }
         }
+    }
+
+    async fn look_up(&self, lookup: Lookup<'_>) -> Result<bool, StoreError> {
         let over = self
             .store
-            .finished(&[task.to_owned()])
+            .finished(&[lookup.task.to_owned()])
             .await?
             .first()
             .copied()
             .unwrap_or(false);
-        self.note(task, !over);
+        self.note(lookup.task, !over);
+        lookup.answer.send_replace(Some(!over));
         Ok(!over)
     }
 
     fn note(&self, task: &str, live: bool) {
-        let mut tasks = self.lock();
-        let watched = tasks.entry(task.to_owned()).or_insert_with(|| Watched {
-            token: CancellationToken::new(),
-            running: 0,
-            checked: Instant::now(),
-            live,
-        });
+        let mut known = self.lock();
+        let watched = known
+            .tasks
+            .entry(task.to_owned())
+            .or_insert_with(|| Watched {
+                token: CancellationToken::new(),
+                running: 0,
+                checked: Instant::now(),
+                live,
+            });
         watched.checked = Instant::now();
         watched.live = live;
         if !live {
@@ -124,7 +195,8 @@ impl TaskWatch {
 
     /// Registers a running handler of `task`; its token is cancelled when the task is over.
     pub fn enter(self: &Arc<Self>, task: &str) -> Running {
-        let mut tasks = self.lock();
+        let mut known = self.lock();
+        let tasks = &mut known.tasks;
         if !tasks.contains_key(task) {
             tasks.insert(
                 task.to_owned(),
@@ -154,7 +226,8 @@ impl TaskWatch {
     /// entries.
     async fn poll(&self) -> Result<(), StoreError> {
         let busy: Vec<String> = {
-            let mut tasks = self.lock();
+            let mut known = self.lock();
+            let tasks = &mut known.tasks;
             tasks.retain(|_, w| w.running > 0 || w.checked.elapsed() < FORGET_AFTER);
             tasks
                 .iter()
