@@ -461,7 +461,7 @@ impl Orchestrator {
                         .filter_map(|&position| slots.get_mut(position).and_then(Option::take))
                         .collect()
                 };
-                self.publish_wave(id, &record, &options, 0, Some(&first))
+                self.publish_wave(id, lease, &record, &options, 0, Some(&first))
                     .await?;
             }
             TaskState::Planned => {
@@ -471,7 +471,7 @@ impl Orchestrator {
                     wave = record.wave_len,
                     "resuming publication of a planned task"
                 );
-                self.publish_wave(id, &record, &options, record.published, None)
+                self.publish_wave(id, lease, &record, &options, record.published, None)
                     .await?;
             }
             TaskState::Running | TaskState::Finished => {}
@@ -505,10 +505,12 @@ impl Orchestrator {
     }
 
     /// Publishes first-wave subtasks `from..` batch by batch, saving the confirmed prefix after
-    /// each; `in_memory` holds the whole wave when the plan was just made.
+    /// each; `in_memory` holds the whole wave when the plan was just made. Moving the task to
+    /// running gives back the plan `lease`.
     async fn publish_wave(
         &self,
         id: &str,
+        lease: &Lease,
         record: &TaskRecord,
         options: &protocol::ResolvedOptions,
         from: u64,
@@ -545,11 +547,14 @@ impl Orchestrator {
                 }
             };
             release::publish_entries(store, &self.finisher.publisher, context, entries).await?;
-            store.set_published(id, end).await?;
+            // The last batch is recorded as the task moves to running, below.
+            if end < total {
+                store.set_published(id, end).await?;
+            }
             failpoint::hit("orchestrator.after-batch").await;
             start = end;
         }
-        store.mark_running(id, total).await?;
+        store.mark_running(id, total, lease).await?;
         // Only a task planned empty has no result to finish it (a plan with work always has a
         // first wave: a plan whose every subtask waits is a cycle, and rejected).
         if total == 0 {

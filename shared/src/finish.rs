@@ -267,9 +267,9 @@ impl Finisher {
                 self.store.store_outcome(&outcome, self.outcome_ttl)
             )?;
             failpoint::hit("synthesizer.after-store-outcome").await;
-            return self.deliver_finished(id, finished).await;
+            return self.deliver_finished(id, finished, Some(lease)).await;
         }
-        self.deliver(id).await
+        self.deliver(id, Some(lease)).await
     }
 
     async fn synthesize(
@@ -504,12 +504,12 @@ impl Finisher {
             tracing::info!(task = id, status = status.as_str(), %message, "stopping task");
             let outcome = failed_outcome(id, status, message, &record);
             let finished = self.store.store_outcome(&outcome, self.outcome_ttl).await?;
-            return self.deliver_finished(id, finished).await;
+            return self.deliver_finished(id, finished, None).await;
         }
         if record.delivered {
             return Ok(());
         }
-        self.deliver(id).await
+        self.deliver(id, None).await
     }
 
     /// Handles a control message.
@@ -574,23 +574,29 @@ impl Finisher {
     /// Redis or the broker failed; calling again later is safe.
     pub async fn conclude(&self, outcome: &Outcome) -> Result<(), ServiceError> {
         let finished = self.store.store_outcome(outcome, self.outcome_ttl).await?;
-        self.deliver_finished(&outcome.id, finished).await
+        self.deliver_finished(&outcome.id, finished, None).await
     }
 
-    /// Publishes the stored outcome to every waiter and as an event, then marks it delivered.
+    /// Publishes the stored outcome to every waiter and as an event, then marks it delivered,
+    /// giving back the synthesis `lease` it ran under in the same round trip.
     ///
     /// # Errors
     /// Redis or the broker failed; calling again later is safe (waiters may then get a second,
     /// identical copy).
-    pub async fn deliver(&self, id: &str) -> Result<(), ServiceError> {
+    pub async fn deliver(&self, id: &str, lease: Option<&Lease>) -> Result<(), ServiceError> {
         match self.store.finished_task(id).await? {
-            Some(finished) => self.deliver_finished(id, finished).await,
+            Some(finished) => self.deliver_finished(id, finished, lease).await,
             None => Ok(()),
         }
     }
 
     /// [`Finisher::deliver`] of what storing the outcome returned.
-    async fn deliver_finished(&self, id: &str, finished: Finished) -> Result<(), ServiceError> {
+    async fn deliver_finished(
+        &self,
+        id: &str,
+        finished: Finished,
+        lease: Option<&Lease>,
+    ) -> Result<(), ServiceError> {
         let Finished {
             outcome,
             waiters,
@@ -622,7 +628,7 @@ impl Finisher {
             self.report_to_parent(id, &parent, &outcome).await?;
         }
         self.cancel_children(id, &children, &outcome).await?;
-        self.store.mark_delivered(id).await?;
+        self.store.mark_delivered(id, lease).await?;
         tracing::info!(
             task = id,
             status = outcome.status.as_str(),

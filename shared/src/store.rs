@@ -25,7 +25,11 @@
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    sync::LazyLock,
+    time::Duration,
+};
 
 use redis::{aio::ConnectionManager, aio::ConnectionManagerConfig, FromRedisValue, Script};
 use serde::{Deserialize, Serialize};
@@ -491,9 +495,20 @@ end
 return 1
 ";
 
+/// KEYS: task, plan lease. ARGV: subtasks published, lease token. The last write under the
+/// plan lease gives it back too.
 const MARK_RUNNING: &str = r"
+if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 if redis.call('HGET', KEYS[1], 'state') ~= 'planned' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'published', ARGV[1])
+return 1
+";
+
+/// KEYS: task, synthesis lease. ARGV: lease token (empty for none). The last write under the
+/// synthesis lease gives it back too.
+const MARK_DELIVERED: &str = r"
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], 'delivered', 1)
 return 1
 ";
 
@@ -908,6 +923,7 @@ return 0
 static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(CLAIM));
 static MARK_PLANNED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_PLANNED));
 static MARK_RUNNING_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_RUNNING));
+static MARK_DELIVERED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(MARK_DELIVERED));
 static RECORD_RESULTS_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{GRAPH_PRELUDE}{LEASE_PRELUDE}{RECORD_RESULTS}")));
 static REVISE_SCRIPT: LazyLock<Script> =
@@ -1574,18 +1590,28 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a planned task to `running` once its whole plan is confirmed. A task that finished
-    /// meanwhile stays finished.
+    /// Moves a planned task to `running` once its whole plan is confirmed, and gives back the
+    /// plan `lease` in the same round trip ([`Lease::release`] is then a no-op). A task that
+    /// finished meanwhile stays finished.
     ///
     /// # Errors
     /// Redis fails.
-    pub async fn mark_running(&self, id: &str, published: u64) -> Result<(), StoreError> {
+    pub async fn mark_running(
+        &self,
+        id: &str,
+        published: u64,
+        lease: &Lease,
+    ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
+        lease.stop.cancel();
         MARK_RUNNING_SCRIPT
             .key(keys.task())
+            .key(&lease.key)
             .arg(published)
+            .arg(&lease.token)
             .invoke_async::<i64>(&mut self.conn())
             .await?;
+        lease.given_back.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -1863,18 +1889,26 @@ impl Store {
         decode_waiters(id, &raw)
     }
 
-    /// Notes that every waiter has been sent the outcome.
+    /// Notes that every waiter has been sent the outcome, and gives back the synthesis `lease`
+    /// the delivery ran under, if any, in the same round trip ([`Lease::release`] is then a
+    /// no-op).
     ///
     /// # Errors
     /// Redis fails.
-    pub async fn mark_delivered(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn mark_delivered(&self, id: &str, lease: Option<&Lease>) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
-        redis::cmd("HSET")
-            .arg(keys.task())
-            .arg("delivered")
-            .arg(1)
-            .query_async::<()>(&mut self.conn())
+        if let Some(lease) = lease {
+            lease.stop.cancel();
+        }
+        MARK_DELIVERED_SCRIPT
+            .key(keys.task())
+            .key(lease.map_or_else(|| keys.synth_lease(), |lease| lease.key.clone()))
+            .arg(lease.map_or("", |lease| lease.token.as_str()))
+            .invoke_async::<i64>(&mut self.conn())
             .await?;
+        if let Some(lease) = lease {
+            lease.given_back.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -1912,6 +1946,7 @@ impl Store {
             key: key.to_owned(),
             token,
             stop,
+            given_back: AtomicBool::new(false),
         }
     }
 }
@@ -1930,7 +1965,10 @@ pub struct Lease {
     key: String,
     /// Owner token, checked by the scripts that write under the lease.
     token: String,
+    /// Stops the renewals.
     stop: CancellationToken,
+    /// Given back already, by the script of the last write made under it.
+    given_back: AtomicBool,
 }
 
 impl Lease {
@@ -1940,6 +1978,9 @@ impl Lease {
     /// Redis fails; the lease then lapses by itself.
     pub async fn release(self) -> Result<(), StoreError> {
         self.stop.cancel();
+        if self.given_back.load(Ordering::Relaxed) {
+            return Ok(());
+        }
         RELEASE_LEASE_SCRIPT
             .key(&self.key)
             .arg(&self.token)

@@ -101,6 +101,40 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Commands seen by `MONITOR` (see [`TestEnv::monitor_redis`]); stops when dropped.
+pub struct RedisMonitor {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl RedisMonitor {
+    /// How many commands seen so far are `command` (e.g. `EXISTS`).
+    pub fn count(&self, command: &str) -> usize {
+        let quoted = format!("\"{command}\"");
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| {
+                line.split("] ")
+                    .nth(1)
+                    .is_some_and(|rest| rest.starts_with(&quoted))
+            })
+            .count()
+    }
+
+    /// Every command seen so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for RedisMonitor {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// One test's private world: a vhost, a Redis database, and the processes it started.
 pub struct TestEnv {
     /// Vhost name.
@@ -272,6 +306,32 @@ impl TestEnv {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
+    }
+
+    /// Every command the Redis server runs from now on that mentions `needle`, as `MONITOR`
+    /// shows it: for tests that count round trips.
+    pub async fn monitor_redis(&self, needle: &str) -> RedisMonitor {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", services().redis_port))
+            .await
+            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"MONITOR\r\n")
+            .await
+            .unwrap();
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stream));
+        // The server says +OK once it is monitoring.
+        let ok = lines.next_line().await.unwrap().unwrap_or_default();
+        assert_eq!(ok, "+OK", "MONITOR refused");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collected = std::sync::Arc::clone(&seen);
+        let needle = needle.to_owned();
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(&needle) {
+                    collected.lock().unwrap().push(line);
+                }
+            }
+        });
+        RedisMonitor { seen, reader }
     }
 
     /// A third-party AMQP client on this env's vhost.

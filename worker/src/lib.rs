@@ -5,7 +5,7 @@
 //! delay queue — with a confirm before it acks. Subtasks of tasks that are over are dropped, and
 //! running handlers of such tasks see their cancellation token.
 
-mod watch;
+pub mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 

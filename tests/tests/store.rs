@@ -1,0 +1,274 @@
+//! The Redis side of the fan-in, against the real Redis: which calls take and give back
+//! leases, and how many round trips a step costs (counted with `MONITOR`).
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::{sync::Arc, time::Duration};
+
+use chorus_shared::{
+    graph,
+    protocol::{self, PlanEntry, ResolvedOptions, ResultMessage, SubtaskOutcome, TaskOptions},
+    store::{Claim, LeaseRequest, Planning, Recorded, SettledLease, Store, Submission, TaskKeys},
+};
+use chorus_tests::TestEnv;
+use chorus_worker::watch::TaskWatch;
+use redis::AsyncCommands;
+use serde_bytes::ByteBuf;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+async fn store(env: &TestEnv) -> Store {
+    Store::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+fn entry(id: &str) -> PlanEntry {
+    PlanEntry {
+        id: id.to_owned(),
+        worker_type: "default".to_owned(),
+        depends_on: Vec::new(),
+        depth: 0,
+        payload: ByteBuf::from(vec![1, 2, 3]),
+        child: None,
+    }
+}
+
+fn result(task: &str, subtask: &str) -> ResultMessage {
+    ResultMessage {
+        task: task.to_owned(),
+        subtask: subtask.to_owned(),
+        attempts: 1,
+        outcome: SubtaskOutcome::Succeeded(ByteBuf::from(protocol::encode(&7u32).unwrap())),
+        spawned: Vec::new(),
+    }
+}
+
+/// Claims, plans and starts task `id` of `subtasks` independent subtasks, as the orchestrator
+/// does; the plan lease is given back as the task moves to running.
+async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry> {
+    let options: ResolvedOptions = TaskOptions::default().resolve().unwrap();
+    let options = protocol::encode(&options).unwrap();
+    let input = protocol::encode(&()).unwrap();
+    let claim = store
+        .claim(
+            id,
+            None,
+            Submission {
+                kind: "range-sum",
+                options: &options,
+                input: &input,
+                parent: None,
+            },
+            LEASE,
+        )
+        .await
+        .unwrap();
+    let Claim::New(Some(Planning { lease, .. })) = claim else {
+        panic!("a new task's claim takes its plan lease");
+    };
+    let entries: Vec<PlanEntry> = (0..subtasks).map(|n| entry(&format!("s{n}"))).collect();
+    let wave = graph::first_wave(&entries, 0);
+    store
+        .record_plan(id, &lease, &entries, &wave, 0)
+        .await
+        .unwrap();
+    store.end_run(id, "plan").await.unwrap();
+    store
+        .mark_running(id, entries.len() as u64, &lease)
+        .await
+        .unwrap();
+    lease.release().await.unwrap();
+    entries
+}
+
+fn synthesis_lease(key: &str) -> LeaseRequest<'_> {
+    LeaseRequest {
+        key,
+        ttl: LEASE,
+        run: "synth",
+        results_up_to: 1000,
+    }
+}
+
+#[tokio::test]
+async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_call() {
+    let env = TestEnv::new("store-settle").await;
+    let store = store(&env).await;
+    let id = format!("settle-{}", uuid::Uuid::new_v4());
+    running_task(&store, &id, 3).await;
+    let lease_key = TaskKeys::new(&id).synth_lease();
+    let request = synthesis_lease(&lease_key);
+    let monitor = env.monitor_redis(&id).await;
+
+    // Two of three results: something is still pending, so no lease is taken.
+    let first = [result(&id, "s0"), result(&id, "s1")];
+    let (recorded, lease) = store
+        .record_results(&id, &first.iter().collect::<Vec<_>>(), 1000, Some(&request))
+        .await
+        .unwrap();
+    assert!(
+        matches!(recorded, Recorded::Batch { remaining: 1, .. }),
+        "{recorded:?}"
+    );
+    assert!(lease.is_none(), "a lease taken with work still pending");
+    let mut conn = env.redis().await;
+    assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
+
+    // The last one settles the task: the lease comes with the record, the run counted and
+    // every result read, in that one script call.
+    let last = result(&id, "s2");
+    let calls_before = monitor.count("EVALSHA");
+    let (recorded, lease) = store
+        .record_results(&id, &[&last], 1000, Some(&request))
+        .await
+        .unwrap();
+    assert!(
+        matches!(recorded, Recorded::Batch { remaining: 0, .. }),
+        "{recorded:?}"
+    );
+    let Some(SettledLease::Taken(leased)) = lease else {
+        panic!("the settling call did not take the synthesis lease");
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        monitor.count("EVALSHA") - calls_before,
+        1,
+        "recording the last result and leasing took more than one call: {:#?}",
+        monitor.lines()
+    );
+    assert!(conn.exists::<_, bool>(&lease_key).await.unwrap());
+    assert_eq!(leased.runs, Some(1));
+    assert_eq!(leased.pending, 0);
+    let settled = leased.settled.as_ref().expect("a small task's results");
+    assert_eq!(settled.order, ["s0", "s1", "s2"]);
+    assert_eq!(settled.results.len(), 3);
+    assert!(leased
+        .record
+        .as_ref()
+        .is_some_and(|record| record.total == 3));
+
+    // A duplicate of the last result meanwhile finds the lease held.
+    let (_, duplicate_lease) = store
+        .record_results(&id, &[&last], 1000, Some(&request))
+        .await
+        .unwrap();
+    assert!(matches!(duplicate_lease, Some(SettledLease::Held)));
+
+    // Given back (the synthesis could not start): the run is not counted, and the next
+    // duplicate takes the lease afresh.
+    leased.give_back(&id, "synth").await;
+    assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
+    let (_, again) = store
+        .record_results(&id, &[&last], 1000, Some(&request))
+        .await
+        .unwrap();
+    let Some(SettledLease::Taken(again)) = again else {
+        panic!("the lease was not free after it was given back");
+    };
+    assert_eq!(again.runs, Some(1), "a given-back run stayed counted");
+    again.lease.release().await.unwrap();
+
+    // Without a lease request nothing is taken.
+    let (_, none) = store
+        .record_results(&id, &[&last], 1000, None)
+        .await
+        .unwrap();
+    assert!(none.is_none());
+    assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
+}
+
+#[tokio::test]
+async fn the_last_write_under_a_lease_gives_it_back_in_the_same_call() {
+    let env = TestEnv::new("store-give-back").await;
+    let store = store(&env).await;
+    let id = format!("give-back-{}", uuid::Uuid::new_v4());
+    let mut conn = env.redis().await;
+    let keys = TaskKeys::new(&id);
+
+    // Moving to running ends the plan lease (`running_task` releases it afterwards, which
+    // must then cost nothing). A first run loads the scripts, so that the count below is not
+    // thrown off by a fresh server's script cache.
+    running_task(&store, &format!("warm-up-{id}"), 1).await;
+    let monitor = env.monitor_redis(&id).await;
+    running_task(&store, &id, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!conn.exists::<_, bool>(keys.plan_lease()).await.unwrap());
+    let state: String = conn.hget(keys.task(), "state").await.unwrap();
+    assert_eq!(state, "running");
+    // Claim, plan, end of the planner run, running: four calls, no separate release.
+    assert_eq!(
+        monitor.count("EVALSHA"),
+        4,
+        "calls made for the plan: {:#?}",
+        monitor.lines()
+    );
+
+    // Marking the outcome delivered ends the synthesis lease.
+    let results = [result(&id, "s0"), result(&id, "s1")];
+    let lease_key = keys.synth_lease();
+    let (_, lease) = store
+        .record_results(
+            &id,
+            &results.iter().collect::<Vec<_>>(),
+            1000,
+            Some(&synthesis_lease(&lease_key)),
+        )
+        .await
+        .unwrap();
+    let Some(SettledLease::Taken(leased)) = lease else {
+        panic!("no synthesis lease");
+    };
+    assert!(conn.exists::<_, bool>(&lease_key).await.unwrap());
+    store
+        .mark_delivered(&id, Some(&leased.lease))
+        .await
+        .unwrap();
+    assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
+    let delivered: String = conn.hget(keys.task(), "delivered").await.unwrap();
+    assert_eq!(delivered, "1");
+
+    // A lease someone else took meanwhile is theirs: the late write leaves it alone.
+    let _: () = conn.set(&lease_key, "someone-else").await.unwrap();
+    leased.lease.release().await.unwrap();
+    store.mark_delivered(&id, None).await.unwrap();
+    let holder: String = conn.get(&lease_key).await.unwrap();
+    assert_eq!(holder, "someone-else");
+}
+
+#[tokio::test]
+async fn subtasks_of_a_task_arriving_together_share_one_liveness_lookup() {
+    let env = TestEnv::new("store-watch").await;
+    let store = store(&env).await;
+    let shutdown = CancellationToken::new();
+    let watch = TaskWatch::start(store.clone(), shutdown.clone());
+    let id = format!("watch-{}", uuid::Uuid::new_v4());
+    let monitor = env.monitor_redis(&id).await;
+    let askers: Vec<_> = (0..8)
+        .map(|_| {
+            let watch = Arc::clone(&watch);
+            let id = id.clone();
+            tokio::spawn(async move { watch.is_live(&id).await.unwrap() })
+        })
+        .collect();
+    for asker in askers {
+        assert!(asker.await.unwrap(), "a task without outcome is live");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        monitor.count("EXISTS"),
+        1,
+        "eight subtasks arriving together looked the task up {} times",
+        monitor.count("EXISTS")
+    );
+
+    // A finished task is seen over once its knowledge is stale (a second at most).
+    let mut conn = env.redis().await;
+    let _: () = conn
+        .set(TaskKeys::new(&id).outcome(), "done")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!watch.is_live(&id).await.unwrap());
+    shutdown.cancel();
+}
