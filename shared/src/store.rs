@@ -26,7 +26,7 @@
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 
 use std::{
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     sync::LazyLock,
     time::Duration,
 };
@@ -1951,8 +1951,13 @@ impl Store {
     }
 }
 
+/// A lease owner token unique across processes: a random process id and a counter. Every
+/// result message asks for one (its script may settle the task), so it must not cost a call
+/// into the kernel's random number generator each time.
 fn new_lease_token() -> String {
-    uuid::Uuid::new_v4().to_string()
+    static PROCESS: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", *PROCESS, NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 fn lease_ttl_ms(ttl: Duration) -> u64 {
