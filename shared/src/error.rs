@@ -48,6 +48,9 @@ pub enum BrokerError {
     /// A connection of the session is no longer open.
     #[error("connection to the broker lost")]
     ConnectionLost,
+    /// A publish this message was part of, with others (results sent together), failed.
+    #[error("{0}")]
+    Shared(String),
 }
 
 /// A failure talking to Redis.

@@ -310,25 +310,49 @@ pub async fn publish_results(
     results: &[ResultMessage],
     max_message_bytes: usize,
 ) -> Result<(), ServiceError> {
-    if let [result] = results {
-        return publish_result(publisher, result).await;
+    let encoded = results
+        .iter()
+        .map(protocol::encode)
+        .collect::<Result<Vec<_>, _>>()?;
+    publish_encoded_results(publisher, &encoded, max_message_bytes).await
+}
+
+/// [`publish_results`] of results already encoded one by one (`protocol::encode` of each
+/// [`ResultMessage`]), which may belong to different tasks.
+///
+/// # Errors
+/// The broker did not confirm.
+pub async fn publish_encoded_results(
+    publisher: &Publisher,
+    encoded: &[Vec<u8>],
+    max_message_bytes: usize,
+) -> Result<(), ServiceError> {
+    if let [body] = encoded {
+        publisher
+            .publish(Outgoing {
+                exchange: "",
+                routing_key: topology::RESULTS_QUEUE,
+                body,
+                properties: amqp::persistent(protocol::MSGPACK),
+                mandatory: true,
+            })
+            .await?;
+        return Ok(());
     }
     let size_cap = (max_message_bytes / 4).max(1);
     let mut bodies: Vec<Vec<u8>> = Vec::new();
-    let mut encoded: Vec<Vec<u8>> = Vec::new();
+    let mut start = 0;
     let mut bytes = 0;
-    for result in results {
-        let body = protocol::encode(result)?;
-        if !encoded.is_empty() && bytes + body.len() > size_cap {
-            bodies.push(result_batch_body(&encoded)?);
-            encoded.clear();
+    for (at, body) in encoded.iter().enumerate() {
+        if at > start && bytes + body.len() > size_cap {
+            bodies.push(result_batch_body(&encoded[start..at])?);
+            start = at;
             bytes = 0;
         }
         bytes += body.len();
-        encoded.push(body);
     }
-    if !encoded.is_empty() {
-        bodies.push(result_batch_body(&encoded)?);
+    if start < encoded.len() {
+        bodies.push(result_batch_body(&encoded[start..])?);
     }
     publisher
         .publish_all(bodies.iter().map(|body| {

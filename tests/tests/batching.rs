@@ -202,3 +202,59 @@ async fn a_batch_size_out_of_range_is_rejected() {
         "{outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn results_of_subtasks_that_settle_together_share_a_message() {
+    let mut env = TestEnv::new("coalesced").await;
+    let client = env.client().await;
+    env.spawn("chorus-orchestrator", &[]);
+    // Sixty subtasks, one per message, that all sleep the same 300 ms side by side: their
+    // results are ready within a few milliseconds of each other.
+    let mut replies = submit(
+        &client,
+        &json!({"kind": "range-sum", "id": "coalesced",
+                "input": {"start": 0, "end": 6000, "parts": 60, "delay_ms": 300}}),
+    )
+    .await;
+    env.spawn("chorus-worker", &["--concurrency", "100"]);
+
+    // No synthesizer yet: the results wait in chorus.results to be looked at.
+    let mut messages = Vec::new();
+    let mut subtasks = std::collections::BTreeSet::new();
+    let mut results = 0;
+    while results < 60 {
+        for message in client.drain("chorus.results", 1).await {
+            let body = msgpack_to_json(&message.delivery.data);
+            let carried: Vec<Value> = if message_type(&message) == Some("chorus.result-batch") {
+                body["results"].as_array().unwrap().clone()
+            } else {
+                vec![body]
+            };
+            for result in &carried {
+                assert_eq!(result["task"], "coalesced");
+                subtasks.insert(result["subtask"].as_str().unwrap().to_owned());
+            }
+            results += carried.len();
+            messages.push(message);
+        }
+    }
+    assert_eq!(results, 60, "a result went out twice");
+    assert_eq!(subtasks.len(), 60);
+    assert!(
+        messages.len() < 60,
+        "60 results that settled together took {} messages",
+        messages.len()
+    );
+    println!(
+        "[coalesced results] 60 results in {} messages",
+        messages.len()
+    );
+
+    // The synthesizer takes them, alone or together, and counts each subtask once.
+    republish(&client, "chorus.results", &messages).await;
+    env.spawn("chorus-synthesizer", &[]);
+    let outcome = msgpack_to_json(&next_message(&mut replies).await.data);
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 6000));
+    assert_eq!(outcome["stats"]["succeeded"], 60);
+}

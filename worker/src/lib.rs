@@ -5,9 +5,12 @@
 //! delay queue — with a confirm before it acks. Subtasks of tasks that are over are dropped, and
 //! running handlers of such tasks see their cancellation token.
 
+mod results;
 pub mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use results::ResultSender;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
@@ -143,6 +146,8 @@ struct Worker {
     config: Config,
     registry: Registry,
     publisher: Publisher,
+    /// Results of single subtasks, sent together when they settle together.
+    results: ResultSender,
     store: Store,
     /// Redelivered subtasks take it exclusively, so that if one of them crashes the process,
     /// no innocent subtask was running beside it (and only the culprit's start is counted).
@@ -215,6 +220,10 @@ pub async fn run(
             config: config.clone(),
             registry: registry.clone(),
             publisher: session.publisher.clone(),
+            results: ResultSender::start(
+                session.publisher.clone(),
+                config.limits.max_message_bytes(),
+            ),
             store: store.clone(),
             quarantine: Arc::clone(&quarantine),
             watch: Arc::clone(&watch),
@@ -301,7 +310,7 @@ impl Worker {
         match self.attempt(&subtask, is_redelivery(delivery)).await? {
             Settlement::Nothing => {}
             Settlement::Settled(result) => {
-                release::publish_result(&self.publisher, &result).await?;
+                self.results.send(&result).await?;
                 failpoint::hit("worker.after-publish-result").await;
                 if let SubtaskOutcome::Failed(message) = &result.outcome {
                     self.dead_letter(&subtask, &delivery.data, &delivery.properties, message)
