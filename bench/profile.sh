@@ -27,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 eval "$(deploy/services.sh env)"
 export CHORUS_AMQP_URL CHORUS_REDIS_URL RUST_LOG=warn
-BIN=target/release
+BIN="${CARGO_TARGET_DIR:-target}/release"
 # The benchmark's settings.
 "$BIN/chorus-orchestrator" --publish-batch 1000 >"$OUT/orchestrator.log" 2>&1 & PIDS+=($!)
 "$BIN/chorus-worker" --concurrency 100 >"$OUT/worker.log" 2>&1 & PIDS+=($!)

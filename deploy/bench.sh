@@ -27,4 +27,5 @@ mkdir -p bench/results
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
     echo "rabbitmq: $("$SCRIPT_DIR/services.sh" rabbitmqctl version 2>/dev/null || echo '?'), redis: $(redis-server --version | awk '{ print $3 }')"
 } | tee bench/results/machine.txt
-target/release/chorus-bench --bin-dir target/release --out bench/results/latest.json "$@" | tee bench/results/latest.txt
+BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
+"$BIN_DIR/chorus-bench" --bin-dir "$BIN_DIR" --out bench/results/latest.json "$@" | tee bench/results/latest.txt
