@@ -299,7 +299,7 @@ pub async fn publish_result(
 
 /// Publishes the results of a subtask batch to `chorus.results` with their confirms
 /// pipelined: as one [`ResultBatch`] message, or several when together they would pass a
-/// quarter of `max_message_bytes` (one result alone always goes as it is). The caller acks the
+/// quarter of `max_message_bytes` (a result alone in its message goes as a plain result). The caller acks the
 /// batch only after this returns: a crash before then redoes the batch, and results already
 /// published are then duplicates the synthesizer ignores.
 ///
@@ -327,45 +327,50 @@ pub async fn publish_encoded_results(
     encoded: &[Vec<u8>],
     max_message_bytes: usize,
 ) -> Result<(), ServiceError> {
-    if let [body] = encoded {
-        publisher
-            .publish(Outgoing {
-                exchange: "",
-                routing_key: topology::RESULTS_QUEUE,
-                body,
-                properties: amqp::persistent(protocol::MSGPACK),
-                mandatory: true,
-            })
-            .await?;
-        return Ok(());
-    }
     let size_cap = (max_message_bytes / 4).max(1);
-    let mut bodies: Vec<Vec<u8>> = Vec::new();
+    // Cut into runs that stay under the cap; a run of one goes as a plain result message, so a
+    // result never grows by a batch's framing.
+    let mut runs: Vec<&[Vec<u8>]> = Vec::new();
     let mut start = 0;
     let mut bytes = 0;
     for (at, body) in encoded.iter().enumerate() {
         if at > start && bytes + body.len() > size_cap {
-            bodies.push(result_batch_body(&encoded[start..at])?);
+            runs.push(&encoded[start..at]);
             start = at;
             bytes = 0;
         }
         bytes += body.len();
     }
     if start < encoded.len() {
-        bodies.push(result_batch_body(&encoded[start..])?);
+        runs.push(&encoded[start..]);
     }
-    publisher
-        .publish_all(bodies.iter().map(|body| {
-            Outgoing {
-                exchange: "",
-                routing_key: topology::RESULTS_QUEUE,
-                body,
-                properties: amqp::persistent(protocol::MSGPACK)
-                    .with_type(ShortString::from(protocol::RESULT_BATCH_TYPE)),
-                mandatory: true,
-            }
-        }))
-        .await?;
+    let batches = runs
+        .iter()
+        .map(|run| match run {
+            [_] => Ok(None),
+            _ => result_batch_body(run).map(Some),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let messages = runs.iter().zip(&batches).filter_map(|(run, batch)| {
+        let properties = amqp::persistent(protocol::MSGPACK);
+        let (body, properties) = match (batch, run) {
+            (Some(body), _) => (
+                body.as_slice(),
+                properties.with_type(ShortString::from(protocol::RESULT_BATCH_TYPE)),
+            ),
+            (None, [single]) => (single.as_slice(), properties),
+            // Only a run of one has no batch body.
+            (None, _) => return None,
+        };
+        Some(Outgoing {
+            exchange: "",
+            routing_key: topology::RESULTS_QUEUE,
+            body,
+            properties,
+            mandatory: true,
+        })
+    });
+    publisher.publish_all(messages).await?;
     Ok(())
 }
 

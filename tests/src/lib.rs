@@ -473,6 +473,8 @@ impl RawClient {
         queue: &str,
         at_least: usize,
     ) -> Vec<lapin::message::BasicGetMessage> {
+        // A get from a queue no service has declared yet would close the client's channel.
+        self.wait_for_queue(queue).await;
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut messages = Vec::new();
         loop {

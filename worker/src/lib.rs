@@ -10,8 +10,6 @@ pub mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
-use results::ResultSender;
-
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
@@ -33,6 +31,7 @@ use chorus_shared::{
 };
 use clap::Parser;
 use lapin::message::Delivery;
+use results::ResultSender;
 use serde_bytes::ByteBuf;
 use tokio::sync::{RwLock, Semaphore};
 use tokio_util::sync::CancellationToken;
