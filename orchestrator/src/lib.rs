@@ -336,9 +336,7 @@ impl Orchestrator {
         runs: Option<u64>,
     ) -> Result<Disposition, ServiceError> {
         let result = self.plan_and_publish_leased(id, &lease, record, runs).await;
-        if let Err(error) = lease.release().await {
-            tracing::debug!(task = id, %error, "cannot release plan lease; it lapses by itself");
-        }
+        lease.let_go(id).await;
         result
     }
 

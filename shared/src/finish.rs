@@ -178,8 +178,8 @@ impl Finisher {
 
     /// Gives back a synthesis lease taken for a synthesis that will not run now (the caller
     /// failed before it could start): its run is not counted against the task.
-    pub async fn give_back(&self, id: &str, lease: SettledLease) {
-        if let SettledLease::Taken(leased) = lease {
+    pub async fn give_back(&self, id: &str, lease: Option<SettledLease>) {
+        if let Some(SettledLease::Taken(leased)) = lease {
             leased.give_back(id, SYNTH_RUN).await;
         }
     }
@@ -205,9 +205,7 @@ impl Finisher {
         let result = self
             .finish_leased(id, &lease, record, (runs, pending), settled)
             .await;
-        if let Err(error) = lease.release().await {
-            tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
-        }
+        lease.let_go(id).await;
         result
     }
 

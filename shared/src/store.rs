@@ -330,9 +330,7 @@ impl LeasedRun {
                 tracing::debug!(task = id, %error, "cannot end the run given back");
             }
         }
-        if let Err(error) = self.lease.release().await {
-            tracing::debug!(task = id, %error, "cannot release lease; it lapses by itself");
-        }
+        self.lease.let_go(id).await;
     }
 }
 
@@ -1776,7 +1774,7 @@ impl Store {
                 {
                     drop(self.end_run(id, request.run).await);
                 }
-                drop(lease.release().await);
+                lease.let_go(id).await;
                 Err(error)
             }
         }
@@ -1977,6 +1975,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// [`Lease::release`] for a caller with nothing to do about a failure: it is logged, and
+    /// the lease lapses by itself.
+    pub async fn let_go(self, task: &str) {
+        let key = self.key.clone();
+        if let Err(error) = self.release().await {
+            tracing::debug!(task, lease = %key, %error, "cannot release lease; it lapses by itself");
+        }
+    }
+
     /// Gives the lease back if it is still ours.
     ///
     /// # Errors

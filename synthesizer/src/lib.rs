@@ -229,24 +229,24 @@ impl Synthesizer {
         let lease_key = TaskKeys::new(task).synth_lease();
         let settle_lease = self.finisher.synthesis_lease(&lease_key);
         let (recorded, lease) = self.record(task, &results, Some(&settle_lease)).await?;
-        // A lease these results took is given back if anything fails before the synthesis.
-        let next = self.follow_up(task, results, recorded, refused).await;
-        match (next, lease) {
-            (Ok(Next::Finish), lease) => self.finisher.finish_settled(task, lease).await,
-            (next, Some(lease)) => {
+        // A lease these results took is given back unless the synthesis runs now.
+        let next = match self.follow_up(task, results, recorded, refused).await {
+            Ok(next) => next,
+            Err(error) => {
                 self.finisher.give_back(task, lease).await;
-                self.after(task, next?).await
+                return Err(error);
             }
-            (next, None) => self.after(task, next?).await,
-        }
-    }
-
-    /// What is left to do once a follow-up of recorded results is done.
-    async fn after(&self, task: &str, next: Next) -> Result<(), ServiceError> {
+        };
         match next {
-            Next::Finish => self.finisher.finish_settled(task, None).await,
-            Next::Deliver => self.finisher.finish_if_settled(task).await,
-            Next::Nothing => Ok(()),
+            Next::Finish => self.finisher.finish_settled(task, lease).await,
+            Next::Deliver => {
+                self.finisher.give_back(task, lease).await;
+                self.finisher.finish_if_settled(task).await
+            }
+            Next::Nothing => {
+                self.finisher.give_back(task, lease).await;
+                Ok(())
+            }
         }
     }
 
