@@ -12,9 +12,9 @@ use chorus_shared::{
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
-    finish::{self, arm_deadline, panic_message, reply_target, Finisher},
+    finish::{self, arm_deadline, reply_target, Finisher},
     graph,
-    kinds::Registry,
+    kinds::{self, Registry},
     protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
     release::{self, TaskContext},
     store::{
@@ -69,7 +69,8 @@ pub struct Config {
 
     /// Threads of the async runtime: 1 (the default) runs the orchestrator's own work on one
     /// thread, saving hand-offs between threads on every task; 0 for one per core. Planners run
-    /// on a separate blocking pool either way.
+    /// on a separate blocking pool either way, except small plans of kinds that declare
+    /// themselves `INLINE` (pure computation).
     #[arg(long, env = "CHORUS_ORCHESTRATOR_THREADS", default_value_t = 1)]
     pub threads: u16,
 }
@@ -413,7 +414,8 @@ impl Orchestrator {
                     }
                     Some(_) => {}
                 }
-                let planned = tokio::task::spawn_blocking(move || kind.plan(&input)).await;
+                let planned =
+                    kinds::run_kind_code(kind.inline_plan(&input), move || kind.plan(&input)).await;
                 let entries = match planned {
                     Ok(Ok(entries)) => entries,
                     Ok(Err(error)) => {
@@ -424,15 +426,11 @@ impl Orchestrator {
                             )
                             .await;
                     }
-                    Err(join) => {
+                    Err(panic) => {
                         return self
                             .reject_task(
                                 id,
-                                format!(
-                                    "planner of kind {:?} panicked: {}",
-                                    record.kind,
-                                    panic_message(join)
-                                ),
+                                format!("planner of kind {:?} panicked: {panic}", record.kind),
                             )
                             .await;
                     }

@@ -15,7 +15,7 @@ use crate::{
     config::{LimitArgs, OutcomeArgs},
     error::{ServiceError, StoreError},
     failpoint, graph,
-    kinds::Registry,
+    kinds::{self, Registry},
     protocol::{
         self, Control, Encoding, OnFailure, Outcome, OutcomeError, ParentRef, PlanEntry,
         ReplyTarget, ResolvedOptions, ResultMessage, Stats, Status, SubtaskOutcome,
@@ -400,18 +400,17 @@ impl Finisher {
             ));
         };
         let (input, round) = (record.input.clone(), record.round);
+        let inline = kind.inline() && outputs.len() <= kinds::INLINE_OUTPUTS;
         let outputs = outputs.to_vec();
-        let reviewed =
-            match tokio::task::spawn_blocking(move || kind.review(&input, &outputs, round)).await {
-                Ok(Ok(reviewed)) => reviewed,
-                Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
-                Err(join) => {
-                    return Err(format!(
-                        "review of round {round} panicked: {}",
-                        panic_message(join)
-                    ))
-                }
-            };
+        let reviewed = match kinds::run_kind_code(inline, move || {
+            kind.review(&input, &outputs, round)
+        })
+        .await
+        {
+            Ok(Ok(reviewed)) => reviewed,
+            Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
+            Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
+        };
         let Some(entries) = reviewed.filter(|entries| !entries.is_empty()) else {
             return Ok(false);
         };
@@ -559,10 +558,11 @@ impl Finisher {
             ));
         };
         let input = record.input.clone();
-        match tokio::task::spawn_blocking(move || kind.synthesize(&input, outputs)).await {
+        let inline = kind.inline() && outputs.len() <= kinds::INLINE_OUTPUTS;
+        match kinds::run_kind_code(inline, move || kind.synthesize(&input, outputs)).await {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(format!("synthesis failed: {error}")),
-            Err(join) => Err(format!("synthesis panicked: {}", panic_message(join))),
+            Err(panic) => Err(format!("synthesis panicked: {panic}")),
         }
     }
 
@@ -802,11 +802,7 @@ fn short_id(id: &str) -> String {
 /// The text of a panic, for an error message.
 pub fn panic_message(join: tokio::task::JoinError) -> String {
     match join.try_into_panic() {
-        Ok(payload) => payload
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-text panic payload".to_owned()),
+        Ok(payload) => kinds::panic_text(payload.as_ref()),
         Err(join) => join.to_string(),
     }
 }

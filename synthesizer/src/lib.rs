@@ -63,7 +63,8 @@ pub struct Config {
 
     /// Threads of the async runtime: 1 (the default) runs the synthesizer's own work on one
     /// thread, saving hand-offs between threads on every result; 0 for one per core. Reviews
-    /// and syntheses run on a separate blocking pool either way.
+    /// and syntheses run on a separate blocking pool either way, except those of kinds that
+    /// declare themselves `INLINE` (pure computation) over at most 1,000 outputs.
     #[arg(long, env = "CHORUS_SYNTHESIZER_THREADS", default_value_t = 1)]
     pub threads: u16,
 }

@@ -226,6 +226,44 @@ async fn invalid_input_is_rejected_by_the_planner() {
     );
 }
 
+/// Range-sum plans and synthesizes on the services' own thread (`Kind::INLINE`): a panic there
+/// must end the task, not the service.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_planner_or_synthesis_ends_its_task_and_the_services_serve_on() {
+    let mut env = TestEnv::new("kindpanic").await;
+    env.start_system(1);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "input": {"start": 0, "end": 10, "parts": 2, "plan_panics": true}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    let message = outcome["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("panicked") && message.contains("the planner panics by request"),
+        "{message}"
+    );
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "input": {"start": 0, "end": 10, "parts": 2, "synthesis_panics": true}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let message = outcome["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("synthesis panicked")
+            && message.contains("the synthesis panics by request"),
+        "{message}"
+    );
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "input": {"start": 0, "end": 10, "parts": 2}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], sum_of(0, 10), "{outcome}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_task_messages_are_rejected_dead_lettered_and_do_not_stall_the_orchestrator() {
     let mut env = TestEnv::new("badtasks").await;

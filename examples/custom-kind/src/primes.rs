@@ -44,9 +44,15 @@ impl Kind for Primes {
     type Subtask = Range;
     type Output = Count;
     type Final = Total;
+    // Planning and synthesis only compute: small ones run on the services' own thread.
+    const INLINE: bool = true;
 
     fn name(&self) -> &str {
         "primes"
+    }
+
+    fn small_plan(&self, input: &PrimesInput) -> bool {
+        input.parts <= 1_000
     }
 
     fn plan(&self, input: &PrimesInput) -> Result<Plan<Range>, KindError> {

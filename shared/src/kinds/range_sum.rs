@@ -66,6 +66,12 @@ pub struct RangeSumInput {
     /// `delay_ms`).
     #[serde(default)]
     pub children: Vec<u32>,
+    /// The planner panics (the task is then rejected).
+    #[serde(default)]
+    pub plan_panics: bool,
+    /// The synthesis panics (the task then fails).
+    #[serde(default)]
+    pub synthesis_panics: bool,
 }
 
 /// One slice.
@@ -176,12 +182,22 @@ impl Kind for RangeSum {
     type Subtask = Slice;
     type Output = SliceSum;
     type Final = RangeSumOutput;
+    // Planning and synthesis only compute.
+    const INLINE: bool = true;
 
     fn name(&self) -> &str {
         "range-sum"
     }
 
+    fn small_plan(&self, input: &RangeSumInput) -> bool {
+        // A thousand parts plan in about half a millisecond.
+        input.parts <= 1_000
+    }
+
     fn plan(&self, input: &RangeSumInput) -> Result<Plan<Slice>, KindError> {
+        if input.plan_panics {
+            panic!("the planner panics by request");
+        }
         if input.end < input.start {
             return Err(KindError::fatal(format!(
                 "end ({}) must not be below start ({})",
@@ -330,6 +346,9 @@ impl Kind for RangeSum {
         input: &RangeSumInput,
         outputs: Vec<(String, SliceSum)>,
     ) -> Result<RangeSumOutput, KindError> {
+        if input.synthesis_panics {
+            panic!("the synthesis panics by request");
+        }
         let total: i128 = outputs.iter().map(|(_, part)| i128::from(part.sum)).sum();
         let sum = i64::try_from(total).map_err(|_| KindError::fatal("total sum overflows i64"))?;
         let has_dependencies = input.chain || !input.after.is_empty();

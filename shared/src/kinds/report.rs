@@ -140,6 +140,8 @@ impl Kind for Report {
     type Subtask = Part;
     type Output = Text;
     type Final = Document;
+    // Planning and synthesis only compute, over at most 100 sections.
+    const INLINE: bool = true;
 
     fn name(&self) -> &str {
         "report"
