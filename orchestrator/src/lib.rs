@@ -19,7 +19,7 @@ use chorus_shared::{
     release::{self, TaskContext},
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
-        PLAN_RUN,
+        CHUNK, PLAN_RUN,
     },
     topology,
 };
@@ -207,7 +207,7 @@ impl Orchestrator {
         request: TaskRequest,
         encoding: Encoding,
     ) -> Result<Disposition, ServiceError> {
-        let options = request.options.clone().unwrap_or_default().resolve()?;
+        let resolved = request.options.clone().unwrap_or_default().resolve()?;
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let store = &self.finisher.store;
         if let Some(parent) = &request.parent {
@@ -231,7 +231,7 @@ impl Orchestrator {
                 return Ok(Disposition::Reject(error, Some(id), None));
             }
         }
-        let options = protocol::encode(&options)?;
+        let options = protocol::encode(&resolved)?;
         let input = protocol::encode(&request.input)?;
         let submission = Submission {
             kind: &request.kind,
@@ -239,24 +239,62 @@ impl Orchestrator {
             input: &input,
             parent: request.parent.as_ref(),
         };
-        let claim = store
-            .claim(
-                &id,
-                waiter.as_ref(),
-                submission,
-                self.config.outcomes.lease(),
-            )
-            .await?;
+        // A first delivery is planned before its claim, and a small plan is recorded with the
+        // claim: one round trip instead of two. Its planner run is not counted (it returned
+        // before anything was written); a planner that takes the process down leaves the
+        // message redelivered, and a redelivery is claimed first and its run counted. A task
+        // with a deadline is claimed first, so that its timer never finds it missing.
+        let ahead = if consume::is_redelivery(delivery) || resolved.deadline_ms.is_some() {
+            None
+        } else {
+            self.plan_ahead(&request.kind, &input).await
+        };
+        let lease_ttl = self.config.outcomes.lease();
+        let cap = resolved.max_concurrency;
+        let small_wave = ahead
+            .as_ref()
+            .filter(|entries| entries.len() <= CHUNK)
+            .map(|entries| graph::first_wave(entries, cap));
+        let claim = match (&ahead, &small_wave) {
+            (Some(entries), Some(wave)) => {
+                store
+                    .claim_planned(
+                        &id,
+                        waiter.as_ref(),
+                        submission,
+                        lease_ttl,
+                        entries,
+                        wave,
+                        cap,
+                    )
+                    .await?
+            }
+            _ => {
+                store
+                    .claim(&id, waiter.as_ref(), submission, lease_ttl)
+                    .await?
+            }
+        };
         let state = match claim {
+            Claim::Planned { lease, record } => {
+                // The common case: a new task, planned and recorded with its claim.
+                let entries = ahead.unwrap_or_default();
+                let wave = small_wave.unwrap_or_default();
+                let result = self
+                    .publish_first_wave(&id, &lease, &record, &resolved, entries, &wave)
+                    .await;
+                lease.let_go(&id).await;
+                return result.map(|()| Disposition::Ack);
+            }
             Claim::New(Some(Planning {
                 lease,
                 runs,
                 record,
             })) => {
-                // The common case: a new task, its plan lease and planner run taken with the
-                // claim.
+                // A new task, its plan lease and planner run taken with the claim; a large plan
+                // made ahead is recorded in chunks without running the planner again.
                 return self
-                    .plan_then_release(&id, lease, Some(record), Some(runs))
+                    .plan_then_release(&id, lease, Some(record), Some(runs), ahead)
                     .await;
             }
             Claim::Finished(outcome) => {
@@ -323,20 +361,35 @@ impl Orchestrator {
                 _ => return Ok(Disposition::Ack),
             }
         };
-        self.plan_then_release(id, leased.lease, leased.record, leased.runs)
+        self.plan_then_release(id, leased.lease, leased.record, leased.runs, None)
             .await
     }
 
+    /// The plan of a task not claimed yet, when its kind is known and plans it without error
+    /// or refusal; `None` sends the task the usual way (claim, then plan again and reject).
+    async fn plan_ahead(&self, kind_name: &str, input: &[u8]) -> Option<Vec<PlanEntry>> {
+        let kind = self.registry.get(kind_name)?;
+        let input = input.to_vec();
+        let inline = kind.inline_plan(&input);
+        match kinds::run_kind_code(inline, move || kind.plan(&input)).await {
+            Ok(Ok(entries)) if self.refuse_plan(&entries).is_none() => Some(entries),
+            _ => None,
+        }
+    }
+
     /// Plans or resumes the task under its plan lease (`record` and `runs` were read as it was
-    /// taken), then gives the lease back.
+    /// taken; `ahead` is a plan made before the claim), then gives the lease back.
     async fn plan_then_release(
         &self,
         id: &str,
         lease: Lease,
         record: Option<TaskRecord>,
         runs: Option<u64>,
+        ahead: Option<Vec<PlanEntry>>,
     ) -> Result<Disposition, ServiceError> {
-        let result = self.plan_and_publish_leased(id, &lease, record, runs).await;
+        let result = self
+            .plan_and_publish_leased(id, &lease, record, runs, ahead)
+            .await;
         lease.let_go(id).await;
         result
     }
@@ -347,6 +400,7 @@ impl Orchestrator {
         lease: &Lease,
         record: Option<TaskRecord>,
         runs: Option<u64>,
+        ahead: Option<Vec<PlanEntry>>,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let Some(record) = record else {
@@ -357,25 +411,26 @@ impl Orchestrator {
             if runs.is_some() {
                 store.end_run(id, PLAN_RUN).await?;
             }
-            return self.plan_counted(id, lease, record, None).await;
+            return self.plan_counted(id, lease, record, None, None).await;
         }
         // The count is given back when this attempt fails short of a crash: only runs that
         // take the process down stay counted.
-        let result = self.plan_counted(id, lease, record, runs).await;
+        let result = self.plan_counted(id, lease, record, runs, ahead).await;
         if result.is_err() && runs.is_some() {
             drop(store.end_run(id, PLAN_RUN).await);
         }
         result
     }
 
-    /// Plans (when `record` is still planning; `runs` counts this planner run) or resumes
-    /// publishing the task, under its plan lease.
+    /// Plans (when `record` is still planning; `runs` counts this planner run, `ahead` is a
+    /// plan made before the claim) or resumes publishing the task, under its plan lease.
     async fn plan_counted(
         &self,
         id: &str,
         lease: &Lease,
         record: TaskRecord,
         runs: Option<u64>,
+        ahead: Option<Vec<PlanEntry>>,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
@@ -393,51 +448,14 @@ impl Orchestrator {
         }
         match record.state {
             TaskState::Planning => {
-                let Some(kind) = self.registry.get(&record.kind) else {
-                    let known = self.registry.names().join(", ");
-                    let reason = format!(
-                        "unknown kind {:?}; this deployment knows: {known}",
-                        record.kind
-                    );
-                    return self.reject_task(id, reason).await;
+                let entries = match ahead {
+                    // Made and checked before the claim.
+                    Some(entries) => entries,
+                    None => match self.plan_claimed(id, &record, runs).await? {
+                        Ok(entries) => entries,
+                        Err(disposition) => return Ok(disposition),
+                    },
                 };
-                let input = record.input.clone();
-                match runs {
-                    None => return Ok(Disposition::Ack),
-                    Some(runs) if runs > self.config.limits.max_deliveries => {
-                        let reason = format!(
-                            "planning did not finish in {} runs: the planner of kind {:?} may be crashing the orchestrator",
-                            runs - 1,
-                            record.kind
-                        );
-                        return self.reject_task(id, reason).await;
-                    }
-                    Some(_) => {}
-                }
-                let planned =
-                    kinds::run_kind_code(kind.inline_plan(&input), move || kind.plan(&input)).await;
-                let entries = match planned {
-                    Ok(Ok(entries)) => entries,
-                    Ok(Err(error)) => {
-                        return self
-                            .reject_task(
-                                id,
-                                format!("invalid input for kind {:?}: {error}", record.kind),
-                            )
-                            .await;
-                    }
-                    Err(panic) => {
-                        return self
-                            .reject_task(
-                                id,
-                                format!("planner of kind {:?} panicked: {panic}", record.kind),
-                            )
-                            .await;
-                    }
-                };
-                if let Some(reason) = self.refuse_plan(&entries) {
-                    return self.reject_task(id, reason).await;
-                }
                 let wave = graph::first_wave(&entries, options.max_concurrency);
                 // The planner run ends as the plan is recorded, in one round trip (a rejection
                 // drops the count with the rest of the working state).
@@ -445,19 +463,7 @@ impl Orchestrator {
                     store.end_run(id, PLAN_RUN),
                     store.record_plan(id, lease, &entries, &wave, options.max_concurrency)
                 )?;
-                failpoint::hit("orchestrator.after-plan-recorded").await;
-                tracing::info!(task = id, kind = %record.kind, subtasks = entries.len(), first_wave = wave.release.len(), "task planned");
-                // The plan is moved, not copied, into the first wave: a large plan is held once.
-                let first: Vec<PlanEntry> = if wave.release.len() == entries.len() {
-                    entries
-                } else {
-                    let mut slots: Vec<Option<PlanEntry>> = entries.into_iter().map(Some).collect();
-                    wave.release
-                        .iter()
-                        .filter_map(|&position| slots.get_mut(position).and_then(Option::take))
-                        .collect()
-                };
-                self.publish_wave(id, lease, &record, &options, 0, Some(&first))
+                self.publish_first_wave(id, lease, &record, &options, entries, &wave)
                     .await?;
             }
             TaskState::Planned => {
@@ -473,6 +479,73 @@ impl Orchestrator {
             TaskState::Running | TaskState::Finished => {}
         }
         Ok(Disposition::Ack)
+    }
+
+    /// Runs the planner of a claimed task (`runs` counts this run): its checked plan, or how
+    /// the task message ends when the task is rejected instead.
+    async fn plan_claimed(
+        &self,
+        id: &str,
+        record: &TaskRecord,
+        runs: Option<u64>,
+    ) -> Result<Result<Vec<PlanEntry>, Disposition>, ServiceError> {
+        let Some(kind) = self.registry.get(&record.kind) else {
+            let known = self.registry.names().join(", ");
+            let reason = format!(
+                "unknown kind {:?}; this deployment knows: {known}",
+                record.kind
+            );
+            return self.reject_task(id, reason).await.map(Err);
+        };
+        match runs {
+            None => return Ok(Err(Disposition::Ack)),
+            Some(runs) if runs > self.config.limits.max_deliveries => {
+                let reason = format!(
+                    "planning did not finish in {} runs: the planner of kind {:?} may be crashing the orchestrator",
+                    runs - 1,
+                    record.kind
+                );
+                return self.reject_task(id, reason).await.map(Err);
+            }
+            Some(_) => {}
+        }
+        let input = record.input.clone();
+        let inline = kind.inline_plan(&input);
+        let reason = match kinds::run_kind_code(inline, move || kind.plan(&input)).await {
+            Ok(Ok(entries)) => match self.refuse_plan(&entries) {
+                None => return Ok(Ok(entries)),
+                Some(reason) => reason,
+            },
+            Ok(Err(error)) => format!("invalid input for kind {:?}: {error}", record.kind),
+            Err(panic) => format!("planner of kind {:?} panicked: {panic}", record.kind),
+        };
+        self.reject_task(id, reason).await.map(Err)
+    }
+
+    /// Publishes the first wave of a plan just recorded under the plan `lease`.
+    async fn publish_first_wave(
+        &self,
+        id: &str,
+        lease: &Lease,
+        record: &TaskRecord,
+        options: &protocol::ResolvedOptions,
+        entries: Vec<PlanEntry>,
+        wave: &graph::FirstWave,
+    ) -> Result<(), ServiceError> {
+        failpoint::hit("orchestrator.after-plan-recorded").await;
+        tracing::info!(task = id, kind = %record.kind, subtasks = entries.len(), first_wave = wave.release.len(), "task planned");
+        // The plan is moved, not copied, into the first wave: a large plan is held once.
+        let first: Vec<PlanEntry> = if wave.release.len() == entries.len() {
+            entries
+        } else {
+            let mut slots: Vec<Option<PlanEntry>> = entries.into_iter().map(Some).collect();
+            wave.release
+                .iter()
+                .filter_map(|&position| slots.get_mut(position).and_then(Option::take))
+                .collect()
+        };
+        self.publish_wave(id, lease, record, options, 0, Some(&first))
+            .await
     }
 
     /// Why a plan cannot run, if it cannot: a bad graph, too many subtasks, one too large.

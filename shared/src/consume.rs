@@ -284,6 +284,11 @@ pub fn earlier_deliveries(delivery: &Delivery) -> u64 {
     amqp::header_u64(&delivery.properties, topology::DELIVERY_COUNT_HEADER).unwrap_or(0)
 }
 
+/// Whether the broker delivered this message before (its flag, or the quorum queue's count).
+pub fn is_redelivery(delivery: &Delivery) -> bool {
+    delivery.redelivered || earlier_deliveries(delivery) > 0
+}
+
 /// Pause between attempts to handle one message while Redis is failing.
 fn store_retry_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()

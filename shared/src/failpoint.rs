@@ -50,8 +50,22 @@ fn parse(raw: &str) -> HashMap<String, Action> {
 
 /// Triggers the failpoint `name` if it is configured.
 pub async fn hit(name: &str) {
+    if let Some(pause) = triggered(name) {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// [`hit`] from blocking code (a planner or synthesis): a sleep blocks the thread.
+pub fn hit_blocking(name: &str) {
+    if let Some(pause) = triggered(name) {
+        std::thread::sleep(pause);
+    }
+}
+
+/// Aborts the process at `name` if that is its action; else the pause it asks for, if any.
+fn triggered(name: &str) -> Option<std::time::Duration> {
     match CONFIGURED.get(name) {
-        None => {}
+        None => None,
         Some(Action::Abort) => {
             tracing::error!(failpoint = name, "failpoint: aborting the process");
             std::process::abort();
@@ -62,7 +76,7 @@ pub async fn hit(name: &str) {
                 ms = duration.as_millis() as u64,
                 "failpoint: sleeping"
             );
-            tokio::time::sleep(*duration).await;
+            Some(*duration)
         }
     }
 }

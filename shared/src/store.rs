@@ -26,6 +26,7 @@
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 
 use std::{
+    collections::{BTreeMap, HashMap},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     sync::LazyLock,
     time::Duration,
@@ -248,6 +249,14 @@ pub enum Claim {
     New(Option<Planning>),
     /// The task exists and is in this state (a duplicate, or a redelivery after a crash).
     Exists(TaskState),
+    /// The id was new and the plan made before the claim is recorded with it
+    /// ([`Store::claim_planned`]): the caller publishes the first wave under the plan lease.
+    Planned {
+        /// The plan lease, held.
+        lease: Lease,
+        /// The task as the claim created it, `planned`.
+        record: TaskRecord,
+    },
 }
 
 /// What a submission asks for, as the claim stores it.
@@ -842,8 +851,9 @@ return 1
 ";
 
 /// Lua shared by the scripts that record plan entries; KEYS 3 to 9 are plan, order, pending,
-/// waiting, dependents, types and worker types. An entry is five ARGV values from `p`: id,
-/// encoded entry, worker type, unmet dependency count, space-separated dependents.
+/// waiting, dependents, types and worker types, and KEYS 10 and 11 the wave and ready lists.
+/// An entry is five ARGV values from `p`: id, encoded entry, worker type, unmet dependency
+/// count, space-separated dependents.
 const PLAN_ENTRY_PRELUDE: &str = r"
 local function add_plan_entry(p)
   local id = ARGV[p]
@@ -854,6 +864,35 @@ local function add_plan_entry(p)
   if ARGV[p + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[p + 2]) end
   if ARGV[p + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[p + 3]) end
   if ARGV[p + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[p + 4]) end
+end
+
+-- A whole plan from ARGV at `p`: the entry count, five values per entry, then the wave and the
+-- ready list, each a count and ids. Returns the position after it.
+local function write_plan(p)
+  local count = tonumber(ARGV[p])
+  p = p + 1
+  for _ = 1, count do
+    add_plan_entry(p)
+    p = p + 5
+  end
+  for list = 10, 11 do
+    local n = tonumber(ARGV[p])
+    for i = p + 1, p + n do redis.call('RPUSH', KEYS[list], ARGV[i]) end
+    p = p + 1 + n
+  end
+  return p
+end
+
+-- The task's fields once planned, from ARGV at `p`: total, cap, wave length, whether the wave
+-- is the order, whether there is a graph; the (worker type, released) pairs after them, to the
+-- end of ARGV, are counted as released.
+local function planned_fields(p)
+  for i = p + 5, #ARGV, 2 do
+    redis.call('HINCRBY', KEYS[8], ARGV[i] .. ':released', ARGV[i + 1])
+  end
+  return {'state', 'planned', 'total', ARGV[p], 'published', 0, 'cap', ARGV[p + 1],
+    'inflight', ARGV[p + 2], 'wave_len', ARGV[p + 2], 'wave_is_order', ARGV[p + 3],
+    'graph', ARGV[p + 4]}
 end
 ";
 
@@ -873,30 +912,49 @@ return 1
 /// A whole plan of at most [`CHUNK`] entries in one call: [`RESET_PLAN`], [`APPEND_PLAN`], the
 /// wave and ready lists and [`MARK_PLANNED`] together, so a small task is planned in one round
 /// trip. KEYS: plan lease, task, plan, order, pending, waiting, dependents, types, worker types,
-/// wave, ready, then the keys to clear. ARGV: token, entry count, five values per entry as in
-/// [`APPEND_PLAN`], wave count and ids, ready count and ids, then total, cap, wave length,
-/// whether the wave is the order, whether there is a graph, and (worker type, released) pairs.
+/// wave, ready, then the keys to clear. ARGV: token, then the plan as `write_plan` reads it and
+/// the fields as `planned_fields` reads them.
 const RECORD_PLAN: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
 for i = 12, #KEYS do redis.call('DEL', KEYS[i]) end
-local p = 3
-for _ = 1, tonumber(ARGV[2]) do
-  add_plan_entry(p)
-  p = p + 5
-end
-for list = 10, 11 do
-  local count = tonumber(ARGV[p])
-  for i = p + 1, p + count do redis.call('RPUSH', KEYS[list], ARGV[i]) end
-  p = p + 1 + count
-end
-redis.call('HSET', KEYS[2], 'state', 'planned', 'total', ARGV[p], 'published', 0,
-  'cap', ARGV[p + 1], 'inflight', ARGV[p + 2], 'wave_len', ARGV[p + 2],
-  'wave_is_order', ARGV[p + 3], 'graph', ARGV[p + 4])
-for i = p + 5, #ARGV, 2 do
-  redis.call('HINCRBY', KEYS[8], ARGV[i] .. ':released', ARGV[i + 1])
-end
+redis.call('HSET', KEYS[2], unpack(planned_fields(write_plan(2))))
 return 1
+";
+
+/// A new task claimed with its plan already made, in one call: [`CLAIM`] and [`RECORD_PLAN`]
+/// together, for a first delivery planned before its claim (its planner run returned, so
+/// nothing is counted). KEYS: as [`RECORD_PLAN`] up to ready, then outcome, waiters, then the
+/// keys to clear. ARGV: waiter, kind, options, input, created ms, parent, lease token, lease ttl
+/// ms, then the plan and fields as in [`RECORD_PLAN`]. Replies as [`CLAIM`] does, except
+/// `{'planned', ''}` for a task claimed and planned with its plan lease held; when that lease
+/// is held by an earlier task of the id, the task is claimed unplanned (`{'new', '-1'}`).
+const CLAIM_PLANNED: &str = r"
+local outcome = redis.call('GET', KEYS[12])
+if outcome then return {'finished', outcome} end
+if ARGV[1] ~= '' then redis.call('SADD', KEYS[13], ARGV[1]) end
+local state = redis.call('HGET', KEYS[2], 'state')
+if state then return {'exists', state} end
+local fields = {'kind', ARGV[2], 'options', ARGV[3], 'input', ARGV[4], 'created_ms', ARGV[5],
+  'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1}
+if ARGV[6] ~= '' then
+  fields[#fields + 1] = 'parent'
+  fields[#fields + 1] = ARGV[6]
+end
+if not redis.call('SET', KEYS[1], ARGV[7], 'NX', 'PX', ARGV[8]) then
+  redis.call('HSET', KEYS[2], 'state', 'planning', 'total', 0, 'published', 0, 'inflight', 0,
+    unpack(fields))
+  return {'new', '-1'}
+end
+-- Working keys outlive their task only if something removed it by hand; one check, not a
+-- delete per key, on the common path.
+if redis.call('EXISTS', unpack(KEYS, 14)) > 0 then
+  for i = 14, #KEYS do redis.call('DEL', KEYS[i]) end
+end
+local planned = planned_fields(write_plan(9))
+for _, v in ipairs(fields) do planned[#planned + 1] = v end
+redis.call('HSET', KEYS[2], unpack(planned))
+return {'planned', ''}
 ";
 
 /// KEYS: plan lease, task, list. ARGV: token, then ids to append.
@@ -940,6 +998,179 @@ static APPEND_PLAN_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{PLAN_ENTRY_PRELUDE}{APPEND_PLAN}")));
 static RECORD_PLAN_SCRIPT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&format!("{PLAN_ENTRY_PRELUDE}{RECORD_PLAN}")));
+static CLAIM_PLANNED_SCRIPT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&format!("{PLAN_ENTRY_PRELUDE}{CLAIM_PLANNED}")));
+
+/// What a claim stores beside the submission, encoded.
+struct ClaimArgs {
+    waiter: Vec<u8>,
+    parent: Vec<u8>,
+    created_ms: u64,
+    token: String,
+    ttl_ms: u64,
+}
+
+impl ClaimArgs {
+    fn new(
+        waiter: Option<&ReplyTarget>,
+        submission: Submission<'_>,
+        lease_ttl: Duration,
+    ) -> Result<Self, StoreError> {
+        let encode = |value: Result<Vec<u8>, _>| {
+            value.map_err(|e: crate::error::ProtocolError| StoreError::Corrupt(e.to_string()))
+        };
+        Ok(Self {
+            waiter: match waiter {
+                Some(target) => encode(protocol::encode(target))?,
+                None => Vec::new(),
+            },
+            parent: match submission.parent {
+                Some(parent) => encode(protocol::encode(parent))?,
+                None => Vec::new(),
+            },
+            created_ms: now_ms(),
+            token: new_lease_token(),
+            ttl_ms: lease_ttl_ms(lease_ttl),
+        })
+    }
+
+    /// The task as a claim creates it, `planning`.
+    fn record(&self, submission: Submission<'_>) -> TaskRecord {
+        TaskRecord {
+            state: TaskState::Planning,
+            kind: submission.kind.to_owned(),
+            options: submission.options.to_vec(),
+            input: submission.input.to_vec(),
+            total: 0,
+            published: 0,
+            succeeded: 0,
+            failed: 0,
+            retries: 0,
+            duplicates: 0,
+            created_ms: self.created_ms,
+            delivered: false,
+            skipped: 0,
+            round: 1,
+            wave_is_order: true,
+            wave_len: 0,
+            parent: Some(self.parent.clone()).filter(|bytes| !bytes.is_empty()),
+        }
+    }
+}
+
+/// The claim replies other than a new task.
+fn claim_reply(status: &str, value: &[u8]) -> Result<Claim, StoreError> {
+    match status {
+        "finished" => Ok(Claim::Finished(decode_outcome(value)?)),
+        _ => Ok(Claim::Exists(TaskState::parse(&String::from_utf8_lossy(
+            value,
+        ))?)),
+    }
+}
+
+/// A plan laid out as the plan scripts take it (see `PLAN_ENTRY_PRELUDE`).
+struct PlanLayout<'a> {
+    entries: &'a [PlanEntry],
+    /// Per subtask, the space-separated subtasks that depend on it.
+    dependents: HashMap<&'a str, String>,
+    /// The wave and ready lists with the plan positions that go in them; both empty when the
+    /// wave is the plan order.
+    lists: [(String, &'a [usize]); 2],
+    released_by_type: BTreeMap<&'a str, u64>,
+    wave_is_order: bool,
+    wave_len: usize,
+    has_graph: bool,
+    cap: u32,
+}
+
+impl<'a> PlanLayout<'a> {
+    fn new(keys: &TaskKeys, entries: &'a [PlanEntry], wave: &'a FirstWave, cap: u32) -> Self {
+        let mut dependents: HashMap<&str, String> = HashMap::new();
+        for entry in entries {
+            for dep in &entry.depends_on {
+                let list = dependents.entry(dep.as_str()).or_default();
+                if !list.is_empty() {
+                    list.push(' ');
+                }
+                list.push_str(&entry.id);
+            }
+        }
+        let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
+        let lists: [(String, &[usize]); 2] = if wave_is_order {
+            [(keys.wave(), &[]), (keys.ready(), &[])]
+        } else {
+            [(keys.wave(), &wave.release), (keys.ready(), &wave.ready)]
+        };
+        let mut released_by_type: BTreeMap<&str, u64> = BTreeMap::new();
+        for &position in &wave.release {
+            if let Some(entry) = entries.get(position) {
+                *released_by_type
+                    .entry(entry.worker_type.as_str())
+                    .or_default() += 1;
+            }
+        }
+        Self {
+            entries,
+            dependents,
+            lists,
+            released_by_type,
+            wave_is_order,
+            wave_len: wave.release.len(),
+            has_graph: entries.iter().any(|e| !e.depends_on.is_empty()),
+            cap,
+        }
+    }
+
+    fn id_at(&self, position: usize) -> &str {
+        self.entries.get(position).map_or("", |e| e.id.as_str())
+    }
+
+    /// One entry's five values.
+    fn add_entry(
+        &self,
+        call: &mut redis::ScriptInvocation<'_>,
+        entry: &PlanEntry,
+    ) -> Result<(), StoreError> {
+        call.arg(&entry.id)
+            .arg(encode_entry(entry)?)
+            .arg(&entry.worker_type)
+            .arg(entry.depends_on.len())
+            .arg(
+                self.dependents
+                    .get(entry.id.as_str())
+                    .map_or("", String::as_str),
+            );
+        Ok(())
+    }
+
+    /// The task's fields once planned, as `planned_fields` reads them.
+    fn add_fields(&self, call: &mut redis::ScriptInvocation<'_>) {
+        call.arg(self.entries.len())
+            .arg(self.cap)
+            .arg(self.wave_len)
+            .arg(u8::from(self.wave_is_order))
+            .arg(u8::from(self.has_graph));
+        for (worker_type, count) in &self.released_by_type {
+            call.arg(*worker_type).arg(*count);
+        }
+    }
+
+    /// The whole plan as `write_plan` reads it, then the fields.
+    fn add_whole(&self, call: &mut redis::ScriptInvocation<'_>) -> Result<(), StoreError> {
+        call.arg(self.entries.len());
+        for entry in self.entries {
+            self.add_entry(call, entry)?;
+        }
+        for (_, positions) in &self.lists {
+            call.arg(positions.len());
+            for &position in *positions {
+                call.arg(self.id_at(position));
+            }
+        }
+        self.add_fields(call);
+        Ok(())
+    }
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -956,7 +1187,7 @@ pub struct Store {
 }
 
 /// How many plan entries or result fields go to Redis per round trip.
-const CHUNK: usize = 1000;
+pub const CHUNK: usize = 1000;
 
 impl Store {
     /// Connects to Redis. Every command fails after `timeout` instead of hanging.
@@ -1071,76 +1302,106 @@ impl Store {
         submission: Submission<'_>,
         lease_ttl: Duration,
     ) -> Result<Claim, StoreError> {
-        let Submission {
-            kind,
-            options,
-            input,
-            parent,
-        } = submission;
         let keys = TaskKeys::new(id);
-        let encoded_parent = match parent {
-            Some(parent) => {
-                protocol::encode(parent).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        let waiter = match waiter {
-            Some(target) => {
-                protocol::encode(target).map_err(|e| StoreError::Corrupt(e.to_string()))?
-            }
-            None => Vec::new(),
-        };
-        let created_ms = now_ms();
-        let token = new_lease_token();
-        let ttl_ms = lease_ttl_ms(lease_ttl);
+        let args = ClaimArgs::new(waiter, submission, lease_ttl)?;
         let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
             .key(keys.task())
             .key(keys.outcome())
             .key(keys.waiters())
             .key(keys.plan_lease())
             .key(keys.starts())
-            .arg(waiter)
-            .arg(kind)
-            .arg(options)
-            .arg(input)
-            .arg(created_ms)
-            .arg(&encoded_parent)
-            .arg(&token)
-            .arg(ttl_ms)
+            .arg(&args.waiter)
+            .arg(submission.kind)
+            .arg(submission.options)
+            .arg(submission.input)
+            .arg(args.created_ms)
+            .arg(&args.parent)
+            .arg(&args.token)
+            .arg(args.ttl_ms)
             .arg(PLAN_RUN)
             .invoke_async(&mut self.conn())
             .await?;
         match status.as_str() {
-            "finished" => Ok(Claim::Finished(decode_outcome(&value)?)),
             "new" => {
                 let runs = String::from_utf8_lossy(&value).parse::<u64>().ok();
                 Ok(Claim::New(runs.map(|runs| Planning {
-                    lease: self.hold_lease(&keys.plan_lease(), token, ttl_ms),
+                    lease: self.hold_lease(&keys.plan_lease(), args.token.clone(), args.ttl_ms),
                     runs,
-                    record: TaskRecord {
-                        state: TaskState::Planning,
-                        kind: kind.to_owned(),
-                        options: options.to_vec(),
-                        input: input.to_vec(),
-                        total: 0,
-                        published: 0,
-                        succeeded: 0,
-                        failed: 0,
-                        retries: 0,
-                        duplicates: 0,
-                        created_ms,
-                        delivered: false,
-                        skipped: 0,
-                        round: 1,
-                        wave_is_order: true,
-                        wave_len: 0,
-                        parent: Some(encoded_parent).filter(|bytes| !bytes.is_empty()),
-                    },
+                    record: args.record(submission),
                 })))
             }
-            _ => Ok(Claim::Exists(TaskState::parse(&String::from_utf8_lossy(
-                &value,
-            ))?)),
+            _ => claim_reply(&status, &value),
+        }
+    }
+
+    /// Claims a new task whose plan was made before the claim (a first delivery) and records
+    /// that plan of at most [`CHUNK`] entries in the same call, taking the plan lease; no
+    /// planner run is counted, since this one returned. Otherwise as [`Store::claim`], except
+    /// that a new task whose plan lease is still held by an earlier task of the id comes back
+    /// as `Claim::New(None)`, claimed but not planned.
+    ///
+    /// # Errors
+    /// Redis fails, an entry does not encode, or the plan has more than [`CHUNK`] entries.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_planned(
+        &self,
+        id: &str,
+        waiter: Option<&ReplyTarget>,
+        submission: Submission<'_>,
+        lease_ttl: Duration,
+        entries: &[PlanEntry],
+        wave: &FirstWave,
+        cap: u32,
+    ) -> Result<Claim, StoreError> {
+        if entries.len() > CHUNK {
+            return Err(StoreError::Corrupt(format!(
+                "task {id}: a plan of {} entries is recorded in chunks, not with its claim",
+                entries.len()
+            )));
+        }
+        let keys = TaskKeys::new(id);
+        let args = ClaimArgs::new(waiter, submission, lease_ttl)?;
+        let layout = PlanLayout::new(&keys, entries, wave, cap);
+        let mut call = CLAIM_PLANNED_SCRIPT.prepare_invoke();
+        call.key(keys.plan_lease())
+            .key(keys.task())
+            .key(keys.plan())
+            .key(keys.order())
+            .key(keys.pending())
+            .key(keys.waiting())
+            .key(keys.dependents())
+            .key(keys.types())
+            .key(keys.worker_types())
+            .key(keys.wave())
+            .key(keys.ready())
+            .key(keys.outcome())
+            .key(keys.waiters())
+            .key(keys.working().as_slice())
+            .key(keys.types())
+            .arg(&args.waiter)
+            .arg(submission.kind)
+            .arg(submission.options)
+            .arg(submission.input)
+            .arg(args.created_ms)
+            .arg(&args.parent)
+            .arg(&args.token)
+            .arg(args.ttl_ms);
+        layout.add_whole(&mut call)?;
+        let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
+        match status.as_str() {
+            "planned" => {
+                let mut record = args.record(submission);
+                record.state = TaskState::Planned;
+                record.total = entries.len() as u64;
+                record.wave_len = wave.release.len() as u64;
+                record.wave_is_order = layout.wave_is_order;
+                Ok(Claim::Planned {
+                    lease: self.hold_lease(&keys.plan_lease(), args.token, args.ttl_ms),
+                    record,
+                })
+            }
+            "new" => Ok(Claim::New(None)),
+            _ => claim_reply(&status, &value),
         }
     }
 
@@ -1163,53 +1424,7 @@ impl Store {
         cap: u32,
     ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
-        let mut dependents: std::collections::HashMap<&str, String> =
-            std::collections::HashMap::new();
-        for entry in entries {
-            for dep in &entry.depends_on {
-                let list = dependents.entry(dep.as_str()).or_default();
-                if !list.is_empty() {
-                    list.push(' ');
-                }
-                list.push_str(&entry.id);
-            }
-        }
-        let wave_is_order = wave.ready.is_empty() && wave.release.len() == entries.len();
-        let lists: [(String, &[usize]); 2] = if wave_is_order {
-            [(keys.wave(), &[]), (keys.ready(), &[])]
-        } else {
-            [(keys.wave(), &wave.release), (keys.ready(), &wave.ready)]
-        };
-        let mut released_by_type: std::collections::BTreeMap<&str, u64> =
-            std::collections::BTreeMap::new();
-        for &position in &wave.release {
-            if let Some(entry) = entries.get(position) {
-                *released_by_type
-                    .entry(entry.worker_type.as_str())
-                    .or_default() += 1;
-            }
-        }
-        let has_graph = entries.iter().any(|e| !e.depends_on.is_empty());
-        let add_entry =
-            |call: &mut redis::ScriptInvocation<'_>, entry: &PlanEntry| -> Result<(), StoreError> {
-                call.arg(&entry.id)
-                    .arg(encode_entry(entry)?)
-                    .arg(&entry.worker_type)
-                    .arg(entry.depends_on.len())
-                    .arg(dependents.get(entry.id.as_str()).map_or("", String::as_str));
-                Ok(())
-            };
-        let id_at = |position: usize| entries.get(position).map_or("", |e| e.id.as_str());
-        let add_marks = |call: &mut redis::ScriptInvocation<'_>| {
-            call.arg(entries.len())
-                .arg(cap)
-                .arg(wave.release.len())
-                .arg(u8::from(wave_is_order))
-                .arg(u8::from(has_graph));
-            for (worker_type, count) in &released_by_type {
-                call.arg(*worker_type).arg(*count);
-            }
-        };
+        let layout = PlanLayout::new(&keys, entries, wave, cap);
         let fenced = || {
             StoreError::Fenced(format!(
                 "task {id}: plan lease lost or task no longer planning"
@@ -1231,18 +1446,8 @@ impl Store {
                 .key(keys.ready())
                 .key(keys.working().as_slice())
                 .key(keys.types())
-                .arg(&lease.token)
-                .arg(entries.len());
-            for entry in entries {
-                add_entry(&mut call, entry)?;
-            }
-            for (_, positions) in &lists {
-                call.arg(positions.len());
-                for &position in *positions {
-                    call.arg(id_at(position));
-                }
-            }
-            add_marks(&mut call);
+                .arg(&lease.token);
+            layout.add_whole(&mut call)?;
             let recorded: i64 = call.invoke_async(&mut conn).await?;
             return if recorded == 1 { Ok(()) } else { Err(fenced()) };
         }
@@ -1272,14 +1477,14 @@ impl Store {
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {
-                add_entry(&mut call, entry)?;
+                layout.add_entry(&mut call, entry)?;
             }
             let appended: i64 = call.invoke_async(&mut conn).await?;
             if appended != 1 {
                 return Err(fenced());
             }
         }
-        for (list, positions) in &lists {
+        for (list, positions) in &layout.lists {
             for chunk in positions.chunks(CHUNK) {
                 let mut call = APPEND_LIST_SCRIPT.prepare_invoke();
                 call.key(keys.plan_lease())
@@ -1287,7 +1492,7 @@ impl Store {
                     .key(list)
                     .arg(&lease.token);
                 for &position in chunk {
-                    call.arg(id_at(position));
+                    call.arg(layout.id_at(position));
                 }
                 let appended: i64 = call.invoke_async(&mut conn).await?;
                 if appended != 1 {
@@ -1300,7 +1505,7 @@ impl Store {
             .key(keys.plan_lease())
             .key(keys.types())
             .arg(&lease.token);
-        add_marks(&mut call);
+        layout.add_fields(&mut call);
         let moved: i64 = call.invoke_async(&mut conn).await?;
         if moved == 1 {
             Ok(())

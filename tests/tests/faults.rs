@@ -1028,3 +1028,70 @@ async fn s16_a_crashed_batch_is_redone_whole_and_counted_once() {
     // The batch whose results went out before the crash ran again: its results came twice.
     assert!(report.duplicate_executions > 0, "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s17_a_planner_that_crashes_its_orchestrator_gets_the_task_rejected() {
+    let cluster = Cluster::start("s17");
+    let (mut env, client) = start(&cluster, "s17").await;
+    env.spawn("chorus-worker", &worker_args());
+    env.spawn("chorus-synthesizer", &[]);
+    let crash_failpoint = [("CHORUS_FAILPOINTS", "range-sum.plan-crash=abort")];
+    let orchestrator_args = ["--max-deliveries", "2", "--lease-ms", "1000"];
+    let mut orchestrator =
+        env.spawn_with("chorus-orchestrator", &orchestrator_args, &crash_failpoint);
+    wait_for_topology(&client).await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_reply_to(ShortString::from(reply_to.as_str()));
+    let request = json!({
+        "kind": "range-sum", "id": "s17",
+        "input": {"start": 0, "end": 100, "parts": 4, "plan_crashes": true},
+    });
+    client
+        .publish("chorus.tasks", &msgpack(&request), properties.clone())
+        .await;
+
+    // Play supervisor: restart the orchestrator each time the planner takes it down.
+    let mut crashes = 0;
+    let outcome = loop {
+        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(&mut replies),
+        )
+        .await
+        {
+            break chorus_tests::msgpack_to_json(&reply.data);
+        }
+        if !env.is_running(orchestrator) {
+            crashes += 1;
+            assert!(crashes <= 10, "the crashing planner was never given up on");
+            orchestrator =
+                env.spawn_with("chorus-orchestrator", &orchestrator_args, &crash_failpoint);
+        }
+    };
+    note(&format!(
+        "[planner crash] orchestrator crashes before the task was rejected: {crashes}"
+    ));
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    let message = outcome["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("planning did not finish in 2 runs"),
+        "{message}"
+    );
+    // The first delivery plans before its claim, uncounted; the two counted runs follow.
+    assert_eq!(crashes, 3, "crashes before the task was given up");
+
+    // The same orchestrator serves the next task.
+    let request = json!({
+        "kind": "range-sum", "id": "s17-after",
+        "input": {"start": 0, "end": 100, "parts": 4},
+    });
+    client
+        .publish("chorus.tasks", &msgpack(&request), properties)
+        .await;
+    let reply = chorus_tests::next_message(&mut replies).await;
+    let outcome = chorus_tests::msgpack_to_json(&reply.data);
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["output"]["sum"], (0..100).sum::<i64>());
+}

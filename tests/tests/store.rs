@@ -82,6 +82,24 @@ async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry
     entries
 }
 
+/// `claim_planned` of task `id` with `entries` and no cap.
+async fn claim_planned(store: &Store, id: &str, entries: &[PlanEntry]) -> Claim {
+    let options: ResolvedOptions = TaskOptions::default().resolve().unwrap();
+    let options = protocol::encode(&options).unwrap();
+    let input = protocol::encode(&()).unwrap();
+    let wave = graph::first_wave(entries, 0);
+    let submission = Submission {
+        kind: "range-sum",
+        options: &options,
+        input: &input,
+        parent: None,
+    };
+    store
+        .claim_planned(id, None, submission, LEASE, entries, &wave, 0)
+        .await
+        .unwrap()
+}
+
 fn synthesis_lease(key: &str) -> LeaseRequest<'_> {
     LeaseRequest {
         key,
@@ -271,4 +289,81 @@ async fn subtasks_of_a_task_arriving_together_share_one_liveness_lookup() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(!watch.is_live(&id).await.unwrap());
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_plan_made_before_the_claim_is_recorded_with_it_in_one_call() {
+    let env = TestEnv::new("store-claim-planned").await;
+    let store = store(&env).await;
+    let mut conn = env.redis().await;
+    let id = format!("claim-planned-{}", uuid::Uuid::new_v4());
+    let keys = TaskKeys::new(&id);
+    let entries: Vec<PlanEntry> = (0..3).map(|n| entry(&format!("s{n}"))).collect();
+    claim_planned(&store, &format!("warm-up-{id}"), &entries).await;
+
+    // Leftovers of an earlier task of this id (removed by hand) do not leak into the plan.
+    let _: () = conn.sadd(keys.pending(), "stale").await.unwrap();
+    let monitor = env.monitor_redis(&id).await;
+    let Claim::Planned { lease, record } = claim_planned(&store, &id, &entries).await else {
+        panic!("a new task with its plan was not claimed planned");
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        monitor.count("EVALSHA"),
+        1,
+        "claiming and recording the plan took more than one call: {:#?}",
+        monitor.lines()
+    );
+    assert_eq!(record.total, 3);
+    assert_eq!(record.wave_len, 3);
+    let state: String = conn.hget(keys.task(), "state").await.unwrap();
+    assert_eq!(state, "planned");
+    let total: u64 = conn.hget(keys.task(), "total").await.unwrap();
+    assert_eq!(total, 3);
+    let order: Vec<String> = conn.lrange(keys.order(), 0, -1).await.unwrap();
+    assert_eq!(order, ["s0", "s1", "s2"]);
+    let mut pending: Vec<String> = conn.smembers(keys.pending()).await.unwrap();
+    pending.sort();
+    assert_eq!(pending, ["s0", "s1", "s2"]);
+    assert!(conn.exists::<_, bool>(keys.plan_lease()).await.unwrap());
+    // This planner run returned before anything was written: nothing is counted.
+    let runs: Option<u64> = conn.hget(keys.starts(), "plan").await.unwrap();
+    assert_eq!(runs, None);
+
+    // A duplicate finds the task and changes nothing.
+    let other: Vec<PlanEntry> = (0..5).map(|n| entry(&format!("d{n}"))).collect();
+    let duplicate = claim_planned(&store, &id, &other).await;
+    assert!(
+        matches!(
+            duplicate,
+            Claim::Exists(chorus_shared::store::TaskState::Planned)
+        ),
+        "a duplicate was not told the task exists"
+    );
+    let total: u64 = conn.hget(keys.task(), "total").await.unwrap();
+    assert_eq!(total, 3);
+
+    // It runs and settles like any task.
+    store.mark_running(&id, 3, &lease).await.unwrap();
+    assert!(!conn.exists::<_, bool>(keys.plan_lease()).await.unwrap());
+    let results = [result(&id, "s0"), result(&id, "s1"), result(&id, "s2")];
+    let (recorded, _) = store
+        .record_results(&id, &results.iter().collect::<Vec<_>>(), 1000, None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(recorded, Recorded::Batch { remaining: 0, .. }),
+        "{recorded:?}"
+    );
+
+    // With the plan lease of an earlier task of the id still held, the task is claimed but
+    // not planned: the orchestrator plans it once that lease lapses.
+    let held = format!("claim-held-{}", uuid::Uuid::new_v4());
+    let held_keys = TaskKeys::new(&held);
+    let _: () = conn.set(held_keys.plan_lease(), "earlier").await.unwrap();
+    let claim = claim_planned(&store, &held, &entries).await;
+    assert!(matches!(claim, Claim::New(None)), "a held lease was taken");
+    let state: String = conn.hget(held_keys.task(), "state").await.unwrap();
+    assert_eq!(state, "planning");
+    assert!(!conn.exists::<_, bool>(held_keys.order()).await.unwrap());
 }

@@ -14,9 +14,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
-    consume::{
-        self, check_size, earlier_deliveries, ConsumeConfig, Disposition, ServiceSpec, Session,
-    },
+    consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
     finish::panic_message,
@@ -262,11 +260,6 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Whether the broker delivered this message before: its subtasks then run alone, counted.
-fn is_redelivery(delivery: &Delivery) -> bool {
-    delivery.redelivered || earlier_deliveries(delivery) > 0
-}
-
 /// How an attempt ended, before deciding between retry and settling.
 enum Attempt {
     Succeeded {
@@ -306,7 +299,10 @@ impl Worker {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
             return Ok(Disposition::Ack);
         }
-        match self.attempt(&subtask, is_redelivery(delivery)).await? {
+        match self
+            .attempt(&subtask, consume::is_redelivery(delivery))
+            .await?
+        {
             Settlement::Nothing => {}
             Settlement::Settled(result) => {
                 self.results.send(&result).await?;
@@ -334,7 +330,8 @@ impl Worker {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
             return Ok(Disposition::Ack);
         }
-        let redelivered = is_redelivery(delivery);
+        // A redelivered message's subtasks run alone, counted.
+        let redelivered = consume::is_redelivery(delivery);
         let subtasks = batch.into_subtasks();
         // Every item runs to its end, whatever happens to the others: none is dropped while its
         // handler still runs.

@@ -72,6 +72,10 @@ pub struct RangeSumInput {
     /// The synthesis panics (the task then fails).
     #[serde(default)]
     pub synthesis_panics: bool,
+    /// The planner aborts its orchestrator — only where the orchestrator runs with the
+    /// failpoint `range-sum.plan-crash=abort` (the fault-injection suite).
+    #[serde(default)]
+    pub plan_crashes: bool,
 }
 
 /// One slice.
@@ -197,6 +201,9 @@ impl Kind for RangeSum {
     fn plan(&self, input: &RangeSumInput) -> Result<Plan<Slice>, KindError> {
         if input.plan_panics {
             panic!("the planner panics by request");
+        }
+        if input.plan_crashes {
+            failpoint::hit_blocking("range-sum.plan-crash");
         }
         if input.end < input.start {
             return Err(KindError::fatal(format!(
