@@ -212,6 +212,24 @@ impl TaskKeys {
         ]
     }
 
+    /// KEYS 1 to 11 of the plan scripts (see `PLAN_ENTRY_PRELUDE`): plan lease, task, plan,
+    /// order, pending, waiting, dependents, types, worker types, wave, ready.
+    fn plan_layout(&self) -> [String; 11] {
+        [
+            self.plan_lease(),
+            self.task(),
+            self.plan(),
+            self.order(),
+            self.pending(),
+            self.waiting(),
+            self.dependents(),
+            self.types(),
+            self.worker_types(),
+            self.wave(),
+            self.ready(),
+        ]
+    }
+
     /// Working state dropped when the task finishes.
     fn working(&self) -> [String; 12] {
         [
@@ -1363,17 +1381,7 @@ impl Store {
         let args = ClaimArgs::new(waiter, submission, lease_ttl)?;
         let layout = PlanLayout::new(&keys, entries, wave, cap);
         let mut call = CLAIM_PLANNED_SCRIPT.prepare_invoke();
-        call.key(keys.plan_lease())
-            .key(keys.task())
-            .key(keys.plan())
-            .key(keys.order())
-            .key(keys.pending())
-            .key(keys.waiting())
-            .key(keys.dependents())
-            .key(keys.types())
-            .key(keys.worker_types())
-            .key(keys.wave())
-            .key(keys.ready())
+        call.key(keys.plan_layout().as_slice())
             .key(keys.outcome())
             .key(keys.waiters())
             .key(keys.working().as_slice())
@@ -1433,17 +1441,7 @@ impl Store {
         let mut conn = self.conn();
         if entries.len() <= CHUNK {
             let mut call = RECORD_PLAN_SCRIPT.prepare_invoke();
-            call.key(keys.plan_lease())
-                .key(keys.task())
-                .key(keys.plan())
-                .key(keys.order())
-                .key(keys.pending())
-                .key(keys.waiting())
-                .key(keys.dependents())
-                .key(keys.types())
-                .key(keys.worker_types())
-                .key(keys.wave())
-                .key(keys.ready())
+            call.key(keys.plan_layout().as_slice())
                 .key(keys.working().as_slice())
                 .key(keys.types())
                 .arg(&lease.token);
@@ -1465,15 +1463,7 @@ impl Store {
         }
         for (chunk_index, chunk) in entries.chunks(CHUNK).enumerate() {
             let mut call = APPEND_PLAN_SCRIPT.prepare_invoke();
-            call.key(keys.plan_lease())
-                .key(keys.task())
-                .key(keys.plan())
-                .key(keys.order())
-                .key(keys.pending())
-                .key(keys.waiting())
-                .key(keys.dependents())
-                .key(keys.types())
-                .key(keys.worker_types())
+            call.key(&keys.plan_layout()[..9])
                 .arg(&lease.token)
                 .arg(chunk_index * CHUNK);
             for entry in chunk {

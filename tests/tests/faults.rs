@@ -146,6 +146,33 @@ fn note(line: &str) {
     }
 }
 
+/// Plays supervisor until the first reply: restarts `process` (started as `program`) each time
+/// it dies, at most ten times. Returns the decoded reply and how many times it died.
+async fn supervise_until_reply(
+    env: &mut TestEnv,
+    replies: &mut lapin::Consumer,
+    mut process: usize,
+    program: (&str, &[&str], &[(&str, &str)]),
+) -> (Value, usize) {
+    let (bin, args, vars) = program;
+    let mut crashes = 0;
+    loop {
+        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(replies),
+        )
+        .await
+        {
+            return (chorus_tests::msgpack_to_json(&reply.data), crashes);
+        }
+        if !env.is_running(process) {
+            crashes += 1;
+            assert!(crashes <= 10, "{bin} kept crashing: never given up on");
+            process = env.spawn_with(bin, args, vars);
+        }
+    }
+}
+
 async fn start(cluster: &Cluster, name: &str) -> (TestEnv, RawClient) {
     let env = cluster.env(name).await;
     let client = env.client().await;
@@ -751,7 +778,7 @@ async fn s08_poison_that_panics_or_crashes_its_worker_ends_in_chorus_dead_and_in
         "--retry-max-delay-ms",
         "100",
     ];
-    let mut worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
+    let worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
     wait_for_topology(&client).await;
     let (reply_to, mut replies) = client.reply_queue().await;
     let request = json!({
@@ -767,22 +794,13 @@ async fn s08_poison_that_panics_or_crashes_its_worker_ends_in_chorus_dead_and_in
         .await;
 
     // Play supervisor: restart the worker each time the poison takes it down.
-    let mut crashes = 0;
-    let outcome = loop {
-        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
-            Duration::from_millis(200),
-            futures::StreamExt::next(&mut replies),
-        )
-        .await
-        {
-            break chorus_tests::msgpack_to_json(&reply.data);
-        }
-        if !env.is_running(worker) {
-            crashes += 1;
-            assert!(crashes <= 10, "the poison was never given up on");
-            worker = env.spawn_with("chorus-worker", &crashing_worker, &crash_failpoint);
-        }
-    };
+    let (outcome, crashes) = supervise_until_reply(
+        &mut env,
+        &mut replies,
+        worker,
+        ("chorus-worker", &crashing_worker, &crash_failpoint),
+    )
+    .await;
     note(&format!(
         "[poison] worker crashes before the crashing subtask was given up: {crashes}"
     ));
@@ -1037,8 +1055,7 @@ async fn s17_a_planner_that_crashes_its_orchestrator_gets_the_task_rejected() {
     env.spawn("chorus-synthesizer", &[]);
     let crash_failpoint = [("CHORUS_FAILPOINTS", "range-sum.plan-crash=abort")];
     let orchestrator_args = ["--max-deliveries", "2", "--lease-ms", "1000"];
-    let mut orchestrator =
-        env.spawn_with("chorus-orchestrator", &orchestrator_args, &crash_failpoint);
+    let orchestrator = env.spawn_with("chorus-orchestrator", &orchestrator_args, &crash_failpoint);
     wait_for_topology(&client).await;
     let (reply_to, mut replies) = client.reply_queue().await;
     let properties = BasicProperties::default()
@@ -1053,23 +1070,13 @@ async fn s17_a_planner_that_crashes_its_orchestrator_gets_the_task_rejected() {
         .await;
 
     // Play supervisor: restart the orchestrator each time the planner takes it down.
-    let mut crashes = 0;
-    let outcome = loop {
-        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
-            Duration::from_millis(200),
-            futures::StreamExt::next(&mut replies),
-        )
-        .await
-        {
-            break chorus_tests::msgpack_to_json(&reply.data);
-        }
-        if !env.is_running(orchestrator) {
-            crashes += 1;
-            assert!(crashes <= 10, "the crashing planner was never given up on");
-            orchestrator =
-                env.spawn_with("chorus-orchestrator", &orchestrator_args, &crash_failpoint);
-        }
-    };
+    let (outcome, crashes) = supervise_until_reply(
+        &mut env,
+        &mut replies,
+        orchestrator,
+        ("chorus-orchestrator", &orchestrator_args, &crash_failpoint),
+    )
+    .await;
     note(&format!(
         "[planner crash] orchestrator crashes before the task was rejected: {crashes}"
     ));
