@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use lapin::types::ShortString;
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use serde_bytes::ByteBuf;
 
 use crate::{
@@ -14,7 +14,7 @@ use crate::{
         self, BatchItem, ParentRef, PlanEntry, ResolvedOptions, ResultMessage, SubtaskBatch,
         SubtaskEvent, SubtaskMessage, TaskRequest,
     },
-    store::Store,
+    store::{now_ms, Store},
     topology,
 };
 
@@ -75,6 +75,8 @@ fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
 /// Publishes `entries` with confirms: handler subtasks to their worker type's queue (declared
 /// on first use), child tasks to `chorus.tasks` (remembered as children first, so a cancel of
 /// the parent reaches them). Publishing again is harmless: results and claims are idempotent.
+/// Callers have just found the task unfinished, so subtask messages carry
+/// [`topology::LIVE_AT_HEADER`].
 ///
 /// # Errors
 /// Redis or the broker failed; the caller keeps the entries to publish again.
@@ -128,6 +130,7 @@ pub async fn publish_entries(
                 })?;
                 let mut message = Message::single(topology::TASKS_QUEUE, body);
                 message.message_id = Some(child_id);
+                message.subtask = false;
                 messages.push(message);
             }
         }
@@ -143,13 +146,24 @@ pub async fn publish_entries(
                     body: protocol::encode(&batch)?,
                     kind: Some(protocol::SUBTASK_BATCH_TYPE),
                     message_id: None,
+                    subtask: true,
                 },
             });
         }
     }
+    // Every caller has just found the task unfinished: workers that get these within a second
+    // need not ask Redis again.
+    let mut live_at = FieldTable::default();
+    live_at.insert(
+        ShortString::from(topology::LIVE_AT_HEADER),
+        AMQPValue::LongLongInt(i64::try_from(now_ms()).unwrap_or(i64::MAX)),
+    );
     publisher
         .publish_all(messages.iter().map(|message| {
             let mut properties = amqp::persistent(protocol::MSGPACK);
+            if message.subtask {
+                properties = properties.with_headers(live_at.clone());
+            }
             if let Some(message_id) = &message.message_id {
                 properties = properties.with_message_id(ShortString::from(message_id.as_str()));
             }
@@ -175,6 +189,8 @@ struct Message<'a> {
     /// AMQP `type`: set on batches.
     kind: Option<&'static str>,
     message_id: Option<String>,
+    /// A subtask (or batch) for a worker, rather than a child task request.
+    subtask: bool,
 }
 
 impl<'a> Message<'a> {
@@ -184,6 +200,7 @@ impl<'a> Message<'a> {
             body,
             kind: None,
             message_id: None,
+            subtask: true,
         }
     }
 }

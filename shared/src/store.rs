@@ -718,19 +718,23 @@ while i <= #ARGV do
   local base = i + 5
   local retried = tonumber(ARGV[i + 3])
   i = base + nspawn * 4
-  local status = 'new'
-  if redis.call('SISMEMBER', PENDING, id) == 0 then
+  -- Taken off the pending set at once when nothing spawned can refuse it (one call, not two).
+  local status = 'gone'
+  if nspawn == 0 then
+    if redis.call('SREM', PENDING, id) == 1 then status = 'new' end
+  elseif redis.call('SISMEMBER', PENDING, id) == 1 then
+    status = spawn_problem(nspawn, base) or 'new'
+    if status == 'new' then redis.call('SREM', PENDING, id) end
+  end
+  if status == 'gone' then
     if redis.call('HEXISTS', RESULTS, id) == 1 then
       duplicates = duplicates + 1
       status = 'duplicate'
     else
       status = 'unknown-subtask'
     end
-  elseif nspawn > 0 then
-    status = spawn_problem(nspawn, base) or 'new'
   end
   if status == 'new' then
-    redis.call('SREM', PENDING, id)
     redis.call('HSET', RESULTS, id, record)
     local suffix
     if ok then
@@ -780,7 +784,7 @@ for _, v in ipairs(released) do out[#out + 1] = v end
 local lease = false
 if pending == 0 and ARGV[3] ~= '' and (state == 'planned' or state == 'running') then
   lease = lease_run(KEYS[13], T, KEYS[14], PENDING, ORDER, RESULTS, ARGV[3], ARGV[4], ARGV[5],
-    ARGV[6]) or 'held'
+    ARGV[6], {state = state, pending = 0}) or 'held'
 end
 return {out, lease}
 ";
@@ -813,7 +817,7 @@ if not existing then
   -- Everything kept expires together, set once: a later call must not outlive the outcome.
   for i = 3, 5 do redis.call('EXPIRE', KEYS[i], ARGV[2]) end
   redis.call('EXPIRE', KEYS[1], ARGV[2])
-  for i = 6, #KEYS do redis.call('DEL', KEYS[i]) end
+  redis.call('DEL', unpack(KEYS, 6))
 end
 -- What delivery needs comes back with it; waiters read after the outcome is set miss none.
 return {existing, redis.call('HGET', KEYS[1], 'parent') or '', redis.call('SMEMBERS', KEYS[3]),
@@ -823,14 +827,17 @@ return {existing, redis.call('HGET', KEYS[1], 'parent') or '', redis.call('SMEMB
 /// Lua shared by the scripts that take a lease for a run: `lease_run` takes the lease at
 /// `lease` for `token` unless it is held (then `nil`), and replies the run count as
 /// [`BEGIN_RUN`] gives it, the pending count, the task hash and — for a settled task with at
-/// most `up_to` results, which synthesis reads next — the plan order and the results.
+/// most `up_to` results, which synthesis reads next — the plan order and the results. A caller
+/// that already read the task's state and pending count in this script passes them as `known`.
 const LEASE_PRELUDE: &str = r"
-local function lease_run(lease, task, starts, pending_set, order, results, token, ttl, run, up_to)
+local function lease_run(lease, task, starts, pending_set, order, results, token, ttl, run, up_to,
+    known)
   if not redis.call('SET', lease, token, 'NX', 'PX', ttl) then return nil end
-  local state = redis.call('HGET', task, 'state')
+  known = known or {}
+  local state = known.state or redis.call('HGET', task, 'state')
   local runs = -1
   if state and state ~= 'finished' then runs = redis.call('HINCRBY', starts, run, 1) end
-  local pending = redis.call('SCARD', pending_set)
+  local pending = known.pending or redis.call('SCARD', pending_set)
   local reply = {runs, pending, redis.call('HGETALL', task)}
   if runs >= 0 and pending == 0 and redis.call('HLEN', results) <= tonumber(up_to) then
     reply[4] = redis.call('LRANGE', order, 0, -1)
@@ -864,7 +871,7 @@ return 0
 const RESET_PLAN: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
-for i = 3, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', unpack(KEYS, 3))
 return 1
 ";
 
@@ -873,29 +880,56 @@ return 1
 /// An entry is five ARGV values from `p`: id, encoded entry, worker type, unmet dependency
 /// count, space-separated dependents.
 const PLAN_ENTRY_PRELUDE: &str = r"
-local function add_plan_entry(p)
-  local id = ARGV[p]
-  redis.call('HSET', KEYS[3], id, ARGV[p + 1])
-  redis.call('RPUSH', KEYS[4], id)
-  redis.call('SADD', KEYS[5], id)
-  redis.call('HINCRBY', KEYS[8], ARGV[p + 2], 1)
-  if ARGV[p + 2] ~= 'default' then redis.call('HSET', KEYS[9], id, ARGV[p + 2]) end
-  if ARGV[p + 3] ~= '0' then redis.call('HSET', KEYS[6], id, ARGV[p + 3]) end
-  if ARGV[p + 4] ~= '' then redis.call('HSET', KEYS[7], id, ARGV[p + 4]) end
+-- Calls `command` on `key` with `values` appended, in slices that stay well inside Lua's stack;
+-- an even slice size keeps field-value pairs together. One call per slice, not per value: a
+-- command inside a script costs several microseconds whatever its size.
+local function call_with_all(command, key, values)
+  for i = 1, #values, 4000 do
+    redis.call(command, key, unpack(values, i, math.min(i + 3999, #values)))
+  end
+end
+
+-- `count` plan entries from ARGV at `p`, five values each: id, encoded entry, worker type,
+-- unmet dependency count, space-separated dependents. Returns the position after them.
+local function write_entries(p, count)
+  local plan, order, per_type, typed, waiting, dependents = {}, {}, {}, {}, {}, {}
+  for _ = 1, count do
+    local id, wtype = ARGV[p], ARGV[p + 2]
+    plan[#plan + 1] = id
+    plan[#plan + 1] = ARGV[p + 1]
+    order[#order + 1] = id
+    per_type[wtype] = (per_type[wtype] or 0) + 1
+    if wtype ~= 'default' then
+      typed[#typed + 1] = id
+      typed[#typed + 1] = wtype
+    end
+    if ARGV[p + 3] ~= '0' then
+      waiting[#waiting + 1] = id
+      waiting[#waiting + 1] = ARGV[p + 3]
+    end
+    if ARGV[p + 4] ~= '' then
+      dependents[#dependents + 1] = id
+      dependents[#dependents + 1] = ARGV[p + 4]
+    end
+    p = p + 5
+  end
+  call_with_all('HSET', KEYS[3], plan)
+  call_with_all('RPUSH', KEYS[4], order)
+  call_with_all('SADD', KEYS[5], order)
+  for wtype, n in pairs(per_type) do redis.call('HINCRBY', KEYS[8], wtype, n) end
+  call_with_all('HSET', KEYS[9], typed)
+  call_with_all('HSET', KEYS[6], waiting)
+  call_with_all('HSET', KEYS[7], dependents)
+  return p
 end
 
 -- A whole plan from ARGV at `p`: the entry count, five values per entry, then the wave and the
 -- ready list, each a count and ids. Returns the position after it.
 local function write_plan(p)
-  local count = tonumber(ARGV[p])
-  p = p + 1
-  for _ = 1, count do
-    add_plan_entry(p)
-    p = p + 5
-  end
+  p = write_entries(p + 1, tonumber(ARGV[p]))
   for list = 10, 11 do
     local n = tonumber(ARGV[p])
-    for i = p + 1, p + n do redis.call('RPUSH', KEYS[list], ARGV[i]) end
+    call_with_all('RPUSH', KEYS[list], {unpack(ARGV, p + 1, p + n)})
     p = p + 1 + n
   end
   return p
@@ -921,9 +955,7 @@ const APPEND_PLAN: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
 if redis.call('LLEN', KEYS[4]) ~= tonumber(ARGV[2]) then return 0 end
-for i = 3, #ARGV, 5 do
-  add_plan_entry(i)
-end
+write_entries(3, (#ARGV - 2) / 5)
 return 1
 ";
 
@@ -935,7 +967,7 @@ return 1
 const RECORD_PLAN: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
-for i = 12, #KEYS do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', unpack(KEYS, 12))
 redis.call('HSET', KEYS[2], unpack(planned_fields(write_plan(2))))
 return 1
 ";
@@ -966,9 +998,7 @@ if not redis.call('SET', KEYS[1], ARGV[7], 'NX', 'PX', ARGV[8]) then
 end
 -- Working keys outlive their task only if something removed it by hand; one check, not a
 -- delete per key, on the common path.
-if redis.call('EXISTS', unpack(KEYS, 14)) > 0 then
-  for i = 14, #KEYS do redis.call('DEL', KEYS[i]) end
-end
+if redis.call('EXISTS', unpack(KEYS, 14)) > 0 then redis.call('DEL', unpack(KEYS, 14)) end
 local planned = planned_fields(write_plan(9))
 for _, v in ipairs(fields) do planned[#planned + 1] = v end
 redis.call('HSET', KEYS[2], unpack(planned))
@@ -979,7 +1009,7 @@ return {'planned', ''}
 const APPEND_LIST: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'state') ~= 'planning' then return 0 end
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
+if #ARGV > 1 then redis.call('RPUSH', KEYS[3], unpack(ARGV, 2)) end
 return 1
 ";
 

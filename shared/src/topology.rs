@@ -60,6 +60,10 @@ pub const SOURCE_QUEUE_HEADER: &str = "x-chorus-queue";
 pub const TASK_HEADER: &str = "x-chorus-task";
 /// Header naming the subtask of a dead-lettered message, when known.
 pub const SUBTASK_HEADER: &str = "x-chorus-subtask";
+/// Header of a first-attempt subtask message: when (ms since the Unix epoch) its publisher,
+/// which had just found the task unfinished, published it. A worker that gets it within a
+/// second takes the task as live without asking Redis.
+pub const LIVE_AT_HEADER: &str = "x-chorus-live-at-ms";
 /// Header quorum queues set to the number of earlier deliveries of a message.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

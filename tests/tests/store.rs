@@ -7,7 +7,9 @@ use std::{sync::Arc, time::Duration};
 use chorus_shared::{
     graph,
     protocol::{self, PlanEntry, ResolvedOptions, ResultMessage, SubtaskOutcome, TaskOptions},
-    store::{Claim, LeaseRequest, Planning, Recorded, SettledLease, Store, Submission, TaskKeys},
+    store::{
+        now_ms, Claim, LeaseRequest, Planning, Recorded, SettledLease, Store, Submission, TaskKeys,
+    },
 };
 use chorus_tests::TestEnv;
 use chorus_worker::watch::TaskWatch;
@@ -266,7 +268,7 @@ async fn subtasks_of_a_task_arriving_together_share_one_liveness_lookup() {
         .map(|_| {
             let watch = Arc::clone(&watch);
             let id = id.clone();
-            tokio::spawn(async move { watch.is_live(&id).await.unwrap() })
+            tokio::spawn(async move { watch.is_live(&id, None).await.unwrap() })
         })
         .collect();
     for asker in askers {
@@ -287,7 +289,53 @@ async fn subtasks_of_a_task_arriving_together_share_one_liveness_lookup() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert!(!watch.is_live(&id).await.unwrap());
+    assert!(!watch.is_live(&id, None).await.unwrap());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_subtask_published_just_now_as_live_needs_no_liveness_lookup() {
+    let env = TestEnv::new("store-watch-stamp").await;
+    let store = store(&env).await;
+    let shutdown = CancellationToken::new();
+    let watch = TaskWatch::start(store.clone(), shutdown.clone());
+    let id = format!("stamped-{}", uuid::Uuid::new_v4());
+    let monitor = env.monitor_redis(&id).await;
+    let mut conn = env.redis().await;
+    let now = now_ms();
+
+    // Stamped live a moment ago: taken as a lookup, even with the outcome already stored (a
+    // second of staleness is the watch's promise either way).
+    let _: () = conn
+        .set(TaskKeys::new(&id).outcome(), "done")
+        .await
+        .unwrap();
+    assert!(watch.is_live(&id, Some(now - 200)).await.unwrap());
+    // A little ahead of this clock still counts (clocks a little apart).
+    assert!(watch.is_live(&id, Some(now + 300)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(monitor.count("EXISTS"), 0, "fresh stamps made a lookup");
+
+    // Stamps too old, or too far ahead to trust, are looked up, and the lookup wins.
+    let old = format!("{id}-old");
+    let ahead = format!("{id}-ahead");
+    for task in [&old, &ahead] {
+        let _: () = conn
+            .set(TaskKeys::new(task).outcome(), "done")
+            .await
+            .unwrap();
+    }
+    assert!(!watch.is_live(&old, Some(now - 1500)).await.unwrap());
+    assert!(!watch.is_live(&ahead, Some(now + 60_000)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(monitor.count("EXISTS"), 2);
+
+    // A task known over stays over whatever a late message says.
+    assert!(!watch.is_live(&old, Some(now_ms())).await.unwrap());
+    // Once the stamp's second has passed, the task is looked up and found over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(!watch.is_live(&id, None).await.unwrap());
+    assert_eq!(monitor.count("EXISTS"), 3);
     shutdown.cancel();
 }
 

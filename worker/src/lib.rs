@@ -251,6 +251,11 @@ fn result_of(
     }
 }
 
+/// When the publisher of a subtask message last found its task unfinished, if it says.
+fn live_at(delivery: &Delivery) -> Option<u64> {
+    amqp::header_u64(&delivery.properties, topology::LIVE_AT_HEADER)
+}
+
 /// A spawned task that is aborted when this is dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -295,7 +300,7 @@ impl Worker {
         if let Err(error) = subtask.validate() {
             return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
         }
-        if !self.watch.is_live(&subtask.task).await? {
+        if !self.watch.is_live(&subtask.task, live_at(delivery)).await? {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
             return Ok(Disposition::Ack);
         }
@@ -326,7 +331,7 @@ impl Worker {
         if let Err(error) = batch.validate() {
             return Ok(Disposition::Reject(error, Some(batch.task), None));
         }
-        if !self.watch.is_live(&batch.task).await? {
+        if !self.watch.is_live(&batch.task, live_at(delivery)).await? {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
             return Ok(Disposition::Ack);
         }

@@ -1,7 +1,9 @@
 //! Which tasks are over: a subtask of a finished, cancelled or timed-out task is dropped instead
 //! of run, and the handlers still running for such a task see their cancellation token. Redis
 //! is asked at most once a second per task, so a task of 100,000 subtasks costs one lookup a
-//! second, not one per subtask; subtasks of a task that arrive together share one lookup.
+//! second, not one per subtask; subtasks of a task that arrive together share one lookup. A
+//! subtask published less than a second ago by a service that had just found its task
+//! unfinished (it says when in a header) needs no lookup at all.
 
 use std::{
     collections::HashMap,
@@ -9,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chorus_shared::{error::StoreError, store::Store};
+use chorus_shared::{
+    error::StoreError,
+    store::{now_ms, Store},
+};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -78,6 +83,22 @@ impl Running {
     }
 }
 
+/// When, on this process's clock, a task stamped live at `at_ms` (ms since the Unix epoch, the
+/// publisher's clock) was seen live, if that is less than [`FRESHNESS`] ago. A stamp from the
+/// future (clocks a little apart) counts as now; one from further than [`FRESHNESS`] ahead is
+/// not trusted: the clocks are too far apart.
+fn seen_live_at(at_ms: u64, now_ms: u64) -> Option<Instant> {
+    let freshness = u64::try_from(FRESHNESS.as_millis()).unwrap_or(u64::MAX);
+    if at_ms >= now_ms.saturating_add(freshness) {
+        return None;
+    }
+    let age = now_ms.saturating_sub(at_ms);
+    if age >= freshness {
+        return None;
+    }
+    Instant::now().checked_sub(Duration::from_millis(age))
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(watched) = self.watch.lock().tasks.get_mut(&self.task) {
@@ -115,13 +136,18 @@ impl TaskWatch {
         }
     }
 
-    /// Whether `task` may still run subtasks (no outcome yet), at most a second stale. The
-    /// subtasks of a task that arrive while it is being looked up wait for that lookup, so that
-    /// they start, and their results go out, together.
+    /// Whether `task` may still run subtasks (no outcome yet), at most a second stale.
+    /// `live_at_ms` is when the message's publisher last found the task unfinished, if it says:
+    /// within the last second, that is taken as a fresh lookup. Otherwise the subtasks of a
+    /// task that arrive while it is being looked up wait for that lookup, so that they start,
+    /// and their results go out, together.
     ///
     /// # Errors
     /// Redis fails.
-    pub async fn is_live(&self, task: &str) -> Result<bool, StoreError> {
+    pub async fn is_live(&self, task: &str, live_at_ms: Option<u64>) -> Result<bool, StoreError> {
+        if let Some(seen) = live_at_ms.and_then(|at| seen_live_at(at, now_ms())) {
+            return Ok(self.seen_live(task, seen));
+        }
         loop {
             let waiting = {
                 let mut known = self.lock();
@@ -173,6 +199,25 @@ impl TaskWatch {
         self.note(lookup.task, !over);
         lookup.answer.send_replace(Some(!over));
         Ok(!over)
+    }
+
+    /// Notes that `task` was live at `seen`, unless it is already known over; answers whether
+    /// it is live.
+    fn seen_live(&self, task: &str, seen: Instant) -> bool {
+        let mut known = self.lock();
+        let watched = known
+            .tasks
+            .entry(task.to_owned())
+            .or_insert_with(|| Watched {
+                token: CancellationToken::new(),
+                running: 0,
+                checked: seen,
+                live: true,
+            });
+        if watched.live && watched.checked < seen {
+            watched.checked = seen;
+        }
+        watched.live
     }
 
     fn note(&self, task: &str, live: bool) {
