@@ -572,11 +572,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.latency_only {
-        let (latency, floor) = measure_latency(&cli).await?;
-        print_latency(&latency, &floor);
+        let (latency, floor, over) = measure_latency(&cli).await?;
+        print_latency(&latency, &floor, &over);
         write_json(
             &cli.out,
-            &json!({"latency": latency, "latency_floor": floor}),
+            &json!({"latency": latency, "latency_floor": floor, "latency_over_floor": over}),
         )?;
         return Ok(());
     }
@@ -597,7 +597,7 @@ async fn main() -> Result<()> {
 
     // Before the throughput runs: after a burst of 100,000 messages the broker compacts its
     // quorum logs for a while, which would be measured as latency of whatever runs next.
-    let (latency, floor) = measure_latency(&cli).await?;
+    let (latency, floor, over) = measure_latency(&cli).await?;
 
     let mut rows = Vec::new();
     let mut batched_rows = Vec::new();
@@ -672,7 +672,7 @@ async fn main() -> Result<()> {
         batched_rows.iter().for_each(print_row);
     }
     println!();
-    print_latency(&latency, &floor);
+    print_latency(&latency, &floor, &over);
     for row in &scale {
         println!(
             "scale-out: {} worker process(es): {} subtasks/s",
@@ -691,6 +691,7 @@ async fn main() -> Result<()> {
         "batched": batched_rows,
         "latency": latency,
         "latency_floor": floor,
+        "latency_over_floor": over,
         "scale_out": scale,
     });
     write_json(&cli.out, &table)?;
@@ -700,8 +701,12 @@ async fn main() -> Result<()> {
 
 /// Sequential small tasks through the system, then one message at a time through the raw hops,
 /// `repeat` times in turn, so that each round's floor is measured in the same minute as its
-/// latency.
-async fn measure_latency(cli: &Cli) -> Result<(serde_json::Value, serde_json::Value)> {
+/// latency. Returns the latency, the floor, and what Chorus adds to the floor (each
+/// percentile's difference within a round): the host's load moves the first two together, and
+/// the third much less.
+async fn measure_latency(
+    cli: &Cli,
+) -> Result<(serde_json::Value, serde_json::Value, serde_json::Value)> {
     reset(cli).await?;
     let _system = System::start(cli, 1, None)?;
     let mut submitter = Submitter::connect(cli).await?;
@@ -726,9 +731,15 @@ async fn measure_latency(cli: &Cli) -> Result<(serde_json::Value, serde_json::Va
             hop_floor(&cli.amqp_url, cli.latency_tasks).await?,
         ));
     }
+    let over_rounds: Vec<[f64; 3]> = latency_rounds
+        .iter()
+        .zip(&floor_rounds)
+        .map(|(task, floor)| [0, 1, 2].map(|i| task[i] - floor[i]))
+        .collect();
     Ok((
         latency_table("tasks", cli.latency_tasks, &latency_rounds),
         latency_table("messages", cli.latency_tasks, &floor_rounds),
+        latency_table("tasks", cli.latency_tasks, &over_rounds),
     ))
 }
 
@@ -750,7 +761,7 @@ fn latency_table(unit: &str, per_round: usize, rounds: &[[f64; 3]]) -> serde_jso
     })
 }
 
-fn print_latency(latency: &serde_json::Value, floor: &serde_json::Value) {
+fn print_latency(latency: &serde_json::Value, floor: &serde_json::Value, over: &serde_json::Value) {
     let ms = |table: &serde_json::Value, key: &str| {
         let value = |bound: &str| table[key][bound].as_f64().unwrap_or(0.0);
         format!(
@@ -772,6 +783,10 @@ fn print_latency(latency: &serde_json::Value, floor: &serde_json::Value) {
     println!(
         "latency floor, one message through the four raw hops (3 quorum + 1 classic, each confirmed): {}",
         line(floor)
+    );
+    println!(
+        "latency over the floor, what Chorus adds (each round's task figure less its floor): {}",
+        line(over)
     );
 }
 
