@@ -67,9 +67,9 @@ struct Cli {
     /// Subtasks per message in the batched measurement (`options.batch_size`).
     #[arg(long, default_value_t = 100)]
     batch_size: u32,
-    /// Task sizes of the batched measurement; none to skip it.
-    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
-    batched_sizes: Vec<u64>,
+    /// Task sizes of the batched measurement, comma-separated; `none` skips it.
+    #[arg(long, default_value = "10000,100000", value_parser = parse_sizes)]
+    batched_sizes: Sizes,
     /// Prefetch of each worker process in the batched measurement (a batch is one message).
     #[arg(long, default_value_t = 4)]
     batched_prefetch: u16,
@@ -568,6 +568,25 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+/// Task sizes given as one flag value.
+#[derive(Clone, Debug)]
+struct Sizes(Vec<u64>);
+
+/// `none`, or comma-separated task sizes.
+fn parse_sizes(raw: &str) -> Result<Sizes, String> {
+    if raw.trim() == "none" {
+        return Ok(Sizes(Vec::new()));
+    }
+    raw.split(',')
+        .map(|size| {
+            size.trim()
+                .parse::<u64>()
+                .map_err(|error| format!("{size:?} is not a task size: {error}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Sizes)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -603,7 +622,7 @@ async fn main() -> Result<()> {
     let mut batched_rows = Vec::new();
     for (packing, sizes, out) in [
         (Packing::Single, &cli.sizes, &mut rows),
-        (Packing::Batched, &cli.batched_sizes, &mut batched_rows),
+        (Packing::Batched, &cli.batched_sizes.0, &mut batched_rows),
     ] {
         for &n in sizes {
             eprintln!(
