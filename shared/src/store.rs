@@ -1082,6 +1082,19 @@ impl ClaimArgs {
         })
     }
 
+    /// The ARGV both claim scripts start with: waiter, kind, options, input, created ms,
+    /// parent, lease token, lease ttl ms.
+    fn add_to(&self, call: &mut redis::ScriptInvocation<'_>, submission: Submission<'_>) {
+        call.arg(&self.waiter)
+            .arg(submission.kind)
+            .arg(submission.options)
+            .arg(submission.input)
+            .arg(self.created_ms)
+            .arg(&self.parent)
+            .arg(&self.token)
+            .arg(self.ttl_ms);
+    }
+
     /// The task as a claim creates it, `planning`.
     fn record(&self, submission: Submission<'_>) -> TaskRecord {
         TaskRecord {
@@ -1352,23 +1365,15 @@ impl Store {
     ) -> Result<Claim, StoreError> {
         let keys = TaskKeys::new(id);
         let args = ClaimArgs::new(waiter, submission, lease_ttl)?;
-        let (status, value): (String, Vec<u8>) = CLAIM_SCRIPT
-            .key(keys.task())
+        let mut call = CLAIM_SCRIPT.prepare_invoke();
+        call.key(keys.task())
             .key(keys.outcome())
             .key(keys.waiters())
             .key(keys.plan_lease())
-            .key(keys.starts())
-            .arg(&args.waiter)
-            .arg(submission.kind)
-            .arg(submission.options)
-            .arg(submission.input)
-            .arg(args.created_ms)
-            .arg(&args.parent)
-            .arg(&args.token)
-            .arg(args.ttl_ms)
-            .arg(PLAN_RUN)
-            .invoke_async(&mut self.conn())
-            .await?;
+            .key(keys.starts());
+        args.add_to(&mut call, submission);
+        call.arg(PLAN_RUN);
+        let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
         match status.as_str() {
             "new" => {
                 let runs = String::from_utf8_lossy(&value).parse::<u64>().ok();
@@ -1415,15 +1420,8 @@ impl Store {
             .key(keys.outcome())
             .key(keys.waiters())
             .key(keys.working().as_slice())
-            .key(keys.types())
-            .arg(&args.waiter)
-            .arg(submission.kind)
-            .arg(submission.options)
-            .arg(submission.input)
-            .arg(args.created_ms)
-            .arg(&args.parent)
-            .arg(&args.token)
-            .arg(args.ttl_ms);
+            .key(keys.types());
+        args.add_to(&mut call, submission);
         layout.add_whole(&mut call)?;
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
         match status.as_str() {

@@ -44,6 +44,20 @@ struct Known {
     lookups: HashMap<String, watch::Receiver<Option<bool>>>,
 }
 
+impl Known {
+    /// The entry of `task`, made (live, checked at `checked`) if there is none.
+    fn watched(&mut self, task: &str, checked: Instant) -> &mut Watched {
+        self.tasks
+            .entry(task.to_owned())
+            .or_insert_with(|| Watched {
+                token: CancellationToken::new(),
+                running: 0,
+                checked,
+                live: true,
+            })
+    }
+}
+
 /// Liveness of tasks, shared by all handlers of a worker process.
 pub struct TaskWatch {
     store: Store,
@@ -205,15 +219,7 @@ impl TaskWatch {
     /// it is live.
     fn seen_live(&self, task: &str, seen: Instant) -> bool {
         let mut known = self.lock();
-        let watched = known
-            .tasks
-            .entry(task.to_owned())
-            .or_insert_with(|| Watched {
-                token: CancellationToken::new(),
-                running: 0,
-                checked: seen,
-                live: true,
-            });
+        let watched = known.watched(task, seen);
         if watched.live && watched.checked < seen {
             watched.checked = seen;
         }
@@ -222,16 +228,9 @@ impl TaskWatch {
 
     fn note(&self, task: &str, live: bool) {
         let mut known = self.lock();
-        let watched = known
-            .tasks
-            .entry(task.to_owned())
-            .or_insert_with(|| Watched {
-                token: CancellationToken::new(),
-                running: 0,
-                checked: Instant::now(),
-                live,
-            });
-        watched.checked = Instant::now();
+        let now = Instant::now();
+        let watched = known.watched(task, now);
+        watched.checked = now;
         watched.live = live;
         if !live {
             watched.token.cancel();
@@ -241,25 +240,9 @@ impl TaskWatch {
     /// Registers a running handler of `task`; its token is cancelled when the task is over.
     pub fn enter(self: &Arc<Self>, task: &str) -> Running {
         let mut known = self.lock();
-        let tasks = &mut known.tasks;
-        if !tasks.contains_key(task) {
-            tasks.insert(
-                task.to_owned(),
-                Watched {
-                    token: CancellationToken::new(),
-                    running: 0,
-                    checked: Instant::now(),
-                    live: true,
-                },
-            );
-        }
-        let token = match tasks.get_mut(task) {
-            Some(watched) => {
-                watched.running += 1;
-                watched.token.child_token()
-            }
-            None => CancellationToken::new(),
-        };
+        let watched = known.watched(task, Instant::now());
+        watched.running += 1;
+        let token = watched.token.child_token();
         Running {
             watch: Arc::clone(self),
             task: task.to_owned(),
