@@ -212,7 +212,7 @@ impl Orchestrator {
         let store = &self.finisher.store;
         if let Some(parent) = &request.parent {
             // Only a task Chorus started as a child may report to a parent's subtask.
-            let started = release::child_task_id(&parent.task, &parent.subtask) == id
+            let started = release::child_task_id(&parent.task, &parent.subtask, parent.round) == id
                 && store.is_child(&parent.task, &id).await?;
             if !started {
                 let error = ProtocolError::Invalid(format!(
@@ -596,6 +596,8 @@ impl Orchestrator {
             options,
             created_ms: record.created_ms,
             max_message_bytes: self.config.limits.max_message_bytes(),
+            // The first wave is the plan's: round 1, even when republished later.
+            round: 1,
         };
         let mut start = from;
         while start < total {

@@ -428,13 +428,15 @@ impl Finisher {
             .revise(id, lease, &entries)
             .await
             .map_err(|e| format!("cannot record round {}: {e}", round + 1))?;
-        self.publish_released(id, record, &released)
+        self.publish_released(id, record, round + 1, &released)
             .await
             .map_err(|e| format!("cannot publish round {}: {e}", round + 1))?;
+        failpoint::hit("synthesizer.after-review-published").await;
         Ok(true)
     }
 
-    /// Publishes subtasks a script released, then clears them from the outbox.
+    /// Publishes subtasks a script released in review round `round`, then clears them from
+    /// the outbox.
     ///
     /// # Errors
     /// Redis or the broker failed; the outbox keeps them for the next attempt.
@@ -442,6 +444,7 @@ impl Finisher {
         &self,
         id: &str,
         record: &TaskRecord,
+        round: u32,
         released: &[PlanEntry],
     ) -> Result<(), ServiceError> {
         if released.is_empty() {
@@ -455,6 +458,7 @@ impl Finisher {
             options: &options,
             created_ms: record.created_ms,
             max_message_bytes: self.max_message_bytes,
+            round,
         };
         release::publish_entries(&self.store, &self.publisher, context, released).await?;
         self.store.clear_outbox(id, released).await?;
@@ -480,7 +484,11 @@ impl Finisher {
                 "publishing subtasks released before a crash"
             );
         }
-        self.publish_released(id, &record, &released).await
+        // Read before the outbox: a round that began in between makes these look older than
+        // they are, so their results count as duplicates (which flush again) and never as a
+        // later round's.
+        self.publish_released(id, &record, record.round, &released)
+            .await
     }
 
     /// Ends a task that is not finished with `status` and one task-level error (a cancel, a
@@ -669,6 +677,7 @@ impl Finisher {
             attempts: 1,
             outcome: result,
             spawned: Vec::new(),
+            round: parent.round,
         };
         release::publish_result(&self.publisher, &result).await
     }

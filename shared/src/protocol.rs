@@ -276,6 +276,9 @@ pub struct ParentRef {
     pub task: String,
     /// Subtask of the parent that the child's outcome settles.
     pub subtask: String,
+    /// The parent's review round that started the child (see [`SubtaskMessage::round`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub round: u32,
 }
 
 /// Checks a subtask id given by a planner or a spawning handler: the rules of task ids.
@@ -304,6 +307,10 @@ pub fn validate_worker_type(name: &str) -> Result<(), ProtocolError> {
             "worker type {name:?} must be 1 to {MAX_WORKER_TYPE_BYTES} characters of a-z, 0-9, '-' and '_'"
         )))
     }
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 fn default_worker_type() -> String {
@@ -516,6 +523,11 @@ pub struct SubtaskMessage {
     /// Whether to publish `subtask.<status>` events.
     #[serde(default)]
     pub events: bool,
+    /// The task's review round this subtask was published in, 1 for the first; its result
+    /// carries it back, so a result of an earlier round never counts in a later one. 0 (absent)
+    /// is a message from a version before rounds were carried: accepted in any round.
+    #[serde(default)]
+    pub round: u32,
 }
 
 impl SubtaskMessage {
@@ -575,6 +587,9 @@ pub struct SubtaskBatch {
     /// Whether to publish `subtask.<status>` events.
     #[serde(default)]
     pub events: bool,
+    /// Review round, as [`SubtaskMessage::round`].
+    #[serde(default)]
+    pub round: u32,
     /// The subtasks.
     pub items: Vec<BatchItem>,
 }
@@ -618,6 +633,7 @@ impl SubtaskBatch {
             depth: self.depth,
             deadline_at_ms: self.deadline_at_ms,
             events: self.events,
+            round: self.round,
         }
     }
 
@@ -661,6 +677,10 @@ pub struct ResultMessage {
     /// Subtasks the handler spawned; recorded with the result, once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub spawned: Vec<PlanEntry>,
+    /// The round of the subtask message (or child task) this settles; the synthesizer takes
+    /// a result of an earlier round than the task's as a duplicate. 0: not stated.
+    #[serde(default)]
+    pub round: u32,
 }
 
 /// A `subtask.<status>` event on `chorus.events` (`running`, `retrying`, `succeeded`,
@@ -786,6 +806,7 @@ mod tests {
             depth: 1,
             deadline_at_ms: Some(5),
             events: true,
+            round: 2,
         };
         assert_eq!(
             decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),
@@ -808,6 +829,7 @@ mod tests {
                     payload: ByteBuf::from(vec![7]),
                     child: None,
                 }],
+                round: 3,
             };
             assert_eq!(
                 decode::<ResultMessage>(&encode(&result).expect("encode")).expect("decode"),

@@ -31,6 +31,8 @@ pub struct TaskContext<'a> {
     pub created_ms: u64,
     /// Largest message body the consumers accept: a batch is cut well below it.
     pub max_message_bytes: usize,
+    /// The task's review round the entries belong to (1 for the plan and what it spawns).
+    pub round: u32,
 }
 
 impl TaskContext<'_> {
@@ -42,10 +44,16 @@ impl TaskContext<'_> {
     }
 }
 
-/// Id of the child task that subtask `subtask` of task `task` runs: `<task>/<subtask>`, or a
-/// digest of it when that is too long for a task id.
-pub fn child_task_id(task: &str, subtask: &str) -> String {
-    let id = format!("{task}/{subtask}");
+/// Id of the child task that subtask `subtask` of task `task` runs in review round `round`:
+/// `<task>/<subtask>`, with `~r<round>` after it from round 2 on (a subtask a review sends
+/// back runs a new child, not the finished one), or a digest of it when that is too long for
+/// a task id.
+pub fn child_task_id(task: &str, subtask: &str, round: u32) -> String {
+    let id = if round > 1 {
+        format!("{task}/{subtask}~r{round}")
+    } else {
+        format!("{task}/{subtask}")
+    };
     if id.len() <= protocol::MAX_TASK_ID_BYTES {
         return id;
     }
@@ -116,7 +124,7 @@ pub async fn publish_entries(
                 messages.push(Message::single(queue, body));
             }
             Some(child) => {
-                let child_id = child_task_id(context.task, &entry.id);
+                let child_id = child_task_id(context.task, &entry.id, context.round);
                 store.add_child(context.task, &child_id).await?;
                 let body = protocol::encode(&TaskRequest {
                     kind: child.kind.clone(),
@@ -126,6 +134,7 @@ pub async fn publish_entries(
                     parent: Some(ParentRef {
                         task: context.task.to_owned(),
                         subtask: entry.id.clone(),
+                        round: context.round,
                     }),
                 })?;
                 let mut message = Message::single(topology::TASKS_QUEUE, body);
@@ -220,6 +229,7 @@ fn first_attempt(context: TaskContext<'_>, entry: &PlanEntry) -> SubtaskMessage 
         depth: entry.depth,
         deadline_at_ms: context.deadline_at_ms(),
         events: context.options.subtask_events,
+        round: context.round,
     }
 }
 
@@ -262,6 +272,7 @@ fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'
                     depth: first.depth,
                     deadline_at_ms: context.deadline_at_ms(),
                     events: context.options.subtask_events,
+                    round: context.round,
                     items: current
                         .iter()
                         .map(|entry| BatchItem {
@@ -473,6 +484,7 @@ mod tests {
             options: &options,
             created_ms: 0,
             max_message_bytes: 4096,
+            round: 1,
         };
         let small: Vec<PlanEntry> = (0..7).map(|i| entry(&i.to_string(), 10, 0)).collect();
         let refs: Vec<&PlanEntry> = small.iter().collect();
@@ -495,6 +507,7 @@ mod tests {
                 attempts: 1,
                 outcome: protocol::SubtaskOutcome::Succeeded(ByteBuf::from(vec![i; 3])),
                 spawned: Vec::new(),
+                round: 1,
             })
             .collect();
         let encoded: Vec<Vec<u8>> = results
@@ -512,9 +525,11 @@ mod tests {
 
     #[test]
     fn child_ids_are_valid_task_ids() {
-        assert_eq!(child_task_id("t", "3"), "t/3");
-        let long = child_task_id(&"t".repeat(150), &"s".repeat(150));
+        assert_eq!(child_task_id("t", "3", 1), "t/3");
+        assert_eq!(child_task_id("t", "3", 2), "t/3~r2");
+        let long = child_task_id(&"t".repeat(150), &"s".repeat(150), 1);
         assert!(protocol::validate_task_id(&long).is_ok(), "{long}");
-        assert_ne!(long, child_task_id(&"t".repeat(150), &"x".repeat(150)));
+        assert_ne!(long, child_task_id(&"t".repeat(150), &"x".repeat(150), 1));
+        assert_ne!(long, child_task_id(&"t".repeat(150), &"s".repeat(150), 2));
     }
 }

@@ -672,8 +672,10 @@ end
 /// Records the results of one task, each once, in one atomic call. KEYS: [`TaskKeys::graph`],
 /// then the synthesis lease and the run counts. ARGV: subtask limit, number of results, lease
 /// token (empty for no lease), lease ttl ms, run name, most results to return with the lease,
-/// then per result: subtask, record, `1` succeeded / `0` failed, retries, spawned count, and
-/// per spawned entry: id, encoded entry, worker type, space-separated dependencies.
+/// then per result: subtask, record, `1` succeeded / `0` failed, retries, review round (0:
+/// not stated), spawned count, and per spawned entry: id, encoded entry, worker type,
+/// space-separated dependencies. A result of an earlier round than the task's is a duplicate:
+/// a redelivery of what settled that round, never the result of the subtask sent back since.
 /// Replies `{recorded, lease}`: `recorded` is `{'batch', pending, #skipped, skipped...,
 /// #results, status per result..., released id, entry, ...}`, where a status is `new`,
 /// `duplicate`, `unknown-subtask`, `limit:<would have>` or `conflict:<reason>` (the last two
@@ -681,8 +683,9 @@ end
 /// is what `lease_run` replies for the synthesis lease, or `held`; else nil.
 const RECORD_RESULTS: &str = r"
 local limit, count = tonumber(ARGV[1]), tonumber(ARGV[2])
-local meta = redis.call('HMGET', T, 'state', 'cap', 'graph')
+local meta = redis.call('HMGET', T, 'state', 'cap', 'graph', 'round')
 local state, cap, graph = meta[1], tonumber(meta[2] or '0') or 0, meta[3] == '1'
+local round = tonumber(meta[4] or '1') or 1
 if not state then return {{'unknown-task', 0, 0}, false} end
 if state == 'finished' then
   redis.call('HINCRBY', T, 'duplicates', count)
@@ -714,13 +717,16 @@ local per_type = {}
 local i = 7
 while i <= #ARGV do
   local id, record, ok = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
-  local nspawn = tonumber(ARGV[i + 4])
-  local base = i + 5
-  local retried = tonumber(ARGV[i + 3])
+  local retried, of_round = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local nspawn = tonumber(ARGV[i + 5])
+  local base = i + 6
   i = base + nspawn * 4
   -- Taken off the pending set at once when nothing spawned can refuse it (one call, not two).
   local status = 'gone'
-  if nspawn == 0 then
+  if of_round > 0 and of_round < round then
+    duplicates = duplicates + 1
+    status = 'duplicate'
+  elseif nspawn == 0 then
     if redis.call('SREM', PENDING, id) == 1 then status = 'new' end
   elseif redis.call('SISMEMBER', PENDING, id) == 1 then
     status = spawn_problem(nspawn, base) or 'new'
@@ -1880,6 +1886,7 @@ impl Store {
                 .arg(record)
                 .arg(if succeeded { "1" } else { "0" })
                 .arg(result.attempts.saturating_sub(1))
+                .arg(result.round)
                 .arg(result.spawned.len());
             for entry in &result.spawned {
                 call.arg(&entry.id)

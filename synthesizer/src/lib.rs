@@ -348,7 +348,7 @@ impl Synthesizer {
                     self.announce_skipped(task, &record, &skipped).await;
                 }
                 self.finisher
-                    .publish_released(task, &record, &released)
+                    .publish_released(task, &record, record.round, &released)
                     .await?;
             }
         }

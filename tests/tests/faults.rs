@@ -1102,3 +1102,34 @@ async fn s17_a_planner_that_crashes_its_orchestrator_gets_the_task_rejected() {
     assert_eq!(outcome["status"], "succeeded", "{outcome}");
     assert_eq!(outcome["output"]["sum"], (0..100).sum::<i64>());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s18_a_result_redelivered_after_a_review_round_began_does_not_count_in_it() {
+    let cluster = Cluster::start("s18");
+    let (mut env, client) = start(&cluster, "s18").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &worker_args());
+    client.wait_for_queue("chorus.tasks").await;
+    // A chain whose last subtask is a draft: its result settles round 1 and is sent back. The
+    // synthesizer dies once round 2 is published, before acking that result, which the next
+    // synthesizer then gets again while the redone subtask runs.
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let run = graph_tasks("s18", 1, 6, 0);
+    let crashing = env.spawn_with(
+        "chorus-synthesizer",
+        &["--lease-ms", "1000"],
+        &[(
+            "CHORUS_FAILPOINTS",
+            "synthesizer.after-review-published=abort",
+        )],
+    );
+    submit(&client, &run, &reply_to).await;
+    wait_for_exit(&mut env, crashing, "synthesizer.after-review-published").await;
+    env.spawn("chorus-synthesizer", &["--lease-ms", "1000"]);
+    let collected = collect_replies(&mut replies, run.len(), DEADLINE).await;
+    let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
+    assert_clean("a crash after publishing a review round", &report);
+    for outcome in collected.outcomes.values() {
+        assert_eq!(outcome["stats"]["rounds"], 2, "{outcome}");
+    }
+}

@@ -8,7 +8,8 @@ use chorus_shared::{
     graph,
     protocol::{self, PlanEntry, ResolvedOptions, ResultMessage, SubtaskOutcome, TaskOptions},
     store::{
-        now_ms, Claim, LeaseRequest, Planning, Recorded, SettledLease, Store, Submission, TaskKeys,
+        now_ms, Claim, LeaseRequest, Planning, Recorded, ResultStatus, SettledLease, Store,
+        Submission, TaskKeys,
     },
 };
 use chorus_tests::TestEnv;
@@ -43,6 +44,7 @@ fn result(task: &str, subtask: &str) -> ResultMessage {
         attempts: 1,
         outcome: SubtaskOutcome::Succeeded(ByteBuf::from(protocol::encode(&7u32).unwrap())),
         spawned: Vec::new(),
+        round: 1,
     }
 }
 
@@ -196,6 +198,69 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
         .unwrap();
     assert!(none.is_none());
     assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_back() {
+    let env = TestEnv::new("store-rounds").await;
+    let store = store(&env).await;
+    let id = format!("rounds-{}", uuid::Uuid::new_v4());
+    running_task(&store, &id, 3).await;
+    let lease_key = TaskKeys::new(&id).synth_lease();
+    let request = synthesis_lease(&lease_key);
+    let first = [result(&id, "s0"), result(&id, "s1"), result(&id, "s2")];
+    let (_, lease) = store
+        .record_results(&id, &first.iter().collect::<Vec<_>>(), 1000, Some(&request))
+        .await
+        .unwrap();
+    let Some(SettledLease::Taken(leased)) = lease else {
+        panic!("the settling call did not take the synthesis lease");
+    };
+    // The review sends s2 back: round 2 re-opens it.
+    let released = store
+        .revise(&id, &leased.lease, &[entry("s2")])
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(store.task(&id).await.unwrap().unwrap().round, 2);
+
+    // The message that settled round 1, redelivered (its ack was lost to a crash), is a
+    // duplicate: it must not settle the subtask sent back.
+    let (recorded, _) = store
+        .record_results(&id, &[&first[2]], 1000, None)
+        .await
+        .unwrap();
+    let Recorded::Batch {
+        statuses,
+        remaining,
+        ..
+    } = recorded
+    else {
+        panic!("{recorded:?}");
+    };
+    assert_eq!(statuses, [ResultStatus::Duplicate]);
+    assert_eq!(remaining, 1, "a round-1 result settled a round-2 subtask");
+
+    // The result of the round-2 run is recorded.
+    let again = ResultMessage {
+        round: 2,
+        ..result(&id, "s2")
+    };
+    let (recorded, _) = store
+        .record_results(&id, &[&again], 1000, None)
+        .await
+        .unwrap();
+    let Recorded::Batch {
+        statuses,
+        remaining,
+        ..
+    } = recorded
+    else {
+        panic!("{recorded:?}");
+    };
+    assert_eq!(statuses, [ResultStatus::New]);
+    assert_eq!(remaining, 0);
+    leased.lease.release().await.unwrap();
 }
 
 #[tokio::test]

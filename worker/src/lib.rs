@@ -248,6 +248,7 @@ fn result_of(
         attempts: subtask.attempt,
         outcome,
         spawned,
+        round: subtask.round,
     }
 }
 
