@@ -349,6 +349,26 @@ async fn a_review_round_redoes_drafts() {
     .await;
     assert_eq!(single["output"]["sum"], sum_of(0, 100) + 2);
     assert_eq!(single["stats"]["rounds"], 1);
+    // A child task sent back runs again as a new child of the round, beside the first one.
+    let with_child = run_task(
+        &env,
+        json!({"kind": "range-sum", "id": "family", "options": {"max_rounds": 2},
+               "input": {"start": 0, "end": 100, "parts": 4, "children": [2], "drafts": [1, 2]}}),
+    )
+    .await;
+    assert_eq!(with_child["status"], "succeeded", "{with_child}");
+    assert_eq!(with_child["output"]["sum"], sum_of(0, 100));
+    assert_eq!(with_child["stats"]["rounds"], 2);
+    for (child, sum, draft) in [
+        ("family/2", sum_of(50, 75) + 1, Value::Bool(true)),
+        ("family/2~r2", sum_of(50, 75), Value::Null),
+    ] {
+        let (code, out) = env.cli(&["result", child]).await;
+        assert_eq!(code, 0, "{child}: {out}");
+        let outcome: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(outcome["output"]["sum"], sum, "{child}: {outcome}");
+        assert_eq!(outcome["output"]["draft"], draft, "{child}: {outcome}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

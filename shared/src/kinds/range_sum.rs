@@ -63,9 +63,13 @@ pub struct RangeSumInput {
     #[serde(default)]
     pub drafts: Vec<u32>,
     /// Indices of slices run as child `range-sum` tasks of two parts each (with this task's
-    /// `delay_ms`).
+    /// `delay_ms`). A child slice also listed in `drafts` runs first as a `draft` child.
     #[serde(default)]
     pub children: Vec<u32>,
+    /// The output is a draft: its sum off by one and marked `draft`, for a parent's review
+    /// to send back (what a child slice listed in its parent's `drafts` runs with).
+    #[serde(default)]
+    pub draft: bool,
     /// The planner panics (the task is then rejected).
     #[serde(default)]
     pub plan_panics: bool,
@@ -142,6 +146,27 @@ pub struct RangeSumOutput {
     /// Most slices that ran at once (with `trace`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_in_flight: Option<u64>,
+    /// A draft (input `draft`): a parent's review sends it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draft: bool,
+}
+
+/// Slice `index` run as a child `range-sum` task of two parts, a `draft` one when asked.
+fn child_slice(
+    input: &RangeSumInput,
+    index: u32,
+    draft: bool,
+) -> Result<Planned<Slice>, KindError> {
+    let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
+    let child = RangeSumInput {
+        start,
+        end,
+        parts: 2,
+        delay_ms: input.delay_ms,
+        draft,
+        ..RangeSumInput::default()
+    };
+    Planned::child("range-sum", &child, None)
 }
 
 /// Most of the `[start, end)` intervals that overlap at one instant.
@@ -243,14 +268,7 @@ impl Kind for RangeSum {
         for index in 0..input.parts {
             let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
             let mut planned = if input.children.contains(&index) {
-                let child = RangeSumInput {
-                    start,
-                    end,
-                    parts: 2,
-                    delay_ms: input.delay_ms,
-                    ..RangeSumInput::default()
-                };
-                Planned::child("range-sum", &child, None)?
+                child_slice(input, index, input.drafts.contains(&index))?
             } else {
                 Planned::new(Slice {
                     index,
@@ -357,6 +375,7 @@ impl Kind for RangeSum {
             panic!("the synthesis panics by request");
         }
         let total: i128 = outputs.iter().map(|(_, part)| i128::from(part.sum)).sum();
+        let total = if input.draft { total + 1 } else { total };
         let sum = i64::try_from(total).map_err(|_| KindError::fatal("total sum overflows i64"))?;
         let has_dependencies = input.chain || !input.after.is_empty();
         let intervals: Vec<(u64, u64)> = outputs
@@ -370,6 +389,7 @@ impl Kind for RangeSum {
                 .then(|| outputs.last().map(|(_, part)| part.total))
                 .flatten(),
             peak_in_flight: input.trace.then(|| peak_overlap(&intervals)),
+            draft: input.draft,
         })
     }
 
@@ -384,8 +404,11 @@ impl Kind for RangeSum {
             .filter(|(_, part)| part.draft)
             .filter_map(|(id, _)| id.parse::<u32>().ok().map(|index| (id, index)))
             .map(|(id, index)| {
+                if input.children.contains(&index) {
+                    return Ok(child_slice(input, index, false)?.id(id.clone()));
+                }
                 let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
-                Planned::new(Slice {
+                Ok(Planned::new(Slice {
                     index,
                     start,
                     end,
@@ -398,9 +421,9 @@ impl Kind for RangeSum {
                     trace: input.trace,
                     draft: false,
                 })
-                .id(id.clone())
+                .id(id.clone()))
             })
-            .collect();
+            .collect::<Result<_, KindError>>()?;
         Ok(if redo.is_empty() {
             Review::Accept
         } else {
