@@ -792,6 +792,21 @@ mod tests {
     }
 
     #[test]
+    fn messages_from_before_rounds_were_carried_decode_as_round_zero() {
+        let subtask = rmp_serde::to_vec_named(&serde_json::json!({
+            "task": "t", "subtask": "0", "kind": "k", "attempt": 1, "max_attempts": 3,
+            "timeout_ms": 10, "payload": [],
+        }))
+        .expect("encode");
+        assert_eq!(decode::<SubtaskMessage>(&subtask).expect("decode").round, 0);
+        let result = rmp_serde::to_vec_named(&serde_json::json!({
+            "task": "t", "subtask": "0", "attempts": 1, "outcome": {"failed": "x"},
+        }))
+        .expect("encode");
+        assert_eq!(decode::<ResultMessage>(&result).expect("decode").round, 0);
+    }
+
+    #[test]
     fn internal_messages_round_trip() {
         let subtask = SubtaskMessage {
             task: "t".into(),
