@@ -200,6 +200,18 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
     assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
 }
 
+/// What a recording call said of each result, and how many subtasks it left pending.
+fn statuses_and_remaining(recorded: Recorded) -> (Vec<ResultStatus>, u64) {
+    match recorded {
+        Recorded::Batch {
+            statuses,
+            remaining,
+            ..
+        } => (statuses, remaining),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_back() {
     let env = TestEnv::new("store-rounds").await;
@@ -226,18 +238,13 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
 
     // The message that settled round 1, redelivered (its ack was lost to a crash), is a
     // duplicate: it must not settle the subtask sent back.
-    let (recorded, _) = store
-        .record_results(&id, &[&first[2]], 1000, None)
-        .await
-        .unwrap();
-    let Recorded::Batch {
-        statuses,
-        remaining,
-        ..
-    } = recorded
-    else {
-        panic!("{recorded:?}");
-    };
+    let (statuses, remaining) = statuses_and_remaining(
+        store
+            .record_results(&id, &[&first[2]], 1000, None)
+            .await
+            .unwrap()
+            .0,
+    );
     assert_eq!(statuses, [ResultStatus::Duplicate]);
     assert_eq!(remaining, 1, "a round-1 result settled a round-2 subtask");
 
@@ -246,18 +253,13 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
         round: 2,
         ..result(&id, "s2")
     };
-    let (recorded, _) = store
-        .record_results(&id, &[&again], 1000, None)
-        .await
-        .unwrap();
-    let Recorded::Batch {
-        statuses,
-        remaining,
-        ..
-    } = recorded
-    else {
-        panic!("{recorded:?}");
-    };
+    let (statuses, remaining) = statuses_and_remaining(
+        store
+            .record_results(&id, &[&again], 1000, None)
+            .await
+            .unwrap()
+            .0,
+    );
     assert_eq!(statuses, [ResultStatus::New]);
     assert_eq!(remaining, 0);
     leased.lease.release().await.unwrap();
