@@ -6,12 +6,12 @@
 //! consumer ends in `chorus.dead` instead of looping.
 //!
 //! Delays (retry backoff, deadline timers) go through the headers exchange `chorus.delay` into
-//! durable classic bucket queues `chorus.delayed.<ms>`, picked by the `chorus-delay` header.
+//! quorum bucket queues `chorus.wait.<ms>`, picked by the `chorus-delay-bucket` header.
 //! Their messages expire (per-message TTL) into the direct exchange `chorus.retry` with their
 //! original routing key — the queue they are for — so one set of buckets serves every worker
-//! type. Buckets are classic queues: RabbitMQ 3.10 does not reliably restart quorum queues
-//! declared shortly before a node restart, and one such bucket would strand every retry in it
-//! (docs/reliability.md).
+//! type. The buckets dead-letter **at-least-once**: the broker keeps an expired message until
+//! the queue it moves to has confirmed it, so a broker crash mid-move cannot drop a retry or a
+//! deadline timer (classic queues, used before, move at-most-once and did drop them).
 
 use std::time::Duration;
 
@@ -35,8 +35,10 @@ pub const DELAY_EXCHANGE: &str = "chorus.delay";
 /// Direct exchange that expired delayed messages return through, by their routing key.
 pub const RETRY_EXCHANGE: &str = "chorus.retry";
 /// Header naming the delay bucket of a delayed message. Not `x-` prefixed: headers exchanges
-/// ignore such headers when matching.
-pub const DELAY_HEADER: &str = "chorus-delay";
+/// ignore such headers when matching. Earlier versions' classic buckets `chorus.delayed.<ms>`
+/// are bound by a `chorus-delay` header instead, which keeps them out of today's routing while
+/// they drain.
+pub const DELAY_HEADER: &str = "chorus-delay-bucket";
 /// Queue of settled subtasks waiting for the synthesizer.
 pub const RESULTS_QUEUE: &str = "chorus.results";
 /// Dead-letter queue: every message Chorus gives up on, with a reason header.
@@ -44,7 +46,7 @@ pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
 /// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
-pub const DELAY_QUEUE_PREFIX: &str = "chorus.delayed.";
+pub const DELAY_QUEUE_PREFIX: &str = "chorus.wait.";
 /// Shortest retry delay bucket; each next bucket doubles it.
 pub const DELAY_BUCKET_BASE_MS: u64 = 100;
 
@@ -83,6 +85,24 @@ fn work_queue_arguments() -> FieldTable {
         ShortString::from("x-dead-letter-routing-key"),
         short(DEAD_QUEUE),
     );
+    args
+}
+
+/// A delay bucket: a quorum queue whose expired messages move to `chorus.retry` at-least-once,
+/// which RabbitMQ only does for queues that refuse publishes when full rather than drop their
+/// head (they have no length limit, so they never are).
+fn delay_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(ShortString::from("x-queue-type"), short("quorum"));
+    args.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        short(RETRY_EXCHANGE),
+    );
+    args.insert(
+        ShortString::from("x-dead-letter-strategy"),
+        short("at-least-once"),
+    );
+    args.insert(ShortString::from("x-overflow"), short("reject-publish"));
     args
 }
 
@@ -197,13 +217,7 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
         declare_returning_queue(channel, queue).await?;
     }
     for (queue, bucket) in delay_queues_up_to(max_retry_delay) {
-        let mut args = FieldTable::default();
-        args.insert(ShortString::from("x-queue-type"), short("classic"));
-        args.insert(
-            ShortString::from("x-dead-letter-exchange"),
-            short(RETRY_EXCHANGE),
-        );
-        declare_queue(channel, &queue, args).await?;
+        declare_queue(channel, &queue, delay_queue_arguments()).await?;
         let mut binding = FieldTable::default();
         binding.insert(ShortString::from("x-match"), short("all"));
         binding.insert(ShortString::from(DELAY_HEADER), short(&bucket.to_string()));
@@ -255,21 +269,18 @@ mod tests {
 
     #[test]
     fn delays_map_to_the_smallest_covering_bucket() {
-        assert_eq!(
-            delay_queue_for(Duration::from_millis(0)),
-            "chorus.delayed.100"
-        );
+        assert_eq!(delay_queue_for(Duration::from_millis(0)), "chorus.wait.100");
         assert_eq!(
             delay_queue_for(Duration::from_millis(100)),
-            "chorus.delayed.100"
+            "chorus.wait.100"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(101)),
-            "chorus.delayed.200"
+            "chorus.wait.200"
         );
         assert_eq!(
             delay_queue_for(Duration::from_millis(1500)),
-            "chorus.delayed.1600"
+            "chorus.wait.1600"
         );
     }
 
@@ -279,7 +290,7 @@ mod tests {
         assert_eq!(buckets.first().map(|b| b.1), Some(100));
         assert_eq!(
             buckets.last().map(|b| b.0.as_str()),
-            Some("chorus.delayed.102400")
+            Some("chorus.wait.102400")
         );
         assert_eq!(buckets.len(), 11);
         assert_eq!(delay_queues_up_to(Duration::from_secs(1)).len(), 11);

@@ -1133,3 +1133,46 @@ async fn s18_a_result_redelivered_after_a_review_round_began_does_not_count_in_i
         assert_eq!(outcome["stats"]["rounds"], 2, "{outcome}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s19_retries_waiting_out_their_delay_survive_a_killed_broker() {
+    let cluster = Cluster::start("s19");
+    cluster.prepare_for_broker_kills().await;
+    let (mut env, client) = start(&cluster, "s19").await;
+    let services = [
+        env.spawn("chorus-orchestrator", &["--publish-timeout-ms", "5000"]),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-worker", &worker_args()),
+        env.spawn("chorus-synthesizer", &["--publish-timeout-ms", "5000"]),
+    ];
+    wait_for_topology(&client).await;
+    // Every subtask fails its first three attempts, so retries stream through the delay queues
+    // (20 to 200 ms each) the whole time; each SIGKILL catches dozens of them mid-move.
+    let run: Vec<Planned> = tasks("s19", 6, 40, 10)
+        .into_iter()
+        .map(|task| Planned {
+            shape: json!({"fail_attempts": 3}),
+            options: json!({"max_attempts": 4}),
+            ..task
+        })
+        .collect();
+    submit(&client, &run, "nobody-listens").await;
+    drop(client);
+    for settled_before_kill in [10, 90] {
+        wait_for_progress(&env, &run, settled_before_kill).await;
+        cluster.kill_rabbitmq();
+        cluster.start_missing();
+    }
+    let outcomes = collect_stored(&env, &run, DEADLINE).await;
+    let report = check(&env, &run, &outcomes, 0).await;
+    assert_clean(
+        "RabbitMQ SIGKILL while retries wait out their delay",
+        &report,
+    );
+    for service in services {
+        assert!(
+            env.is_running(service),
+            "a service exited instead of reconnecting"
+        );
+    }
+}

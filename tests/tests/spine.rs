@@ -135,6 +135,108 @@ async fn failing_attempts_are_retried_to_success() {
     assert_eq!(outcome["stats"]["retries"], 20);
 }
 
+/// Bucket bounds of the classic delay queues an earlier version declared.
+const EARLIER_BUCKETS_MS: [u64; 11] = [
+    100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 51200, 102_400,
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retries_skip_the_classic_delay_queues_an_earlier_version_left_behind() {
+    use lapin::{
+        options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable, LongString},
+        ExchangeKind,
+    };
+    let mut env = TestEnv::new("oldbuckets").await;
+    let client = env.client().await;
+    let text = |value: &str| AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()));
+    client
+        .channel
+        .exchange_declare(
+            ShortString::from("chorus.delay"),
+            ExchangeKind::Headers,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    // Bound as the earlier version bound its buckets, but dead-lettering into one queue of
+    // the test's, where whatever was routed to them ends up to be counted.
+    let routed_to_earlier_buckets = "routed-to-earlier-buckets";
+    client
+        .channel
+        .queue_declare(
+            ShortString::from(routed_to_earlier_buckets),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for bucket in EARLIER_BUCKETS_MS {
+        let queue = format!("chorus.delayed.{bucket}");
+        let mut args = FieldTable::default();
+        args.insert(ShortString::from("x-dead-letter-exchange"), text(""));
+        args.insert(
+            ShortString::from("x-dead-letter-routing-key"),
+            text(routed_to_earlier_buckets),
+        );
+        client
+            .channel
+            .queue_declare(
+                ShortString::from(queue.as_str()),
+                QueueDeclareOptions::durable(),
+                args,
+            )
+            .await
+            .unwrap();
+        let mut binding = FieldTable::default();
+        binding.insert(ShortString::from("x-match"), text("all"));
+        binding.insert(ShortString::from("chorus-delay"), text(&bucket.to_string()));
+        client
+            .channel
+            .queue_bind(
+                ShortString::from(queue.as_str()),
+                ShortString::from("chorus.delay"),
+                ShortString::from(""),
+                QueueBindOptions::default(),
+                binding,
+            )
+            .await
+            .unwrap();
+    }
+    env.start_system(1);
+    let outcome = run_task(
+        &env,
+        json!({"kind": "range-sum", "input": {"start": 0, "end": 1000, "parts": 10, "fail_attempts": 2},
+               "options": {"max_attempts": 3}}),
+    )
+    .await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+    assert_eq!(outcome["stats"]["retries"], 20);
+    // Every retry expired from its bucket before its attempt ran, so copies routed to an
+    // earlier version's buckets, if any, have reached the counting queue by now.
+    let routed = client
+        .channel
+        .queue_declare(
+            ShortString::from(routed_to_earlier_buckets),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        routed.message_count(),
+        0,
+        "retries were routed to an earlier version's delay queues too"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn poison_fails_the_task_under_the_fail_policy() {
     let mut env = TestEnv::new("poisonfail").await;
