@@ -134,8 +134,9 @@ impl Cluster {
     /// Declares Chorus's topology, then restarts the node gracefully. RabbitMQ 3.10 keeps the
     /// names of quorum queues in a table it saves lazily: a node SIGKILLed soon after a queue
     /// was declared forgets that queue's replica, which then never gets a leader again. A
-    /// graceful stop saves the table, so the scenarios that SIGKILL the node start with it.
-    pub async fn prepare_for_broker_kills(&self) {
+    /// graceful stop saves the table (one under load was seen to miss a queue too), so the
+    /// scenarios that restart the node start with it.
+    pub async fn prepare_for_broker_restarts(&self) {
         let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port);
         let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
             .await

@@ -312,9 +312,7 @@ async fn s03_an_orchestrator_crashing_after_recording_the_plan_completes_it_afte
 
 async fn broker_restart(name: &str, kill: bool) {
     let cluster = Cluster::start(name);
-    if kill {
-        cluster.prepare_for_broker_kills().await;
-    }
+    cluster.prepare_for_broker_restarts().await;
     let (mut env, client) = start(&cluster, name).await;
     let services = [
         env.spawn("chorus-orchestrator", &["--publish-timeout-ms", "5000"]),
@@ -559,7 +557,7 @@ async fn s12_soak_with_random_kills() {
     let long = std::env::var("CHORUS_SOAK").is_ok_and(|v| v == "long");
     let (count, parts, rounds) = if long { (200, 100, 12) } else { (30, 40, 4) };
     let cluster = Cluster::start("s12");
-    cluster.prepare_for_broker_kills().await;
+    cluster.prepare_for_broker_restarts().await;
     let (mut env, client) = start(&cluster, "s12").await;
     let mut orchestrator = env.spawn(
         "chorus-orchestrator",
@@ -1137,7 +1135,7 @@ async fn s18_a_result_redelivered_after_a_review_round_began_does_not_count_in_i
 #[tokio::test(flavor = "multi_thread")]
 async fn s19_retries_waiting_out_their_delay_survive_a_killed_broker() {
     let cluster = Cluster::start("s19");
-    cluster.prepare_for_broker_kills().await;
+    cluster.prepare_for_broker_restarts().await;
     let (mut env, client) = start(&cluster, "s19").await;
     let services = [
         env.spawn("chorus-orchestrator", &["--publish-timeout-ms", "5000"]),
