@@ -508,6 +508,18 @@ pub async fn next_message(consumer: &mut Consumer) -> lapin::message::Delivery {
         .expect("consumer failed")
 }
 
+/// Waits for `subtask.running` events (from a consumer of [`RawClient::events`]) of `count`
+/// distinct subtasks of `task`: handlers that have started, which a fixed sleep only guesses at.
+pub async fn wait_for_running(events: &mut Consumer, task: &str, count: usize) {
+    let mut running = std::collections::HashSet::new();
+    while running.len() < count {
+        let event = msgpack_to_json(&next_message(events).await.data);
+        if event["task"] == task && event["status"] == "running" {
+            running.insert(event["subtask"].to_string());
+        }
+    }
+}
+
 /// A header of a message as text.
 pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
     chorus_shared::amqp::header_str(properties, name)

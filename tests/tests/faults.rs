@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chorus_tests::{
     fault::{check, collect_replies, collect_stored, Cluster, Planned, Report},
-    RawClient, TestEnv,
+    wait_for_running, RawClient, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
 use serde_json::{json, Value};
@@ -33,6 +33,17 @@ fn tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> 
                 shape: Value::Null,
                 options: Value::Null,
             }
+        })
+        .collect()
+}
+
+/// The same tasks, asking for `subtask.<status>` events.
+fn with_subtask_events(tasks: Vec<Planned>) -> Vec<Planned> {
+    tasks
+        .into_iter()
+        .map(|task| Planned {
+            options: json!({"subtask_events": true}),
+            ..task
         })
         .collect()
 }
@@ -486,10 +497,10 @@ async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
     );
     client.wait_for_queue("chorus.tasks").await;
     let (reply_to, mut replies) = client.reply_queue().await;
-    let run = tasks("s11", 1, 8, 1500);
+    let mut running = client.events("subtask.running").await;
+    let run = with_subtask_events(tasks("s11", 1, 8, 1500));
     submit(&client, &run, &reply_to).await;
-    wait_for_state(&env, "chorus:{s11-0}:task", "running").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_for_running(&mut running, "s11-0", 4).await;
     // Four subtasks are running; SIGTERM lets them finish, then the worker exits 0.
     let code = tokio::task::block_in_place(|| env.terminate(draining, Duration::from_secs(20)));
     assert_eq!(code, Some(0), "a drained worker exits 0");
@@ -524,14 +535,13 @@ async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
     );
 
     // A second signal does not wait for the grace period.
-    let run = tasks("s11b", 1, 2, 30_000);
+    let run = with_subtask_events(tasks("s11b", 1, 2, 30_000));
     let stubborn = env.spawn(
         "chorus-worker",
         &["--concurrency", "4", "--shutdown-grace-secs", "60"],
     );
     submit(&client, &run, &reply_to).await;
-    wait_for_state(&env, "chorus:{s11b-0}:task", "running").await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    wait_for_running(&mut running, "s11b-0", 2).await;
     let first = tokio::task::block_in_place(|| env.terminate(stubborn, Duration::from_millis(300)));
     assert_eq!(
         first, None,

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use chorus_tests::{msgpack_to_json, next_message, TestEnv};
+use chorus_tests::{msgpack_to_json, next_message, wait_for_running, TestEnv};
 use lapin::{message::Delivery, types::ShortString, BasicProperties, Consumer};
 use serde_json::{json, Value};
 
@@ -375,30 +375,32 @@ async fn a_review_round_redoes_drafts() {
 async fn cancel_stops_queued_and_running_subtasks() {
     let mut env = TestEnv::new("cancel").await;
     env.start_system(1);
+    let events_client = env.client().await;
+    events_client.wait_for_queue("chorus.tasks").await;
+    let mut running = events_client.events("subtask.running").await;
     let mut replies = submit(
         &env,
-        &json!({"kind": "range-sum", "id": "doomed", "input": {"start": 0, "end": 100, "parts": 40, "delay_ms": 3000},
-                "options": {"max_concurrency": 4}}),
+        &json!({"kind": "range-sum", "id": "doomed", "input": {"start": 0, "end": 100, "parts": 40, "delay_ms": 10_000},
+                "options": {"max_concurrency": 4, "subtask_events": true}}),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_running(&mut running, "doomed", 4).await;
     let (code, out) = env
         .cli(&["cancel", "doomed", "--reason", "changed my mind"])
         .await;
     assert_eq!(code, 0, "{out}");
-    let started = std::time::Instant::now();
     let outcome = outcome_of(&mut replies).await;
     assert_eq!(outcome["status"], "cancelled", "{outcome}");
     assert_eq!(outcome["errors"][0]["message"], "changed my mind");
     assert_eq!(outcome["stats"]["subtasks"], 40);
     assert_eq!(outcome["stats"]["succeeded"], 0);
-    assert!(started.elapsed() < Duration::from_secs(2));
     let (code, _) = env.cli(&["result", "doomed"]).await;
     assert_eq!(code, 5);
-    // Running handlers saw their token: they end well before their 3 s sleep would have.
+    // Running handlers saw their token: they end long before their 10 s sleep would have (a
+    // handler left to finish would log the same line, but only after those 10 s).
     let worker = 1;
     let mut seen = false;
-    for _ in 0..30 {
+    for _ in 0..50 {
         if env
             .log_of(worker)
             .contains("task ended while its handler ran; result dropped")
@@ -415,10 +417,9 @@ async fn cancel_stops_queued_and_running_subtasks() {
 async fn a_deadline_fails_the_task_with_what_finished() {
     let mut env = TestEnv::new("deadline").await;
     env.start_system(1);
-    let started = std::time::Instant::now();
     let outcome = run_task(
         &env,
-        json!({"kind": "range-sum", "id": "late", "input": {"start": 0, "end": 100, "parts": 6, "delay_ms": 4000},
+        json!({"kind": "range-sum", "id": "late", "input": {"start": 0, "end": 100, "parts": 6, "delay_ms": 8000},
                "options": {"deadline_ms": 700}}),
     )
     .await;
@@ -430,11 +431,10 @@ async fn a_deadline_fails_the_task_with_what_finished() {
             .contains("deadline exceeded"),
         "{outcome}"
     );
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    // The task ended before any subtask could finish its 8 s sleep.
+    assert_eq!(outcome["stats"]["succeeded"], 0, "{outcome}");
+    let duration_ms = outcome["stats"]["duration_ms"].as_u64().unwrap();
+    assert!(duration_ms < 8000, "{outcome}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -104,8 +104,9 @@ async fn workers_take_freshly_published_subtasks_as_live_without_asking_redis() 
         assert_eq!(outcome["status"], "succeeded", "{outcome}");
         assert_eq!(outcome["output"]["sum"], sum_of(0, 30));
     }
-    // Without the publishers' stamp every task costs a lookup in each worker it reaches. The
-    // workers' half-second poll of tasks with handlers running may still catch one or two.
+    // Without the publishers' stamp every task costs a lookup in each worker it reaches (20 at
+    // the least). The workers' half-second poll of tasks with handlers running may still catch
+    // a few, more on a loaded machine; the bound sits halfway.
     let lookups: Vec<String> = monitor
         .lines()
         .into_iter()
@@ -114,7 +115,7 @@ async fn workers_take_freshly_published_subtasks_as_live_without_asking_redis() 
         })
         .collect();
     assert!(
-        lookups.len() < 5,
+        lookups.len() < tasks / 2,
         "{} liveness lookups for {tasks} freshly published tasks: {lookups:?}",
         lookups.len()
     );
