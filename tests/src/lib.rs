@@ -105,9 +105,47 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct RedisMonitor {
     seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     reader: tokio::task::JoinHandle<()>,
+    needle: String,
+    redis_url: String,
+    markers: AtomicU32,
 }
 
 impl RedisMonitor {
+    /// Waits until every command Redis ran before this call has reached the monitor: sends a
+    /// marker (`ECHO` of the needle) and waits to see it, since MONITOR reports commands in the
+    /// order the server ran them.
+    pub async fn catch_up(&self) {
+        let marker = format!(
+            "{}:caught-up:{}",
+            self.needle,
+            self.markers.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut redis = redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: String = redis::cmd("ECHO")
+            .arg(&marker)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(&marker))
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the monitor never saw {marker}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// How many commands seen so far are `command` (e.g. `EXISTS`).
     pub fn count(&self, command: &str) -> usize {
         let quoted = format!("\"{command}\"");
@@ -323,15 +361,21 @@ impl TestEnv {
         assert_eq!(ok, "+OK", "MONITOR refused");
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let collected = std::sync::Arc::clone(&seen);
-        let needle = needle.to_owned();
+        let wanted = needle.to_owned();
         let reader = tokio::spawn(async move {
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains(&needle) {
+                if line.contains(&wanted) {
                     collected.lock().unwrap().push(line);
                 }
             }
         });
-        RedisMonitor { seen, reader }
+        RedisMonitor {
+            seen,
+            reader,
+            needle: needle.to_owned(),
+            redis_url: self.redis_url.clone(),
+            markers: AtomicU32::new(0),
+        }
     }
 
     /// A third-party AMQP client on this env's vhost.

@@ -3,6 +3,8 @@
 //! subtask once — however often a batch travels.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use chorus_tests::{header, msgpack_to_json, next_message, RawClient, TestEnv};
 use lapin::{message::BasicGetMessage, types::ShortString, BasicProperties};
 use serde_json::{json, Value};
@@ -104,10 +106,18 @@ async fn a_batched_fan_out_travels_in_batches_both_ways_and_counts_each_subtask_
     assert_eq!(outcome["output"]["parts"], 1000);
     assert_eq!(outcome["stats"]["subtasks"], 1000);
     assert_eq!(outcome["stats"]["succeeded"], 1000);
-    let (code, status) = env.cli(&["status", "batched"]).await;
-    assert_eq!(code, 0, "{status}");
-    let status: Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(status["duplicate_results"], 100, "{status}");
+    // The duplicate batch may be recorded after the outcome went out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, status) = env.cli(&["status", "batched"]).await;
+        assert_eq!(code, 0, "{status}");
+        let status: Value = serde_json::from_str(&status).unwrap();
+        if status["duplicate_results"] == 100 || tokio::time::Instant::now() > deadline {
+            assert_eq!(status["duplicate_results"], 100, "{status}");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -140,6 +140,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
     // The last one settles the task: the lease comes with the record, the run counted and
     // every result read, in that one script call.
     let last = result(&id, "s2");
+    monitor.catch_up().await;
     let calls_before = monitor.count("EVALSHA");
     let (recorded, lease) = store
         .record_results(&id, &[&last], 1000, Some(&request))
@@ -152,7 +153,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
     let Some(SettledLease::Taken(leased)) = lease else {
         panic!("the settling call did not take the synthesis lease");
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert_eq!(
         monitor.count("EVALSHA") - calls_before,
         1,
@@ -279,7 +280,7 @@ async fn the_last_write_under_a_lease_gives_it_back_in_the_same_call() {
     running_task(&store, &format!("warm-up-{id}"), 1).await;
     let monitor = env.monitor_redis(&id).await;
     running_task(&store, &id, 2).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert!(!conn.exists::<_, bool>(keys.plan_lease()).await.unwrap());
     let state: String = conn.hget(keys.task(), "state").await.unwrap();
     assert_eq!(state, "running");
@@ -341,7 +342,7 @@ async fn subtasks_of_a_task_arriving_together_share_one_liveness_lookup() {
     for asker in askers {
         assert!(asker.await.unwrap(), "a task without outcome is live");
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert_eq!(
         monitor.count("EXISTS"),
         1,
@@ -380,7 +381,7 @@ async fn a_subtask_published_just_now_as_live_needs_no_liveness_lookup() {
     assert!(watch.is_live(&id, Some(now - 200)).await.unwrap());
     // A little ahead of this clock still counts (clocks a little apart).
     assert!(watch.is_live(&id, Some(now + 300)).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert_eq!(monitor.count("EXISTS"), 0, "fresh stamps made a lookup");
 
     // Stamps too old, or too far ahead to trust, are looked up, and the lookup wins.
@@ -394,7 +395,7 @@ async fn a_subtask_published_just_now_as_live_needs_no_liveness_lookup() {
     }
     assert!(!watch.is_live(&old, Some(now - 1500)).await.unwrap());
     assert!(!watch.is_live(&ahead, Some(now + 60_000)).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert_eq!(monitor.count("EXISTS"), 2);
 
     // A task known over stays over whatever a late message says.
@@ -402,6 +403,7 @@ async fn a_subtask_published_just_now_as_live_needs_no_liveness_lookup() {
     // Once the stamp's second has passed, the task is looked up and found over.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(!watch.is_live(&id, None).await.unwrap());
+    monitor.catch_up().await;
     assert_eq!(monitor.count("EXISTS"), 3);
     shutdown.cancel();
 }
@@ -422,7 +424,7 @@ async fn a_plan_made_before_the_claim_is_recorded_with_it_in_one_call() {
     let Claim::Planned { lease, record } = claim_planned(&store, &id, &entries).await else {
         panic!("a new task with its plan was not claimed planned");
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    monitor.catch_up().await;
     assert_eq!(
         monitor.count("EVALSHA"),
         1,
