@@ -437,6 +437,32 @@ impl RawClient {
         }
     }
 
+    /// Waits until `queue` exists and has at least `consumers` consumers: processes started
+    /// are not yet processes serving.
+    pub async fn wait_for_consumers(&self, queue: &str, consumers: u32) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let probe = self._connection.create_channel().await.unwrap();
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let found = probe
+                .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+                .await
+                .map_or(0, |declared| declared.consumer_count());
+            drop(probe.close(200, ShortString::from("ok")).await);
+            if found >= consumers {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue {queue} has {found} consumers, never {consumers}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Declares an exclusive server-named queue and consumes it without acks.
     pub async fn reply_queue(&self) -> (String, Consumer) {
         let queue = self

@@ -1036,6 +1036,8 @@ async fn s16_a_crashed_batch_is_redone_whole_and_counted_once() {
         &[("CHORUS_FAILPOINTS", "synthesizer.after-record=abort")],
     );
     client.wait_for_queue("chorus.tasks").await;
+    // Both workers serve before anything is published, so the failpoint's gets batches too.
+    client.wait_for_consumers("chorus.subtasks", 2).await;
     let (reply_to, mut replies) = client.reply_queue().await;
     let mut run = tasks("s16", 6, 48, 30);
     for task in &mut run {
