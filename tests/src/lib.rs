@@ -414,27 +414,7 @@ pub struct RawClient {
 impl RawClient {
     /// Waits until `queue` exists (the services declare it at start-up).
     pub async fn wait_for_queue(&self, queue: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let probe = self._connection.create_channel().await.unwrap();
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            if probe
-                .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-                .await
-                .is_ok()
-            {
-                drop(probe.close(200, ShortString::from("ok")).await);
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "queue {queue} never appeared"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_for_consumers(queue, 0).await;
     }
 
     /// Waits until `queue` exists and has at least `consumers` consumers: processes started
@@ -442,25 +422,35 @@ impl RawClient {
     pub async fn wait_for_consumers(&self, queue: &str, consumers: u32) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let probe = self._connection.create_channel().await.unwrap();
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
-            let found = probe
-                .queue_declare(ShortString::from(queue), passive, FieldTable::default())
-                .await
-                .map_or(0, |declared| declared.consumer_count());
-            drop(probe.close(200, ShortString::from("ok")).await);
-            if found >= consumers {
+            let found = self.consumers_of(queue).await;
+            if found.is_some_and(|found| found >= consumers) {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "queue {queue} has {found} consumers, never {consumers}"
+                "queue {queue} never had {consumers} consumers (now: {found:?}, None = no queue)"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The consumer count of `queue`, or `None` if it does not exist (a passive declare on a
+    /// channel of its own, since a failed one closes the channel).
+    async fn consumers_of(&self, queue: &str) -> Option<u32> {
+        let probe = self._connection.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = probe
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+            .await
+            .ok()
+            .map(|declared| declared.consumer_count());
+        if found.is_some() {
+            drop(probe.close(200, ShortString::from("ok")).await);
+        }
+        found
     }
 
     /// Declares an exclusive server-named queue and consumes it without acks.
