@@ -7,12 +7,12 @@
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
-    amqp,
+    amqp::{self, reply_target},
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
-    finish::{self, arm_deadline, reply_target, Finisher},
+    finish::{arm_deadline, Finisher},
     graph,
     kinds::{self, Registry},
     protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
@@ -153,7 +153,7 @@ impl Orchestrator {
                     Encoding::from_content_type(amqp::property_str(properties.content_type()))
                         .unwrap_or(Encoding::Msgpack);
                 if let Some(waiter) = reply_target(properties, &refusal.id, encoding) {
-                    finish::reply_rejected(
+                    amqp::reply_rejected(
                         &self.finisher.publisher,
                         &waiter,
                         &refusal.id,
@@ -220,13 +220,8 @@ impl Orchestrator {
                     parent.task, parent.subtask
                 ));
                 if let Some(waiter) = &waiter {
-                    finish::reply_rejected(
-                        &self.finisher.publisher,
-                        waiter,
-                        &id,
-                        &error.to_string(),
-                    )
-                    .await?;
+                    amqp::reply_rejected(&self.finisher.publisher, waiter, &id, &error.to_string())
+                        .await?;
                 }
                 return Ok(Disposition::Reject(error, Some(id), None));
             }

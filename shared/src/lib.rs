@@ -4,10 +4,12 @@
 //! # Layout
 //! - [`protocol`]: the wire messages (task requests, outcomes, subtasks, results) and encodings.
 //! - [`topology`]: names and declarations of exchanges and queues, dead-lettering, delay queues.
-//! - [`amqp`]: connections, confirmed publishing with time limits, acks, dead-letter copies.
+//! - [`amqp`]: connections, confirmed publishing with time limits, acks, dead-letter copies,
+//!   replies to submitters.
 //! - [`consume`]: the reconnecting consume loop with prefetch, concurrency bound and drain.
 //! - [`store`]: Redis keys of a task and the atomic Lua scripts of the fan-in.
-//! - [`finish`]: synthesis under a lease, storing the outcome once, delivering it.
+//! - [`finish`]: how a task ends (the decision, `finish/decide.rs`), synthesis under a lease,
+//!   storing the outcome once, delivering it, cancellations and deadlines.
 //! - [`graph`]: plan checks (ids, worker types, dependencies, cycles) and the first wave.
 //! - [`ratelimit`]: token buckets in Redis shared by every worker of a type.
 //! - [`release`]: publishing released subtasks to their worker type's queue, child tasks.

@@ -1,5 +1,6 @@
 //! RabbitMQ plumbing: connections, confirmed publishing with time limits, acks that report
-//! loss, header access, and dead-lettering with a reason.
+//! loss, header access, dead-lettering with a reason, and replies to submitters
+//! ([`reply_target`], [`reply_rejected`]).
 
 use std::{
     collections::HashSet,
@@ -17,8 +18,17 @@ use lapin::{
 
 use crate::{error::BrokerError, topology};
 
+mod reply;
+
+pub(crate) use reply::{encode_reply, publish_reply, reply_message};
+pub use reply::{reply_rejected, reply_target};
+
 /// AMQP delivery mode of messages that survive a broker restart.
 const PERSISTENT: u8 = 2;
+
+/// Longest AMQP short string (`message_id`, `correlation_id`, ...), in bytes: its length is
+/// one octet (AMQP 0-9-1, section 4.2.5.3).
+const SHORT_STRING_MAX_BYTES: usize = 255;
 
 /// Opens a connection named after the service (the name shows in the broker's connection list).
 ///
@@ -206,6 +216,17 @@ pub fn property_str(value: &Option<ShortString>) -> Option<&str> {
         .filter(|s| !s.is_empty())
 }
 
+/// `id` as a short-string property, cut to [`SHORT_STRING_MAX_BYTES`] at a character boundary
+/// (task ids are at most 200 bytes; a third party's correlation id came in a short string, so
+/// this never cuts in practice).
+pub(crate) fn short_id(id: &str) -> ShortString {
+    let mut end = id.len().min(SHORT_STRING_MAX_BYTES);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    ShortString::from(&id[..end])
+}
+
 /// The properties of `original` worth keeping on a dead-lettered copy: not `expiration` (the
 /// copy must stay) nor `user_id` (the broker refuses one that is not the publisher's own).
 fn copy_for_dead_letter(original: &BasicProperties) -> BasicProperties {
@@ -290,27 +311,4 @@ pub async fn dead_letter(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lapin::types::FieldTable;
-
-    #[test]
-    fn integer_headers_of_any_width_are_read() {
-        // Quorum queues send x-delivery-count as a signed long long; others use other widths.
-        let mut headers = FieldTable::default();
-        headers.insert(ShortString::from("a"), AMQPValue::LongLongInt(7));
-        headers.insert(ShortString::from("b"), AMQPValue::ShortUInt(8));
-        headers.insert(
-            ShortString::from("c"),
-            AMQPValue::LongString(LongString::from(b"9".to_vec())),
-        );
-        headers.insert(ShortString::from("d"), AMQPValue::LongInt(-1));
-        let properties = BasicProperties::default().with_headers(headers);
-        assert_eq!(header_u64(&properties, "a"), Some(7));
-        assert_eq!(header_u64(&properties, "b"), Some(8));
-        assert_eq!(header_u64(&properties, "c"), None);
-        assert_eq!(header_u64(&properties, "d"), None);
-        assert_eq!(header_str(&properties, "c").as_deref(), Some("9"));
-        assert_eq!(header_u64(&properties, "missing"), None);
-    }
-}
+mod tests;

@@ -1,0 +1,123 @@
+//! Review rounds: the kind's review of a settled round, which may send subtasks back for
+//! another, and the publishing of what a round (or a process that crashed before publishing)
+//! released.
+
+use std::collections::HashSet;
+
+use super::{options_of, Finisher};
+use crate::{
+    error::ServiceError,
+    failpoint, graph, kinds,
+    protocol::PlanEntry,
+    release::{self, TaskContext},
+    store::{Lease, TaskRecord, TaskState},
+};
+
+impl Finisher {
+    /// Runs the kind's review of round `record.round` over `outputs` (in plan order; `order`
+    /// is the plan, which additions must not collide with); when it sends subtasks back,
+    /// records the next round and publishes what it releases. `Ok(true)` when another round
+    /// runs.
+    ///
+    /// # Errors
+    /// The kind is unknown, the review failed, panicked or returned a bad subtask, or the next
+    /// round could not be recorded or published: a message for the outcome.
+    pub(super) async fn review(
+        &self,
+        id: &str,
+        record: &TaskRecord,
+        outputs: &[(String, Vec<u8>)],
+        order: &[String],
+        lease: &Lease,
+    ) -> Result<bool, String> {
+        let (kind, inline) = self.kind_for(record, outputs.len())?;
+        let (input, round) = (record.input.clone(), record.round);
+        let outputs = outputs.to_vec();
+        let reviewed = match kinds::run_kind_code(inline, move || {
+            kind.review(&input, &outputs, round)
+        })
+        .await
+        {
+            Ok(Ok(reviewed)) => reviewed,
+            Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
+            Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
+        };
+        let Some(entries) = reviewed.filter(|entries| !entries.is_empty()) else {
+            return Ok(false);
+        };
+        let existing: HashSet<String> = order.iter().cloned().collect();
+        graph::check_additions(&entries, &existing)
+            .map_err(|e| format!("review of round {round} returned a bad subtask: {e}"))?;
+        tracing::info!(
+            task = id,
+            round,
+            redo = entries.len(),
+            "review sent subtasks back; next round"
+        );
+        let released = self
+            .store
+            .revise(id, lease, &entries)
+            .await
+            .map_err(|e| format!("cannot record round {}: {e}", round + 1))?;
+        self.publish_released(id, record, round + 1, &released)
+            .await
+            .map_err(|e| format!("cannot publish round {}: {e}", round + 1))?;
+        failpoint::hit("synthesizer.after-review-published").await;
+        Ok(true)
+    }
+
+    /// Publishes subtasks a script released in review round `round`, then clears them from
+    /// the outbox.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; the outbox keeps them for the next attempt.
+    pub async fn publish_released(
+        &self,
+        id: &str,
+        record: &TaskRecord,
+        round: u32,
+        released: &[PlanEntry],
+    ) -> Result<(), ServiceError> {
+        if released.is_empty() {
+            return Ok(());
+        }
+        let options = options_of(id, record)?;
+        let context = TaskContext {
+            task: id,
+            kind: &record.kind,
+            options: &options,
+            created_ms: record.created_ms,
+            max_message_bytes: self.max_message_bytes,
+            round,
+        };
+        release::publish_entries(&self.store, &self.publisher, context, released).await?;
+        self.store.clear_outbox(id, released).await?;
+        Ok(())
+    }
+
+    /// Publishes what a crashed process released but did not publish (the outbox).
+    ///
+    /// # Errors
+    /// Redis or the broker failed.
+    pub async fn flush_outbox(&self, id: &str) -> Result<(), ServiceError> {
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(());
+        };
+        if record.state == TaskState::Finished {
+            return Ok(());
+        }
+        let released = self.store.outbox(id).await?;
+        if !released.is_empty() {
+            tracing::info!(
+                task = id,
+                subtasks = released.len(),
+                "publishing subtasks released before a crash"
+            );
+        }
+        // Read before the outbox: a round that began in between makes these look older than
+        // they are, so their results count as duplicates (which flush again) and never as a
+        // later round's.
+        self.publish_released(id, &record, record.round, &released)
+            .await
+    }
+}

@@ -1,0 +1,257 @@
+//! The way into finishing a settled task: its synthesis lease (which comes with what the
+//! synthesis reads first), the step [`decide`] picks under it, and the kind's review and
+//! synthesis when it runs.
+
+use std::sync::Arc;
+
+use rmpv::Value;
+
+use super::{
+    decide::{self, Decision, LeasedStep},
+    options_of, Finisher, LEASE_POLL, RESULTS_WITH_LEASE, SYNTH_RUN,
+};
+use crate::{
+    error::{ServiceError, StoreError},
+    failpoint,
+    kinds::{self, DynKind},
+    protocol::{Outcome, Status},
+    store::{
+        now_ms, Lease, LeaseRequest, LeasedRun, Settled, SettledLease, TaskKeys, TaskRecord,
+        TaskState,
+    },
+};
+
+/// What synthesis decided.
+enum Synthesis {
+    /// The task is over.
+    Outcome(Outcome),
+    /// The review sent subtasks back: another round runs.
+    NextRound,
+}
+
+impl Finisher {
+    /// Finishes task `id` if all its subtasks are settled; delivers a stored but undelivered
+    /// outcome; does nothing otherwise. Waits while another process holds the task's lease.
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn finish_if_settled(&self, id: &str) -> Result<(), ServiceError> {
+        loop {
+            let Some(record) = self.store.task(id).await? else {
+                return Ok(());
+            };
+            if record.delivered {
+                return Ok(());
+            }
+            let ready = record.state == TaskState::Finished
+                || (decide::is_open(record.state) && self.store.pending_count(id).await? == 0);
+            if !ready {
+                return Ok(());
+            }
+            // Delivery too happens under the lease, so that without a crash nobody gets the
+            // outcome twice.
+            if let Some(leased) = self.lease_synthesis(id).await? {
+                return self.finish_then_release(id, leased).await;
+            }
+            tokio::time::sleep(LEASE_POLL).await;
+        }
+    }
+
+    /// [`Finisher::finish_if_settled`] for a caller that just saw nothing pending (the script
+    /// that recorded the last result said so): straight to the lease, which comes with the
+    /// task's record, its pending count and the synthesis run counted, in one round trip —
+    /// or came with that script already (`lease`).
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn finish_settled(
+        &self,
+        id: &str,
+        lease: Option<SettledLease>,
+    ) -> Result<(), ServiceError> {
+        let leased = match lease {
+            Some(SettledLease::Taken(leased)) => Some(*leased),
+            Some(SettledLease::Held) => None,
+            None => self.lease_synthesis(id).await?,
+        };
+        match leased {
+            Some(leased) => self.finish_then_release(id, leased).await,
+            // Someone else is finishing it: wait for them the usual way.
+            None => self.finish_if_settled(id).await,
+        }
+    }
+
+    /// What the synthesis lease of task `id` is asked for: by [`crate::store::Store::record_results`]
+    /// (the `lease_key` is [`TaskKeys::synth_lease`]) and by this finisher.
+    pub fn synthesis_lease<'a>(&self, lease_key: &'a str) -> LeaseRequest<'a> {
+        LeaseRequest {
+            key: lease_key,
+            ttl: self.lease,
+            run: SYNTH_RUN,
+            results_up_to: RESULTS_WITH_LEASE,
+        }
+    }
+
+    /// Gives back a synthesis lease taken for a synthesis that will not run now (the caller
+    /// failed before it could start): its run is not counted against the task.
+    pub async fn give_back(&self, id: &str, lease: Option<SettledLease>) {
+        if let Some(SettledLease::Taken(leased)) = lease {
+            leased.give_back(id, SYNTH_RUN).await;
+        }
+    }
+
+    /// Takes the task's synthesis lease with what synthesis reads first; `None` while another
+    /// process holds it.
+    async fn lease_synthesis(&self, id: &str) -> Result<Option<LeasedRun>, StoreError> {
+        let lease_key = TaskKeys::new(id).synth_lease();
+        self.store
+            .lease_run(id, &self.synthesis_lease(&lease_key))
+            .await
+    }
+
+    /// Finishes the task under the lease just taken, then gives the lease back.
+    async fn finish_then_release(&self, id: &str, leased: LeasedRun) -> Result<(), ServiceError> {
+        let LeasedRun {
+            lease,
+            record,
+            runs,
+            pending,
+            settled,
+        } = leased;
+        let result = match record {
+            Some(record) => {
+                self.finish_leased(id, &lease, record, (runs, pending), settled)
+                    .await
+            }
+            None => Ok(()),
+        };
+        lease.let_go(id).await;
+        result
+    }
+
+    /// The task's record, pending count and run count were read as the lease was taken; the
+    /// run is counted only for a task that is not finished, which is exactly when the synthesis
+    /// below runs.
+    async fn finish_leased(
+        &self,
+        id: &str,
+        lease: &Lease,
+        record: TaskRecord,
+        (runs, pending): (Option<u64>, u64),
+        preread: Option<Settled>,
+    ) -> Result<(), ServiceError> {
+        let outcome = match decide::step_under_lease(&record, pending, runs, self.max_runs) {
+            LeasedStep::Nothing => return Ok(()),
+            LeasedStep::EndRun => return Ok(self.store.end_run(id, SYNTH_RUN).await?),
+            LeasedStep::Deliver => return self.deliver(id, Some(lease)).await,
+            LeasedStep::GiveUp(message) => {
+                tracing::warn!(task = id, %message, "giving up on the synthesis");
+                decide::failed_outcome(id, Status::Failed, message, &record, now_ms())
+            }
+            LeasedStep::Synthesize => match self.synthesize(id, record, lease, preread).await {
+                Ok(Synthesis::Outcome(outcome)) => outcome,
+                Ok(Synthesis::NextRound) => return Ok(self.store.end_run(id, SYNTH_RUN).await?),
+                Err(error) => {
+                    self.store.end_run(id, SYNTH_RUN).await?;
+                    return Err(error);
+                }
+            },
+        };
+        // The run ends as the outcome is stored, in one round trip.
+        let ((), finished) = tokio::try_join!(
+            self.store.end_run(id, SYNTH_RUN),
+            self.store.store_outcome(&outcome, self.outcome_ttl)
+        )?;
+        failpoint::hit("synthesizer.after-store-outcome").await;
+        self.deliver_finished(id, finished, Some(lease)).await
+    }
+
+    /// Decides what the settled task gets ([`decide::decide`]) and runs its kind's code when it
+    /// calls for that: the review while rounds are left, then the synthesis. `preread` are the
+    /// results read with the lease, if they were.
+    async fn synthesize(
+        &self,
+        id: &str,
+        record: TaskRecord,
+        lease: &Lease,
+        preread: Option<Settled>,
+    ) -> Result<Synthesis, ServiceError> {
+        let options = options_of(id, &record)?;
+        let settled = match preread {
+            Some(settled) => settled,
+            None => {
+                let (order, results) =
+                    tokio::try_join!(self.store.order(id), self.store.results(id))?;
+                Settled { order, results }
+            }
+        };
+        let run = match decide::decide(id, &record, &options, settled, now_ms()) {
+            Decision::Outcome(outcome) => return Ok(Synthesis::Outcome(outcome)),
+            Decision::RunKind(run) => run,
+        };
+        if run.review {
+            match self
+                .review(id, &record, &run.successes, &run.order, lease)
+                .await
+            {
+                Ok(true) => return Ok(Synthesis::NextRound),
+                Ok(false) => {}
+                Err(message) => {
+                    return Ok(Synthesis::Outcome(decide::failed_outcome(
+                        id,
+                        Status::Failed,
+                        message,
+                        &record,
+                        now_ms(),
+                    )));
+                }
+            }
+        }
+        let synthesis = self.run_synthesis(&record, run.successes).await;
+        Ok(Synthesis::Outcome(decide::synthesized(
+            id,
+            &record,
+            run.errors,
+            synthesis,
+            now_ms(),
+        )))
+    }
+
+    /// The kind of task `record`, and whether its code runs on this thread for `outputs`
+    /// outputs (see [`kinds::run_kind_code`]).
+    ///
+    /// # Errors
+    /// The kind is not registered here, as a message for the outcome.
+    pub(super) fn kind_for(
+        &self,
+        record: &TaskRecord,
+        outputs: usize,
+    ) -> Result<(Arc<dyn DynKind>, bool), String> {
+        let Some(kind) = self.registry.get(&record.kind) else {
+            return Err(format!(
+                "kind {:?} is not registered in this synthesizer",
+                record.kind
+            ));
+        };
+        let inline = kind.inline() && outputs <= kinds::INLINE_OUTPUTS;
+        Ok((kind, inline))
+    }
+
+    /// Runs the kind's synthesis of `outputs` (in plan order).
+    ///
+    /// # Errors
+    /// The kind is unknown, or its synthesis failed or panicked, as a message for the outcome.
+    async fn run_synthesis(
+        &self,
+        record: &TaskRecord,
+        outputs: Vec<(String, Vec<u8>)>,
+    ) -> Result<Value, String> {
+        let (kind, inline) = self.kind_for(record, outputs.len())?;
+        let input = record.input.clone();
+        match kinds::run_kind_code(inline, move || kind.synthesize(&input, outputs)).await {
+            Ok(Ok(output)) => Ok(output),
+            Ok(Err(error)) => Err(format!("synthesis failed: {error}")),
+            Err(panic) => Err(format!("synthesis panicked: {panic}")),
+        }
+    }
+}
