@@ -22,7 +22,8 @@ use chorus_shared::{
     },
     release,
     store::{
-        now_ms, LeaseRequest, Recorded, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
+        now_ms, LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys,
+        TaskRecord,
     },
     topology,
 };
@@ -72,6 +73,11 @@ pub struct Config {
 /// Control messages handled at once.
 const CONTROL_CONCURRENCY: u16 = 8;
 
+/// Longest retry delay the synthesizer's delay queues must cover: it retries nothing, so the
+/// shortest bucket (the deadline timers' hops are covered whatever this says:
+/// [`topology::MIN_DELAY_COVERAGE_MS`]).
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(topology::DELAY_BUCKET_BASE_MS);
+
 struct Synthesizer {
     config: Config,
     finisher: Finisher,
@@ -95,7 +101,7 @@ pub async fn run(
         topology::RESULTS_QUEUE,
         config.concurrency,
         config.shutdown.grace(),
-        Duration::from_millis(100),
+        MAX_RETRY_DELAY,
     )
     .consuming(ConsumeConfig {
         queue: topology::CONTROL_QUEUE.to_owned(),
@@ -144,6 +150,70 @@ enum Next {
     /// Nothing more now.
     Nothing,
 }
+
+/// Where a task stands once results are recorded.
+struct Progress {
+    /// Unsettled subtasks left.
+    remaining: u64,
+    /// Subtasks the results released, to publish.
+    released: Released,
+    /// Subtasks settled as skipped because a result failed, to announce.
+    skipped: Vec<String>,
+}
+
+/// What the statuses of one recording call for, beyond the results recorded.
+#[derive(Debug, Default)]
+struct Triage {
+    /// Results whose spawned work conflicts, to record again as plain failures.
+    conflicts: Vec<ResultMessage>,
+    /// Why the task is over its subtask limit (`max_subtasks`, `--max-subtasks`), for the
+    /// first result that would take it there: the task then fails.
+    too_many: Option<String>,
+    /// Whether a result was recorded before (its first copy may have died before publishing
+    /// what it released).
+    duplicate: bool,
+}
+
+/// Sorts `results` by the `statuses` recording gave them (in the same order); results for
+/// subtasks the task does not have go to `refused`.
+fn triage(
+    results: Vec<ResultMessage>,
+    statuses: Vec<ResultStatus>,
+    max_subtasks: u64,
+    refused: &mut Vec<Refused>,
+) -> Triage {
+    let mut triage = Triage::default();
+    for (result, status) in results.into_iter().zip(statuses) {
+        match status {
+            ResultStatus::New => {}
+            ResultStatus::Duplicate => triage.duplicate = true,
+            ResultStatus::TooManySubtasks { would_have } => {
+                triage.too_many.get_or_insert(format!(
+                    "spawn limit exceeded: subtask {} would bring the task to {would_have} subtasks; the limit is {max_subtasks} (--max-subtasks)",
+                    result.subtask
+                ));
+            }
+            ResultStatus::SpawnConflict { reason } => {
+                triage.conflicts.push(ResultMessage {
+                    outcome: SubtaskOutcome::Failed(reason),
+                    spawned: Vec::new(),
+                    ..result
+                });
+            }
+            ResultStatus::UnknownSubtask => {
+                let error = ProtocolError::Invalid(format!(
+                    "task {:?} has no subtask {:?}",
+                    result.task, result.subtask
+                ));
+                refused.push((result, error));
+            }
+        }
+    }
+    triage
+}
+
+#[cfg(test)]
+mod tests;
 
 impl Synthesizer {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
@@ -260,8 +330,7 @@ impl Synthesizer {
         recorded: Recorded,
         refused: &mut Vec<Refused>,
     ) -> Result<Next, ServiceError> {
-        let store = &self.finisher.store;
-        let (remaining, released, skipped) = match recorded {
+        let progress = match recorded {
             Recorded::TaskFinished => return Ok(Next::Deliver),
             Recorded::UnknownTask => {
                 for result in results {
@@ -279,84 +348,83 @@ impl Synthesizer {
                 released,
                 skipped,
             } => {
-                let mut conflicts = Vec::new();
-                let mut too_many = None;
-                let mut duplicate = false;
-                for (result, status) in results.into_iter().zip(statuses) {
-                    match status {
-                        ResultStatus::New => {}
-                        ResultStatus::Duplicate => duplicate = true,
-                        ResultStatus::TooManySubtasks { would_have } => {
-                            too_many.get_or_insert(format!(
-                                "spawn limit exceeded: subtask {} would bring the task to {would_have} subtasks; the limit is {} (--max-subtasks)",
-                                result.subtask, self.config.limits.max_subtasks
-                            ));
-                        }
-                        ResultStatus::SpawnConflict { reason } => {
-                            conflicts.push(ResultMessage {
-                                outcome: SubtaskOutcome::Failed(reason),
-                                spawned: Vec::new(),
-                                ..result
-                            });
-                        }
-                        ResultStatus::UnknownSubtask => {
-                            let error = ProtocolError::Invalid(format!(
-                                "task {:?} has no subtask {:?}",
-                                result.task, result.subtask
-                            ));
-                            refused.push((result, error));
-                        }
-                    }
-                }
-                if let Some(message) = too_many {
+                let max_subtasks = self.config.limits.max_subtasks;
+                let triage = triage(results, statuses, max_subtasks, refused);
+                if let Some(message) = triage.too_many {
                     self.finisher.stop(task, Status::Failed, message).await?;
                     return Ok(Next::Nothing);
                 }
-                if duplicate {
+                if triage.duplicate {
                     // The first copy may have died between releasing and publishing.
                     self.finisher.flush_outbox(task).await?;
                 }
-                let mut outcome = (remaining, released, skipped);
-                if !conflicts.is_empty() {
-                    // Settled as failures instead, which records nothing spawned.
-                    match self.record(task, &conflicts, None).await?.0 {
-                        Recorded::Batch {
-                            remaining,
-                            released,
-                            skipped,
-                            ..
-                        } => {
-                            outcome.0 = remaining;
-                            outcome.1.extend(released);
-                            outcome.2.extend(skipped);
-                        }
-                        Recorded::TaskFinished | Recorded::UnknownTask => {}
-                    }
-                }
-                outcome
+                let progress = Progress {
+                    remaining,
+                    released,
+                    skipped,
+                };
+                self.settle_conflicts(task, triage.conflicts, progress)
+                    .await?
             }
         };
         failpoint::hit("synthesizer.after-record").await;
-        if !skipped.is_empty() || !released.is_empty() {
-            if let Some(record) = store.task(task).await? {
-                if !skipped.is_empty() {
-                    tracing::info!(
-                        task,
-                        skipped = skipped.len(),
-                        "dependents skipped after a failure"
-                    );
-                    self.announce_skipped(task, &record, &skipped).await;
-                }
-                self.finisher
-                    .publish_released(task, &record, record.round, &released)
-                    .await?;
-            }
-        }
-        Ok(if remaining == 0 {
+        self.publish_progress(task, &progress).await?;
+        Ok(if progress.remaining == 0 {
             Next::Finish
         } else {
             Next::Nothing
         })
+    }
+
+    /// Records `conflicts` (results whose spawned work conflicts) as plain failures instead,
+    /// which records nothing spawned, and adds what that settles to `progress`.
+    async fn settle_conflicts(
+        &self,
+        task: &str,
+        conflicts: Vec<ResultMessage>,
+        mut progress: Progress,
+    ) -> Result<Progress, ServiceError> {
+        if conflicts.is_empty() {
+            return Ok(progress);
+        }
+        match self.record(task, &conflicts, None).await?.0 {
+            Recorded::Batch {
+                remaining,
+                released,
+                skipped,
+                ..
+            } => {
+                progress.remaining = remaining;
+                progress.released.extend(released);
+                progress.skipped.extend(skipped);
+            }
+            Recorded::TaskFinished | Recorded::UnknownTask => {}
+        }
+        Ok(progress)
+    }
+
+    /// Announces the dependents `progress` skipped and publishes the subtasks it released.
+    async fn publish_progress(&self, task: &str, progress: &Progress) -> Result<(), ServiceError> {
+        let Progress {
+            released, skipped, ..
+        } = progress;
+        if skipped.is_empty() && released.is_empty() {
+            return Ok(());
+        }
+        let Some(record) = self.finisher.store.task(task).await? else {
+            return Ok(());
+        };
+        if !skipped.is_empty() {
+            tracing::info!(
+                task,
+                skipped = skipped.len(),
+                "dependents skipped after a failure"
+            );
+            self.announce_skipped(task, &record, skipped).await;
+        }
+        self.finisher
+            .publish_released(task, &record, record.round, released)
+            .await
     }
 
     /// Publishes `subtask.skipped` events when the task asked for subtask events.

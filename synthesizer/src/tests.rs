@@ -1,0 +1,65 @@
+//! Unit tests of the synthesizer's pure steps.
+
+use chorus_shared::{
+    error::ProtocolError,
+    protocol::{ResultMessage, SubtaskOutcome},
+    store::ResultStatus,
+};
+
+use super::{triage, Refused};
+
+fn result(subtask: &str) -> ResultMessage {
+    ResultMessage {
+        task: "t".into(),
+        subtask: subtask.into(),
+        attempts: 1,
+        outcome: SubtaskOutcome::Failed("boom".into()),
+        spawned: Vec::new(),
+        round: 1,
+    }
+}
+
+#[test]
+fn new_results_call_for_nothing_more() {
+    let mut refused: Vec<Refused> = Vec::new();
+    let triage = triage(vec![result("a")], vec![ResultStatus::New], 10, &mut refused);
+    assert!(triage.conflicts.is_empty());
+    assert_eq!(triage.too_many, None);
+    assert!(!triage.duplicate);
+    assert!(refused.is_empty());
+}
+
+#[test]
+fn each_status_is_sorted_out() {
+    let mut refused: Vec<Refused> = Vec::new();
+    let results = ["a", "b", "c", "d", "e"].map(result).to_vec();
+    let statuses = vec![
+        ResultStatus::Duplicate,
+        ResultStatus::TooManySubtasks { would_have: 12 },
+        ResultStatus::TooManySubtasks { would_have: 13 },
+        ResultStatus::SpawnConflict {
+            reason: "id taken".into(),
+        },
+        ResultStatus::UnknownSubtask,
+    ];
+    let triage = triage(results, statuses, 10, &mut refused);
+    assert!(triage.duplicate);
+    // The first result over the limit names it.
+    assert_eq!(
+        triage.too_many.as_deref(),
+        Some(
+            "spawn limit exceeded: subtask b would bring the task to 12 subtasks; the limit is 10 (--max-subtasks)"
+        )
+    );
+    assert_eq!(triage.conflicts.len(), 1);
+    assert_eq!(triage.conflicts[0].subtask, "d");
+    assert_eq!(
+        triage.conflicts[0].outcome,
+        SubtaskOutcome::Failed("id taken".into())
+    );
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].0.subtask, "e");
+    assert!(
+        matches!(&refused[0].1, ProtocolError::Invalid(message) if message == "task \"t\" has no subtask \"e\"")
+    );
+}
