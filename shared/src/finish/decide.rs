@@ -53,11 +53,22 @@ pub(crate) fn failed_outcome(
     record: &TaskRecord,
     now_ms: u64,
 ) -> Outcome {
+    ended_without_output(id, status, vec![task_error(message)], record, now_ms)
+}
+
+/// An outcome of task `id` with `status`, no output and `errors`.
+fn ended_without_output(
+    id: &str,
+    status: Status,
+    errors: Vec<OutcomeError>,
+    record: &TaskRecord,
+    now_ms: u64,
+) -> Outcome {
     Outcome {
         id: id.to_owned(),
         status,
         output: Value::Nil,
-        errors: vec![task_error(message)],
+        errors,
         stats: stats_of(record, now_ms),
     }
 }
@@ -188,13 +199,8 @@ pub(crate) fn decide(
     if failed > 0 {
         if let Deadline::Passed(message) = deadline(record, options, now_ms) {
             errors.insert(0, task_error(message));
-            return Decision::Outcome(Outcome {
-                id: id.to_owned(),
-                status: Status::Failed,
-                output: Value::Nil,
-                errors,
-                stats: stats_of(record, now_ms),
-            });
+            let outcome = ended_without_output(id, Status::Failed, errors, record, now_ms);
+            return Decision::Outcome(outcome);
         }
     }
     let run_kind =
@@ -209,13 +215,8 @@ pub(crate) fn decide(
             )
         };
         errors.push(task_error(message));
-        return Decision::Outcome(Outcome {
-            id: id.to_owned(),
-            status: Status::Failed,
-            output: Value::Nil,
-            errors,
-            stats: stats_of(record, now_ms),
-        });
+        let outcome = ended_without_output(id, Status::Failed, errors, record, now_ms);
+        return Decision::Outcome(outcome);
     }
     Decision::RunKind(KindRun {
         order: settled.order,

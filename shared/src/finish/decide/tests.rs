@@ -47,37 +47,21 @@ fn options(on_failure: OnFailure) -> ResolvedOptions {
     options
 }
 
+fn stored(subtask: &str, attempts: u32, outcome: SubtaskOutcome) -> (String, StoredResult) {
+    (subtask.to_owned(), StoredResult { attempts, outcome })
+}
+
 fn succeeded(subtask: &str, output: &[u8]) -> (String, StoredResult) {
-    let outcome = SubtaskOutcome::Succeeded(ByteBuf::from(output.to_vec()));
-    (
-        subtask.to_owned(),
-        StoredResult {
-            attempts: 1,
-            outcome,
-        },
-    )
+    let output = ByteBuf::from(output.to_vec());
+    stored(subtask, 1, SubtaskOutcome::Succeeded(output))
 }
 
 fn failed(subtask: &str, message: &str) -> (String, StoredResult) {
-    let outcome = SubtaskOutcome::Failed(message.to_owned());
-    (
-        subtask.to_owned(),
-        StoredResult {
-            attempts: 3,
-            outcome,
-        },
-    )
+    stored(subtask, 3, SubtaskOutcome::Failed(message.to_owned()))
 }
 
 fn skipped(subtask: &str, message: &str) -> (String, StoredResult) {
-    let outcome = SubtaskOutcome::Skipped(message.to_owned());
-    (
-        subtask.to_owned(),
-        StoredResult {
-            attempts: 0,
-            outcome,
-        },
-    )
+    stored(subtask, 0, SubtaskOutcome::Skipped(message.to_owned()))
 }
 
 fn settled(order: &[&str], results: Vec<(String, StoredResult)>) -> Settled {
@@ -99,6 +83,12 @@ fn task_error(message: &str) -> OutcomeError {
         subtask: None,
         message: message.to_owned(),
     }
+}
+
+/// The decision for task `t` under `on_failure` and default options, some seconds after its
+/// claim.
+fn decide_later(task: &TaskRecord, on_failure: OnFailure, results: Settled) -> Decision {
+    decide("t", task, &options(on_failure), results, LATER_MS)
 }
 
 fn run_kind(decision: Decision) -> KindRun {
@@ -127,13 +117,7 @@ fn all_succeeded_runs_the_kind_on_outputs_in_plan_order() {
             succeeded("a", b"1"),
         ],
     );
-    let run = run_kind(decide(
-        "t",
-        &task,
-        &options(OnFailure::Fail),
-        results,
-        LATER_MS,
-    ));
+    let run = run_kind(decide_later(&task, OnFailure::Fail, results));
     let ids: Vec<&str> = run.successes.iter().map(|(id, _)| id.as_str()).collect();
     assert_eq!(ids, ["a", "b", "x"]);
     assert_eq!(run.successes[0].1, b"1");
@@ -193,13 +177,7 @@ fn on_failure_fail_fails_the_task_without_running_the_kind() {
             failed("b", "early"),
         ],
     );
-    let outcome = outcome(decide(
-        "t",
-        &task,
-        &options(OnFailure::Fail),
-        results,
-        LATER_MS,
-    ));
+    let outcome = outcome(decide_later(&task, OnFailure::Fail, results));
     assert_eq!(outcome.status, Status::Failed);
     assert_eq!(outcome.output, Value::Nil);
     assert_eq!(
@@ -217,13 +195,7 @@ fn on_failure_fail_fails_the_task_without_running_the_kind() {
 fn on_failure_fail_with_every_subtask_failed_says_so() {
     let task = record(TaskState::Running, 2);
     let results = settled(&["a", "b"], vec![failed("a", "x"), failed("b", "y")]);
-    let outcome = outcome(decide(
-        "t",
-        &task,
-        &options(OnFailure::Fail),
-        results,
-        LATER_MS,
-    ));
+    let outcome = outcome(decide_later(&task, OnFailure::Fail, results));
     assert_eq!(outcome.status, Status::Failed);
     assert_eq!(
         outcome.errors.last(),
@@ -242,13 +214,7 @@ fn on_failure_continue_runs_the_kind_on_what_succeeded() {
             failed("a", "boom"),
         ],
     );
-    let run = run_kind(decide(
-        "t",
-        &task,
-        &options(OnFailure::Continue),
-        results,
-        LATER_MS,
-    ));
+    let run = run_kind(decide_later(&task, OnFailure::Continue, results));
     assert_eq!(run.successes, [("c".to_owned(), b"3".to_vec())]);
     assert_eq!(
         run.errors,
@@ -265,7 +231,7 @@ fn on_failure_continue_runs_the_kind_on_what_succeeded() {
 fn on_failure_continue_with_nothing_succeeded_fails() {
     let task = record(TaskState::Running, 1);
     let results = settled(&["a"], vec![failed("a", "boom")]);
-    let decision = decide("t", &task, &options(OnFailure::Continue), results, LATER_MS);
+    let decision = decide_later(&task, OnFailure::Continue, results);
     let outcome = outcome(decision);
     assert_eq!(outcome.status, Status::Failed);
     assert_eq!(
