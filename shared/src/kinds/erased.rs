@@ -68,6 +68,9 @@ pub(super) fn erase<K: Kind>(kind: K) -> Arc<dyn DynKind> {
     Arc::new(Erased(Arc::new(kind)))
 }
 
+/// Spawn depth of what a planner or a review returns; what handlers spawn is deeper.
+const PLANNED_DEPTH: u32 = 0;
+
 /// A kind seen through [`DynKind`]; the `Arc` lets a handler's future outlive the borrow.
 struct Erased<K>(Arc<K>);
 
@@ -92,7 +95,7 @@ impl<K: Kind> DynKind for Erased<K> {
 
     fn plan(&self, input: &[u8]) -> Result<Vec<PlanEntry>, KindError> {
         let input: K::Input = codec::decode(input, "invalid input")?;
-        to_entries(self.0.plan(&input)?.0, "", 0)
+        to_entries(self.0.plan(&input)?.0, "", PLANNED_DEPTH)
     }
 
     fn review(
@@ -106,7 +109,11 @@ impl<K: Kind> DynKind for Erased<K> {
         match self.0.review(&input, &outputs, round)? {
             Review::Accept => Ok(None),
             // Unnamed additions get ids that cannot collide with the plan's positions.
-            Review::Revise(planned) => Ok(Some(to_entries(planned, &format!("r{round}."), 0)?)),
+            Review::Revise(planned) => Ok(Some(to_entries(
+                planned,
+                &format!("r{round}."),
+                PLANNED_DEPTH,
+            )?)),
         }
     }
 

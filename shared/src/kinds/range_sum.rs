@@ -10,6 +10,11 @@ use crate::{failpoint, store::now_ms};
 
 /// Most slices one task may have.
 pub const MAX_PARTS: u32 = 1_000_000;
+/// Most slices a plan may have and still count as small work (see [`Kind::small_plan`]): a
+/// thousand parts plan in about half a millisecond.
+pub const INLINE_PARTS: u32 = 1_000;
+/// Slices of a child `range-sum` task that runs one slice (input `children`).
+pub const CHILD_PARTS: u32 = 2;
 
 /// The `range-sum` kind.
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,6 +156,45 @@ pub struct RangeSumOutput {
     pub draft: bool,
 }
 
+/// Refuses an input whose range, part count or slice indices do not fit together.
+fn check(input: &RangeSumInput) -> Result<(), KindError> {
+    if input.end < input.start {
+        return Err(KindError::fatal(format!(
+            "end ({}) must not be below start ({})",
+            input.end, input.start
+        )));
+    }
+    if !(1..=MAX_PARTS).contains(&input.parts) {
+        return Err(KindError::fatal(format!(
+            "parts must be between 1 and {MAX_PARTS}, got {}",
+            input.parts
+        )));
+    }
+    for (name, indices) in [
+        ("poison", &input.poison),
+        ("panic", &input.panic),
+        ("crash", &input.crash),
+    ] {
+        if let Some(bad) = indices.iter().find(|&&i| i >= input.parts) {
+            return Err(KindError::fatal(format!(
+                "{name} index {bad} is out of range (parts = {})",
+                input.parts
+            )));
+        }
+    }
+    if let Some([slice, dep]) = input
+        .after
+        .iter()
+        .find(|[slice, dep]| *slice >= input.parts || *dep >= input.parts)
+    {
+        return Err(KindError::fatal(format!(
+            "after pair [{slice}, {dep}] is out of range (parts = {})",
+            input.parts
+        )));
+    }
+    Ok(())
+}
+
 /// Slice `index` run as a child `range-sum` task of two parts, a `draft` one when asked.
 fn child_slice(
     input: &RangeSumInput,
@@ -161,7 +205,7 @@ fn child_slice(
     let child = RangeSumInput {
         start,
         end,
-        parts: 2,
+        parts: CHILD_PARTS,
         delay_ms: input.delay_ms,
         draft,
         ..RangeSumInput::default()
@@ -219,8 +263,7 @@ impl Kind for RangeSum {
     }
 
     fn small_plan(&self, input: &RangeSumInput) -> bool {
-        // A thousand parts plan in about half a millisecond.
-        input.parts <= 1_000
+        input.parts <= INLINE_PARTS
     }
 
     fn plan(&self, input: &RangeSumInput) -> Result<Plan<Slice>, KindError> {
@@ -230,40 +273,7 @@ impl Kind for RangeSum {
         if input.plan_crashes {
             failpoint::hit_blocking("range-sum.plan-crash");
         }
-        if input.end < input.start {
-            return Err(KindError::fatal(format!(
-                "end ({}) must not be below start ({})",
-                input.end, input.start
-            )));
-        }
-        if !(1..=MAX_PARTS).contains(&input.parts) {
-            return Err(KindError::fatal(format!(
-                "parts must be between 1 and {MAX_PARTS}, got {}",
-                input.parts
-            )));
-        }
-        for (name, indices) in [
-            ("poison", &input.poison),
-            ("panic", &input.panic),
-            ("crash", &input.crash),
-        ] {
-            if let Some(bad) = indices.iter().find(|&&i| i >= input.parts) {
-                return Err(KindError::fatal(format!(
-                    "{name} index {bad} is out of range (parts = {})",
-                    input.parts
-                )));
-            }
-        }
-        if let Some([slice, dep]) = input
-            .after
-            .iter()
-            .find(|[slice, dep]| *slice >= input.parts || *dep >= input.parts)
-        {
-            return Err(KindError::fatal(format!(
-                "after pair [{slice}, {dep}] is out of range (parts = {})",
-                input.parts
-            )));
-        }
+        check(input)?;
         let mut plan = Vec::with_capacity(input.parts as usize);
         for index in 0..input.parts {
             let (start, end) = slice_bounds(input.start, input.end, input.parts, index);

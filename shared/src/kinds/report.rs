@@ -10,6 +10,8 @@ use super::{HandlerContext, Kind, KindError, Plan, Planned, Review};
 
 /// Sections when the input names none.
 pub const DEFAULT_SECTIONS: [&str; 4] = ["Background", "Design", "Risks", "Next steps"];
+/// Most sections a report may have.
+pub const MAX_SECTIONS: usize = 100;
 /// Fewest words a section needs to pass the review.
 pub const MIN_SECTION_WORDS: usize = 30;
 /// Worker type of the section writers.
@@ -140,7 +142,7 @@ impl Kind for Report {
     type Subtask = Part;
     type Output = Text;
     type Final = Document;
-    // Planning and synthesis only compute, over at most 100 sections.
+    // Planning and synthesis only compute, over at most MAX_SECTIONS sections.
     const INLINE: bool = true;
 
     fn name(&self) -> &str {
@@ -152,8 +154,8 @@ impl Kind for Report {
             return Err(KindError::fatal("topic must not be empty"));
         }
         let sections = input.sections();
-        if sections.len() > 100 {
-            return Err(KindError::fatal("at most 100 sections"));
+        if sections.len() > MAX_SECTIONS {
+            return Err(KindError::fatal(format!("at most {MAX_SECTIONS} sections")));
         }
         let weak = input.weak();
         let mut plan: Vec<Planned<Part>> = sections

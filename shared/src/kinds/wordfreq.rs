@@ -20,6 +20,8 @@ pub const MIN_CHUNK_BYTES: usize = 16 * 1024;
 const TARGET_CHUNKS: usize = 64;
 /// Most text one task may read, in bytes.
 pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+/// `top` when the input gives none.
+pub const DEFAULT_TOP: usize = 10;
 /// Largest `top` accepted.
 pub const MAX_TOP: usize = 100_000;
 /// Bytes looked at to tell a binary file (one with a NUL byte) from text.
@@ -30,7 +32,7 @@ const BINARY_SNIFF_BYTES: usize = 8000;
 pub struct WordFreq;
 
 fn default_top() -> usize {
-    10
+    DEFAULT_TOP
 }
 
 /// Input of a `wordfreq` task.
@@ -119,6 +121,13 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), KindError>
     Ok(())
 }
 
+/// The error of paths that hold more than [`MAX_TOTAL_BYTES`].
+fn too_much_text() -> KindError {
+    KindError::fatal(format!(
+        "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
+    ))
+}
+
 /// Cuts `text` into pieces of at most `limit` bytes, at whitespace where there is any.
 fn split_at_whitespace(text: &str, limit: usize) -> Vec<&str> {
     let mut pieces = Vec::new();
@@ -173,9 +182,7 @@ impl Kind for WordFreq {
                 .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?
                 .len();
             if total.saturating_add(size) > MAX_TOTAL_BYTES {
-                return Err(KindError::fatal(format!(
-                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
-                )));
+                return Err(too_much_text());
             }
             let bytes = std::fs::read(&file)
                 .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?;
@@ -184,9 +191,7 @@ impl Kind for WordFreq {
             }
             total = total.saturating_add(bytes.len() as u64);
             if total > MAX_TOTAL_BYTES {
-                return Err(KindError::fatal(format!(
-                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
-                )));
+                return Err(too_much_text());
             }
             texts.push(String::from_utf8_lossy(&bytes).into_owned());
         }
