@@ -1,0 +1,27 @@
+//! Unit tests of the start-up checks of the settings.
+
+use clap::Parser;
+
+use super::Config;
+
+fn config(args: &[&str]) -> Config {
+    Config::try_parse_from(std::iter::once("chorus-synthesizer").chain(args.iter().copied()))
+        .expect("flags parse")
+}
+
+#[test]
+fn the_defaults_are_valid() {
+    assert_eq!(config(&[]).validate(), Ok(()));
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_refused_without_its_password() {
+    let refused = config(&["--redis-url", "redis://user:secret@host:port"])
+        .validate()
+        .expect_err("not a URL");
+    assert!(
+        refused.starts_with("--redis-url redis://user:***@"),
+        "{refused}"
+    );
+    assert!(!refused.contains("secret"), "{refused}");
+}
