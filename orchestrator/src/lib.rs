@@ -4,6 +4,9 @@
 //! queues with confirms, acking a task only once that wave is confirmed. Later waves are
 //! released by the synthesizer as results settle.
 
+#[cfg(test)]
+mod tests;
+
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
@@ -73,6 +76,17 @@ pub struct Config {
     /// themselves `INLINE` (pure computation).
     #[arg(long, env = "CHORUS_ORCHESTRATOR_THREADS", default_value_t = 1)]
     pub threads: u16,
+}
+
+impl Config {
+    /// Checks what clap cannot check one flag at a time: both URLs parse
+    /// ([`ConnectArgs::validate`]).
+    ///
+    /// # Errors
+    /// The first URL that does not parse, as one line for the user (password hidden).
+    pub fn validate(&self) -> Result<(), String> {
+        self.connect.validate()
+    }
 }
 
 struct Orchestrator {

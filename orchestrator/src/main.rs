@@ -1,18 +1,18 @@
 //! `chorus-orchestrator`: flags → logging → [`chorus_orchestrator::run`] until a signal.
 
 use chorus_orchestrator::{run, Config};
-use chorus_shared::{config::EXIT_USAGE, kinds::Registry, runtime, telemetry};
+use chorus_shared::{config, kinds::Registry, runtime, telemetry};
 use clap::Parser;
+
+/// The binary's name, in its error lines.
+const NAME: &str = "chorus-orchestrator";
 
 fn main() {
     let config = Config::parse();
-    if let Err(message) = config.connect.validate() {
-        eprintln!("chorus-orchestrator: {message}");
-        std::process::exit(EXIT_USAGE);
-    }
+    config::exit_if_invalid(NAME, config.validate());
     telemetry::init(config.log.log_format);
     let threads = config.threads;
-    runtime::run_service("chorus-orchestrator", threads, |shutdown| {
+    runtime::run_service(NAME, threads, |shutdown| {
         run(config, Registry::builtin(), shutdown)
     });
 }

@@ -148,6 +148,17 @@ impl ShutdownArgs {
     }
 }
 
+/// Ends the process at start-up when a service's settings are invalid, so every binary built on
+/// a service's `run` refuses the same flags the same way. `checked` is what the service's
+/// `Config::validate` returned; on `Err(message)` this prints `<name>: <message>` as one line on
+/// stderr and exits with [`EXIT_USAGE`] (`name` is the binary, e.g. `chorus-worker`).
+pub fn exit_if_invalid(name: &str, checked: Result<(), String>) {
+    if let Err(message) = checked {
+        eprintln!("{name}: {message}");
+        std::process::exit(EXIT_USAGE);
+    }
+}
+
 /// A URL with its password replaced by `***`, fit for a log line.
 pub fn redact_url(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {

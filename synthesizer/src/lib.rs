@@ -4,6 +4,9 @@
 //! a task has nothing left pending, reviews, synthesizes and delivers its outcome. It also
 //! serves `chorus.control`: cancellations and deadline timers.
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +71,17 @@ pub struct Config {
     /// declare themselves `INLINE` (pure computation) over at most 1,000 outputs.
     #[arg(long, env = "CHORUS_SYNTHESIZER_THREADS", default_value_t = 1)]
     pub threads: u16,
+}
+
+impl Config {
+    /// Checks what clap cannot check one flag at a time: both URLs parse
+    /// ([`ConnectArgs::validate`]).
+    ///
+    /// # Errors
+    /// The first URL that does not parse, as one line for the user (password hidden).
+    pub fn validate(&self) -> Result<(), String> {
+        self.connect.validate()
+    }
 }
 
 /// Control messages handled at once.
@@ -211,9 +225,6 @@ fn triage(
     }
     triage
 }
-
-#[cfg(test)]
-mod tests;
 
 impl Synthesizer {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {

@@ -1,4 +1,4 @@
-//! Unit tests of the synthesizer's pure steps.
+//! Unit tests of the synthesizer's pure steps and of the start-up checks of its settings.
 
 use chorus_shared::{
     error::ProtocolError,
@@ -6,7 +6,9 @@ use chorus_shared::{
     store::ResultStatus,
 };
 
-use super::{triage, Refused};
+use clap::Parser;
+
+use super::{triage, Config, Refused};
 
 fn result(subtask: &str) -> ResultMessage {
     ResultMessage {
@@ -62,4 +64,20 @@ fn each_status_is_sorted_out() {
     assert!(
         matches!(&refused[0].1, ProtocolError::Invalid(message) if message == "task \"t\" has no subtask \"e\"")
     );
+}
+
+fn config(args: &[&str]) -> Config {
+    Config::try_parse_from(std::iter::once("chorus-synthesizer").chain(args.iter().copied()))
+        .expect("flags parse")
+}
+
+#[test]
+fn the_defaults_are_valid() {
+    assert_eq!(config(&[]).validate(), Ok(()));
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_refused() {
+    let refused = config(&["--redis-url", "redis://host:port"]).validate();
+    assert!(refused.is_err_and(|message| message.starts_with("--redis-url ")));
 }

@@ -297,12 +297,22 @@ impl TestEnv {
 
     /// Resident memory of child `index`, in KiB.
     pub fn rss_kib(&self, index: usize) -> u64 {
+        self.proc_status(index, "VmRSS")
+    }
+
+    /// Threads of child `index` now.
+    pub fn threads(&self, index: usize) -> u64 {
+        self.proc_status(index, "Threads")
+    }
+
+    /// The number of `field` in `/proc/<pid>/status` of child `index`.
+    fn proc_status(&self, index: usize, field: &str) -> u64 {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.children[index].1.id()))
                 .unwrap();
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
             .unwrap()
@@ -320,17 +330,24 @@ impl TestEnv {
         drop(child.wait());
     }
 
-    /// Runs the `chorus` CLI to completion; returns exit code and stdout.
-    pub async fn cli(&self, args: &[&str]) -> (i32, String) {
-        let output = tokio::process::Command::new(binary("chorus"))
+    /// Runs workspace binary `bin` with this env's URLs to completion (killed if it outlasts
+    /// [`WAIT`]); returns what it exited with and printed.
+    pub async fn run_to_exit(&self, bin: &str, args: &[&str]) -> std::process::Output {
+        let output = tokio::process::Command::new(binary(bin))
             .args(args)
             .env("CHORUS_AMQP_URL", &self.amqp_url)
             .env("CHORUS_REDIS_URL", &self.redis_url)
+            .kill_on_drop(true)
             .output();
-        let output = tokio::time::timeout(WAIT, output)
+        tokio::time::timeout(WAIT, output)
             .await
-            .expect("chorus CLI timed out")
-            .unwrap();
+            .unwrap_or_else(|_| panic!("{bin} {args:?} did not exit in time"))
+            .unwrap()
+    }
+
+    /// Runs the `chorus` CLI to completion; returns exit code and stdout.
+    pub async fn cli(&self, args: &[&str]) -> (i32, String) {
+        let output = self.run_to_exit("chorus", args).await;
         (
             output.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&output.stdout).into_owned(),

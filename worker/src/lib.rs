@@ -6,6 +6,8 @@
 //! running handlers of such tasks see their cancellation token.
 
 mod results;
+#[cfg(test)]
+mod tests;
 pub mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -120,6 +122,21 @@ fn parse_worker_type(raw: &str) -> Result<(String, Option<u16>), String> {
 }
 
 impl Config {
+    /// Checks what clap cannot check one flag at a time: both URLs parse
+    /// ([`ConnectArgs::validate`]), and `--retry-base-delay-ms` does not exceed
+    /// `--retry-max-delay-ms` (the first retry waits the base, and no delay passes the maximum).
+    ///
+    /// # Errors
+    /// The first problem, as one line for the user: the URL's (password hidden), or
+    /// `--retry-base-delay-ms must not exceed --retry-max-delay-ms`.
+    pub fn validate(&self) -> Result<(), String> {
+        self.connect.validate()?;
+        if self.retry_base_delay_ms > self.retry_max_delay_ms {
+            return Err("--retry-base-delay-ms must not exceed --retry-max-delay-ms".to_owned());
+        }
+        Ok(())
+    }
+
     /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.
     pub fn retry_delay(&self, next_attempt: u32) -> Duration {
         // Past 64 doublings every delay is the maximum anyway.

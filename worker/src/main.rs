@@ -1,22 +1,18 @@
 //! `chorus-worker`: flags → logging → [`chorus_worker::run`] until a signal.
 
-use chorus_shared::{config::EXIT_USAGE, kinds::Registry, runtime, telemetry};
+use chorus_shared::{config, kinds::Registry, runtime, telemetry};
 use chorus_worker::{run, Config};
 use clap::Parser;
 
+/// The binary's name, in its error lines.
+const NAME: &str = "chorus-worker";
+
 fn main() {
     let config = Config::parse();
-    if let Err(message) = config.connect.validate() {
-        eprintln!("chorus-worker: {message}");
-        std::process::exit(EXIT_USAGE);
-    }
-    if config.retry_base_delay_ms > config.retry_max_delay_ms {
-        eprintln!("chorus-worker: --retry-base-delay-ms must not exceed --retry-max-delay-ms");
-        std::process::exit(EXIT_USAGE);
-    }
+    config::exit_if_invalid(NAME, config.validate());
     telemetry::init(config.log.log_format);
     let threads = config.threads;
-    runtime::run_service("chorus-worker", threads, |shutdown| {
+    runtime::run_service(NAME, threads, |shutdown| {
         run(config, Registry::builtin(), shutdown)
     });
 }

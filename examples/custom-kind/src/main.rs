@@ -10,8 +10,11 @@
 
 mod primes;
 
-use chorus_shared::{config::EXIT_USAGE, kinds::Registry, shutdown, telemetry};
+use chorus_shared::{config, kinds::Registry, runtime, telemetry};
 use clap::Parser;
+
+/// The binary's name, in its error lines.
+const NAME: &str = "chorus-custom";
 
 /// Chorus with the `primes` kind added: run as orchestrator, worker or synthesizer.
 #[derive(Parser)]
@@ -30,27 +33,24 @@ fn registry() -> Registry {
     Registry::builtin().with(primes::Primes)
 }
 
-#[tokio::main]
-async fn main() {
+/// Like the stock binaries: the service's own checks of its flags (exit 64 on a bad one), then
+/// logging, then its `run` on a runtime of its `--threads` until a signal.
+fn main() {
     let cli = Cli::parse();
-    let (connect, log) = match &cli {
-        Cli::Orchestrator(config) => (&config.connect, config.log.log_format),
-        Cli::Worker(config) => (&config.connect, config.log.log_format),
-        Cli::Synthesizer(config) => (&config.connect, config.log.log_format),
+    let (checked, log, threads) = match &cli {
+        Cli::Orchestrator(config) => (config.validate(), config.log.log_format, config.threads),
+        Cli::Worker(config) => (config.validate(), config.log.log_format, config.threads),
+        Cli::Synthesizer(config) => (config.validate(), config.log.log_format, config.threads),
     };
-    if let Err(message) = connect.validate() {
-        eprintln!("chorus-custom: {message}");
-        std::process::exit(EXIT_USAGE);
-    }
+    config::exit_if_invalid(NAME, checked);
     telemetry::init(log);
-    let shutdown = shutdown::on_signal();
-    let result = match cli {
-        Cli::Orchestrator(config) => chorus_orchestrator::run(config, registry(), shutdown).await,
-        Cli::Worker(config) => chorus_worker::run(config, registry(), shutdown).await,
-        Cli::Synthesizer(config) => chorus_synthesizer::run(config, registry(), shutdown).await,
-    };
-    if let Err(error) = result {
-        tracing::error!("chorus-custom failed: {error:#}");
-        std::process::exit(1);
-    }
+    runtime::run_service(NAME, threads, |shutdown| async move {
+        match cli {
+            Cli::Orchestrator(config) => {
+                chorus_orchestrator::run(config, registry(), shutdown).await
+            }
+            Cli::Worker(config) => chorus_worker::run(config, registry(), shutdown).await,
+            Cli::Synthesizer(config) => chorus_synthesizer::run(config, registry(), shutdown).await,
+        }
+    });
 }

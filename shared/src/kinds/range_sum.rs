@@ -10,6 +10,11 @@ use crate::{failpoint, store::now_ms};
 
 /// Most slices one task may have.
 pub const MAX_PARTS: u32 = 1_000_000;
+/// Most slices a plan may have and still count as small work (see [`Kind::small_plan`]): a
+/// thousand parts plan in about half a millisecond.
+pub const INLINE_PARTS: u32 = 1_000;
+/// Slices of a child `range-sum` task that runs one slice (input `children`).
+pub const CHILD_PARTS: u32 = 2;
 
 /// The `range-sum` kind.
 #[derive(Clone, Copy, Debug, Default)]
@@ -151,6 +156,45 @@ pub struct RangeSumOutput {
     pub draft: bool,
 }
 
+/// Refuses an input whose range, part count or slice indices do not fit together.
+fn check(input: &RangeSumInput) -> Result<(), KindError> {
+    if input.end < input.start {
+        return Err(KindError::fatal(format!(
+            "end ({}) must not be below start ({})",
+            input.end, input.start
+        )));
+    }
+    if !(1..=MAX_PARTS).contains(&input.parts) {
+        return Err(KindError::fatal(format!(
+            "parts must be between 1 and {MAX_PARTS}, got {}",
+            input.parts
+        )));
+    }
+    for (name, indices) in [
+        ("poison", &input.poison),
+        ("panic", &input.panic),
+        ("crash", &input.crash),
+    ] {
+        if let Some(bad) = indices.iter().find(|&&i| i >= input.parts) {
+            return Err(KindError::fatal(format!(
+                "{name} index {bad} is out of range (parts = {})",
+                input.parts
+            )));
+        }
+    }
+    if let Some([slice, dep]) = input
+        .after
+        .iter()
+        .find(|[slice, dep]| *slice >= input.parts || *dep >= input.parts)
+    {
+        return Err(KindError::fatal(format!(
+            "after pair [{slice}, {dep}] is out of range (parts = {})",
+            input.parts
+        )));
+    }
+    Ok(())
+}
+
 /// Slice `index` run as a child `range-sum` task of two parts, a `draft` one when asked.
 fn child_slice(
     input: &RangeSumInput,
@@ -161,7 +205,7 @@ fn child_slice(
     let child = RangeSumInput {
         start,
         end,
-        parts: 2,
+        parts: CHILD_PARTS,
         delay_ms: input.delay_ms,
         draft,
         ..RangeSumInput::default()
@@ -219,8 +263,7 @@ impl Kind for RangeSum {
     }
 
     fn small_plan(&self, input: &RangeSumInput) -> bool {
-        // A thousand parts plan in about half a millisecond.
-        input.parts <= 1_000
+        input.parts <= INLINE_PARTS
     }
 
     fn plan(&self, input: &RangeSumInput) -> Result<Plan<Slice>, KindError> {
@@ -230,40 +273,7 @@ impl Kind for RangeSum {
         if input.plan_crashes {
             failpoint::hit_blocking("range-sum.plan-crash");
         }
-        if input.end < input.start {
-            return Err(KindError::fatal(format!(
-                "end ({}) must not be below start ({})",
-                input.end, input.start
-            )));
-        }
-        if !(1..=MAX_PARTS).contains(&input.parts) {
-            return Err(KindError::fatal(format!(
-                "parts must be between 1 and {MAX_PARTS}, got {}",
-                input.parts
-            )));
-        }
-        for (name, indices) in [
-            ("poison", &input.poison),
-            ("panic", &input.panic),
-            ("crash", &input.crash),
-        ] {
-            if let Some(bad) = indices.iter().find(|&&i| i >= input.parts) {
-                return Err(KindError::fatal(format!(
-                    "{name} index {bad} is out of range (parts = {})",
-                    input.parts
-                )));
-            }
-        }
-        if let Some([slice, dep]) = input
-            .after
-            .iter()
-            .find(|[slice, dep]| *slice >= input.parts || *dep >= input.parts)
-        {
-            return Err(KindError::fatal(format!(
-                "after pair [{slice}, {dep}] is out of range (parts = {})",
-                input.parts
-            )));
-        }
+        check(input)?;
         let mut plan = Vec::with_capacity(input.parts as usize);
         for index in 0..input.parts {
             let (start, end) = slice_bounds(input.start, input.end, input.parts, index);
@@ -433,93 +443,4 @@ impl Kind for RangeSum {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn input(start: i64, end: i64, parts: u32) -> RangeSumInput {
-        RangeSumInput {
-            start,
-            end,
-            parts,
-            ..RangeSumInput::default()
-        }
-    }
-
-    fn slices(plan: Plan<Slice>) -> Vec<Slice> {
-        plan.into_subtasks()
-    }
-
-    #[test]
-    fn peak_overlap_counts_concurrent_intervals() {
-        assert_eq!(peak_overlap(&[(0, 10), (5, 15), (10, 20)]), 2);
-        assert_eq!(peak_overlap(&[(0, 1), (1, 2)]), 1);
-        assert_eq!(peak_overlap(&[]), 0);
-    }
-
-    #[test]
-    fn chains_and_types_shape_the_plan() {
-        let plan = RangeSum
-            .plan(&RangeSumInput {
-                chain: true,
-                types: vec!["a".into(), "b".into()],
-                after: vec![[2, 0]],
-                ..input(0, 10, 3)
-            })
-            .expect("plan");
-        let deps: Vec<Vec<String>> = plan.0.iter().map(|p| p.depends_on.clone()).collect();
-        assert_eq!(
-            deps,
-            vec![vec![], vec!["0".to_owned()], vec!["1".into(), "0".into()]]
-        );
-        let types: Vec<Option<String>> = plan.0.iter().map(|p| p.worker_type.clone()).collect();
-        assert_eq!(
-            types,
-            vec![Some("a".into()), Some("b".into()), Some("a".into())]
-        );
-    }
-
-    #[test]
-    fn slices_cover_the_range_in_order_with_sizes_within_one() {
-        for (start, end, parts) in [
-            (0, 10, 3),
-            (-7, 8, 4),
-            (5, 5, 2),
-            (0, 3, 7),
-            (0, 1_000_000, 1000),
-        ] {
-            let plan = slices(RangeSum.plan(&input(start, end, parts)).expect("plan"));
-            assert_eq!(plan.len(), parts as usize);
-            assert_eq!(plan[0].start, start);
-            assert_eq!(plan[plan.len() - 1].end, end);
-            for pair in plan.windows(2) {
-                assert_eq!(pair[0].end, pair[1].start);
-            }
-            let sizes: Vec<i64> = plan.iter().map(|s| s.end - s.start).collect();
-            let (min, max) = (sizes.iter().min().copied(), sizes.iter().max().copied());
-            assert!(
-                max.zip(min).is_some_and(|(max, min)| max - min <= 1),
-                "{sizes:?}"
-            );
-            let total: i128 = plan.iter().map(|s| sum_of_range(s.start, s.end)).sum();
-            assert_eq!(total, (i128::from(start)..i128::from(end)).sum::<i128>());
-        }
-    }
-
-    #[test]
-    fn bad_inputs_are_refused() {
-        assert!(RangeSum.plan(&input(10, 0, 2)).is_err());
-        assert!(RangeSum.plan(&input(0, 10, 0)).is_err());
-        assert!(RangeSum
-            .plan(&RangeSumInput {
-                poison: vec![5],
-                ..input(0, 10, 5)
-            })
-            .is_err());
-        assert!(RangeSum
-            .plan(&RangeSumInput {
-                crash: vec![9],
-                ..input(0, 10, 5)
-            })
-            .is_err());
-    }
-}
+mod tests;

@@ -10,6 +10,8 @@ use super::{HandlerContext, Kind, KindError, Plan, Planned, Review};
 
 /// Sections when the input names none.
 pub const DEFAULT_SECTIONS: [&str; 4] = ["Background", "Design", "Risks", "Next steps"];
+/// Most sections a report may have.
+pub const MAX_SECTIONS: usize = 100;
 /// Fewest words a section needs to pass the review.
 pub const MIN_SECTION_WORDS: usize = 30;
 /// Worker type of the section writers.
@@ -140,7 +142,7 @@ impl Kind for Report {
     type Subtask = Part;
     type Output = Text;
     type Final = Document;
-    // Planning and synthesis only compute, over at most 100 sections.
+    // Planning and synthesis only compute, over at most MAX_SECTIONS sections.
     const INLINE: bool = true;
 
     fn name(&self) -> &str {
@@ -152,8 +154,8 @@ impl Kind for Report {
             return Err(KindError::fatal("topic must not be empty"));
         }
         let sections = input.sections();
-        if sections.len() > 100 {
-            return Err(KindError::fatal("at most 100 sections"));
+        if sections.len() > MAX_SECTIONS {
+            return Err(KindError::fatal(format!("at most {MAX_SECTIONS} sections")));
         }
         let weak = input.weak();
         let mut plan: Vec<Planned<Part>> = sections
@@ -264,38 +266,4 @@ impl Kind for Report {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_plan_has_writers_and_an_editor_after_them() {
-        let plan = Report
-            .plan(&ReportInput {
-                topic: "Chorus".into(),
-                sections: vec![],
-                weak: None,
-            })
-            .expect("plan");
-        assert_eq!(plan.0.len(), 5);
-        let summary = plan.0.last().expect("summary");
-        assert_eq!(summary.worker_type.as_deref(), Some(EDITOR));
-        assert_eq!(summary.depends_on.len(), 4);
-        assert!(plan.0[..4]
-            .iter()
-            .all(|p| p.worker_type.as_deref() == Some(WRITER)));
-    }
-
-    #[test]
-    fn weak_drafts_fail_the_review_and_rewrites_pass() {
-        let short = write_section("X", "Design", true, None);
-        assert!(short.split_whitespace().count() < MIN_SECTION_WORDS);
-        let long = write_section("X", "Design", true, Some("expand"));
-        assert!(long.split_whitespace().count() >= MIN_SECTION_WORDS);
-        assert!(
-            write_section("X", "Design", false, None)
-                .split_whitespace()
-                .count()
-                >= MIN_SECTION_WORDS
-        );
-    }
-}
+mod tests;

@@ -20,6 +20,8 @@ pub const MIN_CHUNK_BYTES: usize = 16 * 1024;
 const TARGET_CHUNKS: usize = 64;
 /// Most text one task may read, in bytes.
 pub const MAX_TOTAL_BYTES: u64 = 256 * 1024 * 1024;
+/// `top` when the input gives none.
+pub const DEFAULT_TOP: usize = 10;
 /// Largest `top` accepted.
 pub const MAX_TOP: usize = 100_000;
 /// Bytes looked at to tell a binary file (one with a NUL byte) from text.
@@ -30,7 +32,7 @@ const BINARY_SNIFF_BYTES: usize = 8000;
 pub struct WordFreq;
 
 fn default_top() -> usize {
-    10
+    DEFAULT_TOP
 }
 
 /// Input of a `wordfreq` task.
@@ -119,6 +121,13 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), KindError>
     Ok(())
 }
 
+/// The error of paths that hold more than [`MAX_TOTAL_BYTES`].
+fn too_much_text() -> KindError {
+    KindError::fatal(format!(
+        "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
+    ))
+}
+
 /// Cuts `text` into pieces of at most `limit` bytes, at whitespace where there is any.
 fn split_at_whitespace(text: &str, limit: usize) -> Vec<&str> {
     let mut pieces = Vec::new();
@@ -173,9 +182,7 @@ impl Kind for WordFreq {
                 .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?
                 .len();
             if total.saturating_add(size) > MAX_TOTAL_BYTES {
-                return Err(KindError::fatal(format!(
-                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
-                )));
+                return Err(too_much_text());
             }
             let bytes = std::fs::read(&file)
                 .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?;
@@ -184,9 +191,7 @@ impl Kind for WordFreq {
             }
             total = total.saturating_add(bytes.len() as u64);
             if total > MAX_TOTAL_BYTES {
-                return Err(KindError::fatal(format!(
-                    "the paths hold more than {MAX_TOTAL_BYTES} bytes of text"
-                )));
+                return Err(too_much_text());
             }
             texts.push(String::from_utf8_lossy(&bytes).into_owned());
         }
@@ -254,78 +259,4 @@ impl Kind for WordFreq {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn words_are_lowercased_runs_with_a_letter() {
-        let found: Vec<String> = words("Hello, hello_world! 42 x2 ÉTÉ").collect();
-        assert_eq!(found, ["hello", "hello_world", "x2", "été"]);
-    }
-
-    #[test]
-    fn splitting_respects_the_limit_and_keeps_every_byte() {
-        let text = "alpha beta gamma delta ".repeat(1000);
-        let pieces = split_at_whitespace(&text, 100);
-        assert!(pieces.iter().all(|p| p.len() <= 100));
-        assert_eq!(pieces.concat(), text);
-        let unbroken = "é".repeat(300);
-        let pieces = split_at_whitespace(&unbroken, 101);
-        assert!(pieces.iter().all(|p| p.len() <= 101));
-        assert_eq!(pieces.concat(), unbroken);
-    }
-
-    #[test]
-    fn plan_reads_directories_into_bounded_chunks_and_counts_match() {
-        let dir = std::env::temp_dir().join(format!("chorus-wordfreq-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(dir.join("sub")).expect("mkdir");
-        std::fs::write(dir.join("a.txt"), "the cat the dog\n").expect("write");
-        std::fs::write(dir.join("sub/b.txt"), "the end ".repeat(70_000)).expect("write");
-        std::fs::write(dir.join(".hidden"), "secret secret").expect("write");
-        let input = WordFreqInput {
-            paths: vec![dir.to_string_lossy().into_owned()],
-            top: 2,
-        };
-        let chunks = WordFreq.plan(&input).expect("plan").into_subtasks();
-        std::fs::remove_dir_all(&dir).expect("cleanup");
-        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
-        assert!(chunks.iter().all(|c| c.text.len() <= MAX_CHUNK_BYTES));
-        let outputs: Vec<(String, Counts)> = chunks
-            .into_iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut counts = HashMap::new();
-                for word in words(&chunk.text) {
-                    *counts.entry(word).or_insert(0) += 1;
-                }
-                (i.to_string(), Counts { counts })
-            })
-            .collect();
-        let output = WordFreq.synthesize(&input, outputs).expect("synthesize");
-        assert_eq!(
-            output.top,
-            vec![
-                WordCount {
-                    word: "the".into(),
-                    count: 70_002
-                },
-                WordCount {
-                    word: "end".into(),
-                    count: 70_000
-                }
-            ]
-        );
-        assert_eq!(output.total_words, 140_004);
-        assert_eq!(output.distinct_words, 4);
-    }
-
-    #[test]
-    fn missing_paths_are_refused_with_the_path_named() {
-        let input = WordFreqInput {
-            paths: vec!["/nonexistent/chorus".into()],
-            top: 3,
-        };
-        let error = WordFreq.plan(&input).expect_err("missing path");
-        assert!(error.message().contains("/nonexistent/chorus"), "{error}");
-    }
-}
+mod tests;

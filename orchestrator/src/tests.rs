@@ -1,0 +1,21 @@
+//! Unit tests of the start-up checks of the settings.
+
+use clap::Parser;
+
+use super::Config;
+
+fn config(args: &[&str]) -> Config {
+    Config::try_parse_from(std::iter::once("chorus-orchestrator").chain(args.iter().copied()))
+        .expect("flags parse")
+}
+
+#[test]
+fn the_defaults_are_valid() {
+    assert_eq!(config(&[]).validate(), Ok(()));
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_refused() {
+    let refused = config(&["--amqp-url", "amqp://host:port/%2f"]).validate();
+    assert!(refused.is_err_and(|message| message.starts_with("--amqp-url ")));
+}

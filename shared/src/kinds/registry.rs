@@ -1,0 +1,46 @@
+//! [`Registry`]: kinds by name, the one value every service of a deployment is given.
+
+use std::{collections::HashMap, sync::Arc};
+
+use super::{erased, range_sum, report, wordfreq, DynKind, Kind};
+
+/// Kinds by name. Every service of a deployment must hold the same kinds.
+#[derive(Clone, Default)]
+pub struct Registry {
+    kinds: HashMap<String, Arc<dyn DynKind>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The built-in kinds: `range-sum`, `report` and `wordfreq`.
+    pub fn builtin() -> Self {
+        Self::new()
+            .with(range_sum::RangeSum)
+            .with(report::Report)
+            .with(wordfreq::WordFreq)
+    }
+
+    /// Adds a kind, replacing any of the same name.
+    #[must_use]
+    pub fn with<K: Kind>(mut self, kind: K) -> Self {
+        let name = kind.name().to_owned();
+        self.kinds.insert(name, erased::erase(kind));
+        self
+    }
+
+    /// The kind called `name`, with its types erased for the services.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn DynKind>> {
+        self.kinds.get(name).cloned()
+    }
+
+    /// Registered names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.kinds.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
