@@ -162,7 +162,11 @@ impl Orchestrator {
                     .await?;
                 }
                 let task = Some(refusal.id).filter(|id| !id.is_empty());
-                Ok(Disposition::Reject(refusal.error, task, None))
+                Ok(Disposition::Reject {
+                    error: refusal.error,
+                    task,
+                    subtask: None,
+                })
             }
         }
     }
@@ -228,7 +232,11 @@ impl Orchestrator {
                     )
                     .await?;
                 }
-                return Ok(Disposition::Reject(error, Some(id), None));
+                return Ok(Disposition::Reject {
+                    error,
+                    task: Some(id),
+                    subtask: None,
+                });
             }
         }
         let options = protocol::encode(&resolved)?;
@@ -326,11 +334,11 @@ impl Orchestrator {
         self.finisher
             .conclude(&Outcome::rejected(id, reason.clone()))
             .await?;
-        Ok(Disposition::Reject(
-            ProtocolError::Invalid(reason),
-            Some(id.to_owned()),
-            None,
-        ))
+        Ok(Disposition::Reject {
+            error: ProtocolError::Invalid(reason),
+            task: Some(id.to_owned()),
+            subtask: None,
+        })
     }
 
     async fn plan_and_publish(&self, id: &str) -> Result<Disposition, ServiceError> {

@@ -260,8 +260,17 @@ pub struct ConsumeConfig {
 pub enum Disposition {
     /// Handled: ack it.
     Ack,
-    /// The message is bad: dead-letter it with this reason, then ack it.
-    Reject(ProtocolError, Option<String>, Option<String>),
+    /// The message is bad: dead-letter it to `chorus.dead`, then ack it.
+    Reject {
+        /// Why the message is bad: the dead letter's reason header.
+        error: ProtocolError,
+        /// The task the message belongs to, when it could be read: logged and put on the dead
+        /// letter so an operator can find the task.
+        task: Option<String>,
+        /// The subtask the message carries, when it could be read (logged and put on the dead
+        /// letter likewise).
+        subtask: Option<String>,
+    },
 }
 
 /// Rejects a message before it is decoded if it is over the size limit.
@@ -466,15 +475,21 @@ impl Job {
                 }
                 Err(ServiceError::Store(error)) => {
                     let reason = ProtocolError::Invalid(format!("cannot be handled: {error}"));
-                    return self
-                        .conclude(&delivery, Disposition::Reject(reason, None, None))
-                        .await;
+                    let reject = Disposition::Reject {
+                        error: reason,
+                        task: None,
+                        subtask: None,
+                    };
+                    return self.conclude(&delivery, reject).await;
                 }
                 Err(ServiceError::Protocol(error)) => {
                     // A handler that surfaces a protocol error unhandled means the message is bad.
-                    return self
-                        .conclude(&delivery, Disposition::Reject(error, None, None))
-                        .await;
+                    let reject = Disposition::Reject {
+                        error,
+                        task: None,
+                        subtask: None,
+                    };
+                    return self.conclude(&delivery, reject).await;
                 }
                 Err(error) => {
                     self.fail(error).await;
@@ -504,8 +519,13 @@ impl Job {
         delivery: &Delivery,
         disposition: Disposition,
     ) -> Result<(), ServiceError> {
-        if let Disposition::Reject(reason, task, subtask) = disposition {
-            let reason = reason.to_string();
+        if let Disposition::Reject {
+            error,
+            task,
+            subtask,
+        } = disposition
+        {
+            let reason = error.to_string();
             tracing::warn!(
                 queue = %self.queue,
                 task = task.as_deref().unwrap_or(""),

@@ -177,7 +177,11 @@ impl Synthesizer {
                 let task = protocol::validate_task_id(&result.task)
                     .is_ok()
                     .then_some(result.task);
-                return Ok(Disposition::Reject(error, task, Some(result.subtask)));
+                return Ok(Disposition::Reject {
+                    error,
+                    task,
+                    subtask: Some(result.subtask),
+                });
             }
             return Ok(Disposition::Ack);
         }
@@ -415,7 +419,11 @@ impl Synthesizer {
             Control::Cancel { task, .. } | Control::Deadline { task } => task.clone(),
         };
         if let Err(error) = protocol::validate_task_id(&task) {
-            return Ok(Disposition::Reject(error, None, None));
+            return Ok(Disposition::Reject {
+                error,
+                task: None,
+                subtask: None,
+            });
         }
         self.finisher.control(&control).await?;
         Ok(Disposition::Ack)

@@ -299,7 +299,11 @@ impl Worker {
         }
         let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
         if let Err(error) = subtask.validate() {
-            return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
+            return Ok(Disposition::Reject {
+                error,
+                task: None,
+                subtask: Some(subtask.subtask),
+            });
         }
         if !self.watch.is_live(&subtask.task, live_at(delivery)).await? {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
@@ -330,7 +334,11 @@ impl Worker {
     async fn handle_batch(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         let batch: SubtaskBatch = protocol::decode(&delivery.data)?;
         if let Err(error) = batch.validate() {
-            return Ok(Disposition::Reject(error, Some(batch.task), None));
+            return Ok(Disposition::Reject {
+                error,
+                task: Some(batch.task),
+                subtask: None,
+            });
         }
         if !self.watch.is_live(&batch.task, live_at(delivery)).await? {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
