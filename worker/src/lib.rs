@@ -152,7 +152,7 @@ struct Worker {
     /// Which tasks are over, and the cancellation tokens of running handlers.
     watch: Arc<TaskWatch>,
     /// Rate limits by worker type.
-    limits: Arc<HashMap<String, RateLimit>>,
+    rate_limits: Arc<HashMap<String, RateLimit>>,
     /// Handlers of this consumer's worker type that may run at once (`--types`,
     /// `--concurrency`), whether their subtasks came alone or in batches.
     handlers: Arc<Semaphore>,
@@ -172,7 +172,7 @@ pub async fn run(
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
     let watch = TaskWatch::start(store.clone(), shutdown.clone());
-    let limits: Arc<HashMap<String, RateLimit>> = Arc::new(
+    let rate_limits: Arc<HashMap<String, RateLimit>> = Arc::new(
         config
             .rate_limits
             .iter()
@@ -224,7 +224,7 @@ pub async fn run(
             store: store.clone(),
             quarantine: Arc::clone(&quarantine),
             watch: Arc::clone(&watch),
-            limits: Arc::clone(&limits),
+            rate_limits: Arc::clone(&rate_limits),
         });
         move |delivery: Arc<Delivery>| {
             let worker = Arc::clone(&worker);
@@ -515,10 +515,10 @@ impl Worker {
         subtask: &SubtaskMessage,
         cancel: &CancellationToken,
     ) -> Result<bool, ServiceError> {
-        let Some(limit) = self.limits.get(&subtask.worker_type) else {
+        let Some(rate_limit) = self.rate_limits.get(&subtask.worker_type) else {
             return Ok(true);
         };
-        while let Some(wait) = self.store.take_token(limit).await? {
+        while let Some(wait) = self.store.take_token(rate_limit).await? {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return Ok(false),
