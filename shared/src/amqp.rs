@@ -18,7 +18,10 @@ use lapin::{
 use crate::{error::BrokerError, topology};
 
 /// AMQP delivery mode of messages that survive a broker restart.
-const PERSISTENT: u8 = 2;
+pub const PERSISTENT: u8 = 2;
+
+/// AMQP reply code of a normal close (`reply-success` in the AMQP 0-9-1 spec).
+pub const REPLY_SUCCESS: u16 = 200;
 
 /// Opens a connection named after the service (the name shows in the broker's connection list).
 ///

@@ -10,9 +10,9 @@ use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
-    Channel, Connection,
+    Channel, Connection, Consumer,
 };
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -36,11 +36,16 @@ pub struct Session {
 /// A session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
-/// Reconnect pacing: quick first retries, then at most every five seconds.
+/// First pause before reconnecting: quick, since most broker hiccups are short.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
+/// Longest pause between two reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Reconnect pacing: quick first retries, then at most every [`RECONNECT_MAX_DELAY`].
 fn reconnect_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
+        .with_min_delay(RECONNECT_MIN_DELAY)
+        .with_max_delay(RECONNECT_MAX_DELAY)
         .with_jitter()
         .without_max_times()
         .build()
@@ -72,7 +77,7 @@ async fn close_session(session: &Session) {
         drop(
             tokio::time::timeout(
                 FAREWELL_TIMEOUT,
-                connection.close(200, ShortString::from("bye")),
+                connection.close(amqp::REPLY_SUCCESS, ShortString::from("bye")),
             )
             .await,
         );
@@ -121,7 +126,7 @@ pub async fn run_sessions<F, Fut>(
                 tracing::warn!(broker = %redact_url(amqp_url), error = %error, "cannot connect to RabbitMQ; retrying");
             }
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        let delay = delays.next().unwrap_or(RECONNECT_MAX_DELAY);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -298,11 +303,16 @@ pub fn is_redelivery(delivery: &Delivery) -> bool {
     delivery.redelivered || earlier_deliveries(delivery) > 0
 }
 
+/// First pause before handling a message again while Redis is failing.
+const STORE_RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to handle a message while Redis is failing.
+const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(3);
+
 /// Pause between attempts to handle one message while Redis is failing.
 fn store_retry_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
+        .with_min_delay(STORE_RETRY_MIN_DELAY)
+        .with_max_delay(STORE_RETRY_MAX_DELAY)
         .with_jitter()
         .without_max_times()
         .build()
@@ -324,82 +334,29 @@ where
     H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
 {
-    let channel: Channel = session.consume.create_channel().await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(config.queue.as_str()),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let tag = consumer.tag();
-    tracing::info!(queue = %config.queue, prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
-
+    let (channel, mut consumer) = open_consumer(session, config).await?;
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let tracker = TaskTracker::new();
     // Cancelled when the grace period is over: what still runs is dropped, not left running
     // beside the next session (its messages come back from the broker).
     let abandon = CancellationToken::new();
-    let broken = CancellationToken::new();
-    let failure: Arc<Mutex<Option<ServiceError>>> = Arc::new(Mutex::new(None));
-
-    // A consumer stream is not always told when its connection dies; the session is checked
-    // directly too, so a dead broker connection always ends the session.
-    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    let session_alive =
-        || session.consume.status().connected() && session.publish.status().connected();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = broken.cancelled() => break,
-            _ = watchdog.tick(), if !session_alive() => {
-                *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
-                break;
-            }
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let next = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break None,
-                () = broken.cancelled() => break None,
-                _ = watchdog.tick() => {
-                    if session_alive() {
-                        continue;
-                    }
-                    *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
-                    break None;
-                }
-                next = consumer.next() => break Some(next),
-            }
-        };
-        let Some(next) = next else { break };
-        let delivery = match next {
-            Some(Ok(delivery)) => Arc::new(delivery),
-            Some(Err(error)) => {
-                *failure.lock().await = Some(error.into());
-                break;
-            }
-            None => {
-                *failure.lock().await = Some(ServiceError::Broker(BrokerError::Timeout(
-                    "consumer (cancelled by the broker)",
-                    0,
-                )));
-                break;
-            }
+    let mut intake = Intake {
+        session,
+        shutdown,
+        broken: CancellationToken::new(),
+        failure: Arc::new(Mutex::new(None)),
+        watchdog: tokio::time::interval(SESSION_CHECK_INTERVAL),
+    };
+    while let Some(permit) = intake.permit(&permits).await {
+        let Some(delivery) = intake.delivery(&mut consumer).await else {
+            break;
         };
         let job = Job {
             publisher: session.publisher.clone(),
             queue: config.queue.clone(),
             shutdown: shutdown.clone(),
-            broken: broken.clone(),
-            failure: Arc::clone(&failure),
+            broken: intake.broken.clone(),
+            failure: Arc::clone(&intake.failure),
         };
         let handler = handler.clone();
         let abandon = abandon.clone();
@@ -411,8 +368,105 @@ where
             drop(permit);
         });
     }
+    drain(&channel, consumer.tag(), &tracker, config).await;
+    let failed = intake.failure.lock().await.take();
+    match failed {
+        Some(error) if !shutdown.is_cancelled() => Err(error),
+        _ => Ok(()),
+    }
+}
 
-    // Stop new deliveries first, then give the running handlers their grace period.
+/// How often a consumer checks that both connections of its session are still up.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Session {
+    /// Whether both connections are still up.
+    fn is_alive(&self) -> bool {
+        self.consume.status().connected() && self.publish.status().connected()
+    }
+}
+
+/// Opens the channel of one consumer with its prefetch and starts consuming `config.queue`.
+async fn open_consumer(
+    session: &Session,
+    config: &ConsumeConfig,
+) -> Result<(Channel, Consumer), ServiceError> {
+    let channel: Channel = session.consume.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(config.queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
+    Ok((channel, consumer))
+}
+
+/// The taking side of [`consume`]: a permit, then a delivery, until something says stop.
+struct Intake<'a> {
+    session: &'a Session,
+    shutdown: &'a CancellationToken,
+    /// Cancelled by a job whose broker side failed: no more deliveries are taken.
+    broken: CancellationToken,
+    /// Why the session must be rebuilt, once something found out.
+    failure: Arc<Mutex<Option<ServiceError>>>,
+    /// A consumer stream is not always told when its connection dies; the session is checked
+    /// directly too, so a dead broker connection always ends the session.
+    watchdog: tokio::time::Interval,
+}
+
+impl Intake<'_> {
+    /// A handler permit, or `None` when consuming must stop (shutdown, a broken job, or a dead
+    /// connection, which is recorded as the failure).
+    async fn permit(&mut self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            () = self.broken.cancelled() => None,
+            _ = self.watchdog.tick(), if !self.session.is_alive() => {
+                *self.failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                None
+            }
+            permit = Arc::clone(permits).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// The next delivery, or `None` when consuming must stop (shutdown, a broken job, or a
+    /// broker failure, which is recorded as the failure).
+    async fn delivery(&mut self, consumer: &mut Consumer) -> Option<Arc<Delivery>> {
+        let next = loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = self.broken.cancelled() => return None,
+                _ = self.watchdog.tick() => {
+                    if self.session.is_alive() {
+                        continue;
+                    }
+                    *self.failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                    return None;
+                }
+                next = consumer.next() => break next,
+            }
+        };
+        let error = match next {
+            Some(Ok(delivery)) => return Some(Arc::new(delivery)),
+            Some(Err(error)) => error.into(),
+            None => ServiceError::Broker(BrokerError::Timeout(
+                "consumer (cancelled by the broker)",
+                0,
+            )),
+        };
+        *self.failure.lock().await = Some(error);
+        None
+    }
+}
+
+/// Stops new deliveries first, then gives the running handlers their grace period.
+async fn drain(channel: &Channel, tag: ShortString, tracker: &TaskTracker, config: &ConsumeConfig) {
     drop(
         tokio::time::timeout(
             FAREWELL_TIMEOUT,
@@ -430,11 +484,6 @@ where
             grace_secs = config.grace.as_secs(),
             "grace period over with work in progress; it returns to the queue"
         );
-    }
-    let failed = failure.lock().await.take();
-    match failed {
-        Some(error) if !shutdown.is_cancelled() => Err(error),
-        _ => Ok(()),
     }
 }
 
@@ -465,7 +514,7 @@ impl Job {
                         return;
                     }
                     tracing::warn!(queue = %self.queue, error = %error, "Redis failed; retrying this message");
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(3))).await;
+                    tokio::time::sleep(delays.next().unwrap_or(STORE_RETRY_MAX_DELAY)).await;
                 }
                 Err(ServiceError::Store(StoreError::Fenced(reason))) => {
                     // Another process took the work over under its own lease; its message

@@ -159,6 +159,11 @@ pub fn delay_queues_up_to(max_delay: Duration) -> Vec<(String, u64)> {
 /// whatever the retry settings.
 pub const MIN_DELAY_COVERAGE_MS: u64 = 60_000;
 
+/// The `max_retry_delay` of a process that schedules no retries of its own (the client, the
+/// synthesizer): it declares only the delay queues every process needs, up to
+/// [`MIN_DELAY_COVERAGE_MS`].
+pub const NO_RETRY_DELAY: Duration = Duration::from_millis(DELAY_BUCKET_BASE_MS);
+
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
     channel
         .queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), args)

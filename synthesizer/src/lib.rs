@@ -5,7 +5,6 @@
 //! serves `chorus.control`: cancellations and deadline timers.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chorus_shared::{
     amqp::{self, DeadLetter},
@@ -95,7 +94,7 @@ pub async fn run(
         topology::RESULTS_QUEUE,
         config.concurrency,
         config.shutdown.grace(),
-        Duration::from_millis(100),
+        topology::NO_RETRY_DELAY,
     )
     .consuming(ConsumeConfig {
         queue: topology::CONTROL_QUEUE.to_owned(),
