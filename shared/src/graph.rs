@@ -88,19 +88,18 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
         .enumerate()
         .map(|(i, e)| (e.id.as_str(), i))
         .collect();
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut color = vec![0u8; entries.len()];
+    let mut mark = vec![Mark::Unvisited; entries.len()];
     for root in 0..entries.len() {
-        if color[root] != 0 {
+        if mark[root] != Mark::Unvisited {
             continue;
         }
         // (node, next dependency to look at)
         let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-        color[root] = 1;
+        mark[root] = Mark::OnPath;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
             let deps = &entries[node].depends_on;
             if *next >= deps.len() {
-                color[node] = 2;
+                mark[node] = Mark::Done;
                 stack.pop();
                 continue;
             }
@@ -109,12 +108,12 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
             let Some(&target) = index.get(dep.as_str()) else {
                 continue;
             };
-            match color[target] {
-                0 => {
-                    color[target] = 1;
+            match mark[target] {
+                Mark::Unvisited => {
+                    mark[target] = Mark::OnPath;
                     stack.push((target, 0));
                 }
-                1 => {
+                Mark::OnPath => {
                     let start = stack.iter().position(|&(n, _)| n == target).unwrap_or(0);
                     let mut cycle: Vec<String> = stack[start..]
                         .iter()
@@ -123,11 +122,21 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
                     cycle.push(entries[target].id.clone());
                     return Some(cycle);
                 }
-                _ => {}
+                Mark::Done => {}
             }
         }
     }
     None
+}
+
+/// Where the depth-first search of [`find_cycle`] stands with a subtask.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Unvisited,
+    /// On the path being explored: reaching it again closes a cycle.
+    OnPath,
+    /// Explored, with everything it depends on.
+    Done,
 }
 
 /// How the plan's subtasks start: `release` go out at once; `ready` wait for a slot under the

@@ -183,10 +183,12 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
 /// Largest accepted `max_attempts`.
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// One day, in milliseconds.
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 /// Largest accepted `timeout_ms`: one day.
-pub const TIMEOUT_MS_LIMIT: u64 = 86_400_000;
+pub const TIMEOUT_MS_LIMIT: u64 = DAY_MS;
 /// Largest accepted `deadline_ms`: thirty days.
-pub const DEADLINE_MS_LIMIT: u64 = 30 * 86_400_000;
+pub const DEADLINE_MS_LIMIT: u64 = 30 * DAY_MS;
 /// Largest accepted `max_rounds`.
 pub const MAX_ROUNDS_LIMIT: u32 = 20;
 /// Largest accepted `batch_size`.
