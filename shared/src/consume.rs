@@ -41,11 +41,12 @@ const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
 /// Longest pause between two reconnect attempts.
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 
-/// Reconnect pacing: quick first retries, then at most every [`RECONNECT_MAX_DELAY`].
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+/// Endless pauses between attempts: from `min`, doubling up to `max`, with jitter so that
+/// processes that failed together do not all try again at once.
+fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(RECONNECT_MIN_DELAY)
-        .with_max_delay(RECONNECT_MAX_DELAY)
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -97,7 +98,7 @@ pub async fn run_sessions<F, Fut>(
     F: FnMut(Arc<Session>) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
-    let mut delays = reconnect_backoff();
+    let mut delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -113,7 +114,7 @@ pub async fn run_sessions<F, Fut>(
                 // Only a session that worked for a while resets the pace: one that fails at
                 // once (a refused declaration, say) must not reconnect in a tight loop.
                 if started.elapsed() >= HEALTHY_SESSION {
-                    delays = reconnect_backoff();
+                    delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
                 }
                 match served {
                     Ok(()) => return,
@@ -308,16 +309,6 @@ const STORE_RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
 /// Longest pause between two attempts to handle a message while Redis is failing.
 const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(3);
 
-/// Pause between attempts to handle one message while Redis is failing.
-fn store_retry_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(STORE_RETRY_MIN_DELAY)
-        .with_max_delay(STORE_RETRY_MAX_DELAY)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
 /// Consumes `config.queue` on a new channel of `session`, running `handler` for each delivery
 /// under the concurrency bound, until `shutdown` (returns `Ok`) or a broker failure (returns the
 /// error, so the caller starts a new session).
@@ -501,7 +492,7 @@ impl Job {
         H: Fn(Arc<Delivery>) -> Fut,
         Fut: Future<Output = Result<Disposition, ServiceError>>,
     {
-        let mut delays = store_retry_backoff();
+        let mut delays = backoff(STORE_RETRY_MIN_DELAY, STORE_RETRY_MAX_DELAY);
         loop {
             let outcome = match handler(Arc::clone(&delivery)).await {
                 Ok(disposition) => self.settle(&delivery, disposition).await,
