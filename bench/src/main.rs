@@ -14,10 +14,12 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use chorus_shared::{
+    amqp,
     client::{Client, ReplyQueue},
-    config::ConnectArgs,
+    config::{ConnectArgs, DEFAULT_PUBLISH_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS},
     kinds::range_sum::sum_of_range,
     protocol::{Status, TaskOptions, TaskRequest},
+    topology,
 };
 use clap::Parser;
 use futures::{stream::FuturesUnordered, StreamExt};
@@ -27,10 +29,31 @@ use lapin::{
         ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
 };
 use serde::Serialize;
 use serde_json::json;
+use tokio::task::JoinHandle;
+
+/// Time the services get to connect and declare their queues before a clock starts.
+const SETTLE: Duration = Duration::from_millis(500);
+/// Longest wait for one task's outcome.
+const OUTCOME_TIMEOUT: Duration = Duration::from_secs(600);
+/// Integers each range-sum subtask adds up.
+const INTEGERS_PER_SUBTASK: u64 = 10;
+/// Subtasks of each task of the latency measurement.
+const LATENCY_TASK_SUBTASKS: u64 = 3;
+/// Task size of the baseline and the scale-out when `--sizes` is empty.
+const DEFAULT_MIDDLE_SIZE: u64 = 10_000;
+/// `--publish-batch` of the orchestrator under measurement.
+const ORCHESTRATOR_PUBLISH_BATCH: &str = "1000";
+/// `--concurrency` of the synthesizer under measurement.
+const SYNTHESIZER_CONCURRENCY: &str = "256";
+/// Clock ticks per second of the CPU times in `/proc/<pid>/stat` (`USER_HZ` on Linux).
+const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
+const MILLIS_PER_SECOND: f64 = 1000.0;
+const MICROS_PER_SECOND: f64 = 1e6;
+const SECONDS_PER_MINUTE: u64 = 60;
 
 /// Flags of `chorus-bench`.
 #[derive(Parser, Debug)]
@@ -155,39 +178,115 @@ async fn confirm_channel(connection: &Connection) -> Result<Channel> {
     Ok(channel)
 }
 
+/// Prefetch of every raw consumer of the baseline and of the latency floor.
+const RAW_PREFETCH: u16 = 100;
+/// Most publishes the baseline's producer keeps waiting for their confirm.
+const MAX_UNCONFIRMED: usize = 1000;
+/// Body of every raw message, the size of a small subtask's.
+const RAW_BODY: [u8; 64] = [7; 64];
+/// Longest wait for the baseline's next message before it counts as stalled.
+const BASELINE_STALL: Duration = Duration::from_secs(120);
+/// Longest wait for one message through the four raw hops.
+const HOP_FLOOR_STALL: Duration = Duration::from_secs(30);
+
 fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
+    BasicProperties::default().with_delivery_mode(amqp::PERSISTENT)
 }
 
-/// The raw two-hop path: publish persistent + confirmed → consume + publish the "result"
-/// persistent + confirmed, then ack → consume + ack. Same queue type as Chorus (quorum),
-/// prefetch 100. Returns messages per second through both hops.
-async fn baseline(url: &str, n: u64) -> Result<f64> {
-    let (hop1, hop2) = ("bench.hop1", "bench.hop2");
-    let setup = Connection::connect(url, ConnectionProperties::default()).await?;
-    for queue in [hop1, hop2] {
-        fresh_queue(&setup, queue, true).await?;
-    }
-    let worker_in = Connection::connect(url, ConnectionProperties::default()).await?;
-    let worker_out = Connection::connect(url, ConnectionProperties::default()).await?;
-    let sink = Connection::connect(url, ConnectionProperties::default()).await?;
-    let producer = Connection::connect(url, ConnectionProperties::default()).await?;
+async fn connect(url: &str) -> Result<Connection> {
+    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
+}
 
-    // Middle hop: prefetch 100, each delivery republished with a confirm, then acked.
-    let consume_channel = worker_in.create_channel().await?;
-    consume_channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await?;
-    let mut deliveries = consume_channel
+/// Starts consuming `queue` on `channel`.
+async fn consume(channel: &Channel, queue: &str) -> lapin::Result<Consumer> {
+    channel
         .basic_consume(
-            ShortString::from(hop1),
+            ShortString::from(queue),
             ShortString::from(""),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
+        .await
+}
+
+/// Publishes `body` persistent to `queue` through the default exchange; returns its confirm.
+async fn publish(channel: &Channel, queue: &str, body: &[u8]) -> lapin::Result<PublisherConfirm> {
+    channel
+        .basic_publish(
+            ShortString::from(""),
+            ShortString::from(queue),
+            BasicPublishOptions::default(),
+            body,
+            persistent(),
+        )
+        .await
+}
+
+/// Closes `connections`; a close that fails changes nothing for the measurement.
+async fn close_all(connections: &[&Connection]) {
+    for connection in connections {
+        drop(
+            connection
+                .close(amqp::REPLY_SUCCESS, ShortString::from("bye"))
+                .await,
+        );
+    }
+}
+
+/// The raw two-hop path: publish persistent + confirmed → consume + publish the "result"
+/// persistent + confirmed, then ack → consume + ack. Same queue type as Chorus (quorum),
+/// prefetch [`RAW_PREFETCH`]. Returns messages per second through both hops.
+async fn baseline(url: &str, n: u64) -> Result<f64> {
+    let (hop1, hop2) = ("bench.hop1", "bench.hop2");
+    let setup = connect(url).await?;
+    for queue in [hop1, hop2] {
+        fresh_queue(&setup, queue, true).await?;
+    }
+    let worker_in = connect(url).await?;
+    let worker_out = connect(url).await?;
+    let sink = connect(url).await?;
+    let producer = connect(url).await?;
+    let middle = spawn_middle_hop(&worker_in, &worker_out, (hop1, hop2), n).await?;
+    let sink_channel = sink.create_channel().await?;
+    sink_channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
         .await?;
-    let publish_channel = Arc::new(confirm_channel(&worker_out).await?);
-    let middle = tokio::spawn(async move {
+    let mut results = consume(&sink_channel, hop2).await?;
+
+    let started = Instant::now();
+    let produce = spawn_producer(confirm_channel(&producer).await?, hop1, n);
+    let mut received = 0;
+    while received < n {
+        let delivery = tokio::time::timeout(BASELINE_STALL, results.next())
+            .await
+            .context("baseline stalled")?
+            .context("sink consumer ended")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        received += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    produce.await??;
+    middle.await??;
+    close_all(&[&setup, &worker_in, &worker_out, &sink, &producer]).await;
+    Ok(n as f64 / elapsed)
+}
+
+/// The baseline's middle hop, like a worker: takes `n` messages from `hops.0` (consumed on
+/// `consume_on`), republishes each to `hops.1` with a confirm (on `publish_on`), then acks it.
+async fn spawn_middle_hop(
+    consume_on: &Connection,
+    publish_on: &Connection,
+    hops: (&'static str, &'static str),
+    n: u64,
+) -> Result<JoinHandle<Result<()>>> {
+    let (from, to) = hops;
+    let consume_channel = consume_on.create_channel().await?;
+    consume_channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = consume(&consume_channel, from).await?;
+    let publish_channel = Arc::new(confirm_channel(publish_on).await?);
+    Ok(tokio::spawn(async move {
         let mut in_flight = FuturesUnordered::new();
         let mut done = 0;
         while done < n {
@@ -196,10 +295,7 @@ async fn baseline(url: &str, n: u64) -> Result<f64> {
                     let delivery = delivery?;
                     let channel = Arc::clone(&publish_channel);
                     in_flight.push(async move {
-                        channel
-                            .basic_publish(ShortString::from(""), ShortString::from(hop2), BasicPublishOptions::default(), &delivery.data, persistent())
-                            .await?
-                            .await?;
+                        publish(&channel, to, &delivery.data).await?.await?;
                         delivery.acker.ack(BasicAckOptions::default()).await?;
                         Ok::<(), lapin::Error>(())
                     });
@@ -211,38 +307,21 @@ async fn baseline(url: &str, n: u64) -> Result<f64> {
             }
         }
         Ok::<(), anyhow::Error>(())
-    });
-    let sink_channel = sink.create_channel().await?;
-    sink_channel
-        .basic_qos(100, BasicQosOptions::default())
-        .await?;
-    let mut results = sink_channel
-        .basic_consume(
-            ShortString::from(hop2),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    }))
+}
 
-    let started = Instant::now();
-    let publisher = confirm_channel(&producer).await?;
-    let produce = tokio::spawn(async move {
-        let body = [7_u8; 64];
+/// Publishes `n` raw messages to `queue` on `publisher` (in confirm mode), with at most
+/// [`MAX_UNCONFIRMED`] of them waiting for their confirm.
+fn spawn_producer(
+    publisher: Channel,
+    queue: &'static str,
+    n: u64,
+) -> JoinHandle<lapin::Result<()>> {
+    tokio::spawn(async move {
         let mut confirms = FuturesUnordered::new();
         for _ in 0..n {
-            confirms.push(
-                publisher
-                    .basic_publish(
-                        ShortString::from(""),
-                        ShortString::from(hop1),
-                        BasicPublishOptions::default(),
-                        &body,
-                        persistent(),
-                    )
-                    .await?,
-            );
-            while confirms.len() >= 1000 {
+            confirms.push(publish(&publisher, queue, &RAW_BODY).await?);
+            while confirms.len() >= MAX_UNCONFIRMED {
                 if let Some(confirm) = confirms.next().await {
                     confirm?;
                 }
@@ -252,23 +331,7 @@ async fn baseline(url: &str, n: u64) -> Result<f64> {
             confirm?;
         }
         Ok::<(), lapin::Error>(())
-    });
-    let mut received = 0;
-    while received < n {
-        let delivery = tokio::time::timeout(Duration::from_secs(120), results.next())
-            .await
-            .context("baseline stalled")?
-            .context("sink consumer ended")??;
-        delivery.acker.ack(BasicAckOptions::default()).await?;
-        received += 1;
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    produce.await??;
-    middle.await??;
-    for connection in [&setup, &worker_in, &worker_out, &sink, &producer] {
-        drop(connection.close(200, ShortString::from("bye")).await);
-    }
-    Ok(n as f64 / elapsed)
+    })
 }
 
 /// The floor under a small task's latency: one message at a time through the four hops a
@@ -277,81 +340,59 @@ async fn baseline(url: &str, n: u64) -> Result<f64> {
 /// persistent + confirmed before acking, like the services. Returns milliseconds per message.
 async fn hop_floor(url: &str, messages: usize) -> Result<Vec<f64>> {
     let queues = ["bench.lat1", "bench.lat2", "bench.lat3", "bench.lat4"];
-    let setup = Connection::connect(url, ConnectionProperties::default()).await?;
+    let setup = connect(url).await?;
     for (index, queue) in queues.iter().enumerate() {
         fresh_queue(&setup, queue, index < 3).await?;
     }
-    let relays = Connection::connect(url, ConnectionProperties::default()).await?;
+    let relays = connect(url).await?;
     let mut tasks = Vec::new();
     for pair in queues.windows(2) {
-        let (from, to) = (pair[0], pair[1]);
-        let consume = relays.create_channel().await?;
-        consume.basic_qos(100, BasicQosOptions::default()).await?;
-        let mut deliveries = consume
-            .basic_consume(
-                ShortString::from(from),
-                ShortString::from(""),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let publish = confirm_channel(&relays).await?;
-        tasks.push(tokio::spawn(async move {
-            while let Some(delivery) = deliveries.next().await {
-                let delivery = delivery?;
-                publish
-                    .basic_publish(
-                        ShortString::from(""),
-                        ShortString::from(to),
-                        BasicPublishOptions::default(),
-                        &delivery.data,
-                        persistent(),
-                    )
-                    .await?
-                    .await?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-            }
-            Ok::<(), lapin::Error>(())
-        }));
+        tasks.push(spawn_relay(&relays, pair[0], pair[1]).await?);
     }
-    let client = Connection::connect(url, ConnectionProperties::default()).await?;
+    let client = connect(url).await?;
     let sink = client.create_channel().await?;
-    let mut arrivals = sink
-        .basic_consume(
-            ShortString::from(queues[3]),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut arrivals = consume(&sink, queues[3]).await?;
     let producer = confirm_channel(&client).await?;
     let mut samples = Vec::with_capacity(messages);
     for _ in 0..messages {
         let started = Instant::now();
-        let confirm = producer
-            .basic_publish(
-                ShortString::from(""),
-                ShortString::from(queues[0]),
-                BasicPublishOptions::default(),
-                &[7_u8; 64],
-                persistent(),
-            )
-            .await?;
-        let delivery = tokio::time::timeout(Duration::from_secs(30), arrivals.next())
+        let confirm = publish(&producer, queues[0], &RAW_BODY).await?;
+        let delivery = tokio::time::timeout(HOP_FLOOR_STALL, arrivals.next())
             .await
             .context("hop floor stalled")?
             .context("hop floor consumer ended")??;
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        samples.push(started.elapsed().as_secs_f64() * MILLIS_PER_SECOND);
         delivery.acker.ack(BasicAckOptions::default()).await?;
         confirm.await?;
     }
     for task in tasks {
         task.abort();
     }
-    for connection in [&setup, &relays, &client] {
-        drop(connection.close(200, ShortString::from("bye")).await);
-    }
+    close_all(&[&setup, &relays, &client]).await;
     Ok(samples)
+}
+
+/// One relay of the latency floor, like a service: each message of `from` is published to
+/// `to` with a confirm, then acked.
+async fn spawn_relay(
+    relays: &Connection,
+    from: &'static str,
+    to: &'static str,
+) -> Result<JoinHandle<lapin::Result<()>>> {
+    let consume_channel = relays.create_channel().await?;
+    consume_channel
+        .basic_qos(RAW_PREFETCH, BasicQosOptions::default())
+        .await?;
+    let mut deliveries = consume(&consume_channel, from).await?;
+    let publish_channel = confirm_channel(relays).await?;
+    Ok(tokio::spawn(async move {
+        while let Some(delivery) = deliveries.next().await {
+            let delivery = delivery?;
+            publish(&publish_channel, to, &delivery.data).await?.await?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Ok::<(), lapin::Error>(())
+    }))
 }
 
 /// The Chorus services of one measurement, as child processes.
@@ -381,7 +422,10 @@ impl System {
                 .with_context(|| format!("cannot start {}", path.display()))?;
             Ok((bin.to_owned(), child))
         };
-        children.push(spawn("chorus-orchestrator", &["--publish-batch", "1000"])?);
+        children.push(spawn(
+            "chorus-orchestrator",
+            &["--publish-batch", ORCHESTRATOR_PUBLISH_BATCH],
+        )?);
         let concurrency = cli.worker_concurrency.to_string();
         let mut worker_args = vec!["--concurrency".to_owned(), concurrency];
         if let Some(prefetch) = worker_prefetch {
@@ -391,14 +435,16 @@ impl System {
         for _ in 0..workers {
             children.push(spawn("chorus-worker", &worker_args)?);
         }
-        children.push(spawn("chorus-synthesizer", &["--concurrency", "256"])?);
+        children.push(spawn(
+            "chorus-synthesizer",
+            &["--concurrency", SYNTHESIZER_CONCURRENCY],
+        )?);
         Ok(Self { children })
     }
 
     /// Peak resident memory (KiB) and CPU seconds of each service, by binary name (the
     /// maximum over worker processes for memory, the sum for CPU).
     fn usage(&self) -> BTreeMap<String, (u64, f64)> {
-        let ticks = 100.0; // USER_HZ on Linux
         let mut usage: BTreeMap<String, (u64, f64)> = BTreeMap::new();
         for (bin, child) in &self.children {
             let pid = child.id();
@@ -417,7 +463,7 @@ impl System {
                     let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
                     let user: f64 = rest.get(11)?.parse().ok()?;
                     let system: f64 = rest.get(12)?.parse().ok()?;
-                    Some((user + system) / ticks)
+                    Some((user + system) / CLOCK_TICKS_PER_SECOND)
                 })
                 .unwrap_or(0.0);
             let entry = usage.entry(bin.clone()).or_insert((0, 0.0));
@@ -442,12 +488,12 @@ async fn reset(cli: &Cli) -> Result<()> {
     let client = redis::Client::open(cli.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    let connection = Connection::connect(&cli.amqp_url, ConnectionProperties::default()).await?;
+    let connection = connect(&cli.amqp_url).await?;
     for queue in [
-        "chorus.tasks",
-        "chorus.subtasks",
-        "chorus.results",
-        "chorus.dead",
+        topology::TASKS_QUEUE,
+        topology::SUBTASKS_QUEUE,
+        topology::RESULTS_QUEUE,
+        topology::DEAD_QUEUE,
     ] {
         let channel = connection.create_channel().await?;
         drop(
@@ -456,7 +502,7 @@ async fn reset(cli: &Cli) -> Result<()> {
                 .await,
         );
     }
-    drop(connection.close(200, ShortString::from("bye")).await);
+    close_all(&[&connection]).await;
     Ok(())
 }
 
@@ -471,8 +517,8 @@ impl Submitter {
         let args = ConnectArgs {
             amqp_url: cli.amqp_url.clone(),
             redis_url: cli.redis_url.clone(),
-            redis_timeout_ms: 5000,
-            publish_timeout_ms: 30_000,
+            redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+            publish_timeout_ms: DEFAULT_PUBLISH_TIMEOUT_MS,
         };
         let client = Client::connect(&args).await?;
         let replies = client.reply_queue().await?;
@@ -482,7 +528,7 @@ impl Submitter {
     /// Runs one task of `parts` no-op subtasks, `batch_size` to a message; returns its wall
     /// time, having checked the sum.
     async fn run(&mut self, parts: u64, batch_size: Option<u32>) -> Result<Duration> {
-        let end = i64::try_from(parts * 10)?;
+        let end = i64::try_from(parts * INTEGERS_PER_SUBTASK)?;
         let input = json!({"start": 0, "end": end, "parts": parts});
         let request = TaskRequest {
             kind: "range-sum".into(),
@@ -498,9 +544,14 @@ impl Submitter {
         self.client
             .submit(&request, Some(&self.replies.name))
             .await?;
-        let outcome = tokio::time::timeout(Duration::from_secs(600), self.replies.next_outcome())
+        let outcome = tokio::time::timeout(OUTCOME_TIMEOUT, self.replies.next_outcome())
             .await
-            .context("no outcome within 10 minutes")??;
+            .with_context(|| {
+                format!(
+                    "no outcome within {} minutes",
+                    OUTCOME_TIMEOUT.as_secs() / SECONDS_PER_MINUTE
+                )
+            })??;
         let elapsed = started.elapsed();
         let output = serde_json::to_value(&outcome.output)?;
         let expected = i64::try_from(sum_of_range(0, end))?;
@@ -547,14 +598,13 @@ async fn measure_size(
         reset(cli).await?;
         let system = System::start(cli, workers, prefetch)?;
         let mut submitter = Submitter::connect(cli).await?;
-        // Let every service connect and declare before the clock starts.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(SETTLE).await;
         let elapsed = submitter.run(n, batch_size).await?;
         rates.push(n as f64 / elapsed.as_secs_f64());
         for (bin, (peak, seconds)) in system.usage() {
             let entry = rss.entry(bin.clone()).or_insert(0);
             *entry = (*entry).max(peak);
-            cpu.insert(bin, seconds * 1e6 / n as f64);
+            cpu.insert(bin, seconds * MICROS_PER_SECOND / n as f64);
         }
     }
     Ok((rates, rss, cpu))
@@ -603,105 +653,20 @@ async fn main() -> Result<()> {
         .sizes
         .get(cli.sizes.len() / 2)
         .copied()
-        .unwrap_or(10_000);
-    eprintln!(
-        "baseline: raw two-hop path, {middle} messages x {}",
-        cli.repeat
-    );
-    let mut baseline_rates = Vec::new();
-    for _ in 0..cli.repeat {
-        baseline_rates.push(baseline(&cli.amqp_url, middle).await?);
-    }
-    let baseline_stat = Stat::of(&baseline_rates);
-
+        .unwrap_or(DEFAULT_MIDDLE_SIZE);
+    let baseline_stat = measure_baseline(&cli, middle).await?;
     // Before the throughput runs: after a burst of 100,000 messages the broker compacts its
     // quorum logs for a while, which would be measured as latency of whatever runs next.
     let (latency, floor, over) = measure_latency(&cli).await?;
+    let rows = measure_throughput(&cli, Packing::Single, &cli.sizes, baseline_stat).await?;
+    let batched_rows =
+        measure_throughput(&cli, Packing::Batched, &cli.batched_sizes.0, baseline_stat).await?;
+    let scale = measure_scale_out(&cli, middle).await?;
 
-    let mut rows = Vec::new();
-    let mut batched_rows = Vec::new();
-    for (packing, sizes, out) in [
-        (Packing::Single, &cli.sizes, &mut rows),
-        (Packing::Batched, &cli.batched_sizes.0, &mut batched_rows),
-    ] {
-        for &n in sizes {
-            eprintln!(
-                "throughput ({packing:?}): one task of {n} subtasks x {}",
-                cli.repeat
-            );
-            let (rates, rss, cpu) = measure_size(&cli, n, 1, packing).await?;
-            let stat = Stat::of(&rates);
-            let us: Vec<f64> = rates.iter().map(|r| 1e6 / r).collect();
-            out.push(SizeRow {
-                subtasks: n,
-                subtasks_per_s: stat,
-                ratio_to_baseline: stat.median / baseline_stat.median,
-                us_per_subtask: Stat::of(&us),
-                peak_rss_kib: rss,
-                cpu_us_per_subtask: cpu,
-            });
-        }
-    }
-
-    let mut scale = Vec::new();
-    for &workers in &cli.workers {
-        eprintln!(
-            "scale-out: {middle} subtasks with {workers} worker process(es) x {}",
-            cli.repeat
-        );
-        let (rates, _, _) = measure_size(&cli, middle, workers, Packing::Single).await?;
-        scale.push(json!({"workers": workers, "subtasks_per_s": Stat::of(&rates)}));
-    }
-
-    println!();
-    println!(
-        "baseline (raw two-hop, quorum, persistent, confirms, prefetch 100): {baseline_stat} msg/s"
-    );
-    println!();
-    let header = || {
-        println!("{:>9} {:>24} {:>7} {:>18}   peak RSS KiB (orch/worker/synth)   CPU µs per subtask (orch/worker/synth)", "subtasks", "subtasks/s", "ratio", "µs/subtask");
-    };
-    println!("one subtask per message:");
-    header();
-    let print_row = |row: &SizeRow| {
-        let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
-        let getf = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
-        println!(
-            "{:>9} {:>24} {:>7.2} {:>18}   {:>8}/{:>8}/{:>8}   {:>8.1}/{:>8.1}/{:>8.1}",
-            row.subtasks,
-            row.subtasks_per_s.to_string(),
-            row.ratio_to_baseline,
-            row.us_per_subtask.to_string(),
-            get(&row.peak_rss_kib, "chorus-orchestrator"),
-            get(&row.peak_rss_kib, "chorus-worker"),
-            get(&row.peak_rss_kib, "chorus-synthesizer"),
-            getf(&row.cpu_us_per_subtask, "chorus-orchestrator"),
-            getf(&row.cpu_us_per_subtask, "chorus-worker"),
-            getf(&row.cpu_us_per_subtask, "chorus-synthesizer"),
-        );
-    };
-    rows.iter().for_each(print_row);
-    if !batched_rows.is_empty() {
-        println!();
-        println!(
-            "batched: {} subtasks per message (options.batch_size), worker prefetch {}:",
-            cli.batch_size, cli.batched_prefetch
-        );
-        header();
-        batched_rows.iter().for_each(print_row);
-    }
+    print_throughput(&cli, baseline_stat, &rows, &batched_rows);
     println!();
     print_latency(&latency, &floor, &over);
-    for row in &scale {
-        println!(
-            "scale-out: {} worker process(es): {} subtasks/s",
-            row["workers"],
-            row["subtasks_per_s"]["median"]
-                .as_f64()
-                .unwrap_or(0.0)
-                .round()
-        );
-    }
+    print_scale_out(&scale);
     let table = json!({
         "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
                      "batch_size": cli.batch_size, "batched_prefetch": cli.batched_prefetch},
@@ -718,6 +683,115 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// The raw two-hop path's rate, `repeat` times over `n` messages.
+async fn measure_baseline(cli: &Cli, n: u64) -> Result<Stat> {
+    eprintln!("baseline: raw two-hop path, {n} messages x {}", cli.repeat);
+    let mut rates = Vec::new();
+    for _ in 0..cli.repeat {
+        rates.push(baseline(&cli.amqp_url, n).await?);
+    }
+    Ok(Stat::of(&rates))
+}
+
+/// One row per task size of `sizes`: one task at a time through one worker process, the
+/// subtasks travelling as `packing` says.
+async fn measure_throughput(
+    cli: &Cli,
+    packing: Packing,
+    sizes: &[u64],
+    baseline: Stat,
+) -> Result<Vec<SizeRow>> {
+    let mut rows = Vec::new();
+    for &n in sizes {
+        eprintln!(
+            "throughput ({packing:?}): one task of {n} subtasks x {}",
+            cli.repeat
+        );
+        let (rates, rss, cpu) = measure_size(cli, n, 1, packing).await?;
+        let stat = Stat::of(&rates);
+        let us: Vec<f64> = rates.iter().map(|r| MICROS_PER_SECOND / r).collect();
+        rows.push(SizeRow {
+            subtasks: n,
+            subtasks_per_s: stat,
+            ratio_to_baseline: stat.median / baseline.median,
+            us_per_subtask: Stat::of(&us),
+            peak_rss_kib: rss,
+            cpu_us_per_subtask: cpu,
+        });
+    }
+    Ok(rows)
+}
+
+/// A task of `n` subtasks with each worker process count of `--workers`: one JSON row each.
+async fn measure_scale_out(cli: &Cli, n: u64) -> Result<Vec<serde_json::Value>> {
+    let mut scale = Vec::new();
+    for &workers in &cli.workers {
+        eprintln!(
+            "scale-out: {n} subtasks with {workers} worker process(es) x {}",
+            cli.repeat
+        );
+        let (rates, _, _) = measure_size(cli, n, workers, Packing::Single).await?;
+        scale.push(json!({"workers": workers, "subtasks_per_s": Stat::of(&rates)}));
+    }
+    Ok(scale)
+}
+
+/// Prints the baseline and the throughput tables (the batched one when it was measured).
+fn print_throughput(cli: &Cli, baseline: Stat, rows: &[SizeRow], batched_rows: &[SizeRow]) {
+    println!();
+    println!(
+        "baseline (raw two-hop, quorum, persistent, confirms, prefetch {RAW_PREFETCH}): {baseline} msg/s"
+    );
+    println!();
+    println!("one subtask per message:");
+    print_size_header();
+    rows.iter().for_each(print_size_row);
+    if !batched_rows.is_empty() {
+        println!();
+        println!(
+            "batched: {} subtasks per message (options.batch_size), worker prefetch {}:",
+            cli.batch_size, cli.batched_prefetch
+        );
+        print_size_header();
+        batched_rows.iter().for_each(print_size_row);
+    }
+}
+
+fn print_size_header() {
+    println!("{:>9} {:>24} {:>7} {:>18}   peak RSS KiB (orch/worker/synth)   CPU µs per subtask (orch/worker/synth)", "subtasks", "subtasks/s", "ratio", "µs/subtask");
+}
+
+fn print_size_row(row: &SizeRow) {
+    let get = |m: &BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+    let getf = |m: &BTreeMap<String, f64>, k: &str| m.get(k).copied().unwrap_or(0.0);
+    println!(
+        "{:>9} {:>24} {:>7.2} {:>18}   {:>8}/{:>8}/{:>8}   {:>8.1}/{:>8.1}/{:>8.1}",
+        row.subtasks,
+        row.subtasks_per_s.to_string(),
+        row.ratio_to_baseline,
+        row.us_per_subtask.to_string(),
+        get(&row.peak_rss_kib, "chorus-orchestrator"),
+        get(&row.peak_rss_kib, "chorus-worker"),
+        get(&row.peak_rss_kib, "chorus-synthesizer"),
+        getf(&row.cpu_us_per_subtask, "chorus-orchestrator"),
+        getf(&row.cpu_us_per_subtask, "chorus-worker"),
+        getf(&row.cpu_us_per_subtask, "chorus-synthesizer"),
+    );
+}
+
+fn print_scale_out(scale: &[serde_json::Value]) {
+    for row in scale {
+        println!(
+            "scale-out: {} worker process(es): {} subtasks/s",
+            row["workers"],
+            row["subtasks_per_s"]["median"]
+                .as_f64()
+                .unwrap_or(0.0)
+                .round()
+        );
+    }
+}
+
 /// Sequential small tasks through the system, then one message at a time through the raw hops,
 /// `repeat` times in turn, so that each round's floor is measured in the same minute as its
 /// latency. Returns the latency, the floor, and what Chorus adds to the floor (each
@@ -729,17 +803,18 @@ async fn measure_latency(
     reset(cli).await?;
     let _system = System::start(cli, 1, None)?;
     let mut submitter = Submitter::connect(cli).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(SETTLE).await;
     let mut latency_rounds = Vec::new();
     let mut floor_rounds = Vec::new();
     for _ in 0..cli.repeat.max(1) {
         eprintln!(
-            "latency: {} sequential tasks of 3 subtasks",
+            "latency: {} sequential tasks of {LATENCY_TASK_SUBTASKS} subtasks",
             cli.latency_tasks
         );
         let mut samples = Vec::new();
         for _ in 0..cli.latency_tasks {
-            samples.push(submitter.run(3, None).await?.as_secs_f64() * 1000.0);
+            let elapsed = submitter.run(LATENCY_TASK_SUBTASKS, None).await?;
+            samples.push(elapsed.as_secs_f64() * MILLIS_PER_SECOND);
         }
         latency_rounds.push(percentiles(samples));
         eprintln!(
@@ -798,7 +873,10 @@ fn print_latency(latency: &serde_json::Value, floor: &serde_json::Value, over: &
             ms(table, "p99_ms")
         )
     };
-    println!("latency, 3-subtask tasks: {}", line(latency));
+    println!(
+        "latency, {LATENCY_TASK_SUBTASKS}-subtask tasks: {}",
+        line(latency)
+    );
     println!(
         "latency floor, one message through the four raw hops (3 quorum + 1 classic, each confirmed): {}",
         line(floor)

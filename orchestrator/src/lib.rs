@@ -16,9 +16,11 @@ use chorus_shared::{
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::{arm_deadline, Finisher},
-    graph,
+    graph::{self, FirstWave},
     kinds::{self, Registry},
-    protocol::{self, Encoding, Outcome, PlanEntry, TaskRequest},
+    protocol::{
+        self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
+    },
     release::{self, TaskContext},
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
@@ -143,6 +145,14 @@ struct Refusal {
     error: ProtocolError,
 }
 
+/// How often a task planned by another orchestrator (or by a twin delivery) is looked at,
+/// waiting for that planning to finish or for its lease to lapse.
+const PLANNING_ELSEWHERE_POLL: Duration = Duration::from_millis(200);
+
+/// Room kept in a subtask message for all but its payload (ids, kind, options, framing): a
+/// payload must leave this many bytes of the message limit free.
+const SUBTASK_ENVELOPE_BYTES: usize = 1024;
+
 impl Orchestrator {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         let properties = &delivery.properties;
@@ -166,19 +176,34 @@ impl Orchestrator {
                 let encoding =
                     Encoding::from_content_type(amqp::property_str(properties.content_type()))
                         .unwrap_or(Encoding::Msgpack);
-                if let Some(waiter) = reply_target(properties, &refusal.id, encoding) {
-                    amqp::reply_rejected(
-                        &self.finisher.publisher,
-                        &waiter,
-                        &refusal.id,
-                        &refusal.error.to_string(),
-                    )
-                    .await?;
-                }
-                let task = Some(refusal.id).filter(|id| !id.is_empty());
-                Ok(Disposition::Reject(refusal.error, task, None))
+                self.refuse(delivery, encoding, refusal).await
             }
         }
+    }
+
+    /// Answers a request that is not a runnable task: `rejected` to its submitter when it
+    /// waits for a reply, and the message dead-lettered (with the task id, when it has one).
+    async fn refuse(
+        &self,
+        delivery: &Delivery,
+        encoding: Encoding,
+        refusal: Refusal,
+    ) -> Result<Disposition, ServiceError> {
+        if let Some(waiter) = reply_target(&delivery.properties, &refusal.id, encoding) {
+            amqp::reply_rejected(
+                &self.finisher.publisher,
+                &waiter,
+                &refusal.id,
+                &refusal.error.to_string(),
+            )
+            .await?;
+        }
+        let task = Some(refusal.id).filter(|id| !id.is_empty());
+        Ok(Disposition::Reject {
+            error: refusal.error,
+            task,
+            subtask: None,
+        })
     }
 
     fn parse(
@@ -214,6 +239,8 @@ impl Orchestrator {
         Ok((id, request))
     }
 
+    /// Runs a valid request: claims its task id (with its plan, when it could be made ahead),
+    /// then plans and publishes the task, or answers a duplicate.
     async fn run_task(
         &self,
         delivery: &Delivery,
@@ -222,24 +249,16 @@ impl Orchestrator {
         encoding: Encoding,
     ) -> Result<Disposition, ServiceError> {
         let resolved = request.options.clone().unwrap_or_default().resolve()?;
-        let waiter = reply_target(&delivery.properties, &id, encoding);
-        let store = &self.finisher.store;
         if let Some(parent) = &request.parent {
-            // Only a task Chorus started as a child may report to a parent's subtask.
-            let started = release::child_task_id(&parent.task, &parent.subtask, parent.round) == id
-                && store.is_child(&parent.task, &id).await?;
-            if !started {
+            if !self.started_by(parent, &id).await? {
                 let error = ProtocolError::Invalid(format!(
                     "parent {}/{} did not start a child task {id:?}; submitters must not set parent",
                     parent.task, parent.subtask
                 ));
-                if let Some(waiter) = &waiter {
-                    amqp::reply_rejected(&self.finisher.publisher, waiter, &id, &error.to_string())
-                        .await?;
-                }
-                return Ok(Disposition::Reject(error, Some(id), None));
+                return self.refuse(delivery, encoding, Refusal { id, error }).await;
             }
         }
+        let waiter = reply_target(&delivery.properties, &id, encoding);
         let options = protocol::encode(&resolved)?;
         let input = protocol::encode(&request.input)?;
         let submission = Submission {
@@ -258,12 +277,13 @@ impl Orchestrator {
         } else {
             self.plan_ahead(&request.kind, &input).await
         };
-        let lease_ttl = self.config.outcomes.lease();
         let cap = resolved.max_concurrency;
         let small_wave = ahead
             .as_ref()
             .filter(|entries| entries.len() <= CHUNK)
             .map(|entries| graph::first_wave(entries, cap));
+        let lease_ttl = self.config.outcomes.lease();
+        let store = &self.finisher.store;
         let claim = match (&ahead, &small_wave) {
             (Some(entries), Some(wave)) => {
                 store
@@ -284,16 +304,33 @@ impl Orchestrator {
                     .await?
             }
         };
-        let state = match claim {
+        self.follow_claim(&id, claim, waiter.as_ref(), &resolved, ahead, small_wave)
+            .await
+    }
+
+    /// Goes on from the claim of task `id`: publishes the first wave of a plan recorded with
+    /// the claim, plans a new task (`ahead`: the plan made before the claim, if any, with its
+    /// `small_wave`), answers a duplicate of a finished task, or carries on with one claimed
+    /// earlier.
+    async fn follow_claim(
+        &self,
+        id: &str,
+        claim: Claim,
+        waiter: Option<&ReplyTarget>,
+        resolved: &ResolvedOptions,
+        ahead: Option<Vec<PlanEntry>>,
+        small_wave: Option<FirstWave>,
+    ) -> Result<Disposition, ServiceError> {
+        match claim {
             Claim::Planned { lease, record } => {
                 // The common case: a new task, planned and recorded with its claim.
                 let entries = ahead.unwrap_or_default();
                 let wave = small_wave.unwrap_or_default();
                 let result = self
-                    .publish_first_wave(&id, &lease, &record, &resolved, entries, &wave)
+                    .publish_first_wave(id, &lease, &record, resolved, entries, &wave)
                     .await;
-                lease.let_go(&id).await;
-                return result.map(|()| Disposition::Ack);
+                lease.let_go(id).await;
+                result.map(|()| Disposition::Ack)
             }
             Claim::New(Some(Planning {
                 lease,
@@ -302,32 +339,45 @@ impl Orchestrator {
             })) => {
                 // A new task, its plan lease and planner run taken with the claim; a large plan
                 // made ahead is recorded in chunks without running the planner again.
-                return self
-                    .plan_then_release(&id, lease, Some(record), Some(runs), ahead)
-                    .await;
+                self.plan_then_release(id, lease, Some(record), Some(runs), ahead)
+                    .await
             }
             Claim::Finished(outcome) => {
                 tracing::info!(task = %id, status = outcome.status.as_str(), "duplicate of a finished task; replying with its outcome");
-                if let Some(waiter) = &waiter {
+                if let Some(waiter) = waiter {
                     self.finisher.reply(waiter, &outcome).await?;
                 }
                 // Finishes an interrupted delivery to the other waiters, if any.
-                self.finisher.finish_if_settled(&id).await?;
-                return Ok(Disposition::Ack);
+                self.finisher.finish_if_settled(id).await?;
+                Ok(Disposition::Ack)
             }
-            Claim::New(None) => TaskState::Planning,
-            Claim::Exists(state) => state,
-        };
+            Claim::New(None) => self.carry_on(id, TaskState::Planning).await,
+            Claim::Exists(state) => self.carry_on(id, state).await,
+        }
+    }
+
+    /// Whether `parent` started task `id` as its child: only such a task may report to a
+    /// parent's subtask.
+    async fn started_by(&self, parent: &ParentRef, id: &str) -> Result<bool, ServiceError> {
+        Ok(
+            release::child_task_id(&parent.task, &parent.subtask, parent.round) == id
+                && self.finisher.store.is_child(&parent.task, id).await?,
+        )
+    }
+
+    /// Carries on with a task claimed earlier, now in `state`: plans it (or waits for the
+    /// orchestrator planning it) while it is not running yet; acks a duplicate otherwise.
+    async fn carry_on(&self, id: &str, state: TaskState) -> Result<Disposition, ServiceError> {
         if matches!(state, TaskState::Running | TaskState::Finished) {
             tracing::info!(task = %id, state = state.as_str(), "duplicate of a running task; its outcome will be sent to this submitter too");
             // A task whose last step was interrupted (one without subtasks, whose orchestrator
             // died before finishing it) is pushed on by any duplicate.
-            self.finisher.finish_if_settled(&id).await?;
+            self.finisher.finish_if_settled(id).await?;
             return Ok(Disposition::Ack);
         }
         // The kind is checked on the claimed record, not on this request: a duplicate naming
         // another kind must not change the task it duplicates.
-        self.plan_and_publish(&id).await
+        self.plan_and_publish(id).await
     }
 
     /// Stores and delivers a `rejected` outcome for a claimed task; the request is dead-lettered.
@@ -335,11 +385,11 @@ impl Orchestrator {
         self.finisher
             .conclude(&Outcome::rejected(id, reason.clone()))
             .await?;
-        Ok(Disposition::Reject(
-            ProtocolError::Invalid(reason),
-            Some(id.to_owned()),
-            None,
-        ))
+        Ok(Disposition::Reject {
+            error: ProtocolError::Invalid(reason),
+            task: Some(id.to_owned()),
+            subtask: None,
+        })
     }
 
     async fn plan_and_publish(&self, id: &str) -> Result<Disposition, ServiceError> {
@@ -365,7 +415,7 @@ impl Orchestrator {
                 Some(record)
                     if matches!(record.state, TaskState::Planning | TaskState::Planned) =>
                 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(PLANNING_ELSEWHERE_POLL).await;
                 }
                 _ => return Ok(Disposition::Ack),
             }
@@ -569,7 +619,11 @@ impl Orchestrator {
         if let Err(reason) = graph::check_plan(entries) {
             return Some(format!("invalid plan: {reason}"));
         }
-        let room = self.config.limits.max_message_bytes().saturating_sub(1024);
+        let room = self
+            .config
+            .limits
+            .max_message_bytes()
+            .saturating_sub(SUBTASK_ENVELOPE_BYTES);
         entries
             .iter()
             .find(|entry| entry.payload.len() > room)

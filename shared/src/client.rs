@@ -8,7 +8,6 @@ use lapin::{
     Connection, Consumer,
 };
 use serde::Serialize;
-use std::time::Duration;
 
 use crate::{
     amqp::{self, Outgoing, Publisher},
@@ -139,7 +138,7 @@ impl Client {
         let store = Store::connect(&args.redis_url, args.redis_timeout()).await?;
         let connection = amqp::connect(&args.amqp_url, "chorus client").await?;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
-        topology::declare(publisher.channel(), Duration::from_millis(100)).await?;
+        topology::declare(publisher.channel(), topology::NO_RETRY_DELAY).await?;
         Ok(Self {
             connection,
             publisher,
@@ -292,7 +291,11 @@ impl Client {
             Ok(queue) => (Some(queue.message_count()), Some(queue.consumer_count())),
             Err(_) => (None, None),
         };
-        drop(channel.close(200, ShortString::from("bye")).await);
+        drop(
+            channel
+                .close(amqp::REPLY_SUCCESS, ShortString::from("bye"))
+                .await,
+        );
         info
     }
 

@@ -20,6 +20,11 @@ pub enum LogFormat {
     Json,
 }
 
+/// Default of `--redis-timeout-ms`: the longest wait for one Redis command, in ms.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 5000;
+/// Default of `--publish-timeout-ms`: the longest wait for a publish confirm, in ms.
+pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 30_000;
+
 /// Where the services are and how long to wait for them.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
@@ -32,12 +37,12 @@ pub struct ConnectArgs {
     pub redis_url: String,
 
     /// Longest wait for one Redis command; a slower command fails and is retried later.
-    #[arg(long, env = "CHORUS_REDIS_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CHORUS_REDIS_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
     /// Longest wait for the broker to confirm a publish; past it the publish counts as failed
     /// and the connection is rebuilt.
-    #[arg(long, env = "CHORUS_PUBLISH_TIMEOUT_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CHORUS_PUBLISH_TIMEOUT_MS", default_value_t = DEFAULT_PUBLISH_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub publish_timeout_ms: u64,
 }
 

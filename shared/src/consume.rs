@@ -10,9 +10,9 @@ use lapin::{
     message::Delivery,
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::{FieldTable, ShortString},
-    Channel, Connection,
+    Channel, Connection, Consumer,
 };
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -36,11 +36,17 @@ pub struct Session {
 /// A session that lasted this long resets the reconnect backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
-/// Reconnect pacing: quick first retries, then at most every five seconds.
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+/// First pause before reconnecting: quick, since most broker hiccups are short.
+const RECONNECT_MIN_DELAY: Duration = Duration::from_millis(200);
+/// Longest pause between two reconnect attempts.
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
+
+/// Endless pauses between attempts: from `min`, doubling up to `max`, with jitter so that
+/// processes that failed together do not all try again at once.
+fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(5))
+        .with_min_delay(min)
+        .with_max_delay(max)
         .with_jitter()
         .without_max_times()
         .build()
@@ -72,7 +78,7 @@ async fn close_session(session: &Session) {
         drop(
             tokio::time::timeout(
                 FAREWELL_TIMEOUT,
-                connection.close(200, ShortString::from("bye")),
+                connection.close(amqp::REPLY_SUCCESS, ShortString::from("bye")),
             )
             .await,
         );
@@ -92,7 +98,7 @@ pub async fn run_sessions<F, Fut>(
     F: FnMut(Arc<Session>) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
-    let mut delays = reconnect_backoff();
+    let mut delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -108,7 +114,7 @@ pub async fn run_sessions<F, Fut>(
                 // Only a session that worked for a while resets the pace: one that fails at
                 // once (a refused declaration, say) must not reconnect in a tight loop.
                 if started.elapsed() >= HEALTHY_SESSION {
-                    delays = reconnect_backoff();
+                    delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
                 }
                 match served {
                     Ok(()) => return,
@@ -121,7 +127,7 @@ pub async fn run_sessions<F, Fut>(
                 tracing::warn!(broker = %redact_url(amqp_url), error = %error, "cannot connect to RabbitMQ; retrying");
             }
         }
-        let delay = delays.next().unwrap_or(Duration::from_secs(5));
+        let delay = delays.next().unwrap_or(RECONNECT_MAX_DELAY);
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
@@ -260,8 +266,17 @@ pub struct ConsumeConfig {
 pub enum Disposition {
     /// Handled: ack it.
     Ack,
-    /// The message is bad: dead-letter it with this reason, then ack it.
-    Reject(ProtocolError, Option<String>, Option<String>),
+    /// The message is bad: dead-letter it to `chorus.dead`, then ack it.
+    Reject {
+        /// Why the message is bad: the dead letter's reason header.
+        error: ProtocolError,
+        /// The task the message belongs to, when it could be read: logged and put on the dead
+        /// letter so an operator can find the task.
+        task: Option<String>,
+        /// The subtask the message carries, when it could be read (logged and put on the dead
+        /// letter likewise).
+        subtask: Option<String>,
+    },
 }
 
 /// Rejects a message before it is decoded if it is over the size limit.
@@ -289,15 +304,10 @@ pub fn is_redelivery(delivery: &Delivery) -> bool {
     delivery.redelivered || earlier_deliveries(delivery) > 0
 }
 
-/// Pause between attempts to handle one message while Redis is failing.
-fn store_retry_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(3))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+/// First pause before handling a message again while Redis is failing.
+const STORE_RETRY_MIN_DELAY: Duration = Duration::from_millis(100);
+/// Longest pause between two attempts to handle a message while Redis is failing.
+const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(3);
 
 /// Consumes `config.queue` on a new channel of `session`, running `handler` for each delivery
 /// under the concurrency bound, until `shutdown` (returns `Ok`) or a broker failure (returns the
@@ -315,82 +325,29 @@ where
     H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
 {
-    let channel: Channel = session.consume.create_channel().await?;
-    channel
-        .basic_qos(config.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = channel
-        .basic_consume(
-            ShortString::from(config.queue.as_str()),
-            ShortString::from(""),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let tag = consumer.tag();
-    tracing::info!(queue = %config.queue, prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
-
+    let (channel, mut consumer) = open_consumer(session, config).await?;
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let tracker = TaskTracker::new();
     // Cancelled when the grace period is over: what still runs is dropped, not left running
     // beside the next session (its messages come back from the broker).
     let abandon = CancellationToken::new();
-    let broken = CancellationToken::new();
-    let failure: Arc<Mutex<Option<ServiceError>>> = Arc::new(Mutex::new(None));
-
-    // A consumer stream is not always told when its connection dies; the session is checked
-    // directly too, so a dead broker connection always ends the session.
-    let mut watchdog = tokio::time::interval(Duration::from_secs(1));
-    let session_alive =
-        || session.consume.status().connected() && session.publish.status().connected();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = broken.cancelled() => break,
-            _ = watchdog.tick(), if !session_alive() => {
-                *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
-                break;
-            }
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let next = loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break None,
-                () = broken.cancelled() => break None,
-                _ = watchdog.tick() => {
-                    if session_alive() {
-                        continue;
-                    }
-                    *failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
-                    break None;
-                }
-                next = consumer.next() => break Some(next),
-            }
-        };
-        let Some(next) = next else { break };
-        let delivery = match next {
-            Some(Ok(delivery)) => Arc::new(delivery),
-            Some(Err(error)) => {
-                *failure.lock().await = Some(error.into());
-                break;
-            }
-            None => {
-                *failure.lock().await = Some(ServiceError::Broker(BrokerError::Timeout(
-                    "consumer (cancelled by the broker)",
-                    0,
-                )));
-                break;
-            }
+    let mut intake = Intake {
+        session,
+        shutdown,
+        broken: CancellationToken::new(),
+        failure: Arc::new(Mutex::new(None)),
+        watchdog: tokio::time::interval(SESSION_CHECK_INTERVAL),
+    };
+    while let Some(permit) = intake.permit(&permits).await {
+        let Some(delivery) = intake.delivery(&mut consumer).await else {
+            break;
         };
         let job = Job {
             publisher: session.publisher.clone(),
             queue: config.queue.clone(),
             shutdown: shutdown.clone(),
-            broken: broken.clone(),
-            failure: Arc::clone(&failure),
+            broken: intake.broken.clone(),
+            failure: Arc::clone(&intake.failure),
         };
         let handler = handler.clone();
         let abandon = abandon.clone();
@@ -402,8 +359,105 @@ where
             drop(permit);
         });
     }
+    drain(&channel, consumer.tag(), &tracker, config).await;
+    let failed = intake.failure.lock().await.take();
+    match failed {
+        Some(error) if !shutdown.is_cancelled() => Err(error),
+        _ => Ok(()),
+    }
+}
 
-    // Stop new deliveries first, then give the running handlers their grace period.
+/// How often a consumer checks that both connections of its session are still up.
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Session {
+    /// Whether both connections are still up.
+    fn is_alive(&self) -> bool {
+        self.consume.status().connected() && self.publish.status().connected()
+    }
+}
+
+/// Opens the channel of one consumer with its prefetch and starts consuming `config.queue`.
+async fn open_consumer(
+    session: &Session,
+    config: &ConsumeConfig,
+) -> Result<(Channel, Consumer), ServiceError> {
+    let channel: Channel = session.consume.create_channel().await?;
+    channel
+        .basic_qos(config.prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            ShortString::from(config.queue.as_str()),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    tracing::info!(queue = %config.queue, prefetch = config.prefetch, concurrency = config.concurrency, "consuming");
+    Ok((channel, consumer))
+}
+
+/// The taking side of [`consume`]: a permit, then a delivery, until something says stop.
+struct Intake<'a> {
+    session: &'a Session,
+    shutdown: &'a CancellationToken,
+    /// Cancelled by a job whose broker side failed: no more deliveries are taken.
+    broken: CancellationToken,
+    /// Why the session must be rebuilt, once something found out.
+    failure: Arc<Mutex<Option<ServiceError>>>,
+    /// A consumer stream is not always told when its connection dies; the session is checked
+    /// directly too, so a dead broker connection always ends the session.
+    watchdog: tokio::time::Interval,
+}
+
+impl Intake<'_> {
+    /// A handler permit, or `None` when consuming must stop (shutdown, a broken job, or a dead
+    /// connection, which is recorded as the failure).
+    async fn permit(&mut self, permits: &Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            () = self.shutdown.cancelled() => None,
+            () = self.broken.cancelled() => None,
+            _ = self.watchdog.tick(), if !self.session.is_alive() => {
+                *self.failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                None
+            }
+            permit = Arc::clone(permits).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// The next delivery, or `None` when consuming must stop (shutdown, a broken job, or a
+    /// broker failure, which is recorded as the failure).
+    async fn delivery(&mut self, consumer: &mut Consumer) -> Option<Arc<Delivery>> {
+        let next = loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return None,
+                () = self.broken.cancelled() => return None,
+                _ = self.watchdog.tick() => {
+                    if self.session.is_alive() {
+                        continue;
+                    }
+                    *self.failure.lock().await = Some(ServiceError::Broker(BrokerError::ConnectionLost));
+                    return None;
+                }
+                next = consumer.next() => break next,
+            }
+        };
+        let error = match next {
+            Some(Ok(delivery)) => return Some(Arc::new(delivery)),
+            Some(Err(error)) => error.into(),
+            None => ServiceError::Broker(BrokerError::Timeout(
+                "consumer (cancelled by the broker)",
+                0,
+            )),
+        };
+        *self.failure.lock().await = Some(error);
+        None
+    }
+}
+
+/// Stops new deliveries first, then gives the running handlers their grace period.
+async fn drain(channel: &Channel, tag: ShortString, tracker: &TaskTracker, config: &ConsumeConfig) {
     drop(
         tokio::time::timeout(
             FAREWELL_TIMEOUT,
@@ -422,11 +476,6 @@ where
             "grace period over with work in progress; it returns to the queue"
         );
     }
-    let failed = failure.lock().await.take();
-    match failed {
-        Some(error) if !shutdown.is_cancelled() => Err(error),
-        _ => Ok(()),
-    }
 }
 
 struct Job {
@@ -443,7 +492,7 @@ impl Job {
         H: Fn(Arc<Delivery>) -> Fut,
         Fut: Future<Output = Result<Disposition, ServiceError>>,
     {
-        let mut delays = store_retry_backoff();
+        let mut delays = backoff(STORE_RETRY_MIN_DELAY, STORE_RETRY_MAX_DELAY);
         loop {
             let outcome = match handler(Arc::clone(&delivery)).await {
                 Ok(disposition) => self.settle(&delivery, disposition).await,
@@ -456,7 +505,7 @@ impl Job {
                         return;
                     }
                     tracing::warn!(queue = %self.queue, error = %error, "Redis failed; retrying this message");
-                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(3))).await;
+                    tokio::time::sleep(delays.next().unwrap_or(STORE_RETRY_MAX_DELAY)).await;
                 }
                 Err(ServiceError::Store(StoreError::Fenced(reason))) => {
                     // Another process took the work over under its own lease; its message
@@ -466,15 +515,21 @@ impl Job {
                 }
                 Err(ServiceError::Store(error)) => {
                     let reason = ProtocolError::Invalid(format!("cannot be handled: {error}"));
-                    return self
-                        .conclude(&delivery, Disposition::Reject(reason, None, None))
-                        .await;
+                    let reject = Disposition::Reject {
+                        error: reason,
+                        task: None,
+                        subtask: None,
+                    };
+                    return self.conclude(&delivery, reject).await;
                 }
                 Err(ServiceError::Protocol(error)) => {
                     // A handler that surfaces a protocol error unhandled means the message is bad.
-                    return self
-                        .conclude(&delivery, Disposition::Reject(error, None, None))
-                        .await;
+                    let reject = Disposition::Reject {
+                        error,
+                        task: None,
+                        subtask: None,
+                    };
+                    return self.conclude(&delivery, reject).await;
                 }
                 Err(error) => {
                     self.fail(error).await;
@@ -504,8 +559,13 @@ impl Job {
         delivery: &Delivery,
         disposition: Disposition,
     ) -> Result<(), ServiceError> {
-        if let Disposition::Reject(reason, task, subtask) = disposition {
-            let reason = reason.to_string();
+        if let Disposition::Reject {
+            error,
+            task,
+            subtask,
+        } = disposition
+        {
+            let reason = error.to_string();
             tracing::warn!(
                 queue = %self.queue,
                 task = task.as_deref().unwrap_or(""),

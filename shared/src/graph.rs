@@ -88,19 +88,18 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
         .enumerate()
         .map(|(i, e)| (e.id.as_str(), i))
         .collect();
-    // 0 = unvisited, 1 = on the current path, 2 = done.
-    let mut color = vec![0u8; entries.len()];
+    let mut mark = vec![Mark::Unvisited; entries.len()];
     for root in 0..entries.len() {
-        if color[root] != 0 {
+        if mark[root] != Mark::Unvisited {
             continue;
         }
         // (node, next dependency to look at)
         let mut stack: Vec<(usize, usize)> = vec![(root, 0)];
-        color[root] = 1;
+        mark[root] = Mark::OnPath;
         while let Some(&mut (node, ref mut next)) = stack.last_mut() {
             let deps = &entries[node].depends_on;
             if *next >= deps.len() {
-                color[node] = 2;
+                mark[node] = Mark::Done;
                 stack.pop();
                 continue;
             }
@@ -109,12 +108,12 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
             let Some(&target) = index.get(dep.as_str()) else {
                 continue;
             };
-            match color[target] {
-                0 => {
-                    color[target] = 1;
+            match mark[target] {
+                Mark::Unvisited => {
+                    mark[target] = Mark::OnPath;
                     stack.push((target, 0));
                 }
-                1 => {
+                Mark::OnPath => {
                     let start = stack.iter().position(|&(n, _)| n == target).unwrap_or(0);
                     let mut cycle: Vec<String> = stack[start..]
                         .iter()
@@ -123,11 +122,21 @@ pub fn find_cycle(entries: &[PlanEntry]) -> Option<Vec<String>> {
                     cycle.push(entries[target].id.clone());
                     return Some(cycle);
                 }
-                _ => {}
+                Mark::Done => {}
             }
         }
     }
     None
+}
+
+/// Where the depth-first search of [`find_cycle`] stands with a subtask.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Unvisited,
+    /// On the path being explored: reaching it again closes a cycle.
+    OnPath,
+    /// Explored, with everything it depends on.
+    Done,
 }
 
 /// How the plan's subtasks start: `release` go out at once; `ready` wait for a slot under the
@@ -159,81 +168,4 @@ pub fn first_wave(entries: &[PlanEntry], cap: u32) -> FirstWave {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_bytes::ByteBuf;
-
-    fn entry(id: &str, deps: &[&str]) -> PlanEntry {
-        PlanEntry {
-            id: id.into(),
-            worker_type: protocol::DEFAULT_WORKER_TYPE.into(),
-            depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
-            depth: 0,
-            payload: ByteBuf::new(),
-            child: None,
-        }
-    }
-
-    #[test]
-    fn acyclic_plans_pass() {
-        let plan = [entry("a", &[]), entry("b", &["a"]), entry("c", &["a", "b"])];
-        assert_eq!(check_plan(&plan), Ok(()));
-    }
-
-    #[test]
-    fn cycles_are_named() {
-        let plan = [
-            entry("a", &[]),
-            entry("b", &["d"]),
-            entry("c", &["b"]),
-            entry("d", &["c"]),
-        ];
-        let error = check_plan(&plan).expect_err("cycle");
-        assert_eq!(error, "dependency cycle: b → d → c → b");
-    }
-
-    #[test]
-    fn unknown_duplicate_and_self_dependencies_are_refused() {
-        let unknown = check_plan(&[entry("a", &["zz"])]).expect_err("unknown");
-        assert!(unknown.contains("unknown subtask \"zz\""), "{unknown}");
-        assert!(check_plan(&[entry("a", &[]), entry("a", &[])])
-            .expect_err("dup")
-            .contains("used twice"));
-        assert!(check_plan(&[entry("a", &["a"])])
-            .expect_err("self")
-            .contains("itself"));
-        let mut typed = entry("a", &[]);
-        typed.worker_type = "GPU!".into();
-        assert!(check_plan(&[typed]).is_err());
-    }
-
-    #[test]
-    fn additions_may_only_look_back() {
-        let existing: HashSet<String> = ["x".to_owned()].into();
-        assert_eq!(
-            check_additions(&[entry("n1", &["x"]), entry("n2", &["n1"])], &existing),
-            Ok(())
-        );
-        assert!(check_additions(&[entry("n1", &["n2"]), entry("n2", &[])], &existing).is_err());
-        assert!(check_spawned(&[entry("n1", &["elsewhere"]), entry("n2", &["n1"])]).is_ok());
-        assert!(check_spawned(&[entry("n1", &["n2"]), entry("n2", &[])]).is_err());
-    }
-
-    #[test]
-    fn first_wave_respects_the_cap_and_dependencies() {
-        let plan = [
-            entry("a", &[]),
-            entry("b", &["a"]),
-            entry("c", &[]),
-            entry("d", &[]),
-        ];
-        assert_eq!(
-            first_wave(&plan, 2),
-            FirstWave {
-                release: vec![0, 2],
-                ready: vec![3]
-            }
-        );
-        assert_eq!(first_wave(&plan, 0).release, vec![0, 2, 3]);
-    }
-}
+mod tests;

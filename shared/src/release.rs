@@ -11,8 +11,8 @@ use crate::{
     amqp::{self, Outgoing, Publisher},
     error::{ProtocolError, ServiceError},
     protocol::{
-        self, BatchItem, ParentRef, PlanEntry, ResolvedOptions, ResultMessage, SubtaskBatch,
-        SubtaskEvent, SubtaskMessage, TaskRequest,
+        self, BatchItem, ChildSpec, ParentRef, PlanEntry, ResolvedOptions, ResultMessage,
+        SubtaskBatch, SubtaskEvent, SubtaskMessage, TaskRequest,
     },
     store::{now_ms, Store},
     topology,
@@ -62,20 +62,29 @@ pub fn child_task_id(task: &str, subtask: &str, round: u32) -> String {
         fnv1a(id.as_bytes(), 0),
         fnv1a(id.as_bytes(), 1)
     );
-    let mut prefix_end = 100.min(task.len());
+    let mut prefix_end = CHILD_ID_PREFIX_BYTES.min(task.len());
     while !task.is_char_boundary(prefix_end) {
         prefix_end -= 1;
     }
     format!("{}/{digest}", &task[..prefix_end])
 }
 
+/// Bytes of the parent's id kept before a digested child id: with the `/` and the 32 hex
+/// digits of the digest, well under [`protocol::MAX_TASK_ID_BYTES`].
+const CHILD_ID_PREFIX_BYTES: usize = 100;
+
+/// FNV-1a's 64-bit offset basis (from the FNV specification).
+const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's 64-bit prime (from the FNV specification).
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
 /// FNV-1a, 64 bits, seeded: a stable digest (ids must come out the same in every process and
 /// every build, which `std`'s hasher does not promise).
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64 ^ seed;
+    let mut hash = FNV_OFFSET_BASIS ^ seed;
     for &byte in bytes {
         hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+        hash = hash.wrapping_mul(FNV_PRIME);
     }
     hash
 }
@@ -97,6 +106,40 @@ pub async fn publish_entries(
     if entries.is_empty() {
         return Ok(());
     }
+    let queues = subtask_queues(publisher, entries).await?;
+    let mut messages: Vec<Message<'_>> = Vec::with_capacity(entries.len());
+    // Handler subtasks to batch, by queue, in the order their queues first come up.
+    let mut batches: Vec<(&str, Vec<&PlanEntry>)> = Vec::new();
+    for entry in entries {
+        if let Some(child) = &entry.child {
+            messages.push(child_request(store, context, entry, child).await?);
+            continue;
+        }
+        let queue = queues
+            .get(entry.worker_type.as_str())
+            .map_or(topology::SUBTASKS_QUEUE, String::as_str);
+        if context.options.batch_size > 1 {
+            match batches.iter_mut().find(|(q, _)| *q == queue) {
+                Some((_, batch)) => batch.push(entry),
+                None => batches.push((queue, vec![entry])),
+            }
+        } else {
+            let body = protocol::encode(&first_attempt(context, entry))?;
+            messages.push(Message::single(queue, body));
+        }
+    }
+    for (queue, batch) in batches {
+        messages.extend(batch_messages(context, queue, &batch)?);
+    }
+    publish_messages(publisher, &messages).await
+}
+
+/// The subtask queue of each worker type of the handler subtasks among `entries` (declared on
+/// first use by `publisher`), by worker type.
+async fn subtask_queues<'e>(
+    publisher: &Publisher,
+    entries: &'e [PlanEntry],
+) -> Result<HashMap<&'e str, String>, ServiceError> {
     // Usually one worker type for a whole batch: its queue is looked up once.
     let mut queues: HashMap<&str, String> = HashMap::new();
     for entry in entries.iter().filter(|entry| entry.child.is_none()) {
@@ -105,48 +148,47 @@ pub async fn publish_entries(
             queues.insert(&entry.worker_type, queue);
         }
     }
-    let mut messages: Vec<Message<'_>> = Vec::with_capacity(entries.len());
-    let mut batches: Vec<(&str, Vec<&PlanEntry>)> = Vec::new();
-    for entry in entries {
-        match &entry.child {
-            None => {
-                let queue = queues
-                    .get(entry.worker_type.as_str())
-                    .map_or(topology::SUBTASKS_QUEUE, String::as_str);
-                if context.options.batch_size > 1 {
-                    match batches.iter_mut().find(|(q, _)| *q == queue) {
-                        Some((_, batch)) => batch.push(entry),
-                        None => batches.push((queue, vec![entry])),
-                    }
-                    continue;
-                }
-                let body = protocol::encode(&first_attempt(context, entry))?;
-                messages.push(Message::single(queue, body));
-            }
-            Some(child) => {
-                let child_id = child_task_id(context.task, &entry.id, context.round);
-                store.add_child(context.task, &child_id).await?;
-                let body = protocol::encode(&TaskRequest {
-                    kind: child.kind.clone(),
-                    input: child.input.clone(),
-                    id: Some(child_id.clone()),
-                    options: child.options.clone(),
-                    parent: Some(ParentRef {
-                        task: context.task.to_owned(),
-                        subtask: entry.id.clone(),
-                        round: context.round,
-                    }),
-                })?;
-                let mut message = Message::single(topology::TASKS_QUEUE, body);
-                message.message_id = Some(child_id);
-                message.subtask = false;
-                messages.push(message);
-            }
-        }
-    }
-    for (queue, batch) in batches {
-        for packed in pack(context, &batch) {
-            messages.push(match packed {
+    Ok(queues)
+}
+
+/// The task request that starts the child task of `entry`, recorded first as a child of the
+/// context's task (so a cancel of the parent reaches it).
+async fn child_request<'q>(
+    store: &Store,
+    context: TaskContext<'_>,
+    entry: &PlanEntry,
+    child: &ChildSpec,
+) -> Result<Message<'q>, ServiceError> {
+    let child_id = child_task_id(context.task, &entry.id, context.round);
+    store.add_child(context.task, &child_id).await?;
+    let body = protocol::encode(&TaskRequest {
+        kind: child.kind.clone(),
+        input: child.input.clone(),
+        id: Some(child_id.clone()),
+        options: child.options.clone(),
+        parent: Some(ParentRef {
+            task: context.task.to_owned(),
+            subtask: entry.id.clone(),
+            round: context.round,
+        }),
+    })?;
+    let mut message = Message::single(topology::TASKS_QUEUE, body);
+    message.message_id = Some(child_id);
+    message.subtask = false;
+    Ok(message)
+}
+
+/// The messages carrying `batch` (handler subtasks for `queue`): batches, and plain subtask
+/// messages for entries packed alone.
+fn batch_messages<'q>(
+    context: TaskContext<'_>,
+    queue: &'q str,
+    batch: &[&PlanEntry],
+) -> Result<Vec<Message<'q>>, ServiceError> {
+    pack(context, batch)
+        .into_iter()
+        .map(|packed| {
+            Ok(match packed {
                 Packed::One(entry) => {
                     Message::single(queue, protocol::encode(&first_attempt(context, entry))?)
                 }
@@ -157,9 +199,17 @@ pub async fn publish_entries(
                     message_id: None,
                     subtask: true,
                 },
-            });
-        }
-    }
+            })
+        })
+        .collect()
+}
+
+/// Publishes `messages` persistent and mandatory, with their confirms pipelined; subtask
+/// messages carry [`topology::LIVE_AT_HEADER`] set to now.
+async fn publish_messages(
+    publisher: &Publisher,
+    messages: &[Message<'_>],
+) -> Result<(), ServiceError> {
     // Every caller has just found the task unfinished: workers that get these within a second
     // need not ask Redis again.
     let mut live_at = FieldTable::default();
@@ -239,18 +289,38 @@ enum Packed<'a> {
     Many(SubtaskBatch),
 }
 
+/// Bytes a batch item's MessagePack framing (its map, its three keys, the headers of its
+/// values) adds besides its strings and payload, roughly.
+const ITEM_FRAMING_BYTES: usize = 32;
+/// Bytes a dependency id's framing adds besides the id (a MessagePack string header).
+const DEPENDENCY_FRAMING_BYTES: usize = 2;
+
 /// Bytes a batch item adds to its message, roughly: what the cut below needs.
 fn item_bytes(entry: &PlanEntry) -> usize {
-    32 + entry.id.len()
+    ITEM_FRAMING_BYTES
+        + entry.id.len()
         + entry.payload.len()
-        + entry.depends_on.iter().map(|d| d.len() + 2).sum::<usize>()
+        + entry
+            .depends_on
+            .iter()
+            .map(|d| d.len() + DEPENDENCY_FRAMING_BYTES)
+            .sum::<usize>()
+}
+
+/// A batch (of subtasks or of results) fills at most this fraction of the message limit, so
+/// that the results of a batch of subtasks, as large as their inputs, fit in a message too.
+const BATCH_SHARE_OF_LIMIT: usize = 4;
+
+/// Most bytes of a batch under the message limit `max_message_bytes` (at least 1).
+fn batch_byte_cap(max_message_bytes: usize) -> usize {
+    (max_message_bytes / BATCH_SHARE_OF_LIMIT).max(1)
 }
 
 /// Packs entries of one worker type (and one depth, which a batch shares) into batches of at
 /// most `batch_size` entries and about a quarter of the message limit in bytes, so results
 /// of the same size fit too.
 fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'a>> {
-    let size_cap = (context.max_message_bytes / 4).max(1);
+    let size_cap = batch_byte_cap(context.max_message_bytes);
     let count_cap = usize::try_from(context.options.batch_size)
         .unwrap_or(1)
         .max(1);
@@ -355,7 +425,7 @@ pub async fn publish_encoded_results(
     encoded: &[Vec<u8>],
     max_message_bytes: usize,
 ) -> Result<(), ServiceError> {
-    let size_cap = (max_message_bytes / 4).max(1);
+    let size_cap = batch_byte_cap(max_message_bytes);
     // Cut into runs that stay under the cap; a run of one goes as a plain result message, so a
     // result never grows by a batch's framing.
     let mut runs: Vec<&[Vec<u8>]> = Vec::new();
@@ -402,11 +472,15 @@ pub async fn publish_encoded_results(
     Ok(())
 }
 
+/// Most bytes of a [`ResultBatch`] before its results: a one-entry map header, the key
+/// `results` and an array header of up to 5 bytes.
+const RESULT_BATCH_HEADER_BYTES: usize = 16;
+
 /// A [`ResultBatch`] body around results already encoded one by one: the same bytes
 /// `protocol::encode` would give, without encoding the outputs twice.
 fn result_batch_body(encoded: &[Vec<u8>]) -> Result<Vec<u8>, ServiceError> {
     let total: usize = encoded.iter().map(Vec::len).sum();
-    let mut body = Vec::with_capacity(total + 16);
+    let mut body = Vec::with_capacity(total + RESULT_BATCH_HEADER_BYTES);
     let count = u32::try_from(encoded.len())
         .map_err(|_| protocol_error("too many results for one message"))?;
     rmp::encode::write_map_len(&mut body, 1).map_err(|e| protocol_error(&e.to_string()))?;
@@ -445,91 +519,4 @@ pub async fn announce(publisher: &Publisher, event: &SubtaskEvent) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{ResultBatch, TaskOptions};
-
-    fn entry(id: &str, bytes: usize, depth: u32) -> PlanEntry {
-        PlanEntry {
-            id: id.to_owned(),
-            worker_type: "default".into(),
-            depends_on: Vec::new(),
-            depth,
-            payload: ByteBuf::from(vec![0; bytes]),
-            child: None,
-        }
-    }
-
-    fn sizes(packed: &[Packed<'_>]) -> Vec<usize> {
-        packed
-            .iter()
-            .map(|p| match p {
-                Packed::One(_) => 1,
-                Packed::Many(batch) => batch.items.len(),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn packing_cuts_by_count_bytes_and_depth() {
-        let options = TaskOptions {
-            batch_size: Some(3),
-            ..TaskOptions::default()
-        }
-        .resolve()
-        .expect("valid options");
-        let context = TaskContext {
-            task: "t",
-            kind: "k",
-            options: &options,
-            created_ms: 0,
-            max_message_bytes: 4096,
-            round: 1,
-        };
-        let small: Vec<PlanEntry> = (0..7).map(|i| entry(&i.to_string(), 10, 0)).collect();
-        let refs: Vec<&PlanEntry> = small.iter().collect();
-        assert_eq!(sizes(&pack(context, &refs)), [3, 3, 1]);
-        // A quarter of 4096 bytes holds two of these, not three.
-        let big: Vec<PlanEntry> = (0..4).map(|i| entry(&i.to_string(), 400, 0)).collect();
-        let refs: Vec<&PlanEntry> = big.iter().collect();
-        assert_eq!(sizes(&pack(context, &refs)), [2, 2]);
-        let mixed = [entry("a", 1, 0), entry("b", 1, 1), entry("c", 1, 1)];
-        let refs: Vec<&PlanEntry> = mixed.iter().collect();
-        assert_eq!(sizes(&pack(context, &refs)), [1, 2]);
-    }
-
-    #[test]
-    fn a_result_batch_body_decodes_as_a_result_batch() {
-        let results: Vec<ResultMessage> = (0..3)
-            .map(|i| ResultMessage {
-                task: "t".into(),
-                subtask: i.to_string(),
-                attempts: 1,
-                outcome: protocol::SubtaskOutcome::Succeeded(ByteBuf::from(vec![i; 3])),
-                spawned: Vec::new(),
-                round: 1,
-            })
-            .collect();
-        let encoded: Vec<Vec<u8>> = results
-            .iter()
-            .map(|r| protocol::encode(r).expect("encodes"))
-            .collect();
-        let body = result_batch_body(&encoded).expect("encodes");
-        let decoded: ResultBatch = protocol::decode(&body).expect("decodes");
-        assert_eq!(decoded.results, results);
-        assert_eq!(
-            body,
-            protocol::encode(&ResultBatch { results }).expect("encodes")
-        );
-    }
-
-    #[test]
-    fn child_ids_are_valid_task_ids() {
-        assert_eq!(child_task_id("t", "3", 1), "t/3");
-        assert_eq!(child_task_id("t", "3", 2), "t/3~r2");
-        let long = child_task_id(&"t".repeat(150), &"s".repeat(150), 1);
-        assert!(protocol::validate_task_id(&long).is_ok(), "{long}");
-        assert_ne!(long, child_task_id(&"t".repeat(150), &"x".repeat(150), 1));
-        assert_ne!(long, child_task_id(&"t".repeat(150), &"s".repeat(150), 2));
-    }
-}
+mod tests;

@@ -159,6 +159,11 @@ pub fn delay_queues_up_to(max_delay: Duration) -> Vec<(String, u64)> {
 /// whatever the retry settings.
 pub const MIN_DELAY_COVERAGE_MS: u64 = 60_000;
 
+/// The `max_retry_delay` of a process that schedules no retries of its own (the client, the
+/// synthesizer): it declares only the delay queues every process needs, up to
+/// [`MIN_DELAY_COVERAGE_MS`].
+pub const NO_RETRY_DELAY: Duration = Duration::from_millis(DELAY_BUCKET_BASE_MS);
+
 async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Result<(), BrokerError> {
     channel
         .queue_declare(ShortString::from(name), QueueDeclareOptions::durable(), args)
@@ -264,41 +269,4 @@ pub async fn declare_subtask_queue(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn delays_map_to_the_smallest_covering_bucket() {
-        assert_eq!(delay_queue_for(Duration::from_millis(0)), "chorus.wait.100");
-        assert_eq!(
-            delay_queue_for(Duration::from_millis(100)),
-            "chorus.wait.100"
-        );
-        assert_eq!(
-            delay_queue_for(Duration::from_millis(101)),
-            "chorus.wait.200"
-        );
-        assert_eq!(
-            delay_queue_for(Duration::from_millis(1500)),
-            "chorus.wait.1600"
-        );
-    }
-
-    #[test]
-    fn declared_buckets_cover_the_maximum_delay() {
-        let buckets = delay_queues_up_to(Duration::from_secs(60));
-        assert_eq!(buckets.first().map(|b| b.1), Some(100));
-        assert_eq!(
-            buckets.last().map(|b| b.0.as_str()),
-            Some("chorus.wait.102400")
-        );
-        assert_eq!(buckets.len(), 11);
-        assert_eq!(delay_queues_up_to(Duration::from_secs(1)).len(), 11);
-    }
-
-    #[test]
-    fn worker_types_have_their_own_queue() {
-        assert_eq!(subtask_queue("default"), "chorus.subtasks");
-        assert_eq!(subtask_queue("gpu"), "chorus.subtasks.gpu");
-    }
-}
+mod tests;

@@ -8,7 +8,6 @@
 mod tests;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chorus_shared::{
     amqp::{self, DeadLetter},
@@ -87,11 +86,6 @@ impl Config {
 /// Control messages handled at once.
 const CONTROL_CONCURRENCY: u16 = 8;
 
-/// Longest retry delay the synthesizer's delay queues must cover: it retries nothing, so the
-/// shortest bucket (the deadline timers' hops are covered whatever this says:
-/// [`topology::MIN_DELAY_COVERAGE_MS`]).
-const MAX_RETRY_DELAY: Duration = Duration::from_millis(topology::DELAY_BUCKET_BASE_MS);
-
 struct Synthesizer {
     config: Config,
     finisher: Finisher,
@@ -115,7 +109,7 @@ pub async fn run(
         topology::RESULTS_QUEUE,
         config.concurrency,
         config.shutdown.grace(),
-        MAX_RETRY_DELAY,
+        topology::NO_RETRY_DELAY,
     )
     .consuming(ConsumeConfig {
         queue: topology::CONTROL_QUEUE.to_owned(),
@@ -258,7 +252,11 @@ impl Synthesizer {
                 let task = protocol::validate_task_id(&result.task)
                     .is_ok()
                     .then_some(result.task);
-                return Ok(Disposition::Reject(error, task, Some(result.subtask)));
+                return Ok(Disposition::Reject {
+                    error,
+                    task,
+                    subtask: Some(result.subtask),
+                });
             }
             return Ok(Disposition::Ack);
         }
@@ -494,7 +492,11 @@ impl Synthesizer {
             Control::Cancel { task, .. } | Control::Deadline { task } => task.clone(),
         };
         if let Err(error) = protocol::validate_task_id(&task) {
-            return Ok(Disposition::Reject(error, None, None));
+            return Ok(Disposition::Reject {
+                error,
+                task: None,
+                subtask: None,
+            });
         }
         self.finisher.control(&control).await?;
         Ok(Disposition::Ack)

@@ -20,7 +20,7 @@ use chorus_shared::{
     error::ServiceError,
     failpoint,
     finish::panic_message,
-    kinds::{self, HandlerContext, Registry},
+    kinds::{self, HandlerContext, KindError, Registry},
     protocol::{
         self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
     },
@@ -169,7 +169,7 @@ struct Worker {
     /// Which tasks are over, and the cancellation tokens of running handlers.
     watch: Arc<TaskWatch>,
     /// Rate limits by worker type.
-    limits: Arc<HashMap<String, RateLimit>>,
+    rate_limits: Arc<HashMap<String, RateLimit>>,
     /// Handlers of this consumer's worker type that may run at once (`--types`,
     /// `--concurrency`), whether their subtasks came alone or in batches.
     handlers: Arc<Semaphore>,
@@ -189,7 +189,7 @@ pub async fn run(
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
     let watch = TaskWatch::start(store.clone(), shutdown.clone());
-    let limits: Arc<HashMap<String, RateLimit>> = Arc::new(
+    let rate_limits: Arc<HashMap<String, RateLimit>> = Arc::new(
         config
             .rate_limits
             .iter()
@@ -198,6 +198,38 @@ pub async fn run(
     );
     let types: Vec<String> = config.types.iter().map(|(name, _)| name.clone()).collect();
     tracing::info!(kinds = ?registry.names(), ?types, concurrency = config.concurrency, rate_limits = ?config.rate_limits.iter().map(ToString::to_string).collect::<Vec<_>>(), "worker starting");
+    let (spec, handler_pools) = consumers(&config);
+    consume::serve(spec, shutdown, |session: &Session, queue: &str| {
+        let handlers = handler_pools
+            .get(queue)
+            .map_or_else(|| Arc::new(Semaphore::new(1)), Arc::clone);
+        let worker = Arc::new(Worker {
+            handlers,
+            config: config.clone(),
+            registry: registry.clone(),
+            publisher: session.publisher.clone(),
+            results: ResultSender::start(
+                session.publisher.clone(),
+                config.limits.max_message_bytes(),
+            ),
+            store: store.clone(),
+            quarantine: Arc::clone(&quarantine),
+            watch: Arc::clone(&watch),
+            rate_limits: Arc::clone(&rate_limits),
+        });
+        move |delivery: Arc<Delivery>| {
+            let worker = Arc::clone(&worker);
+            async move { worker.handle(&delivery).await }
+        }
+    })
+    .await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// The worker's service spec, with a consumer per queue of `--types`, and per queue its pool
+/// of handler permits.
+fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) {
     let mut spec = ServiceSpec::without_consumers(
         "chorus-worker",
         &config.connect,
@@ -225,32 +257,7 @@ pub async fn run(
             worker_type: Some(worker_type.clone()),
         });
     }
-    consume::serve(spec, shutdown, |session: &Session, queue: &str| {
-        let handlers = handler_pools
-            .get(queue)
-            .map_or_else(|| Arc::new(Semaphore::new(1)), Arc::clone);
-        let worker = Arc::new(Worker {
-            handlers,
-            config: config.clone(),
-            registry: registry.clone(),
-            publisher: session.publisher.clone(),
-            results: ResultSender::start(
-                session.publisher.clone(),
-                config.limits.max_message_bytes(),
-            ),
-            store: store.clone(),
-            quarantine: Arc::clone(&quarantine),
-            watch: Arc::clone(&watch),
-            limits: Arc::clone(&limits),
-        });
-        move |delivery: Arc<Delivery>| {
-            let worker = Arc::clone(&worker);
-            async move { worker.handle(&delivery).await }
-        }
-    })
-    .await;
-    tracing::info!("worker stopped");
-    Ok(())
+    (spec, handler_pools)
 }
 
 /// The settled result of this attempt of `subtask`.
@@ -298,6 +305,27 @@ enum Attempt {
     TaskOver,
 }
 
+impl Attempt {
+    fn failed(message: impl Into<String>, retryable: bool) -> Self {
+        Self::Failed {
+            message: message.into(),
+            retryable,
+        }
+    }
+
+    /// The status of the `subtask.<status>` event that reports this attempt of `subtask`.
+    fn event_status(&self, subtask: &SubtaskMessage) -> &'static str {
+        match self {
+            Self::TaskOver => "cancelled",
+            Self::Succeeded { .. } => "succeeded",
+            Self::Failed {
+                retryable: true, ..
+            } if subtask.attempt < subtask.max_attempts => "retrying",
+            Self::Failed { .. } => "failed",
+        }
+    }
+}
+
 /// What a subtask's attempt leaves to publish.
 enum Settlement {
     /// Nothing: the task is over.
@@ -308,6 +336,46 @@ enum Settlement {
     Retry(SubtaskMessage, String),
 }
 
+/// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
+/// left before the task's deadline when that comes first — and says how the attempt ended
+/// (`spawned`: what the handler spawned, taken when it succeeds).
+async fn await_handler(
+    mut handler: AbortOnDrop<Result<Vec<u8>, KindError>>,
+    subtask: &SubtaskMessage,
+    spawned: &kinds::Spawned,
+) -> Attempt {
+    let mut time_limit = Duration::from_millis(subtask.timeout_ms);
+    let mut deadline_bound = false;
+    if let Some(at) = subtask.deadline_at_ms {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()));
+        if left < time_limit {
+            (time_limit, deadline_bound) = (left, true);
+        }
+    }
+    match tokio::time::timeout(time_limit, &mut handler.0).await {
+        Ok(Ok(Ok(output))) => Attempt::Succeeded {
+            output,
+            spawned: kinds::spawned_entries(
+                spawned.take(),
+                &format!("{}.", subtask.subtask),
+                subtask.depth + 1,
+            ),
+        },
+        Ok(Ok(Err(error))) => Attempt::failed(error.to_string(), error.is_retryable()),
+        Ok(Err(join)) => {
+            Attempt::failed(format!("handler panicked: {}", panic_message(join)), true)
+        }
+        Err(_) => {
+            handler.0.abort();
+            if deadline_bound {
+                Attempt::failed("stopped at the task's deadline", false)
+            } else {
+                Attempt::failed(format!("timed out after {} ms", subtask.timeout_ms), true)
+            }
+        }
+    }
+}
+
 impl Worker {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         check_size(delivery, self.config.limits.max_message_bytes())?;
@@ -316,7 +384,11 @@ impl Worker {
         }
         let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
         if let Err(error) = subtask.validate() {
-            return Ok(Disposition::Reject(error, None, Some(subtask.subtask)));
+            return Ok(Disposition::Reject {
+                error,
+                task: None,
+                subtask: Some(subtask.subtask),
+            });
         }
         if !self.watch.is_live(&subtask.task, live_at(delivery)).await? {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
@@ -347,7 +419,11 @@ impl Worker {
     async fn handle_batch(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         let batch: SubtaskBatch = protocol::decode(&delivery.data)?;
         if let Err(error) = batch.validate() {
-            return Ok(Disposition::Reject(error, Some(batch.task), None));
+            return Ok(Disposition::Reject {
+                error,
+                task: Some(batch.task),
+                subtask: None,
+            });
         }
         if !self.watch.is_live(&batch.task, live_at(delivery)).await? {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
@@ -356,6 +432,18 @@ impl Worker {
         // A redelivered message's subtasks run alone, counted.
         let redelivered = consume::is_redelivery(delivery);
         let subtasks = batch.into_subtasks();
+        let settlements = self.attempt_all(&subtasks, redelivered).await?;
+        self.settle_batch(&subtasks, settlements).await?;
+        Ok(Disposition::Ack)
+    }
+
+    /// Runs an attempt of each of `subtasks` side by side; returns what each leaves to
+    /// publish, in their order, or the error that has the whole batch redone.
+    async fn attempt_all(
+        &self,
+        subtasks: &[SubtaskMessage],
+        redelivered: bool,
+    ) -> Result<Vec<Settlement>, ServiceError> {
         // Every item runs to its end, whatever happens to the others: none is dropped while its
         // handler still runs.
         let attempts = futures::future::join_all(
@@ -379,6 +467,16 @@ impl Worker {
                 )),
             });
         }
+        Ok(settlements)
+    }
+
+    /// Publishes what the attempts of a batch's `subtasks` left: every retry, then all the
+    /// results together, then a copy of each subtask that failed for good to `chorus.dead`.
+    async fn settle_batch(
+        &self,
+        subtasks: &[SubtaskMessage],
+        settlements: Vec<Settlement>,
+    ) -> Result<(), ServiceError> {
         let mut results = Vec::with_capacity(subtasks.len());
         let mut retries = Vec::new();
         let mut failed = Vec::new();
@@ -417,7 +515,7 @@ impl Worker {
             )
             .await?;
         }
-        Ok(Disposition::Ack)
+        Ok(())
     }
 
     /// Runs one attempt of `subtask` (alone and counted when its message was redelivered) and
@@ -430,10 +528,10 @@ impl Worker {
         // The semaphore is never closed, so a permit always comes.
         let _permit = self.handlers.acquire().await.ok();
         let attempt = if subtask.deadline_at_ms.is_some_and(|at| now_ms() >= at) {
-            Attempt::Failed {
-                message: "the task's deadline passed before this subtask started".into(),
-                retryable: false,
-            }
+            Attempt::failed(
+                "the task's deadline passed before this subtask started",
+                false,
+            )
         } else if redelivered {
             match self.run_suspect(subtask).await? {
                 Some(attempt) => attempt,
@@ -505,12 +603,12 @@ impl Worker {
         };
         // The first delivery ran unobserved: assume it did not finish either.
         if unfinished >= self.config.limits.max_deliveries {
-            return Ok(Some(Attempt::Failed {
-                message: format!(
+            return Ok(Some(Attempt::failed(
+                format!(
                     "started {unfinished} times without finishing: its handler keeps crashing or stalling the worker"
                 ),
-                retryable: false,
-            }));
+                false,
+            )));
         }
         // Uncounted whatever happened: only a run that takes the process down stays counted.
         let attempt = self.run_handler(subtask).await;
@@ -524,10 +622,10 @@ impl Worker {
         subtask: &SubtaskMessage,
         cancel: &CancellationToken,
     ) -> Result<bool, ServiceError> {
-        let Some(limit) = self.limits.get(&subtask.worker_type) else {
+        let Some(rate_limit) = self.rate_limits.get(&subtask.worker_type) else {
             return Ok(true);
         };
-        while let Some(wait) = self.store.take_token(limit).await? {
+        while let Some(wait) = self.store.take_token(rate_limit).await? {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = cancel.cancelled() => return Ok(false),
@@ -536,34 +634,26 @@ impl Worker {
         Ok(true)
     }
 
+    /// Runs one attempt of `subtask`'s handler: after its rate-limit token and its
+    /// dependencies' outputs, under its time limit, with its `running` event and the event of
+    /// how it ended.
     async fn run_handler(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
-        let fail = |message: String, retryable: bool| Attempt::Failed { message, retryable };
         let Some(kind) = self.registry.get(&subtask.kind) else {
-            return Ok(fail(
+            return Ok(Attempt::failed(
                 format!("kind {:?} is not registered in this worker", subtask.kind),
                 false,
             ));
         };
         let running = self.watch.enter(&subtask.task);
         if !self.take_token(subtask, running.token()).await? {
-            return Ok(fail(
-                "task ended while waiting for a rate-limit token".into(),
+            return Ok(Attempt::failed(
+                "task ended while waiting for a rate-limit token",
                 false,
             ));
         }
-        let dependencies = if subtask.depends_on.is_empty() {
-            Vec::new()
-        } else {
-            match self.store.outputs(&subtask.task, &subtask.depends_on).await {
-                Ok(outputs) => outputs,
-                Err(error) if error.is_transient() => return Err(error.into()),
-                Err(error) => {
-                    return Ok(fail(
-                        format!("cannot read dependency outputs: {error}"),
-                        false,
-                    ))
-                }
-            }
+        let dependencies = match self.dependencies(subtask).await? {
+            Ok(outputs) => outputs,
+            Err(failed) => return Ok(failed),
         };
         let context = HandlerContext {
             task: subtask.task.clone(),
@@ -580,52 +670,35 @@ impl Worker {
         // Spawned so that a panicking handler fails its attempt instead of the worker; aborted
         // if this attempt is dropped (a batch redone, the grace period over), so that it never
         // runs on without its permit.
-        let mut handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
-        let mut limit = Duration::from_millis(subtask.timeout_ms);
-        let mut deadline_bound = false;
-        if let Some(at) = subtask.deadline_at_ms {
-            let left = Duration::from_millis(at.saturating_sub(now_ms()));
-            if left < limit {
-                (limit, deadline_bound) = (left, true);
-            }
-        }
-        let attempt = match tokio::time::timeout(limit, &mut handler.0).await {
-            Ok(Ok(Ok(output))) => {
-                let planned = spawned.take();
-                Attempt::Succeeded {
-                    output,
-                    spawned: kinds::spawned_entries(
-                        planned,
-                        &format!("{}.", subtask.subtask),
-                        subtask.depth + 1,
-                    ),
-                }
-            }
-            Ok(Ok(Err(error))) => fail(error.to_string(), error.is_retryable()),
-            Ok(Err(join)) => fail(format!("handler panicked: {}", panic_message(join)), true),
-            Err(_) => {
-                handler.0.abort();
-                if deadline_bound {
-                    fail("stopped at the task's deadline".into(), false)
-                } else {
-                    fail(format!("timed out after {} ms", subtask.timeout_ms), true)
-                }
-            }
-        };
+        let handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
+        let attempt = await_handler(handler, subtask, &spawned).await;
         if running.token().is_cancelled() {
             tracing::info!(task = %subtask.task, subtask = %subtask.subtask, "task ended while its handler ran; result dropped");
             return Ok(Attempt::TaskOver);
         }
-        let outcome = match &attempt {
-            Attempt::TaskOver => "cancelled",
-            Attempt::Succeeded { .. } => "succeeded",
-            Attempt::Failed {
-                retryable: true, ..
-            } if subtask.attempt < subtask.max_attempts => "retrying",
-            Attempt::Failed { .. } => "failed",
-        };
-        self.publish_event(subtask, outcome).await;
+        self.publish_event(subtask, attempt.event_status(subtask))
+            .await;
         Ok(attempt)
+    }
+
+    /// The outputs of the subtasks `subtask` depends on, in `depends_on` order, or the failed
+    /// attempt when they cannot be read (a passing Redis failure is an error instead, so the
+    /// message is handled again).
+    async fn dependencies(
+        &self,
+        subtask: &SubtaskMessage,
+    ) -> Result<Result<Vec<(String, ByteBuf)>, Attempt>, ServiceError> {
+        if subtask.depends_on.is_empty() {
+            return Ok(Ok(Vec::new()));
+        }
+        match self.store.outputs(&subtask.task, &subtask.depends_on).await {
+            Ok(outputs) => Ok(Ok(outputs)),
+            Err(error) if error.is_transient() => Err(error.into()),
+            Err(error) => Ok(Err(Attempt::failed(
+                format!("cannot read dependency outputs: {error}"),
+                false,
+            ))),
+        }
     }
 
     /// Publishes `subtask.<status>` on `chorus.events` when the task asked for events. Events

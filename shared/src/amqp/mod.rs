@@ -24,7 +24,10 @@ pub(crate) use reply::{encode_reply, publish_reply, reply_message};
 pub use reply::{reply_rejected, reply_target};
 
 /// AMQP delivery mode of messages that survive a broker restart.
-const PERSISTENT: u8 = 2;
+pub const PERSISTENT: u8 = 2;
+
+/// AMQP reply code of a normal close (`reply-success` in the AMQP 0-9-1 spec).
+pub const REPLY_SUCCESS: u16 = 200;
 
 /// Longest AMQP short string (`message_id`, `correlation_id`, ...), in bytes: its length is
 /// one octet (AMQP 0-9-1, section 4.2.5.3).

@@ -10,7 +10,7 @@ use chorus_shared::{
     config::{ConnectArgs, EXIT_USAGE},
     protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
 };
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// Exit code for a `failed` outcome.
@@ -23,6 +23,16 @@ const EXIT_NO_OUTCOME: u8 = 4;
 const EXIT_CANCELLED: u8 = 5;
 /// Exit code when RabbitMQ or Redis cannot be used (BSD `EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
+
+/// Longest wait for an outcome by default (`submit --wait`, `watch`), in seconds: an hour.
+const DEFAULT_WAIT_SECS: u64 = 3600;
+/// How often `watch` reads the task's progress from Redis.
+const WATCH_POLL: Duration = Duration::from_millis(250);
+/// How often `submit --wait` refreshes its progress bar from Redis (and looks for an outcome
+/// whose reply was missed).
+const PROGRESS_TICK: Duration = Duration::from_millis(200);
+/// How long `watch` waits for a task it cannot find before giving up on it as unknown.
+const UNKNOWN_TASK_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,49 +53,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Submit a task; prints its id, or with --wait its outcome as JSON.
-    Submit {
-        /// Kind of the task, e.g. range-sum or wordfreq.
-        #[arg(long)]
-        kind: String,
-        /// Task input: JSON text, or @FILE to read JSON from a file.
-        #[arg(long)]
-        input: String,
-        /// Task id (default: a new UUID). Submitting an id again runs nothing new: you get the
-        /// same outcome.
-        #[arg(long)]
-        id: Option<String>,
-        /// Wait for the outcome, with a progress bar on a terminal, and print it.
-        #[arg(long)]
-        wait: bool,
-        /// Attempts per subtask (default 3).
-        #[arg(long)]
-        max_attempts: Option<u32>,
-        /// Time limit of one subtask attempt, in ms (default 300000).
-        #[arg(long)]
-        timeout_ms: Option<u64>,
-        /// What a failed subtask does to the task: fail (default) or continue (partial result).
-        #[arg(long, value_parser = parse_on_failure)]
-        on_failure: Option<OnFailure>,
-        /// Most subtasks of the task in flight at once, across all workers (default: no cap).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        max_concurrency: Option<u32>,
-        /// Time limit of the whole task, in ms; past it the task fails "deadline exceeded".
-        #[arg(long)]
-        deadline_ms: Option<u64>,
-        /// Review rounds the kind may run, the first included (default 1: no refinement).
-        #[arg(long)]
-        max_rounds: Option<u32>,
-        /// Subtasks packed per message, 1 to 1000 (default 1): for tiny subtasks. Workers run
-        /// a batch side by side and publish its results together.
-        #[arg(long)]
-        batch_size: Option<u32>,
-        /// Publish subtask.<status> events on chorus.events for this task.
-        #[arg(long)]
-        subtask_events: bool,
-        /// With --wait, give up waiting after this many seconds (the task goes on).
-        #[arg(long, default_value_t = 3600)]
-        wait_timeout_secs: u64,
-    },
+    Submit(SubmitArgs),
     /// Show a task's state and counters as JSON.
     Status {
         /// Task id.
@@ -111,9 +79,55 @@ enum Command {
         /// Task id.
         id: String,
         /// Give up after this many seconds (the task goes on).
-        #[arg(long, default_value_t = 3600)]
+        #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
         timeout_secs: u64,
     },
+}
+
+/// The flags of `chorus submit`.
+#[derive(Args, Debug)]
+struct SubmitArgs {
+    /// Kind of the task, e.g. range-sum or wordfreq.
+    #[arg(long)]
+    kind: String,
+    /// Task input: JSON text, or @FILE to read JSON from a file.
+    #[arg(long)]
+    input: String,
+    /// Task id (default: a new UUID). Submitting an id again runs nothing new: you get the
+    /// same outcome.
+    #[arg(long)]
+    id: Option<String>,
+    /// Wait for the outcome, with a progress bar on a terminal, and print it.
+    #[arg(long)]
+    wait: bool,
+    /// Attempts per subtask (default 3).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Time limit of one subtask attempt, in ms (default 300000).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// What a failed subtask does to the task: fail (default) or continue (partial result).
+    #[arg(long, value_parser = parse_on_failure)]
+    on_failure: Option<OnFailure>,
+    /// Most subtasks of the task in flight at once, across all workers (default: no cap).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    max_concurrency: Option<u32>,
+    /// Time limit of the whole task, in ms; past it the task fails "deadline exceeded".
+    #[arg(long)]
+    deadline_ms: Option<u64>,
+    /// Review rounds the kind may run, the first included (default 1: no refinement).
+    #[arg(long)]
+    max_rounds: Option<u32>,
+    /// Subtasks packed per message, 1 to 1000 (default 1): for tiny subtasks. Workers run
+    /// a batch side by side and publish its results together.
+    #[arg(long)]
+    batch_size: Option<u32>,
+    /// Publish subtask.<status> events on chorus.events for this task.
+    #[arg(long)]
+    subtask_events: bool,
+    /// With --wait, give up waiting after this many seconds (the task goes on).
+    #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
+    wait_timeout_secs: u64,
 }
 
 fn parse_on_failure(raw: &str) -> Result<OnFailure, String> {
@@ -194,108 +208,99 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Runs the command; returns the exit code of what it found.
 async fn run(cli: Cli) -> Result<u8, Failure> {
+    let connect = &cli.connect;
     match cli.command {
-        Command::Submit {
-            kind,
-            input,
-            id,
-            wait,
-            max_attempts,
-            timeout_ms,
-            on_failure,
-            max_concurrency,
-            deadline_ms,
-            max_rounds,
-            batch_size,
-            subtask_events,
-            wait_timeout_secs,
-        } => {
-            let input = read_input(&input).map_err(Failure::Usage)?;
-            let id = id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let options = TaskOptions {
-                max_attempts,
-                timeout_ms,
-                on_failure,
-                max_concurrency,
-                deadline_ms,
-                max_rounds,
-                subtask_events: subtask_events.then_some(true),
-                batch_size,
-            };
-            options
-                .resolve()
-                .map_err(|e| Failure::Usage(e.to_string()))?;
-            let request = TaskRequest {
-                kind,
-                input,
-                id: Some(id.clone()),
-                options: (options != TaskOptions::default()).then_some(options),
-                parent: None,
-            };
-            let client = Client::connect(&cli.connect).await?;
-            if !wait {
-                client.submit(&request, None).await?;
-                print_json(&serde_json::json!({ "id": id })).map_err(Failure::Usage)?;
-                return Ok(0);
-            }
-            let mut replies = client.reply_queue().await?;
-            client.submit(&request, Some(&replies.name)).await?;
-            let outcome = wait_for_outcome(
-                &client,
-                &mut replies,
-                &id,
-                Duration::from_secs(wait_timeout_secs),
-            )
-            .await?;
-            print_json(&outcome).map_err(Failure::Usage)?;
-            Ok(exit_code_of(outcome.status))
-        }
+        Command::Submit(args) => submit(connect, args).await,
         Command::Status { id } => {
-            let client = Client::connect(&cli.connect).await?;
+            let client = Client::connect(connect).await?;
             match client.status(&id).await? {
                 Some(status) => {
                     print_json(&status).map_err(Failure::Usage)?;
                     Ok(0)
                 }
-                None => Err(Failure::NoOutcome(format!(
-                    "no task {id:?} (unknown, or its record expired)"
-                ))),
+                None => Err(no_such_task(&id)),
             }
         }
         Command::Cancel { id, reason } => {
-            let client = Client::connect(&cli.connect).await?;
+            let client = Client::connect(connect).await?;
             client.cancel(&id, reason).await?;
             print_json(&serde_json::json!({ "id": id, "cancel": "requested" }))
                 .map_err(Failure::Usage)?;
             Ok(0)
         }
         Command::Watch { id, timeout_secs } => {
-            let client = Client::connect(&cli.connect).await?;
+            let client = Client::connect(connect).await?;
             let outcome = watch(&client, &id, Duration::from_secs(timeout_secs)).await?;
-            print_json(&outcome).map_err(Failure::Usage)?;
-            Ok(exit_code_of(outcome.status))
+            print_outcome(&outcome)
         }
-        Command::Result { id } => {
-            let client = Client::connect(&cli.connect).await?;
-            match client.outcome(&id).await? {
-                Some(outcome) => {
-                    print_json(&outcome).map_err(Failure::Usage)?;
-                    Ok(exit_code_of(outcome.status))
-                }
-                None => {
-                    let state = client
-                        .status(&id)
-                        .await?
-                        .map(|s| s.state)
-                        .unwrap_or("unknown");
-                    Err(Failure::NoOutcome(format!(
-                        "task {id:?} has no outcome yet (state: {state})"
-                    )))
-                }
-            }
-        }
+        Command::Result { id } => result(connect, &id).await,
     }
+}
+
+/// `chorus submit`: sends the task, then prints its id, or with `--wait` its outcome.
+async fn submit(connect: &ConnectArgs, args: SubmitArgs) -> Result<u8, Failure> {
+    let input = read_input(&args.input).map_err(Failure::Usage)?;
+    let id = args.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let options = TaskOptions {
+        max_attempts: args.max_attempts,
+        timeout_ms: args.timeout_ms,
+        on_failure: args.on_failure,
+        max_concurrency: args.max_concurrency,
+        deadline_ms: args.deadline_ms,
+        max_rounds: args.max_rounds,
+        subtask_events: args.subtask_events.then_some(true),
+        batch_size: args.batch_size,
+    };
+    options
+        .resolve()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let request = TaskRequest {
+        kind: args.kind,
+        input,
+        id: Some(id.clone()),
+        options: (options != TaskOptions::default()).then_some(options),
+        parent: None,
+    };
+    let client = Client::connect(connect).await?;
+    if !args.wait {
+        client.submit(&request, None).await?;
+        print_json(&serde_json::json!({ "id": id })).map_err(Failure::Usage)?;
+        return Ok(0);
+    }
+    let mut replies = client.reply_queue().await?;
+    client.submit(&request, Some(&replies.name)).await?;
+    let limit = Duration::from_secs(args.wait_timeout_secs);
+    let outcome = wait_for_outcome(&client, &mut replies, &id, limit).await?;
+    print_outcome(&outcome)
+}
+
+/// `chorus result`: prints the task's outcome, or says why there is none.
+async fn result(connect: &ConnectArgs, id: &str) -> Result<u8, Failure> {
+    let client = Client::connect(connect).await?;
+    if let Some(outcome) = client.outcome(id).await? {
+        return print_outcome(&outcome);
+    }
+    let state = client
+        .status(id)
+        .await?
+        .map(|s| s.state)
+        .unwrap_or("unknown");
+    Err(Failure::NoOutcome(format!(
+        "task {id:?} has no outcome yet (state: {state})"
+    )))
+}
+
+/// Prints `outcome` as JSON; returns the exit code of its status.
+fn print_outcome(outcome: &Outcome) -> Result<u8, Failure> {
+    print_json(outcome).map_err(Failure::Usage)?;
+    Ok(exit_code_of(outcome.status))
+}
+
+/// The failure of a command naming a task Redis does not know.
+fn no_such_task(id: &str) -> Failure {
+    Failure::NoOutcome(format!("no task {id:?} (unknown, or its record expired)"))
 }
 
 /// One line of progress of a task, for logs and pipes.
@@ -353,10 +358,8 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
         match client.status(id).await? {
             None => {
                 let since = *unknown_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > Duration::from_secs(10) {
-                    return Err(Failure::NoOutcome(format!(
-                        "no task {id:?} (unknown, or its record expired)"
-                    )));
+                if since.elapsed() > UNKNOWN_TASK_PATIENCE {
+                    return Err(no_such_task(id));
                 }
             }
             Some(status) => {
@@ -401,7 +404,7 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(WATCH_POLL).await;
     }
 }
 
@@ -426,7 +429,7 @@ async fn wait_for_outcome(
         .progress_chars("=> "),
     );
     let deadline = tokio::time::Instant::now() + limit;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(PROGRESS_TICK);
     let outcome = loop {
         tokio::select! {
             reply = replies.next_outcome() => break reply?,
