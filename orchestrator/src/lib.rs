@@ -21,7 +21,7 @@ use chorus_shared::{
     protocol::{
         self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
     },
-    release::{self, TaskContext},
+    publish::{self, TaskContext},
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
         CHUNK, PLAN_RUN,
@@ -360,7 +360,7 @@ impl Orchestrator {
     /// parent's subtask.
     async fn started_by(&self, parent: &ParentRef, id: &str) -> Result<bool, ServiceError> {
         Ok(
-            release::child_task_id(&parent.task, &parent.subtask, parent.round) == id
+            publish::child_task_id(&parent.task, &parent.subtask, parent.round) == id
                 && self.finisher.store.is_child(&parent.task, id).await?,
         )
     }
@@ -680,7 +680,7 @@ impl Orchestrator {
                     &loaded
                 }
             };
-            release::publish_entries(store, &self.finisher.publisher, context, entries).await?;
+            publish::publish_entries(store, &self.finisher.publisher, context, entries).await?;
             // The last batch is recorded as the task moves to running, below.
             if end < total {
                 store.set_published(id, end).await?;

@@ -12,7 +12,7 @@
 //!   storing the outcome once, delivering it, cancellations and deadlines.
 //! - [`graph`]: plan checks (ids, worker types, dependencies, cycles) and the first wave.
 //! - [`ratelimit`]: token buckets in Redis shared by every worker of a type.
-//! - [`release`]: publishing released subtasks to their worker type's queue, child tasks.
+//! - [`publish`]: publishing released subtasks to their worker type's queue, child tasks.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
@@ -29,8 +29,8 @@ pub mod finish;
 pub mod graph;
 pub mod kinds;
 pub mod protocol;
+pub mod publish;
 pub mod ratelimit;
-pub mod release;
 pub mod runtime;
 pub mod shutdown;
 pub mod store;

@@ -22,7 +22,7 @@ use chorus_shared::{
         self, Control, Encoding, ResolvedOptions, ResultBatch, ResultMessage, Status, SubtaskEvent,
         SubtaskOutcome,
     },
-    release,
+    publish,
     store::{
         now_ms, LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys,
         TaskRecord,
@@ -460,7 +460,7 @@ impl Synthesizer {
                 status: "skipped".into(),
                 at_ms,
             };
-            release::announce(&self.finisher.publisher, &event).await;
+            publish::announce(&self.finisher.publisher, &event).await;
         }
     }
 

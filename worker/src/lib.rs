@@ -24,8 +24,8 @@ use chorus_shared::{
     protocol::{
         self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
     },
+    publish,
     ratelimit::RateLimit,
-    release,
     store::{now_ms, Store},
     topology,
 };
@@ -498,7 +498,7 @@ impl Worker {
                 .map(|(next, error)| self.schedule_retry(next, error)),
         )
         .await?;
-        release::publish_results(
+        publish::publish_results(
             &self.publisher,
             &results,
             self.config.limits.max_message_bytes(),
@@ -715,7 +715,7 @@ impl Worker {
             status: status.to_owned(),
             at_ms: now_ms(),
         };
-        release::announce(&self.publisher, &event).await;
+        publish::announce(&self.publisher, &event).await;
     }
 
     /// Publishes the next attempt of a subtask into the delay queue its backoff picks.

@@ -9,7 +9,7 @@ use chorus_shared::{
     amqp::Publisher,
     error::{BrokerError, ServiceError},
     protocol::{self, ResultMessage},
-    release,
+    publish,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -60,7 +60,7 @@ impl ResultSender {
                         .map(|queued| (queued.encoded, queued.confirmed))
                         .unzip();
                     let sent =
-                        release::publish_encoded_results(&publisher, &encoded, max_message_bytes)
+                        publish::publish_encoded_results(&publisher, &encoded, max_message_bytes)
                             .await
                             .map_err(|error| error.to_string());
                     for confirmed in waiting {

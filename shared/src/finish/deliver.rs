@@ -8,7 +8,7 @@ use crate::{
     amqp::{self, Outgoing},
     error::{ServiceError, StoreError},
     protocol::{self, Control, Encoding, Outcome, ParentRef, ReplyTarget, ResultMessage},
-    release,
+    publish,
     store::{Finished, Lease},
     topology,
 };
@@ -123,7 +123,7 @@ impl Finisher {
             spawned: Vec::new(),
             round: parent.round,
         };
-        release::publish_result(&self.publisher, &result).await
+        publish::publish_result(&self.publisher, &result).await
     }
 
     /// A finished task's unfinished children are cancelled: their work no longer matters.

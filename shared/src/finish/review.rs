@@ -9,7 +9,7 @@ use crate::{
     error::ServiceError,
     failpoint, graph, kinds,
     protocol::PlanEntry,
-    release::{self, TaskContext},
+    publish::{self, TaskContext},
     store::{Lease, TaskRecord, TaskState},
 };
 
@@ -90,7 +90,7 @@ impl Finisher {
             max_message_bytes: self.max_message_bytes,
             round,
         };
-        release::publish_entries(&self.store, &self.publisher, context, released).await?;
+        publish::publish_entries(&self.store, &self.publisher, context, released).await?;
         self.store.clear_outbox(id, released).await?;
         Ok(())
     }
