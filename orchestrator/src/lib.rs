@@ -283,7 +283,7 @@ impl Orchestrator {
                 let result = self
                     .publish_first_wave(&id, &lease, &record, &resolved, entries, &wave)
                     .await;
-                lease.let_go(&id).await;
+                lease.release_or_log(&id).await;
                 return result.map(|()| Disposition::Ack);
             }
             Claim::New(Some(Planning {
@@ -390,7 +390,7 @@ impl Orchestrator {
         let result = self
             .plan_and_publish_leased(id, &lease, record, runs, ahead)
             .await;
-        lease.let_go(id).await;
+        lease.release_or_log(id).await;
         result
     }
 

@@ -180,7 +180,7 @@ impl Finisher {
     /// failed before it could start): its run is not counted against the task.
     pub async fn give_back(&self, id: &str, lease: Option<SettledLease>) {
         if let Some(SettledLease::Taken(leased)) = lease {
-            leased.give_back(id, SYNTH_RUN).await;
+            leased.release_unstarted(id, SYNTH_RUN).await;
         }
     }
 
@@ -205,7 +205,7 @@ impl Finisher {
         let result = self
             .finish_leased(id, &lease, record, (runs, pending), settled)
             .await;
-        lease.let_go(id).await;
+        lease.release_or_log(id).await;
         result
     }
 

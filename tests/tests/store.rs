@@ -180,7 +180,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
 
     // Given back (the synthesis could not start): the run is not counted, and the next
     // duplicate takes the lease afresh.
-    leased.give_back(&id, "synth").await;
+    leased.release_unstarted(&id, "synth").await;
     assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
     let (_, again) = store
         .record_results(&id, &[&last], 1000, Some(&request))
