@@ -22,10 +22,16 @@ use crate::{
     protocol::{self, Outcome, PlanEntry, ReplyTarget},
 };
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/claim.lua")));
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude/claim.lua"),
+        include_str!("lua/claim.lua")
+    ))
+});
 static CLAIM_PLANNED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/prelude/plan.lua"),
+        include_str!("lua/prelude/claim.lua"),
         include_str!("lua/claim_planned.lua")
     ))
 });

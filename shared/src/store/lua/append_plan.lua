@@ -8,8 +8,7 @@
 -- Returns: 1 when appended, 0 otherwise.
 local FIRST_ENTRY = 3
 
-if redis.call('GET', PLAN_LEASE) ~= ARGV[1] then return 0 end
-if redis.call('HGET', TASK, 'state') ~= 'planning' then return 0 end
+if not still_planning(ARGV[1]) then return 0 end
 if redis.call('LLEN', ORDER) ~= tonumber(ARGV[2]) then return 0 end
 write_entries(FIRST_ENTRY, (#ARGV - FIRST_ENTRY + 1) / ENTRY_WIDTH)
 return 1

@@ -1,5 +1,5 @@
 -- Registers a waiter for a task and creates the task if its id is new, taking its plan lease
--- and counting its planner run.
+-- and counting its planner run. Included after prelude/claim.lua.
 -- KEYS[1]: task — the task hash
 -- KEYS[2]: outcome — the stored outcome
 -- KEYS[3]: waiters — set of encoded reply targets
@@ -19,11 +19,8 @@
 --   or {'new', '-1'} when the lease is still held by an earlier task of the id.
 local TASK, OUTCOME, WAITERS, PLAN_LEASE, STARTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 
-local outcome = redis.call('GET', OUTCOME)
-if outcome then return {'finished', outcome} end
-if ARGV[1] ~= '' then redis.call('SADD', WAITERS, ARGV[1]) end
-local state = redis.call('HGET', TASK, 'state')
-if state then return {'exists', state} end
+local claimed = find_claimed(TASK, OUTCOME, WAITERS)
+if claimed then return claimed end
 redis.call('HSET', TASK, 'state', 'planning', 'kind', ARGV[2], 'options', ARGV[3],
   'input', ARGV[4], 'created_ms', ARGV[5], 'total', 0, 'published', 0,
   'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1, 'inflight', 0)

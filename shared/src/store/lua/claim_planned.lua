@@ -1,6 +1,6 @@
 -- A new task claimed with its plan already made, in one call: claim and record_plan together,
 -- for a first delivery planned before its claim (its planner run returned, so nothing is
--- counted). Included after prelude/plan.lua.
+-- counted). Included after prelude/plan.lua and prelude/claim.lua.
 -- KEYS[1..11]: as prelude/plan.lua binds them (plan-lease ... ready)
 -- KEYS[12]: outcome — the stored outcome
 -- KEYS[13]: waiters — set of encoded reply targets
@@ -22,11 +22,8 @@ local OUTCOME, WAITERS = KEYS[12], KEYS[13]
 local FIRST_TO_CLEAR = 14
 local PLAN_AT = 9
 
-local outcome = redis.call('GET', OUTCOME)
-if outcome then return {'finished', outcome} end
-if ARGV[1] ~= '' then redis.call('SADD', WAITERS, ARGV[1]) end
-local state = redis.call('HGET', TASK, 'state')
-if state then return {'exists', state} end
+local claimed = find_claimed(TASK, OUTCOME, WAITERS)
+if claimed then return claimed end
 local fields = {'kind', ARGV[2], 'options', ARGV[3], 'input', ARGV[4], 'created_ms', ARGV[5],
   'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1}
 if ARGV[6] ~= '' then

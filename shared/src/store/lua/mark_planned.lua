@@ -6,7 +6,6 @@
 -- Returns: 1 when moved, 0 when the lease is not ours or the task is not planning.
 local FIELDS_AT = 2
 
-if redis.call('GET', PLAN_LEASE) ~= ARGV[1] then return 0 end
-if redis.call('HGET', TASK, 'state') ~= 'planning' then return 0 end
+if not still_planning(ARGV[1]) then return 0 end
 redis.call('HSET', TASK, unpack(planned_fields(FIELDS_AT)))
 return 1

@@ -9,8 +9,7 @@
 local FIRST_TO_CLEAR = 12
 local PLAN_AT = 2
 
-if redis.call('GET', PLAN_LEASE) ~= ARGV[1] then return 0 end
-if redis.call('HGET', TASK, 'state') ~= 'planning' then return 0 end
+if not still_planning(ARGV[1]) then return 0 end
 redis.call('DEL', unpack(KEYS, FIRST_TO_CLEAR))
 redis.call('HSET', TASK, unpack(planned_fields(write_plan(PLAN_AT))))
 return 1

@@ -14,8 +14,8 @@
 -- The scripts that include it may take more KEYS after these.
 -- ARGV: read from the position each function is given. An entry is ENTRY_WIDTH values: id,
 --   encoded entry, worker type, unmet dependency count, space-separated dependents.
--- Defines: the key names above, ENTRY_WIDTH, call_with_all, write_entries, write_plan,
---   planned_fields.
+-- Defines: the key names above, ENTRY_WIDTH, still_planning, call_with_all, write_entries,
+--   write_plan, planned_fields.
 local PLAN_LEASE = KEYS[1]
 local TASK = KEYS[2]
 local PLAN = KEYS[3]
@@ -35,6 +35,12 @@ local ENTRY_WIDTH = 5
 local SLICE = 4000
 -- The task's fields once planned that planned_fields reads before the per-type pairs.
 local PLANNED_VALUES = 5
+
+-- Whether the plan lease is held with `token` and the task is still planning: every write of
+-- a plan checks both, so a holder whose lease lapsed cannot overwrite its successor's work.
+local function still_planning(token)
+  return redis.call('GET', PLAN_LEASE) == token and redis.call('HGET', TASK, 'state') == 'planning'
+end
 
 -- Calls `command` on `key` with `values` appended, in slices of SLICE. One call per slice, not
 -- per value: a command inside a script costs several microseconds whatever its size.
