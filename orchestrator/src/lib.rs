@@ -329,7 +329,7 @@ impl Orchestrator {
                 let result = self
                     .publish_first_wave(id, &lease, &record, resolved, entries, &wave)
                     .await;
-                lease.let_go(id).await;
+                lease.release_or_log(id).await;
                 result.map(|()| Disposition::Ack)
             }
             Claim::New(Some(Planning {
@@ -337,7 +337,7 @@ impl Orchestrator {
                 runs,
                 record,
             })) => {
-                // A new task, its plan lease and planner run taken with the claim; a large plan
+                // A new task, its plan lease and planner run acquired with the claim; a large plan
                 // made ahead is recorded in chunks without running the planner again.
                 self.plan_then_release(id, lease, Some(record), Some(runs), ahead)
                     .await
@@ -437,7 +437,7 @@ impl Orchestrator {
     }
 
     /// Plans or resumes the task under its plan lease (`record` and `runs` were read as it was
-    /// taken; `ahead` is a plan made before the claim), then gives the lease back.
+    /// acquired; `ahead` is a plan made before the claim), then releases the lease.
     async fn plan_then_release(
         &self,
         id: &str,
@@ -449,7 +449,7 @@ impl Orchestrator {
         let result = self
             .plan_and_publish_leased(id, &lease, record, runs, ahead)
             .await;
-        lease.let_go(id).await;
+        lease.release_or_log(id).await;
         result
     }
 
@@ -638,7 +638,7 @@ impl Orchestrator {
 
     /// Publishes first-wave subtasks `from..` batch by batch, saving the confirmed prefix after
     /// each; `in_memory` holds the whole wave when the plan was just made. Moving the task to
-    /// running gives back the plan `lease`.
+    /// running releases the plan `lease`.
     async fn publish_wave(
         &self,
         id: &str,

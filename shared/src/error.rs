@@ -62,7 +62,7 @@ pub enum StoreError {
     /// Redis holds something Chorus did not write (or wrote with another version).
     #[error("unexpected data in Redis: {0}")]
     Corrupt(String),
-    /// A write under a lease was refused: the lease lapsed and another process took over.
+    /// A write under a lease was refused: the lease lapsed and another process took it over.
     #[error("{0}")]
     Fenced(String),
 }

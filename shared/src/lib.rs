@@ -17,10 +17,12 @@
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
 //!   the async runtime, errors.
+//! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
 pub mod amqp;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod consume;
 pub mod error;

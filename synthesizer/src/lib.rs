@@ -309,22 +309,22 @@ impl Synthesizer {
         let lease_key = TaskKeys::new(task).synth_lease();
         let settle_lease = self.finisher.synthesis_lease(&lease_key);
         let (recorded, lease) = self.record(task, &results, Some(&settle_lease)).await?;
-        // A lease these results took is given back unless the synthesis runs now.
+        // A lease these results acquired is released unless the synthesis runs now.
         let next = match self.follow_up(task, results, recorded, refused).await {
             Ok(next) => next,
             Err(error) => {
-                self.finisher.give_back(task, lease).await;
+                self.finisher.release_unstarted(task, lease).await;
                 return Err(error);
             }
         };
         match next {
             Next::Finish => self.finisher.finish_settled(task, lease).await,
             Next::Deliver => {
-                self.finisher.give_back(task, lease).await;
+                self.finisher.release_unstarted(task, lease).await;
                 self.finisher.finish_if_settled(task).await
             }
             Next::Nothing => {
-                self.finisher.give_back(task, lease).await;
+                self.finisher.release_unstarted(task, lease).await;
                 Ok(())
             }
         }

@@ -1,4 +1,4 @@
-//! The Redis side of the fan-in, against the real Redis: which calls take and give back
+//! The Redis side of the fan-in, against the real Redis: which calls acquire and release
 //! leases, and how many round trips a step costs (counted with `MONITOR`).
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
@@ -49,7 +49,7 @@ fn result(task: &str, subtask: &str) -> ResultMessage {
 }
 
 /// Claims, plans and starts task `id` of `subtasks` independent subtasks, as the orchestrator
-/// does; the plan lease is given back as the task moves to running.
+/// does; the plan lease is released as the task moves to running.
 async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry> {
     let options: ResolvedOptions = TaskOptions::default().resolve().unwrap();
     let options = protocol::encode(&options).unwrap();
@@ -123,7 +123,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
     let request = synthesis_lease(&lease_key);
     let monitor = env.monitor_redis(&id).await;
 
-    // Two of three results: something is still pending, so no lease is taken.
+    // Two of three results: something is still pending, so no lease is acquired.
     let first = [result(&id, "s0"), result(&id, "s1")];
     let (recorded, lease) = store
         .record_results(&id, &first.iter().collect::<Vec<_>>(), 1000, Some(&request))
@@ -150,7 +150,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
         matches!(recorded, Recorded::Batch { remaining: 0, .. }),
         "{recorded:?}"
     );
-    let Some(SettledLease::Taken(leased)) = lease else {
+    let Some(SettledLease::Acquired(leased)) = lease else {
         panic!("the settling call did not take the synthesis lease");
     };
     monitor.catch_up().await;
@@ -179,20 +179,20 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
     assert!(matches!(duplicate_lease, Some(SettledLease::Held)));
 
     // Given back (the synthesis could not start): the run is not counted, and the next
-    // duplicate takes the lease afresh.
-    leased.give_back(&id, "synth").await;
+    // duplicate acquires the lease afresh.
+    leased.release_unstarted(&id, "synth").await;
     assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
     let (_, again) = store
         .record_results(&id, &[&last], 1000, Some(&request))
         .await
         .unwrap();
-    let Some(SettledLease::Taken(again)) = again else {
+    let Some(SettledLease::Acquired(again)) = again else {
         panic!("the lease was not free after it was given back");
     };
     assert_eq!(again.runs, Some(1), "a given-back run stayed counted");
     again.lease.release().await.unwrap();
 
-    // Without a lease request nothing is taken.
+    // Without a lease request nothing is acquired.
     let (_, none) = store
         .record_results(&id, &[&last], 1000, None)
         .await
@@ -226,7 +226,7 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
         .record_results(&id, &first.iter().collect::<Vec<_>>(), 1000, Some(&request))
         .await
         .unwrap();
-    let Some(SettledLease::Taken(leased)) = lease else {
+    let Some(SettledLease::Acquired(leased)) = lease else {
         panic!("the settling call did not take the synthesis lease");
     };
     // The review sends s2 back: round 2 re-opens it.
@@ -304,7 +304,7 @@ async fn the_last_write_under_a_lease_gives_it_back_in_the_same_call() {
         )
         .await
         .unwrap();
-    let Some(SettledLease::Taken(leased)) = lease else {
+    let Some(SettledLease::Acquired(leased)) = lease else {
         panic!("no synthesis lease");
     };
     assert!(conn.exists::<_, bool>(&lease_key).await.unwrap());
@@ -316,7 +316,7 @@ async fn the_last_write_under_a_lease_gives_it_back_in_the_same_call() {
     let delivered: String = conn.hget(keys.task(), "delivered").await.unwrap();
     assert_eq!(delivered, "1");
 
-    // A lease someone else took meanwhile is theirs: the late write leaves it alone.
+    // A lease someone else acquired meanwhile is theirs: the late write leaves it alone.
     let _: () = conn.set(&lease_key, "someone-else").await.unwrap();
     leased.lease.release().await.unwrap();
     store.mark_delivered(&id, None).await.unwrap();

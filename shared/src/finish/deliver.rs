@@ -31,7 +31,7 @@ impl Finisher {
     }
 
     /// Publishes the stored outcome to every waiter and as an event, then marks it delivered,
-    /// giving back the synthesis `lease` it ran under in the same round trip.
+    /// releasing the synthesis `lease` it ran under in the same round trip.
     ///
     /// # Errors
     /// Redis or the broker failed; calling again later is safe (waiters may then get a second,

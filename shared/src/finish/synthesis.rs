@@ -70,7 +70,7 @@ impl Finisher {
         lease: Option<SettledLease>,
     ) -> Result<(), ServiceError> {
         let leased = match lease {
-            Some(SettledLease::Taken(leased)) => Some(*leased),
+            Some(SettledLease::Acquired(leased)) => Some(*leased),
             Some(SettledLease::Held) => None,
             None => self.lease_synthesis(id).await?,
         };
@@ -92,15 +92,15 @@ impl Finisher {
         }
     }
 
-    /// Gives back a synthesis lease taken for a synthesis that will not run now (the caller
+    /// Releases a synthesis lease acquired for a synthesis that will not run now (the caller
     /// failed before it could start): its run is not counted against the task.
-    pub async fn give_back(&self, id: &str, lease: Option<SettledLease>) {
-        if let Some(SettledLease::Taken(leased)) = lease {
-            leased.give_back(id, SYNTH_RUN).await;
+    pub async fn release_unstarted(&self, id: &str, lease: Option<SettledLease>) {
+        if let Some(SettledLease::Acquired(leased)) = lease {
+            leased.release_unstarted(id, SYNTH_RUN).await;
         }
     }
 
-    /// Takes the task's synthesis lease with what synthesis reads first; `None` while another
+    /// Acquires the task's synthesis lease with what synthesis reads first; `None` while another
     /// process holds it.
     async fn lease_synthesis(&self, id: &str) -> Result<Option<LeasedRun>, StoreError> {
         let lease_key = TaskKeys::new(id).synth_lease();
@@ -109,7 +109,7 @@ impl Finisher {
             .await
     }
 
-    /// Finishes the task under the lease just taken, then gives the lease back.
+    /// Finishes the task under the lease just acquired, then releases the lease.
     async fn finish_then_release(&self, id: &str, leased: LeasedRun) -> Result<(), ServiceError> {
         let LeasedRun {
             lease,
@@ -125,11 +125,11 @@ impl Finisher {
             }
             None => Ok(()),
         };
-        lease.let_go(id).await;
+        lease.release_or_log(id).await;
         result
     }
 
-    /// The task's record, pending count and run count were read as the lease was taken; the
+    /// The task's record, pending count and run count were read as the lease was acquired; the
     /// run is counted only for a task that is not finished, which is exactly when the synthesis
     /// below runs.
     async fn finish_leased(

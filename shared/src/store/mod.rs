@@ -1,0 +1,142 @@
+//! Redis state of every task: key layout, the atomic Lua scripts of the fan-in, and leases.
+//!
+//! All keys of one task share the hash tag `{<task-id>}` (`chorus:{<id>}:task`, `...:plan`,
+//! ...), so every script touches a single slot, as Redis Cluster requires (the connection itself
+//! is to a single Redis for now).
+//!
+//! | key | type | holds |
+//! |-----|------|-------|
+//! | `task` | hash | state, kind, options, input, counters (duplicates included), timestamps, cap, in-flight count, round |
+//! | `waiters` | set | encoded [`ReplyTarget`]s that get the outcome |
+//! | `plan` | hash | subtask id → encoded [`PlanEntry`] |
+//! | `order` | list | subtask ids in plan order (spawned and added ones appended) |
+//! | `wave` | list | ids of the first wave, published by the orchestrator (absent when it is `order`) |
+//! | `pending` | set | ids of subtasks not settled yet |
+//! | `results` | hash | subtask id → encoded [`SubtaskOutcome`] with attempts |
+//! | `done` | hash | subtask id → `ok`, `failed` or `skipped` |
+//! | `waiting` | hash | subtask id → dependencies not settled yet |
+//! | `dependents` | hash | subtask id → space-separated ids that wait for it |
+//! | `ready` | list | ids whose dependencies succeeded, waiting for a slot under the cap |
+//! | `outbox` | set | ids released after planning whose publication is not confirmed yet |
+//! | `worker-types` | hash | subtask id → worker type, for types other than `default` |
+//! | `types` | hash | per worker type `<type>` total and `<type>:released/ok/failed/skipped` counts |
+//! | `children` | set | ids of child tasks started by subtasks |
+//! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
+//! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
+//! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
+//!
+//! # Layout
+//! One file per operation, each with its methods on [`Store`], its argument marshalling, its
+//! reply parsing and the scripts it runs (in `lua/`, each opening with its `KEYS`, `ARGV` and
+//! what it returns; the preludes in `lua/prelude/` are shared by several scripts and put in
+//! front of them at compile time):
+//! - `keys`: [`TaskKeys`] and the named groups of keys scripts share.
+//! - `claim`: claiming a task id ([`Store::claim`], [`Store::claim_planned`]).
+//! - `plan`: recording the plan, publishing progress, moving on to `running`.
+//! - `results`: recording subtask results ([`Store::record_results`]).
+//! - `revise`: another review round. `graph`: what `results` and `revise` share.
+//! - `outbox`: released subtasks whose publication is not confirmed.
+//! - `lease`: the [`Lease`] guard. `run`: runs counted and leased ([`Store::lease_run`]).
+//! - `outcome`: storing, reading and delivering the outcome.
+//! - `read`, `children`, `progress`: plain reads. `record`: the task hash parsed.
+//!   `codec`: stored values encoded and decoded.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::error::StoreError;
+#[cfg(doc)]
+use crate::protocol::{Outcome, PlanEntry, ReplyTarget, SubtaskOutcome};
+
+mod children;
+mod claim;
+mod codec;
+mod graph;
+mod keys;
+mod lease;
+mod outbox;
+mod outcome;
+mod plan;
+mod progress;
+mod read;
+mod record;
+mod results;
+mod revise;
+mod run;
+
+#[cfg(test)]
+mod tests;
+
+pub use self::{
+    claim::{Claim, Planning, Submission},
+    graph::Released,
+    keys::TaskKeys,
+    lease::Lease,
+    outcome::Finished,
+    progress::TypeProgress,
+    record::{StoredResult, TaskRecord, TaskState},
+    results::{Recorded, ResultStatus},
+    run::{LeaseRequest, LeasedRun, Settled, SettledLease, PLAN_RUN},
+};
+/// Kept here for the callers that know it from this module; it lives in [`crate::clock`].
+pub use crate::clock::now_ms;
+
+/// A Redis connection (reconnecting by itself, every command time-bounded) and the scripts.
+#[derive(Clone)]
+pub struct Store {
+    connection: ConnectionManager,
+}
+
+/// How many plan entries or result fields go to Redis per round trip.
+pub const CHUNK: usize = 1000;
+
+impl Store {
+    /// Connects to Redis at `url` (`redis://host:port`). Every command fails after `timeout`
+    /// instead of hanging.
+    ///
+    /// # Errors
+    /// A malformed URL or an unreachable server.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout));
+        let connection = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self { connection })
+    }
+
+    /// A handle on the connection (also for scripts kept beside the modules that use them).
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
+    /// Logs a warning for every server setting that weakens Chorus's guarantees.
+    pub async fn warn_about_settings(&self) {
+        let mut conn = self.conn();
+        let required: [(&str, &[&str]); 3] = [
+            ("appendonly", &["yes"]),
+            ("appendfsync", &["everysec", "always"]),
+            ("maxmemory-policy", &["noeviction"]),
+        ];
+        for (name, accepted) in required {
+            let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async(&mut conn)
+                .await;
+            match reply {
+                Ok(pair) if pair.get(1).is_some_and(|v| accepted.contains(&v.as_str())) => {}
+                Ok(pair) => tracing::warn!(
+                    setting = name,
+                    value = pair.get(1).map(String::as_str).unwrap_or("?"),
+                    wanted = accepted.join(" or "),
+                    "Redis setting weakens Chorus's guarantees (see docs/reliability.md)"
+                ),
+                Err(error) => {
+                    tracing::debug!(setting = name, %error, "cannot read Redis setting");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! A task's outcome: storing it once (dropping the working state), reading it with everyone it
+//! goes to, and noting its delivery.
+
+use std::{sync::LazyLock, time::Duration};
+
+use redis::Script;
+
+use super::{
+    codec::{decode_outcome, decode_waiters},
+    keys::{Key, WORKING},
+    lease::Lease,
+    Store, TaskKeys,
+};
+use crate::{
+    clock::now_ms,
+    error::StoreError,
+    protocol::{self, Outcome, ReplyTarget},
+};
+
+static STORE_OUTCOME: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/store_outcome.lua")));
+static MARK_DELIVERED: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("lua/mark_delivered.lua")));
+
+/// A finished task's outcome and everyone it goes to.
+pub struct Finished {
+    /// The stored outcome.
+    pub outcome: Outcome,
+    /// The submitters waiting for it.
+    pub waiters: Vec<ReplyTarget>,
+    /// The parent subtask of a child task, encoded [`protocol::ParentRef`].
+    pub parent: Option<Vec<u8>>,
+    /// Child tasks it started.
+    pub children: Vec<String>,
+}
+
+impl Store {
+    /// Stores the outcome unless one is stored already, marks the task finished, sets the TTL on
+    /// what is kept (`ttl`, whole seconds, at least 1) and drops the working state. Returns the
+    /// outcome that is stored (the earlier one if there was one) with everyone it goes to.
+    ///
+    /// # Errors
+    /// Redis fails, or what is stored does not decode.
+    pub async fn store_outcome(
+        &self,
+        outcome: &Outcome,
+        ttl: Duration,
+    ) -> Result<Finished, StoreError> {
+        let id = &outcome.id;
+        let keys = TaskKeys::new(id);
+        let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (stored, parent, waiters, children): (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Vec<String>) =
+            STORE_OUTCOME
+                .key(keys.all(&[
+                    Key::Task,
+                    Key::Outcome,
+                    Key::Waiters,
+                    Key::Types,
+                    Key::Children,
+                ]))
+                .key(keys.all(&WORKING))
+                .arg(encoded)
+                .arg(ttl.as_secs().max(1))
+                .arg(now_ms())
+                .invoke_async(&mut self.conn())
+                .await?;
+        Ok(Finished {
+            outcome: decode_outcome(&stored)?,
+            waiters: decode_waiters(id, &waiters)?,
+            parent: Some(parent).filter(|bytes| !bytes.is_empty()),
+            children,
+        })
+    }
+
+    /// The stored outcome of a task with everyone it goes to; `None` without an outcome.
+    ///
+    /// # Errors
+    /// Redis fails, or what is stored does not decode.
+    pub async fn finished_task(&self, id: &str) -> Result<Option<Finished>, StoreError> {
+        let (outcome, waiters, record, children) = tokio::try_join!(
+            self.outcome(id),
+            self.waiters(id),
+            self.task(id),
+            self.children(id)
+        )?;
+        Ok(outcome.map(|outcome| Finished {
+            outcome,
+            waiters,
+            parent: record.and_then(|record| record.parent),
+            children,
+        }))
+    }
+
+    /// The stored outcome of a task, if it has one.
+    ///
+    /// # Errors
+    /// Redis fails, or the outcome does not decode.
+    pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, StoreError> {
+        let keys = TaskKeys::new(id);
+        let raw: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(keys.outcome())
+            .query_async(&mut self.conn())
+            .await?;
+        raw.map(|bytes| decode_outcome(&bytes)).transpose()
+    }
+
+    /// Which of `tasks` have an outcome (are over: finished, cancelled, past their deadline),
+    /// in one round trip; one flag per task, in order.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn finished(&self, tasks: &[String]) -> Result<Vec<bool>, StoreError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            pipe.cmd("EXISTS").arg(TaskKeys::new(task).outcome());
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
+    }
+
+    /// Everyone waiting for the outcome of a task.
+    ///
+    /// # Errors
+    /// Redis fails, or a waiter entry does not decode.
+    pub async fn waiters(&self, id: &str) -> Result<Vec<ReplyTarget>, StoreError> {
+        let keys = TaskKeys::new(id);
+        let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(keys.waiters())
+            .query_async(&mut self.conn())
+            .await?;
+        decode_waiters(id, &raw)
+    }
+
+    /// Notes that every waiter has been sent the outcome, and releases the synthesis `lease`
+    /// the delivery ran under, if any, in the same round trip ([`Lease::release`] is then a
+    /// no-op).
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn mark_delivered(&self, id: &str, lease: Option<&Lease>) -> Result<(), StoreError> {
+        let keys = TaskKeys::new(id);
+        if let Some(lease) = lease {
+            lease.stop_renewing();
+        }
+        MARK_DELIVERED
+            .key(keys.task())
+            .key(lease.map_or_else(|| keys.synth_lease(), |lease| lease.key.clone()))
+            .arg(lease.map_or("", |lease| lease.token.as_str()))
+            .invoke_async::<i64>(&mut self.conn())
+            .await?;
+        if let Some(lease) = lease {
+            lease.mark_released();
+        }
+        Ok(())
+    }
+}
