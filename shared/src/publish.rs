@@ -9,12 +9,13 @@ use serde_bytes::ByteBuf;
 
 use crate::{
     amqp::{self, Outgoing, Publisher},
+    clock::now_ms,
     error::{ProtocolError, ServiceError},
     protocol::{
         self, BatchItem, ChildSpec, ParentRef, PlanEntry, ResolvedOptions, ResultMessage,
         SubtaskBatch, SubtaskEvent, SubtaskMessage, TaskRequest,
     },
-    store::{now_ms, Store},
+    store::Store,
     topology,
 };
 

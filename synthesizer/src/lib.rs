@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use chorus_shared::{
     amqp::{self, DeadLetter},
+    clock::now_ms,
     config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
@@ -24,8 +25,7 @@ use chorus_shared::{
     },
     publish,
     store::{
-        now_ms, LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys,
-        TaskRecord,
+        LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
     topology,
 };

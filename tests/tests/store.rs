@@ -5,11 +5,12 @@
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
+    clock::now_ms,
     graph,
     protocol::{self, PlanEntry, ResolvedOptions, ResultMessage, SubtaskOutcome, TaskOptions},
     store::{
-        now_ms, Claim, LeaseRequest, Planning, Recorded, ResultStatus, SettledLease, Store,
-        Submission, TaskKeys,
+        Claim, LeaseRequest, Planning, Recorded, ResultStatus, SettledLease, Store, Submission,
+        TaskKeys,
     },
 };
 use chorus_tests::TestEnv;

@@ -15,6 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
+    clock::now_ms,
     config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
@@ -26,7 +27,7 @@ use chorus_shared::{
     },
     publish,
     ratelimit::RateLimit,
-    store::{now_ms, Store},
+    store::Store,
     topology,
 };
 use clap::Parser;

@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chorus_shared::{
-    error::StoreError,
-    store::{now_ms, Store},
-};
+use chorus_shared::{clock::now_ms, error::StoreError, store::Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

@@ -9,9 +9,10 @@ use super::{
 };
 use crate::{
     amqp::{self, Outgoing, Publisher},
+    clock::now_ms,
     error::ServiceError,
     protocol::{self, Control, Status},
-    store::{now_ms, TaskState},
+    store::TaskState,
     topology,
 };
 

@@ -11,13 +11,13 @@ use super::{
     options_of, Finisher, LEASE_POLL, RESULTS_WITH_LEASE, SYNTH_RUN,
 };
 use crate::{
+    clock::now_ms,
     error::{ServiceError, StoreError},
     failpoint,
     kinds::{self, DynKind},
     protocol::{Outcome, Status},
     store::{
-        now_ms, Lease, LeaseRequest, LeasedRun, Settled, SettledLease, TaskKeys, TaskRecord,
-        TaskState,
+        Lease, LeaseRequest, LeasedRun, Settled, SettledLease, TaskKeys, TaskRecord, TaskState,
     },
 };
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{HandlerContext, Kind, KindError, Plan, Planned, Review};
-use crate::{failpoint, store::now_ms};
+use crate::{clock::now_ms, failpoint};
 
 /// Most slices one task may have.
 pub const MAX_PARTS: u32 = 1_000_000;

@@ -79,8 +79,6 @@ pub use self::{
     results::{Recorded, ResultStatus},
     run::{LeaseRequest, LeasedRun, Settled, SettledLease, PLAN_RUN},
 };
-/// Kept here for the callers that know it from this module; it lives in [`crate::clock`].
-pub use crate::clock::now_ms;
 
 /// A Redis connection (reconnecting by itself, every command time-bounded) and the scripts.
 #[derive(Clone)]
