@@ -492,7 +492,7 @@ impl Orchestrator {
         ahead: Option<Vec<PlanEntry>>,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
-        let options: protocol::ResolvedOptions = protocol::decode(&record.options)?;
+        let options = record.resolved_options(id)?;
         if let Some(deadline_ms) = options.deadline_ms {
             if record.state == TaskState::Planning {
                 // Set on every planning run: a crash before it must not leave the task without

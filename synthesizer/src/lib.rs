@@ -20,8 +20,7 @@ use chorus_shared::{
     graph,
     kinds::Registry,
     protocol::{
-        self, Control, Encoding, ResolvedOptions, ResultBatch, ResultMessage, Status, SubtaskEvent,
-        SubtaskOutcome,
+        self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },
     publish,
     store::{
@@ -438,7 +437,8 @@ impl Synthesizer {
 
     /// Publishes `subtask.skipped` events when the task asked for subtask events.
     async fn announce_skipped(&self, task: &str, record: &TaskRecord, skipped: &[String]) {
-        let wants_events = protocol::decode::<ResolvedOptions>(&record.options)
+        let wants_events = record
+            .resolved_options(task)
             .is_ok_and(|options| options.subtask_events);
         if !wants_events {
             return;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{
     decide::{self, Deadline},
-    options_of, Finisher,
+    Finisher,
 };
 use crate::{
     amqp::{self, Outgoing, Publisher},
@@ -69,7 +69,7 @@ impl Finisher {
         if record.state == TaskState::Finished {
             return Ok(());
         }
-        let options = options_of(id, &record)?;
+        let options = record.resolved_options(id)?;
         match decide::deadline(&record, &options, now_ms()) {
             Deadline::None => Ok(()),
             Deadline::Passed(message) => self.stop(id, Status::Failed, message).await,

@@ -20,10 +20,8 @@ use std::time::Duration;
 use crate::{
     amqp::Publisher,
     config::{LimitArgs, OutcomeArgs},
-    error::StoreError,
     kinds::{self, Registry},
-    protocol::{self, ResolvedOptions},
-    store::{Store, TaskRecord},
+    store::Store,
 };
 
 mod control;
@@ -83,15 +81,6 @@ impl Finisher {
             max_message_bytes: limits.max_message_bytes(),
         }
     }
-}
-
-/// The resolved options of task `id`, stored encoded in its `record`.
-///
-/// # Errors
-/// They do not decode: [`StoreError::Corrupt`].
-fn options_of(id: &str, record: &TaskRecord) -> Result<ResolvedOptions, StoreError> {
-    protocol::decode(&record.options)
-        .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))
 }
 
 /// The text of a panic, for an error message.

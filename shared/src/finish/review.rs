@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::{options_of, Finisher};
+use super::Finisher;
 use crate::{
     error::ServiceError,
     failpoint, graph, kinds,
@@ -81,7 +81,7 @@ impl Finisher {
         if released.is_empty() {
             return Ok(());
         }
-        let options = options_of(id, record)?;
+        let options = record.resolved_options(id)?;
         let context = TaskContext {
             task: id,
             kind: &record.kind,

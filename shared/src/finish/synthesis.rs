@@ -8,7 +8,7 @@ use rmpv::Value;
 
 use super::{
     decide::{self, Decision, LeasedStep},
-    options_of, Finisher, LEASE_POLL, RESULTS_WITH_LEASE, SYNTH_RUN,
+    Finisher, LEASE_POLL, RESULTS_WITH_LEASE, SYNTH_RUN,
 };
 use crate::{
     clock::now_ms,
@@ -176,7 +176,7 @@ impl Finisher {
         lease: &Lease,
         preread: Option<Settled>,
     ) -> Result<Synthesis, ServiceError> {
-        let options = options_of(id, &record)?;
+        let options = record.resolved_options(id)?;
         let settled = match preread {
             Some(settled) => settled,
             None => {

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{error::StoreError, protocol::SubtaskOutcome};
+use crate::{
+    error::StoreError,
+    protocol::{self, ResolvedOptions, SubtaskOutcome},
+};
 
 /// Lifecycle of a task in Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +87,18 @@ pub struct TaskRecord {
     pub wave_len: u64,
     /// The parent subtask of a child task, encoded [`crate::protocol::ParentRef`].
     pub parent: Option<Vec<u8>>,
+}
+
+impl TaskRecord {
+    /// The task's resolved options, decoded from [`TaskRecord::options`]; `id` (the task's id)
+    /// only names the task in the error.
+    ///
+    /// # Errors
+    /// They do not decode (the record was written by something else): [`StoreError::Corrupt`].
+    pub fn resolved_options(&self, id: &str) -> Result<ResolvedOptions, StoreError> {
+        protocol::decode(&self.options)
+            .map_err(|e| StoreError::Corrupt(format!("options of task {id}: {e}")))
+    }
 }
 
 /// A settled subtask as stored in the `results` hash.
