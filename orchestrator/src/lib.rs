@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -22,6 +22,7 @@ use chorus_shared::{
         self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
     },
     publish::{self, TaskContext},
+    runtime::ServiceConfig,
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
         CHUNK, PLAN_RUN,
@@ -91,6 +92,20 @@ impl Config {
     }
 }
 
+impl ServiceConfig for Config {
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self)
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log.log_format
+    }
+
+    fn threads(&self) -> u16 {
+        self.threads
+    }
+}
+
 struct Orchestrator {
     config: Config,
     registry: Registry,
@@ -106,8 +121,7 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
-    store.warn_about_settings().await;
+    let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
     let spec = ServiceSpec::new(
         "chorus-orchestrator",

@@ -1,7 +1,7 @@
 //! `chorus-orchestrator`: flags → logging → [`chorus_orchestrator::run`] until a signal.
 
 use chorus_orchestrator::{run, Config};
-use chorus_shared::{config, kinds::Registry, runtime, telemetry};
+use chorus_shared::{kinds::Registry, runtime};
 use clap::Parser;
 
 /// The binary's name, in its error lines.
@@ -9,9 +9,7 @@ const NAME: &str = "chorus-orchestrator";
 
 fn main() {
     let config = Config::parse();
-    config::exit_if_invalid(NAME, config.validate());
-    telemetry::init(config.log.log_format);
-    let threads = config.threads;
+    let threads = runtime::prepare(NAME, &config);
     runtime::run_service(NAME, threads, |shutdown| {
         run(config, Registry::builtin(), shutdown)
     });

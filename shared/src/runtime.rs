@@ -5,7 +5,33 @@ use std::future::Future;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::shutdown;
+use crate::{
+    config::{self, LogFormat},
+    shutdown, telemetry,
+};
+
+/// What starting a service binary needs from the service's `Config`, so every binary built on a
+/// service's `run` (the stock ones and your own) starts it the same way ([`prepare`]).
+pub trait ServiceConfig {
+    /// The service's own checks of its settings, those clap cannot make one flag at a time.
+    ///
+    /// # Errors
+    /// The first problem, as one line for the user (passwords hidden).
+    fn validate(&self) -> Result<(), String>;
+    /// `--log-format`.
+    fn log_format(&self) -> LogFormat;
+    /// `--threads`: threads of the service's async runtime, as [`run_service`] takes them.
+    fn threads(&self) -> u16;
+}
+
+/// Start-up of a service binary before its runtime: invalid settings end the process with one
+/// line `<name>: <message>` and exit code 64 ([`config::exit_if_invalid`]), then logging is set
+/// up. Returns the thread count to hand to [`run_service`].
+pub fn prepare(name: &str, config: &impl ServiceConfig) -> u16 {
+    config::exit_if_invalid(name, config.validate());
+    telemetry::init(config.log_format());
+    config.threads()
+}
 
 /// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the
 /// calling thread, which saves the hand-offs between threads on every message; `0`: one per

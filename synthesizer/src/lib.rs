@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chorus_shared::{
     amqp::{self, DeadLetter},
     clock::now_ms,
-    config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -23,6 +23,7 @@ use chorus_shared::{
         self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },
     publish,
+    runtime::ServiceConfig,
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
@@ -82,6 +83,20 @@ impl Config {
     }
 }
 
+impl ServiceConfig for Config {
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self)
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log.log_format
+    }
+
+    fn threads(&self) -> u16 {
+        self.threads
+    }
+}
+
 /// Control messages handled at once.
 const CONTROL_CONCURRENCY: u16 = 8;
 
@@ -99,8 +114,7 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
-    store.warn_about_settings().await;
+    let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
     let spec = ServiceSpec::new(
         "chorus-synthesizer",

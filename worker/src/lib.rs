@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{ConnectArgs, LimitArgs, LogArgs, ShutdownArgs},
+    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
@@ -27,6 +27,7 @@ use chorus_shared::{
     },
     publish,
     ratelimit::RateLimit,
+    runtime::ServiceConfig,
     store::Store,
     topology,
 };
@@ -154,6 +155,20 @@ impl Config {
             .last()
             .unwrap_or(Duration::from_millis(self.retry_base_delay_ms))
             .min(Duration::from_millis(self.retry_max_delay_ms))
+    }
+}
+
+impl ServiceConfig for Config {
+    fn validate(&self) -> Result<(), String> {
+        Config::validate(self)
+    }
+
+    fn log_format(&self) -> LogFormat {
+        self.log.log_format
+    }
+
+    fn threads(&self) -> u16 {
+        self.threads
     }
 }
 

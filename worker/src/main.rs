@@ -1,6 +1,6 @@
 //! `chorus-worker`: flags → logging → [`chorus_worker::run`] until a signal.
 
-use chorus_shared::{config, kinds::Registry, runtime, telemetry};
+use chorus_shared::{kinds::Registry, runtime};
 use chorus_worker::{run, Config};
 use clap::Parser;
 
@@ -9,9 +9,7 @@ const NAME: &str = "chorus-worker";
 
 fn main() {
     let config = Config::parse();
-    config::exit_if_invalid(NAME, config.validate());
-    telemetry::init(config.log.log_format);
-    let threads = config.threads;
+    let threads = runtime::prepare(NAME, &config);
     runtime::run_service(NAME, threads, |shutdown| {
         run(config, Registry::builtin(), shutdown)
     });

@@ -10,7 +10,7 @@
 
 mod primes;
 
-use chorus_shared::{config, kinds::Registry, runtime, telemetry};
+use chorus_shared::{kinds::Registry, runtime};
 use clap::Parser;
 
 /// The binary's name, in its error lines.
@@ -37,13 +37,11 @@ fn registry() -> Registry {
 /// logging, then its `run` on a runtime of its `--threads` until a signal.
 fn main() {
     let cli = Cli::parse();
-    let (checked, log, threads) = match &cli {
-        Cli::Orchestrator(config) => (config.validate(), config.log.log_format, config.threads),
-        Cli::Worker(config) => (config.validate(), config.log.log_format, config.threads),
-        Cli::Synthesizer(config) => (config.validate(), config.log.log_format, config.threads),
+    let threads = match &cli {
+        Cli::Orchestrator(config) => runtime::prepare(NAME, config),
+        Cli::Worker(config) => runtime::prepare(NAME, config),
+        Cli::Synthesizer(config) => runtime::prepare(NAME, config),
     };
-    config::exit_if_invalid(NAME, checked);
-    telemetry::init(log);
     runtime::run_service(NAME, threads, |shutdown| async move {
         match cli {
             Cli::Orchestrator(config) => {

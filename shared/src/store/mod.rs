@@ -45,9 +45,9 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use crate::error::StoreError;
 #[cfg(doc)]
 use crate::protocol::{Outcome, PlanEntry, ReplyTarget, SubtaskOutcome};
+use crate::{config::ConnectArgs, error::StoreError};
 
 mod children;
 mod claim;
@@ -102,6 +102,17 @@ impl Store {
             .set_connection_timeout(Some(timeout));
         let connection = ConnectionManager::new_with_config(client, config).await?;
         Ok(Self { connection })
+    }
+
+    /// Connects as a service starts: [`Store::connect`] with `--redis-url` and
+    /// `--redis-timeout-ms` from `connect`, then [`Store::warn_about_settings`].
+    ///
+    /// # Errors
+    /// As [`Store::connect`].
+    pub async fn connect_service(connect: &ConnectArgs) -> Result<Self, StoreError> {
+        let store = Self::connect(&connect.redis_url, connect.redis_timeout()).await?;
+        store.warn_about_settings().await;
+        Ok(store)
     }
 
     /// A handle on the connection (also for scripts kept beside the modules that use them).
