@@ -188,7 +188,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
         .await
         .unwrap();
     let Some(SettledLease::Acquired(again)) = again else {
-        panic!("the lease was not free after it was given back");
+        panic!("the lease was not free after it was released");
     };
     assert_eq!(again.runs, Some(1), "a given-back run stayed counted");
     again.lease.release().await.unwrap();
@@ -268,10 +268,10 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
 }
 
 #[tokio::test]
-async fn the_last_write_under_a_lease_gives_it_back_in_the_same_call() {
-    let env = TestEnv::new("store-give-back").await;
+async fn the_last_write_under_a_lease_releases_it_in_the_same_call() {
+    let env = TestEnv::new("store-last-write-releases").await;
     let store = store(&env).await;
-    let id = format!("give-back-{}", uuid::Uuid::new_v4());
+    let id = format!("last-write-releases-{}", uuid::Uuid::new_v4());
     let mut conn = env.redis().await;
     let keys = TaskKeys::new(&id);
 
