@@ -20,8 +20,7 @@ use chorus_shared::{
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
-    finish::panic_message,
-    kinds::{self, HandlerContext, KindError, Registry},
+    kinds::{self, panic_message, HandlerContext, KindError, Registry},
     protocol::{
         self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
     },

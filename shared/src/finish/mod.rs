@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::{
     amqp::Publisher,
     config::{LimitArgs, OutcomeArgs},
-    kinds::{self, Registry},
+    kinds::Registry,
     store::Store,
 };
 
@@ -80,13 +80,5 @@ impl Finisher {
             max_runs: limits.max_deliveries,
             max_message_bytes: limits.max_message_bytes(),
         }
-    }
-}
-
-/// The text of a panic, for an error message.
-pub fn panic_message(join: tokio::task::JoinError) -> String {
-    match join.try_into_panic() {
-        Ok(payload) => kinds::panic_text(payload.as_ref()),
-        Err(join) => join.to_string(),
     }
 }

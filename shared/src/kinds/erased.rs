@@ -217,10 +217,18 @@ pub async fn run_kind_code<T: Send + 'static>(
     }
     match tokio::task::spawn_blocking(call).await {
         Ok(value) => Ok(value),
-        Err(join) => Err(match join.try_into_panic() {
-            Ok(payload) => panic_text(payload.as_ref()),
-            Err(join) => join.to_string(),
-        }),
+        Err(join) => Err(panic_message(join)),
+    }
+}
+
+/// The text of a spawned task's failure, for an error message: its panic's text
+/// ([`panic_text`]), or why it did not finish (cancelled at shutdown).
+///
+/// Used by the services, not by kind authors.
+pub fn panic_message(join: tokio::task::JoinError) -> String {
+    match join.try_into_panic() {
+        Ok(payload) => panic_text(payload.as_ref()),
+        Err(join) => join.to_string(),
     }
 }
 

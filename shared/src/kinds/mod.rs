@@ -17,9 +17,9 @@
 //!
 //! # Internals (`erased.rs`)
 //! [`DynKind`], [`to_entries`], [`spawned_entries`], [`run_kind_code`], [`panic_text`],
-//! [`INLINE_OUTPUTS`] and [`sort_by_subtask_id`] are used by the services, not by kind authors:
-//! the registry erases each kind's types to MessagePack bytes so the services never need to know
-//! them.
+//! [`panic_message`], [`INLINE_OUTPUTS`] and [`sort_by_subtask_id`] are used by the services,
+//! not by kind authors: the registry erases each kind's types to MessagePack bytes so the
+//! services never need to know them.
 
 pub mod range_sum;
 pub mod report;
@@ -41,6 +41,6 @@ pub use registry::Registry;
 
 // Used by the services, not by kind authors.
 pub use erased::{
-    panic_text, run_kind_code, sort_by_subtask_id, spawned_entries, to_entries, DynKind,
-    INLINE_OUTPUTS,
+    panic_message, panic_text, run_kind_code, sort_by_subtask_id, spawned_entries, to_entries,
+    DynKind, INLINE_OUTPUTS,
 };
