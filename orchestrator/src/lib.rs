@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
+    config::{self, ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -70,7 +70,7 @@ pub struct Config {
 
     /// Retry delays go up to this, so the delay queues are declared up to it (keep equal to
     /// the workers' --retry-max-delay-ms).
-    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = config::DEFAULT_RETRY_MAX_DELAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
 
     /// Threads of the async runtime: 1 (the default) runs the orchestrator's own work on one

@@ -24,6 +24,9 @@ pub enum LogFormat {
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 5000;
 /// Default of `--publish-timeout-ms`: the longest wait for a publish confirm, in ms.
 pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 30_000;
+/// Default `--retry-max-delay-ms` of the worker (its longest retry delay) and the orchestrator
+/// (the delay queues it declares reach it): one minute.
+pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 60_000;
 
 /// Where the services are and how long to wait for them.
 #[derive(Args, Clone, Debug)]

@@ -7,6 +7,10 @@ use redis::Script;
 
 use crate::{error::StoreError, protocol, store::Store};
 
+/// Highest rate a limit may name, in subtasks per second: far above what any worker type
+/// reaches, so a larger one is a typo.
+pub const MAX_RATE_PER_SEC: f64 = 1_000_000.0;
+
 /// `rate` subtasks per second for workers of `worker_type`, with bursts of up to `burst`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimit {
@@ -34,9 +38,9 @@ impl FromStr for RateLimit {
         let rate: f64 = rate
             .parse()
             .map_err(|_| format!("rate {rate:?} is not a number"))?;
-        if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+        if !(rate.is_finite() && rate > 0.0 && rate <= MAX_RATE_PER_SEC) {
             return Err(format!(
-                "rate must be above 0 and at most 1000000, got {rate}"
+                "rate must be above 0 and at most {MAX_RATE_PER_SEC}, got {rate}"
             ));
         }
         let burst = match burst {

@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
+    config::{self, ConnectArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
@@ -99,7 +99,7 @@ pub struct Config {
     pub retry_base_delay_ms: u64,
 
     /// Longest delay between two attempts.
-    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = config::DEFAULT_RETRY_MAX_DELAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
 }
 
