@@ -1,6 +1,7 @@
-//! Ending a task: review rounds and synthesis under a lease, cancellation and deadlines, storing
-//! the outcome once, and delivering it to every waiter, to `chorus.events`, to the parent of a
-//! child task and (as cancellations) to the children of a finished one. Every step is safe to
+//! Moving a task along after planning and ending it: publishing what results release, review
+//! rounds and synthesis under a lease, cancellation and deadlines, storing the outcome once,
+//! and delivering it to every waiter, to `chorus.events`, to the parent of a child task and (as
+//! cancellations) to the children of a finished one. Every step is safe to
 //! repeat, so a redelivered message can always finish what a crashed process started.
 //!
 //! # Layout
@@ -8,7 +9,9 @@
 //!   partial-failure policy, deadlines), as plain functions with no I/O — start here.
 //! - `synthesis`: the [`Finisher`]'s way in (a settled task), its synthesis lease, and the
 //!   kind's synthesis run under it.
-//! - `review`: review rounds, and publishing the subtasks they (or a crashed process) released.
+//! - `review`: review rounds: the kind's review, and recording the next round.
+//! - `outbox`: publishing released subtasks (by results, a review round or the plan) and
+//!   those a crashed process released but did not publish.
 //! - `deliver`: storing the outcome once and delivering it to waiters, events, the parent task
 //!   and the children.
 //! - `control`: cancellations, deadline timers and other stops.
@@ -27,6 +30,7 @@ use crate::{
 mod control;
 mod decide;
 mod deliver;
+mod outbox;
 mod review;
 mod synthesis;
 

@@ -1,16 +1,12 @@
 //! Review rounds: the kind's review of a settled round, which may send subtasks back for
-//! another, and the publishing of what a round (or a process that crashed before publishing)
-//! released.
+//! another round.
 
 use std::collections::HashSet;
 
 use super::Finisher;
 use crate::{
-    error::ServiceError,
     failpoint, graph, kinds,
-    protocol::PlanEntry,
-    publish::{self, TaskContext},
-    store::{Lease, TaskRecord, TaskState},
+    store::{Lease, TaskRecord},
 };
 
 impl Finisher {
@@ -64,60 +60,5 @@ impl Finisher {
             .map_err(|e| format!("cannot publish round {}: {e}", round + 1))?;
         failpoint::hit("synthesizer.after-review-published").await;
         Ok(true)
-    }
-
-    /// Publishes subtasks a script released in review round `round`, then clears them from
-    /// the outbox.
-    ///
-    /// # Errors
-    /// Redis or the broker failed; the outbox keeps them for the next attempt.
-    pub async fn publish_released(
-        &self,
-        id: &str,
-        record: &TaskRecord,
-        round: u32,
-        released: &[PlanEntry],
-    ) -> Result<(), ServiceError> {
-        if released.is_empty() {
-            return Ok(());
-        }
-        let options = record.resolved_options(id)?;
-        let context = TaskContext {
-            task: id,
-            kind: &record.kind,
-            options: &options,
-            created_ms: record.created_ms,
-            max_message_bytes: self.max_message_bytes,
-            round,
-        };
-        publish::publish_entries(&self.store, &self.publisher, context, released).await?;
-        self.store.clear_outbox(id, released).await?;
-        Ok(())
-    }
-
-    /// Publishes what a crashed process released but did not publish (the outbox).
-    ///
-    /// # Errors
-    /// Redis or the broker failed.
-    pub async fn flush_outbox(&self, id: &str) -> Result<(), ServiceError> {
-        let Some(record) = self.store.task(id).await? else {
-            return Ok(());
-        };
-        if record.state == TaskState::Finished {
-            return Ok(());
-        }
-        let released = self.store.outbox(id).await?;
-        if !released.is_empty() {
-            tracing::info!(
-                task = id,
-                subtasks = released.len(),
-                "publishing subtasks released before a crash"
-            );
-        }
-        // Read before the outbox: a round that began in between makes these look older than
-        // they are, so their results count as duplicates (which flush again) and never as a
-        // later round's.
-        self.publish_released(id, &record, record.round, &released)
-            .await
     }
 }
