@@ -72,7 +72,7 @@ const BUCKET_LINGER_MS: u64 = 60_000;
 
 /// Takes one token if there is one; otherwise returns the milliseconds until there will be.
 static TAKE_TOKEN_SCRIPT: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/take_token.lua")));
+    LazyLock::new(|| Script::new(include_str!("ratelimit/take_token.lua")));
 
 /// Redis key of the bucket of `worker_type`.
 pub fn bucket_key(worker_type: &str) -> String {

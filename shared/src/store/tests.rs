@@ -70,35 +70,43 @@ fn the_preludes_bind_the_keys_of_their_rust_groups_in_order() {
     );
 }
 
-#[test]
-fn every_lua_file_says_what_it_takes_and_gives() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/lua");
-    let mut checked = 0;
-    for dir in [root.clone(), root.join("prelude")] {
-        let prelude = dir != root;
-        for file in std::fs::read_dir(&dir).expect("lua directory") {
-            let path = file.expect("directory entry").path();
-            if path.extension().is_none_or(|ext| ext != "lua") {
-                continue;
-            }
-            let lua = std::fs::read_to_string(&path).expect("lua file");
-            let header: Vec<&str> = lua.lines().take_while(|l| l.starts_with("--")).collect();
-            let wanted: &[&str] = if prelude {
-                &["-- KEYS", "-- Defines:"]
-            } else {
-                &["-- KEYS", "-- ARGV", "-- Returns:"]
-            };
-            for start in wanted {
-                assert!(
-                    header.iter().any(|line| line.starts_with(start)),
-                    "{} has no {start} line in its header",
-                    path.display()
-                );
-            }
-            checked += 1;
+/// Every `.lua` file under `dir`, at any depth.
+fn lua_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("source directory") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            lua_files(&path, found);
+        } else if path.extension().is_some_and(|ext| ext == "lua") {
+            found.push(path);
         }
     }
-    assert!(checked > 20, "only {checked} Lua files found");
+}
+
+#[test]
+fn every_lua_file_says_what_it_takes_and_gives() {
+    let mut files = Vec::new();
+    lua_files(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    for path in &files {
+        let prelude = path.parent().is_some_and(|dir| dir.ends_with("prelude"));
+        let lua = std::fs::read_to_string(path).expect("lua file");
+        let header: Vec<&str> = lua.lines().take_while(|l| l.starts_with("--")).collect();
+        let wanted: &[&str] = if prelude {
+            &["-- KEYS", "-- Defines:"]
+        } else {
+            &["-- KEYS", "-- ARGV", "-- Returns:"]
+        };
+        for start in wanted {
+            assert!(
+                header.iter().any(|line| line.starts_with(start)),
+                "{} has no {start} line in its header",
+                path.display()
+            );
+        }
+    }
+    assert!(files.len() > 20, "only {} Lua files found", files.len());
 }
 
 #[test]

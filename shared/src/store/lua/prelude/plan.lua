@@ -1,4 +1,5 @@
--- Prelude of the scripts that record plan entries (append_plan, record_plan, claim_planned).
+-- Prelude of the scripts that record plan entries or check the plan lease while planning
+-- (append_plan, record_plan, claim_planned, mark_planned).
 -- KEYS[1]: plan-lease — owner token of the planning process
 -- KEYS[2]: task — the task hash
 -- KEYS[3]: plan — hash of subtask id to encoded plan entry
@@ -8,9 +9,10 @@
 -- KEYS[7]: dependents — hash of subtask id to space-separated ids waiting for it
 -- KEYS[8]: types — per worker type counters
 -- KEYS[9]: worker-types — hash of subtask id to worker type, other than default
--- KEYS[10]: wave — first-wave ids, when not the whole order (not passed to append_plan)
+-- KEYS[10]: wave — first-wave ids, when not the whole order (not passed to append_plan or
+--   mark_planned)
 -- KEYS[11]: ready — ids whose dependencies are met, waiting for a slot (not passed to
---   append_plan)
+--   append_plan or mark_planned)
 -- The scripts that include it may take more KEYS after these.
 -- ARGV: read from the position each function is given. An entry is ENTRY_WIDTH values: id,
 --   encoded entry, worker type, unmet dependency count, space-separated dependents.
