@@ -486,8 +486,8 @@ impl Orchestrator {
             }
             return self.plan_counted(id, lease, record, None, None).await;
         }
-        // The count is given back when this attempt fails short of a crash: only runs that
-        // take the process down stay counted.
+        // The run is uncounted (`end_run`) when this attempt fails short of a crash: only runs
+        // that take the process down stay counted.
         let result = self.plan_counted(id, lease, record, runs, ahead).await;
         if result.is_err() && runs.is_some() {
             drop(store.end_run(id, PLAN_RUN).await);

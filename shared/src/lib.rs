@@ -7,16 +7,19 @@
 //! - [`amqp`]: connections, confirmed publishing with time limits, acks, dead-letter copies,
 //!   replies to submitters.
 //! - [`consume`]: the reconnecting consume loop with prefetch, concurrency bound and drain.
-//! - [`store`]: Redis keys of a task and the atomic Lua scripts of the fan-in.
-//! - [`finish`]: how a task ends (the decision, `finish/decide.rs`), synthesis under a lease,
-//!   storing the outcome once, delivering it, cancellations and deadlines.
+//! - [`store`]: Redis keys of a task, the atomic Lua scripts of the fan-in, leases (acquired and
+//!   released) and run counting for poison detection; one file per operation.
+//! - [`finish`]: publishing what results release, review rounds, how a task ends (the decision,
+//!   `finish/decide.rs`), synthesis under a lease, storing the outcome once, delivering it,
+//!   cancellations and deadlines.
 //! - [`graph`]: plan checks (ids, worker types, dependencies, cycles) and the first wave.
 //! - [`ratelimit`]: token buckets in Redis shared by every worker of a type.
-//! - [`publish`]: publishing released subtasks to their worker type's queue, child tasks.
+//! - [`publish`]: publishing released subtasks to their worker type's queue, child tasks,
+//!   results and `subtask.<status>` events.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
-//!   the async runtime, errors.
+//!   a service binary's start-up and async runtime, errors.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 

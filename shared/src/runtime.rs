@@ -1,4 +1,5 @@
-//! The async runtime a service runs on: one thread (the default of the orchestrator and the
+//! A service binary's start-up ([`prepare`]: its settings checked, logging) and the async
+//! runtime it runs on ([`run_service`]): one thread (the default of the orchestrator and the
 //! synthesizer, whose own work is waiting on the broker and Redis) or a pool of threads.
 
 use std::future::Future;

@@ -70,7 +70,7 @@ async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry
         .await
         .unwrap();
     let Claim::New(Some(Planning { lease, .. })) = claim else {
-        panic!("a new task's claim takes its plan lease");
+        panic!("a new task's claim acquires its plan lease");
     };
     let entries: Vec<PlanEntry> = (0..subtasks).map(|n| entry(&format!("s{n}"))).collect();
     let wave = graph::first_wave(&entries, 0);
@@ -115,7 +115,7 @@ fn synthesis_lease(key: &str) -> LeaseRequest<'_> {
 }
 
 #[tokio::test]
-async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_call() {
+async fn the_results_that_settle_a_task_acquire_their_synthesis_lease_in_the_same_call() {
     let env = TestEnv::new("store-settle").await;
     let store = store(&env).await;
     let id = format!("settle-{}", uuid::Uuid::new_v4());
@@ -134,7 +134,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
         matches!(recorded, Recorded::Batch { remaining: 1, .. }),
         "{recorded:?}"
     );
-    assert!(lease.is_none(), "a lease taken with work still pending");
+    assert!(lease.is_none(), "a lease acquired with work still pending");
     let mut conn = env.redis().await;
     assert!(!conn.exists::<_, bool>(&lease_key).await.unwrap());
 
@@ -152,7 +152,7 @@ async fn the_results_that_settle_a_task_take_its_synthesis_lease_in_the_same_cal
         "{recorded:?}"
     );
     let Some(SettledLease::Acquired(leased)) = lease else {
-        panic!("the settling call did not take the synthesis lease");
+        panic!("the settling call did not acquire the synthesis lease");
     };
     monitor.catch_up().await;
     assert_eq!(
@@ -228,7 +228,7 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
         .await
         .unwrap();
     let Some(SettledLease::Acquired(leased)) = lease else {
-        panic!("the settling call did not take the synthesis lease");
+        panic!("the settling call did not acquire the synthesis lease");
     };
     // The review sends s2 back: round 2 re-opens it.
     let released = store
@@ -275,7 +275,7 @@ async fn the_last_write_under_a_lease_releases_it_in_the_same_call() {
     let mut conn = env.redis().await;
     let keys = TaskKeys::new(&id);
 
-    // Moving to running ends the plan lease (`running_task` releases it afterwards, which
+    // Moving to running releases the plan lease (`running_task` releases it again afterwards, which
     // must then cost nothing). A first run loads the scripts, so that the count below is not
     // thrown off by a fresh server's script cache.
     running_task(&store, &format!("warm-up-{id}"), 1).await;

@@ -199,6 +199,8 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
+    // settings (docs/protocol.md); the workers, often many, do not repeat it.
     let store = Store::connect(&config.connect.redis_url, config.connect.redis_timeout()).await?;
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.

@@ -1,6 +1,10 @@
 //! RabbitMQ plumbing: connections, confirmed publishing with time limits, acks that report
 //! loss, header access, dead-lettering with a reason, and replies to submitters
 //! ([`reply_target`], [`reply_rejected`]).
+//!
+//! # Layout
+//! - `mod.rs`: connections, the [`Publisher`], acks, headers, dead letters.
+//! - `reply.rs`: where a submitter wants its outcome, and the reply messages sent there.
 
 use std::{
     collections::HashSet,

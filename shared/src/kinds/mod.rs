@@ -19,7 +19,9 @@
 //! [`DynKind`], [`to_entries`], [`spawned_entries`], [`run_kind_code`], [`panic_text`],
 //! [`panic_message`], [`INLINE_OUTPUTS`] and [`sort_by_subtask_id`] are used by the services,
 //! not by kind authors: the registry erases each kind's types to MessagePack bytes so the
-//! services never need to know them.
+//! services never need to know them (`codec.rs` holds the encoding and decoding with the
+//! errors a kind's code sees). [`Spawned`] is what the worker reads back of a handler's
+//! [`HandlerContext::spawn`] calls.
 
 pub mod range_sum;
 pub mod report;

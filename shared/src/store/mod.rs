@@ -32,12 +32,14 @@
 //! front of them at compile time):
 //! - `keys`: [`TaskKeys`] and the named groups of keys scripts share.
 //! - `claim`: claiming a task id ([`Store::claim`], [`Store::claim_planned`]).
-//! - `plan`: recording the plan, publishing progress, moving on to `running`.
+//! - `plan`: recording the plan (whole or in chunks), the confirmed prefix of the first wave,
+//!   moving on to `running`.
 //! - `results`: recording subtask results ([`Store::record_results`]).
 //! - `revise`: another review round. `graph`: what `results` and `revise` share.
 //! - `outbox`: released subtasks whose publication is not confirmed.
 //! - `lease`: the [`Lease`] guard. `run`: runs counted and leased ([`Store::lease_run`]).
-//! - `outcome`: storing, reading and delivering the outcome.
+//! - `outcome`: storing the outcome once, reading it with its waiters, marking it delivered
+//!   (which releases the synthesis lease).
 //! - `read`, `children`, `progress`: plain reads. `record`: the task hash parsed.
 //!   `codec`: stored values encoded and decoded.
 
