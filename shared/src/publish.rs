@@ -399,8 +399,9 @@ pub async fn publish_result(
 /// Publishes the results of a subtask batch to `chorus.results` with their confirms
 /// pipelined: as one [`ResultBatch`](crate::protocol::ResultBatch) message, or several when
 /// together they would pass a quarter of `max_message_bytes` (a result alone in its message
-/// goes as a plain result). The caller acks the batch only after this returns: a crash before then redoes the batch, and results already
-/// published are then duplicates the synthesizer ignores.
+/// goes as a plain result). The caller acks the batch only after this returns: a crash before
+/// then redoes the batch, and results already published are then duplicates the synthesizer
+/// ignores.
 ///
 /// # Errors
 /// A result does not encode, or the broker did not confirm.
