@@ -81,8 +81,9 @@ impl Finisher {
         }
     }
 
-    /// What the synthesis lease of task `id` is asked for: by [`crate::store::Store::record_results`]
-    /// (the `lease_key` is [`TaskKeys::synth_lease`]) and by this finisher.
+    /// What the synthesis lease of task `id` is asked for: by
+    /// [`crate::store::Store::record_results`] (the `lease_key` is [`TaskKeys::synth_lease`]) and
+    /// by this finisher.
     pub fn synthesis_lease<'a>(&self, lease_key: &'a str) -> LeaseRequest<'a> {
         LeaseRequest {
             key: lease_key,
