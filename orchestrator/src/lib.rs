@@ -27,7 +27,7 @@ use chorus_shared::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
         CHUNK, PLAN_RUN,
     },
-    topology,
+    text, topology,
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -267,7 +267,8 @@ impl Orchestrator {
             if !self.started_by(parent, &id).await? {
                 let error = ProtocolError::Invalid(format!(
                     "parent {}/{} did not start a child task {id:?}; submitters must not set parent",
-                    parent.task, parent.subtask
+                    text::quoted(&parent.task),
+                    text::quoted(&parent.subtask)
                 ));
                 return self.refuse(delivery, encoding, Refusal { id, error }).await;
             }
@@ -564,9 +565,10 @@ impl Orchestrator {
     ) -> Result<Result<Vec<PlanEntry>, Disposition>, ServiceError> {
         let Some(kind) = self.registry.get(&record.kind) else {
             let known = self.registry.names().join(", ");
+            // The name is the submitter's text: quoted, escaped and bounded.
             let reason = format!(
-                "unknown kind {:?}; this deployment knows: {known}",
-                record.kind
+                "unknown kind {}; this deployment knows: {known}",
+                text::quoted(&record.kind)
             );
             return self.reject_task(id, reason).await.map(Err);
         };
@@ -574,9 +576,9 @@ impl Orchestrator {
             None => return Ok(Err(Disposition::Ack)),
             Some(runs) if runs > self.config.limits.max_deliveries => {
                 let reason = format!(
-                    "planning did not finish in {} runs: the planner of kind {:?} may be crashing the orchestrator",
+                    "planning did not finish in {} runs: the planner of kind {} may be crashing the orchestrator",
                     runs - 1,
-                    record.kind
+                    text::quoted(&record.kind)
                 );
                 return self.reject_task(id, reason).await.map(Err);
             }
@@ -589,8 +591,14 @@ impl Orchestrator {
                 None => return Ok(Ok(entries)),
                 Some(reason) => reason,
             },
-            Ok(Err(error)) => format!("invalid input for kind {:?}: {error}", record.kind),
-            Err(panic) => format!("planner of kind {:?} panicked: {panic}", record.kind),
+            Ok(Err(error)) => format!(
+                "invalid input for kind {}: {error}",
+                text::quoted(&record.kind)
+            ),
+            Err(panic) => format!(
+                "planner of kind {} panicked: {panic}",
+                text::quoted(&record.kind)
+            ),
         };
         self.reject_task(id, reason).await.map(Err)
     }

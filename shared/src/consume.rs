@@ -19,7 +19,7 @@ use crate::{
     amqp::{self, DeadLetter, Publisher},
     config::{redact_url, ConnectArgs},
     error::{BrokerError, ProtocolError, ServiceError, StoreError},
-    topology,
+    text, topology,
 };
 
 /// The two broker connections of a session: consuming and publishing are kept apart so that a
@@ -565,11 +565,13 @@ impl Job {
             subtask,
         } = disposition
         {
-            let reason = error.to_string();
+            // What the message carried is escaped and bounded before it reaches the log.
+            let reason = text::reason(&error.to_string());
+            let name = |name: Option<&str>| text::bounded(name.unwrap_or(""), text::MAX_NAME_BYTES);
             tracing::warn!(
                 queue = %self.queue,
-                task = task.as_deref().unwrap_or(""),
-                subtask = subtask.as_deref().unwrap_or(""),
+                task = %name(task.as_deref()),
+                subtask = %name(subtask.as_deref()),
                 reason = %reason,
                 "message dead-lettered to chorus.dead"
             );

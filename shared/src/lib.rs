@@ -20,6 +20,8 @@
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
 //!   a service binary's start-up and async runtime, errors.
+//! - [`text`]: text from a message (names, ids, reasons) escaped and bounded for logs,
+//!   dead-letter headers and outcome errors.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
@@ -40,4 +42,5 @@ pub mod runtime;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod topology;

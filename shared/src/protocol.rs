@@ -9,7 +9,7 @@ use rmpv::Value;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
-use crate::error::ProtocolError;
+use crate::{error::ProtocolError, text};
 
 /// Content type of MessagePack bodies; also assumed when a message has no `content_type`.
 pub const MSGPACK: &str = "application/msgpack";
@@ -467,15 +467,17 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// An outcome for a request that never became a running task.
-    pub fn rejected(id: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An outcome for a request that never became a running task. `message` (which may carry
+    /// the request's own text) is escaped and bounded ([`text::reason`]), and so is `id`, which
+    /// may be a `message_id` that failed validation.
+    pub fn rejected(id: impl AsRef<str>, message: impl AsRef<str>) -> Self {
         Self {
-            id: id.into(),
+            id: text::bounded(id.as_ref(), text::MAX_NAME_BYTES),
             status: Status::Rejected,
             output: Value::Nil,
             errors: vec![OutcomeError {
                 subtask: None,
-                message: message.into(),
+                message: text::reason(message.as_ref()),
             }],
             stats: Stats::default(),
         }

@@ -28,6 +28,7 @@ use chorus_shared::{
     ratelimit::RateLimit,
     runtime::ServiceConfig,
     store::Store,
+    text,
     topology,
 };
 use clap::Parser;
@@ -323,9 +324,11 @@ enum Attempt {
 }
 
 impl Attempt {
-    fn failed(message: impl Into<String>, retryable: bool) -> Self {
+    /// A failed attempt; `message` (often the handler's own text) is escaped and bounded
+    /// ([`text::reason`]) before it reaches a log line, a result or a dead letter.
+    fn failed(message: impl AsRef<str>, retryable: bool) -> Self {
         Self::Failed {
-            message: message.into(),
+            message: text::reason(message.as_ref()),
             retryable,
         }
     }

@@ -20,7 +20,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
 };
 
-use crate::{error::BrokerError, topology};
+use crate::{error::BrokerError, text, topology};
 
 mod reply;
 
@@ -290,20 +290,23 @@ pub async fn dead_letter(
     letter: DeadLetter<'_>,
 ) -> Result<(), BrokerError> {
     let mut headers = original.headers().clone().unwrap_or_default();
-    let text = |value: &str| AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()));
+    let value = |value: String| AMQPValue::LongString(LongString::from(value.into_bytes()));
+    // The reason and ids may carry the message's own text: escaped and bounded, so that a
+    // header stays readable and small whatever was sent.
+    let name = |name: &str| value(text::bounded(name, text::MAX_NAME_BYTES));
     headers.insert(
         ShortString::from(topology::REASON_HEADER),
-        text(letter.reason),
+        value(text::reason(letter.reason)),
     );
     headers.insert(
         ShortString::from(topology::SOURCE_QUEUE_HEADER),
-        text(letter.source_queue),
+        value(letter.source_queue.to_owned()),
     );
     if let Some(task) = letter.task {
-        headers.insert(ShortString::from(topology::TASK_HEADER), text(task));
+        headers.insert(ShortString::from(topology::TASK_HEADER), name(task));
     }
     if let Some(subtask) = letter.subtask {
-        headers.insert(ShortString::from(topology::SUBTASK_HEADER), text(subtask));
+        headers.insert(ShortString::from(topology::SUBTASK_HEADER), name(subtask));
     }
     let properties = copy_for_dead_letter(original).with_headers(headers);
     publisher

@@ -16,6 +16,7 @@ use crate::{
         self, OnFailure, Outcome, OutcomeError, ResolvedOptions, Stats, Status, SubtaskOutcome,
     },
     store::{Settled, StoredResult, TaskRecord, TaskState},
+    text,
 };
 
 #[cfg(test)]
@@ -39,7 +40,7 @@ pub(crate) fn stats_of(record: &TaskRecord, now_ms: u64) -> Stats {
 fn task_error(message: String) -> OutcomeError {
     OutcomeError {
         subtask: None,
-        message,
+        message: text::reason(&message),
     }
 }
 
@@ -155,7 +156,8 @@ pub(crate) fn deadline(record: &TaskRecord, options: &ResolvedOptions, now_ms: u
 
 /// The task-level error of a cancellation that gave `reason` (or none).
 pub(crate) fn cancel_message(reason: Option<&str>) -> String {
-    reason.map_or_else(|| "cancelled on request".to_owned(), str::to_owned)
+    // The reason is the canceller's text, and goes to the log and the outcome.
+    reason.map_or_else(|| "cancelled on request".to_owned(), text::reason)
 }
 
 /// The kind's code to run on a settled task (see [`decide`]).
@@ -253,9 +255,11 @@ fn in_plan_order(
     failures.sort_by(|a, b| rank(&a.0).cmp(&rank(&b.0)).then_with(|| a.0.cmp(&b.0)));
     let errors = failures
         .into_iter()
+        // A failure's message may be a handler's own text (or a stored one from before
+        // handlers' reasons were bounded): escaped and bounded as every outcome error.
         .map(|(subtask, message)| OutcomeError {
             subtask: Some(subtask),
-            message,
+            message: text::reason(&message),
         })
         .collect();
     (successes, errors)
