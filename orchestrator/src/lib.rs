@@ -11,7 +11,9 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{self, ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
+    config::{
+        self, ConnectArgs, FileArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs,
+    },
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -58,6 +60,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub files: FileArgs,
 
     /// Tasks planned and published at once by this process (also its prefetch).
     #[arg(long, env = "CHORUS_ORCHESTRATOR_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
@@ -83,12 +87,14 @@ pub struct Config {
 
 impl Config {
     /// Checks what clap cannot check one flag at a time: both URLs parse
-    /// ([`ConnectArgs::validate`]).
+    /// ([`ConnectArgs::validate`]), and every `--file-root` is a directory ([`FileArgs::roots`]).
     ///
     /// # Errors
-    /// The first URL that does not parse, as one line for the user (password hidden).
+    /// The first URL that does not parse (password hidden) or root that cannot be opened, as
+    /// one line for the user.
     pub fn validate(&self) -> Result<(), String> {
-        self.connect.validate()
+        self.connect.validate()?;
+        self.files.roots().map(drop)
     }
 }
 

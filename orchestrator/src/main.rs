@@ -10,7 +10,6 @@ const NAME: &str = "chorus-orchestrator";
 fn main() {
     let config = Config::parse();
     let threads = runtime::prepare(NAME, &config);
-    runtime::run_service(NAME, threads, |shutdown| {
-        run(config, Registry::builtin(), shutdown)
-    });
+    let registry = Registry::builtin_with_roots(runtime::file_roots(NAME, &config.files));
+    runtime::run_service(NAME, threads, |shutdown| run(config, registry, shutdown));
 }

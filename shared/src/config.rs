@@ -140,6 +140,32 @@ impl OutcomeArgs {
     }
 }
 
+/// The directories kinds may read files under (services that run planners or handlers).
+#[derive(Args, Clone, Debug, Default)]
+pub struct FileArgs {
+    /// A directory under which kinds may read the files a task names (wordfreq's paths);
+    /// repeat the flag, or separate directories with commas in the variable. A path outside
+    /// every root (also through `..` or a symlink) rejects the task; with none, every path is
+    /// refused.
+    #[arg(
+        long = "file-root",
+        env = "CHORUS_FILE_ROOTS",
+        value_name = "DIR",
+        value_delimiter = ','
+    )]
+    pub file_roots: Vec<std::path::PathBuf>,
+}
+
+impl FileArgs {
+    /// Opens the roots, so a missing or wrong directory fails at start-up.
+    ///
+    /// # Errors
+    /// The first root that is not a directory that can be opened, as one line for the user.
+    pub fn roots(&self) -> Result<crate::files::FileRoots, String> {
+        crate::files::FileRoots::new(&self.file_roots).map_err(|e| e.to_string())
+    }
+}
+
 /// Graceful shutdown settings.
 #[derive(Args, Clone, Debug)]
 pub struct ShutdownArgs {

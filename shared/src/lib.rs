@@ -22,6 +22,8 @@
 //!   a service binary's start-up and async runtime, errors.
 //! - [`text`]: text from a message (names, ids, reasons) escaped and bounded for logs,
 //!   dead-letter headers and outcome errors.
+//! - [`files`]: the roots kinds may read files under (`--file-root`), and opening a path
+//!   confined to them.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
@@ -32,6 +34,7 @@ pub mod config;
 pub mod consume;
 pub mod error;
 pub mod failpoint;
+pub mod files;
 pub mod finish;
 pub mod graph;
 pub mod kinds;

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{self, LogFormat},
+    files::FileRoots,
     shutdown, telemetry,
 };
 
@@ -32,6 +33,26 @@ pub fn prepare(name: &str, config: &impl ServiceConfig) -> u16 {
     config::exit_if_invalid(name, config.validate());
     telemetry::init(config.log_format());
     config.threads()
+}
+
+/// The file roots of `--file-root` (see [`config::FileArgs`]), opened for a service binary's
+/// registry after [`prepare`]: a root that cannot be opened ends the process like an invalid
+/// flag (one line, exit code 64). Logs the roots, or that the service reads no task's files.
+pub fn file_roots(name: &str, files: &config::FileArgs) -> FileRoots {
+    match files.roots() {
+        Ok(roots) => {
+            if roots.is_empty() {
+                tracing::info!("no --file-root: kinds read no file a task names");
+            } else {
+                tracing::info!(file_roots = ?roots.paths(), "kinds read files only under these roots");
+            }
+            roots
+        }
+        Err(message) => {
+            config::exit_if_invalid(name, Err(message));
+            FileRoots::none()
+        }
+    }
 }
 
 /// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the

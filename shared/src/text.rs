@@ -18,8 +18,8 @@ pub const MAX_REASON_BYTES: usize = 2048;
 /// and overrides (Unicode TR9's explicit formatting characters), which reorder how a terminal or
 /// a log viewer shows the rest of the line ("Trojan source", CVE-2021-42574).
 const BIDI_MARKS: &[char] = &[
-    '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
-    '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+    '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
 ];
 
 /// Whether `c` is written escaped.
@@ -52,7 +52,13 @@ fn render(text: &str, max_bytes: usize, quote: bool) -> String {
     let escape = |c: char| needs_escape(c) || (quote && c == '"');
     let escaped_len: usize = text
         .chars()
-        .map(|c| if escape(c) { c.escape_default().len() } else { c.len_utf8() })
+        .map(|c| {
+            if escape(c) {
+                c.escape_default().len()
+            } else {
+                c.len_utf8()
+            }
+        })
         .sum();
     let fits = escaped_len <= max_bytes;
     // Room for the longest marker this text can need, so that the marker fits too.
@@ -63,7 +69,11 @@ fn render(text: &str, max_bytes: usize, quote: bool) -> String {
     };
     let mut out = String::with_capacity(escaped_len.min(max_bytes));
     for (offset, c) in text.char_indices() {
-        let width = if escape(c) { c.escape_default().len() } else { c.len_utf8() };
+        let width = if escape(c) {
+            c.escape_default().len()
+        } else {
+            c.len_utf8()
+        };
         if out.len() + width > room {
             out.push_str(&marker(text.len() - offset));
             return out;

@@ -700,12 +700,19 @@ async fn the_cli_submits_waits_and_reports() {
 #[tokio::test(flavor = "multi_thread")]
 async fn wordfreq_counts_words_across_files_and_chunks() {
     let mut env = TestEnv::new("wordfreq").await;
-    env.start_system(2);
     let dir = std::env::temp_dir().join(format!("chorus-wf-{}", env.vhost));
     std::fs::create_dir_all(dir.join("nested")).unwrap();
     std::fs::write(dir.join("a.txt"), "Apple banana apple\ncherry").unwrap();
     // Over 256 KiB, so it spans several chunks.
     std::fs::write(dir.join("nested/b.txt"), "banana apple ".repeat(40_000)).unwrap();
+    // wordfreq reads only under the orchestrator's file roots.
+    env.spawn(
+        "chorus-orchestrator",
+        &["--file-root", &dir.to_string_lossy()],
+    );
+    env.spawn("chorus-worker", &[]);
+    env.spawn("chorus-worker", &[]);
+    env.spawn("chorus-synthesizer", &[]);
     let input = json!({"paths": [dir.to_string_lossy()], "top": 3});
     let outcome = run_task(&env, json!({"kind": "wordfreq", "input": input})).await;
     std::fs::remove_dir_all(&dir).unwrap();

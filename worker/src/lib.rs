@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{self, ConnectArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
+    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
@@ -28,8 +28,7 @@ use chorus_shared::{
     ratelimit::RateLimit,
     runtime::ServiceConfig,
     store::Store,
-    text,
-    topology,
+    text, topology,
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -63,6 +62,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub files: FileArgs,
 
     /// Subtasks run at once by this process per worker type that names no concurrency of its
     /// own; also the prefetch unless --prefetch says otherwise, so the broker never hands it
@@ -125,18 +126,19 @@ fn parse_worker_type(raw: &str) -> Result<(String, Option<u16>), String> {
 
 impl Config {
     /// Checks what clap cannot check one flag at a time: both URLs parse
-    /// ([`ConnectArgs::validate`]), and `--retry-base-delay-ms` does not exceed
-    /// `--retry-max-delay-ms` (the first retry waits the base, and no delay passes the maximum).
+    /// ([`ConnectArgs::validate`]), `--retry-base-delay-ms` does not exceed
+    /// `--retry-max-delay-ms` (the first retry waits the base, and no delay passes the maximum),
+    /// and every `--file-root` is a directory ([`FileArgs::roots`]).
     ///
     /// # Errors
-    /// The first problem, as one line for the user: the URL's (password hidden), or
-    /// `--retry-base-delay-ms must not exceed --retry-max-delay-ms`.
+    /// The first problem, as one line for the user: the URL's (password hidden),
+    /// `--retry-base-delay-ms must not exceed --retry-max-delay-ms`, or the root's.
     pub fn validate(&self) -> Result<(), String> {
         self.connect.validate()?;
         if self.retry_base_delay_ms > self.retry_max_delay_ms {
             return Err("--retry-base-delay-ms must not exceed --retry-max-delay-ms".to_owned());
         }
-        Ok(())
+        self.files.roots().map(drop)
     }
 
     /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.

@@ -10,7 +10,7 @@
 
 mod primes;
 
-use chorus_shared::{kinds::Registry, runtime};
+use chorus_shared::{files::FileRoots, kinds::Registry, runtime};
 use clap::Parser;
 
 /// The binary's name, in its error lines.
@@ -28,9 +28,10 @@ enum Cli {
     Synthesizer(chorus_synthesizer::Config),
 }
 
-/// Every service of the deployment must know the same kinds.
-fn registry() -> Registry {
-    Registry::builtin().with(primes::Primes)
+/// Every service of the deployment must know the same kinds; `roots` are where `wordfreq` may
+/// read (`--file-root` of the orchestrator and the worker; the synthesizer reads no files).
+fn registry(roots: FileRoots) -> Registry {
+    Registry::builtin_with_roots(roots).with(primes::Primes)
 }
 
 /// Like the stock binaries: the service's own checks of its flags (exit 64 on a bad one), then
@@ -45,10 +46,16 @@ fn main() {
     runtime::run_service(NAME, threads, |shutdown| async move {
         match cli {
             Cli::Orchestrator(config) => {
-                chorus_orchestrator::run(config, registry(), shutdown).await
+                let roots = runtime::file_roots(NAME, &config.files);
+                chorus_orchestrator::run(config, registry(roots), shutdown).await
             }
-            Cli::Worker(config) => chorus_worker::run(config, registry(), shutdown).await,
-            Cli::Synthesizer(config) => chorus_synthesizer::run(config, registry(), shutdown).await,
+            Cli::Worker(config) => {
+                let roots = runtime::file_roots(NAME, &config.files);
+                chorus_worker::run(config, registry(roots), shutdown).await
+            }
+            Cli::Synthesizer(config) => {
+                chorus_synthesizer::run(config, registry(FileRoots::none()), shutdown).await
+            }
         }
     });
 }

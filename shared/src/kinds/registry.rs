@@ -3,6 +3,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use super::{erased, range_sum, report, wordfreq, DynKind, Kind};
+use crate::files::FileRoots;
 
 /// Kinds by name. Every service of a deployment must hold the same kinds.
 #[derive(Clone, Default)]
@@ -16,12 +17,18 @@ impl Registry {
         Self::default()
     }
 
-    /// The built-in kinds: `range-sum`, `report` and `wordfreq`.
+    /// The built-in kinds: `range-sum`, `report` and `wordfreq`, the last with no file roots
+    /// (it refuses every path; see [`Registry::builtin_with_roots`]).
     pub fn builtin() -> Self {
+        Self::builtin_with_roots(FileRoots::none())
+    }
+
+    /// The built-in kinds, with `wordfreq` reading files only under `roots` (`--file-root`).
+    pub fn builtin_with_roots(roots: FileRoots) -> Self {
         Self::new()
             .with(range_sum::RangeSum)
             .with(report::Report)
-            .with(wordfreq::WordFreq)
+            .with(wordfreq::WordFreq::new(roots))
     }
 
     /// Adds a kind, replacing any of the same name.

@@ -1,16 +1,16 @@
 //! `wordfreq`: word frequencies over files and directories, as a map-reduce. The planner reads
 //! the files and ships their text in chunks of at most 256 KiB (smaller for small inputs, so
 //! that they too spread over the workers); workers count words; the synthesizer merges the
-//! counts and keeps the top N.
+//! counts and keeps the top N. The planner reads only under the orchestrator's file roots
+//! (`--file-root`, [`FileRoots`]): a path outside them rejects the task.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, io::Read, path::Path};
 
+use cap_std::fs::Dir;
 use serde::{Deserialize, Serialize};
 
 use super::{HandlerContext, Kind, KindError, Plan};
+use crate::files::{FileRoots, Opened};
 
 /// Largest chunk of text in one subtask, in bytes.
 pub const MAX_CHUNK_BYTES: usize = 256 * 1024;
@@ -27,9 +27,19 @@ pub const MAX_TOP: usize = 100_000;
 /// Bytes looked at to tell a binary file (one with a NUL byte) from text.
 const BINARY_SNIFF_BYTES: usize = 8000;
 
-/// The `wordfreq` kind.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct WordFreq;
+/// The `wordfreq` kind, reading under its file roots. The default has none, and refuses every
+/// path.
+#[derive(Clone, Debug, Default)]
+pub struct WordFreq {
+    roots: FileRoots,
+}
+
+impl WordFreq {
+    /// The kind, reading only files under `roots`.
+    pub fn new(roots: FileRoots) -> Self {
+        Self { roots }
+    }
+}
 
 fn default_top() -> usize {
     DEFAULT_TOP
@@ -39,8 +49,8 @@ fn default_top() -> usize {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WordFreqInput {
-    /// Files and directories (read recursively, hidden entries skipped), on the orchestrator's
-    /// machine.
+    /// Files and directories (read recursively, hidden entries and symlinks inside directories
+    /// skipped), on the orchestrator's machine, under its file roots.
     pub paths: Vec<String>,
     /// How many of the most frequent words to report (default 10).
     #[serde(default = "default_top")]
@@ -88,37 +98,78 @@ pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_lowercase)
 }
 
-fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), KindError> {
-    let metadata = std::fs::metadata(path)
-        .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
-    if metadata.is_file() {
-        files.push(path.to_path_buf());
-        return Ok(());
-    }
-    if !metadata.is_dir() {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(path)
-        .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
-    let mut children: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
+/// The texts read so far, and their size in bytes.
+#[derive(Default)]
+struct Texts {
+    texts: Vec<String>,
+    total: u64,
+}
+
+impl Texts {
+    /// Reads `path` of a task: a file, or a directory's files recursively, each opened through
+    /// the handle of the directory that lists it (so under the root `roots` opened it in).
+    fn read_path(&mut self, roots: &FileRoots, path: &str) -> Result<(), KindError> {
+        match roots
+            .open(Path::new(path))
+            .map_err(|e| KindError::fatal(e.to_string()))?
+        {
+            Opened::File(file) => self.read_file(file, path),
+            Opened::Dir(dir) => self.read_dir(&dir, path),
+            Opened::Other => Ok(()),
         }
-        let kind = entry
-            .file_type()
-            .map_err(|e| KindError::fatal(format!("{}: {e}", path.display())))?;
-        if kind.is_symlink() {
-            continue;
+    }
+
+    fn read_dir(&mut self, dir: &Dir, shown: &str) -> Result<(), KindError> {
+        let failed = |e: std::io::Error| KindError::fatal(format!("{shown}: {e}"));
+        let mut children = Vec::new();
+        for entry in dir.entries().map_err(failed)? {
+            let entry = entry.map_err(failed)?;
+            let name = entry.file_name();
+            if name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let kind = entry.file_type().map_err(failed)?;
+            if kind.is_symlink() {
+                continue;
+            }
+            children.push((name, kind));
         }
-        children.push(entry.path());
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, kind) in children {
+            let shown = format!("{shown}/{}", name.to_string_lossy());
+            let failed = |e: std::io::Error| KindError::fatal(format!("{shown}: {e}"));
+            if kind.is_dir() {
+                self.read_dir(&dir.open_dir(&name).map_err(failed)?, &shown)?;
+            } else if kind.is_file() {
+                self.read_file(dir.open(&name).map_err(failed)?, &shown)?;
+            }
+        }
+        Ok(())
     }
-    children.sort();
-    for child in children {
-        collect_files(&child, files)?;
+
+    fn read_file(&mut self, file: cap_std::fs::File, shown: &str) -> Result<(), KindError> {
+        let failed = |e: std::io::Error| KindError::fatal(format!("{shown}: {e}"));
+        // Checked before reading, so a huge file is refused instead of loaded.
+        let size = file.metadata().map_err(failed)?.len();
+        if self.total.saturating_add(size) > MAX_TOTAL_BYTES {
+            return Err(too_much_text());
+        }
+        let mut bytes = Vec::new();
+        // A file that grows while read is still read no further than the limit.
+        file.take(MAX_TOTAL_BYTES - self.total + 1)
+            .read_to_end(&mut bytes)
+            .map_err(failed)?;
+        if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
+            return Ok(());
+        }
+        self.total = self.total.saturating_add(bytes.len() as u64);
+        if self.total > MAX_TOTAL_BYTES {
+            return Err(too_much_text());
+        }
+        self.texts
+            .push(String::from_utf8_lossy(&bytes).into_owned());
+        Ok(())
     }
-    Ok(())
 }
 
 /// The error of paths that hold more than [`MAX_TOTAL_BYTES`].
@@ -170,31 +221,11 @@ impl Kind for WordFreq {
                 "top must be between 1 and {MAX_TOP}"
             )));
         }
-        let mut files = Vec::new();
+        let mut read = Texts::default();
         for path in &input.paths {
-            collect_files(Path::new(path), &mut files)?;
+            read.read_path(&self.roots, path)?;
         }
-        let mut texts = Vec::new();
-        let mut total: u64 = 0;
-        for file in files {
-            // Checked before reading, so a huge file is refused instead of loaded.
-            let size = std::fs::metadata(&file)
-                .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?
-                .len();
-            if total.saturating_add(size) > MAX_TOTAL_BYTES {
-                return Err(too_much_text());
-            }
-            let bytes = std::fs::read(&file)
-                .map_err(|e| KindError::fatal(format!("{}: {e}", file.display())))?;
-            if bytes[..bytes.len().min(BINARY_SNIFF_BYTES)].contains(&0) {
-                continue;
-            }
-            total = total.saturating_add(bytes.len() as u64);
-            if total > MAX_TOTAL_BYTES {
-                return Err(too_much_text());
-            }
-            texts.push(String::from_utf8_lossy(&bytes).into_owned());
-        }
+        let Texts { texts, total } = read;
         let target = usize::try_from(total)
             .unwrap_or(usize::MAX)
             .div_ceil(TARGET_CHUNKS)

@@ -39,7 +39,10 @@ fn the_cut_never_splits_a_character_or_an_escape() {
         let body = cut.split('…').next().unwrap();
         assert!(!body.ends_with('\\'), "max {max}: {cut:?}");
         assert!(!body.ends_with("\\u{1"), "max {max}: {cut:?}");
-        assert!(text.replace('\n', "\\n").replace('\u{1b}', "\\u{1b}").starts_with(body));
+        assert!(text
+            .replace('\n', "\\n")
+            .replace('\u{1b}', "\\u{1b}")
+            .starts_with(body));
         if max >= 24 {
             assert!(cut.len() <= max, "max {max}: {} bytes", cut.len());
         }

@@ -1,6 +1,7 @@
 //! Unit tests of `wordfreq`: words, chunking, planning over files, merging.
 
 use super::*;
+use crate::files::FileRoots;
 
 #[test]
 fn words_are_lowercased_runs_with_a_letter() {
@@ -31,7 +32,8 @@ fn plan_reads_directories_into_bounded_chunks_and_counts_match() {
         paths: vec![dir.to_string_lossy().into_owned()],
         top: 2,
     };
-    let chunks = WordFreq.plan(&input).expect("plan").into_subtasks();
+    let kind = WordFreq::new(FileRoots::new(&[&dir]).expect("root"));
+    let chunks = kind.plan(&input).expect("plan").into_subtasks();
     std::fs::remove_dir_all(&dir).expect("cleanup");
     assert!(chunks.len() >= 3, "{} chunks", chunks.len());
     assert!(chunks.iter().all(|c| c.text.len() <= MAX_CHUNK_BYTES));
@@ -46,7 +48,7 @@ fn plan_reads_directories_into_bounded_chunks_and_counts_match() {
             (i.to_string(), Counts { counts })
         })
         .collect();
-    let output = WordFreq.synthesize(&input, outputs).expect("synthesize");
+    let output = kind.synthesize(&input, outputs).expect("synthesize");
     assert_eq!(
         output.top,
         vec![
@@ -70,6 +72,17 @@ fn missing_paths_are_refused_with_the_path_named() {
         paths: vec!["/nonexistent/chorus".into()],
         top: 3,
     };
-    let error = WordFreq.plan(&input).expect_err("missing path");
+    let kind = WordFreq::new(FileRoots::new(&["/"]).expect("root"));
+    let error = kind.plan(&input).expect_err("missing path");
     assert!(error.message().contains("/nonexistent/chorus"), "{error}");
+}
+
+#[test]
+fn without_roots_no_path_is_read() {
+    let input = WordFreqInput {
+        paths: vec![std::env::temp_dir().to_string_lossy().into_owned()],
+        top: 3,
+    };
+    let error = WordFreq::default().plan(&input).expect_err("no roots");
+    assert!(error.message().contains("no file roots"), "{error}");
 }
