@@ -84,7 +84,8 @@ start_proc() { # name binary [env assignments...]
 }
 
 say "Starting orchestrator, 2 workers, synthesizer"
-start_proc orchestrator chorus-orchestrator
+# wordfreq reads only under --file-root: the repository, whose sources the demo counts.
+start_proc orchestrator chorus-orchestrator CHORUS_FILE_ROOTS="$REPO_DIR"
 start_proc worker-1 chorus-worker CHORUS_WORKER_ID=worker-1 CHORUS_TYPES=default,writer,editor
 start_proc worker-2 chorus-worker CHORUS_WORKER_ID=worker-2 CHORUS_TYPES=default,writer,editor
 start_proc synthesizer chorus-synthesizer

@@ -19,3 +19,12 @@ fn a_url_that_does_not_parse_is_refused() {
     let refused = config(&["--amqp-url", "amqp://host:port/%2f"]).validate();
     assert!(refused.is_err_and(|message| message.starts_with("--amqp-url ")));
 }
+
+#[test]
+fn file_roots_must_be_directories() {
+    let roots = config(&["--file-root", "/", "--file-root", "/tmp"]);
+    assert_eq!(roots.files.file_roots.len(), 2);
+    assert_eq!(roots.validate(), Ok(()));
+    let refused = config(&["--file-root", "/no/such/chorus/root"]).validate();
+    assert!(refused.is_err_and(|message| message.starts_with("--file-root /no/such/chorus/root")));
+}

@@ -1,12 +1,25 @@
 //! Unit tests of path confinement, on a real directory tree made per test.
+#![allow(clippy::unwrap_used)]
 
 use std::{io::Read, os::unix::fs::symlink};
 
 use super::*;
 
 /// A fresh tree: `root/inside.txt`, `root/sub/deep.txt`, `outside/secret.txt`, and symlinks in
-/// the root to the secret file, to the outside directory and to a file inside.
-fn tree() -> (PathBuf, PathBuf) {
+/// the root to the secret file, to the outside directory and to a file inside. Removed when
+/// dropped.
+struct Tree {
+    base: PathBuf,
+    root: PathBuf,
+}
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        drop(std::fs::remove_dir_all(&self.base));
+    }
+}
+
+fn tree() -> Tree {
     let base = std::env::temp_dir().join(format!("chorus-files-{}", uuid::Uuid::new_v4()));
     let root = base.join("root");
     std::fs::create_dir_all(root.join("sub")).unwrap();
@@ -17,7 +30,7 @@ fn tree() -> (PathBuf, PathBuf) {
     symlink(base.join("outside/secret.txt"), root.join("to-secret")).unwrap();
     symlink(base.join("outside"), root.join("to-outside")).unwrap();
     symlink(root.join("inside.txt"), root.join("to-inside")).unwrap();
-    (base, root)
+    Tree { base, root }
 }
 
 fn read(opened: Opened) -> String {
@@ -31,7 +44,8 @@ fn read(opened: Opened) -> String {
 
 #[test]
 fn without_roots_every_path_is_refused() {
-    let (_, root) = tree();
+    let tree = tree();
+    let root = &tree.root;
     let error = FileRoots::none()
         .open(&root.join("inside.txt"))
         .unwrap_err();
@@ -41,8 +55,9 @@ fn without_roots_every_path_is_refused() {
 
 #[test]
 fn files_under_a_root_open() {
-    let (_, root) = tree();
-    let roots = FileRoots::new(&[&root]).unwrap();
+    let tree = tree();
+    let root = &tree.root;
+    let roots = FileRoots::new(&[root]).unwrap();
     assert_eq!(
         read(roots.open(&root.join("inside.txt")).unwrap()),
         "inside words"
@@ -56,7 +71,7 @@ fn files_under_a_root_open() {
         read(roots.open(&root.join("to-inside")).unwrap()),
         "inside words"
     );
-    assert!(matches!(roots.open(&root).unwrap(), Opened::Dir(_)));
+    assert!(matches!(roots.open(root).unwrap(), Opened::Dir(_)));
     assert!(matches!(
         roots.open(&root.join("sub")).unwrap(),
         Opened::Dir(_)
@@ -65,8 +80,9 @@ fn files_under_a_root_open() {
 
 #[test]
 fn paths_outside_the_roots_are_refused_by_rule() {
-    let (base, root) = tree();
-    let roots = FileRoots::new(&[&root]).unwrap();
+    let tree = tree();
+    let (base, root) = (&tree.base, &tree.root);
+    let roots = FileRoots::new(&[root]).unwrap();
     let outside = [
         PathBuf::from("/etc/passwd"),
         base.join("outside/secret.txt"),
@@ -97,15 +113,17 @@ fn paths_outside_the_roots_are_refused_by_rule() {
 
 #[test]
 fn a_missing_file_under_a_root_gets_the_system_error() {
-    let (_, root) = tree();
-    let roots = FileRoots::new(&[&root]).unwrap();
+    let tree = tree();
+    let root = &tree.root;
+    let roots = FileRoots::new(&[root]).unwrap();
     let error = roots.open(&root.join("sub/missing.txt")).unwrap_err();
     assert!(matches!(error, FileAccessError::Io { .. }), "{error}");
 }
 
 #[test]
 fn a_root_that_is_not_a_directory_is_refused_at_start() {
-    let (base, root) = tree();
+    let tree = tree();
+    let (base, root) = (&tree.base, &tree.root);
     assert!(FileRoots::new(&[root.join("inside.txt")]).is_err());
     assert!(FileRoots::new(&[base.join("nowhere")]).is_err());
     // Several roots: a path under any of them opens.

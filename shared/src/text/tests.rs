@@ -1,4 +1,5 @@
 //! Unit tests of the escaping and bounding of user text.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 
@@ -55,4 +56,12 @@ fn bounding_twice_changes_nothing() {
         let once = reason(text);
         assert_eq!(reason(&once), once);
     }
+}
+
+#[test]
+fn a_long_name_is_quoted_within_the_name_bound() {
+    // The example of docs/security.md.
+    let quoted = quoted(&"k".repeat(10_000));
+    assert!(quoted.ends_with("k…[+9761 bytes]\""), "{quoted}");
+    assert!(quoted.len() <= MAX_NAME_BYTES + 2);
 }
