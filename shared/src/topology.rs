@@ -45,6 +45,11 @@ pub const RESULTS_QUEUE: &str = "chorus.results";
 pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
+/// Direct exchange that results and dead letters are published to, bound to `chorus.results`
+/// and `chorus.dead` by their names. A worker publishes nothing else to a queue directly, so
+/// its broker user needs no write permission on the default exchange (`amq.default`), which
+/// reaches every queue, `chorus.tasks` and `chorus.control` included (docs/security.md).
+pub const OUTPUTS_EXCHANGE: &str = "chorus.outputs";
 /// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
 pub const DELAY_QUEUE_PREFIX: &str = "chorus.wait.";
 /// Shortest retry delay bucket; each next bucket doubles it.
@@ -199,6 +204,7 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     for (name, kind) in [
         (DELAY_EXCHANGE, ExchangeKind::Headers),
         (RETRY_EXCHANGE, ExchangeKind::Direct),
+        (OUTPUTS_EXCHANGE, ExchangeKind::Direct),
     ] {
         channel
             .exchange_declare(
@@ -217,6 +223,9 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     declare_queue(channel, DEAD_QUEUE, dead_args).await?;
     for queue in [TASKS_QUEUE, RESULTS_QUEUE] {
         declare_queue(channel, queue, work_queue_arguments()).await?;
+    }
+    for queue in [RESULTS_QUEUE, DEAD_QUEUE] {
+        bind_by_name(channel, queue, OUTPUTS_EXCHANGE).await?;
     }
     for queue in [SUBTASKS_QUEUE, CONTROL_QUEUE] {
         declare_returning_queue(channel, queue).await?;
@@ -243,10 +252,15 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
 /// own name.
 async fn declare_returning_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     declare_queue(channel, queue, work_queue_arguments()).await?;
+    bind_by_name(channel, queue, RETRY_EXCHANGE).await
+}
+
+/// Binds `queue` to the direct `exchange` with its own name as the routing key.
+async fn bind_by_name(channel: &Channel, queue: &str, exchange: &str) -> Result<(), BrokerError> {
     channel
         .queue_bind(
             ShortString::from(queue),
-            ShortString::from(RETRY_EXCHANGE),
+            ShortString::from(exchange),
             ShortString::from(queue),
             QueueBindOptions::default(),
             FieldTable::default(),
