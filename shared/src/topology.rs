@@ -18,7 +18,7 @@ use std::time::Duration;
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, ExchangeKind,
+    BasicProperties, Channel, Connection, ExchangeKind,
 };
 
 use crate::error::BrokerError;
@@ -175,6 +175,9 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
         .await
         .map(|_| ())
         .map_err(|error| {
+            if is_access_refused(&error) {
+                return BrokerError::Amqp(error);
+            }
             tracing::error!(
                 queue = name,
                 %error,
@@ -247,6 +250,54 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     }
     Ok(())
 }
+
+/// Declares the topology ([`declare`], and the subtask queues of `worker_types`) on a channel
+/// of its own, or, when the broker refuses this user the rights to (`ACCESS_REFUSED`: a
+/// least-privileged user such as a worker's, docs/security.md), says so in one log line and
+/// goes on with the topology as a service that may declare it left it. A consumer of a queue
+/// not declared yet then fails its session, which is rebuilt after a pause.
+///
+/// # Errors
+/// The broker refuses a declaration for another reason (a queue exists with other arguments),
+/// or the connection fails.
+pub async fn declare_if_permitted(
+    connection: &Connection,
+    max_retry_delay: Duration,
+    worker_types: &[&str],
+) -> Result<(), BrokerError> {
+    // A refused declaration closes its channel: never the one the caller publishes on.
+    let channel = connection.create_channel().await?;
+    let declared = async {
+        declare(&channel, max_retry_delay).await?;
+        for worker_type in worker_types {
+            declare_subtask_queue(&channel, worker_type).await?;
+        }
+        Ok::<_, BrokerError>(())
+    }
+    .await;
+    match declared {
+        Ok(()) => {
+            drop(channel.close(200, ShortString::from("declared")).await);
+            Ok(())
+        }
+        Err(BrokerError::Amqp(error)) if is_access_refused(&error) => {
+            tracing::info!(
+                %error,
+                "this broker user may not declare Chorus's exchanges and queues: using them as a service that may has declared them (docs/security.md)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether the broker refused an operation for want of permission (AMQP reply code 403).
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == ACCESS_REFUSED)
+}
+
+/// AMQP reply code `access-refused`.
+const ACCESS_REFUSED: u16 = 403;
 
 /// Declares a work queue that delayed messages come back to, bound to `chorus.retry` by its
 /// own name.
