@@ -387,7 +387,7 @@ async fn worker_cannot_run_other_redis_commands(env: &TestEnv, users: &Users) {
             .arg("appendonly")
             .arg("no")
             .clone(),
-        redis::cmd("GET").arg("not-chorus").clone(),
+        redis::cmd("HGET").arg("not-chorus").arg("state").clone(),
         redis::cmd("EVAL").arg("return 1").arg(0).clone(),
     ] {
         let error = command
