@@ -12,6 +12,9 @@
 //! type. The buckets dead-letter **at-least-once**: the broker keeps an expired message until
 //! the queue it moves to has confirmed it, so a broker crash mid-move cannot drop a retry or a
 //! deadline timer (classic queues, used before, move at-most-once and did drop them).
+//!
+//! Results and dead letters go through the direct exchange `chorus.outputs`, so a worker's
+//! broker user needs no write permission on the default exchange (docs/security.md).
 
 use std::time::Duration;
 

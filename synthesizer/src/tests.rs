@@ -90,7 +90,7 @@ fn a_cancel_counts_only_from_the_default_exchange() {
     };
     assert!(check_control_route(&cancel, "").is_ok());
     for exchange in ["chorus.retry", "chorus.outputs", "amq.direct"] {
-        let error = check_control_route(&cancel, exchange).unwrap_err();
+        let error = check_control_route(&cancel, exchange).expect_err("refused");
         assert!(
             error.to_string().contains("default exchange"),
             "{exchange}: {error}"
