@@ -138,7 +138,7 @@ impl Client {
         let store = Store::connect(&args.redis_url, args.redis_timeout()).await?;
         let connection = amqp::connect(&args.amqp_url, "chorus client").await?;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
-        topology::declare(publisher.channel(), topology::NO_RETRY_DELAY).await?;
+        topology::declare_if_permitted(&connection, topology::NO_RETRY_DELAY, &[]).await?;
         Ok(Self {
             connection,
             publisher,

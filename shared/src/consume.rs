@@ -215,13 +215,17 @@ where
                 .collect();
             let (spec, shutdown) = (spec.clone(), shutdown.clone());
             async move {
-                let channel = session.publisher.channel();
-                topology::declare(channel, spec.max_retry_delay).await?;
-                for consumer in &spec.consumers {
-                    if let Some(worker_type) = &consumer.worker_type {
-                        topology::declare_subtask_queue(channel, worker_type).await?;
-                    }
-                }
+                let worker_types: Vec<&str> = spec
+                    .consumers
+                    .iter()
+                    .filter_map(|consumer| consumer.worker_type.as_deref())
+                    .collect();
+                topology::declare_if_permitted(
+                    &session.publish,
+                    spec.max_retry_delay,
+                    &worker_types,
+                )
+                .await?;
                 // One consumer failing ends the others too, so the session is rebuilt whole.
                 let stop = shutdown.child_token();
                 let consumers = spec

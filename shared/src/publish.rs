@@ -386,7 +386,7 @@ pub async fn publish_result(
     let body = protocol::encode(result)?;
     publisher
         .publish(Outgoing {
-            exchange: "",
+            exchange: topology::OUTPUTS_EXCHANGE,
             routing_key: topology::RESULTS_QUEUE,
             body: &body,
             properties: amqp::persistent(protocol::MSGPACK),
@@ -463,7 +463,7 @@ pub async fn publish_encoded_results(
             (None, _) => return None,
         };
         Some(Outgoing {
-            exchange: "",
+            exchange: topology::OUTPUTS_EXCHANGE,
             routing_key: topology::RESULTS_QUEUE,
             body,
             properties,

@@ -12,13 +12,16 @@
 //! type. The buckets dead-letter **at-least-once**: the broker keeps an expired message until
 //! the queue it moves to has confirmed it, so a broker crash mid-move cannot drop a retry or a
 //! deadline timer (classic queues, used before, move at-most-once and did drop them).
+//!
+//! Results and dead letters go through the direct exchange `chorus.outputs`, so a worker's
+//! broker user needs no write permission on the default exchange (docs/security.md).
 
 use std::time::Duration;
 
 use lapin::{
     options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, ExchangeKind,
+    BasicProperties, Channel, Connection, ExchangeKind,
 };
 
 use crate::error::BrokerError;
@@ -45,6 +48,11 @@ pub const RESULTS_QUEUE: &str = "chorus.results";
 pub const DEAD_QUEUE: &str = "chorus.dead";
 /// Topic exchange announcing outcomes as `task.<status>`.
 pub const EVENTS_EXCHANGE: &str = "chorus.events";
+/// Direct exchange that results and dead letters are published to, bound to `chorus.results`
+/// and `chorus.dead` by their names. A worker publishes nothing else to a queue directly, so
+/// its broker user needs no write permission on the default exchange (`amq.default`), which
+/// reaches every queue, `chorus.tasks` and `chorus.control` included (docs/security.md).
+pub const OUTPUTS_EXCHANGE: &str = "chorus.outputs";
 /// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
 pub const DELAY_QUEUE_PREFIX: &str = "chorus.wait.";
 /// Shortest retry delay bucket; each next bucket doubles it.
@@ -170,6 +178,9 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> Resul
         .await
         .map(|_| ())
         .map_err(|error| {
+            if is_access_refused(&error) {
+                return BrokerError::Amqp(error);
+            }
             tracing::error!(
                 queue = name,
                 %error,
@@ -199,6 +210,7 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     for (name, kind) in [
         (DELAY_EXCHANGE, ExchangeKind::Headers),
         (RETRY_EXCHANGE, ExchangeKind::Direct),
+        (OUTPUTS_EXCHANGE, ExchangeKind::Direct),
     ] {
         channel
             .exchange_declare(
@@ -217,6 +229,9 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     declare_queue(channel, DEAD_QUEUE, dead_args).await?;
     for queue in [TASKS_QUEUE, RESULTS_QUEUE] {
         declare_queue(channel, queue, work_queue_arguments()).await?;
+    }
+    for queue in [RESULTS_QUEUE, DEAD_QUEUE] {
+        bind_by_name(channel, queue, OUTPUTS_EXCHANGE).await?;
     }
     for queue in [SUBTASKS_QUEUE, CONTROL_QUEUE] {
         declare_returning_queue(channel, queue).await?;
@@ -239,14 +254,67 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     Ok(())
 }
 
+/// Declares the topology ([`declare`], and the subtask queues of `worker_types`) on a channel
+/// of its own, or, when the broker refuses this user the rights to (`ACCESS_REFUSED`: a
+/// least-privileged user such as a worker's, docs/security.md), says so in one log line and
+/// goes on with the topology as a service that may declare it left it. A consumer of a queue
+/// not declared yet then fails its session, which is rebuilt after a pause.
+///
+/// # Errors
+/// The broker refuses a declaration for another reason (a queue exists with other arguments),
+/// or the connection fails.
+pub async fn declare_if_permitted(
+    connection: &Connection,
+    max_retry_delay: Duration,
+    worker_types: &[&str],
+) -> Result<(), BrokerError> {
+    // A refused declaration closes its channel: never the one the caller publishes on.
+    let channel = connection.create_channel().await?;
+    let declared = async {
+        declare(&channel, max_retry_delay).await?;
+        for worker_type in worker_types {
+            declare_subtask_queue(&channel, worker_type).await?;
+        }
+        Ok::<_, BrokerError>(())
+    }
+    .await;
+    match declared {
+        Ok(()) => {
+            drop(channel.close(200, ShortString::from("declared")).await);
+            Ok(())
+        }
+        Err(BrokerError::Amqp(error)) if is_access_refused(&error) => {
+            tracing::info!(
+                %error,
+                "this broker user may not declare Chorus's exchanges and queues: using them as a service that may has declared them (docs/security.md)"
+            );
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether the broker refused an operation for want of permission (AMQP reply code 403).
+fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == ACCESS_REFUSED)
+}
+
+/// AMQP reply code `access-refused`.
+const ACCESS_REFUSED: u16 = 403;
+
 /// Declares a work queue that delayed messages come back to, bound to `chorus.retry` by its
 /// own name.
 async fn declare_returning_queue(channel: &Channel, queue: &str) -> Result<(), BrokerError> {
     declare_queue(channel, queue, work_queue_arguments()).await?;
+    bind_by_name(channel, queue, RETRY_EXCHANGE).await
+}
+
+/// Binds `queue` to the direct `exchange` with its own name as the routing key.
+async fn bind_by_name(channel: &Channel, queue: &str, exchange: &str) -> Result<(), BrokerError> {
     channel
         .queue_bind(
             ShortString::from(queue),
-            ShortString::from(RETRY_EXCHANGE),
+            ShortString::from(exchange),
             ShortString::from(queue),
             QueueBindOptions::default(),
             FieldTable::default(),

@@ -2,13 +2,13 @@
 
 use chorus_shared::{
     error::ProtocolError,
-    protocol::{ResultMessage, SubtaskOutcome},
+    protocol::{Control, ResultMessage, SubtaskOutcome},
     store::ResultStatus,
 };
 
 use clap::Parser;
 
-use super::{triage, Config, Refused};
+use super::{check_control_route, triage, Config, Refused};
 
 fn result(subtask: &str) -> ResultMessage {
     ResultMessage {
@@ -80,4 +80,27 @@ fn the_defaults_are_valid() {
 fn a_url_that_does_not_parse_is_refused() {
     let refused = config(&["--redis-url", "redis://host:port"]).validate();
     assert!(refused.is_err_and(|message| message.starts_with("--redis-url ")));
+}
+
+#[test]
+fn a_cancel_counts_only_from_the_default_exchange() {
+    let cancel = Control::Cancel {
+        task: "t".into(),
+        reason: None,
+    };
+    assert!(check_control_route(&cancel, "").is_ok());
+    for exchange in ["chorus.retry", "chorus.outputs", "amq.direct"] {
+        let error = check_control_route(&cancel, exchange).expect_err("refused");
+        assert!(
+            error.to_string().contains("default exchange"),
+            "{exchange}: {error}"
+        );
+    }
+}
+
+#[test]
+fn deadline_timers_come_back_through_the_delay_path() {
+    let timer = Control::Deadline { task: "t".into() };
+    assert!(check_control_route(&timer, "chorus.retry").is_ok());
+    assert!(check_control_route(&timer, "").is_ok());
 }

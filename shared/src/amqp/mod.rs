@@ -311,7 +311,7 @@ pub async fn dead_letter(
     let properties = copy_for_dead_letter(original).with_headers(headers);
     publisher
         .publish(Outgoing {
-            exchange: "",
+            exchange: topology::OUTPUTS_EXCHANGE,
             routing_key: topology::DEAD_QUEUE,
             body,
             properties,

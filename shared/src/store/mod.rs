@@ -122,7 +122,8 @@ impl Store {
         self.connection.clone()
     }
 
-    /// Logs a warning for every server setting that weakens Chorus's guarantees.
+    /// Logs a warning for every server setting that weakens Chorus's guarantees, or one info
+    /// line when the Redis user may not read settings (`CONFIG GET` outside its ACL).
     pub async fn warn_about_settings(&self) {
         let mut conn = self.conn();
         let required: [(&str, &[&str]); 3] = [
@@ -144,6 +145,14 @@ impl Store {
                     wanted = accepted.join(" or "),
                     "Redis setting weakens Chorus's guarantees (see docs/reliability.md)"
                 ),
+                // A least-privileged ACL user (docs/security.md) may not run CONFIG: the
+                // settings only feed this warning, so the service goes on, once said.
+                Err(error) if error.code() == Some("NOPERM") => {
+                    tracing::info!(
+                        "the Redis user may not run CONFIG GET, so the server's appendonly, appendfsync and maxmemory-policy go unchecked: check them yourself (docs/reliability.md)"
+                    );
+                    return;
+                }
                 Err(error) => {
                     tracing::debug!(setting = name, %error, "cannot read Redis setting");
                 }
