@@ -18,6 +18,8 @@
 //!   results and `subtask.<status>` events.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
+//! - [`tls`]: TLS of the connections (CA and client certificate files, telling a refused
+//!   certificate apart from other connection failures).
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
 //!   a service binary's start-up and async runtime, errors.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
@@ -40,4 +42,5 @@ pub mod runtime;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
