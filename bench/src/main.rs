@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use chorus_shared::{
     amqp,
     client::{Client, ReplyQueue},
-    config::{ConnectArgs, DEFAULT_PUBLISH_TIMEOUT_MS, DEFAULT_REDIS_TIMEOUT_MS},
+    config::ConnectArgs,
     kinds::range_sum::sum_of_range,
     protocol::{Status, TaskOptions, TaskRequest},
     topology,
@@ -514,12 +514,7 @@ struct Submitter {
 
 impl Submitter {
     async fn connect(cli: &Cli) -> Result<Self> {
-        let args = ConnectArgs {
-            amqp_url: cli.amqp_url.clone(),
-            redis_url: cli.redis_url.clone(),
-            redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
-            publish_timeout_ms: DEFAULT_PUBLISH_TIMEOUT_MS,
-        };
+        let args = ConnectArgs::from_urls(&cli.amqp_url, &cli.redis_url);
         let client = Client::connect(&args).await?;
         let replies = client.reply_queue().await?;
         Ok(Self { client, replies })

@@ -154,7 +154,7 @@ pub async fn run(
             async move { orchestrator.handle(&delivery).await }
         }
     })
-    .await;
+    .await?;
     tracing::info!("orchestrator stopped");
     Ok(())
 }

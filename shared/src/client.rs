@@ -130,13 +130,16 @@ pub struct TypeStatus {
 }
 
 impl Client {
-    /// Connects to RabbitMQ and Redis and makes sure the queues exist.
+    /// Connects to RabbitMQ and Redis (URLs or their files, TLS files) and makes sure the
+    /// queues exist.
     ///
     /// # Errors
-    /// Either service is unreachable.
+    /// Either service is unreachable or refuses the TLS handshake, or a file cannot be read.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, ClientError> {
-        let store = Store::connect(&args.redis_url, args.redis_timeout()).await?;
-        let connection = amqp::connect(&args.amqp_url, "chorus client").await?;
+        let redis = args.redis().map_err(StoreError::Settings)?;
+        let store = Store::connect_to(&redis, args.redis_timeout()).await?;
+        let broker = args.amqp().map_err(BrokerError::Settings)?;
+        let connection = amqp::connect(&broker, "chorus client").await?;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
         topology::declare_if_permitted(&connection, topology::NO_RETRY_DELAY, &[]).await?;
         Ok(Self {

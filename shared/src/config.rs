@@ -1,8 +1,10 @@
 //! Command-line settings shared by every binary, and their start-up validation.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, ValueEnum};
+
+use crate::tls::{Endpoint, TlsFiles};
 
 /// Default broker address.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -10,6 +12,9 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Exit code for a bad flag or environment value (BSD `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
+/// Exit code when a server refuses the connection for good at start-up, e.g. its TLS
+/// certificate does not verify (BSD `EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -28,16 +33,58 @@ pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 30_000;
 /// (the delay queues it declares reach it): one minute.
 pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 60_000;
 
-/// Where the services are and how long to wait for them.
-#[derive(Args, Clone, Debug)]
+/// Where the services are, how to check them (TLS), and how long to wait for them.
+///
+/// Each URL comes from its flag (or environment variable) or from a file, never both, and is
+/// read when used ([`ConnectArgs::amqp`], [`ConnectArgs::redis`]): a rotated secret or
+/// certificate takes effect at the next connection. `Debug` hides the passwords.
+#[derive(Args, Clone)]
 pub struct ConnectArgs {
-    /// RabbitMQ address (amqp:// or amqps://); the vhost is the URL path, %2f for "/".
-    #[arg(long, env = "CHORUS_AMQP_URL", default_value = DEFAULT_AMQP_URL, hide_env_values = true)]
-    pub amqp_url: String,
+    /// RabbitMQ address (amqp:// or amqps:// for TLS); the vhost is the URL path, %2f for "/".
+    /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(long, env = "CHORUS_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
 
-    /// Redis address, redis://[user:password@]host:port[/db].
-    #[arg(long, env = "CHORUS_REDIS_URL", default_value = DEFAULT_REDIS_URL, hide_env_values = true)]
-    pub redis_url: String,
+    /// File holding the RabbitMQ address, e.g. a container or systemd secret (one line; a
+    /// trailing newline is ignored); instead of --amqp-url.
+    #[arg(long, env = "CHORUS_AMQP_URL_FILE", value_name = "FILE")]
+    pub amqp_url_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates that verify the broker's certificate (amqps://), trusted
+    /// beside the system's roots.
+    #[arg(long, env = "CHORUS_AMQP_TLS_CA", value_name = "FILE")]
+    pub amqp_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate (chain) for mutual TLS with the broker; needs --amqp-tls-key.
+    #[arg(long, env = "CHORUS_AMQP_TLS_CERT", value_name = "FILE")]
+    pub amqp_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --amqp-tls-cert.
+    #[arg(long, env = "CHORUS_AMQP_TLS_KEY", value_name = "FILE")]
+    pub amqp_tls_key: Option<PathBuf>,
+
+    /// Redis address, redis://[user:password@]host:port[/db], or rediss:// for TLS (an ACL user
+    /// goes before the password). [default: redis://127.0.0.1:6379]
+    #[arg(long, env = "CHORUS_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis address, e.g. a container or systemd secret (one line; a trailing
+    /// newline is ignored); instead of --redis-url.
+    #[arg(long, env = "CHORUS_REDIS_URL_FILE", value_name = "FILE")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates that verify Redis's certificate (rediss://), trusted instead
+    /// of the system's roots.
+    #[arg(long, env = "CHORUS_REDIS_TLS_CA", value_name = "FILE")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate (chain) for mutual TLS with Redis; needs --redis-tls-key.
+    #[arg(long, env = "CHORUS_REDIS_TLS_CERT", value_name = "FILE")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, env = "CHORUS_REDIS_TLS_KEY", value_name = "FILE")]
+    pub redis_tls_key: Option<PathBuf>,
 
     /// Longest wait for one Redis command; a slower command fails and is retried later.
     #[arg(long, env = "CHORUS_REDIS_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
@@ -49,17 +96,137 @@ pub struct ConnectArgs {
     pub publish_timeout_ms: u64,
 }
 
+impl std::fmt::Debug for ConnectArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectArgs")
+            .field("amqp_url", &self.amqp_url.as_deref().map(redact_url))
+            .field("amqp_url_file", &self.amqp_url_file)
+            .field("amqp_tls_ca", &self.amqp_tls_ca)
+            .field("amqp_tls_cert", &self.amqp_tls_cert)
+            .field("amqp_tls_key", &self.amqp_tls_key)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis_url_file", &self.redis_url_file)
+            .field("redis_tls_ca", &self.redis_tls_ca)
+            .field("redis_tls_cert", &self.redis_tls_cert)
+            .field("redis_tls_key", &self.redis_tls_key)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("publish_timeout_ms", &self.publish_timeout_ms)
+            .finish()
+    }
+}
+
+/// The URL of `flag`: given directly, read from its file (`<flag>-file`), or the default.
+fn resolve_url(
+    flag: &str,
+    given: Option<&str>,
+    file: Option<&std::path::Path>,
+    default: &str,
+) -> Result<String, String> {
+    match (given, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "{flag} and {flag}-file are both given (flag or environment); use one"
+        )),
+        (Some(url), None) => Ok(url.to_owned()),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("{flag}-file {}: {e}", path.display()))?;
+            // Secrets are usually written with a trailing newline; anything more is a mistake
+            // that would otherwise end up inside the URL.
+            let url = text.trim_end_matches(['\n', '\r']);
+            if url.trim().is_empty() || url.contains(['\n', '\r']) || url.trim() != url {
+                return Err(format!(
+                    "{flag}-file {}: must hold one URL on one line",
+                    path.display()
+                ));
+            }
+            Ok(url.to_owned())
+        }
+        (None, None) => Ok(default.to_owned()),
+    }
+}
+
 impl ConnectArgs {
-    /// Checks that both URLs parse, so a typo fails at start-up with one clear line.
+    /// Settings for plain `amqp_url` and `redis_url`, no files, default timeouts: for programs
+    /// that take the URLs their own way (the benchmark, tests).
+    pub fn from_urls(amqp_url: impl Into<String>, redis_url: impl Into<String>) -> Self {
+        Self {
+            amqp_url: Some(amqp_url.into()),
+            amqp_url_file: None,
+            amqp_tls_ca: None,
+            amqp_tls_cert: None,
+            amqp_tls_key: None,
+            redis_url: Some(redis_url.into()),
+            redis_url_file: None,
+            redis_tls_ca: None,
+            redis_tls_cert: None,
+            redis_tls_key: None,
+            redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
+            publish_timeout_ms: DEFAULT_PUBLISH_TIMEOUT_MS,
+        }
+    }
+
+    /// The broker to connect to: its URL (from `--amqp-url`, `--amqp-url-file` or the default)
+    /// and TLS files, read now.
     ///
     /// # Errors
-    /// The first URL that does not parse, with the password hidden.
+    /// Both the URL and its file are given, a file cannot be read or holds no PEM, or TLS
+    /// files come with an `amqp://` URL; one line for the user, passwords hidden.
+    pub fn amqp(&self) -> Result<Endpoint, String> {
+        let url = resolve_url(
+            "--amqp-url",
+            self.amqp_url.as_deref(),
+            self.amqp_url_file.as_deref(),
+            DEFAULT_AMQP_URL,
+        )?;
+        let files = TlsFiles {
+            ca: self.amqp_tls_ca.clone(),
+            cert: self.amqp_tls_cert.clone(),
+            key: self.amqp_tls_key.clone(),
+        };
+        Endpoint::load(url, &files, "--amqp", "amqps")
+    }
+
+    /// Redis to connect to, as [`ConnectArgs::amqp`] for `--redis-*`.
+    ///
+    /// # Errors
+    /// As [`ConnectArgs::amqp`], for the Redis flags and `redis://`.
+    pub fn redis(&self) -> Result<Endpoint, String> {
+        let url = resolve_url(
+            "--redis-url",
+            self.redis_url.as_deref(),
+            self.redis_url_file.as_deref(),
+            DEFAULT_REDIS_URL,
+        )?;
+        let files = TlsFiles {
+            ca: self.redis_tls_ca.clone(),
+            cert: self.redis_tls_cert.clone(),
+            key: self.redis_tls_key.clone(),
+        };
+        Endpoint::load(url, &files, "--redis", "rediss")
+    }
+
+    /// Checks that both URLs and their TLS files can be used, so a typo fails at start-up with
+    /// one clear line (exit 64 in the binaries).
+    ///
+    /// # Errors
+    /// The first problem, with passwords hidden.
     pub fn validate(&self) -> Result<(), String> {
-        self.amqp_url
-            .parse::<lapin::uri::AMQPUri>()
-            .map_err(|e| format!("--amqp-url {}: {e}", redact_url(&self.amqp_url)))?;
-        redis::Client::open(self.redis_url.as_str())
-            .map_err(|e| format!("--redis-url {}: {e}", redact_url(&self.redis_url)))?;
+        let amqp = self.amqp()?;
+        amqp.url().parse::<lapin::uri::AMQPUri>().map_err(|e| {
+            format!(
+                "--amqp-url {}: {}",
+                amqp.redacted(),
+                hide_password(&e, amqp.url())
+            )
+        })?;
+        let redis = self.redis()?;
+        redis.redis_client().map_err(|e| {
+            format!(
+                "--redis-url {}: {}",
+                redis.redacted(),
+                hide_password(&e.to_string(), redis.url())
+            )
+        })?;
         Ok(())
     }
 
@@ -212,6 +379,22 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `text` with the password of `url` (if it has one) replaced by `***`: for messages of client
+/// libraries that may quote the URL they were given.
+pub fn hide_password(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(rest))
+        .and_then(|authority| authority.rsplit_once('@'))
+        .and_then(|(credentials, _)| credentials.split_once(':'))
+        .map(|(_, password)| password)
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(password, "***"),
+        None => text.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +413,57 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_messages() {
+        let url = "rediss://chorus:s3cr%t@host:6380/1";
+        assert_eq!(
+            hide_password("cannot use rediss://chorus:s3cr%t@host", url),
+            "cannot use rediss://chorus:***@host"
+        );
+        assert_eq!(hide_password("no secret", "redis://host:6379"), "no secret");
+    }
+
+    fn args(amqp_url: Option<&str>, amqp_url_file: Option<&std::path::Path>) -> ConnectArgs {
+        ConnectArgs {
+            amqp_url: amqp_url.map(str::to_owned),
+            amqp_url_file: amqp_url_file.map(std::path::Path::to_path_buf),
+            redis_url: None,
+            ..ConnectArgs::from_urls("", "")
+        }
+    }
+
+    #[test]
+    fn a_url_comes_from_its_file_without_the_newline() {
+        let path = std::env::temp_dir().join(format!("chorus-url-{}", std::process::id()));
+        std::fs::write(&path, "amqps://svc:pw@host:5671/%2f\n").expect("works");
+        let endpoint = args(None, Some(&path)).amqp().expect("works");
+        assert_eq!(endpoint.url(), "amqps://svc:pw@host:5671/%2f");
+        let both = args(Some("amqp://h"), Some(&path))
+            .amqp()
+            .expect_err("refused");
+        assert!(both.contains("both given"), "{both}");
+        std::fs::write(&path, "amqp://a:pw@h\namqp://b@h\n").expect("works");
+        let two = args(None, Some(&path)).amqp().expect_err("refused");
+        assert!(
+            two.contains("one URL on one line") && !two.contains("pw"),
+            "{two}"
+        );
+        std::fs::remove_file(&path).expect("works");
+        let missing = args(None, Some(&path)).amqp().expect_err("refused");
+        assert!(missing.starts_with("--amqp-url-file "), "{missing}");
+        assert_eq!(
+            args(None, None).amqp().expect("works").url(),
+            DEFAULT_AMQP_URL
+        );
+    }
+
+    #[test]
+    fn debug_and_errors_hide_passwords() {
+        let config = args(Some("amqp://svc:s3cret@host:notaport/%2f"), None);
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let error = config.validate().expect_err("refused");
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

@@ -17,9 +17,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     amqp::{self, DeadLetter, Publisher},
-    config::{redact_url, ConnectArgs},
+    config::ConnectArgs,
     error::{BrokerError, ProtocolError, ServiceError, StoreError},
-    text, topology,
+    text,
+    tls::Endpoint,
+    topology,
 };
 
 /// The two broker connections of a session: consuming and publishing are kept apart so that a
@@ -53,12 +55,12 @@ fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
 }
 
 async fn open_session(
-    url: &str,
+    endpoint: &Endpoint,
     name: &str,
     publish_timeout: Duration,
 ) -> Result<Session, BrokerError> {
-    let consume = amqp::connect(url, &format!("{name} (consume)")).await?;
-    let publish = amqp::connect(url, &format!("{name} (publish)")).await?;
+    let consume = amqp::connect(endpoint, &format!("{name} (consume)")).await?;
+    let publish = amqp::connect(endpoint, &format!("{name} (publish)")).await?;
     let publisher = Publisher::open(&publish, publish_timeout).await?;
     Ok(Session {
         consume,
@@ -87,26 +89,37 @@ async fn close_session(session: &Session) {
 
 /// Runs `serve` on a fresh session until it returns `Ok` (shutdown) — reconnecting with backoff
 /// whenever the broker connection fails. Each session starts from scratch: unacked messages of
-/// a failed session come back from the broker and are handled again.
+/// a failed session come back from the broker and are handled again. The broker's URL and TLS
+/// files are read from `connect` for each session, so rotated files take effect.
+///
+/// # Errors
+/// Before any session has opened, a broker that refuses the TLS handshake or settings that
+/// cannot be used: waiting would not help, so the service stops (exit 69 or 64). Later, the same
+/// failures are logged and retried — over TLS again, never in plain text.
 pub async fn run_sessions<F, Fut>(
     name: &str,
-    amqp_url: &str,
-    publish_timeout: Duration,
+    connect: &ConnectArgs,
     shutdown: CancellationToken,
     mut serve: F,
-) where
+) -> Result<(), BrokerError>
+where
     F: FnMut(Arc<Session>) -> Fut,
     Fut: Future<Output = Result<(), ServiceError>>,
 {
     let mut delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
+    let mut opened_once = false;
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
-            () = shutdown.cancelled() => return,
-            opened = open_session(amqp_url, name, publish_timeout) => opened,
+            () = shutdown.cancelled() => return Ok(()),
+            opened = async {
+                let endpoint = connect.amqp().map_err(BrokerError::Settings)?;
+                open_session(&endpoint, name, connect.publish_timeout()).await
+            } => opened,
         };
         match opened {
             Ok(session) => {
-                tracing::info!(broker = %redact_url(amqp_url), "connected to RabbitMQ");
+                opened_once = true;
+                tracing::info!(broker = %redacted_broker(connect), "connected to RabbitMQ");
                 let started = tokio::time::Instant::now();
                 let session = Arc::new(session);
                 let served = serve(Arc::clone(&session)).await;
@@ -117,22 +130,36 @@ pub async fn run_sessions<F, Fut>(
                     delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
                 }
                 match served {
-                    Ok(()) => return,
+                    Ok(()) => return Ok(()),
                     Err(error) => {
                         tracing::warn!(error = %error, "broker session ended; reconnecting")
                     }
                 }
             }
+            Err(error @ (BrokerError::TlsRefused(_) | BrokerError::Settings(_)))
+                if !opened_once =>
+            {
+                return Err(error);
+            }
             Err(error) => {
-                tracing::warn!(broker = %redact_url(amqp_url), error = %error, "cannot connect to RabbitMQ; retrying");
+                tracing::warn!(broker = %redacted_broker(connect), error = %error, "cannot connect to RabbitMQ; retrying");
             }
         }
         let delay = delays.next().unwrap_or(RECONNECT_MAX_DELAY);
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             () = tokio::time::sleep(delay) => {}
         }
     }
+    Ok(())
+}
+
+/// The broker's URL for a log line, password hidden.
+fn redacted_broker(connect: &ConnectArgs) -> String {
+    connect.amqp().map_or_else(
+        |_| "(unreadable settings)".to_owned(),
+        |endpoint| endpoint.redacted(),
+    )
 }
 
 /// Everything a service needs to consume its queues.
@@ -140,10 +167,8 @@ pub async fn run_sessions<F, Fut>(
 pub struct ServiceSpec {
     /// Connection name prefix, e.g. `chorus-worker`.
     pub name: &'static str,
-    /// Broker URL.
-    pub amqp_url: String,
-    /// Publisher confirm timeout.
-    pub publish_timeout: Duration,
+    /// Where the broker is (URL or its file, TLS files) and the publish confirm timeout.
+    pub connect: ConnectArgs,
     /// Retry delay queues are declared up to this delay.
     pub max_retry_delay: Duration,
     /// The consumers, one channel each, all in the same session.
@@ -177,8 +202,7 @@ impl ServiceSpec {
     ) -> Self {
         Self {
             name,
-            amqp_url: connect.amqp_url.clone(),
-            publish_timeout: connect.publish_timeout(),
+            connect: connect.clone(),
             max_retry_delay,
             consumers: Vec::new(),
         }
@@ -195,7 +219,15 @@ impl ServiceSpec {
 /// Runs a service: sessions that declare the topology and consume every queue of
 /// `spec.consumers` with the handler `make_handler` builds for it (given the session and the
 /// queue name), until `shutdown`. When one consumer fails the whole session is rebuilt.
-pub async fn serve<M, H, Fut>(spec: ServiceSpec, shutdown: CancellationToken, make_handler: M)
+///
+/// # Errors
+/// As [`run_sessions`]: the broker refused the first session's TLS handshake, or the settings
+/// cannot be used.
+pub async fn serve<M, H, Fut>(
+    spec: ServiceSpec,
+    shutdown: CancellationToken,
+    make_handler: M,
+) -> Result<(), BrokerError>
 where
     M: Fn(&Session, &str) -> H,
     H: Fn(Arc<Delivery>) -> Fut + Clone + Send + Sync + 'static,
@@ -204,8 +236,7 @@ where
     let sessions_shutdown = shutdown.clone();
     run_sessions(
         spec.name,
-        &spec.amqp_url,
-        spec.publish_timeout,
+        &spec.connect.clone(),
         sessions_shutdown,
         |session| {
             let handlers: Vec<H> = spec
@@ -247,7 +278,7 @@ where
             }
         },
     )
-    .await;
+    .await
 }
 
 /// How one consumer runs.

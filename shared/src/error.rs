@@ -27,9 +27,29 @@ pub enum ProtocolError {
     Invalid(String),
 }
 
+/// A server's TLS handshake failed: its certificate does not verify against the configured
+/// roots, or it refused ours. Never retried in plain text; at start-up it ends a service with
+/// [`crate::config::EXIT_UNAVAILABLE`].
+#[derive(Debug, Error)]
+#[error("{service} at {host} refused: TLS handshake failed: {reason}")]
+pub struct TlsRefused {
+    /// `RabbitMQ` or `Redis`.
+    pub service: &'static str,
+    /// `host:port` of the server (no credentials).
+    pub host: String,
+    /// rustls's reason, e.g. `invalid peer certificate: UnknownIssuer`.
+    pub reason: String,
+}
+
 /// A failure talking to RabbitMQ.
 #[derive(Debug, Error)]
 pub enum BrokerError {
+    /// The broker's TLS handshake failed.
+    #[error(transparent)]
+    TlsRefused(#[from] TlsRefused),
+    /// The connection settings cannot be used (a TLS or URL file went missing since start-up).
+    #[error("{0}")]
+    Settings(String),
     /// Anything lapin reports: connection, channel or protocol errors.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
@@ -56,6 +76,12 @@ pub enum BrokerError {
 /// A failure talking to Redis.
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// Redis's TLS handshake failed.
+    #[error(transparent)]
+    TlsRefused(#[from] TlsRefused),
+    /// The connection settings cannot be used (a TLS or URL file went missing since start-up).
+    #[error("{0}")]
+    Settings(String),
     /// Anything redis-rs reports, timeouts included.
     #[error("Redis: {0}")]
     Redis(#[from] redis::RedisError),

@@ -18,6 +18,8 @@
 //!   results and `subtask.<status>` events.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
+//! - [`tls`]: TLS of the connections (CA and client certificate files, telling a refused
+//!   certificate apart from other connection failures).
 //! - [`config`], [`telemetry`], [`shutdown`], [`runtime`], [`error`]: flags, logging, signals,
 //!   a service binary's start-up and async runtime, errors.
 //! - [`text`]: text from a message (names, ids, reasons) escaped and bounded for logs,
@@ -46,4 +48,5 @@ pub mod shutdown;
 pub mod store;
 pub mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod topology;

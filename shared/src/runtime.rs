@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{self, LogFormat},
+    error::{BrokerError, StoreError},
     files::FileRoots,
     shutdown, telemetry,
 };
@@ -57,8 +58,9 @@ pub fn file_roots(name: &str, files: &config::FileArgs) -> FileRoots {
 
 /// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the
 /// calling thread, which saves the hand-offs between threads on every message; `0`: one per
-/// core). `service` gets the token of [`shutdown::on_signal`]. A failure is logged and ends the
-/// process with status 1.
+/// core). `service` gets the token of [`shutdown::on_signal`]. A failure is logged as one line
+/// and ends the process: with [`config::EXIT_UNAVAILABLE`] when a server refused the TLS
+/// handshake, [`config::EXIT_USAGE`] when a settings file cannot be used, else with status 1.
 pub fn run_service<Fut>(name: &str, threads: u16, service: impl FnOnce(CancellationToken) -> Fut)
 where
     Fut: Future<Output = anyhow::Result<()>>,
@@ -85,7 +87,26 @@ where
     runtime.block_on(async {
         if let Err(error) = service(shutdown::on_signal()).await {
             tracing::error!("{name} failed: {error:#}");
-            std::process::exit(1);
+            std::process::exit(exit_code(&error));
         }
     });
+}
+
+/// The exit status of a service that failed with `error` (see [`run_service`]).
+fn exit_code(error: &anyhow::Error) -> i32 {
+    error
+        .chain()
+        .find_map(|cause| {
+            match cause.downcast_ref::<BrokerError>() {
+                Some(BrokerError::TlsRefused(_)) => return Some(config::EXIT_UNAVAILABLE),
+                Some(BrokerError::Settings(_)) => return Some(config::EXIT_USAGE),
+                _ => {}
+            }
+            match cause.downcast_ref::<StoreError>() {
+                Some(StoreError::TlsRefused(_)) => Some(config::EXIT_UNAVAILABLE),
+                Some(StoreError::Settings(_)) => Some(config::EXIT_USAGE),
+                _ => None,
+            }
+        })
+        .unwrap_or(1)
 }

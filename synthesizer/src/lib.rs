@@ -154,7 +154,7 @@ pub async fn run(
             }
         }
     })
-    .await;
+    .await?;
     tracing::info!("synthesizer stopped");
     Ok(())
 }

@@ -76,6 +76,23 @@ pub fn services() -> &'static Services {
 }
 
 impl Services {
+    /// The broker's TLS-only listener (`deploy/services.sh`: the AMQP port + 1000).
+    pub fn amqps_port(&self) -> u16 {
+        self.amqp_port + 1000
+    }
+
+    /// The TLS-only Redis, which requires a client certificate (`deploy/services.sh`: the Redis
+    /// port + 10000).
+    pub fn rediss_port(&self) -> u16 {
+        self.redis_port + 10000
+    }
+
+    /// A file of the test PKI `deploy/tls.sh` made: `ca.pem`, `client.pem`, `client.key`,
+    /// `other-ca.pem`, ...
+    pub fn tls_file(&self, name: &str) -> PathBuf {
+        self.state_dir.join("tls").join(name)
+    }
+
     /// A `deploy/services.sh` command aimed at this pair.
     pub fn script(&self, args: &[&str]) -> Command {
         let mut command = Command::new(repo_dir().join("deploy/services.sh"));
@@ -183,6 +200,10 @@ pub struct TestEnv {
     pub redis_url: String,
     children: Vec<(String, Child)>,
     logs: PathBuf,
+    /// Extra environment of every process this env starts (e.g. TLS files).
+    pub vars: Vec<(String, String)>,
+    /// Pass the URLs as files (`CHORUS_AMQP_URL_FILE`, `CHORUS_REDIS_URL_FILE`), as secrets are.
+    pub url_files: bool,
 }
 
 static NEXT_DB: AtomicU32 = AtomicU32::new(1);
@@ -227,6 +248,44 @@ impl TestEnv {
             redis_url,
             children: Vec::new(),
             logs,
+            vars: Vec::new(),
+            url_files: false,
+        }
+    }
+
+    /// How processes get this env's URLs: in files under its log directory when
+    /// [`TestEnv::url_files`] is set, else in environment variables (never in argv).
+    fn url_vars(&self) -> Vec<(String, String)> {
+        if !self.url_files {
+            return vec![
+                ("CHORUS_AMQP_URL".into(), self.amqp_url.clone()),
+                ("CHORUS_REDIS_URL".into(), self.redis_url.clone()),
+            ];
+        }
+        let (amqp, redis) = (self.logs.join("amqp-url"), self.logs.join("redis-url"));
+        // Written whole and renamed into place: a process started earlier may be reading it.
+        for (path, url) in [(&amqp, &self.amqp_url), (&redis, &self.redis_url)] {
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, format!("{url}\n")).unwrap();
+            std::fs::rename(&partial, path).unwrap();
+        }
+        vec![
+            ("CHORUS_AMQP_URL_FILE".into(), amqp.display().to_string()),
+            ("CHORUS_REDIS_URL_FILE".into(), redis.display().to_string()),
+        ]
+    }
+
+    /// Waits (bounded) for child `index` to exit; its exit code, `None` if it is still running.
+    pub fn wait_exit(&mut self, index: usize, limit: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.children[index].1.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -241,8 +300,10 @@ impl TestEnv {
         let log = std::fs::File::create(self.logs.join(format!("{index}-{bin}.log"))).unwrap();
         let child = Command::new(binary(bin))
             .args(args)
-            .env("CHORUS_AMQP_URL", &self.amqp_url)
-            .env("CHORUS_REDIS_URL", &self.redis_url)
+            .env_remove("CHORUS_AMQP_URL")
+            .env_remove("CHORUS_REDIS_URL")
+            .envs(self.url_vars())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
@@ -335,8 +396,10 @@ impl TestEnv {
     pub async fn run_to_exit(&self, bin: &str, args: &[&str]) -> std::process::Output {
         let output = tokio::process::Command::new(binary(bin))
             .args(args)
-            .env("CHORUS_AMQP_URL", &self.amqp_url)
-            .env("CHORUS_REDIS_URL", &self.redis_url)
+            .env_remove("CHORUS_AMQP_URL")
+            .env_remove("CHORUS_REDIS_URL")
+            .envs(self.url_vars())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .kill_on_drop(true)
             .output();
         tokio::time::timeout(WAIT, output)

@@ -20,7 +20,12 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
 };
 
-use crate::{error::BrokerError, text, topology};
+use crate::{
+    error::{BrokerError, TlsRefused},
+    text,
+    tls::{self, Endpoint},
+    topology,
+};
 
 mod reply;
 
@@ -37,14 +42,27 @@ pub const REPLY_SUCCESS: u16 = 200;
 /// one octet (AMQP 0-9-1, section 4.2.5.3).
 const SHORT_STRING_MAX_BYTES: usize = 255;
 
-/// Opens a connection named after the service (the name shows in the broker's connection list).
+/// Opens a connection to the broker at `endpoint` named after the service (the name shows in the
+/// broker's connection list), with its TLS files for an `amqps://` URL.
 ///
 /// # Errors
-/// The broker cannot be reached or refuses the credentials.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
+/// [`BrokerError::TlsRefused`] when the TLS handshake fails (the broker's certificate does not
+/// verify, or it refuses ours); [`BrokerError::Amqp`] when the broker cannot be reached or
+/// refuses the credentials.
+pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.as_bytes().to_vec()));
-    Ok(Connection::connect(url, properties).await?)
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connect_with_config(endpoint.url(), properties, endpoint.amqp_tls(), runtime)
+        .await
+        .map_err(|error| match tls::refusal(&error) {
+            Some(reason) => BrokerError::TlsRefused(TlsRefused {
+                service: "RabbitMQ",
+                host: endpoint.host().to_owned(),
+                reason,
+            }),
+            None => BrokerError::Amqp(error),
+        })
 }
 
 /// Properties of a persistent message in the given content type.

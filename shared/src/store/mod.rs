@@ -49,7 +49,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 #[cfg(doc)]
 use crate::protocol::{Outcome, PlanEntry, ReplyTarget, SubtaskOutcome};
-use crate::{config::ConnectArgs, error::StoreError};
+use crate::{
+    config::ConnectArgs,
+    error::{StoreError, TlsRefused},
+    tls::{self, Endpoint},
+};
 
 mod children;
 mod claim;
@@ -98,7 +102,31 @@ impl Store {
     /// # Errors
     /// A malformed URL or an unreachable server.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
+        Self::connect_to(&Endpoint::new(url), timeout).await
+    }
+
+    /// Connects to Redis at `endpoint`, with its TLS files for a `rediss://` URL; otherwise as
+    /// [`Store::connect`].
+    ///
+    /// # Errors
+    /// [`StoreError::TlsRefused`] when the TLS handshake fails (Redis's certificate does not
+    /// verify, or it refuses ours); [`StoreError::Redis`] when Redis cannot be reached, refuses
+    /// the credentials, or the URL is invalid.
+    pub async fn connect_to(endpoint: &Endpoint, timeout: Duration) -> Result<Self, StoreError> {
+        Self::open(endpoint, timeout)
+            .await
+            .map_err(|error| match tls::refusal(&error) {
+                Some(reason) => StoreError::TlsRefused(TlsRefused {
+                    service: "Redis",
+                    host: endpoint.host().to_owned(),
+                    reason,
+                }),
+                None => StoreError::Redis(error),
+            })
+    }
+
+    async fn open(endpoint: &Endpoint, timeout: Duration) -> redis::RedisResult<Self> {
+        let client = endpoint.redis_client()?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout));
@@ -106,13 +134,14 @@ impl Store {
         Ok(Self { connection })
     }
 
-    /// Connects as a service starts: [`Store::connect`] with `--redis-url` and
-    /// `--redis-timeout-ms` from `connect`, then [`Store::warn_about_settings`].
+    /// Connects as a service starts: [`Store::connect_to`] the Redis of `connect` (`--redis-url`
+    /// or its file, the TLS files, `--redis-timeout-ms`), then [`Store::warn_about_settings`].
     ///
     /// # Errors
-    /// As [`Store::connect`].
+    /// As [`Store::connect_to`], and [`StoreError::Settings`] when a file cannot be read.
     pub async fn connect_service(connect: &ConnectArgs) -> Result<Self, StoreError> {
-        let store = Self::connect(&connect.redis_url, connect.redis_timeout()).await?;
+        let endpoint = connect.redis().map_err(StoreError::Settings)?;
+        let store = Self::connect_to(&endpoint, connect.redis_timeout()).await?;
         store.warn_about_settings().await;
         Ok(store)
     }

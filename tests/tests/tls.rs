@@ -1,0 +1,194 @@
+//! TLS and secrets against the real TLS-only listeners of `deploy/services.sh`: a task runs
+//! through the three services and the CLI over `amqps://` and `rediss://` (CA files, mutual TLS,
+//! a RabbitMQ user and a Redis ACL user whose URLs come from files), no password shows in any
+//! output, and a server whose certificate does not verify is refused with exit code 69.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use chorus_tests::{services, TestEnv};
+
+/// The TLS files of one connection (`prefix`: `AMQP` or `REDIS`): `ca` and the test's client
+/// certificate, as environment variables.
+fn tls_vars(prefix: &str, ca: &str) -> Vec<(String, String)> {
+    let services = services();
+    let file = |name: &str| services.tls_file(name).display().to_string();
+    [
+        ("CA", file(ca)),
+        ("CERT", file("client.pem")),
+        ("KEY", file("client.key")),
+    ]
+    .into_iter()
+    .map(|(name, value)| (format!("CHORUS_{prefix}_TLS_{name}"), value))
+    .collect()
+}
+
+/// A connection to database `db` of the TLS-only Redis, as the test's own client.
+async fn tls_redis(db: u32, user: Option<(&str, &str)>) -> redis::aio::MultiplexedConnection {
+    let services = services();
+    let credentials = user.map_or(String::new(), |(name, password)| {
+        format!("{name}:{password}@")
+    });
+    let url = format!(
+        "rediss://{credentials}127.0.0.1:{}/{db}",
+        services.rediss_port()
+    );
+    let read = |name: &str| std::fs::read(services.tls_file(name)).unwrap();
+    let client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates {
+            client_tls: Some(redis::ClientTlsConfig {
+                client_cert: read("client.pem"),
+                client_key: read("client.key"),
+            }),
+            root_cert: Some(read("ca.pem")),
+        },
+    )
+    .unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_task_runs_over_tls_with_secrets_from_files() {
+    let services = services();
+    let mut env = TestEnv::new("tls").await;
+    let id = &env.vhost[env.vhost.len() - 8..];
+    let (user, password) = (format!("chorus-{id}"), format!("Pw-{id}-s3cret"));
+    // A broker user of the test's own, with a password no default could contain.
+    for args in [
+        vec!["add_user", user.as_str(), password.as_str()],
+        vec!["set_permissions", "-p", &env.vhost, &user, ".*", ".*", ".*"],
+    ] {
+        let mut all = vec!["rabbitmqctl", "-q"];
+        all.extend(args);
+        let status = services.script(&all).status().unwrap();
+        assert!(status.success(), "rabbitmqctl {all:?}");
+    }
+    // A Redis ACL user on the TLS-only Redis, which also demands a client certificate.
+    let mut admin = tls_redis(1, None).await;
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            &user,
+            "on",
+            &format!(">{password}"),
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .query_async::<()>(&mut admin)
+        .await
+        .unwrap();
+    let mut as_user = tls_redis(1, Some((&user, &password))).await;
+    redis::cmd("FLUSHDB")
+        .query_async::<()>(&mut as_user)
+        .await
+        .unwrap();
+    env.amqp_url = format!(
+        "amqps://{user}:{password}@127.0.0.1:{}/{}",
+        services.amqps_port(),
+        env.vhost
+    );
+    env.redis_url = format!(
+        "rediss://{user}:{password}@127.0.0.1:{}/1",
+        services.rediss_port()
+    );
+    env.url_files = true;
+    env.vars = [tls_vars("AMQP", "ca.pem"), tls_vars("REDIS", "ca.pem")].concat();
+    env.start_system(1);
+
+    let output = env
+        .run_to_exit(
+            "chorus",
+            &[
+                "submit",
+                "--kind",
+                "range-sum",
+                "--input",
+                r#"{"start": 0, "end": 100, "parts": 4}"#,
+                "--wait",
+            ],
+        )
+        .await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    assert!(stdout.contains("4950"), "{stdout}");
+
+    for index in 0..3 {
+        let log = env.log_of(index);
+        assert!(log.contains("connected to RabbitMQ"), "{log}");
+        assert!(!log.contains(&password), "password in a log line: {log}");
+    }
+    assert!(!stdout.contains(&password) && !stderr.contains(&password));
+}
+
+#[tokio::test]
+async fn a_server_whose_certificate_does_not_verify_is_refused() {
+    let services = services();
+    let mut env = TestEnv::new("tls-refused").await;
+    let plain_amqp = env.amqp_url.clone();
+    let password = "Wrong-CA-s3cret";
+    let amqps = format!(
+        "amqps://guest:{password}@127.0.0.1:{}/{}",
+        services.amqps_port(),
+        env.vhost
+    );
+    let rediss = format!(
+        "rediss://default:{password}@127.0.0.1:{}/2",
+        services.rediss_port()
+    );
+    // The broker's certificate is not signed by the CA given; Redis is fine (plain).
+    env.vars = tls_vars("AMQP", "other-ca.pem");
+    env.amqp_url.clone_from(&amqps);
+    let orchestrator = env.spawn("chorus-orchestrator", &[]);
+    // And the other way round for a worker.
+    env.vars = tls_vars("REDIS", "other-ca.pem");
+    env.amqp_url = plain_amqp;
+    env.redis_url.clone_from(&rediss);
+    let worker = env.spawn("chorus-worker", &[]);
+    env.vars = [
+        tls_vars("AMQP", "other-ca.pem"),
+        tls_vars("REDIS", "other-ca.pem"),
+    ]
+    .concat();
+    env.amqp_url = amqps;
+    let cli = env.run_to_exit("chorus", &["status", "no-such-task"]).await;
+
+    for (index, service, port) in [
+        (orchestrator, "RabbitMQ", services.amqps_port()),
+        (worker, "Redis", services.rediss_port()),
+    ] {
+        let code = env.wait_exit(index, Duration::from_secs(60));
+        let log = env.log_of(index);
+        assert_eq!(code, Some(69), "{log}");
+        let refusals: Vec<&str> = log.lines().filter(|l| l.contains("refused")).collect();
+        assert_eq!(refusals.len(), 1, "one line: {log}");
+        let wanted = format!("{service} at 127.0.0.1:{port} refused: TLS handshake failed");
+        assert!(refusals[0].contains(&wanted), "{log}");
+        assert!(refusals[0].contains("UnknownIssuer"), "{log}");
+        assert!(!log.contains(password), "password in the log: {log}");
+    }
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert_eq!(cli.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(!stderr.contains(password), "{stderr}");
+}
+
+#[tokio::test]
+async fn help_shows_no_password() {
+    let env = TestEnv::new("tls-help").await;
+    for bin in [
+        "chorus",
+        "chorus-orchestrator",
+        "chorus-worker",
+        "chorus-synthesizer",
+    ] {
+        let output = env.run_to_exit(bin, &["--help"]).await;
+        let help = String::from_utf8_lossy(&output.stdout);
+        assert!(help.contains("--amqp-url-file"), "{bin}: {help}");
+        assert!(help.contains("--redis-tls-ca"), "{bin}: {help}");
+        assert!(!help.contains("guest:guest"), "{bin}: {help}");
+    }
+}
