@@ -265,3 +265,68 @@ fn lengths_a_body_claims_are_not_allocated_up_front() {
         assert!(error.contains("not MessagePack"), "{error}");
     }
 }
+
+/// What strict decoding costs against `rmp_serde` directly, for the report in docs; prints, asserts
+/// nothing about time. Run with
+/// `cargo test --release -p chorus-shared --lib decode_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn decode_cost() {
+    use crate::protocol::{decode, SubtaskMessage};
+    use std::time::Instant;
+
+    fn per_second(mut run: impl FnMut()) -> f64 {
+        let rounds = 200_000;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            run();
+        }
+        f64::from(rounds) / started.elapsed().as_secs_f64()
+    }
+    let request = rmp_serde::to_vec_named(&json!({"kind": "range-sum", "id": "t-1",
+        "input": {"start": 0, "end": 1000, "parts": 10}, "options": {"max_attempts": 2}}))
+    .unwrap();
+    let subtask = rmp_serde::to_vec_named(&SubtaskMessage {
+        task: "task-1".into(),
+        subtask: "17".into(),
+        kind: "range-sum".into(),
+        attempt: 1,
+        max_attempts: 3,
+        timeout_ms: 300_000,
+        payload: serde_bytes::ByteBuf::from(vec![0x93, 1, 2, 3]),
+        worker_type: "default".into(),
+        depends_on: vec![],
+        depth: 0,
+        deadline_at_ms: None,
+        events: false,
+        round: 1,
+    })
+    .unwrap();
+    let figures = [
+        (
+            "request, rmp_serde",
+            per_second(|| drop(decode::<TaskRequest>(&request).unwrap())),
+        ),
+        (
+            "request, strict",
+            per_second(|| drop(Encoding::Msgpack.decode::<TaskRequest>(&request).unwrap())),
+        ),
+        (
+            "subtask, rmp_serde",
+            per_second(|| drop(decode::<SubtaskMessage>(&subtask).unwrap())),
+        ),
+        (
+            "subtask, strict",
+            per_second(|| {
+                drop(
+                    read_msgpack(&subtask)
+                        .and_then(from_value::<SubtaskMessage>)
+                        .unwrap(),
+                )
+            }),
+        ),
+    ];
+    for (what, rate) in figures {
+        println!("{what}: {rate:.0} decodes/s");
+    }
+}
