@@ -360,45 +360,6 @@ async fn invalid_input_is_rejected_by_the_planner() {
     );
 }
 
-/// A kind's input decodes strictly: an array in place of its object, or a field of the wrong
-/// type, is `rejected` naming the field, in both encodings.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_positional_input_is_rejected_naming_the_field() {
-    let mut env = TestEnv::new("strictinput").await;
-    env.start_system(1);
-    let cases = [
-        (
-            json!({"kind": "range-sum", "id": "pos-1", "input": [0, 9, 3]}),
-            "input: expected a map, got an array",
-        ),
-        (
-            json!({"kind": "range-sum", "id": "pos-2", "input": {"start": 0, "end": 9, "parts": "x"}}),
-            "input.parts: invalid type: string \"x\", expected u32",
-        ),
-    ];
-    for (request, expected) in &cases {
-        let outcome = run_task(&env, request.clone()).await;
-        assert_eq!(outcome["status"], "rejected", "{outcome}");
-        let message = outcome["errors"][0]["message"].as_str().unwrap();
-        assert!(message.contains(expected), "{message}");
-    }
-    let client = env.client().await;
-    let (reply_to, mut replies) = client.reply_queue().await;
-    let body = br#"{"kind": "range-sum", "id": "pos-json", "input": [0, 9, 3]}"#;
-    client
-        .publish(
-            "chorus.tasks",
-            body,
-            request_properties(JSON, &reply_to, "pos-json"),
-        )
-        .await;
-    let reply = next_message(&mut replies).await;
-    let outcome: Value = serde_json::from_slice(&reply.data).unwrap();
-    assert_eq!(outcome["status"], "rejected", "{outcome}");
-    let message = outcome["errors"][0]["message"].as_str().unwrap();
-    assert!(message.contains(cases[0].1), "{message}");
-}
-
 /// Range-sum plans and synthesizes on the services' own thread (`Kind::INLINE`): a panic there
 /// must end the task, not the service.
 #[tokio::test(flavor = "multi_thread")]
