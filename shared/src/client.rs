@@ -50,7 +50,7 @@ impl ReplyQueue {
         let encoding = protocol::Encoding::from_content_type(amqp::property_str(
             delivery.properties.content_type(),
         ))?;
-        Ok(encoding.decode(&delivery.data)?)
+        Ok(encoding.decode_lenient(&delivery.data)?)
     }
 }
 

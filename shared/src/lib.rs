@@ -2,7 +2,8 @@
 //! own kinds, are built on too.
 //!
 //! # Layout
-//! - [`protocol`]: the wire messages (task requests, outcomes, subtasks, results) and encodings.
+//! - [`protocol`]: the wire messages (task requests, outcomes, subtasks, results) and encodings;
+//!   `protocol::strict`, the strict decoding of what comes from outside.
 //! - [`topology`]: names and declarations of exchanges and queues, dead-lettering, delay queues.
 //! - [`amqp`]: connections, confirmed publishing with time limits, acks, dead-letter copies,
 //!   replies to submitters.

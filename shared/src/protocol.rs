@@ -72,11 +72,28 @@ impl Encoding {
         }
     }
 
-    /// Decodes a body in this encoding.
+    /// Decodes a public message (a task request, a control message) in this encoding, strictly
+    /// ([`strict`]): its root and every struct in it only from a map, no unknown field, nesting
+    /// at most [`strict::MAX_DEPTH`] deep; rules in docs/protocol.md, "Decoding rules".
+    ///
+    /// # Errors
+    /// [`ProtocolError::Decode`] naming the field: a body that is not valid in the encoding,
+    /// an array where a map belongs, an unknown field, a missing field or a wrong type.
+    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
+        let value = match self {
+            Self::Msgpack => strict::read_msgpack(body),
+            Self::Json => strict::read_json(body),
+        }
+        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
+        strict::decode_message(value)
+    }
+
+    /// Decodes a message Chorus wrote for a reader that may be of another version (an outcome,
+    /// read by a client): fields it does not know are skipped, as serde does by default.
     ///
     /// # Errors
     /// A body that is not valid in the encoding or does not fit `T`.
-    pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
+    pub fn decode_lenient<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
         match self {
             Self::Msgpack => decode(body),
             Self::Json => {
@@ -94,7 +111,9 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, ProtocolError> {
     rmp_serde::to_vec_named(value).map_err(|e| ProtocolError::Encode(e.to_string()))
 }
 
-/// Decodes a MessagePack body.
+/// Decodes an internal MessagePack body (a subtask, a result, what Redis holds), written by
+/// Chorus as a map: on the hot path, so without the checks of [`Encoding::decode`], and fields a
+/// newer version adds are skipped (docs/protocol.md, "Decoding rules").
 ///
 /// # Errors
 /// Bytes that are not MessagePack, or do not fit `T`.
@@ -255,6 +274,7 @@ impl TaskOptions {
 
 /// A task as a submitter publishes it on `chorus.tasks`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// Name of a registered kind.
     pub kind: String,
@@ -726,8 +746,13 @@ pub enum Control {
     },
 }
 
+pub mod strict;
+
 #[cfg(test)]
 mod tests;
 
 #[cfg(test)]
 mod documented_examples;
+
+#[cfg(test)]
+mod fuzz;

@@ -437,6 +437,31 @@ async fn bad_task_messages_are_rejected_dead_lettered_and_do_not_stall_the_orche
             "unsupported content_type",
         ),
         ("huge", vec![b' '; 9 * 1024 * 1024], JSON, "over the limit"),
+        // Strict decoding: objects only from maps, no unknown fields (docs/protocol.md).
+        (
+            "positional-request",
+            msgpack(&json!(["range-sum", {"start": 0, "end": 9, "parts": 3}])),
+            MSGPACK,
+            "cannot decode body: expected a map, got an array",
+        ),
+        (
+            "positional-options",
+            br#"{"kind": "range-sum", "input": 1, "options": [1]}"#.to_vec(),
+            JSON,
+            "options: expected a map, got an array",
+        ),
+        (
+            "positional-options-msgpack",
+            msgpack(&json!({"kind": "range-sum", "input": 1, "options": [1]})),
+            MSGPACK,
+            "options: expected a map, got an array",
+        ),
+        (
+            "unknown-field",
+            br#"{"kind": "range-sum", "input": 1, "priority": 9}"#.to_vec(),
+            JSON,
+            "unknown field `priority`",
+        ),
     ];
     for (correlation, body, content_type, _) in &cases {
         client

@@ -1,5 +1,7 @@
 //! MessagePack encoding and decoding of a kind's values, a failure becoming a fatal
-//! [`KindError`] that says what did not encode or decode.
+//! [`KindError`] that says what did not encode or decode. A task's input came from its
+//! submitter and decodes strictly ([`protocol::strict`]); subtasks and outputs were encoded by
+//! the kind itself and decode as they were written.
 
 use serde::{de::DeserializeOwned, Serialize};
 use serde_bytes::ByteBuf;
@@ -22,6 +24,14 @@ pub(super) fn encode_value<T: Serialize>(value: &T, what: &str) -> Result<rmpv::
 /// `bytes` decoded as `T`; the error reads `<invalid>: <cause>` (`"invalid input"`).
 pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], invalid: &str) -> Result<T, KindError> {
     protocol::decode(bytes).map_err(|e| KindError::fatal(format!("{invalid}: {e}")))
+}
+
+/// A task's `input` decoded as `T` by the strict rules of [`protocol::strict`]: structs only
+/// from maps, no unknown fields. The error reads `invalid input: input.<field>: <cause>`.
+pub(super) fn decode_input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, KindError> {
+    protocol::strict::read_msgpack(bytes)
+        .and_then(protocol::strict::from_value)
+        .map_err(|e| KindError::fatal(format!("invalid input: {}", e.under("input"))))
 }
 
 /// Encoded `(id, output)` pairs decoded as `T`, in their order; `whose` names the ids in the

@@ -90,11 +90,11 @@ impl<K: Kind> DynKind for Erased<K> {
 
     fn inline_plan(&self, input: &[u8]) -> bool {
         K::INLINE
-            && protocol::decode::<K::Input>(input).is_ok_and(|input| self.0.small_plan(&input))
+            && codec::decode_input::<K::Input>(input).is_ok_and(|input| self.0.small_plan(&input))
     }
 
     fn plan(&self, input: &[u8]) -> Result<Vec<PlanEntry>, KindError> {
-        let input: K::Input = codec::decode(input, "invalid input")?;
+        let input: K::Input = codec::decode_input(input)?;
         to_entries(self.0.plan(&input)?.0, "", PLANNED_DEPTH)
     }
 
@@ -104,7 +104,7 @@ impl<K: Kind> DynKind for Erased<K> {
         outputs: &[(String, Vec<u8>)],
         round: u32,
     ) -> Result<Option<Vec<PlanEntry>>, KindError> {
-        let input: K::Input = codec::decode(input, "invalid input")?;
+        let input: K::Input = codec::decode_input(input)?;
         let outputs = codec::decode_outputs::<K::Output>(borrowed(outputs), "subtask")?;
         match self.0.review(&input, &outputs, round)? {
             Review::Accept => Ok(None),
@@ -135,7 +135,7 @@ impl<K: Kind> DynKind for Erased<K> {
         input: &[u8],
         outputs: Vec<(String, Vec<u8>)>,
     ) -> Result<rmpv::Value, KindError> {
-        let input: K::Input = codec::decode(input, "invalid input")?;
+        let input: K::Input = codec::decode_input(input)?;
         let outputs = codec::decode_outputs::<K::Output>(borrowed(&outputs), "subtask")?;
         let combined = self.0.synthesize(&input, outputs)?;
         codec::encode_value(&combined, "synthesized output")

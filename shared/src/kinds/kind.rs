@@ -13,7 +13,9 @@ use super::{HandlerContext, KindError, Plan, Review};
 /// the kind sets [`Kind::INLINE`]; `handle` is async and runs under the subtask's timeout (it is
 /// dropped when the timeout passes).
 pub trait Kind: Send + Sync + 'static {
-    /// The task input, decoded from the request's `input`.
+    /// The task input, decoded from the request's `input` by the strict rules of
+    /// [`protocol::strict`](crate::protocol::strict): a struct only from a map, no unknown
+    /// field (docs/protocol.md, "Decoding rules").
     type Input: DeserializeOwned + Send + Sync;
     /// One unit of work.
     type Subtask: Serialize + DeserializeOwned + Send;
