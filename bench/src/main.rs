@@ -64,10 +64,10 @@ const SECONDS_PER_MINUTE: u64 = 60;
 )]
 struct Cli {
     /// RabbitMQ to measure on (use a private one: queues are purged).
-    #[arg(long, env = "CHORUS_AMQP_URL")]
+    #[arg(long, env = "CHORUS_AMQP_URL", hide_env_values = true)]
     amqp_url: String,
     /// Redis to use (it is flushed between runs).
-    #[arg(long, env = "CHORUS_REDIS_URL")]
+    #[arg(long, env = "CHORUS_REDIS_URL", hide_env_values = true)]
     redis_url: String,
     /// Directory holding chorus-orchestrator, chorus-worker and chorus-synthesizer.
     #[arg(long, default_value = "target/release")]

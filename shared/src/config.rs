@@ -360,37 +360,50 @@ pub fn exit_if_invalid(name: &str, checked: Result<(), String>) {
     }
 }
 
-/// A URL with its password replaced by `***`, fit for a log line.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
+/// Where the credentials of `url` are: the byte range of the user info (between the scheme's
+/// `:` and any slashes after it, and the *last* `@`), or `None` when there is no `@`. Written for
+/// malformed URLs too (`amqp:user:pw@host`, a password holding `/` or `:`), since those are the
+/// ones a client library quotes back in its error.
+fn userinfo_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let at = url.rfind('@')?;
+    let start = match url[..at].find(':') {
+        Some(colon)
+            if url[..colon]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)) =>
+        {
+            colon + 1 + url[colon + 1..at].chars().take_while(|&c| c == '/').count()
+        }
+        _ => 0,
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match (authority.rfind('@'), authority.find(':')) {
-        (Some(at), Some(colon)) if colon < at => format!(
-            "{}://{}:***{}",
-            &url[..scheme_end],
-            &authority[..colon],
-            &rest[at..]
-        ),
-        _ => url.to_owned(),
+    Some(start..at)
+}
+
+/// The password of `url`'s user info: what follows the user name's `:`, or the whole user info
+/// when it has no `:` (it may be a bare password). `None` without user info.
+fn password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let userinfo = userinfo_range(url)?;
+    let password_start = url[userinfo.clone()]
+        .find(':')
+        .map_or(userinfo.start, |colon| userinfo.start + colon + 1);
+    Some(password_start..userinfo.end).filter(|range| !range.is_empty())
+}
+
+/// A URL with its password replaced by `***`, fit for a log line. Everything between the user
+/// name and the last `@` counts as the password, so a password holding `/`, `:` or `@`, or a
+/// URL missing its `//`, is hidden too.
+pub fn redact_url(url: &str) -> String {
+    match password_range(url) {
+        Some(password) => format!("{}***{}", &url[..password.start], &url[password.end..]),
+        None => url.to_owned(),
     }
 }
 
-/// `text` with the password of `url` (if it has one) replaced by `***`: for messages of client
-/// libraries that may quote the URL they were given.
+/// `text` with the password of `url` (if it has one, found as [`redact_url`] finds it) replaced
+/// by `***`: for messages of client libraries that may quote the URL they were given.
 pub fn hide_password(text: &str, url: &str) -> String {
-    let password = url
-        .split_once("://")
-        .map(|(_, rest)| rest.split(['/', '?']).next().unwrap_or(rest))
-        .and_then(|authority| authority.rsplit_once('@'))
-        .and_then(|(credentials, _)| credentials.split_once(':'))
-        .map(|(_, password)| password)
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(password, "***"),
+    match password_range(url) {
+        Some(password) => text.replace(&url[password], "***"),
         None => text.to_owned(),
     }
 }
@@ -423,6 +436,25 @@ mod tests {
             "cannot use rediss://chorus:***@host"
         );
         assert_eq!(hide_password("no secret", "redis://host:6379"), "no secret");
+    }
+
+    #[test]
+    fn passwords_are_hidden_in_malformed_urls_too() {
+        // A password holding `/` (base64) cut the authority short before.
+        assert_eq!(
+            redact_url("amqp://svc:ab/cd@host/%2f"),
+            "amqp://svc:***@host/%2f"
+        );
+        // Typos that client libraries quote back in their errors.
+        assert_eq!(redact_url("amqp:svc:pw@host"), "amqp:svc:***@host");
+        assert_eq!(redact_url("amqp:/svc:pw@host"), "amqp:/svc:***@host");
+        assert_eq!(redact_url("svc:pw@host"), "svc:***@host");
+        assert_eq!(redact_url("amqp://p@ss:w@rd@host"), "amqp://p@ss:***@host");
+        let url = "amqp:svc:pw@host";
+        assert_eq!(
+            hide_password("Invalid URL: 'amqp:svc:pw@host'", url),
+            "Invalid URL: 'amqp:svc:***@host'"
+        );
     }
 
     fn args(amqp_url: Option<&str>, amqp_url_file: Option<&std::path::Path>) -> ConnectArgs {
