@@ -11,7 +11,7 @@
 
 use std::{
     io,
-    path::{Path, PathBuf},
+    path::{Component, Path, PathBuf},
     sync::Arc,
 };
 
@@ -56,6 +56,21 @@ pub enum FileAccessError {
     /// The path, once `..` and symlinks are resolved, is not under any root.
     #[error("path {path} is outside the allowed file roots")]
     Outside {
+        /// The path as given, quoted and bounded.
+        path: String,
+    },
+    /// The path names a `..` component: refused before anything is looked up, so whether a
+    /// directory outside the roots exists cannot be probed through `<outside>/../<root>`.
+    #[error("path {path} is refused: it must not contain `..` components")]
+    ParentComponent {
+        /// The path as given, quoted and bounded.
+        path: String,
+    },
+    /// The path reaches, under its root, a hidden file or directory (a name starting with
+    /// `.`): `.git`, a broker's `.erlang.cookie`, a state directory like `.chorus`. Directory
+    /// walks skip those already; naming one directly is refused the same way.
+    #[error("path {path} is refused: hidden files and directories (names starting with `.`) are not read")]
+    Hidden {
         /// The path as given, quoted and bounded.
         path: String,
     },
@@ -123,12 +138,18 @@ impl FileRoots {
     /// # Errors
     /// [`FileAccessError::NoRoots`] with no root configured; [`FileAccessError::Outside`] for a
     /// path that is, or leads, outside every root (through `..` or a symlink), whether or not
-    /// it exists, so the error tells nothing about files outside; [`FileAccessError::Io`] for
+    /// it exists, so the error tells nothing about files outside;
+    /// [`FileAccessError::ParentComponent`] for a path with a `..` component and
+    /// [`FileAccessError::Hidden`] for one that reaches a hidden name under its root;
+    /// [`FileAccessError::Io`] for
     /// a path under a root that cannot be read.
     pub fn open(&self, path: &Path) -> Result<Opened, FileAccessError> {
         let shown = || text::quoted(&path.to_string_lossy());
         if self.is_empty() {
             return Err(FileAccessError::NoRoots { path: shown() });
+        }
+        if path.components().any(|c| c == Component::ParentDir) {
+            return Err(FileAccessError::ParentComponent { path: shown() });
         }
         let (root, relative) = self.locate(path).map_err(|error| match error {
             Located::Outside => FileAccessError::Outside { path: shown() },
@@ -141,6 +162,12 @@ impl FileRoots {
             path: shown(),
             source,
         };
+        let hidden = relative.components().any(|component| {
+            matches!(component, Component::Normal(name) if name.as_encoded_bytes().starts_with(b"."))
+        });
+        if hidden {
+            return Err(FileAccessError::Hidden { path: shown() });
+        }
         if relative.as_os_str().is_empty() {
             return root.dir.try_clone().map(Opened::Dir).map_err(io);
         }

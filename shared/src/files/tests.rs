@@ -63,7 +63,7 @@ fn files_under_a_root_open() {
         "inside words"
     );
     assert_eq!(
-        read(roots.open(&root.join("sub/../sub/deep.txt")).unwrap()),
+        read(roots.open(&root.join("sub/deep.txt")).unwrap()),
         "deep words"
     );
     // A symlink whose target is under the root is fine.
@@ -86,8 +86,6 @@ fn paths_outside_the_roots_are_refused_by_rule() {
     let outside = [
         PathBuf::from("/etc/passwd"),
         base.join("outside/secret.txt"),
-        root.join("../outside/secret.txt"),
-        root.join("../.."),
         root.join("to-secret"),
         root.join("to-outside/secret.txt"),
         root.join("to-outside"),
@@ -133,4 +131,58 @@ fn a_root_that_is_not_a_directory_is_refused_at_start() {
         "secret words"
     );
     assert!(roots.open(&root.join("inside.txt")).is_err());
+}
+
+#[test]
+fn paths_with_parent_components_are_refused_before_any_lookup() {
+    let tree = tree();
+    let (base, root) = (&tree.base, &tree.root);
+    let roots = FileRoots::new(&[root]).unwrap();
+    let root_name = root.file_name().unwrap().to_str().unwrap();
+    let refused = [
+        root.join("../outside/secret.txt"),
+        root.join("../.."),
+        // Resolves inside, but `..` is refused whatever it leads to...
+        root.join("sub/../sub/deep.txt"),
+        // ...so a directory outside cannot be probed by going through it: both answers match.
+        base.join(format!("outside/../{root_name}/inside.txt")),
+        base.join(format!("no-such-dir/../{root_name}/inside.txt")),
+    ];
+    for path in refused {
+        let error = roots.open(&path).unwrap_err();
+        assert!(
+            matches!(error, FileAccessError::ParentComponent { .. }),
+            "{}: {error}",
+            path.display()
+        );
+        assert!(
+            error.to_string().contains("must not contain `..`"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn hidden_names_under_a_root_are_refused() {
+    let tree = tree();
+    let root = &tree.root;
+    std::fs::create_dir_all(root.join(".state")).unwrap();
+    std::fs::write(root.join(".state/.cookie"), "cookiesecret").unwrap();
+    std::fs::write(root.join(".env"), "envsecret").unwrap();
+    symlink(root.join(".state"), root.join("state-link")).unwrap();
+    let roots = FileRoots::new(&[root]).unwrap();
+    for name in [
+        ".env",
+        ".state",
+        ".state/.cookie",
+        "state-link/.cookie",
+        "state-link",
+    ] {
+        let error = roots.open(&root.join(name)).unwrap_err();
+        assert!(
+            matches!(error, FileAccessError::Hidden { .. }),
+            "{name}: {error}"
+        );
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
 }
