@@ -27,7 +27,7 @@ use chorus_shared::{
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
-    topology,
+    text, topology,
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -297,7 +297,8 @@ impl Synthesizer {
         // In a batch, only the bad results go to chorus.dead, each as a message of its own.
         for (result, error) in refused {
             let reason = error.to_string();
-            tracing::warn!(task = %result.task, subtask = %result.subtask, %reason, "result in a batch dead-lettered to chorus.dead");
+            // Both ids may be what made the result bad: bounded and escaped like the reason.
+            tracing::warn!(task = %text::bounded(&result.task, text::MAX_NAME_BYTES), subtask = %text::bounded(&result.subtask, text::MAX_NAME_BYTES), reason = %text::reason(&reason), "result in a batch dead-lettered to chorus.dead");
             amqp::dead_letter(
                 &self.finisher.publisher,
                 &protocol::encode(&result)?,

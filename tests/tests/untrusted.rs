@@ -189,3 +189,39 @@ async fn a_kind_name_from_a_message_is_bounded_and_escaped_everywhere() {
     assert!(!log.contains(['\u{1b}', '\u{202e}']), "{log:?}");
     assert!(!log.contains(&"k".repeat(300)), "a whole name in the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ids_of_a_refused_result_in_a_batch_reach_the_log_bounded_and_escaped() {
+    use chorus_shared::protocol::{ResultBatch, ResultMessage, SubtaskOutcome, RESULT_BATCH_TYPE};
+
+    let mut env = TestEnv::new("batchtext").await;
+    let synthesizer = env.spawn("chorus-synthesizer", &[]);
+    let client = env.client().await;
+    client.wait_for_queue("chorus.results").await;
+    let forged = format!("x\nFORGED-LINE \u{1b}[31m{}", "t".repeat(10_000));
+    let result = |task: &str, subtask: &str| ResultMessage {
+        task: task.to_owned(),
+        subtask: subtask.to_owned(),
+        attempts: 1,
+        outcome: SubtaskOutcome::Failed("boom".to_owned()),
+        spawned: Vec::new(),
+        round: 0,
+    };
+    // A task id that fails validation, and a valid one with a forged subtask id.
+    let batch = ResultBatch {
+        results: vec![result(&forged, "0"), result("no-such-task", &forged)],
+    };
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_type(ShortString::from(RESULT_BATCH_TYPE));
+    let body = rmp_serde::to_vec_named(&batch).unwrap();
+    client.publish("chorus.results", &body, properties).await;
+
+    let log = wait_for_log(&env, synthesizer, "dead-lettered to chorus.dead", 2).await;
+    assert!(
+        !log.lines().any(|line| line.starts_with("FORGED-LINE")),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(!log.contains(&"t".repeat(300)), "a whole id in the log");
+}

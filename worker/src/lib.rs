@@ -595,7 +595,7 @@ impl Worker {
         message: &str,
     ) -> Result<(), ServiceError> {
         let reason = format!("failed after {} attempt(s): {message}", subtask.attempt);
-        tracing::warn!(task = %subtask.task, subtask = %subtask.subtask, %reason, "subtask failed for good");
+        tracing::warn!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), reason = %text::reason(&reason), "subtask failed for good");
         amqp::dead_letter(
             &self.publisher,
             body,
@@ -696,7 +696,7 @@ impl Worker {
         let handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
         let attempt = await_handler(handler, subtask, &spawned).await;
         if running.token().is_cancelled() {
-            tracing::info!(task = %subtask.task, subtask = %subtask.subtask, "task ended while its handler ran; result dropped");
+            tracing::info!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
             return Ok(Attempt::TaskOver);
         }
         self.publish_event(subtask, attempt.event_status(subtask))
@@ -751,10 +751,10 @@ impl Worker {
         let queue = topology::subtask_queue(&next.worker_type);
         tracing::info!(
             task = %next.task,
-            subtask = %next.subtask,
+            subtask = %text::bounded(&next.subtask, text::MAX_NAME_BYTES),
             attempt = next.attempt - 1,
             delay_ms = delay.as_millis() as u64,
-            error = message,
+            error = %text::reason(message),
             "attempt failed; retrying later"
         );
         let body = protocol::encode(next)?;
