@@ -239,6 +239,19 @@ impl Orchestrator {
         };
         check_size(delivery, self.config.limits.max_message_bytes())
             .map_err(|e| refuse(None, e))?;
+        if let Some(reply_to) = amqp::property_str(properties.reply_to()) {
+            if amqp::is_chorus_queue(reply_to) {
+                // Refused with no reply: the only place to send one is the queue named.
+                return Err(refuse(
+                    None,
+                    ProtocolError::Invalid(format!(
+                        "reply_to {} names one of Chorus's own queues ({}*); a reply queue must be the submitter's own",
+                        text::quoted(reply_to),
+                        topology::NAME_PREFIX
+                    )),
+                ));
+            }
+        }
         let request: TaskRequest = encoding
             .decode(&delivery.data)
             .map_err(|e| refuse(None, e))?;

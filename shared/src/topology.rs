@@ -26,6 +26,9 @@ use lapin::{
 
 use crate::error::BrokerError;
 
+/// Prefix of every exchange and queue name of Chorus: no submitter may name such a queue as
+/// its reply queue ([`crate::amqp::is_chorus_queue`]).
+pub const NAME_PREFIX: &str = "chorus.";
 /// Queue that submitters publish tasks to, through the default exchange.
 pub const TASKS_QUEUE: &str = "chorus.tasks";
 /// Queue of subtasks of the default worker type waiting for a worker; other types have

@@ -225,3 +225,31 @@ async fn ids_of_a_refused_result_in_a_batch_reach_the_log_bounded_and_escaped() 
     assert!(!log.contains('\u{1b}'), "{log:?}");
     assert!(!log.contains(&"t".repeat(300)), "a whole id in the log");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reply_to_naming_a_chorus_queue_is_refused_and_gets_nothing() {
+    let mut env = TestEnv::new("replyto").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let client = env.client().await;
+    client.wait_for_queue("chorus.tasks").await;
+    // Refused twice over: for its reply_to, and for its unknown kind, whose `rejected` outcome
+    // would otherwise be published into chorus.results.
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/json"))
+        .with_reply_to(ShortString::from("chorus.results"));
+    let body = br#"{"kind": "no-such-kind", "id": "reply-to-results", "input": null}"#;
+    client.publish("chorus.tasks", body, properties).await;
+
+    let dead = client.drain("chorus.dead", 1).await;
+    let reason = header(&dead[0].delivery.properties, "x-chorus-reason").unwrap();
+    assert!(
+        reason.contains(r#"reply_to "chorus.results" names one of Chorus's own queues"#),
+        "{reason}"
+    );
+    let replies = client.drain("chorus.results", 0).await;
+    assert!(
+        replies.is_empty(),
+        "{} messages in chorus.results",
+        replies.len()
+    );
+}

@@ -30,7 +30,7 @@ use crate::{
 mod reply;
 
 pub(crate) use reply::{encode_reply, publish_reply, reply_message};
-pub use reply::{reply_rejected, reply_target};
+pub use reply::{is_chorus_queue, reply_rejected, reply_target};
 
 /// AMQP delivery mode of messages that survive a broker restart.
 pub const PERSISTENT: u8 = 2;

@@ -10,15 +10,24 @@ use crate::{
     protocol::{self, Encoding, Outcome, ReplyTarget},
 };
 
+/// Whether `queue` is one of Chorus's own (`chorus.` and anything after it: the names of
+/// [`crate::topology`]), which no submitter may name as its reply queue.
+pub fn is_chorus_queue(queue: &str) -> bool {
+    queue.starts_with(crate::topology::NAME_PREFIX)
+}
+
 /// Reply target of a request, from its `reply_to` and `correlation_id` properties; the
 /// correlation id defaults to `task_id`, and the outcome goes out in `encoding` (the request's).
-/// `None` when the request has no `reply_to` (nobody waits for a reply).
+/// `None` when the request has no `reply_to` (nobody waits for a reply), or when it names one
+/// of Chorus's own queues ([`is_chorus_queue`]): replies go through the default exchange, which
+/// reaches every queue, so a submitter could otherwise have a service publish into
+/// `chorus.results` or `chorus.tasks` on its behalf.
 pub fn reply_target(
     properties: &BasicProperties,
     task_id: &str,
     encoding: Encoding,
 ) -> Option<ReplyTarget> {
-    let reply_to = property_str(properties.reply_to())?;
+    let reply_to = property_str(properties.reply_to()).filter(|name| !is_chorus_queue(name))?;
     let correlation_id = property_str(properties.correlation_id()).unwrap_or(task_id);
     Some(ReplyTarget {
         reply_to: reply_to.to_owned(),

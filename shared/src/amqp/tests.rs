@@ -38,7 +38,7 @@ fn short_ids_are_cut_at_a_character_boundary() {
 
 mod reply {
     use crate::{
-        amqp::{encode_reply, reply_message, reply_target},
+        amqp::{encode_reply, is_chorus_queue, reply_message, reply_target},
         protocol::{self, Encoding, Outcome, ReplyTarget},
     };
     use lapin::{types::ShortString, BasicProperties};
@@ -72,6 +72,25 @@ mod reply {
     fn no_reply_to_means_no_reply() {
         let properties = BasicProperties::default().with_correlation_id(ShortString::from("c9"));
         assert_eq!(reply_target(&properties, "t1", Encoding::Json), None);
+    }
+
+    #[test]
+    fn chorus_queues_are_never_reply_targets() {
+        for queue in [
+            "chorus.results",
+            "chorus.tasks",
+            "chorus.subtasks.gpu",
+            "chorus.dead",
+        ] {
+            let properties = BasicProperties::default().with_reply_to(ShortString::from(queue));
+            assert_eq!(
+                reply_target(&properties, "t1", Encoding::Json),
+                None,
+                "{queue}"
+            );
+        }
+        assert!(!is_chorus_queue("amq.gen-abc"));
+        assert!(!is_chorus_queue("chorusreplies"));
     }
 
     #[test]
