@@ -11,9 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{
-        self, ConnectArgs, FileArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs,
-    },
+    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -24,7 +22,6 @@ use chorus_shared::{
         self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
     },
     publish::{self, TaskContext},
-    runtime::ServiceConfig,
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
         CHUNK, PLAN_RUN,
@@ -98,19 +95,7 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    fn validate(&self) -> Result<(), String> {
-        Config::validate(self)
-    }
-
-    fn log_format(&self) -> LogFormat {
-        self.log.log_format
-    }
-
-    fn threads(&self) -> u16 {
-        self.threads
-    }
-}
+chorus_shared::service_config!(Config);
 
 struct Orchestrator {
     config: Config,

@@ -27,6 +27,27 @@ pub trait ServiceConfig {
     fn threads(&self) -> u16;
 }
 
+/// Implements [`ServiceConfig`] for a service's `Config` from what every service's settings
+/// have: its own `validate`, `log.log_format` and `threads`. Takes the type's path.
+#[macro_export]
+macro_rules! service_config {
+    ($config:ty) => {
+        impl $crate::runtime::ServiceConfig for $config {
+            fn validate(&self) -> Result<(), String> {
+                <$config>::validate(self)
+            }
+
+            fn log_format(&self) -> $crate::config::LogFormat {
+                self.log.log_format
+            }
+
+            fn threads(&self) -> u16 {
+                self.threads
+            }
+        }
+    };
+}
+
 /// Start-up of a service binary before its runtime: invalid settings end the process with one
 /// line `<name>: <message>` and exit code 64 ([`config::exit_if_invalid`]), then logging is set
 /// up. Returns the thread count to hand to [`run_service`].

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chorus_shared::{
     amqp::{self, DeadLetter},
     clock::now_ms,
-    config::{ConnectArgs, LimitArgs, LogArgs, LogFormat, OutcomeArgs, ShutdownArgs},
+    config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -23,7 +23,6 @@ use chorus_shared::{
         self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },
     publish,
-    runtime::ServiceConfig,
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
@@ -83,19 +82,7 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    fn validate(&self) -> Result<(), String> {
-        Config::validate(self)
-    }
-
-    fn log_format(&self) -> LogFormat {
-        self.log.log_format
-    }
-
-    fn threads(&self) -> u16 {
-        self.threads
-    }
-}
+chorus_shared::service_config!(Config);
 
 /// Control messages handled at once.
 const CONTROL_CONCURRENCY: u16 = 8;

@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, LogFormat, ShutdownArgs},
+    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ServiceError, StoreError},
     failpoint,
@@ -26,7 +26,6 @@ use chorus_shared::{
     },
     publish,
     ratelimit::RateLimit,
-    runtime::ServiceConfig,
     store::Store,
     text, topology,
 };
@@ -160,19 +159,7 @@ impl Config {
     }
 }
 
-impl ServiceConfig for Config {
-    fn validate(&self) -> Result<(), String> {
-        Config::validate(self)
-    }
-
-    fn log_format(&self) -> LogFormat {
-        self.log.log_format
-    }
-
-    fn threads(&self) -> u16 {
-        self.threads
-    }
-}
+chorus_shared::service_config!(Config);
 
 struct Worker {
     config: Config,
