@@ -245,12 +245,7 @@ impl Orchestrator {
             None => uuid::Uuid::new_v4().to_string(),
         };
         protocol::validate_task_id(&id).map_err(|e| refuse(None, e))?;
-        if request.kind.is_empty() {
-            return Err(refuse(
-                Some(&id),
-                ProtocolError::Invalid("kind must not be empty".into()),
-            ));
-        }
+        protocol::validate_kind(&request.kind).map_err(|e| refuse(Some(&id), e))?;
         if let Some(options) = &request.options {
             options.resolve().map_err(|e| refuse(Some(&id), e))?;
         }

@@ -181,11 +181,13 @@ impl Client {
         Ok(ReplyQueue { name, consumer })
     }
 
-    /// Publishes a task request (MessagePack) to `chorus.tasks`, with a confirm. The request
+    /// Publishes a task request (MessagePack) to `chorus.tasks` through `chorus.submit`, with a
+    /// confirm. The request
     /// must carry its id; it also goes in `message_id` and `correlation_id`.
     ///
     /// # Errors
-    /// The request has no id, or the broker did not confirm.
+    /// The request has no id, its id or kind is not valid (`protocol::validate_task_id`,
+    /// `protocol::validate_kind`), or the broker did not confirm.
     pub async fn submit(
         &self,
         request: &TaskRequest,
@@ -196,6 +198,7 @@ impl Client {
             .as_deref()
             .ok_or_else(|| ProtocolError::Invalid("a submitted request needs an id".into()))?;
         protocol::validate_task_id(id)?;
+        protocol::validate_kind(&request.kind)?;
         let body = protocol::encode(request)?;
         let mut properties = amqp::persistent(protocol::MSGPACK)
             .with_message_id(ShortString::from(id))
@@ -205,7 +208,7 @@ impl Client {
         }
         self.publisher
             .publish(Outgoing {
-                exchange: "",
+                exchange: topology::SUBMIT_EXCHANGE,
                 routing_key: topology::TASKS_QUEUE,
                 body: &body,
                 properties,
@@ -302,7 +305,8 @@ impl Client {
         info
     }
 
-    /// Asks for a task to be cancelled (a `cancel` message on `chorus.control`).
+    /// Asks for a task to be cancelled (a `cancel` message to `chorus.control` through
+    /// `chorus.submit`).
     ///
     /// # Errors
     /// The broker did not confirm.
@@ -314,7 +318,7 @@ impl Client {
         })?;
         self.publisher
             .publish(Outgoing {
-                exchange: "",
+                exchange: topology::SUBMIT_EXCHANGE,
                 routing_key: topology::CONTROL_QUEUE,
                 body: &body,
                 properties: amqp::persistent(protocol::MSGPACK),

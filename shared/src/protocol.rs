@@ -390,6 +390,28 @@ pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
     validate_id("id", id)
 }
 
+/// Checks a request's kind name, as it arrives and before anything of the task is stored: the
+/// name of an unknown kind would otherwise be kept in Redis in full (a task is claimed before
+/// its kind is looked up). No kind's name needs more than [`text::MAX_NAME_BYTES`] (256), the
+/// bound of a name in Chorus's own sentences.
+///
+/// # Errors
+/// An empty name, or one over [`text::MAX_NAME_BYTES`] bytes (the message gives its length,
+/// never the name).
+pub fn validate_kind(kind: &str) -> Result<(), ProtocolError> {
+    if kind.is_empty() {
+        return Err(ProtocolError::Invalid("kind must not be empty".into()));
+    }
+    if kind.len() > text::MAX_NAME_BYTES {
+        return Err(ProtocolError::Invalid(format!(
+            "kind is {} bytes long; the limit is {}",
+            kind.len(),
+            text::MAX_NAME_BYTES
+        )));
+    }
+    Ok(())
+}
+
 fn validate_id(what: &str, id: &str) -> Result<(), ProtocolError> {
     if id.is_empty() {
         return Err(ProtocolError::Invalid(format!("{what} must not be empty")));

@@ -15,6 +15,9 @@
 //!
 //! Results and dead letters go through the direct exchange `chorus.outputs`, so a worker's
 //! broker user needs no write permission on the default exchange (docs/security.md).
+//! Submitters publish tasks and cancels through the direct exchange `chorus.submit`, which
+//! reaches `chorus.tasks` and `chorus.control` only, so a submitter's user needs no write on the
+//! default exchange either (which reaches `chorus.results` and every `chorus.subtasks*`).
 
 use std::time::Duration;
 
@@ -29,7 +32,8 @@ use crate::error::BrokerError;
 /// Prefix of every exchange and queue name of Chorus: no submitter may name such a queue as
 /// its reply queue ([`crate::amqp::is_chorus_queue`]).
 pub const NAME_PREFIX: &str = "chorus.";
-/// Queue that submitters publish tasks to, through the default exchange.
+/// Queue that submitters publish tasks to, through [`SUBMIT_EXCHANGE`] (or, with the rights,
+/// the default exchange).
 pub const TASKS_QUEUE: &str = "chorus.tasks";
 /// Queue of subtasks of the default worker type waiting for a worker; other types have
 /// `chorus.subtasks.<type>` (see [`subtask_queue`]).
@@ -56,6 +60,12 @@ pub const EVENTS_EXCHANGE: &str = "chorus.events";
 /// its broker user needs no write permission on the default exchange (`amq.default`), which
 /// reaches every queue, `chorus.tasks` and `chorus.control` included (docs/security.md).
 pub const OUTPUTS_EXCHANGE: &str = "chorus.outputs";
+/// Direct exchange of submitters, bound to `chorus.tasks` and `chorus.control` by their names
+/// (so a client publishes with the same routing keys as through the default exchange). Write on
+/// it is the right to submit and cancel; it reaches no other queue, so a submitter needs no
+/// write on the default exchange, from which it could forge results and subtasks
+/// (docs/security.md#trust-model).
+pub const SUBMIT_EXCHANGE: &str = "chorus.submit";
 /// Prefix of the delay bucket queues; the suffix is the bucket's upper bound in milliseconds.
 pub const DELAY_QUEUE_PREFIX: &str = "chorus.wait.";
 /// Shortest retry delay bucket; each next bucket doubles it.
@@ -214,6 +224,7 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
         (DELAY_EXCHANGE, ExchangeKind::Headers),
         (RETRY_EXCHANGE, ExchangeKind::Direct),
         (OUTPUTS_EXCHANGE, ExchangeKind::Direct),
+        (SUBMIT_EXCHANGE, ExchangeKind::Direct),
     ] {
         channel
             .exchange_declare(
@@ -238,6 +249,9 @@ pub async fn declare(channel: &Channel, max_retry_delay: Duration) -> Result<(),
     }
     for queue in [SUBTASKS_QUEUE, CONTROL_QUEUE] {
         declare_returning_queue(channel, queue).await?;
+    }
+    for queue in [TASKS_QUEUE, CONTROL_QUEUE] {
+        bind_by_name(channel, queue, SUBMIT_EXCHANGE).await?;
     }
     for (queue, bucket) in delay_queues_up_to(max_retry_delay) {
         declare_queue(channel, &queue, delay_queue_arguments()).await?;

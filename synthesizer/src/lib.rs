@@ -183,22 +183,28 @@ struct Triage {
 }
 
 /// Checks that `control` came the way its publisher may send it: a cancel only when it was
-/// published straight to `chorus.control` through the default exchange (`exchange` is the
-/// delivery's, empty for the default exchange). A cancel that came through any other exchange
-/// — `chorus.retry`, which the delay queues lead to, and which a worker's broker user can reach
-/// by publishing a "retry" to `chorus.delay` — is refused, so cancelling stays with whoever may
-/// write to the default exchange (the trust model of docs/security.md). Deadline timers take the
-/// delay path by design and only make the synthesizer compare a task with its own deadline, so
-/// they are accepted from anywhere.
+/// published straight to `chorus.control`, through `chorus.submit` (submitters) or the default
+/// exchange (the services cancelling child tasks, and clients of earlier versions); `exchange`
+/// is the delivery's, empty for the default exchange. A cancel that came through any other
+/// exchange — `chorus.retry`, which the delay queues lead to, and which a worker's broker user
+/// can reach by publishing a "retry" to `chorus.delay` — is refused, so cancelling stays with
+/// whoever may write to `chorus.submit` or the default exchange, neither of which a worker may
+/// (the trust model of docs/security.md). Deadline timers take the delay path by design and
+/// only make the synthesizer compare a task with its own deadline, so they are accepted from
+/// anywhere.
 ///
 /// # Errors
 /// [`ProtocolError::Invalid`] naming the rule, for a cancel that came through another exchange.
 fn check_control_route(control: &Control, exchange: &str) -> Result<(), ProtocolError> {
     match control {
-        Control::Cancel { .. } if !exchange.is_empty() => Err(ProtocolError::Invalid(format!(
-            "a cancel is honoured only when published to {} through the default exchange; this one came through {exchange:?}",
-            topology::CONTROL_QUEUE
-        ))),
+        Control::Cancel { .. } if !exchange.is_empty() && exchange != topology::SUBMIT_EXCHANGE => {
+            Err(ProtocolError::Invalid(format!(
+                "a cancel is honoured only when published to {} through {} or the default exchange; this one came through {}",
+                topology::CONTROL_QUEUE,
+                topology::SUBMIT_EXCHANGE,
+                text::quoted(exchange)
+            )))
+        }
         _ => Ok(()),
     }
 }

@@ -83,13 +83,19 @@ fn a_url_that_does_not_parse_is_refused() {
 }
 
 #[test]
-fn a_cancel_counts_only_from_the_default_exchange() {
+fn a_cancel_counts_only_from_the_submit_or_default_exchange() {
     let cancel = Control::Cancel {
         task: "t".into(),
         reason: None,
     };
     assert!(check_control_route(&cancel, "").is_ok());
-    for exchange in ["chorus.retry", "chorus.outputs", "amq.direct"] {
+    assert!(check_control_route(&cancel, "chorus.submit").is_ok());
+    for exchange in [
+        "chorus.retry",
+        "chorus.outputs",
+        "chorus.delay",
+        "amq.direct",
+    ] {
         let error = check_control_route(&cancel, exchange).expect_err("refused");
         assert!(
             error.to_string().contains("default exchange"),

@@ -1,7 +1,9 @@
 //! Least privilege (docs/security.md#least-privilege): each service and the CLI run under their
 //! own RabbitMQ user and Redis ACL user with exactly the rights of `deploy/acl/`, and a task
 //! with dependencies, retries, a child task and a cancel still runs to its outcome; a worker's
-//! user can neither submit nor cancel, nor run commands such as FLUSHALL.
+//! user can neither submit nor cancel, nor run commands such as FLUSHALL, nor write a task's
+//! state; a submitter's user can submit and cancel through `chorus.submit` only, never publish
+//! results or subtasks.
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
@@ -10,7 +12,7 @@ use chorus_tests::{header, repo_dir, services, TestEnv};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Connection, ConnectionProperties,
+    BasicProperties, Confirmation, Connection, ConnectionProperties,
 };
 use serde_json::{json, Value};
 
@@ -185,7 +187,15 @@ async fn each_service_runs_under_its_own_restricted_users() {
         let (amqp, redis) = users.urls(&env, role);
         let mut args = vec![];
         if role == "worker" {
-            args.extend(["--retry-base-delay-ms", "20", "--retry-max-delay-ms", "200"]);
+            // A rate limit, so that its token script runs under the worker's Redis user.
+            args.extend([
+                "--retry-base-delay-ms",
+                "20",
+                "--retry-max-delay-ms",
+                "200",
+                "--rate-limit",
+                "default=1000",
+            ]);
         }
         env.spawn_with(
             &format!("chorus-{role}"),
@@ -250,6 +260,8 @@ async fn each_service_runs_under_its_own_restricted_users() {
 
     worker_cannot_submit_or_cancel(&env, &users, &cli_env).await;
     worker_cannot_run_other_redis_commands(&env, &users).await;
+    worker_cannot_write_a_tasks_state(&env, &users).await;
+    submitter_cannot_publish_results_or_subtasks(&env, &users).await;
 
     // Nothing the services or the CLI needed was refused: the only refusals are the CONFIG GETs
     // of the start-up check, which the orchestrator and the synthesizer log once and go on
@@ -265,8 +277,10 @@ async fn each_service_runs_under_its_own_restricted_users() {
         "eval",
     ];
     for (user, object) in &refused {
-        let expected =
-            object == "config|get" || (*user == worker && tried.contains(&object.as_str()));
+        let expected = object == "config|get"
+            || (*user == worker
+                && (tried.contains(&object.as_str())
+                    || WORKER_READ_ONLY.contains(&object.as_str())));
         assert!(expected, "Redis refused {user} {object}: {refused:?}");
     }
     for index in [0, 2] {
@@ -396,4 +410,183 @@ async fn worker_cannot_run_other_redis_commands(env: &TestEnv, users: &Users) {
             .unwrap_err();
         assert_eq!(error.code(), Some("NOPERM"), "{command:?}: {error}");
     }
+}
+
+/// Keys of a task that the worker's Redis user may read but not write.
+const WORKER_READ_ONLY: [&str; 3] = [
+    "chorus:{lp-1}:task",
+    "chorus:{lp-1}:results",
+    "chorus:{lp-1}:outcome",
+];
+
+/// The worker's Redis user writes only run counts and rate-limit buckets: a task's hash, its
+/// results and its outcome are read-only to it, directly or through a script it loads.
+async fn worker_cannot_write_a_tasks_state(env: &TestEnv, users: &Users) {
+    let (_, redis_url) = users.urls(env, "worker");
+    let mut worker = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let [task, results, outcome] = WORKER_READ_ONLY;
+    worker_counts_runs(env, &redis_url).await;
+    // What it needs still works: reading them.
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(task)
+        .arg("state")
+        .query_async(&mut worker)
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("finished"));
+    for command in [
+        redis::cmd("HSET")
+            .arg(task)
+            .arg("state")
+            .arg("running")
+            .clone(),
+        redis::cmd("HINCRBY")
+            .arg(task)
+            .arg("succeeded")
+            .arg(1)
+            .clone(),
+        redis::cmd("HSET")
+            .arg(results)
+            .arg("0")
+            .arg("forged")
+            .clone(),
+        redis::cmd("HDEL").arg(results).arg("0").clone(),
+        redis::cmd("PEXPIRE").arg(outcome).arg(1).clone(),
+    ] {
+        let error = command
+            .query_async::<redis::Value>(&mut worker)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("NOPERM"), "{command:?}: {error}");
+    }
+    // A script it may load and run touches only the keys its user may: Redis checks each
+    // command of the script against the user's key patterns.
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('HSET', ARGV[1], 'state', 'running')")
+        .query_async(&mut worker)
+        .await
+        .unwrap();
+    let error = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(0)
+        .arg(task)
+        .query_async::<redis::Value>(&mut worker)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("can't access"), "{error}");
+    let error = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(task)
+        .arg(task)
+        .query_async::<redis::Value>(&mut worker)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("NOPERM"), "{error}");
+    let mut admin = env.redis().await;
+    let state: String = redis::cmd("HGET")
+        .arg(task)
+        .arg("state")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(state, "finished");
+}
+
+/// What the worker writes: run counts of a running task's subtask (a redelivered subtask's,
+/// which the end-to-end run does not reach), through the store's own scripts.
+async fn worker_counts_runs(env: &TestEnv, redis_url: &str) {
+    let mut admin = env.redis().await;
+    redis::cmd("HSET")
+        .arg("chorus:{lp-run}:task")
+        .arg("state")
+        .arg("running")
+        .exec_async(&mut admin)
+        .await
+        .unwrap();
+    let store = chorus_shared::store::Store::connect(redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(store.begin_run("lp-run", "0").await.unwrap(), Some(1));
+    assert_eq!(store.begin_run("lp-run", "0").await.unwrap(), Some(2));
+    store.end_run("lp-run", "0").await.unwrap();
+    store.end_run("lp-run", "0").await.unwrap();
+    assert_eq!(
+        store.begin_run("lp-1", "0").await.unwrap(),
+        None,
+        "finished"
+    );
+    let starts: i64 = redis::cmd("EXISTS")
+        .arg("chorus:{lp-run}:starts")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(starts, 0);
+}
+
+/// Publishes a result-shaped body to `exchange` with `routing_key`, mandatory, on a channel of
+/// its own with a confirm: the broker's confirmation, or the error that closed the channel.
+async fn publish(
+    connection: &Connection,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<Confirmation, lapin::Error> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let body = json!({"task": "lp-1", "subtask": "0", "attempts": 1, "outcome": {"succeeded": []}});
+    channel
+        .basic_publish(
+            ShortString::from(exchange),
+            ShortString::from(routing_key),
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            body.to_string().as_bytes(),
+            BasicProperties::default().with_content_type(ShortString::from("application/json")),
+        )
+        .await?
+        .await
+}
+
+/// The submitter's broker user publishes to `chorus.submit` only: through it a message reaches
+/// `chorus.tasks` and `chorus.control` and nothing else, and any other exchange that could lead
+/// to `chorus.results` or a subtask queue refuses it.
+async fn submitter_cannot_publish_results_or_subtasks(env: &TestEnv, users: &Users) {
+    let (amqp, _) = users.urls(env, "cli");
+    let connection = Connection::connect(&amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
+    for (exchange, queue) in [
+        ("", "chorus.results"),
+        ("", "chorus.subtasks"),
+        ("", "chorus.subtasks.gpu"),
+        ("chorus.outputs", "chorus.results"),
+        ("chorus.retry", "chorus.subtasks"),
+        ("chorus.delay", "chorus.subtasks"),
+    ] {
+        let refusal = publish(&connection, exchange, queue)
+            .await
+            .expect_err("the broker took a result or subtask from the submitter's user");
+        assert!(
+            refusal.to_string().contains("ACCESS_REFUSED"),
+            "{exchange:?} -> {queue}: {refusal}"
+        );
+    }
+    // Through chorus.submit, any other routing key reaches no queue: the broker returns it.
+    for queue in ["chorus.results", "chorus.subtasks", "chorus.dead"] {
+        let confirmation = publish(&connection, "chorus.submit", queue).await.unwrap();
+        assert!(
+            matches!(confirmation, Confirmation::Ack(Some(_))),
+            "{queue}: {confirmation:?}"
+        );
+    }
+    drop(connection.close(200, ShortString::from("bye")).await);
 }

@@ -221,6 +221,18 @@ fn options_resolve_with_defaults_and_ranges() {
 }
 
 #[test]
+fn kind_names_are_bounded() {
+    assert!(validate_kind("range-sum").is_ok());
+    assert!(validate_kind(&"k".repeat(crate::text::MAX_NAME_BYTES)).is_ok());
+    assert!(validate_kind("").is_err());
+    let error = validate_kind(&"k".repeat(crate::text::MAX_NAME_BYTES + 1)).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "kind is 257 bytes long; the limit is 256"
+    );
+}
+
+#[test]
 fn task_ids_are_checked() {
     assert!(validate_task_id("job-42:a/b").is_ok());
     assert!(validate_task_id("").is_err());

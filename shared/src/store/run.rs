@@ -136,10 +136,12 @@ impl Store {
     /// Redis fails.
     pub async fn begin_run(&self, task: &str, what: &str) -> Result<Option<u64>, StoreError> {
         let keys = TaskKeys::new(task);
+        // The task hash goes as an argument: a worker's Redis user may read it, not write it,
+        // and the ACL takes every declared key of a script as written (begin_run.lua).
         let runs: i64 = BEGIN_RUN
-            .key(keys.task())
             .key(keys.starts())
             .arg(what)
+            .arg(keys.task())
             .invoke_async(&mut self.conn())
             .await?;
         Ok(u64::try_from(runs).ok())
