@@ -225,7 +225,7 @@ fn kind_names_are_bounded() {
     assert!(validate_kind("range-sum").is_ok());
     assert!(validate_kind(&"k".repeat(crate::text::MAX_NAME_BYTES)).is_ok());
     assert!(validate_kind("").is_err());
-    let error = validate_kind(&"k".repeat(crate::text::MAX_NAME_BYTES + 1)).unwrap_err();
+    let error = validate_kind(&"k".repeat(crate::text::MAX_NAME_BYTES + 1)).expect_err("257 bytes");
     assert_eq!(
         error.to_string(),
         "kind is 257 bytes long; the limit is 256"
