@@ -80,12 +80,11 @@ impl Encoding {
     /// [`ProtocolError::Decode`] naming the field: a body that is not valid in the encoding,
     /// an array where a map belongs, an unknown field, a missing field or a wrong type.
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
-        let value = match self {
-            Self::Msgpack => strict::read_msgpack(body),
-            Self::Json => strict::read_json(body),
+        match self {
+            Self::Msgpack => strict::from_msgpack(body),
+            Self::Json => strict::from_json(body),
         }
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-        strict::decode_message(value)
+        .map_err(|e| ProtocolError::Decode(e.to_string()))
     }
 
     /// Decodes a message Chorus wrote for a reader that may be of another version (an outcome,
@@ -273,13 +272,17 @@ impl TaskOptions {
 }
 
 /// A task as a submitter publishes it on `chorus.tasks`.
+///
+/// `I` is how its input is held: any value by default (to build or read a request), or
+/// [`RawInput`], the MessagePack bytes of the input, which is what the orchestrator decodes: a
+/// large input then costs its own size, not a value tree many times larger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskRequest {
+pub struct TaskRequest<I = Value> {
     /// Name of a registered kind.
     pub kind: String,
     /// The kind's input, any value.
-    pub input: Value,
+    pub input: I,
     /// Task id; when absent the message's `message_id` is used, else one is generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -727,8 +730,16 @@ pub struct SubtaskEvent {
 }
 
 /// A control message on `chorus.control`, in MessagePack or JSON like task requests.
+///
+/// It decodes through [`ControlFields`], a plain struct: serde would buffer an internally
+/// tagged enum's fields in a generic value first, outside the strict decoder's reach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    rename_all = "lowercase",
+    deny_unknown_fields,
+    try_from = "ControlFields"
+)]
 pub enum Control {
     /// Cancel a task: it ends `cancelled`, queued subtasks are dropped, running handlers see
     /// their cancellation token.
@@ -746,7 +757,44 @@ pub enum Control {
     },
 }
 
+/// The operations of [`Control`], by their `op` names.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ControlOp {
+    Cancel,
+    Deadline,
+}
+
+/// The fields of every [`Control`] message, as the body gives them.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ControlFields {
+    op: ControlOp,
+    task: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl TryFrom<ControlFields> for Control {
+    type Error = String;
+
+    /// # Errors
+    /// A field the message's `op` does not take.
+    fn try_from(fields: ControlFields) -> Result<Self, String> {
+        let ControlFields { op, task, reason } = fields;
+        match (op, reason) {
+            (ControlOp::Cancel, reason) => Ok(Self::Cancel { task, reason }),
+            (ControlOp::Deadline, None) => Ok(Self::Deadline { task }),
+            (ControlOp::Deadline, Some(_)) => {
+                Err("unknown field `reason`: op `deadline` takes only `task`".into())
+            }
+        }
+    }
+}
+
 pub mod strict;
+
+pub use strict::RawInput;
 
 #[cfg(test)]
 mod tests;
