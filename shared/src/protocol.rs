@@ -311,7 +311,7 @@ pub struct ParentRef {
 /// # Errors
 /// As [`validate_task_id`], with the message naming a subtask id.
 pub fn validate_subtask_id(id: &str) -> Result<(), ProtocolError> {
-    validate_id(&format!("subtask id {id:?}"), id)
+    validate_id(&format!("subtask id {}", text::quoted(id)), id)
 }
 
 /// Checks a worker type name: it becomes part of a queue name.
@@ -387,8 +387,10 @@ pub struct PlanEntry {
 /// Checks that a task id can be used as a key part and in log lines.
 ///
 /// # Errors
-/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control characters or
-/// braces (which would break the Redis hash tag `{<id>}` of the task's keys).
+/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control or format
+/// characters (which [`text`] would escape: an id must read as itself in a log line, and two ids
+/// must not look alike), or braces (which would break the Redis hash tag `{<id>}` of the task's
+/// keys).
 pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
     validate_id("id", id)
 }
@@ -405,10 +407,10 @@ fn validate_id(what: &str, id: &str) -> Result<(), ProtocolError> {
     }
     if id
         .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+        .any(|c| c.is_whitespace() || text::escapes(c) || c == '{' || c == '}')
     {
         return Err(ProtocolError::Invalid(format!(
-            "{what} must not contain whitespace, control characters, '{{' or '}}'"
+            "{what} must not contain whitespace, control or format characters, '{{' or '}}'"
         )));
     }
     Ok(())
@@ -558,13 +560,15 @@ pub struct SubtaskMessage {
 }
 
 impl SubtaskMessage {
-    /// Checks what a worker relies on: a valid task id and attempt counters and timeout
+    /// Checks what a worker relies on: valid task and subtask ids, attempt counters and timeout
     /// within the limits the orchestrator itself applies.
     ///
     /// # Errors
     /// The first field out of range.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         validate_task_id(&self.task)?;
+        // Ids come from a kind's planner or a handler's spawn, which may take them from input.
+        validate_subtask_id(&self.subtask)?;
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts)
             || !(1..=self.max_attempts).contains(&self.attempt)
         {
@@ -634,15 +638,19 @@ pub struct BatchItem {
 }
 
 impl SubtaskBatch {
-    /// Checks the shared fields as [`SubtaskMessage::validate`] does, and that there is work.
+    /// Checks the shared fields as [`SubtaskMessage::validate`] does, every item's subtask id,
+    /// and that there is work.
     ///
     /// # Errors
     /// The first field out of range, or an empty batch.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        if self.items.is_empty() {
+        let Some(first) = self.items.first() else {
             return Err(ProtocolError::Invalid("subtask batch without items".into()));
+        };
+        for item in &self.items {
+            validate_subtask_id(&item.subtask)?;
         }
-        self.subtask(&self.items[0]).validate()
+        self.subtask(first).validate()
     }
 
     /// `item` as a subtask message of its own: its first attempt.

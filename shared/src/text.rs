@@ -16,13 +16,13 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// outcome error.
 pub const MAX_REASON_BYTES: usize = 2048;
 
-/// Whether `c` is written escaped: the Unicode control characters (`Cc`: newlines, escape
+/// Whether `c` is written escaped (ids may not hold such characters at all): the Unicode control characters (`Cc`: newlines, escape
 /// sequences), the format characters (`Cf`: the bidirectional marks and overrides that reorder
 /// how a terminal shows the rest of the line, "Trojan source", CVE-2021-42574; the zero-width
 /// characters U+200B..U+200D, U+2060 and U+FEFF that hide text or make two names look alike;
 /// the other invisible ones), and the line and paragraph separators U+2028 and U+2029 (`Zl`,
 /// `Zp`), which many log viewers and JSON-in-JavaScript readers take for a line break.
-fn needs_escape(c: char) -> bool {
+pub fn escapes(c: char) -> bool {
     matches!(
         c.general_category(),
         GeneralCategory::Control
@@ -55,7 +55,7 @@ pub fn reason(text: &str) -> String {
 
 /// [`bounded`], with `"` escaped too when `quote` is set.
 fn render(text: &str, max_bytes: usize, quote: bool) -> String {
-    let escape = |c: char| needs_escape(c) || (quote && c == '"');
+    let escape = |c: char| escapes(c) || (quote && c == '"');
     let escaped_len: usize = text
         .chars()
         .map(|c| {
