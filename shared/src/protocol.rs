@@ -739,7 +739,7 @@ pub struct SubtaskEvent {
 
 /// A control message on `chorus.control`, in MessagePack or JSON like task requests.
 ///
-/// It decodes through [`ControlFields`], a plain struct: serde would buffer an internally
+/// It decodes through `ControlFields` (`protocol/control.rs`), a plain struct: serde would buffer an internally
 /// tagged enum's fields in a generic value first, outside the strict decoder's reach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
@@ -765,40 +765,9 @@ pub enum Control {
     },
 }
 
-/// The operations of [`Control`], by their `op` names.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ControlOp {
-    Cancel,
-    Deadline,
-}
+mod control;
 
-/// The fields of every [`Control`] message, as the body gives them.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ControlFields {
-    op: ControlOp,
-    task: String,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-impl TryFrom<ControlFields> for Control {
-    type Error = String;
-
-    /// # Errors
-    /// A field the message's `op` does not take.
-    fn try_from(fields: ControlFields) -> Result<Self, String> {
-        let ControlFields { op, task, reason } = fields;
-        match (op, reason) {
-            (ControlOp::Cancel, reason) => Ok(Self::Cancel { task, reason }),
-            (ControlOp::Deadline, None) => Ok(Self::Deadline { task }),
-            (ControlOp::Deadline, Some(_)) => {
-                Err("unknown field `reason`: op `deadline` takes only `task`".into())
-            }
-        }
-    }
-}
+use control::ControlFields;
 
 pub mod strict;
 

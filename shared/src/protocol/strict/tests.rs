@@ -366,6 +366,35 @@ fn a_deadline_control_message_takes_only_its_task() {
     assert!(missing.contains("missing field `task`"), "{missing}");
 }
 
+/// The known gap of docs/security.md: what serde buffers (flatten, untagged, internally tagged)
+/// is read by serde's own deserializer. Pinned here so that a change of it is seen.
+#[test]
+fn what_serde_buffers_is_not_strict() {
+    #[derive(serde::Deserialize, Debug)]
+    struct Point {
+        x: u32,
+        y: u32,
+    }
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(untagged)]
+    enum Shape {
+        Point(Point),
+    }
+    #[derive(serde::Deserialize, Debug)]
+    struct Flat {
+        #[serde(flatten)]
+        point: Point,
+    }
+    let array = rmp_serde::to_vec_named(&json!([1, 2])).unwrap();
+    // Strict where serde does not buffer...
+    assert!(from_msgpack::<Point>(&array).is_err());
+    // ...not inside an untagged enum, nor a flattened struct's unknown fields.
+    let Shape::Point(point) = from_msgpack::<Shape>(&array).unwrap();
+    assert_eq!((point.x, point.y), (1, 2));
+    let flat = rmp_serde::to_vec_named(&json!({"x": 1, "y": 2, "z": 3})).unwrap();
+    assert_eq!(from_msgpack::<Flat>(&flat).unwrap().point.x, 1);
+}
+
 /// What strict decoding costs against `rmp_serde` directly, for the report in docs; prints, asserts
 /// nothing about time. Run with
 /// `cargo test --release -p chorus-shared --lib decode_cost -- --ignored --nocapture`.
