@@ -19,7 +19,8 @@ use chorus_shared::{
     graph::{self, FirstWave},
     kinds::{self, Registry},
     protocol::{
-        self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
+        self, Encoding, Outcome, ParentRef, PlanEntry, RawInput, ReplyTarget, ResolvedOptions,
+        TaskRequest,
     },
     publish::{self, TaskContext},
     store::{
@@ -215,7 +216,7 @@ impl Orchestrator {
         &self,
         delivery: &Delivery,
         encoding: Encoding,
-    ) -> Result<(String, TaskRequest), Refusal> {
+    ) -> Result<(String, TaskRequest<RawInput>), Refusal> {
         let properties = &delivery.properties;
         let message_id = amqp::property_str(properties.message_id()).map(str::to_owned);
         let refuse = |id: Option<&str>, error: ProtocolError| Refusal {
@@ -237,7 +238,7 @@ impl Orchestrator {
                 ));
             }
         }
-        let request: TaskRequest = encoding
+        let request: TaskRequest<RawInput> = encoding
             .decode(&delivery.data)
             .map_err(|e| refuse(None, e))?;
         let id = match request.id.clone().or(message_id.clone()) {
@@ -258,7 +259,7 @@ impl Orchestrator {
         &self,
         delivery: &Delivery,
         id: String,
-        request: TaskRequest,
+        request: TaskRequest<RawInput>,
         encoding: Encoding,
     ) -> Result<Disposition, ServiceError> {
         let resolved = request.options.clone().unwrap_or_default().resolve()?;
@@ -274,11 +275,11 @@ impl Orchestrator {
         }
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let options = protocol::encode(&resolved)?;
-        let input = protocol::encode(&request.input)?;
+        let input = request.input.as_bytes();
         let submission = Submission {
             kind: &request.kind,
             options: &options,
-            input: &input,
+            input,
             parent: request.parent.as_ref(),
         };
         // A first delivery is planned before its claim, and a small plan is recorded with the
@@ -289,7 +290,7 @@ impl Orchestrator {
         let ahead = if consume::is_redelivery(delivery) || resolved.deadline_ms.is_some() {
             None
         } else {
-            self.plan_ahead(&request.kind, &input).await
+            self.plan_ahead(&request.kind, input).await
         };
         let cap = resolved.max_concurrency;
         let small_wave = ahead
