@@ -51,7 +51,7 @@ pub struct ConnectArgs {
     pub amqp_url_file: Option<PathBuf>,
 
     /// PEM file of CA certificates that verify the broker's certificate (amqps://), trusted
-    /// beside the system's roots.
+    /// instead of the system's roots.
     #[arg(long, env = "CHORUS_AMQP_TLS_CA", value_name = "FILE")]
     pub amqp_tls_ca: Option<PathBuf>,
 
