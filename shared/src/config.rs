@@ -165,6 +165,41 @@ impl ConnectArgs {
         }
     }
 
+    /// These settings as the environment of a child process (`CHORUS_AMQP_URL`,
+    /// `CHORUS_AMQP_URL_FILE`, the TLS files, ...; only those given), for programs that start
+    /// Chorus services themselves (the benchmark): never as arguments, which every local user
+    /// sees in the process list. A URL file is passed as its path, so the secret stays in it.
+    pub fn child_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let paths = [
+            ("CHORUS_AMQP_URL_FILE", &self.amqp_url_file),
+            ("CHORUS_AMQP_TLS_CA", &self.amqp_tls_ca),
+            ("CHORUS_AMQP_TLS_CERT", &self.amqp_tls_cert),
+            ("CHORUS_AMQP_TLS_KEY", &self.amqp_tls_key),
+            ("CHORUS_REDIS_URL_FILE", &self.redis_url_file),
+            ("CHORUS_REDIS_TLS_CA", &self.redis_tls_ca),
+            ("CHORUS_REDIS_TLS_CERT", &self.redis_tls_cert),
+            ("CHORUS_REDIS_TLS_KEY", &self.redis_tls_key),
+        ];
+        let urls = [
+            ("CHORUS_AMQP_URL", &self.amqp_url),
+            ("CHORUS_REDIS_URL", &self.redis_url),
+        ];
+        let timeouts = [
+            ("CHORUS_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            ("CHORUS_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms),
+        ];
+        let paths = paths
+            .into_iter()
+            .filter_map(|(name, path)| Some((name, path.as_ref()?.clone().into_os_string())));
+        let urls = urls
+            .into_iter()
+            .filter_map(|(name, url)| Some((name, url.as_ref()?.into())));
+        let timeouts = timeouts
+            .into_iter()
+            .map(|(name, ms)| (name, ms.to_string().into()));
+        paths.chain(urls).chain(timeouts).collect()
+    }
+
     /// The broker to connect to: its URL (from `--amqp-url`, `--amqp-url-file` or the default)
     /// and TLS files, read now.
     ///

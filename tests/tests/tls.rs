@@ -241,6 +241,7 @@ async fn help_shows_no_password() {
         "chorus-orchestrator",
         "chorus-worker",
         "chorus-synthesizer",
+        "chorus-bench",
     ] {
         let output = env.run_to_exit(bin, &["--help"]).await;
         let help = String::from_utf8_lossy(&output.stdout);
