@@ -527,6 +527,31 @@ mod tests {
     }
 
     #[test]
+    fn child_processes_get_url_files_as_paths() {
+        let config = ConnectArgs {
+            redis_url: None,
+            redis_url_file: Some("/run/secrets/redis-url".into()),
+            ..ConnectArgs::from_urls("amqps://svc:pw@host/%2f", "")
+        };
+        let env = config.child_env();
+        let value = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            value("CHORUS_REDIS_URL_FILE").as_deref(),
+            Some("/run/secrets/redis-url")
+        );
+        assert_eq!(value("CHORUS_REDIS_URL"), None);
+        assert_eq!(
+            value("CHORUS_AMQP_URL").as_deref(),
+            Some("amqps://svc:pw@host/%2f")
+        );
+        assert_eq!(value("CHORUS_REDIS_TIMEOUT_MS").as_deref(), Some("5000"));
+    }
+
+    #[test]
     fn debug_and_errors_hide_passwords() {
         let config = args(Some("amqp://svc:s3cret@host:notaport/%2f"), None);
         assert!(!format!("{config:?}").contains("s3cret"));
