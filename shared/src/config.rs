@@ -51,7 +51,7 @@ pub struct ConnectArgs {
     pub amqp_url_file: Option<PathBuf>,
 
     /// PEM file of CA certificates that verify the broker's certificate (amqps://), trusted
-    /// beside the system's roots.
+    /// instead of the system's roots.
     #[arg(long, env = "CHORUS_AMQP_TLS_CA", value_name = "FILE")]
     pub amqp_tls_ca: Option<PathBuf>,
 
@@ -163,6 +163,41 @@ impl ConnectArgs {
             redis_timeout_ms: DEFAULT_REDIS_TIMEOUT_MS,
             publish_timeout_ms: DEFAULT_PUBLISH_TIMEOUT_MS,
         }
+    }
+
+    /// These settings as the environment of a child process (`CHORUS_AMQP_URL`,
+    /// `CHORUS_AMQP_URL_FILE`, the TLS files, ...; only those given), for programs that start
+    /// Chorus services themselves (the benchmark): never as arguments, which every local user
+    /// sees in the process list. A URL file is passed as its path, so the secret stays in it.
+    pub fn child_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let paths = [
+            ("CHORUS_AMQP_URL_FILE", &self.amqp_url_file),
+            ("CHORUS_AMQP_TLS_CA", &self.amqp_tls_ca),
+            ("CHORUS_AMQP_TLS_CERT", &self.amqp_tls_cert),
+            ("CHORUS_AMQP_TLS_KEY", &self.amqp_tls_key),
+            ("CHORUS_REDIS_URL_FILE", &self.redis_url_file),
+            ("CHORUS_REDIS_TLS_CA", &self.redis_tls_ca),
+            ("CHORUS_REDIS_TLS_CERT", &self.redis_tls_cert),
+            ("CHORUS_REDIS_TLS_KEY", &self.redis_tls_key),
+        ];
+        let urls = [
+            ("CHORUS_AMQP_URL", &self.amqp_url),
+            ("CHORUS_REDIS_URL", &self.redis_url),
+        ];
+        let timeouts = [
+            ("CHORUS_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            ("CHORUS_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms),
+        ];
+        let paths = paths
+            .into_iter()
+            .filter_map(|(name, path)| Some((name, path.as_ref()?.clone().into_os_string())));
+        let urls = urls
+            .into_iter()
+            .filter_map(|(name, url)| Some((name, url.as_ref()?.into())));
+        let timeouts = timeouts
+            .into_iter()
+            .map(|(name, ms)| (name, ms.to_string().into()));
+        paths.chain(urls).chain(timeouts).collect()
     }
 
     /// The broker to connect to: its URL (from `--amqp-url`, `--amqp-url-file` or the default)
@@ -489,6 +524,31 @@ mod tests {
             args(None, None).amqp().expect("works").url(),
             DEFAULT_AMQP_URL
         );
+    }
+
+    #[test]
+    fn child_processes_get_url_files_as_paths() {
+        let config = ConnectArgs {
+            redis_url: None,
+            redis_url_file: Some("/run/secrets/redis-url".into()),
+            ..ConnectArgs::from_urls("amqps://svc:pw@host/%2f", "")
+        };
+        let env = config.child_env();
+        let value = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            value("CHORUS_REDIS_URL_FILE").as_deref(),
+            Some("/run/secrets/redis-url")
+        );
+        assert_eq!(value("CHORUS_REDIS_URL"), None);
+        assert_eq!(
+            value("CHORUS_AMQP_URL").as_deref(),
+            Some("amqps://svc:pw@host/%2f")
+        );
+        assert_eq!(value("CHORUS_REDIS_TIMEOUT_MS").as_deref(), Some("5000"));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use chorus_shared::{
     clock::now_ms,
     config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
-    error::{ServiceError, StoreError},
+    error::ServiceError,
     failpoint,
     kinds::{self, panic_message, HandlerContext, KindError, Registry},
     protocol::{
@@ -191,8 +191,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
     // settings (docs/protocol.md); the workers, often many, do not repeat it.
-    let redis = config.connect.redis().map_err(StoreError::Settings)?;
-    let store = Store::connect_to(&redis, config.connect.redis_timeout()).await?;
+    let store = Store::connect_settings(&config.connect).await?;
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
