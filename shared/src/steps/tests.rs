@@ -1,0 +1,1 @@
+//! Tests of the steps module (real processes, a real HTTP server).
