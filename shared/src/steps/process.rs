@@ -70,7 +70,8 @@ impl StderrTail {
         kept.drain(..excess);
     }
 
-    /// `; stderr: "..."` with the tail escaped (lossy UTF-8), or nothing when stderr was empty.
+    /// `; stderr: "..."`, the tail (lossy UTF-8) with control characters escaped, or nothing
+    /// when stderr was empty.
     pub fn suffix(&self) -> String {
         let kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let text = String::from_utf8_lossy(&kept);
@@ -78,10 +79,8 @@ impl StderrTail {
         if text.is_empty() {
             String::new()
         } else {
-            format!(
-                "; stderr: {}",
-                crate::text::bounded(text, STDERR_TAIL_BYTES + 64)
-            )
+            let text = crate::text::bounded(text, STDERR_TAIL_BYTES + 64);
+            format!("; stderr: \"{text}\"")
         }
     }
 }

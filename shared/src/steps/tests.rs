@@ -1,1 +1,0 @@
-//! Tests of the steps module (real processes, a real HTTP server).
