@@ -166,10 +166,16 @@ impl HttpStep {
             .map_err(|e| transport_error(what, timeout, &e))?;
         let status = response.status();
         if status.is_success() {
-            let body = read_body(&mut response, max_answer_bytes)
+            let declared = response.content_length().unwrap_or(0);
+            if usize::try_from(declared).map_or(true, |declared| declared > max_answer_bytes) {
+                return Err(answer::oversized(what, max_answer_bytes));
+            }
+            let (body, whole) = read_prefix(&mut response, max_answer_bytes)
                 .await
-                .map_err(|e| transport_error(what, timeout, &e))?
-                .ok_or_else(|| answer::oversized(what, max_answer_bytes))?;
+                .map_err(|e| transport_error(what, timeout, &e))?;
+            if !whole {
+                return Err(answer::oversized(what, max_answer_bytes));
+            }
             return answer::check(body, max_answer_bytes, what);
         }
         let retry_after = response
@@ -178,10 +184,9 @@ impl HttpStep {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| parse_retry_after(value, SystemTime::now()));
         // Only the start of an error body is quoted; a read error leaves it out.
-        let head = read_body(&mut response, answer::QUOTED_BYTES)
+        let head = read_prefix(&mut response, answer::QUOTED_BYTES)
             .await
-            .ok()
-            .flatten()
+            .map(|(head, _)| head)
             .unwrap_or_default();
         let message = format!("{what} answered {status}: {}", answer::first_bytes(&head));
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -195,19 +200,22 @@ impl HttpStep {
     }
 }
 
-/// `Some(body)`, or `None` once it goes past `max` bytes (reading stops there).
-async fn read_body(
+/// The body's first `max` bytes at most, and whether that is all of it (reading stops once
+/// past `max`, so an endless body is not buffered).
+async fn read_prefix(
     response: &mut reqwest::Response,
     max: usize,
-) -> Result<Option<Vec<u8>>, reqwest::Error> {
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > max {
-            return Ok(None);
+        let room = max - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Some(body))
+    Ok((body, true))
 }
 
 /// A connection error or timeout: retryable, with the cause chain (never the URL's password).

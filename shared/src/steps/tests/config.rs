@@ -112,3 +112,9 @@ fn describe_says_what_runs() {
     let http = build(json!({"type": "http", "url": "https://user:pw@example.com/v1"})).unwrap();
     assert_eq!(http.describe(), "http https://user@example.com/v1");
 }
+
+#[test]
+fn a_step_can_be_shared_between_tasks() {
+    fn shared<T: Send + Sync + Clone + 'static>() {}
+    shared::<Step>();
+}

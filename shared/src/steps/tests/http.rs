@@ -159,6 +159,31 @@ async fn unusable_answers_are_fatal() {
     assert_fatal(result, "\"<html>not json</html>\"");
     let result = call(&http(format!("{}/big", server.base), json!({})), json!({})).await;
     assert_fatal(result, "more than the limit of 10000 bytes");
+    // Without a Content-Length, reading stops at the limit instead of taking all 20 s.
+    let started = std::time::Instant::now();
+    let endless = http(
+        format!("{}/endless", server.base),
+        json!({"timeout_ms": 30000}),
+    );
+    assert_fatal(
+        call(&endless, json!({})).await,
+        "more than the limit of 10000 bytes",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // An error's long body is quoted by its first bytes.
+    let result = call(
+        &http(format!("{}/400-long", server.base), json!({})),
+        json!({}),
+    )
+    .await;
+    assert_fatal(
+        result,
+        "400 Bad Request: \"first words of a long refusal zzz",
+    );
 }
 
 #[tokio::test]
