@@ -87,12 +87,7 @@ impl Pool {
             }),
             permit = self.permits.acquire() => permit.map_err(|_| StepError::Cancelled)?,
         };
-        let idle = self
-            .idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        let mut member = match idle {
+        let mut member = match self.take_idle() {
             Some(member) => member,
             None => self.start().await?,
         };
@@ -181,6 +176,19 @@ impl Pool {
                 retry_after: None,
             },
         }
+    }
+
+    /// An idle process that is still running; one that ended while idle (killed by the OOM
+    /// killer, say) is dropped, so the call does not fail for it.
+    fn take_idle(&self) -> Option<Member> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(mut member) = idle.pop() {
+            if let Ok(None) = member.process.child.try_wait() {
+                return Some(member);
+            }
+            tracing::debug!(step = %self.config.what, "a pool process ended while idle");
+        }
+        None
     }
 
     fn put_back(&self, member: Member) {

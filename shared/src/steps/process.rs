@@ -155,7 +155,10 @@ pub async fn spawn(launch: &Launch) -> std::io::Result<StepProcess> {
     let mut child = answer
         .await
         .map_err(|_| std::io::Error::other("the step spawner thread is gone"))??;
-    let pgid = child.id().and_then(|id| Pid::from_raw(id as i32));
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .and_then(Pid::from_raw);
     let (stderr, stderr_reader) = match child.stderr.take() {
         Some(stderr) => {
             let (tail, reader) = StderrTail::follow(stderr);

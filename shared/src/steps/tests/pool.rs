@@ -156,3 +156,19 @@ async fn dropping_the_last_clone_ends_the_processes() {
     }
     panic!("pool process {first} outlived its step");
 }
+
+#[tokio::test]
+async fn a_process_that_died_while_idle_is_replaced_before_the_call() {
+    let step = pool(1);
+    let first = pid(&step).await;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(first).unwrap()).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    for _ in 0..100 {
+        if matches!(proc_state(first), None | Some('Z')) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let answer = call(&step, json!({"mode": "echo"})).await.unwrap();
+    assert_ne!(answer["pid"].as_u64(), Some(first.into()));
+}
