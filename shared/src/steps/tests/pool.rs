@@ -172,3 +172,69 @@ async fn a_process_that_died_while_idle_is_replaced_before_the_call() {
     let answer = call(&step, json!({"mode": "echo"})).await.unwrap();
     assert_ne!(answer["pid"].as_u64(), Some(first.into()));
 }
+
+/// The pid file a test process acting as the service writes its pool process's pid to.
+const SERVICE_ENV: &str = "CHORUS_STEPS_TEST_SERVICE_PIDFILE";
+
+#[test]
+#[ignore = "the service process of the_steps_die_with_their_service, which runs it"]
+fn service_that_gets_killed() {
+    let Ok(path) = std::env::var(SERVICE_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let step = pool(1);
+        let pid = pid(&step).await;
+        std::fs::write(format!("{path}.tmp"), format!("{pid} {pid}\n")).unwrap();
+        std::fs::rename(format!("{path}.tmp"), &path).unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    });
+}
+
+#[tokio::test]
+async fn the_steps_die_with_their_service() {
+    let pids = pid_file();
+    let mut service = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "steps::tests::pool::service_that_gets_killed",
+            "--ignored",
+        ])
+        .env(SERVICE_ENV, &pids)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (step_pid, _) = read_pids(&pids).await;
+    assert!(matches!(proc_state(step_pid), Some(state) if state != 'Z'));
+    service.kill().unwrap();
+    service.wait().unwrap();
+    for _ in 0..250 {
+        if matches!(proc_state(step_pid), None | Some('Z')) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("pool process {step_pid} outlived its SIGKILLed service");
+}
+
+#[test]
+fn a_pool_process_outlives_the_blocking_thread_that_started_it() {
+    // The parent-death signal follows the thread that forked: a pool process forked from a
+    // blocking thread (where file kinds' planners run) would die when that thread idles out.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_keep_alive(Duration::from_millis(50))
+        .enable_all()
+        .build()
+        .unwrap();
+    let step = pool(1);
+    let first = runtime.block_on(async {
+        let step = step.clone();
+        tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(pid(&step)))
+            .await
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runtime.block_on(pid(&step)), first);
+}
