@@ -184,11 +184,9 @@ fn service_that_gets_killed() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let step = pool(1);
-        let pid = pid(&step).await;
-        std::fs::write(format!("{path}.tmp"), format!("{pid} {pid}\n")).unwrap();
-        std::fs::rename(format!("{path}.tmp"), &path).unwrap();
-        tokio::time::sleep(Duration::from_secs(60)).await;
+        // The step hangs without reading its stdin, so only the parent-death signal ends it
+        // (a closed stdin would end a well-behaved pool process by itself).
+        let _ = call(&pool(1), json!({"mode": "hang", "pidfile": path})).await;
     });
 }
 
@@ -205,17 +203,28 @@ async fn the_steps_die_with_their_service() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let (step_pid, _) = read_pids(&pids).await;
+    let (step_pid, grandchild) = read_pids(&pids).await;
     assert!(matches!(proc_state(step_pid), Some(state) if state != 'Z'));
     service.kill().unwrap();
     service.wait().unwrap();
+    let mut ended = false;
     for _ in 0..250 {
-        if matches!(proc_state(step_pid), None | Some('Z')) {
-            return;
+        ended = matches!(proc_state(step_pid), None | Some('Z'));
+        if ended {
+            break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("pool process {step_pid} outlived its SIGKILLed service");
+    // The signal is not inherited by what the step forks (prctl(2)): clean up what is left.
+    for pid in [grandchild, step_pid] {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    assert!(
+        ended,
+        "pool process {step_pid} outlived its SIGKILLed service"
+    );
 }
 
 #[test]
