@@ -11,7 +11,7 @@ use super::*;
 fn pool(size: usize) -> Step {
     step(
         json!({"type": "command", "mode": "pool", "pool_size": size, "program": "python3",
-        "args": ["pool.py"], "grace_ms": 300, "timeout_ms": 3000}),
+        "args": ["pool.py"], "grace_ms": 300, "timeout_ms": 15000}),
     )
 }
 
@@ -109,7 +109,14 @@ async fn a_timeout_kills_the_group_and_the_process_is_replaced() {
     let step = pool(1);
     let first = pid(&step).await;
     let pids = pid_file();
-    let result = call(&step, json!({"mode": "hang", "pidfile": pids})).await;
+    // The caller's limit, smaller than the step's own 15 s, is the one that applies.
+    let request = serde_json::to_vec(&json!({"mode": "hang", "pidfile": pids})).unwrap();
+    let limits = CallLimits {
+        timeout: Duration::from_secs(3),
+        ..limits()
+    };
+    let result = step.call(&request, limits, &CancellationToken::new()).await;
+    let result = result.map(|answer| serde_json::from_slice(&answer).unwrap());
     assert_retryable(result, "timed out after 3000 ms");
     let (child, grandchild) = read_pids(&pids).await;
     assert_eq!(child, first);
