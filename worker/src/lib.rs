@@ -140,6 +140,21 @@ impl Config {
         self.files.roots().map(drop)
     }
 
+    /// The wait before a retry: the `backoff` delay, or the handler's `retry_after` when longer
+    /// (an HTTP step's `Retry-After`), capped at the largest delay bucket this worker declares
+    /// (`topology::delay_queues_up_to` of `--retry-max-delay-ms`, at least a minute): a longer
+    /// wait would need a bucket no process declared, so the retry comes earlier than asked.
+    pub fn retry_wait(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+        let Some(asked) = retry_after else {
+            return backoff;
+        };
+        let declared = topology::delay_queues_up_to(Duration::from_millis(self.retry_max_delay_ms));
+        let cap = declared
+            .last()
+            .map_or(backoff, |(_, bound)| Duration::from_millis(*bound));
+        backoff.max(asked.min(cap))
+    }
+
     /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.
     pub fn retry_delay(&self, next_attempt: u32) -> Duration {
         // Past 64 doublings every delay is the maximum anyway.
@@ -307,6 +322,8 @@ enum Attempt {
     Failed {
         message: String,
         retryable: bool,
+        /// The least wait before the next attempt the handler asked for (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The task ended (cancelled, failed, past its deadline) while the handler ran: nothing
     /// to publish.
@@ -320,6 +337,16 @@ impl Attempt {
         Self::Failed {
             message: text::reason(message.as_ref()),
             retryable,
+            retry_after: None,
+        }
+    }
+
+    /// The failed attempt of a handler's `error`, with its retry class and wait.
+    fn from_error(error: &KindError) -> Self {
+        Self::Failed {
+            message: text::reason(error.message()),
+            retryable: error.is_retryable(),
+            retry_after: error.retry_after(),
         }
     }
 
@@ -342,8 +369,9 @@ enum Settlement {
     Nothing,
     /// The subtask settled (succeeded, or failed with no attempt left).
     Settled(ResultMessage),
-    /// Another attempt, later: the next attempt's message and the error that caused it.
-    Retry(SubtaskMessage, String),
+    /// Another attempt, later: the next attempt's message, the error that caused it and the
+    /// least wait its handler asked for.
+    Retry(SubtaskMessage, String, Option<Duration>),
 }
 
 /// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
@@ -371,7 +399,7 @@ async fn await_handler(
                 subtask.depth + 1,
             ),
         },
-        Ok(Ok(Err(error))) => Attempt::failed(error.to_string(), error.is_retryable()),
+        Ok(Ok(Err(error))) => Attempt::from_error(&error),
         Ok(Err(join)) => {
             Attempt::failed(format!("handler panicked: {}", panic_message(join)), true)
         }
@@ -417,7 +445,9 @@ impl Worker {
                         .await?;
                 }
             }
-            Settlement::Retry(next, error) => self.schedule_retry(&next, &error).await?,
+            Settlement::Retry(next, error, after) => {
+                self.schedule_retry(&next, &error, after).await?;
+            }
         }
         Ok(Disposition::Ack)
     }
@@ -499,13 +529,13 @@ impl Worker {
                     }
                     results.push(result);
                 }
-                Settlement::Retry(next, error) => retries.push((next, error)),
+                Settlement::Retry(next, error, after) => retries.push((next, error, after)),
             }
         }
         futures::future::try_join_all(
             retries
                 .iter()
-                .map(|(next, error)| self.schedule_retry(next, error)),
+                .map(|(next, error, after)| self.schedule_retry(next, error, *after)),
         )
         .await?;
         publish::publish_results(
@@ -558,14 +588,16 @@ impl Worker {
                 SubtaskOutcome::Succeeded(ByteBuf::from(output)),
                 spawned,
             )),
-            Attempt::Failed { message, retryable }
-                if retryable && subtask.attempt < subtask.max_attempts =>
-            {
+            Attempt::Failed {
+                message,
+                retryable,
+                retry_after,
+            } if retryable && subtask.attempt < subtask.max_attempts => {
                 let next = SubtaskMessage {
                     attempt: subtask.attempt + 1,
                     ..subtask.clone()
                 };
-                Settlement::Retry(next, message)
+                Settlement::Retry(next, message, retry_after)
             }
             Attempt::Failed { message, .. } => {
                 Settlement::Settled(result(SubtaskOutcome::Failed(message), Vec::new()))
@@ -668,6 +700,8 @@ impl Worker {
         let context = HandlerContext {
             task: subtask.task.clone(),
             subtask: subtask.subtask.clone(),
+            kind: subtask.kind.clone(),
+            worker_type: subtask.worker_type.clone(),
             attempt: subtask.attempt,
             max_attempts: subtask.max_attempts,
             depth: subtask.depth,
@@ -728,13 +762,17 @@ impl Worker {
         publish::announce(&self.publisher, &event).await;
     }
 
-    /// Publishes the next attempt of a subtask into the delay queue its backoff picks.
+    /// Publishes the next attempt of a subtask into the delay queue its backoff picks, or later
+    /// when its handler asked for a longer wait (`retry_after`, see [`Config::retry_wait`]).
     async fn schedule_retry(
         &self,
         next: &SubtaskMessage,
         message: &str,
+        retry_after: Option<Duration>,
     ) -> Result<(), ServiceError> {
-        let delay = self.config.retry_delay(next.attempt);
+        let delay = self
+            .config
+            .retry_wait(self.config.retry_delay(next.attempt), retry_after);
         let queue = topology::subtask_queue(&next.worker_type);
         tracing::info!(
             task = %next.task,

@@ -38,6 +38,10 @@ pub struct HandlerContext {
     pub task: String,
     /// Subtask id.
     pub subtask: String,
+    /// Kind name of the task.
+    pub kind: String,
+    /// Worker type the subtask was routed to (`default` unless its planner chose another).
+    pub worker_type: String,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Attempts allowed in all.

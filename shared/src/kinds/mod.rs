@@ -44,5 +44,5 @@ pub use registry::Registry;
 // Used by the services, not by kind authors.
 pub use erased::{
     panic_message, panic_text, run_kind_code, sort_by_subtask_id, spawned_entries, to_entries,
-    DynKind, INLINE_OUTPUTS,
+    DynKind, TaskView, INLINE_OUTPUTS,
 };
