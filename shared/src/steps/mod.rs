@@ -10,9 +10,19 @@
 //! - `http`: `POST` with headers, TLS and HMAC-SHA256 signing.
 //! - `answer`: the one place an answer is checked and classified.
 
+pub mod answer;
+pub mod command;
+pub mod http;
+mod pdeathsig;
+pub mod pool;
+pub mod process;
 pub mod spec;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -67,7 +77,14 @@ pub struct StepConfigError {
 /// shared by clones and terminated when the last clone is dropped.
 #[derive(Clone)]
 pub struct Step {
-    _todo: (),
+    runner: Arc<Runner>,
+}
+
+/// What runs a step's calls.
+enum Runner {
+    Command(command::CommandConfig),
+    Pool(pool::Pool),
+    Http(http::HttpStep),
 }
 
 impl Step {
@@ -81,8 +98,42 @@ impl Step {
     /// [`StepConfigError`] naming the key at fault; a `builtin` spec is always an error here
     /// (the kinds-file layer delegates those to the registry).
     pub fn build(spec: &StepSpec, base_dir: &Path) -> Result<Step, StepConfigError> {
-        let _ = (spec, base_dir);
-        todo!()
+        let runner = match spec {
+            StepSpec::Command(command_spec) => {
+                let config = command::CommandConfig::build(command_spec, base_dir)?;
+                match command_spec.mode {
+                    CommandMode::Call => {
+                        if command_spec.pool_size.is_some() {
+                            return Err(command::config_error(
+                                "pool_size",
+                                "only for mode = \"pool\"",
+                            ));
+                        }
+                        Runner::Command(config)
+                    }
+                    CommandMode::Pool => {
+                        let size = command_spec.pool_size.unwrap_or(spec::DEFAULT_POOL_SIZE);
+                        if size == 0 || size > spec::MAX_POOL_SIZE {
+                            return Err(command::config_error(
+                                "pool_size",
+                                format!("{size} is out of range (1 ..= {})", spec::MAX_POOL_SIZE),
+                            ));
+                        }
+                        Runner::Pool(pool::Pool::new(config, size))
+                    }
+                }
+            }
+            StepSpec::Http(http_spec) => Runner::Http(http::HttpStep::build(http_spec, base_dir)?),
+            StepSpec::Builtin(_) => {
+                return Err(command::config_error(
+                    "type",
+                    "a builtin step is run by its Rust kind, not as an external step",
+                ))
+            }
+        };
+        Ok(Step {
+            runner: Arc::new(runner),
+        })
     }
 
     /// Sends `request` (a JSON document, UTF-8 bytes) and returns the answer (valid JSON bytes,
@@ -98,19 +149,58 @@ impl Step {
         limits: CallLimits,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StepError> {
-        let _ = (request, limits, cancel);
-        todo!()
+        let max = limits.max_answer_bytes;
+        match &*self.runner {
+            Runner::Command(config) => {
+                let timeout = limits.timeout.min(config.timeout);
+                command::call(config, request, timeout, max, cancel).await
+            }
+            Runner::Pool(pool) => {
+                let timeout = limits.timeout.min(pool.config().timeout);
+                pool.call(request, timeout, max, cancel).await
+            }
+            Runner::Http(step) => {
+                let timeout = limits.timeout.min(step.timeout());
+                step.call(request, timeout, max, cancel).await
+            }
+        }
     }
 
     /// One line describing the step for `chorus kinds`: `command python3 stats.py (pool of 4)`,
     /// `http https://...`.
     pub fn describe(&self) -> String {
-        todo!()
+        match &*self.runner {
+            Runner::Command(config) => describe_command(config),
+            Runner::Pool(pool) => {
+                format!(
+                    "{} (pool of {})",
+                    describe_command(pool.config()),
+                    pool.size()
+                )
+            }
+            Runner::Http(step) => step.describe(),
+        }
     }
 
-    /// Orderly stop: terminates and reaps a pool's processes (a no-op for other steps). Calls
-    /// made afterwards start new processes.
+    /// Orderly stop: terminates and reaps a pool's idle processes (a no-op for other steps).
+    /// Calls made afterwards start new processes.
     pub async fn shutdown(&self) {
-        todo!()
+        if let Runner::Pool(pool) = &*self.runner {
+            pool.shutdown().await;
+        }
     }
+}
+
+/// `command <program> <args...>`, each escaped.
+fn describe_command(config: &command::CommandConfig) -> String {
+    let launch = &config.launch;
+    let mut line = format!(
+        "command {}",
+        crate::text::bounded(&launch.program.to_string_lossy(), 200)
+    );
+    for arg in &launch.args {
+        line.push(' ');
+        line.push_str(&crate::text::bounded(arg, 200));
+    }
+    line
 }
