@@ -374,6 +374,19 @@ enum Settlement {
     Retry(SubtaskMessage, String, Option<Duration>),
 }
 
+/// The time limit of an attempt at `subtask`: its timeout, or what is left before its task's
+/// deadline when that comes first (then `true`).
+fn time_limit(subtask: &SubtaskMessage) -> (Duration, bool) {
+    let time_limit = Duration::from_millis(subtask.timeout_ms);
+    if let Some(at) = subtask.deadline_at_ms {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()));
+        if left < time_limit {
+            return (left, true);
+        }
+    }
+    (time_limit, false)
+}
+
 /// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
 /// left before the task's deadline when that comes first — and says how the attempt ended
 /// (`spawned`: what the handler spawned, taken when it succeeds).
@@ -382,14 +395,7 @@ async fn await_handler(
     subtask: &SubtaskMessage,
     spawned: &kinds::Spawned,
 ) -> Attempt {
-    let mut time_limit = Duration::from_millis(subtask.timeout_ms);
-    let mut deadline_bound = false;
-    if let Some(at) = subtask.deadline_at_ms {
-        let left = Duration::from_millis(at.saturating_sub(now_ms()));
-        if left < time_limit {
-            (time_limit, deadline_bound) = (left, true);
-        }
-    }
+    let (time_limit, deadline_bound) = time_limit(subtask);
     match tokio::time::timeout(time_limit, &mut handler.0).await {
         Ok(Ok(Ok(output))) => Attempt::Succeeded {
             output,
@@ -704,6 +710,7 @@ impl Worker {
             worker_type: subtask.worker_type.clone(),
             attempt: subtask.attempt,
             max_attempts: subtask.max_attempts,
+            time_limit: Some(time_limit(subtask).0),
             depth: subtask.depth,
             dependencies,
             cancel: running.token().clone(),

@@ -46,6 +46,10 @@ pub struct HandlerContext {
     pub attempt: u32,
     /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// The most this attempt may take: the subtask's timeout, or what is left before the
+    /// task's deadline when that comes first (the worker drops the attempt then). `None` when
+    /// unknown (a handler run outside a worker).
+    pub time_limit: Option<std::time::Duration>,
     /// Spawn depth: 0 for planned subtasks.
     pub depth: u32,
     /// Encoded outputs of the subtasks this one depends on, in `depends_on` order.

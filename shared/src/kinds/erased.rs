@@ -78,6 +78,17 @@ pub trait DynKind: Send + Sync {
         outputs: Vec<(String, Vec<u8>)>,
         failures: &[(String, String)],
     ) -> Result<rmpv::Value, KindError>;
+
+    /// The kind's steps for `chorus kinds`: `(step, what runs it)` lines, empty for a Rust
+    /// kind (its steps are its code).
+    fn steps(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// A line about the kind for `chorus kinds`, if it has one.
+    fn description(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// `kind` behind the [`DynKind`] the registry holds.

@@ -23,6 +23,7 @@
 //! errors a kind's code sees). [`Spawned`] is what the worker reads back of a handler's
 //! [`HandlerContext::spawn`] calls.
 
+pub mod file;
 pub mod range_sum;
 pub mod report;
 pub mod wordfreq;
