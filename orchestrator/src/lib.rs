@@ -11,7 +11,9 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    config::{
+        self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs,
+    },
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -57,6 +59,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
 

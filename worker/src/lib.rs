@@ -16,7 +16,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, ShutdownArgs},
+    config::{self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ServiceError, StoreError},
     failpoint,
@@ -61,6 +61,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
 
