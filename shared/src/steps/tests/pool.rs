@@ -11,7 +11,7 @@ use super::*;
 fn pool(size: usize) -> Step {
     step(
         json!({"type": "command", "mode": "pool", "pool_size": size, "program": "python3",
-        "args": ["pool.py"], "grace_ms": 300, "timeout_ms": 3000}),
+        "args": ["pool.py"], "grace_ms": 300, "timeout_ms": 15000}),
     )
 }
 
@@ -109,7 +109,14 @@ async fn a_timeout_kills_the_group_and_the_process_is_replaced() {
     let step = pool(1);
     let first = pid(&step).await;
     let pids = pid_file();
-    let result = call(&step, json!({"mode": "hang", "pidfile": pids})).await;
+    // The caller's limit, smaller than the step's own 15 s, is the one that applies.
+    let request = serde_json::to_vec(&json!({"mode": "hang", "pidfile": pids})).unwrap();
+    let limits = CallLimits {
+        timeout: Duration::from_secs(3),
+        ..limits()
+    };
+    let result = step.call(&request, limits, &CancellationToken::new()).await;
+    let result = result.map(|answer| serde_json::from_slice(&answer).unwrap());
     assert_retryable(result, "timed out after 3000 ms");
     let (child, grandchild) = read_pids(&pids).await;
     assert_eq!(child, first);
@@ -171,4 +178,79 @@ async fn a_process_that_died_while_idle_is_replaced_before_the_call() {
     }
     let answer = call(&step, json!({"mode": "echo"})).await.unwrap();
     assert_ne!(answer["pid"].as_u64(), Some(first.into()));
+}
+
+/// The pid file a test process acting as the service writes its pool process's pid to.
+const SERVICE_ENV: &str = "CHORUS_STEPS_TEST_SERVICE_PIDFILE";
+
+#[test]
+#[ignore = "the service process of the_steps_die_with_their_service, which runs it"]
+fn service_that_gets_killed() {
+    let Ok(path) = std::env::var(SERVICE_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // The step hangs without reading its stdin, so only the parent-death signal ends it
+        // (a closed stdin would end a well-behaved pool process by itself).
+        let _ = call(&pool(1), json!({"mode": "hang", "pidfile": path})).await;
+    });
+}
+
+#[tokio::test]
+async fn the_steps_die_with_their_service() {
+    let pids = pid_file();
+    let mut service = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "steps::tests::pool::service_that_gets_killed",
+            "--ignored",
+        ])
+        .env(SERVICE_ENV, &pids)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (step_pid, grandchild) = read_pids(&pids).await;
+    assert!(matches!(proc_state(step_pid), Some(state) if state != 'Z'));
+    service.kill().unwrap();
+    service.wait().unwrap();
+    let mut ended = false;
+    for _ in 0..250 {
+        ended = matches!(proc_state(step_pid), None | Some('Z'));
+        if ended {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The signal is not inherited by what the step forks (prctl(2)): clean up what is left.
+    for pid in [grandchild, step_pid] {
+        if let Some(pid) = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+    assert!(
+        ended,
+        "pool process {step_pid} outlived its SIGKILLed service"
+    );
+}
+
+#[test]
+fn a_pool_process_outlives_the_blocking_thread_that_started_it() {
+    // The parent-death signal follows the thread that forked: a pool process forked from a
+    // blocking thread (where file kinds' planners run) would die when that thread idles out.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_keep_alive(Duration::from_millis(50))
+        .enable_all()
+        .build()
+        .unwrap();
+    let step = pool(1);
+    let first = runtime.block_on(async {
+        let step = step.clone();
+        tokio::task::spawn_blocking(move || tokio::runtime::Handle::current().block_on(pid(&step)))
+            .await
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(runtime.block_on(pid(&step)), first);
 }
