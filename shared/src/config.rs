@@ -284,11 +284,14 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The default `--max-message-bytes`: 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Limits on what a consumer accepts.
 #[derive(Args, Clone, Debug)]
 pub struct LimitArgs {
     /// Largest message body accepted on any queue; larger ones are dead-lettered.
-    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_message_bytes: u64,
 
     /// Runs that may start and never finish (they crash or stall their process) before Chorus
@@ -365,6 +368,37 @@ impl FileArgs {
     /// The first root that is not a directory that can be opened, as one line for the user.
     pub fn roots(&self) -> Result<crate::files::FileRoots, String> {
         crate::files::FileRoots::new(&self.file_roots).map_err(|e| e.to_string())
+    }
+}
+
+/// The kinds file of a deployment (`--kinds-file`), the same flag on every service and the CLI.
+#[derive(Args, Clone, Debug, Default)]
+pub struct KindsArgs {
+    /// A kinds file (TOML) defining kinds whose steps are commands or HTTP endpoints, next to
+    /// the built-in kinds (docs/kinds.md). Give every service of a deployment the same file. A
+    /// file that cannot be used stops the service at start-up (exit 64, one line naming the
+    /// file, the kind and the key).
+    #[arg(long = "kinds-file", env = "CHORUS_KINDS_FILE", value_name = "FILE")]
+    pub kinds_file: Option<std::path::PathBuf>,
+}
+
+impl KindsArgs {
+    /// `base` plus the kinds of `--kinds-file`, if given; steps' answers are limited to
+    /// `max_answer_bytes` (the service's `--max-message-bytes`).
+    ///
+    /// # Errors
+    /// The file cannot be used, as one line naming the file, the kind and the key.
+    pub fn registry(
+        &self,
+        base: crate::kinds::Registry,
+        max_answer_bytes: usize,
+    ) -> Result<crate::kinds::Registry, String> {
+        match &self.kinds_file {
+            None => Ok(base),
+            Some(path) => base
+                .with_kinds_file(path, crate::kinds::file::LoadSettings { max_answer_bytes })
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
