@@ -110,6 +110,43 @@ pub struct TaskStatus {
     pub duplicate_results: u64,
     /// Final status, once finished.
     pub status: Option<Status>,
+    /// Tokens per model recorded so far (docs/protocol.md#outcomes, `stats.tokens`).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub tokens: std::collections::BTreeMap<String, crate::usage::TokenStats>,
+    /// Sum of the recorded costs so far, when a step reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
+}
+
+impl TaskStatus {
+    /// The tokens and cost so far in one short line (`writer 1200+340 tokens in 3 calls ·
+    /// cost 0.0012`), or `None` when no step reported usage.
+    pub fn usage_line(&self) -> Option<String> {
+        if self.tokens.is_empty() {
+            return None;
+        }
+        let mut parts: Vec<String> = self
+            .tokens
+            .iter()
+            .map(|(model, t)| {
+                format!(
+                    "{model} {}+{} tokens in {} call(s){}",
+                    t.prompt,
+                    t.completion,
+                    t.calls,
+                    if t.cache_hits > 0 {
+                        format!(" ({} cached)", t.cache_hits)
+                    } else {
+                        String::new()
+                    }
+                )
+            })
+            .collect();
+        if let Some(cost) = self.cost {
+            parts.push(format!("cost {cost}"));
+        }
+        Some(parts.join(" · "))
+    }
 }
 
 /// Progress of one worker type within a task.
@@ -273,6 +310,8 @@ impl Client {
             types,
             duplicate_results: record.duplicates,
             status,
+            tokens: record.tokens,
+            cost: record.cost,
         }))
     }
 

@@ -31,6 +31,7 @@
 //!   of a kind defined in a kinds file, with its failure classes.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
+//! - [`usage`]: tokens and cost of model calls, as steps report them and outcomes sum them.
 
 pub mod amqp;
 pub mod client;
@@ -54,3 +55,4 @@ pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod topology;
+pub mod usage;

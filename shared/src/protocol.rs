@@ -5,11 +5,15 @@
 //! with named fields, so that an operator reading `chorus.dead` can decode them with any tool.
 //! `docs/protocol.md` is the normative description of everything here.
 
+use std::collections::BTreeMap;
+
 use rmpv::Value;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use crate::{error::ProtocolError, text};
+
+pub use crate::usage::{TokenStats, Usage};
 
 /// Content type of MessagePack bodies; also assumed when a message has no `content_type`.
 pub const MSGPACK: &str = "application/msgpack";
@@ -163,6 +167,11 @@ pub struct TaskOptions {
     /// worker dies is redone whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
+    /// Token budget of the whole task: prompt plus completion tokens over every step's usage
+    /// (docs/kinds.md#usage). Once the recorded usage reaches it no further subtask starts,
+    /// and those that would have fail with "token budget exceeded" (default: no budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 /// Options with every default applied: what the services work with.
@@ -189,6 +198,9 @@ pub struct ResolvedOptions {
     /// Subtasks packed per message.
     #[serde(default = "one")]
     pub batch_size: u32,
+    /// Token budget of the task, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -258,7 +270,13 @@ impl TaskOptions {
                 "options.batch_size must be between 1 and {BATCH_SIZE_LIMIT}, got {batch_size}"
             )));
         }
+        if self.max_tokens == Some(0) {
+            return Err(ProtocolError::Invalid(
+                "options.max_tokens must be at least 1 (leave it out for no budget)".into(),
+            ));
+        }
         Ok(ResolvedOptions {
+            max_tokens: self.max_tokens,
             batch_size,
             max_attempts,
             timeout_ms,
@@ -478,7 +496,7 @@ pub struct OutcomeError {
 }
 
 /// Counters of a finished task.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Subtasks in the plan.
     pub subtasks: u64,
@@ -496,6 +514,13 @@ pub struct Stats {
     /// Review rounds run (1 when there was no refinement).
     #[serde(default)]
     pub rounds: u32,
+    /// Tokens per model over every step's usage, failed attempts included (absent when no step
+    /// reported any).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tokens: BTreeMap<String, TokenStats>,
+    /// Sum of the usages' costs, when some step reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<f64>,
 }
 
 /// The one logical result of a task.
@@ -543,7 +568,7 @@ pub struct ReplyTarget {
 }
 
 /// One subtask on `chorus.subtasks` (and in the delay queues between attempts).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SubtaskMessage {
     /// Task id.
     pub task: String,
@@ -579,6 +604,13 @@ pub struct SubtaskMessage {
     /// is a message from a version before rounds were carried: accepted in any round.
     #[serde(default)]
     pub round: u32,
+    /// Usage of this subtask's earlier, failed attempts: carried to the next attempt so that
+    /// the result counts every attempt paid for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<Usage>,
+    /// The task's token budget (`options.max_tokens`), checked before the handler starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 impl SubtaskMessage {
@@ -643,6 +675,9 @@ pub struct SubtaskBatch {
     /// Review round, as [`SubtaskMessage::round`].
     #[serde(default)]
     pub round: u32,
+    /// The task's token budget, as [`SubtaskMessage::max_tokens`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
     /// The subtasks.
     pub items: Vec<BatchItem>,
 }
@@ -691,6 +726,8 @@ impl SubtaskBatch {
             deadline_at_ms: self.deadline_at_ms,
             events: self.events,
             round: self.round,
+            usage: Vec::new(),
+            max_tokens: self.max_tokens,
         }
     }
 
@@ -738,6 +775,10 @@ pub struct ResultMessage {
     /// a result of an earlier round than the task's as a duplicate. 0: not stated.
     #[serde(default)]
     pub round: u32,
+    /// What the subtask's model calls used, every attempt's summed per model; recorded with
+    /// the result, once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<Usage>,
 }
 
 /// A `subtask.<status>` event on `chorus.events` (`running`, `retrying`, `succeeded`,

@@ -281,6 +281,8 @@ fn first_attempt(context: TaskContext<'_>, entry: &PlanEntry) -> SubtaskMessage 
         deadline_at_ms: context.deadline_at_ms(),
         events: context.options.subtask_events,
         round: context.round,
+        usage: Vec::new(),
+        max_tokens: context.options.max_tokens,
     }
 }
 
@@ -344,6 +346,7 @@ fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'
                     deadline_at_ms: context.deadline_at_ms(),
                     events: context.options.subtask_events,
                     round: context.round,
+                    max_tokens: context.options.max_tokens,
                     items: current
                         .iter()
                         .map(|entry| BatchItem {

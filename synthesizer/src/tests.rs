@@ -18,6 +18,7 @@ fn result(subtask: &str) -> ResultMessage {
         outcome: SubtaskOutcome::Failed("boom".into()),
         spawned: Vec::new(),
         round: 1,
+        usage: Vec::new(),
     }
 }
 

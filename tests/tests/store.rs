@@ -46,6 +46,7 @@ fn result(task: &str, subtask: &str) -> ResultMessage {
         outcome: SubtaskOutcome::Succeeded(ByteBuf::from(protocol::encode(&7u32).unwrap())),
         spawned: Vec::new(),
         round: 1,
+        usage: Vec::new(),
     }
 }
 

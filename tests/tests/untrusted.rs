@@ -214,6 +214,7 @@ async fn ids_of_a_refused_result_in_a_batch_reach_the_log_bounded_and_escaped() 
         outcome: SubtaskOutcome::Failed("boom".to_owned()),
         spawned: Vec::new(),
         round: 0,
+        usage: Vec::new(),
     };
     // A task id that fails validation, and a valid one with a forged subtask id.
     let batch = ResultBatch {

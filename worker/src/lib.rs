@@ -28,6 +28,7 @@ use chorus_shared::{
     ratelimit::RateLimit,
     store::Store,
     text, topology,
+    usage::{self, Usage, UsageMeter},
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -284,11 +285,15 @@ fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) 
     (spec, handler_pools)
 }
 
+/// The error of a subtask that did not start because its task's `max_tokens` was spent.
+pub const TOKEN_BUDGET_EXCEEDED: &str = "token budget exceeded";
+
 /// The settled result of this attempt of `subtask`.
 fn result_of(
     subtask: &SubtaskMessage,
     outcome: SubtaskOutcome,
     spawned: Vec<PlanEntry>,
+    usage: Vec<Usage>,
 ) -> ResultMessage {
     ResultMessage {
         task: subtask.task.clone(),
@@ -297,6 +302,7 @@ fn result_of(
         outcome,
         spawned,
         round: subtask.round,
+        usage,
     }
 }
 
@@ -319,12 +325,16 @@ enum Attempt {
     Succeeded {
         output: Vec<u8>,
         spawned: Vec<PlanEntry>,
+        /// What the attempt's model calls used.
+        usage: Vec<Usage>,
     },
     Failed {
         message: String,
         retryable: bool,
         /// The least wait before the next attempt the handler asked for (HTTP `Retry-After`).
         retry_after: Option<Duration>,
+        /// What the attempt's model calls used before it failed: paid, so counted too.
+        usage: Vec<Usage>,
     },
     /// The task ended (cancelled, failed, past its deadline) while the handler ran: nothing
     /// to publish.
@@ -339,6 +349,7 @@ impl Attempt {
             message: text::reason(message.as_ref()),
             retryable,
             retry_after: None,
+            usage: Vec::new(),
         }
     }
 
@@ -348,7 +359,16 @@ impl Attempt {
             message: text::reason(error.message()),
             retryable: error.is_retryable(),
             retry_after: error.retry_after(),
+            usage: Vec::new(),
         }
+    }
+
+    /// This attempt with `recorded` (what its handler's usage meter holds) as its usage.
+    fn with_usage(mut self, recorded: Vec<Usage>) -> Self {
+        if let Self::Succeeded { usage, .. } | Self::Failed { usage, .. } = &mut self {
+            *usage = recorded;
+        }
+        self
     }
 
     /// The status of the `subtask.<status>` event that reports this attempt of `subtask`.
@@ -390,14 +410,16 @@ fn time_limit(subtask: &SubtaskMessage) -> (Duration, bool) {
 
 /// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
 /// left before the task's deadline when that comes first — and says how the attempt ended
-/// (`spawned`: what the handler spawned, taken when it succeeds).
+/// (`spawned`: what the handler spawned, taken when it succeeds; `usage`: what its model calls
+/// used, taken however it ended).
 async fn await_handler(
     mut handler: AbortOnDrop<Result<Vec<u8>, KindError>>,
     subtask: &SubtaskMessage,
     spawned: &kinds::Spawned,
+    usage: &UsageMeter,
 ) -> Attempt {
     let (time_limit, deadline_bound) = time_limit(subtask);
-    match tokio::time::timeout(time_limit, &mut handler.0).await {
+    let attempt = match tokio::time::timeout(time_limit, &mut handler.0).await {
         Ok(Ok(Ok(output))) => Attempt::Succeeded {
             output,
             spawned: kinds::spawned_entries(
@@ -405,6 +427,7 @@ async fn await_handler(
                 &format!("{}.", subtask.subtask),
                 subtask.depth + 1,
             ),
+            usage: Vec::new(),
         },
         Ok(Ok(Err(error))) => Attempt::from_error(&error),
         Ok(Err(join)) => {
@@ -418,7 +441,8 @@ async fn await_handler(
                 Attempt::failed(format!("timed out after {} ms", subtask.timeout_ms), true)
             }
         }
-    }
+    };
+    attempt.with_usage(usage.take())
 }
 
 impl Worker {
@@ -511,6 +535,7 @@ impl Worker {
                     subtask,
                     SubtaskOutcome::Failed(format!("cannot run: {error}")),
                     Vec::new(),
+                    subtask.usage.clone(),
                 )),
             });
         }
@@ -588,26 +613,39 @@ impl Worker {
             let _shared = self.quarantine.read().await;
             self.run_handler(subtask).await?
         };
-        let result = |outcome, spawned| result_of(subtask, outcome, spawned);
+        // Every attempt's usage goes on with the subtask: an earlier attempt's was paid too.
+        let so_far = |usage: Vec<Usage>| {
+            let mut all = subtask.usage.clone();
+            usage::merge(&mut all, usage);
+            all
+        };
+        let result = |outcome, spawned, usage| result_of(subtask, outcome, spawned, so_far(usage));
         Ok(match attempt {
             Attempt::TaskOver => Settlement::Nothing,
-            Attempt::Succeeded { output, spawned } => Settlement::Settled(result(
+            Attempt::Succeeded {
+                output,
+                spawned,
+                usage,
+            } => Settlement::Settled(result(
                 SubtaskOutcome::Succeeded(ByteBuf::from(output)),
                 spawned,
+                usage,
             )),
             Attempt::Failed {
                 message,
                 retryable,
                 retry_after,
+                usage,
             } if retryable && subtask.attempt < subtask.max_attempts => {
                 let next = SubtaskMessage {
                     attempt: subtask.attempt + 1,
+                    usage: so_far(usage),
                     ..subtask.clone()
                 };
                 Settlement::Retry(next, message, retry_after)
             }
-            Attempt::Failed { message, .. } => {
-                Settlement::Settled(result(SubtaskOutcome::Failed(message), Vec::new()))
+            Attempt::Failed { message, usage, .. } => {
+                Settlement::Settled(result(SubtaskOutcome::Failed(message), Vec::new(), usage))
             }
         })
     }
@@ -700,6 +738,12 @@ impl Worker {
                 false,
             ));
         }
+        if let Some(budget) = subtask.max_tokens {
+            // One HGET: cheap beside any model call, and a call it prevents is paid for nothing.
+            if self.store.tokens_used(&subtask.task).await? >= budget {
+                return Ok(Attempt::failed(TOKEN_BUDGET_EXCEEDED, false));
+            }
+        }
         let dependencies = match self.dependencies(subtask).await? {
             Ok(outputs) => outputs,
             Err(failed) => return Ok(failed),
@@ -716,14 +760,16 @@ impl Worker {
             dependencies,
             cancel: running.token().clone(),
             spawned: kinds::Spawned::default(),
+            usage: UsageMeter::default(),
         };
         let spawned = context.spawned.clone();
+        let usage = context.usage.clone();
         self.publish_event(subtask, "running").await;
         // Spawned so that a panicking handler fails its attempt instead of the worker; aborted
         // if this attempt is dropped (a batch redone, the grace period over), so that it never
         // runs on without its permit.
         let handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
-        let attempt = await_handler(handler, subtask, &spawned).await;
+        let attempt = await_handler(handler, subtask, &spawned, &usage).await;
         if running.token().is_cancelled() {
             tracing::info!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
             return Ok(Attempt::TaskOver);

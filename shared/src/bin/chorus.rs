@@ -149,6 +149,10 @@ struct SubmitArgs {
     /// a batch side by side and publish its results together.
     #[arg(long)]
     batch_size: Option<u32>,
+    /// Token budget of the whole task (prompt + completion over every step's usage); once
+    /// spent no further subtask starts and the task fails "token budget exceeded".
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_tokens: Option<u64>,
     /// Publish subtask.<status> events on chorus.events for this task.
     #[arg(long)]
     subtask_events: bool,
@@ -314,6 +318,7 @@ async fn submit(connect: &ConnectArgs, args: SubmitArgs) -> Result<u8, Failure> 
         max_rounds: args.max_rounds,
         subtask_events: args.subtask_events.then_some(true),
         batch_size: args.batch_size,
+        max_tokens: args.max_tokens,
     };
     options
         .resolve()
@@ -388,14 +393,18 @@ fn progress_line(status: &TaskStatus) -> String {
             line
         })
         .collect();
-    format!(
+    let mut line = format!(
         "{} {} round {} retries {}: {}",
         status.id,
         status.state,
         status.round,
         status.retries,
         types.join(" · ")
-    )
+    );
+    if let Some(usage) = status.usage_line() {
+        line.push_str(&format!(" | {usage}"));
+    }
+    line
 }
 
 /// Follows a task until it has an outcome: bars per worker type on a terminal, else a line
@@ -410,6 +419,7 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
     let deadline = tokio::time::Instant::now() + limit;
     let mut last_line = String::new();
     let mut unknown_since: Option<tokio::time::Instant> = None;
+    let mut usage_bar: Option<ProgressBar> = None;
     loop {
         if tokio::time::Instant::now() >= deadline {
             return Err(Failure::NoOutcome(format!(
@@ -449,6 +459,11 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
                                 .unwrap_or_default()
                         ));
                     }
+                    if let Some(usage) = status.usage_line() {
+                        usage_bar
+                            .get_or_insert_with(|| bars.add(ProgressBar::new_spinner()))
+                            .set_message(usage);
+                    }
                 } else {
                     let line = progress_line(&status);
                     if line != last_line {
@@ -458,7 +473,7 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
                 }
                 if status.status.is_some() {
                     if let Some(outcome) = client.outcome(id).await? {
-                        for bar in by_type.values() {
+                        for bar in by_type.values().chain(usage_bar.iter()) {
                             bar.finish();
                         }
                         return Ok(outcome);

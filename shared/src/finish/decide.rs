@@ -33,6 +33,8 @@ pub(crate) fn stats_of(record: &TaskRecord, now_ms: u64) -> Stats {
         duration_ms: now_ms.saturating_sub(record.created_ms),
         skipped: record.skipped,
         rounds: record.round,
+        tokens: record.tokens.clone(),
+        cost: record.cost,
     }
 }
 

@@ -122,6 +122,8 @@ impl Finisher {
             outcome: decide::child_result(id, outcome)?,
             spawned: Vec::new(),
             round: parent.round,
+            // The child's own outcome counts its tokens; the parent's stats do not repeat them.
+            usage: Vec::new(),
         };
         publish::publish_result(&self.publisher, &result).await
     }

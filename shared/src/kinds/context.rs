@@ -1,5 +1,6 @@
 //! [`HandlerContext`]: what a handler knows about the attempt it runs (dependencies' outputs,
-//! cancellation), and [`Spawned`], the subtasks it adds to its task.
+//! cancellation, the usage meter of its model calls), and [`Spawned`], the subtasks it adds to
+//! its task.
 
 use std::sync::{Arc, Mutex};
 
@@ -8,6 +9,7 @@ use serde_bytes::ByteBuf;
 use tokio_util::sync::CancellationToken;
 
 use super::{codec, KindError, Planned};
+use crate::usage::UsageMeter;
 
 /// Subtasks a handler spawned during its attempt, collected by the worker when it returns.
 #[derive(Clone, Debug, Default)]
@@ -58,6 +60,10 @@ pub struct HandlerContext {
     pub cancel: CancellationToken,
     /// Subtasks spawned so far by this attempt.
     pub spawned: Spawned,
+    /// What this attempt's model calls used: a handler (or the step it runs) records each
+    /// call's usage here as soon as it is paid, failed attempts included, and the worker sends
+    /// it with the subtask's result (docs/kinds.md#usage).
+    pub usage: UsageMeter,
 }
 
 impl HandlerContext {

@@ -21,6 +21,9 @@ pub struct TaskView {
     pub kind: String,
     /// The task's options with every default applied.
     pub options: ResolvedOptions,
+    /// Where a plan, review or synthesis step records its model calls' usage
+    /// (docs/kinds.md#usage); the service takes it when the step returns.
+    pub usage: crate::usage::UsageMeter,
 }
 
 /// A kind with its types erased to MessagePack bytes, as the services use it.

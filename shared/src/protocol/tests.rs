@@ -20,6 +20,7 @@ fn sample_request() -> TaskRequest {
             max_rounds: Some(2),
             batch_size: Some(10),
             subtask_events: Some(true),
+            max_tokens: None,
         }),
         parent: None,
     }
@@ -52,6 +53,8 @@ fn outcome_round_trips_in_both_encodings() {
             duration_ms: 17,
             skipped: 0,
             rounds: 1,
+            tokens: std::collections::BTreeMap::new(),
+            cost: None,
         },
     };
     for encoding in [Encoding::Msgpack, Encoding::Json] {
@@ -97,6 +100,8 @@ fn internal_messages_round_trip() {
         deadline_at_ms: Some(5),
         events: true,
         round: 2,
+        usage: Vec::new(),
+        max_tokens: None,
     };
     assert_eq!(
         decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),
@@ -120,6 +125,7 @@ fn internal_messages_round_trip() {
                 child: None,
             }],
             round: 3,
+            usage: Vec::new(),
         };
         assert_eq!(
             decode::<ResultMessage>(&encode(&result).expect("encode")).expect("decode"),
@@ -257,6 +263,8 @@ fn subtask_messages_check_their_subtask_ids() {
         deadline_at_ms: None,
         events: false,
         round: 1,
+        usage: Vec::new(),
+        max_tokens: None,
     };
     assert!(subtask.validate().is_ok());
     for bad in ["", "a\nb", "a\u{200b}b", &"s".repeat(MAX_TASK_ID_BYTES + 1)] {
@@ -283,6 +291,7 @@ fn subtask_messages_check_their_subtask_ids() {
         events: false,
         round: 1,
         items: vec![item("0"), item("1")],
+        max_tokens: None,
     };
     assert!(batch.validate().is_ok());
     let later_bad = SubtaskBatch {

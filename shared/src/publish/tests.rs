@@ -62,6 +62,7 @@ fn a_result_batch_body_decodes_as_a_result_batch() {
             outcome: protocol::SubtaskOutcome::Succeeded(ByteBuf::from(vec![i; 3])),
             spawned: Vec::new(),
             round: 1,
+            usage: Vec::new(),
         })
         .collect();
     let encoded: Vec<Vec<u8>> = results

@@ -144,6 +144,9 @@ impl ClaimArgs {
             wave_is_order: true,
             wave_len: 0,
             parent: Some(self.parent.clone()).filter(|bytes| !bytes.is_empty()),
+            tokens: std::collections::BTreeMap::new(),
+            tokens_used: 0,
+            cost: None,
         }
     }
 }

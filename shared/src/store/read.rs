@@ -27,6 +27,21 @@ impl Store {
         task_record(id, &fields)
     }
 
+    /// Prompt plus completion tokens recorded so far for task `id` (its hash's `tokens`), 0
+    /// for none or an unknown task: what the worker checks `max_tokens` against.
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn tokens_used(&self, id: &str) -> Result<u64, StoreError> {
+        let keys = TaskKeys::new(id);
+        let used: Option<u64> = redis::cmd("HGET")
+            .arg(keys.task())
+            .arg("tokens")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(used.unwrap_or(0))
+    }
+
     /// Unsettled subtasks of a task.
     ///
     /// # Errors

@@ -1,13 +1,14 @@
 //! What a task hash holds: its lifecycle state and the fields `chorus status` and synthesis
 //! read, and how they are parsed from the hash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     error::StoreError,
     protocol::{self, ResolvedOptions, SubtaskOutcome},
+    usage::TokenStats,
 };
 
 /// Lifecycle of a task in Redis.
@@ -87,6 +88,12 @@ pub struct TaskRecord {
     pub wave_len: u64,
     /// The parent subtask of a child task, encoded [`crate::protocol::ParentRef`].
     pub parent: Option<Vec<u8>>,
+    /// Tokens per model recorded so far (`usage:<model>:<counter>` fields).
+    pub tokens: BTreeMap<String, TokenStats>,
+    /// Prompt plus completion tokens recorded so far, what `max_tokens` is checked against.
+    pub tokens_used: u64,
+    /// Sum of the recorded usages' costs, when one had a cost.
+    pub cost: Option<f64>,
 }
 
 impl TaskRecord {
@@ -149,5 +156,36 @@ pub(super) fn task_record(
         wave_is_order: text("wave_is_order").as_deref() != Some("0"),
         wave_len: number("wave_len"),
         parent: fields.get("parent").cloned(),
+        tokens: tokens_of(fields),
+        tokens_used: number("tokens"),
+        cost: text("cost").and_then(|v| v.parse().ok()),
     }))
+}
+
+/// Prefix of the task hash's per-model usage counters: `usage:<model>:<counter>`.
+pub(super) const USAGE_PREFIX: &str = "usage:";
+
+/// The per-model counters of a task hash's `usage:<model>:<counter>` fields (`prompt`,
+/// `completion`, `cached`, `calls`, `cache_hits`); others are ignored.
+fn tokens_of(fields: &HashMap<String, Vec<u8>>) -> BTreeMap<String, TokenStats> {
+    let mut tokens: BTreeMap<String, TokenStats> = BTreeMap::new();
+    for (field, value) in fields {
+        let Some((model, counter)) = field
+            .strip_prefix(USAGE_PREFIX)
+            .and_then(|rest| rest.rsplit_once(':'))
+        else {
+            continue;
+        };
+        let value: u64 = String::from_utf8_lossy(value).parse().unwrap_or(0);
+        let stats = tokens.entry(model.to_owned()).or_default();
+        match counter {
+            "prompt" => stats.prompt = value,
+            "completion" => stats.completion = value,
+            "cached" => stats.cached = value,
+            "calls" => stats.calls = value,
+            "cache_hits" => stats.cache_hits = value,
+            _ => {}
+        }
+    }
+    tokens
 }

@@ -112,9 +112,19 @@ fn add_result(
         .arg(if succeeded { "1" } else { "0" })
         .arg(result.attempts.saturating_sub(1))
         .arg(result.round)
-        .arg(result.spawned.len());
+        .arg(result.spawned.len())
+        .arg(result.usage.len());
     for entry in &result.spawned {
         add_entry(call, entry)?;
+    }
+    for usage in &result.usage {
+        call.arg(&usage.model)
+            .arg(usage.prompt_tokens)
+            .arg(usage.completion_tokens)
+            .arg(usage.cached_tokens)
+            .arg(usage.calls)
+            .arg(usage.cache_hits)
+            .arg(usage.cost.map(|cost| cost.to_string()).unwrap_or_default());
     }
     Ok(())
 }

@@ -36,6 +36,9 @@ fn record(state: TaskState, total: u64) -> TaskRecord {
         wave_is_order: true,
         wave_len: total,
         parent: None,
+        tokens: std::collections::BTreeMap::new(),
+        tokens_used: 0,
+        cost: None,
     }
 }
 

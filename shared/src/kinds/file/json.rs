@@ -7,6 +7,7 @@ use serde_json::{Map, Number, Value as Json};
 
 use crate::kinds::{KindError, Planned, Work};
 use crate::protocol::{self, ChildSpec, TaskOptions};
+use crate::usage::Usage;
 
 /// MessagePack `bytes` (a task's input, a subtask, an output) as JSON; `what` names them in
 /// the error.
@@ -156,6 +157,9 @@ impl SubtaskSpec {
 pub struct PlanAnswer {
     /// The plan, in order.
     pub subtasks: Vec<SubtaskSpec>,
+    /// What the step's model calls used (docs/kinds.md#usage).
+    #[serde(default)]
+    pub usage: Vec<Usage>,
 }
 
 /// A handle answer: `{"output": ..., "spawn": [...]}`.
@@ -167,6 +171,9 @@ pub struct HandleAnswer {
     /// Subtasks added to the task.
     #[serde(default)]
     pub spawn: Vec<SubtaskSpec>,
+    /// What the step's model calls used (docs/kinds.md#usage).
+    #[serde(default)]
+    pub usage: Vec<Usage>,
 }
 
 /// A review answer: `{"accept": true}` or `{"accept": false, "subtasks": [...]}`.
@@ -178,6 +185,9 @@ pub struct ReviewAnswer {
     /// Subtasks redone (existing ids) or added, when not accepted.
     #[serde(default)]
     pub subtasks: Vec<SubtaskSpec>,
+    /// What the step's model calls used (docs/kinds.md#usage).
+    #[serde(default)]
+    pub usage: Vec<Usage>,
 }
 
 /// A synthesis answer: `{"output": ...}`.
@@ -186,6 +196,19 @@ pub struct ReviewAnswer {
 pub struct SynthesisAnswer {
     /// The task's output.
     pub output: Json,
+    /// What the step's model calls used (docs/kinds.md#usage).
+    #[serde(default)]
+    pub usage: Vec<Usage>,
+}
+
+/// The `usage` of a `step`'s answer, checked ([`crate::usage::validate_all`]).
+///
+/// # Errors
+/// An entry out of its bounds, or too many: fatal, naming the step.
+pub fn checked_usage(usage: Vec<Usage>, step: &str) -> Result<Vec<Usage>, KindError> {
+    crate::usage::validate_all(&usage)
+        .map_err(|e| KindError::fatal(format!("the {step} step's answer: {e}")))?;
+    Ok(usage)
 }
 
 /// `answer` (JSON bytes a step returned) read as `T`; `step` names the step in the error,

@@ -12,8 +12,8 @@ use serde_json::{json, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 use super::json::{
-    decode_json, encode_json, json_value, read_answer, HandleAnswer, PlanAnswer, ReviewAnswer,
-    SubtaskSpec, SynthesisAnswer,
+    checked_usage, decode_json, encode_json, json_value, read_answer, HandleAnswer, PlanAnswer,
+    ReviewAnswer, SubtaskSpec, SynthesisAnswer,
 };
 use super::{LoadSettings, StepRef};
 use crate::kinds::{to_entries, DynKind, HandlerContext, KindError, Planned, TaskView, Work};
@@ -178,6 +178,7 @@ impl DynKind for FileKind {
                 }
                 let answer = self.call_blocking(step, &json!({"step": "plan", "task": view}))?;
                 let answer: PlanAnswer = read_answer(&answer, "plan")?;
+                task.usage.record(checked_usage(answer.usage, "plan")?);
                 entries_of(answer.subtasks, "")?
             }
             None => to_entries(
@@ -212,6 +213,7 @@ impl DynKind for FileKind {
                 });
                 let answer: ReviewAnswer =
                     read_answer(&self.call_blocking(step, &request)?, "review")?;
+                task.usage.record(checked_usage(answer.usage, "review")?);
                 if answer.accept {
                     return Ok(None);
                 }
@@ -269,6 +271,7 @@ impl DynKind for FileKind {
                 });
                 let answer: SynthesisAnswer =
                     read_answer(&self.call_blocking(step, &request)?, "synthesis")?;
+                task.usage.record(checked_usage(answer.usage, "synthesis")?);
                 json_value(&answer.output, "synthesized output")
             }
             // The outputs as a list, in plan order.
@@ -353,6 +356,7 @@ async fn handle_external(
         .await
         .map_err(kind_error)?;
     let answer: HandleAnswer = read_answer(&answer, "handle")?;
+    context.usage.record(checked_usage(answer.usage, "handle")?);
     for spec in answer.spawn {
         let planned = spec.into_planned()?;
         let worker_type = planned

@@ -429,6 +429,8 @@ fn decode_cost() {
         deadline_at_ms: None,
         events: false,
         round: 1,
+        usage: Vec::new(),
+        max_tokens: None,
     })
     .unwrap();
     let figures = [

@@ -12,8 +12,10 @@
 -- ARGV[5]: run name
 -- ARGV[6]: most results to return with the lease
 -- ARGV[7..]: per result RESULT_WIDTH values: subtask, encoded record, 1 succeeded / 0 failed,
---   retries, review round (0: not stated), spawned count; then per spawned entry SPAWN_WIDTH
---   values: id, encoded entry, worker type, space-separated dependencies
+--   retries, review round (0: not stated), spawned count, usage count; then per spawned entry
+--   SPAWN_WIDTH values: id, encoded entry, worker type, space-separated dependencies; then per
+--   usage entry USAGE_WIDTH values: model, prompt, completion, cached tokens, calls, cache
+--   hits, cost ('' for none)
 -- Returns: {recorded, lease}. `recorded` is {'batch', pending, #skipped, skipped...,
 --   #results, status per result..., released id, entry, ...}, where a status is new,
 --   duplicate, unknown-subtask, limit:<would have> or conflict:<reason> (the last two
@@ -22,8 +24,10 @@
 --   synthesis lease, or 'held'; else false.
 local SYNTH_LEASE, STARTS = KEYS[13], KEYS[14]
 local FIRST_RESULT = 7
-local RESULT_WIDTH = 6
+local RESULT_WIDTH = 7
 local SPAWN_WIDTH = 4
+local USAGE_WIDTH = 7
+local USAGE_COUNTERS = {'prompt', 'completion', 'cached', 'calls', 'cache_hits'}
 
 local limit, count = tonumber(ARGV[1]), tonumber(ARGV[2])
 local token, ttl, run, up_to = ARGV[3], ARGV[4], ARGV[5], ARGV[6]
@@ -58,13 +62,28 @@ end
 local statuses, spawned, duplicates = {}, false, 0
 local succeeded, failed, retries = 0, 0, 0
 local per_type = {}
+-- Usage of the new results, summed per hash field and written once per call, like the counters.
+local usage, tokens, cost = {}, 0, nil
+local function add_usage(at, n)
+  for u = 0, n - 1 do
+    local base = at + u * USAGE_WIDTH
+    local model = ARGV[base]
+    for c, counter in ipairs(USAGE_COUNTERS) do
+      local field = 'usage:' .. model .. ':' .. counter
+      usage[field] = (usage[field] or 0) + tonumber(ARGV[base + c])
+    end
+    tokens = tokens + tonumber(ARGV[base + 1]) + tonumber(ARGV[base + 2])
+    if ARGV[base + 6] ~= '' then cost = (cost or 0) + tonumber(ARGV[base + 6]) end
+  end
+end
 local i = FIRST_RESULT
 while i <= #ARGV do
   local id, record, ok = ARGV[i], ARGV[i + 1], ARGV[i + 2] == '1'
   local retried, of_round = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
-  local nspawn = tonumber(ARGV[i + 5])
+  local nspawn, nusage = tonumber(ARGV[i + 5]), tonumber(ARGV[i + 6])
   local base = i + RESULT_WIDTH
-  i = base + nspawn * SPAWN_WIDTH
+  local usage_at = base + nspawn * SPAWN_WIDTH
+  i = usage_at + nusage * USAGE_WIDTH
   -- Taken off the pending set at once when nothing spawned can refuse it (one call, not two).
   local status = 'gone'
   if of_round > 0 and of_round < round then
@@ -97,6 +116,7 @@ while i <= #ARGV do
     local counter = type_of(id) .. suffix
     per_type[counter] = (per_type[counter] or 0) + 1
     retries = retries + retried
+    add_usage(usage_at, nusage)
     if cap > 0 then redis.call('HINCRBY', TASK, 'inflight', -1) end
     for s = 0, nspawn - 1 do
       local at = base + s * SPAWN_WIDTH
@@ -119,6 +139,9 @@ if failed > 0 then redis.call('HINCRBY', TASK, 'failed', failed) end
 if retries > 0 then redis.call('HINCRBY', TASK, 'retries', retries) end
 if duplicates > 0 then redis.call('HINCRBY', TASK, 'duplicates', duplicates) end
 for counter, n in pairs(per_type) do redis.call('HINCRBY', TYPES, counter, n) end
+for field, n in pairs(usage) do redis.call('HINCRBY', TASK, field, n) end
+if tokens > 0 then redis.call('HINCRBY', TASK, 'tokens', tokens) end
+if cost then redis.call('HINCRBYFLOAT', TASK, 'cost', cost) end
 -- A task without dependencies, cap or spawns has nothing to release: its whole plan went out
 -- with the first wave.
 local released = {}
