@@ -574,6 +574,12 @@ pub struct SubtaskMessage {
     /// is a message from a version before rounds were carried: accepted in any round.
     #[serde(default)]
     pub round: u32,
+    /// Fingerprint of the kind's definition the task was planned with
+    /// ([`crate::kinds::DynKind::fingerprint`]); absent from a version before roll-outs were
+    /// checked, or when the planning orchestrator did not announce one. A worker with another
+    /// definition leaves the subtask to a live worker with this one (docs/kinds.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl SubtaskMessage {
@@ -636,6 +642,9 @@ pub struct SubtaskBatch {
     /// Review round, as [`SubtaskMessage::round`].
     #[serde(default)]
     pub round: u32,
+    /// As [`SubtaskMessage::fingerprint`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// The subtasks.
     pub items: Vec<BatchItem>,
 }
@@ -680,6 +689,7 @@ impl SubtaskBatch {
             deadline_at_ms: self.deadline_at_ms,
             events: self.events,
             round: self.round,
+            fingerprint: self.fingerprint.clone(),
         }
     }
 
@@ -765,6 +775,17 @@ pub enum Control {
     Deadline {
         /// Task id.
         task: String,
+    },
+    /// Internal nudge: finish task `task` if it is settled. Published by a synthesizer that
+    /// lacks the task's kind (or has another definition of it) for a live synthesizer that
+    /// has it (docs/kinds.md, "Rolling out a kind").
+    Settle {
+        /// Task id.
+        task: String,
+        /// Synthesizers that handed the task over so far; past a bound the task is finished
+        /// by whichever synthesizer gets it.
+        #[serde(default)]
+        hops: u32,
     },
 }
 

@@ -61,6 +61,22 @@ pub trait DynKind: Send + Sync {
         input: &[u8],
         outputs: Vec<(String, Vec<u8>)>,
     ) -> Result<rmpv::Value, KindError>;
+
+    /// Names this definition of the kind, as the services announce it: two services whose
+    /// fingerprints of a kind differ run different code for it (docs/kinds.md, "Rolling out a
+    /// kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).
+    fn fingerprint(&self) -> String {
+        super::kind::rust_fingerprint(self.name())
+    }
+
+    /// Each step of the kind (`plan`, `handle`, `review`, `synthesize`) with one line saying
+    /// what runs it, for `chorus kinds`. Default: each step is Rust code.
+    fn describe_steps(&self) -> Vec<(String, String)> {
+        ["plan", "handle", "review", "synthesize"]
+            .into_iter()
+            .map(|step| (step.to_owned(), "rust".to_owned()))
+            .collect()
+    }
 }
 
 /// `kind` behind the [`DynKind`] the registry holds.
@@ -139,6 +155,10 @@ impl<K: Kind> DynKind for Erased<K> {
         let outputs = codec::decode_outputs::<K::Output>(borrowed(&outputs), "subtask")?;
         let combined = self.0.synthesize(&input, outputs)?;
         codec::encode_value(&combined, "synthesized output")
+    }
+
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
     }
 }
 

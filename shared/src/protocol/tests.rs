@@ -97,6 +97,7 @@ fn internal_messages_round_trip() {
         deadline_at_ms: Some(5),
         events: true,
         round: 2,
+        fingerprint: Some("rust:k:1".into()),
     };
     assert_eq!(
         decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),

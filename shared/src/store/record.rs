@@ -87,6 +87,9 @@ pub struct TaskRecord {
     pub wave_len: u64,
     /// The parent subtask of a child task, encoded [`crate::protocol::ParentRef`].
     pub parent: Option<Vec<u8>>,
+    /// Fingerprint of the kind's definition the task was claimed with (field `fingerprint`;
+    /// `None` for a task claimed by an orchestrator lacking the kind, or by an earlier version).
+    pub fingerprint: Option<String>,
 }
 
 impl TaskRecord {
@@ -149,5 +152,6 @@ pub(super) fn task_record(
         wave_is_order: text("wave_is_order").as_deref() != Some("0"),
         wave_len: number("wave_len"),
         parent: fields.get("parent").cloned(),
+        fingerprint: text("fingerprint").filter(|f| !f.is_empty()),
     }))
 }

@@ -36,6 +36,7 @@ fn record(state: TaskState, total: u64) -> TaskRecord {
         wave_is_order: true,
         wave_len: total,
         parent: None,
+        fingerprint: None,
     }
 }
 

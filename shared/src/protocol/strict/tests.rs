@@ -300,6 +300,7 @@ fn decode_cost() {
         deadline_at_ms: None,
         events: false,
         round: 1,
+        fingerprint: None,
     })
     .unwrap();
     let figures = [
