@@ -27,10 +27,14 @@ impl Orchestrator {
         if self.registry.get(kind).is_some() {
             return Ok(false);
         }
-        let peers = self.directory.peers().await?;
         let deferrals = services::deferrals(&delivery.properties);
+        let peers = self.directory.peers().await?;
         if services::place_task(false, kind, &peers, deferrals) != Placement::Defer {
-            return Ok(false);
+            // Refused for good only on a fresh read: a service may have started this second.
+            let peers = self.directory.peers_now().await?;
+            if services::place_task(false, kind, &peers, deferrals) != Placement::Defer {
+                return Ok(false);
+            }
         }
         if self.directory.first_time(kind) {
             tracing::warn!(
@@ -53,7 +57,7 @@ impl Orchestrator {
     /// none of them has (this orchestrator's alone when the announcements cannot be read).
     pub(crate) async fn known_kinds(&self) -> String {
         let local = self.registry.names();
-        match self.directory.peers().await {
+        match self.directory.peers_now().await {
             Ok(peers) => services::known_kinds(&local, &peers, Role::Orchestrator).join(", "),
             Err(_) => local.join(", "),
         }

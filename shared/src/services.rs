@@ -8,6 +8,7 @@
 //! - [`Directory`]: the other live services' announcements, read only on the rare path where
 //!   a service lacks something (and then cached for [`CACHE`]).
 //! - [`place_subtask`], [`place_task`], [`place_synthesis`]: the decisions, as plain functions.
+//! - [`catalogue`]: what `chorus kinds` prints, from the announcements.
 //! - [`defer`]: a message sent back to its queue through a delay bucket, its deferrals counted
 //!   in [`topology::DEFERRALS_HEADER`].
 
@@ -35,8 +36,11 @@ use crate::{
     topology,
 };
 
+mod catalogue;
 #[cfg(test)]
 mod tests;
+
+pub use catalogue::{catalogue, Catalogue, Definition, KindView, Server};
 
 /// How often a service rewrites its announcement.
 pub const REFRESH: Duration = Duration::from_secs(2);
@@ -57,7 +61,7 @@ pub const MAX_DEFERRALS: u32 = 120;
 const PRUNE_EVERY: u32 = 30;
 
 /// What a service does, as announced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Plans tasks (`chorus-orchestrator`).
@@ -283,9 +287,23 @@ impl Directory {
     /// # Errors
     /// Redis failed.
     pub async fn peers(&self) -> Result<Arc<Vec<Announcement>>, StoreError> {
+        self.read(false).await
+    }
+
+    /// The other live services' announcements read now (and cached): before a final decision
+    /// (a rejection, a failure) that a cached read could get wrong just after a service
+    /// started.
+    ///
+    /// # Errors
+    /// Redis failed.
+    pub async fn peers_now(&self) -> Result<Arc<Vec<Announcement>>, StoreError> {
+        self.read(true).await
+    }
+
+    async fn read(&self, now: bool) -> Result<Arc<Vec<Announcement>>, StoreError> {
         let mut cache = self.cache.lock().await;
         if let Some((at, peers)) = cache.as_ref() {
-            if at.elapsed() < CACHE {
+            if !now && at.elapsed() < CACHE {
                 return Ok(Arc::clone(peers));
             }
         }
@@ -383,8 +401,12 @@ pub fn place_task(known: bool, kind: &str, peers: &[Announcement], deferrals: u3
 
 /// Whether the synthesis (or review) of a settled task of `kind` planned with `wanted` is left
 /// to another synthesizer by one with fingerprint `local` (`None`: lacks the kind), after
-/// `hops` hand-overs: while a live synthesizer has the wanted definition (or, when this one
-/// lacks the kind, any definition). Otherwise it runs here (and fails as before when this one
+/// `hops` hand-overs:
+/// - lacking the kind: while any live service has it (a roll-out under way: a synthesizer with
+///   it may be on its way);
+/// - another definition: while a live synthesizer has the wanted one.
+///
+/// Otherwise, and past [`MAX_DEFERRALS`] hops, it runs here (and fails as before when this one
 /// lacks the kind).
 pub fn place_synthesis(
     local: Option<&str>,
@@ -396,10 +418,12 @@ pub fn place_synthesis(
     if hops >= MAX_DEFERRALS || !needs_peers(local, wanted) {
         return Placement::Run;
     }
-    let wanted = if local.is_none() { None } else { wanted };
-    let elsewhere = peers
-        .iter()
-        .any(|peer| peer.role == Role::Synthesizer && peer.has(kind, wanted));
+    let elsewhere = match local {
+        None => peers.iter().any(|peer| peer.has(kind, None)),
+        Some(_) => peers
+            .iter()
+            .any(|peer| peer.role == Role::Synthesizer && peer.has(kind, wanted)),
+    };
     if elsewhere {
         Placement::Defer
     } else {

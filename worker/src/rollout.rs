@@ -35,16 +35,22 @@ pub(crate) async fn place(
     if !services::needs_peers(local.as_deref(), wanted.fingerprint) {
         return Ok(Placement::Run);
     }
-    let peers = directory.peers().await?;
     let deferrals = services::deferrals(&delivery.properties);
-    let placement = services::place_subtask(
-        local.as_deref(),
-        wanted.fingerprint,
-        wanted.kind,
-        wanted.worker_type,
-        &peers,
-        deferrals,
-    );
+    let place = |peers: &[services::Announcement]| {
+        services::place_subtask(
+            local.as_deref(),
+            wanted.fingerprint,
+            wanted.kind,
+            wanted.worker_type,
+            peers,
+            deferrals,
+        )
+    };
+    let mut placement = place(&directory.peers().await?);
+    if placement == Placement::Unknown {
+        // Failed for good only on a fresh read: a worker may have started this second.
+        placement = place(&directory.peers_now().await?);
+    }
     let notice = format!(
         "{:?} {} {}",
         placement,

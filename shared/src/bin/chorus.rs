@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use chorus_shared::{
     client::{Client, ClientError, TaskStatus},
     config::{ConnectArgs, EXIT_USAGE},
+    error::StoreError,
     protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
+    services,
+    store::Store,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -82,6 +85,11 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
         timeout_secs: u64,
     },
+    /// List the kinds the live services of the deployment serve, as JSON: each definition
+    /// (fingerprint) with its steps and the services (role, instance, worker types) running it;
+    /// a kind with two live definitions, or that a role lacks, is flagged. Read from the
+    /// services' announcements in Redis (refreshed every 2 s).
+    Kinds,
 }
 
 /// The flags of `chorus submit`.
@@ -236,6 +244,19 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_outcome(&outcome)
         }
         Command::Result { id } => result(connect, &id).await,
+        Command::Kinds => {
+            let redis = connect
+                .redis()
+                .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
+            let store = Store::connect_to(&redis, connect.redis_timeout())
+                .await
+                .map_err(|e| Failure::Unavailable(e.into()))?;
+            let live = services::read_live(&store)
+                .await
+                .map_err(|e| Failure::Unavailable(e.into()))?;
+            print_json(&services::catalogue(&live)).map_err(Failure::Usage)?;
+            Ok(0)
+        }
     }
 }
 

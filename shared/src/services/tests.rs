@@ -104,8 +104,18 @@ fn a_synthesis_is_left_to_a_live_synthesizer_with_the_planned_definition() {
         place_synthesis(Some("new"), Some("old"), "primes", &peers, 0),
         Placement::Run
     );
+    // Lacking the kind, a worker having it is enough: its synthesizer may be on its way.
     assert_eq!(
         place_synthesis(None, None, "other", &peers, 0),
+        Placement::Defer
+    );
+    assert_eq!(
+        place_synthesis(None, None, "nope", &peers, 0),
+        Placement::Run
+    );
+    // Another definition waits only for a synthesizer with the planned one.
+    assert_eq!(
+        place_synthesis(Some("x2"), Some("x"), "other", &peers, 0),
         Placement::Run
     );
     assert_eq!(
@@ -135,4 +145,44 @@ fn an_announcement_round_trips_and_expires() {
     assert_eq!(back, a);
     assert!(a.is_live(9));
     assert!(!a.is_live(10));
+}
+
+#[test]
+fn the_catalogue_shows_each_definition_and_who_serves_it() {
+    let mut worker = announcement(
+        Role::Worker,
+        &[("primes", "b"), ("range-sum", "r")],
+        &["default"],
+    );
+    worker
+        .steps
+        .insert("primes".into(), vec![("handle".into(), "rust".into())]);
+    let live = vec![
+        (
+            "o1".to_owned(),
+            announcement(
+                Role::Orchestrator,
+                &[("primes", "a"), ("range-sum", "r")],
+                &[],
+            ),
+        ),
+        ("w1".to_owned(), worker),
+        (
+            "s1".to_owned(),
+            announcement(Role::Synthesizer, &[("range-sum", "r")], &[]),
+        ),
+    ];
+    let catalogue = catalogue(&live);
+    assert_eq!(catalogue.services, 3);
+    let names: Vec<&str> = catalogue.kinds.iter().map(|k| k.kind.as_str()).collect();
+    assert_eq!(names, ["primes", "range-sum"]);
+    let primes = &catalogue.kinds[0];
+    assert_eq!(primes.definitions.len(), 2);
+    assert!(primes.warning.is_some());
+    assert_eq!(primes.missing_roles, [Role::Synthesizer]);
+    assert_eq!(primes.definitions[1].served_by[0].instance, "w1");
+    assert_eq!(primes.definitions[1].steps["handle"], "rust");
+    let range_sum = &catalogue.kinds[1];
+    assert!(range_sum.warning.is_none() && range_sum.missing_roles.is_empty());
+    assert_eq!(range_sum.definitions[0].served_by.len(), 3);
 }
