@@ -1,4 +1,4 @@
-//! The orchestrator's side of rolling out a kind (docs/kinds.md, "Rolling out a kind"): a task
+//! The orchestrator's side of rolling out a kind (docs/operations.md, "Rolling out a kind"): a task
 //! request of a kind this orchestrator lacks is sent back to `chorus.tasks` (not claimed, so
 //! not a new task) while a live service has the kind, and refused at once when none does,
 //! naming the kinds the live orchestrators know.

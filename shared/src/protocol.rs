@@ -577,7 +577,7 @@ pub struct SubtaskMessage {
     /// Fingerprint of the kind's definition the task was planned with
     /// ([`crate::kinds::DynKind::fingerprint`]); absent from a version before roll-outs were
     /// checked, or when the planning orchestrator did not announce one. A worker with another
-    /// definition leaves the subtask to a live worker with this one (docs/kinds.md).
+    /// definition leaves the subtask to a live worker with this one (docs/operations.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
 }
@@ -778,7 +778,7 @@ pub enum Control {
     },
     /// Internal nudge: finish task `task` if it is settled. Published by a synthesizer that
     /// lacks the task's kind (or has another definition of it) for a live synthesizer that
-    /// has it (docs/kinds.md, "Rolling out a kind").
+    /// has it (docs/operations.md, "Rolling out a kind").
     Settle {
         /// Task id.
         task: String,

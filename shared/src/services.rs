@@ -1,7 +1,7 @@
 //! Rolling out a kind one service at a time: every service announces the kinds it serves (with
 //! each definition's fingerprint) in Redis, and a service given work of a kind it lacks, or
 //! of another definition of it, leaves that work to a live service that has it instead of
-//! failing it (docs/kinds.md, "Rolling out a kind").
+//! failing it (docs/operations.md, "Rolling out a kind").
 //!
 //! - [`Announcer`]: writes this process's [`Announcement`] every [`REFRESH`], valid for
 //!   [`EXPIRY`]; removes it on an orderly stop.

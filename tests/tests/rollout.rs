@@ -1,4 +1,4 @@
-//! Rolling out a kind one service at a time (docs/kinds.md, "Rolling out a kind"): the stock
+//! Rolling out a kind one service at a time (docs/operations.md, "Rolling out a kind"): the stock
 //! services and `chorus-custom` (examples/custom-kind, which adds `primes`) side by side, and
 //! two builds of `chorus-custom` with different definitions of `primes` (`PRIMES_REVISION`).
 #![allow(clippy::unwrap_used)]

@@ -20,7 +20,7 @@ use serde_bytes::ByteBuf;
 use tokio_util::sync::CancellationToken;
 
 const LEASE: Duration = Duration::from_secs(30);
-/// The fingerprint every claim here records (docs/kinds.md, "Rolling out a kind").
+/// The fingerprint every claim here records (docs/operations.md, "Rolling out a kind").
 const FINGERPRINT: &str = "rust:range-sum:test";
 
 async fn store(env: &TestEnv) -> Store {

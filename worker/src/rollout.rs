@@ -1,4 +1,4 @@
-//! The worker's side of rolling out a kind (docs/kinds.md, "Rolling out a kind"): a subtask of
+//! The worker's side of rolling out a kind (docs/operations.md, "Rolling out a kind"): a subtask of
 //! a kind this worker lacks, or planned with another definition of it, is sent back to its
 //! queue through a delay bucket (same attempt, so no attempt is used up) while a live service
 //! has what it needs, and said once in the log.

@@ -10,7 +10,7 @@
 //!
 //! `PRIMES_REVISION` (default `1`) names the build's definition of `primes`, announced as its
 //! fingerprint: two builds with different revisions play a changed kind being rolled out
-//! (docs/kinds.md, "Rolling out a kind").
+//! (docs/operations.md, "Rolling out a kind").
 
 mod primes;
 

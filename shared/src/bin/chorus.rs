@@ -1,5 +1,5 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
-//! progress bar), show a task's state, print its outcome.
+//! progress bar), show a task's state, print its outcome, list the kinds the live services serve.
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 

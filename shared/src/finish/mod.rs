@@ -96,7 +96,7 @@ impl Finisher {
     }
 
     /// This finisher, leaving tasks it lacks the definition of to the live synthesizers of
-    /// `directory` (docs/kinds.md, "Rolling out a kind").
+    /// `directory` (docs/operations.md, "Rolling out a kind").
     #[must_use]
     pub fn with_directory(mut self, directory: Arc<Directory>) -> Self {
         self.directory = Some(directory);

@@ -63,7 +63,7 @@ pub trait DynKind: Send + Sync {
     ) -> Result<rmpv::Value, KindError>;
 
     /// Names this definition of the kind, as the services announce it: two services whose
-    /// fingerprints of a kind differ run different code for it (docs/kinds.md, "Rolling out a
+    /// fingerprints of a kind differ run different code for it (docs/operations.md, "Rolling out a
     /// kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).
     fn fingerprint(&self) -> String {
         super::kind::rust_fingerprint(self.name())

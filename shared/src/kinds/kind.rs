@@ -86,7 +86,7 @@ pub trait Kind: Send + Sync + 'static {
         Ok(Review::Accept)
     }
 
-    /// Names this definition of the kind, as services announce it (docs/kinds.md, "Rolling
+    /// Names this definition of the kind, as services announce it (docs/operations.md, "Rolling
     /// out a kind"): a worker given a subtask planned with another fingerprint leaves it to a
     /// live worker with that one. The default, `rust:<name>:<Chorus version>`, changes with
     /// every Chorus release; override it (say `rust:primes:2`) when you ship a changed

@@ -48,7 +48,7 @@ impl Registry {
     }
 
     /// Each registered kind's [`DynKind::fingerprint`], by name: what the services announce
-    /// (docs/kinds.md, "Rolling out a kind").
+    /// (docs/operations.md, "Rolling out a kind").
     pub fn fingerprints(&self) -> BTreeMap<String, String> {
         self.kinds
             .iter()

@@ -68,7 +68,7 @@ pub struct Submission<'a> {
     pub parent: Option<&'a protocol::ParentRef>,
     /// [`crate::kinds::DynKind::fingerprint`] of the definition the task is planned with
     /// (`None` when this process lacks the kind); every subtask message carries it, so that a
-    /// worker with another definition leaves it to one with this one (docs/kinds.md, "Rolling
+    /// worker with another definition leaves it to one with this one (docs/operations.md, "Rolling
     /// out a kind").
     pub fingerprint: Option<&'a str>,
 }
