@@ -119,7 +119,7 @@ pub async fn run(
     let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
     let instance = services::instance_id();
-    let directory = Arc::new(Directory::new(store.clone(), instance.clone()));
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
     let announcer = Announcer::start(
         store.clone(),
         instance,
@@ -294,13 +294,13 @@ impl Orchestrator {
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let options = protocol::encode(&resolved)?;
         let input = protocol::encode(&request.input)?;
-        let fingerprint = self.registry.get(&request.kind).map(|k| k.fingerprint());
+        let fingerprint = self.directory.local(&request.kind);
         let submission = Submission {
             kind: &request.kind,
             options: &options,
             input: &input,
             parent: request.parent.as_ref(),
-            fingerprint: fingerprint.as_deref(),
+            fingerprint,
         };
         // A first delivery is planned before its claim, and a small plan is recorded with the
         // claim: one round trip instead of two. Its planner run is not counted (it returned

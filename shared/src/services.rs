@@ -267,19 +267,28 @@ pub async fn read_live(store: &Store) -> Result<Vec<(String, Announcement)>, Sto
 pub struct Directory {
     store: Store,
     instance: String,
+    /// This process's kinds' fingerprints, computed once: looked up for every message.
+    local: BTreeMap<String, String>,
     cache: tokio::sync::Mutex<Option<(Instant, Arc<Vec<Announcement>>)>>,
     said: Mutex<HashSet<String>>,
 }
 
 impl Directory {
-    /// A directory of the services other than `instance` (this process's own id).
-    pub fn new(store: Store, instance: String) -> Self {
+    /// A directory of the services other than `instance` (this process's own id), for a
+    /// process holding `registry`.
+    pub fn new(store: Store, instance: String, registry: &Registry) -> Self {
         Self {
             store,
             instance,
+            local: registry.fingerprints(),
             cache: tokio::sync::Mutex::new(None),
             said: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// This process's fingerprint of kind `kind`; `None` when it lacks the kind.
+    pub fn local(&self, kind: &str) -> Option<&str> {
+        self.local.get(kind).map(String::as_str)
     }
 
     /// The other live services' announcements (read at most once per [`CACHE`]).

@@ -105,7 +105,7 @@ pub async fn run(
     let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
     let instance = services::instance_id();
-    let directory = Arc::new(Directory::new(store.clone(), instance.clone()));
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
     let announcer = Announcer::start(
         store.clone(),
         instance,

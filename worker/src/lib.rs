@@ -212,7 +212,7 @@ pub async fn run(
     tracing::info!(kinds = ?registry.names(), ?types, concurrency = config.concurrency, rate_limits = ?config.rate_limits.iter().map(ToString::to_string).collect::<Vec<_>>(), "worker starting");
     let (spec, handler_pools) = consumers(&config);
     let instance = services::instance_id();
-    let directory = Arc::new(Directory::new(store.clone(), instance.clone()));
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
     let announcer = Announcer::start(
         store.clone(),
         instance,
@@ -424,9 +424,7 @@ impl Worker {
             fingerprint: subtask.fingerprint.as_deref(),
             worker_type: &subtask.worker_type,
         };
-        if rollout::place(&self.directory, &self.registry, &wanted, delivery).await?
-            == Placement::Defer
-        {
+        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
             self.defer(&subtask.worker_type, delivery).await?;
             return Ok(Disposition::Ack);
         }
@@ -470,9 +468,7 @@ impl Worker {
             fingerprint: batch.fingerprint.as_deref(),
             worker_type: &batch.worker_type,
         };
-        if rollout::place(&self.directory, &self.registry, &wanted, delivery).await?
-            == Placement::Defer
-        {
+        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
             self.defer(&batch.worker_type, delivery).await?;
             return Ok(Disposition::Ack);
         }

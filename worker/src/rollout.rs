@@ -5,7 +5,6 @@
 
 use chorus_shared::{
     error::ServiceError,
-    kinds::Registry,
     services::{self, Directory, Placement, Route},
     text, topology,
 };
@@ -20,25 +19,24 @@ pub(crate) struct Wanted<'a> {
     pub worker_type: &'a str,
 }
 
-/// Where a message of `wanted` goes in a worker holding `registry`; reads the announcements
+/// Where a message of `wanted` goes in this worker (its kinds: `directory`); reads the announcements
 /// (cached) only when this worker lacks the kind or has another definition of it.
 ///
 /// # Errors
 /// Redis failed reading the announcements: the message is handled again later.
 pub(crate) async fn place(
     directory: &Directory,
-    registry: &Registry,
     wanted: &Wanted<'_>,
     delivery: &Delivery,
 ) -> Result<Placement, ServiceError> {
-    let local = registry.get(wanted.kind).map(|kind| kind.fingerprint());
-    if !services::needs_peers(local.as_deref(), wanted.fingerprint) {
+    let local = directory.local(wanted.kind);
+    if !services::needs_peers(local, wanted.fingerprint) {
         return Ok(Placement::Run);
     }
     let deferrals = services::deferrals(&delivery.properties);
     let place = |peers: &[services::Announcement]| {
         services::place_subtask(
-            local.as_deref(),
+            local,
             wanted.fingerprint,
             wanted.kind,
             wanted.worker_type,
@@ -60,7 +58,7 @@ pub(crate) async fn place(
     if placement != Placement::Run && directory.first_time(&notice) {
         let kind = text::bounded(wanted.kind, text::MAX_NAME_BYTES);
         let planned_with = wanted.fingerprint.unwrap_or("-");
-        match (placement, &local) {
+        match (placement, local) {
             (Placement::Defer, None) => {
                 tracing::warn!(%kind, "this worker lacks the kind; leaving its subtasks to a live worker that has it (said once)")
             }

@@ -32,17 +32,13 @@ impl Finisher {
         let Some(directory) = &self.directory else {
             return Ok(false);
         };
-        let local = self
-            .registry
-            .get(&record.kind)
-            .map(|kind| kind.fingerprint());
+        let local = directory.local(&record.kind);
         let wanted = record.fingerprint.as_deref();
-        if !services::needs_peers(local.as_deref(), wanted) {
+        if !services::needs_peers(local, wanted) {
             return Ok(false);
         }
         let peers = directory.peers().await?;
-        let placement =
-            services::place_synthesis(local.as_deref(), wanted, &record.kind, &peers, hops);
+        let placement = services::place_synthesis(local, wanted, &record.kind, &peers, hops);
         if placement != Placement::Defer {
             return Ok(false);
         }
@@ -51,7 +47,7 @@ impl Finisher {
             tracing::warn!(
                 kind = %text::bounded(&record.kind, text::MAX_NAME_BYTES),
                 planned_with = wanted.unwrap_or("-"),
-                here = local.as_deref().unwrap_or("-"),
+                here = local.unwrap_or("-"),
                 "this synthesizer lacks the definition tasks of this kind were planned with; leaving them to a live synthesizer that has it (said once)"
             );
         }
