@@ -133,15 +133,17 @@ packages_present() {
     [[ -x "$RMQ_BIN/rabbitmq-server" && -x "$RMQ_BIN/rabbitmqctl" ]] &&
         command -v redis-server >/dev/null 2>&1 &&
         command -v redis-cli >/dev/null 2>&1 &&
-        command -v openssl >/dev/null 2>&1
+        command -v openssl >/dev/null 2>&1 &&
+        command -v python3 >/dev/null 2>&1
 }
 
 ensure_packages() {
     packages_present && return 0
-    log "installing rabbitmq-server and redis-server (apt-get)"
+    # python3: the step fixtures of the tests (commands and an HTTP server, standard library only).
+    log "installing rabbitmq-server, redis-server, openssl and python3 (apt-get)"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server redis-server openssl
-    packages_present || die "rabbitmq-server / redis-server / openssl still missing after apt-get install"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server redis-server openssl python3
+    packages_present || die "rabbitmq-server / redis-server / openssl / python3 still missing after apt-get install"
 }
 
 rmq() { env "${RMQ_ENV[@]}" "$@"; }

@@ -19,6 +19,7 @@ use chorus_shared::{
     config::ConnectArgs,
     kinds::range_sum::sum_of_range,
     protocol::{Status, TaskOptions, TaskRequest},
+    tls::Endpoint,
     topology,
 };
 use clap::Parser;
@@ -56,12 +57,11 @@ const SECONDS_PER_MINUTE: u64 = 60;
     about = "Benchmark Chorus against the raw broker path, side by side."
 )]
 struct Cli {
-    /// RabbitMQ to measure on (use a private one: queues are purged).
-    #[arg(long, env = "CHORUS_AMQP_URL", hide_env_values = true)]
-    amqp_url: String,
-    /// Redis to use (it is flushed between runs).
-    #[arg(long, env = "CHORUS_REDIS_URL", hide_env_values = true)]
-    redis_url: String,
+    /// RabbitMQ to measure on and Redis to use, as the services take them (URLs or their files,
+    /// TLS files); use private ones: queues are purged and Redis is flushed between runs. The
+    /// services started get the same settings, in their environment.
+    #[command(flatten)]
+    connect: ConnectArgs,
     /// Directory holding chorus-orchestrator, chorus-worker and chorus-synthesizer.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -149,8 +149,9 @@ impl System {
             }
             let child = Command::new(&path)
                 .args(args)
-                .env("CHORUS_AMQP_URL", &cli.amqp_url)
-                .env("CHORUS_REDIS_URL", &cli.redis_url)
+                .env_remove("CHORUS_AMQP_URL")
+                .env_remove("CHORUS_REDIS_URL")
+                .envs(cli.connect.child_env())
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -219,12 +220,21 @@ impl Drop for System {
     }
 }
 
+/// The broker under measurement, its URL and TLS files read now.
+fn broker(cli: &Cli) -> Result<Endpoint> {
+    cli.connect.amqp().map_err(anyhow::Error::msg)
+}
+
 /// Empties Redis and every Chorus queue, so each measurement starts alike.
 async fn reset(cli: &Cli) -> Result<()> {
-    let client = redis::Client::open(cli.redis_url.as_str())?;
+    let client = cli
+        .connect
+        .redis()
+        .map_err(anyhow::Error::msg)?
+        .redis_client()?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("FLUSHDB").query_async::<()>(&mut conn).await?;
-    let connection = connect(&cli.amqp_url).await?;
+    let connection = connect(&broker(cli)?).await?;
     for queue in [
         topology::TASKS_QUEUE,
         topology::SUBTASKS_QUEUE,
@@ -250,8 +260,7 @@ struct Submitter {
 
 impl Submitter {
     async fn connect(cli: &Cli) -> Result<Self> {
-        let args = ConnectArgs::from_urls(&cli.amqp_url, &cli.redis_url);
-        let client = Client::connect(&args).await?;
+        let client = Client::connect(&cli.connect).await?;
         let replies = client.reply_queue().await?;
         Ok(Self { client, replies })
     }
@@ -419,7 +428,7 @@ async fn measure_baseline(cli: &Cli, n: u64) -> Result<Stat> {
     eprintln!("baseline: raw two-hop path, {n} messages x {}", cli.repeat);
     let mut rates = Vec::new();
     for _ in 0..cli.repeat {
-        rates.push(baseline(&cli.amqp_url, n).await?);
+        rates.push(baseline(&broker(cli)?, n).await?);
     }
     Ok(Stat::of(&rates))
 }
@@ -553,7 +562,7 @@ async fn measure_latency(
             cli.latency_tasks
         );
         floor_rounds.push(percentiles(
-            hop_floor(&cli.amqp_url, cli.latency_tasks).await?,
+            hop_floor(&broker(cli)?, cli.latency_tasks).await?,
         ));
     }
     let over_rounds: Vec<[f64; 3]> = latency_rounds

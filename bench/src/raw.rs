@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use chorus_shared::amqp;
+use chorus_shared::{amqp, tls::Endpoint};
 use futures::{stream::FuturesUnordered, StreamExt};
 use lapin::{
     options::{
@@ -16,7 +16,7 @@ use lapin::{
         ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, PublisherConfirm,
+    BasicProperties, Channel, Connection, Consumer, PublisherConfirm,
 };
 use tokio::task::JoinHandle;
 
@@ -77,8 +77,10 @@ fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(amqp::PERSISTENT)
 }
 
-pub(crate) async fn connect(url: &str) -> Result<Connection> {
-    Ok(Connection::connect(url, ConnectionProperties::default()).await?)
+/// A connection to the broker under measurement (its TLS files for an `amqps://` URL), as the
+/// services open theirs.
+pub(crate) async fn connect(broker: &Endpoint) -> Result<Connection> {
+    Ok(amqp::connect(broker, "chorus-bench").await?)
 }
 
 /// Starts consuming `queue` on `channel`.
@@ -120,16 +122,16 @@ pub(crate) async fn close_all(connections: &[&Connection]) {
 /// The raw two-hop path: publish persistent + confirmed → consume + publish the "result"
 /// persistent + confirmed, then ack → consume + ack. Same queue type as Chorus (quorum),
 /// prefetch [`RAW_PREFETCH`]. Returns messages per second through both hops.
-pub(crate) async fn baseline(url: &str, n: u64) -> Result<f64> {
+pub(crate) async fn baseline(broker: &Endpoint, n: u64) -> Result<f64> {
     let (hop1, hop2) = ("bench.hop1", "bench.hop2");
-    let setup = connect(url).await?;
+    let setup = connect(broker).await?;
     for queue in [hop1, hop2] {
         fresh_queue(&setup, queue, true).await?;
     }
-    let worker_in = connect(url).await?;
-    let worker_out = connect(url).await?;
-    let sink = connect(url).await?;
-    let producer = connect(url).await?;
+    let worker_in = connect(broker).await?;
+    let worker_out = connect(broker).await?;
+    let sink = connect(broker).await?;
+    let producer = connect(broker).await?;
     let middle = spawn_middle_hop(&worker_in, &worker_out, (hop1, hop2), n).await?;
     let sink_channel = sink.create_channel().await?;
     sink_channel
@@ -222,18 +224,18 @@ fn spawn_producer(
 /// task's outcome waits for (request → planner, subtask → worker, result → synthesizer on
 /// quorum queues, outcome → submitter on a classic reply queue), each relay publishing
 /// persistent + confirmed before acking, like the services. Returns milliseconds per message.
-pub(crate) async fn hop_floor(url: &str, messages: usize) -> Result<Vec<f64>> {
+pub(crate) async fn hop_floor(broker: &Endpoint, messages: usize) -> Result<Vec<f64>> {
     let queues = ["bench.lat1", "bench.lat2", "bench.lat3", "bench.lat4"];
-    let setup = connect(url).await?;
+    let setup = connect(broker).await?;
     for (index, queue) in queues.iter().enumerate() {
         fresh_queue(&setup, queue, index < 3).await?;
     }
-    let relays = connect(url).await?;
+    let relays = connect(broker).await?;
     let mut tasks = Vec::new();
     for pair in queues.windows(2) {
         tasks.push(spawn_relay(&relays, pair[0], pair[1]).await?);
     }
-    let client = connect(url).await?;
+    let client = connect(broker).await?;
     let sink = client.create_channel().await?;
     let mut arrivals = consume(&sink, queues[3]).await?;
     let producer = confirm_channel(&client).await?;

@@ -12,15 +12,18 @@ use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
     amqp::{self, reply_target},
-    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    config::{
+        self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs,
+    },
     consume::{self, check_size, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
     finish::{arm_deadline, Finisher},
     graph::{self, FirstWave},
-    kinds::{self, Registry},
+    kinds::{self, Registry, TaskView},
     protocol::{
-        self, Encoding, Outcome, ParentRef, PlanEntry, ReplyTarget, ResolvedOptions, TaskRequest,
+        self, Encoding, Outcome, ParentRef, PlanEntry, RawInput, ReplyTarget, ResolvedOptions,
+        TaskRequest,
     },
     publish::{self, TaskContext},
     services::{self, Announcement, Announcer, Directory, Role},
@@ -59,6 +62,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
 
@@ -234,7 +239,7 @@ impl Orchestrator {
         &self,
         delivery: &Delivery,
         encoding: Encoding,
-    ) -> Result<(String, TaskRequest), Refusal> {
+    ) -> Result<(String, TaskRequest<RawInput>), Refusal> {
         let properties = &delivery.properties;
         let message_id = amqp::property_str(properties.message_id()).map(str::to_owned);
         let refuse = |id: Option<&str>, error: ProtocolError| Refusal {
@@ -256,7 +261,7 @@ impl Orchestrator {
                 ));
             }
         }
-        let request: TaskRequest = encoding
+        let request: TaskRequest<RawInput> = encoding
             .decode(&delivery.data)
             .map_err(|e| refuse(None, e))?;
         let id = match request.id.clone().or(message_id.clone()) {
@@ -277,7 +282,7 @@ impl Orchestrator {
         &self,
         delivery: &Delivery,
         id: String,
-        request: TaskRequest,
+        request: TaskRequest<RawInput>,
         encoding: Encoding,
     ) -> Result<Disposition, ServiceError> {
         let resolved = request.options.clone().unwrap_or_default().resolve()?;
@@ -293,12 +298,12 @@ impl Orchestrator {
         }
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let options = protocol::encode(&resolved)?;
-        let input = protocol::encode(&request.input)?;
+        let input = request.input.as_bytes();
         let fingerprint = self.directory.local(&request.kind);
         let submission = Submission {
             kind: &request.kind,
             options: &options,
-            input: &input,
+            input,
             parent: request.parent.as_ref(),
             fingerprint,
         };
@@ -310,7 +315,12 @@ impl Orchestrator {
         let ahead = if consume::is_redelivery(delivery) || resolved.deadline_ms.is_some() {
             None
         } else {
-            self.plan_ahead(&request.kind, &input).await
+            let task = TaskView {
+                id: id.clone(),
+                kind: request.kind.clone(),
+                options: resolved,
+            };
+            self.plan_ahead(task, input).await
         };
         let cap = resolved.max_concurrency;
         let small_wave = ahead
@@ -461,11 +471,11 @@ impl Orchestrator {
 
     /// The plan of a task not claimed yet, when its kind is known and plans it without error
     /// or refusal; `None` sends the task the usual way (claim, then plan again and reject).
-    async fn plan_ahead(&self, kind_name: &str, input: &[u8]) -> Option<Vec<PlanEntry>> {
-        let kind = self.registry.get(kind_name)?;
+    async fn plan_ahead(&self, task: TaskView, input: &[u8]) -> Option<Vec<PlanEntry>> {
+        let kind = self.registry.get(&task.kind)?;
         let input = input.to_vec();
         let inline = kind.inline_plan(&input);
-        match kinds::run_kind_code(inline, move || kind.plan(&input)).await {
+        match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
             Ok(Ok(entries)) if self.refuse_plan(&entries).is_none() => Some(entries),
             _ => None,
         }
@@ -606,7 +616,12 @@ impl Orchestrator {
         }
         let input = record.input.clone();
         let inline = kind.inline_plan(&input);
-        let reason = match kinds::run_kind_code(inline, move || kind.plan(&input)).await {
+        let task = TaskView {
+            id: id.to_owned(),
+            kind: record.kind.clone(),
+            options: record.resolved_options(id)?,
+        };
+        let reason = match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
             Ok(Ok(entries)) => match self.refuse_plan(&entries) {
                 None => return Ok(Ok(entries)),
                 Some(reason) => reason,

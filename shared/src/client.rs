@@ -136,8 +136,7 @@ impl Client {
     /// # Errors
     /// Either service is unreachable or refuses the TLS handshake, or a file cannot be read.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, ClientError> {
-        let redis = args.redis().map_err(StoreError::Settings)?;
-        let store = Store::connect_to(&redis, args.redis_timeout()).await?;
+        let store = Store::connect_settings(args).await?;
         let broker = args.amqp().map_err(BrokerError::Settings)?;
         let connection = amqp::connect(&broker, "chorus client").await?;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;

@@ -51,7 +51,7 @@ pub struct ConnectArgs {
     pub amqp_url_file: Option<PathBuf>,
 
     /// PEM file of CA certificates that verify the broker's certificate (amqps://), trusted
-    /// beside the system's roots.
+    /// instead of the system's roots.
     #[arg(long, env = "CHORUS_AMQP_TLS_CA", value_name = "FILE")]
     pub amqp_tls_ca: Option<PathBuf>,
 
@@ -165,6 +165,41 @@ impl ConnectArgs {
         }
     }
 
+    /// These settings as the environment of a child process (`CHORUS_AMQP_URL`,
+    /// `CHORUS_AMQP_URL_FILE`, the TLS files, ...; only those given), for programs that start
+    /// Chorus services themselves (the benchmark): never as arguments, which every local user
+    /// sees in the process list. A URL file is passed as its path, so the secret stays in it.
+    pub fn child_env(&self) -> Vec<(&'static str, std::ffi::OsString)> {
+        let paths = [
+            ("CHORUS_AMQP_URL_FILE", &self.amqp_url_file),
+            ("CHORUS_AMQP_TLS_CA", &self.amqp_tls_ca),
+            ("CHORUS_AMQP_TLS_CERT", &self.amqp_tls_cert),
+            ("CHORUS_AMQP_TLS_KEY", &self.amqp_tls_key),
+            ("CHORUS_REDIS_URL_FILE", &self.redis_url_file),
+            ("CHORUS_REDIS_TLS_CA", &self.redis_tls_ca),
+            ("CHORUS_REDIS_TLS_CERT", &self.redis_tls_cert),
+            ("CHORUS_REDIS_TLS_KEY", &self.redis_tls_key),
+        ];
+        let urls = [
+            ("CHORUS_AMQP_URL", &self.amqp_url),
+            ("CHORUS_REDIS_URL", &self.redis_url),
+        ];
+        let timeouts = [
+            ("CHORUS_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
+            ("CHORUS_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms),
+        ];
+        let paths = paths
+            .into_iter()
+            .filter_map(|(name, path)| Some((name, path.as_ref()?.clone().into_os_string())));
+        let urls = urls
+            .into_iter()
+            .filter_map(|(name, url)| Some((name, url.as_ref()?.into())));
+        let timeouts = timeouts
+            .into_iter()
+            .map(|(name, ms)| (name, ms.to_string().into()));
+        paths.chain(urls).chain(timeouts).collect()
+    }
+
     /// The broker to connect to: its URL (from `--amqp-url`, `--amqp-url-file` or the default)
     /// and TLS files, read now.
     ///
@@ -249,11 +284,14 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The default `--max-message-bytes`: 8 MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 8 * 1024 * 1024;
+
 /// Limits on what a consumer accepts.
 #[derive(Args, Clone, Debug)]
 pub struct LimitArgs {
     /// Largest message body accepted on any queue; larger ones are dead-lettered.
-    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long, env = "CHORUS_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_message_bytes: u64,
 
     /// Runs that may start and never finish (they crash or stall their process) before Chorus
@@ -330,6 +368,37 @@ impl FileArgs {
     /// The first root that is not a directory that can be opened, as one line for the user.
     pub fn roots(&self) -> Result<crate::files::FileRoots, String> {
         crate::files::FileRoots::new(&self.file_roots).map_err(|e| e.to_string())
+    }
+}
+
+/// The kinds file of a deployment (`--kinds-file`), the same flag on every service and the CLI.
+#[derive(Args, Clone, Debug, Default)]
+pub struct KindsArgs {
+    /// A kinds file (TOML) defining kinds whose steps are commands or HTTP endpoints, next to
+    /// the built-in kinds (docs/kinds.md). Give every service of a deployment the same file. A
+    /// file that cannot be used stops the service at start-up (exit 64, one line naming the
+    /// file, the kind and the key).
+    #[arg(long = "kinds-file", env = "CHORUS_KINDS_FILE", value_name = "FILE")]
+    pub kinds_file: Option<std::path::PathBuf>,
+}
+
+impl KindsArgs {
+    /// `base` plus the kinds of `--kinds-file`, if given; steps' answers are limited to
+    /// `max_answer_bytes` (the service's `--max-message-bytes`).
+    ///
+    /// # Errors
+    /// The file cannot be used, as one line naming the file, the kind and the key.
+    pub fn registry(
+        &self,
+        base: crate::kinds::Registry,
+        max_answer_bytes: usize,
+    ) -> Result<crate::kinds::Registry, String> {
+        match &self.kinds_file {
+            None => Ok(base),
+            Some(path) => base
+                .with_kinds_file(path, crate::kinds::file::LoadSettings { max_answer_bytes })
+                .map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -489,6 +558,31 @@ mod tests {
             args(None, None).amqp().expect("works").url(),
             DEFAULT_AMQP_URL
         );
+    }
+
+    #[test]
+    fn child_processes_get_url_files_as_paths() {
+        let config = ConnectArgs {
+            redis_url: None,
+            redis_url_file: Some("/run/secrets/redis-url".into()),
+            ..ConnectArgs::from_urls("amqps://svc:pw@host/%2f", "")
+        };
+        let env = config.child_env();
+        let value = |name: &str| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            value("CHORUS_REDIS_URL_FILE").as_deref(),
+            Some("/run/secrets/redis-url")
+        );
+        assert_eq!(value("CHORUS_REDIS_URL"), None);
+        assert_eq!(
+            value("CHORUS_AMQP_URL").as_deref(),
+            Some("amqps://svc:pw@host/%2f")
+        );
+        assert_eq!(value("CHORUS_REDIS_TIMEOUT_MS").as_deref(), Some("5000"));
     }
 
     #[test]

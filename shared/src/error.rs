@@ -53,6 +53,10 @@ pub enum BrokerError {
     /// Anything lapin reports: connection, channel or protocol errors.
     #[error("AMQP: {0}")]
     Amqp(#[from] lapin::Error),
+    /// The broker cannot be reached or refused the connection, in lapin's words with the URL's
+    /// password hidden.
+    #[error("AMQP: {0}")]
+    Unavailable(String),
     /// The broker refused a publish (negative confirm).
     #[error("broker refused the publish to {0:?} (negative confirm)")]
     Nacked(String),

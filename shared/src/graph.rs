@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::protocol::{self, PlanEntry};
+use crate::text;
 
 /// Where the dependencies of checked entries may point.
 enum Scope<'a> {
@@ -54,15 +55,27 @@ fn check_entries(entries: &[PlanEntry], scope: &Scope<'_>) -> Result<(), String>
         protocol::validate_subtask_id(&entry.id).map_err(|e| e.to_string())?;
         protocol::validate_worker_type(&entry.worker_type).map_err(|e| e.to_string())?;
         if !seen.insert(entry.id.as_str()) {
-            return Err(format!("subtask id {:?} is used twice", entry.id));
+            return Err(format!(
+                "subtask id {} is used twice",
+                text::quoted(&entry.id)
+            ));
         }
         let mut deps: HashSet<&str> = HashSet::with_capacity(entry.depends_on.len());
         for dep in &entry.depends_on {
+            protocol::validate_subtask_id(dep)
+                .map_err(|e| format!("dependency of subtask {}: {e}", text::quoted(&entry.id)))?;
             if dep == &entry.id {
-                return Err(format!("subtask {:?} depends on itself", entry.id));
+                return Err(format!(
+                    "subtask {} depends on itself",
+                    text::quoted(&entry.id)
+                ));
             }
             if !deps.insert(dep.as_str()) {
-                return Err(format!("subtask {:?} lists {dep:?} twice", entry.id));
+                return Err(format!(
+                    "subtask {} lists {} twice",
+                    text::quoted(&entry.id),
+                    text::quoted(dep)
+                ));
             }
             let known = match scope {
                 Scope::WholePlan => all.contains(dep.as_str()),
@@ -71,8 +84,9 @@ fn check_entries(entries: &[PlanEntry], scope: &Scope<'_>) -> Result<(), String>
             };
             if !known {
                 return Err(format!(
-                    "subtask {:?} depends on unknown subtask {dep:?}",
-                    entry.id
+                    "subtask {} depends on unknown subtask {}",
+                    text::quoted(&entry.id),
+                    text::quoted(dep)
                 ));
             }
         }

@@ -29,6 +29,8 @@
 //!   dead-letter headers and outcome errors.
 //! - [`files`]: the roots kinds may read files under (`--file-root`), and opening a path
 //!   confined to them.
+//! - [`steps`]: calling one external step (a command, a pool of processes, an HTTP endpoint)
+//!   of a kind defined in a kinds file, with its failure classes.
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 
@@ -49,6 +51,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod services;
 pub mod shutdown;
+pub mod steps;
 pub mod store;
 pub mod telemetry;
 pub mod text;

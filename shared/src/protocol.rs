@@ -80,12 +80,11 @@ impl Encoding {
     /// [`ProtocolError::Decode`] naming the field: a body that is not valid in the encoding,
     /// an array where a map belongs, an unknown field, a missing field or a wrong type.
     pub fn decode<T: DeserializeOwned>(self, body: &[u8]) -> Result<T, ProtocolError> {
-        let value = match self {
-            Self::Msgpack => strict::read_msgpack(body),
-            Self::Json => strict::read_json(body),
+        match self {
+            Self::Msgpack => strict::from_msgpack(body),
+            Self::Json => strict::from_json(body),
         }
-        .map_err(|e| ProtocolError::Decode(e.to_string()))?;
-        strict::decode_message(value)
+        .map_err(|e| ProtocolError::Decode(e.to_string()))
     }
 
     /// Decodes a message Chorus wrote for a reader that may be of another version (an outcome,
@@ -273,13 +272,17 @@ impl TaskOptions {
 }
 
 /// A task as a submitter publishes it on `chorus.tasks`.
+///
+/// `I` is how its input is held: any value by default (to build or read a request), or
+/// [`RawInput`], the MessagePack bytes of the input, which is what the orchestrator decodes: a
+/// large input then costs its own size, not a value tree many times larger.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TaskRequest {
+pub struct TaskRequest<I = Value> {
     /// Name of a registered kind.
     pub kind: String,
     /// The kind's input, any value.
-    pub input: Value,
+    pub input: I,
     /// Task id; when absent the message's `message_id` is used, else one is generated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -308,7 +311,7 @@ pub struct ParentRef {
 /// # Errors
 /// As [`validate_task_id`], with the message naming a subtask id.
 pub fn validate_subtask_id(id: &str) -> Result<(), ProtocolError> {
-    validate_id(&format!("subtask id {id:?}"), id)
+    validate_id(&format!("subtask id {}", text::quoted(id)), id)
 }
 
 /// Checks a worker type name: it becomes part of a queue name.
@@ -384,8 +387,10 @@ pub struct PlanEntry {
 /// Checks that a task id can be used as a key part and in log lines.
 ///
 /// # Errors
-/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control characters or
-/// braces (which would break the Redis hash tag `{<id>}` of the task's keys).
+/// An empty id, one over [`MAX_TASK_ID_BYTES`], or one with whitespace, control or format
+/// characters (which [`text`] would escape: an id must read as itself in a log line, and two ids
+/// must not look alike), or braces (which would break the Redis hash tag `{<id>}` of the task's
+/// keys).
 pub fn validate_task_id(id: &str) -> Result<(), ProtocolError> {
     validate_id("id", id)
 }
@@ -424,10 +429,10 @@ fn validate_id(what: &str, id: &str) -> Result<(), ProtocolError> {
     }
     if id
         .chars()
-        .any(|c| c.is_whitespace() || c.is_control() || c == '{' || c == '}')
+        .any(|c| c.is_whitespace() || text::escapes(c) || c == '{' || c == '}')
     {
         return Err(ProtocolError::Invalid(format!(
-            "{what} must not contain whitespace, control characters, '{{' or '}}'"
+            "{what} must not contain whitespace, control or format characters, '{{' or '}}'"
         )));
     }
     Ok(())
@@ -583,13 +588,15 @@ pub struct SubtaskMessage {
 }
 
 impl SubtaskMessage {
-    /// Checks what a worker relies on: a valid task id and attempt counters and timeout
+    /// Checks what a worker relies on: valid task and subtask ids, attempt counters and timeout
     /// within the limits the orchestrator itself applies.
     ///
     /// # Errors
     /// The first field out of range.
     pub fn validate(&self) -> Result<(), ProtocolError> {
         validate_task_id(&self.task)?;
+        // Ids come from a kind's planner or a handler's spawn, which may take them from input.
+        validate_subtask_id(&self.subtask)?;
         if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts)
             || !(1..=self.max_attempts).contains(&self.attempt)
         {
@@ -662,15 +669,19 @@ pub struct BatchItem {
 }
 
 impl SubtaskBatch {
-    /// Checks the shared fields as [`SubtaskMessage::validate`] does, and that there is work.
+    /// Checks the shared fields as [`SubtaskMessage::validate`] does, every item's subtask id,
+    /// and that there is work.
     ///
     /// # Errors
     /// The first field out of range, or an empty batch.
     pub fn validate(&self) -> Result<(), ProtocolError> {
-        if self.items.is_empty() {
+        let Some(first) = self.items.first() else {
             return Err(ProtocolError::Invalid("subtask batch without items".into()));
+        };
+        for item in &self.items {
+            validate_subtask_id(&item.subtask)?;
         }
-        self.subtask(&self.items[0]).validate()
+        self.subtask(first).validate()
     }
 
     /// `item` as a subtask message of its own: its first attempt.
@@ -759,8 +770,16 @@ pub struct SubtaskEvent {
 }
 
 /// A control message on `chorus.control`, in MessagePack or JSON like task requests.
+///
+/// It decodes through `ControlFields` (`protocol/control.rs`), a plain struct: serde would buffer an internally
+/// tagged enum's fields in a generic value first, outside the strict decoder's reach.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    rename_all = "lowercase",
+    deny_unknown_fields,
+    try_from = "ControlFields"
+)]
 pub enum Control {
     /// Cancel a task: it ends `cancelled`, queued subtasks are dropped, running handlers see
     /// their cancellation token.
@@ -789,7 +808,13 @@ pub enum Control {
     },
 }
 
+mod control;
+
+use control::ControlFields;
+
 pub mod strict;
+
+pub use strict::RawInput;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use crate::{
     config::{self, LogFormat},
     error::{BrokerError, StoreError},
     files::FileRoots,
+    kinds::Registry,
     shutdown, telemetry,
 };
 
@@ -73,6 +74,29 @@ pub fn file_roots(name: &str, files: &config::FileArgs) -> FileRoots {
         Err(message) => {
             config::exit_if_invalid(name, Err(message));
             FileRoots::none()
+        }
+    }
+}
+
+/// `base` plus the kinds of `--kinds-file` ([`config::KindsArgs::registry`]) for a service
+/// binary after [`prepare`]: a file that cannot be used ends the process like an invalid flag
+/// (one line naming the file, the kind and the key; exit code 64). Logs the kinds it serves.
+pub fn registry(
+    name: &str,
+    base: Registry,
+    kinds: &config::KindsArgs,
+    limits: &config::LimitArgs,
+) -> Registry {
+    match kinds.registry(base, limits.max_message_bytes()) {
+        Ok(registry) => {
+            if let Some(path) = &kinds.kinds_file {
+                tracing::info!(kinds_file = %path.display(), kinds = ?registry.names(), "kinds file loaded");
+            }
+            registry
+        }
+        Err(message) => {
+            config::exit_if_invalid(name, Err(message));
+            Registry::new()
         }
     }
 }

@@ -91,7 +91,8 @@ pub struct Announcement {
     /// Kind name → fingerprint of the definition the service runs
     /// ([`crate::kinds::DynKind::fingerprint`]).
     pub kinds: BTreeMap<String, String>,
-    /// Kind name → each step and what runs it ([`crate::kinds::DynKind::describe_steps`]),
+    /// Kind name → each step and what runs it ([`crate::kinds::DynKind::steps`]; a Rust
+    /// kind's `plan`, `handle`, `review` and `synthesize` are `rust`),
     /// for `chorus kinds`.
     #[serde(default)]
     pub steps: BTreeMap<String, Vec<(String, String)>>,
@@ -111,7 +112,15 @@ impl Announcement {
             .into_iter()
             .filter_map(|name| {
                 let kind = registry.get(&name)?;
-                Some((name, kind.describe_steps()))
+                let mut steps = kind.steps();
+                if steps.is_empty() {
+                    // A Rust kind: its steps are its code.
+                    steps = ["plan", "handle", "review", "synthesize"]
+                        .into_iter()
+                        .map(|step| (step.to_owned(), "rust".to_owned()))
+                        .collect();
+                }
+                Some((name, steps))
             })
             .collect();
         Self {

@@ -1,8 +1,10 @@
 //! Text that came from a message (kind names, ids, handlers' reasons), made safe to write where
 //! Chorus writes it — log lines, the `x-chorus-reason` header of dead letters, outcome errors:
-//! control characters (and the bidirectional-override marks that reorder a terminal line) are
-//! escaped, and the text is cut to a bounded length with a marker saying how much was left out.
+//! control characters, invisible format characters (bidirectional overrides, zero-width
+//! characters) and the line and paragraph separators are escaped, and the text is cut to a bounded length with a marker saying how much was left out.
 //! A submitter can then neither forge log lines nor blow up a header, a log file or an outcome.
+
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Longest rendering, in bytes, of one value taken from a message (a kind name, an id) inside
 /// a sentence of Chorus's own; above [`crate::protocol::MAX_TASK_ID_BYTES`], so a valid id is
@@ -14,22 +16,26 @@ pub const MAX_NAME_BYTES: usize = 256;
 /// outcome error.
 pub const MAX_REASON_BYTES: usize = 2048;
 
-/// Characters escaped besides the Unicode control characters (`Cc`): the bidirectional marks
-/// and overrides (Unicode TR9's explicit formatting characters), which reorder how a terminal or
-/// a log viewer shows the rest of the line ("Trojan source", CVE-2021-42574).
-const BIDI_MARKS: &[char] = &[
-    '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
-    '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
-];
-
-/// Whether `c` is written escaped.
-fn needs_escape(c: char) -> bool {
-    c.is_control() || BIDI_MARKS.contains(&c)
+/// Whether `c` is written escaped (ids may not hold such characters at all): the Unicode control characters (`Cc`: newlines, escape
+/// sequences), the format characters (`Cf`: the bidirectional marks and overrides that reorder
+/// how a terminal shows the rest of the line, "Trojan source", CVE-2021-42574; the zero-width
+/// characters U+200B..U+200D, U+2060 and U+FEFF that hide text or make two names look alike;
+/// the other invisible ones), and the line and paragraph separators U+2028 and U+2029 (`Zl`,
+/// `Zp`), which many log viewers and JSON-in-JavaScript readers take for a line break.
+pub fn escapes(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 /// `text` escaped and cut to at most `max_bytes` bytes in all, the marker `…[+N bytes]`
 /// included when cut (`N`: bytes of `text` left out). Control characters become `\n`, `\r`,
-/// `\t` or `\u{1b}` (Rust's `char::escape_default` forms), as do the bidirectional marks;
+/// `\t` or `\u{1b}` (Rust's `char::escape_default` forms), as do the format characters and
+/// separators (`\u{200b}`, `\u{2028}`);
 /// everything else is kept, and the cut never splits a character or an escape. Idempotent: what
 /// it returns has nothing left to escape and fits, so every sink may apply it again.
 pub fn bounded(text: &str, max_bytes: usize) -> String {
@@ -49,7 +55,7 @@ pub fn reason(text: &str) -> String {
 
 /// [`bounded`], with `"` escaped too when `quote` is set.
 fn render(text: &str, max_bytes: usize, quote: bool) -> String {
-    let escape = |c: char| needs_escape(c) || (quote && c == '"');
+    let escape = |c: char| escapes(c) || (quote && c == '"');
     let escaped_len: usize = text
         .chars()
         .map(|c| {

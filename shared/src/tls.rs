@@ -3,9 +3,11 @@
 //! apart from other connection failures (a refused server is never retried in plain text, and
 //! ends a service at start-up with [`crate::config::EXIT_UNAVAILABLE`]).
 //!
-//! Which roots verify a server: for `rediss://`, the `--redis-tls-ca` file when given, else the
-//! system's roots (rustls-native-certs, through redis-rs); for `amqps://`, the system's roots
-//! and the `--amqp-tls-ca` file when given (lapin adds a CA file to the system's roots).
+//! Which roots verify a server: the `--amqp-tls-ca` / `--redis-tls-ca` file when given, else the
+//! system's roots (rustls-native-certs), never both: a CA file names the only authorities a
+//! deployment trusts. redis-rs builds its TLS settings that way itself; for `amqps://`, whose
+//! library (lapin) would add a CA file to the system's roots, [`Endpoint::amqp_tls`] builds
+//! them here.
 
 use std::{
     fmt,
@@ -13,8 +15,11 @@ use std::{
     sync::Arc,
 };
 
-use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
-use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use lapin::tcp::RustlsConnector;
+use rustls::{
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    ClientConfig, RootCertStore,
+};
 
 use crate::config::redact_url;
 
@@ -163,18 +168,68 @@ impl Endpoint {
             .map_or(authority, |(_, host)| host)
     }
 
-    /// The TLS settings lapin takes for this server (used by `amqps://` URLs only).
-    pub fn amqp_tls(&self) -> OwnedTLSConfig {
-        OwnedTLSConfig {
-            identity: self.identity.as_ref().map(|identity| OwnedIdentity::PKCS8 {
-                pem: identity.cert.clone(),
-                key: identity.key.clone(),
-            }),
-            cert_chain: self
-                .ca
-                .as_ref()
-                .map(|pem| String::from_utf8_lossy(pem).into_owned()),
+    /// The TLS settings of an `amqps://` connection to this server: its roots
+    /// ([`Endpoint::roots`]) and the client certificate, if any, with rustls's safe defaults
+    /// (TLS 1.2 and 1.3, ring).
+    ///
+    /// # Errors
+    /// The client certificate or key cannot be used, or no root can be loaded; one line, no
+    /// key material in it.
+    pub fn amqp_tls(&self) -> Result<RustlsConnector, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(self.roots()?);
+        let config = match &self.identity {
+            Some(identity) => {
+                let chain = CertificateDer::pem_slice_iter(&identity.cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("client certificate: {e}"))?;
+                let key = PrivateKeyDer::from_pem_slice(&identity.key)
+                    .map_err(|_| "client key: no PEM private key".to_owned())?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("client certificate: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        Ok(RustlsConnector::from(config))
+    }
+
+    /// The authorities that verify this server: the CA file's certificates when one was given
+    /// (and only them), else the system's roots as rustls-native-certs finds them
+    /// (`SSL_CERT_FILE` and `SSL_CERT_DIR` override the system's store).
+    ///
+    /// # Errors
+    /// A certificate of the CA file is not a usable CA certificate, or the system has no root
+    /// that loads.
+    pub fn roots(&self) -> Result<RootCertStore, String> {
+        let mut roots = RootCertStore::empty();
+        match &self.ca {
+            Some(pem) => {
+                for certificate in CertificateDer::pem_slice_iter(pem) {
+                    let certificate = certificate.map_err(|e| format!("CA file: {e}"))?;
+                    roots
+                        .add(certificate)
+                        .map_err(|e| format!("CA file: {e}"))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(found.certs);
+                if added == 0 {
+                    let why = found
+                        .errors
+                        .first()
+                        .map_or_else(|| "none found".to_owned(), ToString::to_string);
+                    return Err(format!(
+                        "no system root certificate to verify the server ({why}); give a CA file"
+                    ));
+                }
+            }
         }
+        Ok(roots)
     }
 
     /// A redis-rs client for this server, with its TLS files when it has any.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chorus_shared::{
     amqp::{self, DeadLetter},
     clock::now_ms,
-    config::{ConnectArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
+    config::{ConnectArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::{ProtocolError, ServiceError},
     failpoint,
@@ -59,6 +59,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub kinds: KindsArgs,
 
     /// Results handled at once (also the prefetch).
     #[arg(long, env = "CHORUS_SYNTHESIZER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]

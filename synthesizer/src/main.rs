@@ -10,7 +10,6 @@ const NAME: &str = "chorus-synthesizer";
 fn main() {
     let config = Config::parse();
     let threads = runtime::prepare(NAME, &config);
-    runtime::run_service(NAME, threads, |shutdown| {
-        run(config, Registry::builtin(), shutdown)
-    });
+    let registry = runtime::registry(NAME, Registry::builtin(), &config.kinds, &config.limits);
+    runtime::run_service(NAME, threads, |shutdown| run(config, registry, shutdown));
 }

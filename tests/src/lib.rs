@@ -262,6 +262,16 @@ impl TestEnv {
                 ("CHORUS_REDIS_URL".into(), self.redis_url.clone()),
             ];
         }
+        let (amqp, redis) = self.write_url_files();
+        vec![
+            ("CHORUS_AMQP_URL_FILE".into(), amqp.display().to_string()),
+            ("CHORUS_REDIS_URL_FILE".into(), redis.display().to_string()),
+        ]
+    }
+
+    /// Writes this env's URLs to its URL files (`amqp-url`, `redis-url` under its log
+    /// directory), as a secret rotation rewrites them; returns their paths.
+    pub fn write_url_files(&self) -> (PathBuf, PathBuf) {
         let (amqp, redis) = (self.logs.join("amqp-url"), self.logs.join("redis-url"));
         // Written whole and renamed into place: a process started earlier may be reading it.
         for (path, url) in [(&amqp, &self.amqp_url), (&redis, &self.redis_url)] {
@@ -269,10 +279,7 @@ impl TestEnv {
             std::fs::write(&partial, format!("{url}\n")).unwrap();
             std::fs::rename(&partial, path).unwrap();
         }
-        vec![
-            ("CHORUS_AMQP_URL_FILE".into(), amqp.display().to_string()),
-            ("CHORUS_REDIS_URL_FILE".into(), redis.display().to_string()),
-        ]
+        (amqp, redis)
     }
 
     /// Waits (bounded) for child `index` to exit; its exit code, `None` if it is still running.

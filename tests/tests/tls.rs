@@ -177,6 +177,63 @@ async fn a_server_whose_certificate_does_not_verify_is_refused() {
 }
 
 #[tokio::test]
+async fn a_ca_file_replaces_the_system_roots() {
+    let services = services();
+    let mut env = TestEnv::new("tls-roots").await;
+    env.amqp_url = format!(
+        "amqps://guest:guest@127.0.0.1:{}/{}",
+        services.amqps_port(),
+        env.vhost
+    );
+    env.redis_url = format!("rediss://127.0.0.1:{}/3", services.rediss_port());
+    // The test CA stands in for the system's roots (rustls-native-certs reads SSL_CERT_FILE):
+    // without a CA file both servers verify against it.
+    let system = (
+        "SSL_CERT_FILE".to_owned(),
+        services.tls_file("ca.pem").display().to_string(),
+    );
+    let client_certificate = |prefix: &str| -> Vec<(String, String)> {
+        tls_vars(prefix, "ca.pem")
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("_CA"))
+            .collect()
+    };
+    env.vars = [
+        vec![system.clone()],
+        client_certificate("AMQP"),
+        client_certificate("REDIS"),
+    ]
+    .concat();
+    let trusted = env.run_to_exit("chorus", &["status", "no-such-task"]).await;
+    let stderr = String::from_utf8_lossy(&trusted.stderr);
+    assert!(!stderr.contains("refused"), "{stderr}");
+    assert_ne!(trusted.status.code(), Some(69), "{stderr}");
+    // With the unrelated CA as the CA file, a server that the system's roots would verify is
+    // refused: the file replaces them, it does not add to them.
+    for (prefix, service, port) in [
+        ("AMQP", "RabbitMQ", services.amqps_port()),
+        ("REDIS", "Redis", services.rediss_port()),
+    ] {
+        let ca = (
+            format!("CHORUS_{prefix}_TLS_CA"),
+            services.tls_file("other-ca.pem").display().to_string(),
+        );
+        env.vars = [
+            vec![system.clone(), ca],
+            client_certificate("AMQP"),
+            client_certificate("REDIS"),
+        ]
+        .concat();
+        let refused = env.run_to_exit("chorus", &["status", "no-such-task"]).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(69), "{prefix}: {stderr}");
+        let wanted = format!("{service} at 127.0.0.1:{port} refused: TLS handshake failed");
+        assert!(stderr.contains(&wanted), "{stderr}");
+        assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    }
+}
+
+#[tokio::test]
 async fn help_shows_no_password() {
     let env = TestEnv::new("tls-help").await;
     for bin in [
@@ -184,6 +241,7 @@ async fn help_shows_no_password() {
         "chorus-orchestrator",
         "chorus-worker",
         "chorus-synthesizer",
+        "chorus-bench",
     ] {
         let output = env.run_to_exit(bin, &["--help"]).await;
         let help = String::from_utf8_lossy(&output.stdout);

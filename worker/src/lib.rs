@@ -17,9 +17,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
-    config::{self, ConnectArgs, FileArgs, LimitArgs, LogArgs, ShutdownArgs},
+    config::{self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, ShutdownArgs},
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
-    error::{ServiceError, StoreError},
+    error::ServiceError,
     failpoint,
     kinds::{self, panic_message, HandlerContext, KindError, Registry},
     protocol::{
@@ -63,6 +63,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
 
@@ -142,6 +144,21 @@ impl Config {
         self.files.roots().map(drop)
     }
 
+    /// The wait before a retry: the `backoff` delay, or the handler's `retry_after` when longer
+    /// (an HTTP step's `Retry-After`), capped at the largest delay bucket this worker declares
+    /// (`topology::delay_queues_up_to` of `--retry-max-delay-ms`, at least a minute): a longer
+    /// wait would need a bucket no process declared, so the retry comes earlier than asked.
+    pub fn retry_wait(&self, backoff: Duration, retry_after: Option<Duration>) -> Duration {
+        let Some(asked) = retry_after else {
+            return backoff;
+        };
+        let declared = topology::delay_queues_up_to(Duration::from_millis(self.retry_max_delay_ms));
+        let cap = declared
+            .last()
+            .map_or(backoff, |(_, bound)| Duration::from_millis(*bound));
+        backoff.max(asked.min(cap))
+    }
+
     /// Delay before attempt `next_attempt` (2 for the first retry), with jitter.
     pub fn retry_delay(&self, next_attempt: u32) -> Duration {
         // Past 64 doublings every delay is the maximum anyway.
@@ -195,8 +212,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
     // settings (docs/protocol.md); the workers, often many, do not repeat it.
-    let redis = config.connect.redis().map_err(StoreError::Settings)?;
-    let store = Store::connect_to(&redis, config.connect.redis_timeout()).await?;
+    let store = Store::connect_settings(&config.connect).await?;
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
@@ -322,6 +338,8 @@ enum Attempt {
     Failed {
         message: String,
         retryable: bool,
+        /// The least wait before the next attempt the handler asked for (HTTP `Retry-After`).
+        retry_after: Option<Duration>,
     },
     /// The task ended (cancelled, failed, past its deadline) while the handler ran: nothing
     /// to publish.
@@ -335,6 +353,16 @@ impl Attempt {
         Self::Failed {
             message: text::reason(message.as_ref()),
             retryable,
+            retry_after: None,
+        }
+    }
+
+    /// The failed attempt of a handler's `error`, with its retry class and wait.
+    fn from_error(error: &KindError) -> Self {
+        Self::Failed {
+            message: text::reason(error.message()),
+            retryable: error.is_retryable(),
+            retry_after: error.retry_after(),
         }
     }
 
@@ -357,8 +385,22 @@ enum Settlement {
     Nothing,
     /// The subtask settled (succeeded, or failed with no attempt left).
     Settled(ResultMessage),
-    /// Another attempt, later: the next attempt's message and the error that caused it.
-    Retry(SubtaskMessage, String),
+    /// Another attempt, later: the next attempt's message, the error that caused it and the
+    /// least wait its handler asked for.
+    Retry(SubtaskMessage, String, Option<Duration>),
+}
+
+/// The time limit of an attempt at `subtask`: its timeout, or what is left before its task's
+/// deadline when that comes first (then `true`).
+fn time_limit(subtask: &SubtaskMessage) -> (Duration, bool) {
+    let time_limit = Duration::from_millis(subtask.timeout_ms);
+    if let Some(at) = subtask.deadline_at_ms {
+        let left = Duration::from_millis(at.saturating_sub(now_ms()));
+        if left < time_limit {
+            return (left, true);
+        }
+    }
+    (time_limit, false)
 }
 
 /// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
@@ -369,14 +411,7 @@ async fn await_handler(
     subtask: &SubtaskMessage,
     spawned: &kinds::Spawned,
 ) -> Attempt {
-    let mut time_limit = Duration::from_millis(subtask.timeout_ms);
-    let mut deadline_bound = false;
-    if let Some(at) = subtask.deadline_at_ms {
-        let left = Duration::from_millis(at.saturating_sub(now_ms()));
-        if left < time_limit {
-            (time_limit, deadline_bound) = (left, true);
-        }
-    }
+    let (time_limit, deadline_bound) = time_limit(subtask);
     match tokio::time::timeout(time_limit, &mut handler.0).await {
         Ok(Ok(Ok(output))) => Attempt::Succeeded {
             output,
@@ -386,7 +421,7 @@ async fn await_handler(
                 subtask.depth + 1,
             ),
         },
-        Ok(Ok(Err(error))) => Attempt::failed(error.to_string(), error.is_retryable()),
+        Ok(Ok(Err(error))) => Attempt::from_error(&error),
         Ok(Err(join)) => {
             Attempt::failed(format!("handler panicked: {}", panic_message(join)), true)
         }
@@ -441,7 +476,9 @@ impl Worker {
                         .await?;
                 }
             }
-            Settlement::Retry(next, error) => self.schedule_retry(&next, &error).await?,
+            Settlement::Retry(next, error, after) => {
+                self.schedule_retry(&next, &error, after).await?;
+            }
         }
         Ok(Disposition::Ack)
     }
@@ -532,13 +569,13 @@ impl Worker {
                     }
                     results.push(result);
                 }
-                Settlement::Retry(next, error) => retries.push((next, error)),
+                Settlement::Retry(next, error, after) => retries.push((next, error, after)),
             }
         }
         futures::future::try_join_all(
             retries
                 .iter()
-                .map(|(next, error)| self.schedule_retry(next, error)),
+                .map(|(next, error, after)| self.schedule_retry(next, error, *after)),
         )
         .await?;
         publish::publish_results(
@@ -591,14 +628,16 @@ impl Worker {
                 SubtaskOutcome::Succeeded(ByteBuf::from(output)),
                 spawned,
             )),
-            Attempt::Failed { message, retryable }
-                if retryable && subtask.attempt < subtask.max_attempts =>
-            {
+            Attempt::Failed {
+                message,
+                retryable,
+                retry_after,
+            } if retryable && subtask.attempt < subtask.max_attempts => {
                 let next = SubtaskMessage {
                     attempt: subtask.attempt + 1,
                     ..subtask.clone()
                 };
-                Settlement::Retry(next, message)
+                Settlement::Retry(next, message, retry_after)
             }
             Attempt::Failed { message, .. } => {
                 Settlement::Settled(result(SubtaskOutcome::Failed(message), Vec::new()))
@@ -705,8 +744,11 @@ impl Worker {
         let context = HandlerContext {
             task: subtask.task.clone(),
             subtask: subtask.subtask.clone(),
+            kind: subtask.kind.clone(),
+            worker_type: subtask.worker_type.clone(),
             attempt: subtask.attempt,
             max_attempts: subtask.max_attempts,
+            time_limit: Some(time_limit(subtask).0),
             depth: subtask.depth,
             dependencies,
             cancel: running.token().clone(),
@@ -765,13 +807,17 @@ impl Worker {
         publish::announce(&self.publisher, &event).await;
     }
 
-    /// Publishes the next attempt of a subtask into the delay queue its backoff picks.
+    /// Publishes the next attempt of a subtask into the delay queue its backoff picks, or later
+    /// when its handler asked for a longer wait (`retry_after`, see [`Config::retry_wait`]).
     async fn schedule_retry(
         &self,
         next: &SubtaskMessage,
         message: &str,
+        retry_after: Option<Duration>,
     ) -> Result<(), ServiceError> {
-        let delay = self.config.retry_delay(next.attempt);
+        let delay = self
+            .config
+            .retry_wait(self.config.retry_delay(next.attempt), retry_after);
         let queue = topology::subtask_queue(&next.worker_type);
         tracing::info!(
             task = %next.task,

@@ -10,6 +10,7 @@ const NAME: &str = "chorus-worker";
 fn main() {
     let config = Config::parse();
     let threads = runtime::prepare(NAME, &config);
-    let registry = Registry::builtin_with_roots(runtime::file_roots(NAME, &config.files));
+    let builtin = Registry::builtin_with_roots(runtime::file_roots(NAME, &config.files));
+    let registry = runtime::registry(NAME, builtin, &config.kinds, &config.limits);
     runtime::run_service(NAME, threads, |shutdown| run(config, registry, shutdown));
 }

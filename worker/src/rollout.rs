@@ -57,13 +57,14 @@ pub(crate) async fn place(
     );
     if placement != Placement::Run && directory.first_time(&notice) {
         let kind = text::bounded(wanted.kind, text::MAX_NAME_BYTES);
-        let planned_with = wanted.fingerprint.unwrap_or("-");
+        // Fingerprints come from messages: escaped and bounded like any text from one.
+        let planned_with = text::bounded(wanted.fingerprint.unwrap_or("-"), text::MAX_NAME_BYTES);
         match (placement, local) {
             (Placement::Defer, None) => {
                 tracing::warn!(%kind, "this worker lacks the kind; leaving its subtasks to a live worker that has it (said once)")
             }
             (Placement::Defer, Some(here)) => {
-                tracing::warn!(%kind, planned_with, %here, "this worker has another definition of the kind than its tasks were planned with; leaving their subtasks to a live worker with it (said once)")
+                tracing::warn!(%kind, %planned_with, %here, "this worker has another definition of the kind than its tasks were planned with; leaving their subtasks to a live worker with it (said once)")
             }
             _ => {
                 tracing::warn!(%kind, "no live service has the kind, or its subtasks were deferred too often; failing them here (said once)")
@@ -75,7 +76,7 @@ pub(crate) async fn place(
         && deferrals > 0
         && directory.first_time(&notice)
     {
-        tracing::info!(kind = %text::bounded(wanted.kind, text::MAX_NAME_BYTES), planned_with = wanted.fingerprint.unwrap_or("-"), "running subtasks planned with another definition of the kind: no live worker has it any more (said once)");
+        tracing::info!(kind = %text::bounded(wanted.kind, text::MAX_NAME_BYTES), planned_with = %text::bounded(wanted.fingerprint.unwrap_or("-"), text::MAX_NAME_BYTES), "running subtasks planned with another definition of the kind: no live worker has it any more (said once)");
     }
     Ok(placement)
 }

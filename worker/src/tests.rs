@@ -43,3 +43,24 @@ fn the_base_retry_delay_may_not_exceed_the_maximum() {
     let equal = config(&["--retry-base-delay-ms", "10", "--retry-max-delay-ms", "10"]);
     assert_eq!(equal.validate(), Ok(()));
 }
+
+#[test]
+fn a_handlers_retry_after_lengthens_the_wait_up_to_the_largest_bucket() {
+    use std::time::Duration;
+    let config = config(&["--retry-max-delay-ms", "1000"]);
+    let backoff = Duration::from_millis(200);
+    assert_eq!(config.retry_wait(backoff, None), backoff);
+    assert_eq!(
+        config.retry_wait(backoff, Some(Duration::from_millis(50))),
+        backoff
+    );
+    assert_eq!(
+        config.retry_wait(backoff, Some(Duration::from_secs(3))),
+        Duration::from_secs(3)
+    );
+    // Buckets cover at least a minute: 100 ms doubled up to 102.4 s.
+    assert_eq!(
+        config.retry_wait(backoff, Some(Duration::from_secs(3600))),
+        Duration::from_millis(102_400)
+    );
+}

@@ -55,14 +55,24 @@ fn main() {
         match cli {
             Cli::Orchestrator(config) => {
                 let roots = runtime::file_roots(NAME, &config.files);
-                chorus_orchestrator::run(config, registry(roots), shutdown).await
+                let registry =
+                    runtime::registry(NAME, registry(roots), &config.kinds, &config.limits);
+                chorus_orchestrator::run(config, registry, shutdown).await
             }
             Cli::Worker(config) => {
                 let roots = runtime::file_roots(NAME, &config.files);
-                chorus_worker::run(config, registry(roots), shutdown).await
+                let registry =
+                    runtime::registry(NAME, registry(roots), &config.kinds, &config.limits);
+                chorus_worker::run(config, registry, shutdown).await
             }
             Cli::Synthesizer(config) => {
-                chorus_synthesizer::run(config, registry(FileRoots::none()), shutdown).await
+                let registry = runtime::registry(
+                    NAME,
+                    registry(FileRoots::none()),
+                    &config.kinds,
+                    &config.limits,
+                );
+                chorus_synthesizer::run(config, registry, shutdown).await
             }
         }
     });

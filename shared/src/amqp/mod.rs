@@ -16,11 +16,14 @@ use futures::future::try_join_all;
 use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
+    tcp::{AMQPUriTcpExt, TLSConfig},
     types::{AMQPValue, LongString, ShortString},
+    uri::{AMQPScheme, AMQPUri},
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
 };
 
 use crate::{
+    config,
     error::{BrokerError, TlsRefused},
     text,
     tls::{self, Endpoint},
@@ -43,17 +46,46 @@ pub const REPLY_SUCCESS: u16 = 200;
 const SHORT_STRING_MAX_BYTES: usize = 255;
 
 /// Opens a connection to the broker at `endpoint` named after the service (the name shows in the
-/// broker's connection list), with its TLS files for an `amqps://` URL.
+/// broker's connection list), over TLS for an `amqps://` URL with the roots and client
+/// certificate of [`Endpoint::amqp_tls`] (so a CA file replaces the system's roots, as for Redis).
 ///
 /// # Errors
 /// [`BrokerError::TlsRefused`] when the TLS handshake fails (the broker's certificate does not
-/// verify, or it refuses ours); [`BrokerError::Amqp`] when the broker cannot be reached or
-/// refuses the credentials.
+/// verify, or it refuses ours); [`BrokerError::Settings`] when the URL or the TLS files cannot
+/// be used; [`BrokerError::Amqp`] when the broker cannot be reached or refuses the credentials.
+/// No message holds the URL's password.
 pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.as_bytes().to_vec()));
+    let settings = |message: String| {
+        BrokerError::Settings(format!(
+            "--amqp-url {}: {}",
+            endpoint.redacted(),
+            config::hide_password(&message, endpoint.url())
+        ))
+    };
+    let uri: AMQPUri = endpoint.url().parse().map_err(settings)?;
+    let tls = match uri.scheme {
+        AMQPScheme::AMQPS => Some(endpoint.amqp_tls().map_err(settings)?),
+        AMQPScheme::AMQP => None,
+    };
     let runtime = lapin::runtime::default_runtime()?;
-    Connection::connect_with_config(endpoint.url(), properties, endpoint.amqp_tls(), runtime)
+    // lapin's own TLS would add a CA file to the system's roots: the TCP connection is lapin's,
+    // the TLS over it ours. lapin calls this again when it reconnects by itself.
+    let open = async move |uri: AMQPUri, runtime| {
+        let plain = AMQPUri {
+            scheme: AMQPScheme::AMQP,
+            ..uri.clone()
+        };
+        let stream = plain
+            .connect_with_config_async(TLSConfig::default(), &runtime)
+            .await?;
+        match &tls {
+            Some(connector) => Ok(stream.into_rustls(connector, &uri.authority.host).await?),
+            None => Ok(stream),
+        }
+    };
+    Connection::connector(uri, runtime, open, properties)
         .await
         .map_err(|error| match tls::refusal(&error) {
             Some(reason) => BrokerError::TlsRefused(TlsRefused {
@@ -61,8 +93,21 @@ pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, Brok
                 host: endpoint.host().to_owned(),
                 reason,
             }),
-            None => BrokerError::Amqp(error),
+            None => redacted(error, endpoint),
         })
+}
+
+/// `error` as [`BrokerError::Amqp`], or, should its message quote the URL's password (lapin's
+/// never did when this was written), as [`BrokerError::Unavailable`] with the password hidden:
+/// every connection error reaches a log line.
+fn redacted(error: lapin::Error, endpoint: &Endpoint) -> BrokerError {
+    let message = error.to_string();
+    let hidden = config::hide_password(&message, endpoint.url());
+    if hidden == message {
+        BrokerError::Amqp(error)
+    } else {
+        BrokerError::Unavailable(hidden)
+    }
 }
 
 /// Properties of a persistent message in the given content type.

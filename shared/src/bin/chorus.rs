@@ -1,5 +1,6 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
-//! progress bar), show a task's state, print its outcome, list the kinds the live services serve.
+//! progress bar), show a task's state, print its outcome; list the kinds the live services
+//! serve (or those a kinds file adds to the built-in ones), or check such a file.
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
@@ -7,8 +8,9 @@ use std::collections::HashMap;
 
 use chorus_shared::{
     client::{Client, ClientError, TaskStatus},
-    config::{ConnectArgs, EXIT_USAGE},
+    config::{ConnectArgs, KindsArgs, DEFAULT_MAX_MESSAGE_BYTES, EXIT_USAGE},
     error::StoreError,
+    kinds::Registry,
     protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
     services,
     store::Store,
@@ -85,11 +87,35 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
         timeout_secs: u64,
     },
-    /// List the kinds the live services of the deployment serve, as JSON: each definition
-    /// (fingerprint) with its steps and the services (role, instance, worker types) running it;
-    /// a kind with two live definitions, or that a role lacks, is flagged. Read from the
-    /// services' announcements in Redis (refreshed every 2 s).
-    Kinds,
+    /// List the kinds the live services of the deployment serve, as JSON, from their
+    /// announcements in Redis (refreshed every 2 s): each definition (fingerprint) with its
+    /// steps and the services (role, instance, worker types) running it; a kind with two live
+    /// definitions, or that a role lacks, is flagged. With --kinds-file, list instead, as text,
+    /// the kinds this machine's services would serve with that file (the built-in ones and the
+    /// file's) and their steps, connecting to nothing. `chorus kinds check FILE` checks a kinds
+    /// file.
+    Kinds(KindsCommand),
+}
+
+/// The flags of `chorus kinds`.
+#[derive(Args, Debug)]
+struct KindsCommand {
+    #[command(flatten)]
+    kinds: KindsArgs,
+    #[command(subcommand)]
+    check: Option<KindsCheck>,
+}
+
+/// `chorus kinds check FILE`.
+#[derive(Subcommand, Debug)]
+enum KindsCheck {
+    /// Check a kinds file as a service would at start-up (programs found, URLs valid, env vars
+    /// set, ...): exit 0 when it can be used, else one line naming the file, the kind and the
+    /// key, and exit 64.
+    Check {
+        /// The kinds file.
+        file: std::path::PathBuf,
+    },
 }
 
 /// The flags of `chorus submit`.
@@ -244,20 +270,63 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_outcome(&outcome)
         }
         Command::Result { id } => result(connect, &id).await,
-        Command::Kinds => {
-            let redis = connect
-                .redis()
-                .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
-            let store = Store::connect_to(&redis, connect.redis_timeout())
-                .await
-                .map_err(|e| Failure::Unavailable(e.into()))?;
-            let live = services::read_live(&store)
-                .await
-                .map_err(|e| Failure::Unavailable(e.into()))?;
-            print_json(&services::catalogue(&live)).map_err(Failure::Usage)?;
-            Ok(0)
+        Command::Kinds(command)
+            if command.check.is_none() && command.kinds.kinds_file.is_none() =>
+        {
+            live_kinds(connect).await
+        }
+        Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
+    }
+}
+
+/// `chorus kinds`: the kinds the live services announce, as JSON
+/// (docs/operations.md#rolling-out-a-kind).
+async fn live_kinds(connect: &ConnectArgs) -> Result<u8, Failure> {
+    let redis = connect
+        .redis()
+        .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
+    let store = Store::connect_to(&redis, connect.redis_timeout())
+        .await
+        .map_err(|e| Failure::Unavailable(e.into()))?;
+    let live = services::read_live(&store)
+        .await
+        .map_err(|e| Failure::Unavailable(e.into()))?;
+    print_json(&services::catalogue(&live)).map_err(Failure::Usage)?;
+    Ok(0)
+}
+
+/// `chorus kinds --kinds-file F [check FILE]`: loads the kinds as a service would (with the default
+/// `--max-message-bytes`), then lists them, or says the file is fine.
+fn kinds(command: KindsCommand) -> Result<u8, String> {
+    let checking = command.check.is_some();
+    let kinds = match command.check {
+        Some(KindsCheck::Check { file }) => KindsArgs {
+            kinds_file: Some(file),
+        },
+        None => command.kinds,
+    };
+    let max_answer_bytes = usize::try_from(DEFAULT_MAX_MESSAGE_BYTES).unwrap_or(usize::MAX);
+    let registry = kinds.registry(Registry::builtin(), max_answer_bytes)?;
+    if let (Some(path), true) = (&kinds.kinds_file, checking) {
+        let added = registry.names().len() - Registry::builtin().names().len();
+        println!("{}: {added} kinds, all usable", path.display());
+        return Ok(0);
+    }
+    for name in registry.names() {
+        let Some(kind) = registry.get(&name) else {
+            continue;
+        };
+        let steps = kind.steps();
+        match (steps.is_empty(), kind.description()) {
+            (true, _) => println!("{name}  (built-in, Rust)"),
+            (false, Some(description)) => println!("{name}  {description}"),
+            (false, None) => println!("{name}"),
+        }
+        for (step, runs) in steps {
+            println!("    {step}: {runs}");
         }
     }
+    Ok(0)
 }
 
 /// `chorus submit`: sends the task, then prints its id, or with `--wait` its outcome.

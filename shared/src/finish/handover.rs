@@ -46,7 +46,7 @@ impl Finisher {
         if directory.first_time(&notice) {
             tracing::warn!(
                 kind = %text::bounded(&record.kind, text::MAX_NAME_BYTES),
-                planned_with = wanted.unwrap_or("-"),
+                planned_with = %text::bounded(wanted.unwrap_or("-"), text::MAX_NAME_BYTES),
                 here = local.unwrap_or("-"),
                 "this synthesizer lacks the definition tasks of this kind were planned with; leaving them to a live synthesizer that has it (said once)"
             );

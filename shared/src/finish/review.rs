@@ -5,12 +5,13 @@ use std::collections::HashSet;
 
 use super::Finisher;
 use crate::{
-    failpoint, graph, kinds,
+    failpoint, graph,
+    kinds::{self, TaskView},
     store::{Lease, TaskRecord},
 };
 
 impl Finisher {
-    /// Runs the kind's review of round `record.round` over `outputs` (in plan order; `order`
+    /// Runs the kind's review of round `record.round` of `task` over `outputs` (in plan order; `order`
     /// is the plan, which additions must not collide with); when it sends subtasks back,
     /// records the next round and publishes what it releases. `Ok(true)` when another round
     /// runs.
@@ -20,7 +21,7 @@ impl Finisher {
     /// round could not be recorded or published: a message for the outcome.
     pub(super) async fn review(
         &self,
-        id: &str,
+        task: &TaskView,
         record: &TaskRecord,
         outputs: &[(String, Vec<u8>)],
         order: &[String],
@@ -28,16 +29,17 @@ impl Finisher {
     ) -> Result<bool, String> {
         let (kind, inline) = self.kind_for(record, outputs.len())?;
         let (input, round) = (record.input.clone(), record.round);
+        let id = task.id.as_str();
         let outputs = outputs.to_vec();
-        let reviewed = match kinds::run_kind_code(inline, move || {
-            kind.review(&input, &outputs, round)
-        })
-        .await
-        {
-            Ok(Ok(reviewed)) => reviewed,
-            Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
-            Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
-        };
+        let view = task.clone();
+        let reviewed =
+            match kinds::run_kind_code(inline, move || kind.review(&view, &input, &outputs, round))
+                .await
+            {
+                Ok(Ok(reviewed)) => reviewed,
+                Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
+                Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
+            };
         let Some(entries) = reviewed.filter(|entries| !entries.is_empty()) else {
             return Ok(false);
         };

@@ -14,8 +14,8 @@ use crate::{
     clock::now_ms,
     error::{ServiceError, StoreError},
     failpoint,
-    kinds::{self, DynKind},
-    protocol::{Outcome, Status},
+    kinds::{self, DynKind, TaskView},
+    protocol::{Outcome, ResolvedOptions, Status},
     store::{
         Lease, LeaseRequest, LeasedRun, Settled, SettledLease, TaskKeys, TaskRecord, TaskState,
     },
@@ -215,7 +215,13 @@ impl Finisher {
         };
         if run.review {
             match self
-                .review(id, &record, &run.successes, &run.order, lease)
+                .review(
+                    &task_view(id, &record, options),
+                    &record,
+                    &run.successes,
+                    &run.order,
+                    lease,
+                )
                 .await
             {
                 Ok(true) => return Ok(Synthesis::NextRound),
@@ -231,7 +237,15 @@ impl Finisher {
                 }
             }
         }
-        let synthesis = self.run_synthesis(&record, run.successes).await;
+        let failures: Vec<(String, String)> = run
+            .errors
+            .iter()
+            .filter_map(|e| Some((e.subtask.clone()?, e.message.clone())))
+            .collect();
+        let task = task_view(id, &record, options);
+        let synthesis = self
+            .run_synthesis(&task, &record, run.successes, failures)
+            .await;
         Ok(Synthesis::Outcome(decide::synthesized(
             id,
             &record,
@@ -267,15 +281,31 @@ impl Finisher {
     /// The kind is unknown, or its synthesis failed or panicked, as a message for the outcome.
     async fn run_synthesis(
         &self,
+        task: &TaskView,
         record: &TaskRecord,
         outputs: Vec<(String, Vec<u8>)>,
+        failures: Vec<(String, String)>,
     ) -> Result<Value, String> {
         let (kind, inline) = self.kind_for(record, outputs.len())?;
         let input = record.input.clone();
-        match kinds::run_kind_code(inline, move || kind.synthesize(&input, outputs)).await {
+        let task = task.clone();
+        match kinds::run_kind_code(inline, move || {
+            kind.synthesize(&task, &input, outputs, &failures)
+        })
+        .await
+        {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(format!("synthesis failed: {error}")),
             Err(panic) => Err(format!("synthesis panicked: {panic}")),
         }
+    }
+}
+
+/// What the kind's review and synthesis are told about task `id`.
+fn task_view(id: &str, record: &TaskRecord, options: ResolvedOptions) -> TaskView {
+    TaskView {
+        id: id.to_owned(),
+        kind: record.kind.clone(),
+        options,
     }
 }

@@ -48,6 +48,49 @@ fn unknown_duplicate_and_self_dependencies_are_refused() {
 }
 
 #[test]
+fn bad_subtask_ids_are_refused_naming_the_rule_within_bounds() {
+    // Too long: the error says so and quotes the id cut to the name bound.
+    let long = "k".repeat(10_000);
+    for error in [
+        check_plan(&[entry(&long, &[])]),
+        check_spawned(&[entry(&long, &[])]),
+        check_plan(&[entry("a", &[&long])]),
+    ] {
+        let error = error.expect_err("long");
+        assert!(
+            error.contains("is 10000 bytes long; the limit is 200"),
+            "{error}"
+        );
+        assert!(
+            error.len() < 2 * crate::text::MAX_NAME_BYTES,
+            "{} bytes",
+            error.len()
+        );
+    }
+    // Control characters, line separators, invisible format characters: refused, escaped.
+    for (id, shown) in [
+        ("a\nb", "a\\nb"),
+        ("a\u{2028}b", "a\\u{2028}b"),
+        ("ad\u{200b}min", "ad\\u{200b}min"),
+        ("x\u{202e}y", "x\\u{202e}y"),
+    ] {
+        let additions = check_additions(&[entry(id, &[])], &HashSet::new());
+        for error in [check_plan(&[entry(id, &[])]), additions] {
+            let error = error.expect_err(id);
+            assert!(
+                error.contains(&format!("subtask id \"{shown}\" must not contain whitespace, control or format characters")),
+                "{error}"
+            );
+        }
+    }
+    let dependency = check_spawned(&[entry("a", &["b\u{0}"])]).expect_err("dependency");
+    assert!(
+        dependency.starts_with("dependency of subtask \"a\": subtask id \"b\\u{0}\" must not"),
+        "{dependency}"
+    );
+}
+
+#[test]
 fn additions_may_only_look_back() {
     let existing: HashSet<String> = ["x".to_owned()].into();
     assert_eq!(

@@ -29,8 +29,7 @@ pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8], invalid: &str) -> Result
 /// A task's `input` decoded as `T` by the strict rules of [`protocol::strict`]: structs only
 /// from maps, no unknown fields. The error reads `invalid input: input.<field>: <cause>`.
 pub(super) fn decode_input<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, KindError> {
-    protocol::strict::read_msgpack(bytes)
-        .and_then(protocol::strict::from_value)
+    protocol::strict::from_msgpack(bytes)
         .map_err(|e| KindError::fatal(format!("invalid input: {}", e.under("input"))))
 }
 

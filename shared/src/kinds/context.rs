@@ -38,10 +38,18 @@ pub struct HandlerContext {
     pub task: String,
     /// Subtask id.
     pub subtask: String,
+    /// Kind name of the task.
+    pub kind: String,
+    /// Worker type the subtask was routed to (`default` unless its planner chose another).
+    pub worker_type: String,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// Attempts allowed in all.
     pub max_attempts: u32,
+    /// The most this attempt may take: the subtask's timeout, or what is left before the
+    /// task's deadline when that comes first (the worker drops the attempt then). `None` when
+    /// unknown (a handler run outside a worker).
+    pub time_limit: Option<std::time::Duration>,
     /// Spawn depth: 0 for planned subtasks.
     pub depth: u32,
     /// Encoded outputs of the subtasks this one depends on, in `depends_on` order.

@@ -9,7 +9,19 @@ use serde::Serialize;
 use serde_bytes::ByteBuf;
 
 use super::{codec, HandlerContext, Kind, KindError, Planned, Review, Work};
-use crate::protocol::{self, PlanEntry};
+use crate::protocol::{self, PlanEntry, ResolvedOptions};
+
+/// The task a kind's plan, review or synthesis works for: what a step defined in a kinds file
+/// is told about it besides its input (docs/kinds.md). Rust kinds ([`Kind`]) ignore it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskView {
+    /// Task id.
+    pub id: String,
+    /// Kind name.
+    pub kind: String,
+    /// The task's options with every default applied.
+    pub options: ResolvedOptions,
+}
 
 /// A kind with its types erased to MessagePack bytes, as the services use it.
 ///
@@ -27,11 +39,11 @@ pub trait DynKind: Send + Sync {
     /// the planner's own call reports that).
     fn inline_plan(&self, input: &[u8]) -> bool;
 
-    /// Plans from the encoded input; returns the plan's entries.
+    /// Plans `task` from its encoded input; returns the plan's entries.
     ///
     /// # Errors
     /// The input does not decode or the planner refuses it.
-    fn plan(&self, input: &[u8]) -> Result<Vec<PlanEntry>, KindError>;
+    fn plan(&self, task: &TaskView, input: &[u8]) -> Result<Vec<PlanEntry>, KindError>;
 
     /// Reviews the encoded outputs after `round`; `Some` entries to redo or add, `None` to
     /// accept.
@@ -40,6 +52,7 @@ pub trait DynKind: Send + Sync {
     /// Something does not decode, or the review fails.
     fn review(
         &self,
+        task: &TaskView,
         input: &[u8],
         outputs: &[(String, Vec<u8>)],
         round: u32,
@@ -52,30 +65,36 @@ pub trait DynKind: Send + Sync {
         context: HandlerContext,
     ) -> BoxFuture<'static, Result<Vec<u8>, KindError>>;
 
-    /// Synthesizes from the encoded input and encoded outputs.
+    /// Synthesizes `task` from the encoded input and encoded outputs (in plan order);
+    /// `failures` are the `(subtask id, error)` of the subtasks that failed (`on_failure:
+    /// continue`), which only kinds-file steps are told about.
     ///
     /// # Errors
     /// Something does not decode, or the synthesizer fails.
     fn synthesize(
         &self,
+        task: &TaskView,
         input: &[u8],
         outputs: Vec<(String, Vec<u8>)>,
+        failures: &[(String, String)],
     ) -> Result<rmpv::Value, KindError>;
 
     /// Names this definition of the kind, as the services announce it: two services whose
-    /// fingerprints of a kind differ run different code for it (docs/operations.md, "Rolling out a
-    /// kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).
+    /// fingerprints of a kind differ run different code for it (docs/operations.md, "Rolling
+    /// out a kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).
     fn fingerprint(&self) -> String {
         super::kind::rust_fingerprint(self.name())
     }
 
-    /// Each step of the kind (`plan`, `handle`, `review`, `synthesize`) with one line saying
-    /// what runs it, for `chorus kinds`. Default: each step is Rust code.
-    fn describe_steps(&self) -> Vec<(String, String)> {
-        ["plan", "handle", "review", "synthesize"]
-            .into_iter()
-            .map(|step| (step.to_owned(), "rust".to_owned()))
-            .collect()
+    /// The kind's steps for `chorus kinds`: `(step, what runs it)` lines, empty for a Rust
+    /// kind (its steps are its code).
+    fn steps(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// A line about the kind for `chorus kinds`, if it has one.
+    fn description(&self) -> Option<&str> {
+        None
     }
 }
 
@@ -109,13 +128,14 @@ impl<K: Kind> DynKind for Erased<K> {
             && codec::decode_input::<K::Input>(input).is_ok_and(|input| self.0.small_plan(&input))
     }
 
-    fn plan(&self, input: &[u8]) -> Result<Vec<PlanEntry>, KindError> {
+    fn plan(&self, _task: &TaskView, input: &[u8]) -> Result<Vec<PlanEntry>, KindError> {
         let input: K::Input = codec::decode_input(input)?;
         to_entries(self.0.plan(&input)?.0, "", PLANNED_DEPTH)
     }
 
     fn review(
         &self,
+        _task: &TaskView,
         input: &[u8],
         outputs: &[(String, Vec<u8>)],
         round: u32,
@@ -148,8 +168,10 @@ impl<K: Kind> DynKind for Erased<K> {
 
     fn synthesize(
         &self,
+        _task: &TaskView,
         input: &[u8],
         outputs: Vec<(String, Vec<u8>)>,
+        _failures: &[(String, String)],
     ) -> Result<rmpv::Value, KindError> {
         let input: K::Input = codec::decode_input(input)?;
         let outputs = codec::decode_outputs::<K::Output>(borrowed(&outputs), "subtask")?;

@@ -16,6 +16,12 @@ pub trait Kind: Send + Sync + 'static {
     /// The task input, decoded from the request's `input` by the strict rules of
     /// [`protocol::strict`](crate::protocol::strict): a struct only from a map, no unknown
     /// field (docs/protocol.md, "Decoding rules").
+    ///
+    /// Avoid `#[serde(flatten)]`, `#[serde(untagged)]` and internally tagged enums
+    /// (`#[serde(tag = "...")]`) in this type: serde buffers what they read and deserializes it
+    /// with its own lenient deserializer, where a struct may come from an array again and a
+    /// flattened struct ignores unknown fields (docs/security.md, "Known gaps"). Externally
+    /// tagged enums (serde's default) stay strict; otherwise check the decoded value yourself.
     type Input: DeserializeOwned + Send + Sync;
     /// One unit of work.
     type Subtask: Serialize + DeserializeOwned + Send;

@@ -23,6 +23,7 @@
 //! errors a kind's code sees). [`Spawned`] is what the worker reads back of a handler's
 //! [`HandlerContext::spawn`] calls.
 
+pub mod file;
 pub mod range_sum;
 pub mod report;
 pub mod wordfreq;
@@ -44,5 +45,5 @@ pub use registry::Registry;
 // Used by the services, not by kind authors.
 pub use erased::{
     panic_message, panic_text, run_kind_code, sort_by_subtask_id, spawned_entries, to_entries,
-    DynKind, INLINE_OUTPUTS,
+    DynKind, TaskView, INLINE_OUTPUTS,
 };

@@ -42,6 +42,11 @@ impl Registry {
         self
     }
 
+    /// Adds a kind already erased (a kinds file's), replacing any of the same name.
+    pub(crate) fn insert(&mut self, kind: Arc<dyn DynKind>) {
+        self.kinds.insert(kind.name().to_owned(), kind);
+    }
+
     /// The kind called `name`, with its types erased for the services.
     pub fn get(&self, name: &str) -> Option<Arc<dyn DynKind>> {
         self.kinds.get(name).cloned()

@@ -241,3 +241,62 @@ fn task_ids_are_checked() {
     assert!(validate_task_id("}x{").is_err());
     assert!(validate_task_id(&"x".repeat(MAX_TASK_ID_BYTES + 1)).is_err());
 }
+
+#[test]
+fn subtask_messages_check_their_subtask_ids() {
+    let subtask = SubtaskMessage {
+        task: "t".into(),
+        subtask: "0".into(),
+        kind: "k".into(),
+        attempt: 1,
+        max_attempts: 3,
+        timeout_ms: 10,
+        payload: ByteBuf::new(),
+        worker_type: "default".into(),
+        depends_on: vec![],
+        depth: 0,
+        deadline_at_ms: None,
+        events: false,
+        round: 1,
+        fingerprint: None,
+    };
+    assert!(subtask.validate().is_ok());
+    for bad in ["", "a\nb", "a\u{200b}b", &"s".repeat(MAX_TASK_ID_BYTES + 1)] {
+        let message = SubtaskMessage {
+            subtask: bad.into(),
+            ..subtask.clone()
+        };
+        let error = message.validate().expect_err(bad).to_string();
+        assert!(error.contains("subtask id"), "{error}");
+    }
+    let item = |id: &str| BatchItem {
+        subtask: id.into(),
+        payload: ByteBuf::new(),
+        depends_on: vec![],
+    };
+    let batch = SubtaskBatch {
+        task: "t".into(),
+        kind: "k".into(),
+        max_attempts: 3,
+        timeout_ms: 10,
+        worker_type: "default".into(),
+        depth: 0,
+        deadline_at_ms: None,
+        events: false,
+        round: 1,
+        fingerprint: None,
+        items: vec![item("0"), item("1")],
+    };
+    assert!(batch.validate().is_ok());
+    let later_bad = SubtaskBatch {
+        items: vec![item("0"), item("1\u{1b}[2J")],
+        ..batch
+    };
+    let error = later_bad.validate().expect_err("second item").to_string();
+    assert!(
+        error.contains(
+            "subtask id \"1\\u{1b}[2J\" must not contain whitespace, control or format characters"
+        ),
+        "{error}"
+    );
+}

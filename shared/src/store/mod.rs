@@ -44,12 +44,13 @@
 //! - `lease`: the [`Lease`] guard. `run`: runs counted and leased ([`Store::lease_run`]).
 //! - `outcome`: storing the outcome once, reading it with its waiters, marking it delivered
 //!   (which releases the synthesis lease).
+//! - `connection`: the connection, rebuilt from the settings read anew when it breaks.
 //! - `read`, `children`, `progress`: plain reads. `record`: the task hash parsed.
 //!   `codec`: stored values encoded and decoded. `services`: the services' announcements.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncConnectionConfig;
 
 #[cfg(doc)]
 use crate::protocol::{Outcome, PlanEntry, ReplyTarget, SubtaskOutcome};
@@ -62,6 +63,7 @@ use crate::{
 mod children;
 mod claim;
 mod codec;
+mod connection;
 mod graph;
 mod keys;
 mod lease;
@@ -95,7 +97,7 @@ pub use self::{
 /// A Redis connection (reconnecting by itself, every command time-bounded) and the scripts.
 #[derive(Clone)]
 pub struct Store {
-    connection: ConnectionManager,
+    connection: connection::Reconnecting,
 }
 
 /// How many plan entries or result fields go to Redis per round trip.
@@ -112,15 +114,40 @@ impl Store {
     }
 
     /// Connects to Redis at `endpoint`, with its TLS files for a `rediss://` URL; otherwise as
-    /// [`Store::connect`].
+    /// [`Store::connect`]. Reconnects to the same server with the same files.
     ///
     /// # Errors
     /// [`StoreError::TlsRefused`] when the TLS handshake fails (Redis's certificate does not
     /// verify, or it refuses ours); [`StoreError::Redis`] when Redis cannot be reached, refuses
     /// the credentials, or the URL is invalid.
     pub async fn connect_to(endpoint: &Endpoint, timeout: Duration) -> Result<Self, StoreError> {
-        Self::open(endpoint, timeout)
+        let source = connection::Source::Fixed(endpoint.clone());
+        Self::open(source, endpoint, timeout).await
+    }
+
+    /// Connects to the Redis of `connect` (`--redis-url` or its file, the TLS files,
+    /// `--redis-timeout-ms`), and reads them again each time the connection is rebuilt, so a
+    /// rotated password, URL or certificate is used from the next reconnect on.
+    ///
+    /// # Errors
+    /// As [`Store::connect_to`], and [`StoreError::Settings`] when a file cannot be read.
+    pub async fn connect_settings(connect: &ConnectArgs) -> Result<Self, StoreError> {
+        let endpoint = connect.redis().map_err(StoreError::Settings)?;
+        let source = connection::Source::Settings(connect.clone());
+        Self::open(source, &endpoint, connect.redis_timeout()).await
+    }
+
+    async fn open(
+        source: connection::Source,
+        endpoint: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout));
+        connection::Reconnecting::connect(source, endpoint, config)
             .await
+            .map(|connection| Self { connection })
             .map_err(|error| match tls::refusal(&error) {
                 Some(reason) => StoreError::TlsRefused(TlsRefused {
                     service: "Redis",
@@ -131,29 +158,19 @@ impl Store {
             })
     }
 
-    async fn open(endpoint: &Endpoint, timeout: Duration) -> redis::RedisResult<Self> {
-        let client = endpoint.redis_client()?;
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(timeout))
-            .set_connection_timeout(Some(timeout));
-        let connection = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { connection })
-    }
-
-    /// Connects as a service starts: [`Store::connect_to`] the Redis of `connect` (`--redis-url`
-    /// or its file, the TLS files, `--redis-timeout-ms`), then [`Store::warn_about_settings`].
+    /// Connects as a service starts: [`Store::connect_settings`], then
+    /// [`Store::warn_about_settings`].
     ///
     /// # Errors
-    /// As [`Store::connect_to`], and [`StoreError::Settings`] when a file cannot be read.
+    /// As [`Store::connect_settings`].
     pub async fn connect_service(connect: &ConnectArgs) -> Result<Self, StoreError> {
-        let endpoint = connect.redis().map_err(StoreError::Settings)?;
-        let store = Self::connect_to(&endpoint, connect.redis_timeout()).await?;
+        let store = Self::connect_settings(connect).await?;
         store.warn_about_settings().await;
         Ok(store)
     }
 
     /// A handle on the connection (also for scripts kept beside the modules that use them).
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> connection::Reconnecting {
         self.connection.clone()
     }
 

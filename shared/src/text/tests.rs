@@ -21,6 +21,52 @@ fn control_characters_and_bidi_marks_are_escaped() {
 }
 
 #[test]
+fn line_and_paragraph_separators_are_escaped() {
+    assert_eq!(bounded("a\u{2028}b\u{2029}c", 100), "a\\u{2028}b\\u{2029}c");
+}
+
+#[test]
+fn zero_width_characters_are_escaped() {
+    for (c, escaped) in [
+        ('\u{200b}', "\\u{200b}"),
+        ('\u{200c}', "\\u{200c}"),
+        ('\u{200d}', "\\u{200d}"),
+        ('\u{2060}', "\\u{2060}"),
+        ('\u{feff}', "\\u{feff}"),
+    ] {
+        assert_eq!(
+            bounded(&format!("ad{c}min"), 100),
+            format!("ad{escaped}min")
+        );
+    }
+}
+
+#[test]
+fn every_format_character_is_escaped() {
+    // Cf beyond the bidirectional and zero-width ones: soft hyphen, invisible operators,
+    // interlinear annotation, the language tags, Arabic and Syriac marks.
+    for c in [
+        '\u{00ad}',
+        '\u{0600}',
+        '\u{070f}',
+        '\u{2061}',
+        '\u{2064}',
+        '\u{fff9}',
+        '\u{e0001}',
+        '\u{e007f}',
+        '\u{061c}',
+        '\u{2066}',
+    ] {
+        let out = bounded(&c.to_string(), 100);
+        assert_eq!(out, c.escape_default().to_string(), "{:?}", c);
+    }
+    // Visible text of other categories is kept: spaces, marks, symbols, emoji.
+    for text in ["a b", "e\u{301}", "€ ©", "🎉", "\u{a0}"] {
+        assert_eq!(bounded(text, 100), text);
+    }
+}
+
+#[test]
 fn long_text_is_cut_with_a_marker_within_the_bound() {
     let long = "k".repeat(10_000);
     let cut = bounded(&long, 256);

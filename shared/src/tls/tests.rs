@@ -108,3 +108,37 @@ impl std::error::Error for Wrapper {
         Some(&self.0)
     }
 }
+
+/// A CA certificate made for these tests only (ECDSA P-256, `CN=Chorus unit-test CA`).
+const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBoDCCAUegAwIBAgIUWnEjOAKjr4nMZVq5x5J2MEzGGN4wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTQ2hvcnVzIHVuaXQtdGVzdCBDQTAeFw0yNjExMzAwNzI5MTBa
+Fw0zNjExMjcwNzI5MTBaMB4xHDAaBgNVBAMME0Nob3J1cyB1bml0LXRlc3QgQ0Ew
+WTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQMITRWlmF0xxwKBeUNtMmwwEN0F1ME
+OHGqoHhuQazfpEONiEe0Rx42xOFlS4i5nW2J/J2sXPu+/fGBCYmz2KQGo2MwYTAd
+BgNVHQ4EFgQUfcn80mxc1IRJ8EDf7Mt0ab8PR9MwHwYDVR0jBBgwFoAUfcn80mxc
+1IRJ8EDf7Mt0ab8PR9MwDwYDVR0TAQH/BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAQYw
+CgYIKoZIzj0EAwIDRwAwRAIgEWcOwkD/A/9+Xm43ErQ25orJ1JfGMkmaW4IoSoqU
+kMICIGMdtBylvSqts4DutCGx1QirdDQ5ulZkV7qpggXC7j1x
+-----END CERTIFICATE-----
+";
+
+#[test]
+fn a_ca_file_replaces_the_system_roots_for_amqp() {
+    let path = std::env::temp_dir().join(format!("chorus-ca-{}.pem", std::process::id()));
+    std::fs::write(&path, TEST_CA).expect("works");
+    let files = TlsFiles {
+        ca: Some(path.clone()),
+        ..TlsFiles::default()
+    };
+    let endpoint =
+        Endpoint::load("amqps://h:5671".into(), &files, "--amqp", "amqps").expect("loads");
+    std::fs::remove_file(&path).expect("works");
+    let roots = endpoint.roots().expect("roots");
+    // The CA file's one certificate, and not one of the system's roots beside it.
+    assert_eq!(roots.len(), 1);
+    let subject = roots.roots[0].subject.as_ref();
+    let name = b"Chorus unit-test CA";
+    assert!(subject.windows(name.len()).any(|w| w == name));
+    assert!(endpoint.amqp_tls().is_ok());
+}

@@ -100,7 +100,7 @@ async fn an_erased_kind_plans_handles_and_synthesizes_bytes() {
     assert!(!kind.inline());
     assert!(!kind.inline_plan(&encoded(&Numbers { values: vec![1] })));
     let entries = kind
-        .plan(&encoded(&Numbers { values: vec![4, 5] }))
+        .plan(&view(), &encoded(&Numbers { values: vec![4, 5] }))
         .expect("plans");
     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids, ["0", "1"]);
@@ -111,7 +111,9 @@ async fn an_erased_kind_plans_handles_and_synthesizes_bytes() {
     assert_eq!(protocol::decode::<i64>(&output).expect("decodes"), 10);
     let outputs = vec![("0".to_owned(), encoded(&8_i64)), ("1".to_owned(), output)];
     let input = encoded(&Numbers { values: vec![4, 5] });
-    let combined = kind.synthesize(&input, outputs).expect("synthesizes");
+    let combined = kind
+        .synthesize(&view(), &input, outputs, &[])
+        .expect("synthesizes");
     assert_eq!(combined, rmpv::Value::from(18));
 }
 
@@ -119,7 +121,7 @@ async fn an_erased_kind_plans_handles_and_synthesizes_bytes() {
 fn a_review_names_its_additions_after_the_round() {
     let input = encoded(&Numbers { values: vec![] });
     let entries = double()
-        .review(&input, &[], 3)
+        .review(&view(), &input, &[], 3)
         .expect("reviews")
         .expect("revises");
     let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
@@ -129,7 +131,7 @@ fn a_review_names_its_additions_after_the_round() {
 #[tokio::test]
 async fn what_does_not_decode_is_a_fatal_error_that_says_what() {
     let kind = double();
-    let plan = kind.plan(b"\xc1").expect_err("no input");
+    let plan = kind.plan(&view(), b"\xc1").expect_err("no input");
     assert!(!plan.is_retryable());
     assert!(plan.message().starts_with("invalid input: "), "{plan}");
     let handle = kind
@@ -142,7 +144,9 @@ async fn what_does_not_decode_is_a_fatal_error_that_says_what() {
     );
     let input = encoded(&Numbers { values: vec![] });
     let outputs = vec![("7".to_owned(), b"\xc1".to_vec())];
-    let synthesis = kind.synthesize(&input, outputs).expect_err("no output");
+    let synthesis = kind
+        .synthesize(&view(), &input, outputs, &[])
+        .expect_err("no output");
     assert!(
         synthesis
             .message()
@@ -176,4 +180,15 @@ fn subtask_ids_sort_numbers_first_by_value() {
     sort_by_subtask_id(&mut items);
     let ids: Vec<&str> = items.iter().map(|(id, ())| id.as_str()).collect();
     assert_eq!(ids, ["0", "2", "10", "a", "b"]);
+}
+
+/// The task view the tests' calls pass (Rust kinds ignore it).
+fn view() -> super::TaskView {
+    super::TaskView {
+        id: "t".to_owned(),
+        kind: "double".to_owned(),
+        options: protocol::TaskOptions::default()
+            .resolve()
+            .expect("defaults resolve"),
+    }
 }

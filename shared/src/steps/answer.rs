@@ -1,0 +1,114 @@
+//! The one place a step's answer is checked, for every kind of step: at most the size limit,
+//! valid JSON, and not a step-reported failure (`{"error": "...", "retryable": ...}`).
+
+use serde::Deserialize;
+
+use super::StepError;
+
+/// Bytes of an unusable answer quoted in its error (escaped by [`crate::text::bounded`]).
+pub const QUOTED_BYTES: usize = 200;
+
+/// The fields of an answer that reports a failure instead of a result.
+#[derive(Deserialize)]
+struct Reported {
+    error: String,
+    #[serde(default)]
+    retryable: bool,
+}
+
+/// `bytes` as an answer: returned as they are when they are one JSON document of at most
+/// `max_bytes`; `what` names the step in messages (`command "python3"`).
+///
+/// # Errors
+/// [`StepError::Fatal`] for an oversized answer or one that is not JSON (its first bytes
+/// quoted), and for `{"error": "..."}`; [`StepError::Retryable`] for
+/// `{"error": "...", "retryable": true}` (the rule of docs/kinds.md#steps).
+pub fn check(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, StepError> {
+    inspect(bytes, max_bytes, what).map_err(|rejected| rejected.error)
+}
+
+/// An answer [`check`] refused, and whether it was JSON at all (a pool process that answered
+/// JSON, even an error report, is still in step with us and is kept).
+#[derive(Debug)]
+pub struct Rejected {
+    /// The classified failure.
+    pub error: StepError,
+    /// Whether the answer was one well-formed JSON document within the limit.
+    pub json: bool,
+}
+
+/// [`check`], telling a step-reported failure apart from an unusable answer.
+///
+/// # Errors
+/// [`Rejected`], as [`check`] classifies it.
+pub fn inspect(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, Rejected> {
+    if bytes.len() > max_bytes {
+        return Err(Rejected {
+            error: oversized(what, max_bytes),
+            json: false,
+        });
+    }
+    let value: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        Err(error) => {
+            return Err(Rejected {
+                error: StepError::Fatal {
+                    message: format!(
+                        "{what} answered something that is not JSON ({error}): {}",
+                        first_bytes(&bytes)
+                    ),
+                },
+                json: false,
+            })
+        }
+    };
+    match value.as_object() {
+        Some(object) if object.contains_key("error") => Err(Rejected {
+            error: reported(value, what),
+            json: true,
+        }),
+        _ => Ok(bytes),
+    }
+}
+
+/// The error of an answer longer than `max_bytes`.
+pub fn oversized(what: &str, max_bytes: usize) -> StepError {
+    StepError::Fatal {
+        message: format!("{what} answered more than the limit of {max_bytes} bytes"),
+    }
+}
+
+/// The first [`QUOTED_BYTES`] of `bytes`, lossy UTF-8, escaped, in quotes.
+pub fn first_bytes(bytes: &[u8]) -> String {
+    let head = &bytes[..bytes.len().min(QUOTED_BYTES)];
+    let more = if bytes.len() > QUOTED_BYTES {
+        "…"
+    } else {
+        ""
+    };
+    format!(
+        "\"{}{more}\"",
+        crate::text::bounded(&String::from_utf8_lossy(head), QUOTED_BYTES * 2)
+    )
+}
+
+/// The failure a `{"error": ...}` answer reports; an `error` that is not a string, or a
+/// `retryable` that is not a boolean, is the step's mistake and fatal.
+fn reported(value: serde_json::Value, what: &str) -> StepError {
+    match Reported::deserialize(value) {
+        Ok(Reported { error, retryable }) => {
+            let message = format!("{what} reported: {}", crate::text::reason(&error));
+            if retryable {
+                StepError::Retryable {
+                    message,
+                    retry_after: None,
+                }
+            } else {
+                StepError::Fatal { message }
+            }
+        }
+        Err(error) => StepError::Fatal {
+            message: format!("{what} answered a malformed error report: {error}"),
+        },
+    }
+}
