@@ -23,15 +23,15 @@ export CHORUS_AMQP_URL CHORUS_REDIS_URL
 
 cargo build --release --workspace --bins
 mkdir -p bench/results
+# --steps-only measures the kinds-file figures alone: they go to steps.json, steps.txt and
+# steps-machine.txt, leaving the full run's latest.* and machine.txt as they are.
+NAME=latest MACHINE=machine
+for arg in "$@"; do
+    if [ "$arg" = --steps-only ]; then NAME=steps MACHINE=steps-machine; fi
+done
 {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
     echo "rabbitmq: $("$SCRIPT_DIR/services.sh" rabbitmqctl version 2>/dev/null || echo '?'), redis: $(redis-server --version | awk '{ print $3 }')"
-} | tee bench/results/machine.txt
+} | tee "bench/results/$MACHINE.txt"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
-# --steps-only measures the kinds-file figures alone: they go to steps.json/steps.txt, leaving
-# the full run's latest.* as they are.
-NAME=latest
-for arg in "$@"; do
-    if [ "$arg" = --steps-only ]; then NAME=steps; fi
-done
 "$BIN_DIR/chorus-bench" --bin-dir "$BIN_DIR" --out "bench/results/$NAME.json" "$@" | tee "bench/results/$NAME.txt"

@@ -36,7 +36,8 @@ pub struct KindRow {
 /// The whole measurement, as printed and written to the JSON table.
 #[derive(Debug, Serialize)]
 pub struct StepsTable {
-    python: PathBuf,
+    /// The handler's Python version (not its path, which says where this machine keeps it).
+    python_version: String,
     pool_size: u16,
     worker_concurrency: u16,
     rounds: usize,
@@ -78,10 +79,7 @@ impl Samples {
 /// A service that cannot start, a broker or Redis error, or an outcome that is not the exact
 /// expected one.
 pub async fn measure(cli: &Cli) -> Result<StepsTable> {
-    let python = match &cli.steps_python {
-        Some(python) => python.clone(),
-        None => resolve_python()?,
-    };
+    let (python, python_version) = resolve_python(cli.steps_python.as_deref())?;
     let kinds_file = write_kinds_file(cli, &python)?;
     reset(cli).await?;
     let system = System::start_with(cli, 1, None, Some(&kinds_file))?;
@@ -121,7 +119,7 @@ pub async fn measure(cli: &Cli) -> Result<StepsTable> {
         .collect();
     let (pool, call) = (pool.row(POOL_KIND, n), call.row(CALL_KIND, calls));
     Ok(StepsTable {
-        python,
+        python_version,
         pool_size: cli.steps_pool_size,
         worker_concurrency: cli.worker_concurrency,
         rounds: cli.repeat.max(1),
@@ -133,17 +131,24 @@ pub async fn measure(cli: &Cli) -> Result<StepsTable> {
     })
 }
 
-/// The interpreter `python3` on PATH runs (`sys.executable`).
-fn resolve_python() -> Result<PathBuf> {
-    let output = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
+/// The interpreter `python` runs (`sys.executable`; `python3` on PATH when `None`), and its
+/// version.
+fn resolve_python(python: Option<&Path>) -> Result<(PathBuf, String)> {
+    let python = python.unwrap_or(Path::new("python3"));
+    let output = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sys; print(sys.executable); print(sys.version.split()[0])",
+        ])
         .output()
-        .context("cannot run python3")?;
-    let path = String::from_utf8(output.stdout)?.trim().to_owned();
-    if !output.status.success() || path.is_empty() {
-        bail!("python3 did not say where its interpreter is");
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    let text = String::from_utf8(output.stdout)?;
+    match text.lines().collect::<Vec<_>>()[..] {
+        [path, version] if output.status.success() && !path.is_empty() => {
+            Ok((PathBuf::from(path), version.to_owned()))
+        }
+        _ => bail!("{} did not say where its interpreter is", python.display()),
     }
-    Ok(PathBuf::from(path))
 }
 
 /// Writes the measurement's kinds file to a temporary directory; returns its path. No planner
@@ -266,10 +271,10 @@ fn children(pid: u32) -> Vec<u32> {
 pub fn print(table: &StepsTable) {
     println!();
     println!(
-        "kinds without Rust: one worker (--concurrency {}), {} rounds in turns, median (min–max); {} noop.py, pool_size {}:",
+        "kinds without Rust: one worker (--concurrency {}), {} rounds in turns, median (min–max); Python {} noop.py, pool_size {}:",
         table.worker_concurrency,
         table.rounds,
-        table.python.display(),
+        table.python_version,
         table.pool_size
     );
     println!(
