@@ -66,6 +66,7 @@ fn view(kind: &str) -> TaskView {
         id: "t1".to_owned(),
         kind: kind.to_owned(),
         options: TaskOptions::default().resolve().expect("resolves"),
+        subtasks: Vec::new(),
     }
 }
 
