@@ -96,7 +96,8 @@ fn katan_step(port: u16) -> Step {
     let providers = BTreeMap::from([(
         "katan".to_owned(),
         ProviderSpec {
-            base_url: format!("http://127.0.0.1:{port}/v1"),
+            base_url: Some(format!("http://127.0.0.1:{port}/v1")),
+            base_url_env: None,
             api_key_env: Some(KEY_VAR.to_owned()),
             timeout_ms: Some(10_000),
             structured_output: StructuredOutput::JsonObject,

@@ -156,8 +156,14 @@ pub enum StructuredOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSpec {
-    /// The API's base URL; calls go to `{base_url}/chat/completions`.
-    pub base_url: String,
+    /// The API's base URL; calls go to `{base_url}/chat/completions`. One of `base_url` and
+    /// `base_url_env`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the base URL, read at start-up (one file for every
+    /// endpoint: `OPENAI_BASE_URL`).
+    #[serde(default)]
+    pub base_url_env: Option<String>,
     /// The environment variable holding the API key (sent as `Authorization: Bearer`), read at
     /// start-up; a variable that is not set is a start-up error. None: no key sent.
     #[serde(default)]

@@ -69,7 +69,7 @@ impl Catalog {
     ///
     /// # Errors
     /// `(key, message)` with the key relative to the file: `providers.local.base_url`,
-    /// `providers.local.api_key_env`, `models.writer.provider`, `models.writer.temperature`...
+    /// `providers.local.base_url_env`, `providers.local.api_key_env`, `models.writer.provider`, `models.writer.temperature`...
     pub fn build(
         providers: &BTreeMap<String, ProviderSpec>,
         models: &BTreeMap<String, ModelSpec>,
@@ -141,7 +141,17 @@ impl Catalog {
 
 impl Provider {
     fn build(spec: &ProviderSpec, base_dir: &Path) -> Result<Self, StepConfigError> {
-        let base = Url::parse(&spec.base_url)
+        let base_url = match (&spec.base_url, &spec.base_url_env) {
+            (Some(url), None) => url.clone(),
+            (None, Some(variable)) => http::read_env("base_url_env", variable)?,
+            _ => {
+                return Err(config_error(
+                    "base_url",
+                    "give exactly one of base_url and base_url_env",
+                ))
+            }
+        };
+        let base = Url::parse(&base_url)
             .map_err(|e| config_error("base_url", format!("not a URL: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.host().is_none() {
             return Err(config_error(
@@ -151,7 +161,7 @@ impl Provider {
         }
         let url = Url::parse(&format!(
             "{}/chat/completions",
-            spec.base_url.trim_end_matches('/')
+            base_url.trim_end_matches('/')
         ))
         .map_err(|e| config_error("base_url", format!("not a URL: {e}")))?;
         let authorization = match &spec.api_key_env {
