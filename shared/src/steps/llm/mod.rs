@@ -223,11 +223,18 @@ impl Call<'_> {
             Ok(value) => return Ok(value),
             Err(problem) => problem,
         };
-        tracing::info!(model = %model.name, %problem, "invalid {}; asking the model once more", schema.name());
-        messages.push(json!({"role": "assistant", "content": reply.content}));
-        messages.push(json!({"role": "user", "content": format!(
+        // The problem quotes the model's text: escaped and bounded like every text we log.
+        tracing::info!(
+            model = %model.name,
+            problem = %crate::text::reason(&problem),
+            "invalid {}; sending it back once",
+            schema.name()
+        );
+        let repair = format!(
             "That answer is invalid: {problem}. Answer again with only the corrected JSON object."
-        )}));
+        );
+        messages.push(json!({"role": "assistant", "content": reply.content}));
+        messages.push(json!({"role": "user", "content": repair}));
         let reply = model
             .chat(&messages, format, self.timeout, self.max_bytes)
             .await?;
