@@ -233,6 +233,12 @@ type = "llm"
 model = "m"
 prompt = "Assemble:{{% for o in outputs %}} [{{{{ o.id }}}}] {{{{ o.output }}}}{{% endfor %}}"
 
+[kinds.structured.handlers.default]
+type = "llm"
+model = "m"
+output = "json"
+prompt = "[json] {{{{ subtask.input }}}}"
+
 [kinds.echo.handlers.default]
 type = "llm"
 model = "echo"
@@ -335,6 +341,17 @@ async fn models_plan_draft_review_and_synthesize_through_the_services() {
     let error = outcome["errors"][0]["message"].as_str().unwrap();
     assert!(error.contains("invalid plan twice"), "{error}");
     assert!(error.contains("worker_type"), "{error}");
+
+    // `output = "json"`: the reply parsed, asked for as structured output.
+    let (code, outcome) = run(&env, "structured", &json!({"items": ["a b"]}), &[]).await;
+    assert_eq!(code, 0, "{outcome}");
+    assert_eq!(
+        outcome["output"],
+        json!([{"ok": true, "words": 3}]),
+        "{outcome}"
+    );
+    let asked = requests_with(server.port, "[json] a b").await;
+    assert_eq!(asked[0]["response_format"]["json_schema"]["name"], "output");
 
     // A handler on llm-katan through the services (json_object provider, key from the env).
     let (code, outcome) = run(&env, "echo", &json!({"items": ["hello"]}), &[]).await;
