@@ -319,6 +319,7 @@ impl Orchestrator {
                 id: id.clone(),
                 kind: request.kind.clone(),
                 options: resolved,
+                subtasks: Vec::new(),
             };
             self.plan_ahead(task, input).await
         };
@@ -620,6 +621,7 @@ impl Orchestrator {
             id: id.to_owned(),
             kind: record.kind.clone(),
             options: record.resolved_options(id)?,
+            subtasks: Vec::new(),
         };
         let reason = match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
             Ok(Ok(entries)) => match self.refuse_plan(&entries) {

@@ -307,5 +307,6 @@ fn task_view(id: &str, record: &TaskRecord, options: ResolvedOptions) -> TaskVie
         id: id.to_owned(),
         kind: record.kind.clone(),
         options,
+        subtasks: Vec::new(),
     }
 }

@@ -13,7 +13,7 @@ use crate::protocol::{self, PlanEntry, ResolvedOptions};
 
 /// The task a kind's plan, review or synthesis works for: what a step defined in a kinds file
 /// is told about it besides its input (docs/kinds.md). Rust kinds ([`Kind`]) ignore it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskView {
     /// Task id.
     pub id: String,
@@ -21,6 +21,9 @@ pub struct TaskView {
     pub kind: String,
     /// The task's options with every default applied.
     pub options: ResolvedOptions,
+    /// For a review: the plan entries of the round's reviewed subtasks (what a review that
+    /// sends work back builds the new input from); empty for a plan or a synthesis.
+    pub subtasks: Vec<PlanEntry>,
 }
 
 /// A kind with its types erased to MessagePack bytes, as the services use it.

@@ -190,5 +190,6 @@ fn view() -> super::TaskView {
         options: protocol::TaskOptions::default()
             .resolve()
             .expect("defaults resolve"),
+        subtasks: Vec::new(),
     }
 }

@@ -156,6 +156,10 @@ impl SubtaskSpec {
 pub struct PlanAnswer {
     /// The plan, in order.
     pub subtasks: Vec<SubtaskSpec>,
+    /// What the step's calls used (docs/kinds.md#usage): accepted here, accounted by the
+    /// services' usage accounting.
+    #[serde(default, rename = "usage")]
+    pub _usage: serde::de::IgnoredAny,
 }
 
 /// A handle answer: `{"output": ..., "spawn": [...]}`.
@@ -167,6 +171,10 @@ pub struct HandleAnswer {
     /// Subtasks added to the task.
     #[serde(default)]
     pub spawn: Vec<SubtaskSpec>,
+    /// What the step's calls used (docs/kinds.md#usage): accepted here, accounted by the
+    /// services' usage accounting.
+    #[serde(default, rename = "usage")]
+    pub _usage: serde::de::IgnoredAny,
 }
 
 /// A review answer: `{"accept": true}` or `{"accept": false, "subtasks": [...]}`.
@@ -178,6 +186,10 @@ pub struct ReviewAnswer {
     /// Subtasks redone (existing ids) or added, when not accepted.
     #[serde(default)]
     pub subtasks: Vec<SubtaskSpec>,
+    /// What the step's calls used (docs/kinds.md#usage): accepted here, accounted by the
+    /// services' usage accounting.
+    #[serde(default, rename = "usage")]
+    pub _usage: serde::de::IgnoredAny,
 }
 
 /// A synthesis answer: `{"output": ...}`.
@@ -186,6 +198,10 @@ pub struct ReviewAnswer {
 pub struct SynthesisAnswer {
     /// The task's output.
     pub output: Json,
+    /// What the step's calls used (docs/kinds.md#usage): accepted here, accounted by the
+    /// services' usage accounting.
+    #[serde(default, rename = "usage")]
+    pub _usage: serde::de::IgnoredAny,
 }
 
 /// `answer` (JSON bytes a step returned) read as `T`; `step` names the step in the error,
