@@ -5,6 +5,7 @@
 //! a private RabbitMQ and Redis.
 
 mod raw;
+mod steps;
 
 use std::{
     collections::BTreeMap,
@@ -18,7 +19,7 @@ use chorus_shared::{
     client::{Client, ReplyQueue},
     config::ConnectArgs,
     kinds::range_sum::sum_of_range,
-    protocol::{Status, TaskOptions, TaskRequest},
+    protocol::{Outcome, Status, TaskOptions, TaskRequest},
     tls::Endpoint,
     topology,
 };
@@ -93,6 +94,26 @@ struct Cli {
     /// two builds run after run).
     #[arg(long)]
     latency_only: bool,
+    /// Subtasks of each task of the built-in `range-sum` and of the pool-mode no-op Python
+    /// handler in the "kinds without Rust" measurement; 0 skips that measurement.
+    #[arg(long, default_value_t = 10_000)]
+    steps_subtasks: u64,
+    /// Subtasks of each task of the same handler run as a process per call.
+    #[arg(long, default_value_t = 500)]
+    steps_call_subtasks: u64,
+    /// The no-op handler of that measurement.
+    #[arg(long, default_value = "bench/steps/noop.py")]
+    steps_handler: PathBuf,
+    /// Python interpreter of the handler; default: the one `python3` on PATH runs, resolved once
+    /// (so a launcher such as pyenv's shim, a shell script, is not measured with every call).
+    #[arg(long)]
+    steps_python: Option<PathBuf>,
+    /// `pool_size` of the pool-mode handler.
+    #[arg(long, default_value_t = 4)]
+    steps_pool_size: u16,
+    /// Run only the "kinds without Rust" measurement.
+    #[arg(long)]
+    steps_only: bool,
     /// Where to write the JSON table.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -138,6 +159,16 @@ struct System {
 
 impl System {
     fn start(cli: &Cli, workers: usize, worker_prefetch: Option<u16>) -> Result<Self> {
+        Self::start_with(cli, workers, worker_prefetch, None)
+    }
+
+    /// [`System::start`], every service given `kinds_file` (`--kinds-file`) when there is one.
+    fn start_with(
+        cli: &Cli,
+        workers: usize,
+        worker_prefetch: Option<u16>,
+        kinds_file: Option<&Path>,
+    ) -> Result<Self> {
         let mut children = Vec::new();
         let spawn = |bin: &str, args: &[&str]| -> Result<(String, Child)> {
             let path = cli.bin_dir.join(bin);
@@ -147,8 +178,12 @@ impl System {
                     path.display()
                 );
             }
-            let child = Command::new(&path)
-                .args(args)
+            let mut command = Command::new(&path);
+            command.args(args);
+            if let Some(file) = kinds_file {
+                command.arg("--kinds-file").arg(file);
+            }
+            let child = command
                 .env_remove("CHORUS_AMQP_URL")
                 .env_remove("CHORUS_REDIS_URL")
                 .envs(cli.connect.child_env())
@@ -270,14 +305,32 @@ impl Submitter {
     async fn run(&mut self, parts: u64, batch_size: Option<u32>) -> Result<Duration> {
         let end = i64::try_from(parts * INTEGERS_PER_SUBTASK)?;
         let input = json!({"start": 0, "end": end, "parts": parts});
+        let options = batch_size.map(|batch_size| TaskOptions {
+            batch_size: Some(batch_size),
+            ..TaskOptions::default()
+        });
+        let (elapsed, outcome) = self.run_task("range-sum", &input, options).await?;
+        let output = serde_json::to_value(&outcome.output)?;
+        let expected = i64::try_from(sum_of_range(0, end))?;
+        if outcome.status != Status::Succeeded || output["sum"] != expected {
+            bail!("wrong outcome: {outcome:?}");
+        }
+        Ok(elapsed)
+    }
+
+    /// Submits one task of `kind` and waits for its outcome; returns the wall time from the
+    /// publish of the request to the outcome, and the outcome (unchecked).
+    async fn run_task(
+        &mut self,
+        kind: &str,
+        input: &serde_json::Value,
+        options: Option<TaskOptions>,
+    ) -> Result<(Duration, Outcome)> {
         let request = TaskRequest {
-            kind: "range-sum".into(),
-            input: rmpv::ext::to_value(&input)?,
+            kind: kind.into(),
+            input: rmpv::ext::to_value(input)?,
             id: Some(uuid::Uuid::new_v4().to_string()),
-            options: batch_size.map(|batch_size| TaskOptions {
-                batch_size: Some(batch_size),
-                ..TaskOptions::default()
-            }),
+            options,
             parent: None,
         };
         let started = Instant::now();
@@ -292,13 +345,7 @@ impl Submitter {
                     OUTCOME_TIMEOUT.as_secs() / SECONDS_PER_MINUTE
                 )
             })??;
-        let elapsed = started.elapsed();
-        let output = serde_json::to_value(&outcome.output)?;
-        let expected = i64::try_from(sum_of_range(0, end))?;
-        if outcome.status != Status::Succeeded || output["sum"] != expected {
-            bail!("wrong outcome: {outcome:?}");
-        }
-        Ok(elapsed)
+        Ok((started.elapsed(), outcome))
     }
 }
 
@@ -389,6 +436,12 @@ async fn main() -> Result<()> {
         )?;
         return Ok(());
     }
+    if cli.steps_only {
+        let table = steps::measure(&cli).await?;
+        steps::print(&table);
+        write_json(&cli.out, &json!({ "kinds_without_rust": table }))?;
+        return Ok(());
+    }
     let middle = cli
         .sizes
         .get(cli.sizes.len() / 2)
@@ -402,11 +455,19 @@ async fn main() -> Result<()> {
     let batched_rows =
         measure_throughput(&cli, Packing::Batched, &cli.batched_sizes.0, baseline_stat).await?;
     let scale = measure_scale_out(&cli, middle).await?;
+    let kinds_without_rust = if cli.steps_subtasks > 0 {
+        Some(steps::measure(&cli).await?)
+    } else {
+        None
+    };
 
     print_throughput(&cli, baseline_stat, &rows, &batched_rows);
     println!();
     print_latency(&latency, &floor, &over);
     print_scale_out(&scale);
+    if let Some(table) = &kinds_without_rust {
+        steps::print(table);
+    }
     let table = json!({
         "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
                      "batch_size": cli.batch_size, "batched_prefetch": cli.batched_prefetch},
@@ -417,6 +478,7 @@ async fn main() -> Result<()> {
         "latency_floor": floor,
         "latency_over_floor": over,
         "scale_out": scale,
+        "kinds_without_rust": kinds_without_rust,
     });
     write_json(&cli.out, &table)?;
     println!("\nwritten to {}", cli.out.display());

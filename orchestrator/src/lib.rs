@@ -4,6 +4,7 @@
 //! queues with confirms, acking a task only once that wave is confirmed. Later waves are
 //! released by the synthesizer as results settle.
 
+mod rollout;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +26,7 @@ use chorus_shared::{
         TaskRequest,
     },
     publish::{self, TaskContext},
+    services::{self, Announcement, Announcer, Directory, Role},
     store::{
         Claim, Lease, LeaseRequest, Planning, Store, Submission, TaskKeys, TaskRecord, TaskState,
         CHUNK, PLAN_RUN,
@@ -106,6 +108,8 @@ struct Orchestrator {
     config: Config,
     registry: Registry,
     finisher: Finisher,
+    /// The other live services' announcements, for requests of kinds this one lacks.
+    directory: Arc<Directory>,
 }
 
 /// Runs the orchestrator until `shutdown` is cancelled.
@@ -119,6 +123,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
+    let instance = services::instance_id();
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
+    let announcer = Announcer::start(
+        store.clone(),
+        instance,
+        Announcement::of(Role::Orchestrator, &registry, Vec::new()),
+    )
+    .await?;
     let spec = ServiceSpec::new(
         "chorus-orchestrator",
         &config.connect,
@@ -127,7 +139,7 @@ pub async fn run(
         config.shutdown.grace(),
         Duration::from_millis(config.retry_max_delay_ms),
     );
-    consume::serve(spec, shutdown, |session: &Session, _queue: &str| {
+    let served = consume::serve(spec, shutdown, |session: &Session, _queue: &str| {
         let orchestrator = Arc::new(Orchestrator {
             finisher: Finisher::new(
                 store.clone(),
@@ -135,16 +147,20 @@ pub async fn run(
                 registry.clone(),
                 &config.outcomes,
                 &config.limits,
-            ),
+            )
+            .with_directory(Arc::clone(&directory)),
             config: config.clone(),
             registry: registry.clone(),
+            directory: Arc::clone(&directory),
         });
         move |delivery: Arc<Delivery>| {
             let orchestrator = Arc::clone(&orchestrator);
             async move { orchestrator.handle(&delivery).await }
         }
     })
-    .await?;
+    .await;
+    announcer.stop().await;
+    served?;
     tracing::info!("orchestrator stopped");
     Ok(())
 }
@@ -181,6 +197,9 @@ impl Orchestrator {
                     .map(|(id, request)| (id, request, encoding))
             });
         match parsed {
+            Ok((_, request, _)) if self.deferred(&request.kind, delivery).await? => {
+                Ok(Disposition::Ack)
+            }
             Ok((id, request, encoding)) => self.run_task(delivery, id, request, encoding).await,
             Err(refusal) => {
                 let encoding =
@@ -280,11 +299,13 @@ impl Orchestrator {
         let waiter = reply_target(&delivery.properties, &id, encoding);
         let options = protocol::encode(&resolved)?;
         let input = request.input.as_bytes();
+        let fingerprint = self.directory.local(&request.kind);
         let submission = Submission {
             kind: &request.kind,
             options: &options,
             input,
             parent: request.parent.as_ref(),
+            fingerprint,
         };
         // A first delivery is planned before its claim, and a small plan is recorded with the
         // claim: one round trip instead of two. Its planner run is not counted (it returned
@@ -299,6 +320,7 @@ impl Orchestrator {
                 kind: request.kind.clone(),
                 options: resolved,
                 usage: chorus_shared::usage::UsageMeter::default(),
+                subtasks: Vec::new(),
             };
             self.plan_ahead(task, input).await
         };
@@ -574,7 +596,7 @@ impl Orchestrator {
         runs: Option<u64>,
     ) -> Result<Result<Vec<PlanEntry>, Disposition>, ServiceError> {
         let Some(kind) = self.registry.get(&record.kind) else {
-            let known = self.registry.names().join(", ");
+            let known = self.known_kinds().await;
             // The name is the submitter's text: quoted, escaped and bounded.
             let reason = format!(
                 "unknown kind {}; this deployment knows: {known}",
@@ -601,6 +623,7 @@ impl Orchestrator {
             kind: record.kind.clone(),
             options: record.resolved_options(id)?,
             usage: chorus_shared::usage::UsageMeter::default(),
+            subtasks: Vec::new(),
         };
         let reason = match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
             Ok(Ok(entries)) => match self.refuse_plan(&entries) {
@@ -699,6 +722,7 @@ impl Orchestrator {
             max_message_bytes: self.config.limits.max_message_bytes(),
             // The first wave is the plan's: round 1, even when republished later.
             round: 1,
+            fingerprint: record.fingerprint.as_deref(),
         };
         let mut start = from;
         while start < total {

@@ -374,10 +374,10 @@ impl FileArgs {
 /// The kinds file of a deployment (`--kinds-file`), the same flag on every service and the CLI.
 #[derive(Args, Clone, Debug, Default)]
 pub struct KindsArgs {
-    /// A kinds file (TOML) defining kinds whose steps are commands or HTTP endpoints, next to
-    /// the built-in kinds (docs/kinds.md). Give every service of a deployment the same file. A
-    /// file that cannot be used stops the service at start-up (exit 64, one line naming the
-    /// file, the kind and the key).
+    /// A kinds file (TOML) defining kinds whose steps are commands, HTTP endpoints or language
+    /// models, next to the built-in kinds (docs/kinds.md, docs/llm.md). Give every service of a
+    /// deployment the same file. A file that cannot be used stops the service at start-up (exit
+    /// 64, one line naming the file, the kind and the key).
     #[arg(long = "kinds-file", env = "CHORUS_KINDS_FILE", value_name = "FILE")]
     pub kinds_file: Option<std::path::PathBuf>,
 }

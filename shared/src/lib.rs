@@ -18,6 +18,8 @@
 //! - [`publish`]: publishing released subtasks to their worker type's queue, child tasks,
 //!   results and `subtask.<status>` events.
 //! - [`kinds`]: the [`kinds::Kind`] trait, the [`kinds::Registry`], built-in kinds.
+//! - [`services`]: rolling out a kind one service at a time: each service's announcement of
+//!   the kinds it serves (with fingerprints), and leaving work to a live service that has it.
 //! - [`client`]: submitting tasks and reading their state, as the `chorus` CLI does.
 //! - [`tls`]: TLS of the connections (CA and client certificate files, telling a refused
 //!   certificate apart from other connection failures).
@@ -48,6 +50,7 @@ pub mod protocol;
 pub mod publish;
 pub mod ratelimit;
 pub mod runtime;
+pub mod services;
 pub mod shutdown;
 pub mod steps;
 pub mod store;

@@ -611,6 +611,12 @@ pub struct SubtaskMessage {
     /// The task's token budget (`options.max_tokens`), checked before the handler starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// Fingerprint of the kind's definition the task was planned with
+    /// ([`crate::kinds::DynKind::fingerprint`]); absent from a version before roll-outs were
+    /// checked, or when the planning orchestrator did not announce one. A worker with another
+    /// definition leaves the subtask to a live worker with this one (docs/operations.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
 }
 
 impl SubtaskMessage {
@@ -678,6 +684,9 @@ pub struct SubtaskBatch {
     /// The task's token budget, as [`SubtaskMessage::max_tokens`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
+    /// As [`SubtaskMessage::fingerprint`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// The subtasks.
     pub items: Vec<BatchItem>,
 }
@@ -728,6 +737,7 @@ impl SubtaskBatch {
             round: self.round,
             usage: Vec::new(),
             max_tokens: self.max_tokens,
+            fingerprint: self.fingerprint.clone(),
         }
     }
 
@@ -825,6 +835,17 @@ pub enum Control {
     Deadline {
         /// Task id.
         task: String,
+    },
+    /// Internal nudge: finish task `task` if it is settled. Published by a synthesizer that
+    /// lacks the task's kind (or has another definition of it) for a live synthesizer that
+    /// has it (docs/operations.md, "Rolling out a kind").
+    Settle {
+        /// Task id.
+        task: String,
+        /// Synthesizers that handed the task over so far; past a bound the task is finished
+        /// by whichever synthesizer gets it.
+        #[serde(default)]
+        hops: u32,
     },
 }
 

@@ -34,6 +34,9 @@ pub struct TaskContext<'a> {
     pub max_message_bytes: usize,
     /// The task's review round the entries belong to (1 for the plan and what it spawns).
     pub round: u32,
+    /// Fingerprint of the kind's definition the task was planned with, put on every message
+    /// ([`SubtaskMessage::fingerprint`]).
+    pub fingerprint: Option<&'a str>,
 }
 
 impl TaskContext<'_> {
@@ -283,6 +286,7 @@ fn first_attempt(context: TaskContext<'_>, entry: &PlanEntry) -> SubtaskMessage 
         round: context.round,
         usage: Vec::new(),
         max_tokens: context.options.max_tokens,
+        fingerprint: context.fingerprint.map(str::to_owned),
     }
 }
 
@@ -347,6 +351,7 @@ fn pack<'a>(context: TaskContext<'_>, entries: &[&'a PlanEntry]) -> Vec<Packed<'
                     events: context.options.subtask_events,
                     round: context.round,
                     max_tokens: context.options.max_tokens,
+                    fingerprint: context.fingerprint.map(str::to_owned),
                     items: current
                         .iter()
                         .map(|entry| BatchItem {

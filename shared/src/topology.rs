@@ -87,6 +87,9 @@ pub const SUBTASK_HEADER: &str = "x-chorus-subtask";
 /// which had just found the task unfinished, published it. A worker that gets it within a
 /// second takes the task as live without asking Redis.
 pub const LIVE_AT_HEADER: &str = "x-chorus-live-at-ms";
+/// Header counting how many times a service lacking a message's kind (or having another
+/// definition of it) left the message for another (`crate::services::defer`).
+pub const DEFERRALS_HEADER: &str = "x-chorus-deferrals";
 /// Header quorum queues set to the number of earlier deliveries of a message.
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 

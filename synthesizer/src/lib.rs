@@ -23,6 +23,7 @@ use chorus_shared::{
         self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },
     publish,
+    services::{self, Announcement, Announcer, Directory, Role},
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
@@ -105,6 +106,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Store::connect_service(&config.connect).await?;
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
+    let instance = services::instance_id();
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
+    let announcer = Announcer::start(
+        store.clone(),
+        instance,
+        Announcement::of(Role::Synthesizer, &registry, Vec::new()),
+    )
+    .await?;
     let spec = ServiceSpec::new(
         "chorus-synthesizer",
         &config.connect,
@@ -120,7 +129,7 @@ pub async fn run(
         grace: config.shutdown.grace(),
         worker_type: None,
     });
-    consume::serve(spec, shutdown, |session: &Session, queue: &str| {
+    let served = consume::serve(spec, shutdown, |session: &Session, queue: &str| {
         let synthesizer = Arc::new(Synthesizer {
             finisher: Finisher::new(
                 store.clone(),
@@ -128,7 +137,8 @@ pub async fn run(
                 registry.clone(),
                 &config.outcomes,
                 &config.limits,
-            ),
+            )
+            .with_directory(Arc::clone(&directory)),
             config: config.clone(),
         });
         let control = queue == topology::CONTROL_QUEUE;
@@ -143,7 +153,9 @@ pub async fn run(
             }
         }
     })
-    .await?;
+    .await;
+    announcer.stop().await;
+    served?;
     tracing::info!("synthesizer stopped");
     Ok(())
 }
@@ -520,7 +532,9 @@ impl Synthesizer {
             Encoding::from_content_type(amqp::property_str(delivery.properties.content_type()))?;
         let control: Control = encoding.decode(&delivery.data)?;
         let task = match &control {
-            Control::Cancel { task, .. } | Control::Deadline { task } => task.clone(),
+            Control::Cancel { task, .. }
+            | Control::Deadline { task }
+            | Control::Settle { task, .. } => task.clone(),
         };
         if let Err(error) = protocol::validate_task_id(&task) {
             return Ok(Disposition::Reject {

@@ -386,6 +386,11 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Process id of child `index` (e.g. to find the step processes it started).
+    pub fn pid(&self, index: usize) -> u32 {
+        self.children[index].1.id()
+    }
+
     /// Whether child `index` is still running.
     pub fn is_running(&mut self, index: usize) -> bool {
         self.children[index].1.try_wait().unwrap().is_none()

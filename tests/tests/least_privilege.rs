@@ -258,6 +258,12 @@ async fn each_service_runs_under_its_own_restricted_users() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(outcome(&cli_env, "lp-2").await["status"], "cancelled");
 
+    // Each service announced its kinds under its own user, and the CLI's user reads them.
+    let (code, out) = cli(&cli_env, &["kinds"]).await;
+    assert_eq!(code, 0, "{out}");
+    let kinds: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(kinds["services"], 3, "{kinds}");
+
     worker_cannot_submit_or_cancel(&env, &users, &cli_env).await;
     worker_cannot_run_other_redis_commands(&env, &users).await;
     worker_cannot_write_a_tasks_state(&env, &users).await;
@@ -512,6 +518,9 @@ async fn worker_counts_runs(env: &TestEnv, redis_url: &str) {
     let store = chorus_shared::store::Store::connect(redis_url, Duration::from_secs(5))
         .await
         .unwrap();
+    // A worker lacking a kind reads the other services' announcements.
+    let live = chorus_shared::services::read_live(&store).await.unwrap();
+    assert_eq!(live.len(), 3, "{live:?}");
     assert_eq!(store.begin_run("lp-run", "0").await.unwrap(), Some(1));
     assert_eq!(store.begin_run("lp-run", "0").await.unwrap(), Some(2));
     store.end_run("lp-run", "0").await.unwrap();

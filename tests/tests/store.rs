@@ -20,6 +20,8 @@ use serde_bytes::ByteBuf;
 use tokio_util::sync::CancellationToken;
 
 const LEASE: Duration = Duration::from_secs(30);
+/// The fingerprint every claim here records (docs/operations.md, "Rolling out a kind").
+const FINGERPRINT: &str = "rust:range-sum:test";
 
 async fn store(env: &TestEnv) -> Store {
     Store::connect(&env.redis_url, Duration::from_secs(5))
@@ -65,6 +67,7 @@ async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry
                 options: &options,
                 input: &input,
                 parent: None,
+                fingerprint: Some(FINGERPRINT),
             },
             LEASE,
         )
@@ -99,6 +102,7 @@ async fn claim_planned(store: &Store, id: &str, entries: &[PlanEntry]) -> Claim 
         options: &options,
         input: &input,
         parent: None,
+        fingerprint: Some(FINGERPRINT),
     };
     store
         .claim_planned(id, None, submission, LEASE, entries, &wave, 0)
@@ -121,6 +125,8 @@ async fn the_results_that_settle_a_task_acquire_their_synthesis_lease_in_the_sam
     let store = store(&env).await;
     let id = format!("settle-{}", uuid::Uuid::new_v4());
     running_task(&store, &id, 3).await;
+    let claimed = store.task(&id).await.unwrap().unwrap();
+    assert_eq!(claimed.fingerprint.as_deref(), Some(FINGERPRINT));
     let lease_key = TaskKeys::new(&id).synth_lease();
     let request = synthesis_lease(&lease_key);
     let monitor = env.monitor_redis(&id).await;
@@ -437,6 +443,10 @@ async fn a_plan_made_before_the_claim_is_recorded_with_it_in_one_call() {
     assert_eq!(record.wave_len, 3);
     let state: String = conn.hget(keys.task(), "state").await.unwrap();
     assert_eq!(state, "planned");
+    // The definition it was planned with is recorded, for every subtask published later.
+    assert_eq!(record.fingerprint.as_deref(), Some(FINGERPRINT));
+    let stored = store.task(&id).await.unwrap().unwrap();
+    assert_eq!(stored.fingerprint.as_deref(), Some(FINGERPRINT));
     let total: u64 = conn.hget(keys.task(), "total").await.unwrap();
     assert_eq!(total, 3);
     let order: Vec<String> = conn.lrange(keys.order(), 0, -1).await.unwrap();

@@ -6,6 +6,7 @@
 //! running handlers of such tasks see their cancellation token.
 
 mod results;
+mod rollout;
 #[cfg(test)]
 mod tests;
 pub mod watch;
@@ -26,6 +27,7 @@ use chorus_shared::{
     },
     publish,
     ratelimit::RateLimit,
+    services::{self, Announcement, Announcer, Directory, Placement, Role},
     store::Store,
     text, topology,
     usage::{self, Usage, UsageMeter},
@@ -196,6 +198,8 @@ struct Worker {
     /// Handlers of this consumer's worker type that may run at once (`--types`,
     /// `--concurrency`), whether their subtasks came alone or in batches.
     handlers: Arc<Semaphore>,
+    /// The other live services' announcements, for subtasks of kinds this worker lacks.
+    directory: Arc<Directory>,
 }
 
 /// Runs the worker until `shutdown` is cancelled; work in progress then gets the grace period.
@@ -224,7 +228,15 @@ pub async fn run(
     let types: Vec<String> = config.types.iter().map(|(name, _)| name.clone()).collect();
     tracing::info!(kinds = ?registry.names(), ?types, concurrency = config.concurrency, rate_limits = ?config.rate_limits.iter().map(ToString::to_string).collect::<Vec<_>>(), "worker starting");
     let (spec, handler_pools) = consumers(&config);
-    consume::serve(spec, shutdown, |session: &Session, queue: &str| {
+    let instance = services::instance_id();
+    let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
+    let announcer = Announcer::start(
+        store.clone(),
+        instance,
+        Announcement::of(Role::Worker, &registry, types),
+    )
+    .await?;
+    let served = consume::serve(spec, shutdown, |session: &Session, queue: &str| {
         let handlers = handler_pools
             .get(queue)
             .map_or_else(|| Arc::new(Semaphore::new(1)), Arc::clone);
@@ -241,13 +253,16 @@ pub async fn run(
             quarantine: Arc::clone(&quarantine),
             watch: Arc::clone(&watch),
             rate_limits: Arc::clone(&rate_limits),
+            directory: Arc::clone(&directory),
         });
         move |delivery: Arc<Delivery>| {
             let worker = Arc::clone(&worker);
             async move { worker.handle(&delivery).await }
         }
     })
-    .await?;
+    .await;
+    announcer.stop().await;
+    served?;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -463,6 +478,15 @@ impl Worker {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
             return Ok(Disposition::Ack);
         }
+        let wanted = rollout::Wanted {
+            kind: &subtask.kind,
+            fingerprint: subtask.fingerprint.as_deref(),
+            worker_type: &subtask.worker_type,
+        };
+        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
+            self.defer(&subtask.worker_type, delivery).await?;
+            return Ok(Disposition::Ack);
+        }
         match self
             .attempt(&subtask, consume::is_redelivery(delivery))
             .await?
@@ -498,6 +522,15 @@ impl Worker {
         }
         if !self.watch.is_live(&batch.task, live_at(delivery)).await? {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
+            return Ok(Disposition::Ack);
+        }
+        let wanted = rollout::Wanted {
+            kind: &batch.kind,
+            fingerprint: batch.fingerprint.as_deref(),
+            worker_type: &batch.worker_type,
+        };
+        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
+            self.defer(&batch.worker_type, delivery).await?;
             return Ok(Disposition::Ack);
         }
         // A redelivered message's subtasks run alone, counted.
@@ -727,7 +760,11 @@ impl Worker {
     async fn run_handler(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
         let Some(kind) = self.registry.get(&subtask.kind) else {
             return Ok(Attempt::failed(
-                format!("kind {:?} is not registered in this worker", subtask.kind),
+                format!(
+                    "kind {:?} is not registered in this worker, nor announced by any live service; this worker knows: {}",
+                    subtask.kind,
+                    self.registry.names().join(", ")
+                ),
                 false,
             ));
         };

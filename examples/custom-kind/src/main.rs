@@ -7,6 +7,10 @@
 //! chorus-custom synthesizer &
 //! chorus submit --kind primes --input '{"limit": 100000, "parts": 8}' --wait
 //! ```
+//!
+//! `PRIMES_REVISION` (default `1`) names the build's definition of `primes`, announced as its
+//! fingerprint: two builds with different revisions play a changed kind being rolled out
+//! (docs/operations.md, "Rolling out a kind").
 
 mod primes;
 
@@ -31,7 +35,11 @@ enum Cli {
 /// Every service of the deployment must know the same kinds; `roots` are where `wordfreq` may
 /// read (`--file-root` of the orchestrator and the worker; the synthesizer reads no files).
 fn registry(roots: FileRoots) -> Registry {
-    Registry::builtin_with_roots(roots).with(primes::Primes)
+    let revision = std::env::var("PRIMES_REVISION")
+        .ok()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "1".to_owned());
+    Registry::builtin_with_roots(roots).with(primes::Primes { revision })
 }
 
 /// Like the stock binaries: the service's own checks of its flags (exit 64 on a bad one), then

@@ -1,10 +1,25 @@
 //! `primes`: counts the primes below `limit`, in `parts` slices — a kind written outside Chorus.
 
+use std::collections::BTreeSet;
+
 use chorus_shared::kinds::{HandlerContext, Kind, KindError, Plan};
 use serde::{Deserialize, Serialize};
 
-/// The kind.
-pub struct Primes;
+/// The kind. `revision` names this definition of it: services announce it as the kind's
+/// fingerprint (`rust:primes:<revision>`), so that while a changed `primes` is rolled out one
+/// service at a time, each task's subtasks run on the definition it was planned with.
+pub struct Primes {
+    /// Bumped whenever a build changes what `primes` computes.
+    pub revision: String,
+}
+
+impl Default for Primes {
+    fn default() -> Self {
+        Self {
+            revision: "1".to_owned(),
+        }
+    }
+}
 
 /// Task input.
 #[derive(Deserialize)]
@@ -22,10 +37,12 @@ pub struct Range {
     to: u64,
 }
 
-/// Primes found in a slice.
+/// Primes found in a slice, and the revision of the handler that counted them.
 #[derive(Serialize, Deserialize)]
 pub struct Count {
     primes: u64,
+    #[serde(default)]
+    revision: String,
 }
 
 /// The task's result.
@@ -33,6 +50,11 @@ pub struct Count {
 pub struct Total {
     /// Primes below `limit`.
     pub primes: u64,
+    /// Revisions of the handlers that counted them: one, unless a roll-out retired the
+    /// definition the task was planned with while it ran.
+    pub revisions: BTreeSet<String>,
+    /// Revision of the synthesis.
+    pub synthesized_by: String,
 }
 
 fn is_prime(n: u64) -> bool {
@@ -72,6 +94,7 @@ impl Kind for Primes {
     async fn handle(&self, range: Range, _context: HandlerContext) -> Result<Count, KindError> {
         Ok(Count {
             primes: (range.from..range.to).filter(|&n| is_prime(n)).count() as u64,
+            revision: self.revision.clone(),
         })
     }
 
@@ -82,7 +105,13 @@ impl Kind for Primes {
     ) -> Result<Total, KindError> {
         Ok(Total {
             primes: outputs.iter().map(|(_, count)| count.primes).sum(),
+            revisions: outputs.iter().map(|(_, c)| c.revision.clone()).collect(),
+            synthesized_by: self.revision.clone(),
         })
+    }
+
+    fn fingerprint(&self) -> String {
+        format!("rust:primes:{}", self.revision)
     }
 }
 
@@ -97,7 +126,8 @@ mod tests {
             parts: 7,
         };
         let mut outputs = Vec::new();
-        for (i, range) in Primes
+        let primes = Primes::default();
+        for (i, range) in primes
             .plan(&input)
             .expect("plan")
             .into_subtasks()
@@ -113,11 +143,11 @@ mod tests {
             };
             outputs.push((
                 i.to_string(),
-                Primes.handle(range, context).await.expect("handle"),
+                primes.handle(range, context).await.expect("handle"),
             ));
         }
         assert_eq!(
-            Primes
+            primes
                 .synthesize(&input, outputs)
                 .expect("synthesize")
                 .primes,

@@ -1,6 +1,6 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
-//! progress bar), show a task's state, print its outcome; list the kinds a kinds file adds to
-//! the built-in ones, or check such a file.
+//! progress bar), show a task's state, print its outcome; list the kinds the live services
+//! serve (or those a kinds file adds to the built-in ones), or check such a file.
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
@@ -9,8 +9,11 @@ use std::collections::HashMap;
 use chorus_shared::{
     client::{Client, ClientError, TaskStatus},
     config::{ConnectArgs, KindsArgs, DEFAULT_MAX_MESSAGE_BYTES, EXIT_USAGE},
+    error::StoreError,
     kinds::Registry,
     protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
+    services,
+    store::Store,
 };
 use clap::{Args, Parser, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
@@ -84,9 +87,13 @@ enum Command {
         #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
         timeout_secs: u64,
     },
-    /// List the kinds this machine's services would serve with --kinds-file (the built-in ones
-    /// and the file's) and their steps; `chorus kinds check FILE` checks a kinds file. Nothing
-    /// is started or connected to: this is the local view, not what a live deployment serves.
+    /// List the kinds the live services of the deployment serve, as JSON, from their
+    /// announcements in Redis (refreshed every 2 s): each definition (fingerprint) with its
+    /// steps and the services (role, instance, worker types) running it; a kind with two live
+    /// definitions, or that a role lacks, is flagged. With --kinds-file, list instead, as text,
+    /// the kinds this machine's services would serve with that file (the built-in ones and the
+    /// file's) and their steps, connecting to nothing. `chorus kinds check FILE` checks a kinds
+    /// file.
     Kinds(KindsCommand),
 }
 
@@ -267,11 +274,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             print_outcome(&outcome)
         }
         Command::Result { id } => result(connect, &id).await,
+        Command::Kinds(command)
+            if command.check.is_none() && command.kinds.kinds_file.is_none() =>
+        {
+            live_kinds(connect).await
+        }
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
     }
 }
 
-/// `chorus kinds [check FILE]`: loads the kinds as a service would (with the default
+/// `chorus kinds`: the kinds the live services announce, as JSON
+/// (docs/operations.md#rolling-out-a-kind).
+async fn live_kinds(connect: &ConnectArgs) -> Result<u8, Failure> {
+    let redis = connect
+        .redis()
+        .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
+    let store = Store::connect_to(&redis, connect.redis_timeout())
+        .await
+        .map_err(|e| Failure::Unavailable(e.into()))?;
+    let live = services::read_live(&store)
+        .await
+        .map_err(|e| Failure::Unavailable(e.into()))?;
+    print_json(&services::catalogue(&live)).map_err(Failure::Usage)?;
+    Ok(0)
+}
+
+/// `chorus kinds --kinds-file F [check FILE]`: loads the kinds as a service would (with the default
 /// `--max-message-bytes`), then lists them, or says the file is fine.
 fn kinds(command: KindsCommand) -> Result<u8, String> {
     let checking = command.check.is_some();

@@ -58,6 +58,7 @@ impl Finisher {
                 self.stop(task, Status::Cancelled, message).await
             }
             Control::Deadline { task } => self.check_deadline(task).await,
+            Control::Settle { task, hops } => self.finish_if_settled_after(task, *hops).await,
         }
     }
 

@@ -15,21 +15,25 @@
 //! - `deliver`: storing the outcome once and delivering it to waiters, events, the parent task
 //!   and the children.
 //! - `control`: cancellations, deadline timers and other stops.
+//! - `handover`: leaving a settled task to a live synthesizer with its kind's definition when
+//!   this process lacks it (a kind being rolled out).
 //!
 //! Replies to submitters (the AMQP messages) are in [`crate::amqp`].
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     amqp::Publisher,
     config::{LimitArgs, OutcomeArgs},
     kinds::Registry,
+    services::Directory,
     store::Store,
 };
 
 mod control;
 mod decide;
 mod deliver;
+mod handover;
 mod outbox;
 mod review;
 mod synthesis;
@@ -64,6 +68,10 @@ pub struct Finisher {
     pub max_runs: u64,
     /// Largest message body the services accept.
     pub max_message_bytes: usize,
+    /// The other live services' announcements, when this process announces itself: a task of
+    /// a kind this process lacks (or has another definition of) is left to a live synthesizer
+    /// that has it (`handover.rs`).
+    pub directory: Option<Arc<Directory>>,
 }
 
 impl Finisher {
@@ -83,6 +91,15 @@ impl Finisher {
             lease: outcomes.lease(),
             max_runs: limits.max_deliveries,
             max_message_bytes: limits.max_message_bytes(),
+            directory: None,
         }
+    }
+
+    /// This finisher, leaving tasks it lacks the definition of to the live synthesizers of
+    /// `directory` (docs/operations.md, "Rolling out a kind").
+    #[must_use]
+    pub fn with_directory(mut self, directory: Arc<Directory>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 }

@@ -34,6 +34,7 @@ impl Finisher {
             created_ms: record.created_ms,
             max_message_bytes: self.max_message_bytes,
             round,
+            fingerprint: record.fingerprint.as_deref(),
         };
         publish::publish_entries(&self.store, &self.publisher, context, released).await?;
         self.store.clear_outbox(id, released).await?;

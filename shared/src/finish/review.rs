@@ -30,8 +30,15 @@ impl Finisher {
         let (kind, inline) = self.kind_for(record, outputs.len())?;
         let (input, round) = (record.input.clone(), record.round);
         let id = task.id.as_str();
+        let ids: Vec<String> = outputs.iter().map(|(id, _)| id.clone()).collect();
+        let subtasks = self
+            .store
+            .entries(id, &ids)
+            .await
+            .map_err(|e| format!("cannot read the subtasks of round {round}: {e}"))?;
         let outputs = outputs.to_vec();
-        let view = task.clone();
+        let mut view = task.clone();
+        view.subtasks = subtasks;
         let reviewed =
             match kinds::run_kind_code(inline, move || kind.review(&view, &input, &outputs, round))
                 .await

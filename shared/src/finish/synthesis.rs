@@ -36,6 +36,19 @@ impl Finisher {
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
     pub async fn finish_if_settled(&self, id: &str) -> Result<(), ServiceError> {
+        self.finish_if_settled_after(id, 0).await
+    }
+
+    /// [`Finisher::finish_if_settled`] for a task other synthesizers handed over `hops` times
+    /// (`handover.rs`).
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub(super) async fn finish_if_settled_after(
+        &self,
+        id: &str,
+        hops: u32,
+    ) -> Result<(), ServiceError> {
         loop {
             let Some(record) = self.store.task(id).await? else {
                 return Ok(());
@@ -51,7 +64,7 @@ impl Finisher {
             // Delivery too happens under the lease, so that without a crash nobody gets the
             // outcome twice.
             if let Some(leased) = self.lease_synthesis(id).await? {
-                return self.finish_then_release(id, leased).await;
+                return self.finish_then_release(id, leased, hops).await;
             }
             tokio::time::sleep(LEASE_POLL).await;
         }
@@ -75,7 +88,7 @@ impl Finisher {
             None => self.lease_synthesis(id).await?,
         };
         match leased {
-            Some(leased) => self.finish_then_release(id, leased).await,
+            Some(leased) => self.finish_then_release(id, leased, 0).await,
             // Someone else is finishing it: wait for them the usual way.
             None => self.finish_if_settled(id).await,
         }
@@ -110,8 +123,14 @@ impl Finisher {
             .await
     }
 
-    /// Finishes the task under the lease just acquired, then releases the lease.
-    async fn finish_then_release(&self, id: &str, leased: LeasedRun) -> Result<(), ServiceError> {
+    /// Finishes the task under the lease just acquired (or hands it over, `hops` counting the
+    /// earlier hand-overs), then releases the lease.
+    async fn finish_then_release(
+        &self,
+        id: &str,
+        leased: LeasedRun,
+        hops: u32,
+    ) -> Result<(), ServiceError> {
         let LeasedRun {
             lease,
             record,
@@ -121,7 +140,7 @@ impl Finisher {
         } = leased;
         let result = match record {
             Some(record) => {
-                self.finish_leased(id, &lease, record, (runs, pending), settled)
+                self.finish_leased(id, &lease, record, (runs, pending, hops), settled)
                     .await
             }
             None => Ok(()),
@@ -138,7 +157,7 @@ impl Finisher {
         id: &str,
         lease: &Lease,
         record: TaskRecord,
-        (runs, pending): (Option<u64>, u64),
+        (runs, pending, hops): (Option<u64>, u64, u32),
         preread: Option<Settled>,
     ) -> Result<(), ServiceError> {
         let outcome = match decide::step_under_lease(&record, pending, runs, self.max_runs) {
@@ -148,6 +167,10 @@ impl Finisher {
             LeasedStep::GiveUp(message) => {
                 tracing::warn!(task = id, %message, "giving up on the synthesis");
                 decide::failed_outcome(id, Status::Failed, message, &record, now_ms())
+            }
+            // A kind being rolled out: a live synthesizer with the task's definition takes it.
+            LeasedStep::Synthesize if self.hand_over(id, &record, hops).await? => {
+                return Ok(self.store.end_run(id, SYNTH_RUN).await?);
             }
             LeasedStep::Synthesize => match self.synthesize(id, record, lease, preread).await {
                 Ok(Synthesis::Outcome(outcome)) => outcome,
@@ -285,5 +308,6 @@ fn task_view(id: &str, record: &TaskRecord, options: ResolvedOptions) -> TaskVie
         kind: record.kind.clone(),
         options,
         usage: crate::usage::UsageMeter::default(),
+        subtasks: Vec::new(),
     }
 }

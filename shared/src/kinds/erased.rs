@@ -13,7 +13,7 @@ use crate::protocol::{self, PlanEntry, ResolvedOptions};
 
 /// The task a kind's plan, review or synthesis works for: what a step defined in a kinds file
 /// is told about it besides its input (docs/kinds.md). Rust kinds ([`Kind`]) ignore it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskView {
     /// Task id.
     pub id: String,
@@ -24,6 +24,9 @@ pub struct TaskView {
     /// Where a plan, review or synthesis step records its model calls' usage
     /// (docs/kinds.md#usage); the service takes it when the step returns.
     pub usage: crate::usage::UsageMeter,
+    /// For a review: the plan entries of the round's reviewed subtasks (what a review that
+    /// sends work back builds the new input from); empty for a plan or a synthesis.
+    pub subtasks: Vec<PlanEntry>,
 }
 
 /// A kind with its types erased to MessagePack bytes, as the services use it.
@@ -81,6 +84,13 @@ pub trait DynKind: Send + Sync {
         outputs: Vec<(String, Vec<u8>)>,
         failures: &[(String, String)],
     ) -> Result<rmpv::Value, KindError>;
+
+    /// Names this definition of the kind, as the services announce it: two services whose
+    /// fingerprints of a kind differ run different code for it (docs/operations.md, "Rolling
+    /// out a kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).
+    fn fingerprint(&self) -> String {
+        super::kind::rust_fingerprint(self.name())
+    }
 
     /// The kind's steps for `chorus kinds`: `(step, what runs it)` lines, empty for a Rust
     /// kind (its steps are its code).
@@ -173,6 +183,10 @@ impl<K: Kind> DynKind for Erased<K> {
         let outputs = codec::decode_outputs::<K::Output>(borrowed(&outputs), "subtask")?;
         let combined = self.0.synthesize(&input, outputs)?;
         codec::encode_value(&combined, "synthesized output")
+    }
+
+    fn fingerprint(&self) -> String {
+        self.0.fingerprint()
     }
 }
 

@@ -91,4 +91,18 @@ pub trait Kind: Send + Sync + 'static {
         let _ = (input, outputs, round);
         Ok(Review::Accept)
     }
+
+    /// Names this definition of the kind, as services announce it (docs/operations.md, "Rolling
+    /// out a kind"): a worker given a subtask planned with another fingerprint leaves it to a
+    /// live worker with that one. The default, `rust:<name>:<Chorus version>`, changes with
+    /// every Chorus release; override it (say `rust:primes:2`) when you ship a changed
+    /// definition of your kind with the same Chorus version.
+    fn fingerprint(&self) -> String {
+        rust_fingerprint(self.name())
+    }
+}
+
+/// The default [`Kind::fingerprint`] of a kind called `name`: `rust:<name>:<Chorus version>`.
+pub fn rust_fingerprint(name: &str) -> String {
+    format!("rust:{name}:{}", env!("CARGO_PKG_VERSION"))
 }

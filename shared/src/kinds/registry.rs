@@ -1,6 +1,9 @@
 //! [`Registry`]: kinds by name, the one value every service of a deployment is given.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use super::{erased, range_sum, report, wordfreq, DynKind, Kind};
 use crate::files::FileRoots;
@@ -47,6 +50,15 @@ impl Registry {
     /// The kind called `name`, with its types erased for the services.
     pub fn get(&self, name: &str) -> Option<Arc<dyn DynKind>> {
         self.kinds.get(name).cloned()
+    }
+
+    /// Each registered kind's [`DynKind::fingerprint`], by name: what the services announce
+    /// (docs/operations.md, "Rolling out a kind").
+    pub fn fingerprints(&self) -> BTreeMap<String, String> {
+        self.kinds
+            .iter()
+            .map(|(name, kind)| (name.clone(), kind.fingerprint()))
+            .collect()
     }
 
     /// Registered names, sorted.

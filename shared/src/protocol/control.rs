@@ -11,6 +11,7 @@ use super::Control;
 enum ControlOp {
     Cancel,
     Deadline,
+    Settle,
 }
 
 /// The fields of every [`Control`] message, as the body gives them.
@@ -21,6 +22,8 @@ pub(super) struct ControlFields {
     task: String,
     #[serde(default)]
     reason: Option<String>,
+    #[serde(default)]
+    hops: Option<u32>,
 }
 
 impl TryFrom<ControlFields> for Control {
@@ -29,12 +32,30 @@ impl TryFrom<ControlFields> for Control {
     /// # Errors
     /// A field the message's `op` does not take.
     fn try_from(fields: ControlFields) -> Result<Self, String> {
-        let ControlFields { op, task, reason } = fields;
-        match (op, reason) {
-            (ControlOp::Cancel, reason) => Ok(Self::Cancel { task, reason }),
-            (ControlOp::Deadline, None) => Ok(Self::Deadline { task }),
-            (ControlOp::Deadline, Some(_)) => {
+        let ControlFields {
+            op,
+            task,
+            reason,
+            hops,
+        } = fields;
+        match (op, reason, hops) {
+            (ControlOp::Cancel, reason, None) => Ok(Self::Cancel { task, reason }),
+            (ControlOp::Deadline, None, None) => Ok(Self::Deadline { task }),
+            (ControlOp::Settle, None, hops) => Ok(Self::Settle {
+                task,
+                hops: hops.unwrap_or(0),
+            }),
+            (ControlOp::Cancel, _, Some(_)) => {
+                Err("unknown field `hops`: op `cancel` takes `task` and `reason`".into())
+            }
+            (ControlOp::Deadline, Some(_), _) => {
                 Err("unknown field `reason`: op `deadline` takes only `task`".into())
+            }
+            (ControlOp::Deadline, None, Some(_)) => {
+                Err("unknown field `hops`: op `deadline` takes only `task`".into())
+            }
+            (ControlOp::Settle, Some(_), _) => {
+                Err("unknown field `reason`: op `settle` takes `task` and `hops`".into())
             }
         }
     }

@@ -102,6 +102,7 @@ fn internal_messages_round_trip() {
         round: 2,
         usage: Vec::new(),
         max_tokens: None,
+        fingerprint: Some("rust:k:1".into()),
     };
     assert_eq!(
         decode::<SubtaskMessage>(&encode(&subtask).expect("encode")).expect("decode"),
@@ -265,6 +266,7 @@ fn subtask_messages_check_their_subtask_ids() {
         round: 1,
         usage: Vec::new(),
         max_tokens: None,
+        fingerprint: None,
     };
     assert!(subtask.validate().is_ok());
     for bad in ["", "a\nb", "a\u{200b}b", &"s".repeat(MAX_TASK_ID_BYTES + 1)] {
@@ -290,6 +292,7 @@ fn subtask_messages_check_their_subtask_ids() {
         deadline_at_ms: None,
         events: false,
         round: 1,
+        fingerprint: None,
         items: vec![item("0"), item("1")],
         max_tokens: None,
     };

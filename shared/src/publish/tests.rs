@@ -39,6 +39,7 @@ fn packing_cuts_by_count_bytes_and_depth() {
         created_ms: 0,
         max_message_bytes: 4096,
         round: 1,
+        fingerprint: None,
     };
     let small: Vec<PlanEntry> = (0..7).map(|i| entry(&i.to_string(), 10, 0)).collect();
     let refs: Vec<&PlanEntry> = small.iter().collect();

@@ -68,27 +68,7 @@ impl HttpStep {
             Some(variable) => Some(read_env("signing_secret_env", variable)?.into_bytes()),
             None => None,
         };
-        let mut builder = Client::builder()
-            .user_agent(concat!("chorus/", env!("CARGO_PKG_VERSION")))
-            // A redirect would send the signed body somewhere the file does not name.
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(ca_file) = &spec.ca_file {
-            let path = base_dir.join(ca_file);
-            let pem = std::fs::read(&path)
-                .map_err(|e| config_error("ca_file", format!("{}: {e}", path.display())))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| config_error("ca_file", format!("{}: {e}", path.display())))?;
-            if certificates.is_empty() {
-                return Err(config_error("ca_file", "holds no certificate"));
-            }
-            builder = builder.tls_built_in_root_certs(false);
-            for certificate in certificates {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| config_error("url", format!("the HTTP client cannot be built: {e}")))?;
+        let client = client(spec.ca_file.as_deref(), base_dir, "url")?;
         let mut shown = url.clone();
         let _ = shown.set_password(None);
         Ok(HttpStep {
@@ -159,44 +139,101 @@ impl HttpStep {
                 .header(SIGNATURE_HEADER, signature(secret, &timestamp, request))
                 .header(TIMESTAMP_HEADER, timestamp);
         }
-        let mut response = builder
-            .body(request.to_vec())
-            .send()
+        let body = post(
+            builder.body(request.to_vec()),
+            what,
+            timeout,
+            max_answer_bytes,
+        )
+        .await?;
+        answer::check(body, max_answer_bytes, what)
+    }
+}
+
+/// A client for calls of a step (HTTP or LLM): our user agent, no redirects (a redirect would
+/// send the body somewhere the file does not name), and `ca_file` (relative to `base_dir`)
+/// trusted INSTEAD of the system roots when given; `key` names the key blamed when the client
+/// cannot be built.
+///
+/// # Errors
+/// [`StepConfigError`] naming `ca_file` (unreadable, no certificate) or `key`.
+pub(crate) fn client(
+    ca_file: Option<&Path>,
+    base_dir: &Path,
+    key: &str,
+) -> Result<Client, StepConfigError> {
+    let mut builder = Client::builder()
+        .user_agent(concat!("chorus/", env!("CARGO_PKG_VERSION")))
+        .redirect(reqwest::redirect::Policy::none());
+    if let Some(ca_file) = ca_file {
+        let path = base_dir.join(ca_file);
+        let pem = std::fs::read(&path)
+            .map_err(|e| config_error("ca_file", format!("{}: {e}", path.display())))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| config_error("ca_file", format!("{}: {e}", path.display())))?;
+        if certificates.is_empty() {
+            return Err(config_error("ca_file", "holds no certificate"));
+        }
+        builder = builder.tls_built_in_root_certs(false);
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| config_error(key, format!("the HTTP client cannot be built: {e}")))
+}
+
+/// Sends `request` (built, body included) and returns the body of a 2xx response (at most
+/// `max_answer_bytes`, unchecked); `what` names the step in messages. The one classification
+/// of HTTP failures every HTTP-speaking step shares (docs/kinds.md#steps).
+///
+/// # Errors
+/// [`StepError::Retryable`] for connection errors, timeouts, 429 and 5xx (with the
+/// `Retry-After` asked for); [`StepError::Fatal`] for other statuses (the body's first bytes
+/// quoted) and an oversized body.
+pub(crate) async fn post(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    timeout: Duration,
+    max_answer_bytes: usize,
+) -> Result<Vec<u8>, StepError> {
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(what, timeout, &e))?;
+    let status = response.status();
+    if status.is_success() {
+        let declared = response.content_length().unwrap_or(0);
+        if usize::try_from(declared).map_or(true, |declared| declared > max_answer_bytes) {
+            return Err(answer::oversized(what, max_answer_bytes));
+        }
+        let (body, whole) = read_prefix(&mut response, max_answer_bytes)
             .await
             .map_err(|e| transport_error(what, timeout, &e))?;
-        let status = response.status();
-        if status.is_success() {
-            let declared = response.content_length().unwrap_or(0);
-            if usize::try_from(declared).map_or(true, |declared| declared > max_answer_bytes) {
-                return Err(answer::oversized(what, max_answer_bytes));
-            }
-            let (body, whole) = read_prefix(&mut response, max_answer_bytes)
-                .await
-                .map_err(|e| transport_error(what, timeout, &e))?;
-            if !whole {
-                return Err(answer::oversized(what, max_answer_bytes));
-            }
-            return answer::check(body, max_answer_bytes, what);
+        if !whole {
+            return Err(answer::oversized(what, max_answer_bytes));
         }
-        let retry_after = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| parse_retry_after(value, SystemTime::now()));
-        // Only the start of an error body is quoted; a read error leaves it out.
-        let head = read_prefix(&mut response, answer::QUOTED_BYTES)
-            .await
-            .map(|(head, _)| head)
-            .unwrap_or_default();
-        let message = format!("{what} answered {status}: {}", answer::first_bytes(&head));
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            Err(StepError::Retryable {
-                message,
-                retry_after,
-            })
-        } else {
-            Err(StepError::Fatal { message })
-        }
+        return Ok(body);
+    }
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| parse_retry_after(value, SystemTime::now()));
+    // Only the start of an error body is quoted; a read error leaves it out.
+    let head = read_prefix(&mut response, answer::QUOTED_BYTES)
+        .await
+        .map(|(head, _)| head)
+        .unwrap_or_default();
+    let message = format!("{what} answered {status}: {}", answer::first_bytes(&head));
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(StepError::Retryable {
+            message,
+            retry_after,
+        })
+    } else {
+        Err(StepError::Fatal { message })
     }
 }
 
@@ -284,7 +321,7 @@ fn step_of(request: &[u8]) -> Option<&'static str> {
 }
 
 /// Reads `variable` for `key`.
-fn read_env(key: &str, variable: &str) -> Result<String, StepConfigError> {
+pub(crate) fn read_env(key: &str, variable: &str) -> Result<String, StepConfigError> {
     match std::env::var(variable) {
         Ok(value) if !value.is_empty() => Ok(value),
         Ok(_) => Err(config_error(

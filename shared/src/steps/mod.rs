@@ -8,11 +8,13 @@
 //! - `process`: spawning in a process group, terminating the group and reaping, stderr tails.
 //! - `command`: a process per call. `pool`: long-lived JSON Lines processes.
 //! - `http`: `POST` with headers, TLS and HMAC-SHA256 signing.
+//! - `llm`: a language model over the Chat Completions API (issue 18).
 //! - `answer`: the one place an answer is checked and classified.
 
 pub mod answer;
 pub mod command;
 pub mod http;
+pub mod llm;
 mod pdeathsig;
 pub mod pool;
 pub mod process;
@@ -27,7 +29,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use spec::{BuiltinSpec, CommandMode, CommandSpec, HttpSpec, StepSpec};
+pub use spec::{
+    BuiltinSpec, CommandMode, CommandSpec, HttpSpec, LlmOutput, LlmSpec, ModelSpec, ProviderSpec,
+    StepSpec, StructuredOutput,
+};
 
 /// The limits of one call, set by the caller (the kind's subtask timeout, the message size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,8 @@ enum Runner {
     Command(command::CommandConfig),
     Pool(pool::Pool),
     Http(http::HttpStep),
+    // Boxed: its compiled schemas make it several times larger than the other runners.
+    Llm(Box<llm::LlmStep>),
 }
 
 impl Step {
@@ -124,6 +131,12 @@ impl Step {
                 }
             }
             StepSpec::Http(http_spec) => Runner::Http(http::HttpStep::build(http_spec, base_dir)?),
+            StepSpec::Llm(_) => {
+                return Err(command::config_error(
+                    "type",
+                    "an llm step needs the file's models (Step::build_llm)",
+                ))
+            }
             StepSpec::Builtin(_) => {
                 return Err(command::config_error(
                     "type",
@@ -133,6 +146,25 @@ impl Step {
         };
         Ok(Step {
             runner: Arc::new(runner),
+        })
+    }
+
+    /// Builds an `llm` step: its model from `catalog` (the file's `[models]`), its templates
+    /// parsed; `worker_types` are the kind's handler types (what a plan may name).
+    ///
+    /// # Errors
+    /// [`StepConfigError`] naming `model`, `system` or `prompt`.
+    pub fn build_llm(
+        spec: &LlmSpec,
+        catalog: &llm::Catalog,
+        worker_types: &[String],
+    ) -> Result<Step, StepConfigError> {
+        Ok(Step {
+            runner: Arc::new(Runner::Llm(Box::new(llm::LlmStep::build(
+                spec,
+                catalog,
+                worker_types,
+            )?))),
         })
     }
 
@@ -163,6 +195,7 @@ impl Step {
                 let timeout = limits.timeout.min(step.timeout());
                 step.call(request, timeout, max, cancel).await
             }
+            Runner::Llm(step) => step.call(request, limits.timeout, max, cancel).await,
         }
     }
 
@@ -179,6 +212,7 @@ impl Step {
                 )
             }
             Runner::Http(step) => step.describe(),
+            Runner::Llm(step) => step.describe(),
         }
     }
 

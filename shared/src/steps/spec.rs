@@ -26,6 +26,9 @@ pub enum StepSpec {
     Command(CommandSpec),
     /// A `POST` of the JSON request to a URL; the response body is the answer.
     Http(HttpSpec),
+    /// A language model called over the Chat Completions API (`[models.<name>]`), its prompts
+    /// rendered from the request (docs/llm.md).
+    Llm(LlmSpec),
     /// A Rust kind's step of the registry, delegated by the kinds-file layer (not callable by
     /// [`super::Step`]).
     Builtin(BuiltinSpec),
@@ -108,4 +111,92 @@ pub struct HttpSpec {
 pub struct BuiltinSpec {
     /// The name of a kind of the service's registry.
     pub kind: String,
+}
+
+/// What an `llm` step's model answers with, for a handler or a synthesis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LlmOutput {
+    /// The reply's text is the output (a JSON string).
+    #[default]
+    Text,
+    /// The reply is parsed as JSON (the model is asked for a JSON object) and that is the output.
+    Json,
+}
+
+/// An `llm` step (docs/llm.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlmSpec {
+    /// The name of a `[models.<name>]` table of the file.
+    pub model: String,
+    /// The system message: a minijinja template over the request.
+    #[serde(default)]
+    pub system: Option<String>,
+    /// The user message: a minijinja template over the request.
+    pub prompt: String,
+    /// Handler and synthesis only: the reply as text (default) or as parsed JSON.
+    #[serde(default)]
+    pub output: LlmOutput,
+}
+
+/// How a provider is asked for JSON (a plan, a verdict, `output = "json"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `response_format = {"type": "json_schema", ...}` with the schema (OpenAI, vLLM, Ollama,
+    /// llama.cpp's server).
+    #[default]
+    JsonSchema,
+    /// `response_format = {"type": "json_object"}`, the schema given in the system message.
+    JsonObject,
+}
+
+/// A `[providers.<name>]` table: an OpenAI-compatible endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The API's base URL; calls go to `{base_url}/chat/completions`. One of `base_url` and
+    /// `base_url_env`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the base URL, read at start-up (one file for every
+    /// endpoint: `OPENAI_BASE_URL`).
+    #[serde(default)]
+    pub base_url_env: Option<String>,
+    /// The environment variable holding the API key (sent as `Authorization: Bearer`), read at
+    /// start-up; a variable that is not set is a start-up error. None: no key sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Per-call time limit in milliseconds (default [`DEFAULT_TIMEOUT_MS`]).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// How JSON answers are requested (default `json_schema`).
+    #[serde(default)]
+    pub structured_output: StructuredOutput,
+    /// A PEM file of CA certificates trusted INSTEAD of the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// A `[models.<name>]` table: a model of a provider and its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The name of a `[providers.<name>]` table.
+    pub provider: String,
+    /// The model as the provider names it (`gpt-4o-mini`).
+    pub model: String,
+    /// Sampling temperature (0 to 2); the provider's default when absent.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Largest completion, in tokens; the provider's default when absent.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Price of a million prompt tokens, in the user's currency unit (for `usage.cost`).
+    #[serde(default)]
+    pub price_per_million_input: Option<f64>,
+    /// Price of a million completion tokens, in the user's currency unit.
+    #[serde(default)]
+    pub price_per_million_output: Option<f64>,
 }

@@ -66,6 +66,11 @@ pub struct Submission<'a> {
     pub input: &'a [u8],
     /// The parent subtask of a child task.
     pub parent: Option<&'a protocol::ParentRef>,
+    /// [`crate::kinds::DynKind::fingerprint`] of the definition the task is planned with
+    /// (`None` when this process lacks the kind); every subtask message carries it, so that a
+    /// worker with another definition leaves it to one with this one (docs/operations.md, "Rolling
+    /// out a kind").
+    pub fingerprint: Option<&'a str>,
 }
 
 /// A new task claimed together with its plan lease, its planner run counted ([`PLAN_RUN`]).
@@ -112,7 +117,7 @@ impl ClaimArgs {
     }
 
     /// The ARGV both claim scripts start with: waiter, kind, options, input, created ms,
-    /// parent, lease token, lease ttl ms.
+    /// parent, lease token, lease ttl ms, fingerprint (empty for none).
     fn add_to(&self, call: &mut redis::ScriptInvocation<'_>, submission: Submission<'_>) {
         call.arg(&self.waiter)
             .arg(submission.kind)
@@ -121,7 +126,8 @@ impl ClaimArgs {
             .arg(self.created_ms)
             .arg(&self.parent)
             .arg(&self.token)
-            .arg(self.ttl_ms);
+            .arg(self.ttl_ms)
+            .arg(submission.fingerprint.unwrap_or(""));
     }
 
     /// The task as a claim creates it, `planning`.
@@ -147,6 +153,7 @@ impl ClaimArgs {
             tokens: std::collections::BTreeMap::new(),
             tokens_used: 0,
             cost: None,
+            fingerprint: submission.fingerprint.map(str::to_owned),
         }
     }
 }

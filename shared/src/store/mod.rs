@@ -25,6 +25,10 @@
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 //!
+//! Beside the tasks' keys, one key of the deployment: `chorus:services` ([`SERVICES_KEY`]), a
+//! hash of the live services' announcements (instance id → encoded
+//! [`crate::services::Announcement`]).
+//!
 //! # Layout
 //! One file per operation, each with its methods on [`Store`], its argument marshalling, its
 //! reply parsing and the scripts it runs (in `lua/`, each opening with its `KEYS`, `ARGV` and
@@ -42,7 +46,7 @@
 //!   (which releases the synthesis lease).
 //! - `connection`: the connection, rebuilt from the settings read anew when it breaks.
 //! - `read`, `children`, `progress`: plain reads. `record`: the task hash parsed.
-//!   `codec`: stored values encoded and decoded.
+//!   `codec`: stored values encoded and decoded. `services`: the services' announcements.
 
 use std::time::Duration;
 
@@ -72,6 +76,7 @@ mod record;
 mod results;
 mod revise;
 mod run;
+mod services;
 
 #[cfg(test)]
 mod tests;
@@ -86,6 +91,7 @@ pub use self::{
     record::{StoredResult, TaskRecord, TaskState},
     results::{Recorded, ResultStatus},
     run::{LeaseRequest, LeasedRun, Settled, SettledLease, PLAN_RUN},
+    services::SERVICES_KEY,
 };
 
 /// A Redis connection (reconnecting by itself, every command time-bounded) and the scripts.

@@ -94,6 +94,9 @@ pub struct TaskRecord {
     pub tokens_used: u64,
     /// Sum of the recorded usages' costs, when one had a cost.
     pub cost: Option<f64>,
+    /// Fingerprint of the kind's definition the task was claimed with (field `fingerprint`;
+    /// `None` for a task claimed by an orchestrator lacking the kind, or by an earlier version).
+    pub fingerprint: Option<String>,
 }
 
 impl TaskRecord {
@@ -159,6 +162,7 @@ pub(super) fn task_record(
         tokens: tokens_of(fields),
         tokens_used: number("tokens"),
         cost: text("cost").and_then(|v| v.parse().ok()),
+        fingerprint: text("fingerprint").filter(|f| !f.is_empty()),
     }))
 }
 

@@ -39,6 +39,7 @@ fn record(state: TaskState, total: u64) -> TaskRecord {
         tokens: std::collections::BTreeMap::new(),
         tokens_used: 0,
         cost: None,
+        fingerprint: None,
     }
 }
 

@@ -191,5 +191,6 @@ fn view() -> super::TaskView {
             .resolve()
             .expect("defaults resolve"),
         usage: crate::usage::UsageMeter::default(),
+        subtasks: Vec::new(),
     }
 }

@@ -34,6 +34,8 @@ pub struct FileKind {
     description: Option<String>,
     steps: Steps,
     settings: LoadSettings,
+    /// [`DynKind::fingerprint`]: a hash of the kind's table in the file.
+    fingerprint: String,
 }
 
 /// Spawn depth of what a planner or a review returns.
@@ -51,7 +53,15 @@ impl FileKind {
             description,
             steps,
             settings,
+            fingerprint: String::new(),
         }
+    }
+
+    /// This kind with `fingerprint` as its [`DynKind::fingerprint`].
+    #[must_use]
+    pub(crate) fn with_fingerprint(mut self, fingerprint: String) -> Self {
+        self.fingerprint = fingerprint;
+        self
     }
 
     /// The `description` of the file, if any.
@@ -145,6 +155,30 @@ fn outputs_json(outputs: &[(String, Vec<u8>)]) -> Result<Json, KindError> {
         .map(Json::Array)
 }
 
+/// The reviewed subtasks as the review request lists them: id, worker type, dependencies and
+/// input (a child's entry has its kind instead of an input).
+fn subtasks_json(entries: &[PlanEntry]) -> Result<Json, KindError> {
+    entries
+        .iter()
+        .map(|entry| {
+            let mut subtask = json!({
+                "id": entry.id,
+                "worker_type": entry.worker_type,
+                "depends_on": entry.depends_on,
+            });
+            let input = match &entry.child {
+                Some(child) => json!({"child": child.kind}),
+                None => decode_json(&entry.payload, &format!("subtask {}", entry.id))?,
+            };
+            if let Some(map) = subtask.as_object_mut() {
+                map.insert("input".to_owned(), input);
+            }
+            Ok(subtask)
+        })
+        .collect::<Result<Vec<_>, KindError>>()
+        .map(Json::Array)
+}
+
 /// What a step is told about the task: id, kind and, with `input`, the input.
 fn task_json(task: &TaskView, input: Option<Json>) -> Json {
     let mut view = json!({"id": task.id, "kind": task.kind});
@@ -210,6 +244,7 @@ impl DynKind for FileKind {
                     "task": task_json(task, Some(decode_json(input, "input")?)),
                     "round": round,
                     "outputs": outputs_json(outputs)?,
+                    "subtasks": subtasks_json(&task.subtasks)?,
                 });
                 let answer: ReviewAnswer =
                     read_answer(&self.call_blocking(step, &request)?, "review")?;
@@ -313,6 +348,10 @@ impl DynKind for FileKind {
 
     fn description(&self) -> Option<&str> {
         self.description.as_deref()
+    }
+
+    fn fingerprint(&self) -> String {
+        self.fingerprint.clone()
     }
 }
 

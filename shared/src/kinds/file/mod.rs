@@ -16,7 +16,7 @@ pub use spec::{KindSpec, KindsFileSpec};
 
 use super::{DynKind, Registry};
 use crate::protocol::{self, DEFAULT_WORKER_TYPE};
-use crate::steps::{Step, StepSpec};
+use crate::steps::{llm, Step, StepSpec};
 
 /// A kinds file that cannot be used, as the one line a service prints before exiting 64:
 /// `kinds file <path>: kind "csv-stats", key "handlers.default.program": <what is wrong>`.
@@ -81,13 +81,47 @@ pub fn load(
     } else {
         base_dir
     };
+    let catalog = llm::Catalog::build(&spec.providers, &spec.models, &base_dir)
+        .map_err(|(key, message)| error(None, Some(key), message))?;
+    let context = BuildContext {
+        base_dir: &base_dir,
+        registry,
+        catalog: &catalog,
+    };
+    let tables = kind_tables(&text);
     spec.kinds
         .iter()
         .map(|(name, kind)| {
-            build_kind(name, kind, &base_dir, registry, settings)
+            build_kind(name, kind, &context, settings)
+                .map(|built| built.with_fingerprint(fingerprint(name, tables.get(name))))
                 .map_err(|(key, message)| error(Some(name), key, message))
         })
         .collect()
+}
+
+/// Each kind's table of the file (`[kinds.<name>]`), by name; empty if the text does not parse
+/// as a table (it did as the spec, so it does).
+fn kind_tables(text: &str) -> toml::Table {
+    text.parse::<toml::Table>()
+        .ok()
+        .and_then(|mut file| file.remove("kinds"))
+        .and_then(|kinds| match kinds {
+            toml::Value::Table(kinds) => Some(kinds),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// A file kind's fingerprint (docs/operations.md, "Rolling out a kind"):
+/// `file:<name>:<SHA-256 of its table>`, the table written back as TOML with its keys sorted,
+/// so that layout, comments and key order do not count, every value does. The programs and
+/// scripts a step runs are not part of it: a changed script behind an unchanged table is the
+/// same definition.
+fn fingerprint(name: &str, table: Option<&toml::Value>) -> String {
+    use sha2::Digest;
+    let canonical = table.map(ToString::to_string).unwrap_or_default();
+    let digest = sha2::Sha256::digest(canonical.as_bytes());
+    format!("file:{name}:{}", &hex::encode(digest)[..16])
 }
 
 /// The file's text as its spec, or where it is wrong: `(kind, key, message)`.
@@ -151,14 +185,29 @@ impl StepRef {
     }
 }
 
-/// Builds the step at `key`, or says what is wrong with it as `(key, message)`.
+/// What building a kind's steps needs from its file and service.
+struct BuildContext<'a> {
+    /// The kinds file's directory.
+    base_dir: &'a Path,
+    /// The Rust kinds `builtin` steps name.
+    registry: &'a Registry,
+    /// The file's providers and models (`llm` steps).
+    catalog: &'a llm::Catalog,
+}
+
+/// Builds the step at `key` of a kind whose handlers serve `worker_types`, or says what is
+/// wrong with it as `(key, message)`.
 fn build_step(
     key: &str,
     spec: &StepSpec,
-    base_dir: &Path,
-    registry: &Registry,
+    context: &BuildContext<'_>,
+    worker_types: &[String],
 ) -> Result<StepRef, (Option<String>, String)> {
+    let (base_dir, registry) = (context.base_dir, context.registry);
     match spec {
+        StepSpec::Llm(llm) => Step::build_llm(llm, context.catalog, worker_types)
+            .map(StepRef::External)
+            .map_err(|e| (Some(format!("{key}.{}", e.key)), e.message)),
         StepSpec::Builtin(builtin) => registry
             .get(&builtin.kind)
             .map(StepRef::Builtin)
@@ -182,10 +231,11 @@ fn build_step(
 fn build_kind(
     name: &str,
     spec: &KindSpec,
-    base_dir: &Path,
-    registry: &Registry,
+    context: &BuildContext<'_>,
     settings: LoadSettings,
 ) -> Result<FileKind, (Option<String>, String)> {
+    let registry = context.registry;
+    let worker_types: Vec<String> = spec.handlers.keys().cloned().collect();
     check_kind_name(name).map_err(|m| (None, m))?;
     if registry.get(name).is_some() {
         return Err((
@@ -212,12 +262,12 @@ fn build_kind(
             .map_err(|e| (Some(key.clone()), e.to_string()))?;
         handlers.insert(
             worker_type.clone(),
-            build_step(&key, step, base_dir, registry)?,
+            build_step(&key, step, context, &worker_types)?,
         );
     }
     let optional = |key: &str, step: &Option<StepSpec>| {
         step.as_ref()
-            .map(|step| build_step(key, step, base_dir, registry))
+            .map(|step| build_step(key, step, context, &worker_types))
             .transpose()
     };
     Ok(FileKind::new(

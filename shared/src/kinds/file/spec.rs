@@ -1,11 +1,12 @@
-//! What a kinds file says, as serde types: `[kinds.<name>]` tables with their steps, every
+//! What a kinds file says, as serde types: `[kinds.<name>]` tables with their steps, the
+//! `[providers.<name>]` and `[models.<name>]` of `llm` steps, every
 //! table refusing keys it does not know (docs/kinds.md#the-kinds-file).
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::steps::StepSpec;
+use crate::steps::{ModelSpec, ProviderSpec, StepSpec};
 
 /// A whole kinds file: `[kinds.<name>]` tables.
 #[derive(Debug, Clone, Deserialize)]
@@ -14,6 +15,12 @@ pub struct KindsFileSpec {
     /// Kind definitions by kind name.
     #[serde(default)]
     pub kinds: BTreeMap<String, KindSpec>,
+    /// OpenAI-compatible endpoints by name, for `llm` steps (docs/llm.md).
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSpec>,
+    /// Models by name, for `llm` steps.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSpec>,
 }
 
 /// One kind's definition.

@@ -67,6 +67,7 @@ fn view(kind: &str) -> TaskView {
         kind: kind.to_owned(),
         options: TaskOptions::default().resolve().expect("resolves"),
         usage: crate::usage::UsageMeter::default(),
+        subtasks: Vec::new(),
     }
 }
 
@@ -355,4 +356,97 @@ fn messagepack_values_have_a_json_form() {
     );
     assert!(to_json(&rmpv::Value::F64(f64::NAN)).is_err());
     assert!(to_json(&rmpv::Value::Ext(1, vec![])).is_err());
+}
+
+#[test]
+fn a_file_kind_s_fingerprint_changes_with_its_definition_only() {
+    let one = "[kinds.each.handlers.default]\ntype = \"builtin\"\nkind = \"range-sum\"\n";
+    let same =
+        "# a comment\n[kinds.each.handlers.default]\nkind = \"range-sum\"\ntype = \"builtin\"\n";
+    let other = "[kinds.each]\ndescription = \"changed\"\n[kinds.each.handlers.default]\ntype = \"builtin\"\nkind = \"range-sum\"\n";
+    let fingerprint = |text: &str| kind_of(text).1.fingerprint();
+    let first = fingerprint(one);
+    assert!(first.starts_with("file:each:"), "{first}");
+    assert_eq!(fingerprint(same), first);
+    assert_ne!(fingerprint(other), first);
+}
+
+#[test]
+fn llm_providers_models_and_templates_are_checked_at_start_up() {
+    let provider = "[providers.p]\nbase_url = \"http://127.0.0.1:9/v1\"\n";
+    let model = "[models.m]\nprovider = \"p\"\nmodel = \"x\"\n";
+    let step = |body: &str| format!("[kinds.k.handlers.default]\ntype = \"llm\"\n{body}\n");
+    let cases = [
+        // (text, kind, key, message part)
+        (
+            format!(
+                "{provider}{model}{}",
+                step("model = \"nope\"\nprompt = \"hi\"")
+            ),
+            Some("k"),
+            "handlers.default.model",
+            "no model \"nope\"",
+        ),
+        (
+            format!("{provider}[models.m]\nprovider = \"q\"\nmodel = \"x\"\n"),
+            None,
+            "models.m.provider",
+            "no provider \"q\"",
+        ),
+        (
+            "[providers.p]\nbase_url = \"ftp://h\"\n".to_owned(),
+            None,
+            "providers.p.base_url",
+            "http",
+        ),
+        (
+            "[providers.p]\nbase_url = \"http://h/v1\"\napi_key_env = \"CHORUS_UNSET_KEY_VAR\"\n"
+                .to_owned(),
+            None,
+            "providers.p.api_key_env",
+            "CHORUS_UNSET_KEY_VAR is not set",
+        ),
+        (
+            format!("{provider}[models.m]\nprovider = \"p\"\nmodel = \"x\"\ntemperature = 3\n"),
+            None,
+            "models.m.temperature",
+            "between 0 and 2",
+        ),
+        (
+            format!(
+                "{provider}{model}{}",
+                step("model = \"m\"\nprompt = \"{% for %}\"")
+            ),
+            Some("k"),
+            "handlers.default.prompt",
+            "template error",
+        ),
+    ];
+    for (text, kind, key, part) in cases {
+        let error = refused(&text);
+        assert_eq!(error.kind.as_deref(), kind, "{error}");
+        assert_eq!(error.key.as_deref(), Some(key), "{error}");
+        assert!(error.message.contains(part), "{error}");
+    }
+    let error = refused(&format!(
+        "{provider}[models.m]\nprovider = \"p\"\nmodel = \"x\"\nrpm = 1\n"
+    ));
+    assert!(error.message.contains("rpm"), "{error}");
+}
+
+#[test]
+fn the_llm_examples_load_given_their_two_variables() {
+    // No other test reads these two variables.
+    for (name, value) in [
+        ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+        ("OPENAI_API_KEY", "k"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kinds/llm.toml");
+    let kinds = load(&path, &Registry::builtin(), SETTINGS).expect("loads");
+    let names: Vec<&str> = kinds.iter().map(DynKind::name).collect();
+    assert_eq!(names, ["llm-report", "market-analysis"]);
 }

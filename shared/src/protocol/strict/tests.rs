@@ -431,6 +431,7 @@ fn decode_cost() {
         round: 1,
         usage: Vec::new(),
         max_tokens: None,
+        fingerprint: None,
     })
     .unwrap();
     let figures = [
@@ -454,4 +455,18 @@ fn decode_cost() {
     for (what, rate) in figures {
         println!("{what}: {rate:.0} decodes/s");
     }
+}
+
+#[test]
+fn a_settle_nudge_decodes_as_chorus_writes_it_and_takes_no_reason() {
+    let nudge = Control::Settle {
+        task: "t".into(),
+        hops: 3,
+    };
+    let body = crate::protocol::encode(&nudge).unwrap();
+    assert_eq!(Encoding::Msgpack.decode::<Control>(&body).unwrap(), nudge);
+    let reason = refusal::<Control>(json!({"op": "settle", "task": "t", "reason": "x"}));
+    assert!(reason.contains("unknown field `reason`"), "{reason}");
+    let hops = refusal::<Control>(json!({"op": "cancel", "task": "t", "hops": 1}));
+    assert!(hops.contains("unknown field `hops`"), "{hops}");
 }

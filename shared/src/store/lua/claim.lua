@@ -13,7 +13,8 @@
 -- ARGV[6]: encoded parent subtask (empty for none)
 -- ARGV[7]: plan lease token
 -- ARGV[8]: plan lease ttl, ms
--- ARGV[9]: planner run name
+-- ARGV[9]: fingerprint of the kind's definition the task is planned with (empty for none)
+-- ARGV[10]: planner run name
 -- Returns: {'finished', outcome} for a task with an outcome; {'exists', state} for a known
 --   task; {'new', runs} for a new task with its lease acquired and `runs` planner runs counted,
 --   or {'new', '-1'} when the lease is still held by an earlier task of the id.
@@ -25,6 +26,7 @@ redis.call('HSET', TASK, 'state', 'planning', 'kind', ARGV[2], 'options', ARGV[3
   'input', ARGV[4], 'created_ms', ARGV[5], 'total', 0, 'published', 0,
   'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1, 'inflight', 0)
 if ARGV[6] ~= '' then redis.call('HSET', TASK, 'parent', ARGV[6]) end
+if ARGV[9] ~= '' then redis.call('HSET', TASK, 'fingerprint', ARGV[9]) end
 -- The new task's plan lease and planner run come with the claim, saving two round trips.
 if not redis.call('SET', PLAN_LEASE, ARGV[7], 'NX', 'PX', ARGV[8]) then return {'new', '-1'} end
-return {'new', tostring(redis.call('HINCRBY', STARTS, ARGV[9], 1))}
+return {'new', tostring(redis.call('HINCRBY', STARTS, ARGV[10], 1))}

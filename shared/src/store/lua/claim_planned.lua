@@ -14,13 +14,14 @@
 -- ARGV[6]: encoded parent subtask (empty for none)
 -- ARGV[7]: plan lease token
 -- ARGV[8]: plan lease ttl, ms
--- ARGV[9..]: the plan as write_plan reads it, then the fields as planned_fields reads them
+-- ARGV[9]: fingerprint of the kind's definition the task is planned with (empty for none)
+-- ARGV[10..]: the plan as write_plan reads it, then the fields as planned_fields reads them
 -- Returns: as claim.lua, except {'planned', ''} for a task claimed and planned with its plan
 --   lease held; when that lease is held by an earlier task of the id, the task is claimed
 --   unplanned ({'new', '-1'}).
 local OUTCOME, WAITERS = KEYS[12], KEYS[13]
 local FIRST_TO_CLEAR = 14
-local PLAN_AT = 9
+local PLAN_AT = 10
 
 local claimed = find_claimed(TASK, OUTCOME, WAITERS)
 if claimed then return claimed end
@@ -29,6 +30,10 @@ local fields = {'kind', ARGV[2], 'options', ARGV[3], 'input', ARGV[4], 'created_
 if ARGV[6] ~= '' then
   fields[#fields + 1] = 'parent'
   fields[#fields + 1] = ARGV[6]
+end
+if ARGV[9] ~= '' then
+  fields[#fields + 1] = 'fingerprint'
+  fields[#fields + 1] = ARGV[9]
 end
 if not redis.call('SET', PLAN_LEASE, ARGV[7], 'NX', 'PX', ARGV[8]) then
   redis.call('HSET', TASK, 'state', 'planning', 'total', 0, 'published', 0, 'inflight', 0,
