@@ -122,6 +122,9 @@ fn start(env: &mut TestEnv, path: &Path) {
             "20",
             "--retry-max-delay-ms",
             "200",
+            // Small enough for the oversized-answer case to stay quick.
+            "--max-message-bytes",
+            "65536",
         ],
     );
     env.spawn("chorus-synthesizer", &["--kinds-file", file]);
@@ -284,6 +287,26 @@ async fn failures_are_classified_the_same_for_every_step() {
         .unwrap()
         .to_owned();
     assert!(error.contains("garbage from the handler"), "{error}");
+    // An answer over the worker's --max-message-bytes: fatal, its first bytes quoted, from a
+    // process per call and from a pool alike.
+    for worker_type in ["default", "pooled"] {
+        let (_, outcome) = run(
+            &env,
+            "scripted",
+            &one(json!({"mode": "big", "bytes": 100_000}), worker_type),
+            &continue_,
+        )
+        .await;
+        assert_eq!(outcome["stats"]["retries"], 0, "{outcome}");
+        let error = outcome["output"]["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            error.contains("more than the limit of 65536 bytes") && error.contains("xxxx"),
+            "{error}"
+        );
+    }
     // HTTP 500 and a refused connection: retried until out of attempts.
     for kind in ["http-500", "http-refused"] {
         let (code, outcome) =
