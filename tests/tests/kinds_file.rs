@@ -389,6 +389,32 @@ async fn a_hang_times_out_and_a_cancellation_stops_a_pool_call_with_its_process_
             "pid {pid} survived the timeout"
         );
     }
+    // A pool call running when its task's deadline passes (its own timeout is far off): the
+    // task fails for its deadline and the call's processes go.
+    let pidfile = dir.join("deadline.pids");
+    let input = json!({"subtasks": [{"worker_type": "pooled", "input": {"mode": "hang", "pidfile": pidfile}}]});
+    let (code, outcome) = run(
+        &env,
+        "scripted",
+        &input,
+        &[
+            "--deadline-ms",
+            "2000",
+            "--timeout-ms",
+            "60000",
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{outcome}");
+    assert!(outcome.to_string().contains("deadline"), "{outcome}");
+    for pid in pids_in(&pidfile).await {
+        assert!(
+            gone(pid, Duration::from_secs(5)).await,
+            "pid {pid} survived the deadline"
+        );
+    }
     // A pool call running when its task is cancelled: its processes go.
     let pidfile = dir.join("cancel.pids");
     let input = json!({"subtasks": [{"worker_type": "pooled", "input": {"mode": "hang", "pidfile": pidfile}}]}).to_string();
