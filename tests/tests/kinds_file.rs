@@ -122,6 +122,9 @@ fn start(env: &mut TestEnv, path: &Path) {
             "20",
             "--retry-max-delay-ms",
             "200",
+            // Small enough for the oversized-answer case to stay quick.
+            "--max-message-bytes",
+            "65536",
         ],
     );
     env.spawn("chorus-synthesizer", &["--kinds-file", file]);
@@ -284,6 +287,26 @@ async fn failures_are_classified_the_same_for_every_step() {
         .unwrap()
         .to_owned();
     assert!(error.contains("garbage from the handler"), "{error}");
+    // An answer over the worker's --max-message-bytes: fatal, its first bytes quoted, from a
+    // process per call and from a pool alike.
+    for worker_type in ["default", "pooled"] {
+        let (_, outcome) = run(
+            &env,
+            "scripted",
+            &one(json!({"mode": "big", "bytes": 100_000}), worker_type),
+            &continue_,
+        )
+        .await;
+        assert_eq!(outcome["stats"]["retries"], 0, "{outcome}");
+        let error = outcome["output"]["failures"][0]["error"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            error.contains("more than the limit of 65536 bytes") && error.contains("xxxx"),
+            "{error}"
+        );
+    }
     // HTTP 500 and a refused connection: retried until out of attempts.
     for kind in ["http-500", "http-refused"] {
         let (code, outcome) =
@@ -364,6 +387,32 @@ async fn a_hang_times_out_and_a_cancellation_stops_a_pool_call_with_its_process_
         assert!(
             gone(pid, Duration::from_secs(5)).await,
             "pid {pid} survived the timeout"
+        );
+    }
+    // A pool call running when its task's deadline passes (its own timeout is far off): the
+    // task fails for its deadline and the call's processes go.
+    let pidfile = dir.join("deadline.pids");
+    let input = json!({"subtasks": [{"worker_type": "pooled", "input": {"mode": "hang", "pidfile": pidfile}}]});
+    let (code, outcome) = run(
+        &env,
+        "scripted",
+        &input,
+        &[
+            "--deadline-ms",
+            "2000",
+            "--timeout-ms",
+            "60000",
+            "--max-attempts",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "{outcome}");
+    assert!(outcome.to_string().contains("deadline"), "{outcome}");
+    for pid in pids_in(&pidfile).await {
+        assert!(
+            gone(pid, Duration::from_secs(5)).await,
+            "pid {pid} survived the deadline"
         );
     }
     // A pool call running when its task is cancelled: its processes go.

@@ -44,7 +44,7 @@ pub struct Rejected {
 pub fn inspect(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, Rejected> {
     if bytes.len() > max_bytes {
         return Err(Rejected {
-            error: oversized(what, max_bytes),
+            error: oversized(what, max_bytes, &bytes),
             json: false,
         });
     }
@@ -71,10 +71,16 @@ pub fn inspect(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, 
     }
 }
 
-/// The error of an answer longer than `max_bytes`.
-pub fn oversized(what: &str, max_bytes: usize) -> StepError {
+/// The error of an answer longer than `max_bytes`, quoting `head`, its first bytes as far as
+/// they were read (none when the answer was refused by its declared length).
+pub fn oversized(what: &str, max_bytes: usize, head: &[u8]) -> StepError {
+    let quoted = if head.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", first_bytes(head))
+    };
     StepError::Fatal {
-        message: format!("{what} answered more than the limit of {max_bytes} bytes"),
+        message: format!("{what} answered more than the limit of {max_bytes} bytes{quoted}"),
     }
 }
 

@@ -157,8 +157,8 @@ pub fn spawn_error(what: &str, error: &std::io::Error) -> StepError {
 enum Exchange {
     /// Stdout closed and the process exited.
     Done(Vec<u8>, std::io::Result<ExitStatus>),
-    /// Stdout went past the limit.
-    Oversized,
+    /// Stdout went past the limit: what was read of it.
+    Oversized(Vec<u8>),
 }
 
 /// Runs one call in a new process.
@@ -184,9 +184,9 @@ pub async fn call(
     };
     match exchange {
         None => Err(stop(&mut proc, config.grace, timeout, cancel, what).await),
-        Some(Exchange::Oversized) => {
+        Some(Exchange::Oversized(head)) => {
             proc.terminate(config.grace).await;
-            Err(answer::oversized(what, max_answer_bytes))
+            Err(answer::oversized(what, max_answer_bytes, &head))
         }
         Some(Exchange::Done(stdout, status)) => {
             // Whatever the step left behind in its group goes with it.
@@ -215,20 +215,28 @@ async fn exchange(child: &mut Child, request: &[u8], max_answer_bytes: usize) ->
     let read = read_bounded(child.stdout.take(), max_answer_bytes);
     let ((), stdout) = tokio::join!(write, read);
     match stdout {
-        Some(stdout) => Exchange::Done(stdout, child.wait().await),
-        None => Exchange::Oversized,
+        Ok(stdout) => Exchange::Done(stdout, child.wait().await),
+        Err(head) => Exchange::Oversized(head),
     }
 }
 
-/// All of `reader`, or `None` once it goes past `max` bytes (reading no more than `max + 1`).
-async fn read_bounded(reader: Option<impl AsyncRead + Unpin>, max: usize) -> Option<Vec<u8>> {
+/// All of `reader`, or `Err` with what was read once it goes past `max` bytes (reading no more
+/// than `max + 1`).
+async fn read_bounded(
+    reader: Option<impl AsyncRead + Unpin>,
+    max: usize,
+) -> Result<Vec<u8>, Vec<u8>> {
     let mut out = Vec::new();
     if let Some(reader) = reader {
         let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
         // A read error (a closed pipe) ends the answer; the exit status tells what happened.
         let _ = reader.take(limit).read_to_end(&mut out).await;
     }
-    (out.len() <= max).then_some(out)
+    if out.len() <= max {
+        Ok(out)
+    } else {
+        Err(out)
+    }
 }
 
 /// Terminates a process stopped by `cancel` or its time limit, and says which.

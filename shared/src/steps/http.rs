@@ -206,13 +206,13 @@ pub(crate) async fn post(
     if status.is_success() {
         let declared = response.content_length().unwrap_or(0);
         if usize::try_from(declared).map_or(true, |declared| declared > max_answer_bytes) {
-            return Err(answer::oversized(what, max_answer_bytes));
+            return Err(answer::oversized(what, max_answer_bytes, &[]));
         }
         let (body, whole) = read_prefix(&mut response, max_answer_bytes)
             .await
             .map_err(|e| transport_error(what, timeout, &e))?;
         if !whole {
-            return Err(answer::oversized(what, max_answer_bytes));
+            return Err(answer::oversized(what, max_answer_bytes, &body));
         }
         return Ok(body);
     }

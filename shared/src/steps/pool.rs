@@ -37,8 +37,8 @@ pub struct Pool {
 enum Line {
     /// A whole line (without its end).
     Answer(Vec<u8>),
-    /// The line went past the limit.
-    Oversized,
+    /// The line went past the limit: what was read of it.
+    Oversized(Vec<u8>),
     /// Stdout closed (or the pipe broke) before a whole line: the process is ending.
     Ended,
 }
@@ -102,9 +102,9 @@ impl Pool {
                 let grace = self.config.grace;
                 Err(command::stop(&mut member.process, grace, timeout, cancel, what).await)
             }
-            Some(Line::Oversized) => {
+            Some(Line::Oversized(head)) => {
                 member.process.terminate(self.config.grace).await;
-                Err(answer::oversized(what, max_answer_bytes))
+                Err(answer::oversized(what, max_answer_bytes, &head))
             }
             Some(Line::Ended) => Err(self.ended(member).await),
             Some(Line::Answer(bytes)) => match answer::inspect(bytes, max_answer_bytes, what) {
@@ -233,7 +233,7 @@ async fn read_line(stdout: &mut BufReader<ChildStdout>, max: usize) -> Line {
                 line.pop();
             }
             return if line.len() > max {
-                Line::Oversized
+                Line::Oversized(line)
             } else {
                 Line::Answer(line)
             };
@@ -242,7 +242,7 @@ async fn read_line(stdout: &mut BufReader<ChildStdout>, max: usize) -> Line {
         line.extend_from_slice(buf);
         stdout.consume(len);
         if line.len() > max.saturating_add(1) {
-            return Line::Oversized;
+            return Line::Oversized(line);
         }
     }
 }

@@ -143,7 +143,11 @@ impl LlmStep {
         }
         let bytes = answer.to_string().into_bytes();
         if bytes.len() > max_bytes {
-            return Err(super::answer::oversized(&self.model.what(), max_bytes));
+            return Err(super::answer::oversized(
+                &self.model.what(),
+                max_bytes,
+                &bytes,
+            ));
         }
         Ok(bytes)
     }
