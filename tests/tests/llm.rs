@@ -36,11 +36,22 @@ impl Drop for Server {
 
 /// A free port on 127.0.0.1.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // The tests of this file run at once: a port the OS hands out again after its probe closed
+    // would put two servers on one port, and the second's test would talk to the first. So no
+    // port is handed out twice here.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// The scripted test server on a free port.
