@@ -122,6 +122,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let store = Store::connect_service(&config.connect).await?;
+    registry.attach_store(&store);
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
     let instance = services::instance_id();
     let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));

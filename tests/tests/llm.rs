@@ -126,7 +126,7 @@ fn katan_step(port: u16) -> Step {
             price_per_million_output: Some(2.0),
         },
     )]);
-    let catalog = Catalog::build(&providers, &models, Path::new(".")).unwrap();
+    let catalog = Catalog::build(&providers, &models, Path::new("."), &Default::default()).unwrap();
     let spec = LlmSpec {
         model: "echo".to_owned(),
         system: None,

@@ -214,6 +214,7 @@ pub async fn run(
     // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
     // settings (docs/protocol.md); the workers, often many, do not repeat it.
     let store = Store::connect_settings(&config.connect).await?;
+    registry.attach_store(&store);
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));

@@ -12,12 +12,26 @@ use crate::files::FileRoots;
 #[derive(Clone, Default)]
 pub struct Registry {
     kinds: HashMap<String, Arc<dyn DynKind>>,
+    /// The service's Redis for the `llm` steps of its kinds files (shared limits and cache).
+    llm_store: crate::steps::llm::StoreSlot,
 }
 
 impl Registry {
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lends `store` to the `llm` steps of this registry's kinds files (and of its clones'):
+    /// a service calls it once connected, before it consumes anything. Without it, models are
+    /// called without shared limits and without the cache.
+    pub fn attach_store(&self, store: &crate::store::Store) {
+        self.llm_store.attach(store.clone());
+    }
+
+    /// The slot [`Registry::attach_store`] fills, shared with the models of kinds files.
+    pub fn llm_store(&self) -> &crate::steps::llm::StoreSlot {
+        &self.llm_store
     }
 
     /// The built-in kinds: `range-sum`, `report` and `wordfreq`, the last with no file roots

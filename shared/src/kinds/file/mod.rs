@@ -81,8 +81,13 @@ pub fn load(
     } else {
         base_dir
     };
-    let catalog = llm::Catalog::build(&spec.providers, &spec.models, &base_dir)
-        .map_err(|(key, message)| error(None, Some(key), message))?;
+    let catalog = llm::Catalog::build(
+        &spec.providers,
+        &spec.models,
+        &base_dir,
+        registry.llm_store(),
+    )
+    .map_err(|(key, message)| error(None, Some(key), message))?;
     let context = BuildContext {
         base_dir: &base_dir,
         registry,

@@ -17,6 +17,8 @@ use crate::steps::http;
 use crate::steps::spec::{self, ModelSpec, ProviderSpec, StructuredOutput};
 use crate::steps::{answer, StepConfigError, StepError};
 
+use super::StoreSlot;
+
 /// An OpenAI-compatible endpoint.
 #[derive(Debug)]
 pub struct Provider {
@@ -36,6 +38,8 @@ pub struct Model {
     spec: ModelSpec,
     /// Its provider.
     pub provider: Arc<Provider>,
+    /// The service's Redis, once attached: shared limits and the call cache.
+    pub store: StoreSlot,
 }
 
 /// The providers and models of a kinds file, by name.
@@ -65,7 +69,8 @@ pub struct Completion {
 }
 
 impl Catalog {
-    /// Builds and checks every provider and model; `base_dir` resolves a provider's `ca_file`.
+    /// Builds and checks every provider and model; `base_dir` resolves a provider's `ca_file`;
+    /// every model shares `store` (the registry's slot for the service's Redis).
     ///
     /// # Errors
     /// `(key, message)` with the key relative to the file: `providers.local.base_url`,
@@ -74,6 +79,7 @@ impl Catalog {
         providers: &BTreeMap<String, ProviderSpec>,
         models: &BTreeMap<String, ModelSpec>,
         base_dir: &Path,
+        store: &StoreSlot,
     ) -> Result<Self, (String, String)> {
         let mut built = BTreeMap::new();
         for (name, spec) in providers {
@@ -115,6 +121,7 @@ impl Catalog {
                     name: name.clone(),
                     spec: spec.clone(),
                     provider: Arc::clone(provider),
+                    store: store.clone(),
                 }),
             );
         }

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod prompt;
 pub mod schema;
+pub mod shared;
 
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use serde_json::{json, Map, Value as Json};
 use tokio_util::sync::CancellationToken;
 
 pub use client::{Catalog, Model, Tokens};
+pub use shared::StoreSlot;
 
 use super::command::config_error;
 use super::spec::{LlmOutput, LlmSpec, StructuredOutput};
