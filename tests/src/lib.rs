@@ -23,6 +23,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 
+pub mod deploy;
 pub mod fault;
 
 /// Longest wait for anything in a test.
