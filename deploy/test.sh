@@ -79,6 +79,8 @@ section "Packages (rabbitmq-server, redis-server)"
 "$SCRIPT_DIR/services.sh" install
 # llm-katan, the OpenAI-compatible test server of tests/tests/llm.rs, in .chorus/llm-venv.
 "$SCRIPT_DIR/llm-katan.sh" >/dev/null
+# The validators of the deploy files (tests/tests/deploy_*.rs) in .chorus/deploy-venv.
+"$SCRIPT_DIR/deploy-lint.sh" >/dev/null
 "$CARGO" --version
 if ! "$CARGO" fmt --version >/dev/null 2>&1 || ! "$CARGO" clippy --version >/dev/null 2>&1; then
     if command -v rustup >/dev/null 2>&1; then

@@ -90,7 +90,9 @@ pub fn seconds(text: &str) -> u64 {
             number.push(c);
             continue;
         }
-        let value: u64 = number.parse().unwrap_or_else(|_| panic!("bad duration {text:?}"));
+        let value: u64 = number
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {text:?}"));
         number.clear();
         total += match c {
             'h' => value * 3600,
@@ -110,5 +112,9 @@ pub fn listen_port(address: &str) -> (&str, u16) {
     let (host, port) = address
         .rsplit_once(':')
         .unwrap_or_else(|| panic!("no port in {address:?}"));
-    (host, port.parse().unwrap_or_else(|_| panic!("bad port in {address:?}")))
+    (
+        host,
+        port.parse()
+            .unwrap_or_else(|_| panic!("bad port in {address:?}")),
+    )
 }

@@ -17,9 +17,17 @@ use serde_json::Value;
 /// The units of `deploy/systemd/`, each with the binary it starts and the address its HTTP
 /// listener is given (`%i`: the worker template's instance name is the port).
 const UNITS: [(&str, &str, &str); 3] = [
-    ("chorus-orchestrator.service", "chorus-orchestrator", "127.0.0.1:9610"),
+    (
+        "chorus-orchestrator.service",
+        "chorus-orchestrator",
+        "127.0.0.1:9610",
+    ),
     ("chorus-worker@.service", "chorus-worker", "127.0.0.1:%i"),
-    ("chorus-synthesizer.service", "chorus-synthesizer", "127.0.0.1:9612"),
+    (
+        "chorus-synthesizer.service",
+        "chorus-synthesizer",
+        "127.0.0.1:9612",
+    ),
 ];
 
 /// `[Section]` → key → every value given to it, in order (systemd's keys may repeat).
@@ -37,7 +45,9 @@ fn read_unit(name: &str) -> Unit {
             section = name.to_owned();
             continue;
         }
-        let (key, value) = line.split_once('=').unwrap_or_else(|| panic!("{name}: {line}"));
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{name}: {line}"));
         unit.entry(section.clone())
             .or_default()
             .entry(key.to_owned())
@@ -80,7 +90,10 @@ fn systemd_units_pass_systemd_analyze_verify() {
     args.extend(units.iter().map(String::as_str));
     let (ok, output) = run(Path::new("systemd-analyze"), &args);
     std::fs::remove_dir_all(&dir).unwrap();
-    assert!(ok && output.trim().is_empty(), "systemd-analyze verify:\n{output}");
+    assert!(
+        ok && output.trim().is_empty(),
+        "systemd-analyze verify:\n{output}"
+    );
 }
 
 #[test]
@@ -89,7 +102,11 @@ fn systemd_units_are_sandboxed_and_outwait_the_drain() {
     for (name, program, listen) in UNITS {
         let unit = read_unit(name);
         let service = |key: &str| values(&unit, "Service", key);
-        assert_eq!(service("ExecStart"), [format!("/usr/local/bin/{program}")], "{name}");
+        assert_eq!(
+            service("ExecStart"),
+            [format!("/usr/local/bin/{program}")],
+            "{name}"
+        );
         for (key, want) in [
             ("DynamicUser", "yes"),
             ("NoNewPrivileges", "yes"),
@@ -105,22 +122,40 @@ fn systemd_units_are_sandboxed_and_outwait_the_drain() {
             assert_eq!(service(key), [want], "{name}: {key}");
         }
         let stop = seconds(&service("TimeoutStopSec")[0]);
-        assert!(stop > grace, "{name}: TimeoutStopSec {stop} s, the drain takes up to {grace} s");
-        assert_eq!(service("EnvironmentFile")[0], "/etc/chorus/chorus.env", "{name}");
+        assert!(
+            stop > grace,
+            "{name}: TimeoutStopSec {stop} s, the drain takes up to {grace} s"
+        );
+        assert_eq!(
+            service("EnvironmentFile")[0],
+            "/etc/chorus/chorus.env",
+            "{name}"
+        );
         assert!(
             service("Environment").contains(&format!("CHORUS_HTTP_LISTEN={listen}")),
             "{name}: CHORUS_HTTP_LISTEN={listen}"
         );
         for key in ["Wants", "After"] {
-            assert_eq!(values(&unit, "Unit", key), ["network-online.target"], "{name}: {key}");
+            assert_eq!(
+                values(&unit, "Unit", key),
+                ["network-online.target"],
+                "{name}: {key}"
+            );
         }
-        assert_eq!(values(&unit, "Install", "WantedBy"), ["multi-user.target"], "{name}");
+        assert_eq!(
+            values(&unit, "Install", "WantedBy"),
+            ["multi-user.target"],
+            "{name}"
+        );
     }
 }
 
 #[test]
 fn dockerfile_passes_hadolint() {
-    let (ok, output) = run(&tools().join("hadolint"), &["--no-color", "deploy/docker/Dockerfile"]);
+    let (ok, output) = run(
+        &tools().join("hadolint"),
+        &["--no-color", "deploy/docker/Dockerfile"],
+    );
     assert!(ok && output.trim().is_empty(), "hadolint:\n{output}");
 }
 
@@ -152,24 +187,57 @@ fn dockerfile_builds_every_binary_into_a_non_root_runtime() {
         .filter(|&i| instructions[i].starts_with("FROM "))
         .collect();
     assert_eq!(stages.len(), 2, "a builder stage and a runtime stage");
-    assert!(instructions[stages[0]].ends_with(" AS builder"), "{}", instructions[stages[0]]);
+    assert!(
+        instructions[stages[0]].ends_with(" AS builder"),
+        "{}",
+        instructions[stages[0]]
+    );
     let build = instructions
         .iter()
         .find(|i| i.contains("cargo build"))
         .expect("a cargo build");
-    assert!(build.contains("--release") && build.contains("--locked"), "{build}");
-    for package in ["chorus-orchestrator", "chorus-worker", "chorus-synthesizer", "chorus-shared"] {
-        assert!(build.contains(&format!("-p {package} ")), "{build}: {package}");
+    assert!(
+        build.contains("--release") && build.contains("--locked"),
+        "{build}"
+    );
+    for package in [
+        "chorus-orchestrator",
+        "chorus-worker",
+        "chorus-synthesizer",
+        "chorus-shared",
+    ] {
+        assert!(
+            build.contains(&format!("-p {package} ")),
+            "{build}: {package}"
+        );
     }
-    for program in ["chorus-orchestrator", "chorus-worker", "chorus-synthesizer", "chorus"] {
-        assert!(build.contains(&format!("target/release/{program} ")), "{build}: {program}");
+    for program in [
+        "chorus-orchestrator",
+        "chorus-worker",
+        "chorus-synthesizer",
+        "chorus",
+    ] {
+        assert!(
+            build.contains(&format!("target/release/{program} ")),
+            "{build}: {program}"
+        );
     }
     let runtime = &instructions[stages[1]..];
-    assert!(runtime.iter().any(|i| i == "COPY --from=builder /out/ /usr/local/bin/"));
+    assert!(runtime
+        .iter()
+        .any(|i| i == "COPY --from=builder /out/ /usr/local/bin/"));
     let users: Vec<&String> = runtime.iter().filter(|i| i.starts_with("USER ")).collect();
     let user = users.last().expect("a USER in the runtime stage");
-    let uid: u32 = user["USER ".len()..].split(':').next().unwrap().parse().unwrap();
-    assert!(uid > 0, "{user}: a numeric non-root user (Kubernetes' runAsNonRoot checks it)");
+    let uid: u32 = user["USER ".len()..]
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uid > 0,
+        "{user}: a numeric non-root user (Kubernetes' runAsNonRoot checks it)"
+    );
     let ignore = std::fs::read_to_string(repo_dir().join(".dockerignore")).unwrap();
     for path in ["target/", ".chorus/", ".git/"] {
         assert!(ignore.lines().any(|l| l == path), ".dockerignore: {path}");
@@ -180,7 +248,11 @@ fn dockerfile_builds_every_binary_into_a_non_root_runtime() {
 fn compose_file_matches_the_compose_specification() {
     let (ok, output) = run(
         &tools().join("check-jsonschema"),
-        &["--builtin-schema", "vendor.compose-spec", "deploy/docker/compose.yaml"],
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            "deploy/docker/compose.yaml",
+        ],
     );
     assert!(ok, "check-jsonschema:\n{output}");
 }
@@ -205,7 +277,10 @@ fn compose_file_runs_redis_append_only_and_the_services_non_root_with_health_che
         redis.contains("--appendfsync everysec") || redis.contains("--appendfsync always"),
         "redis: {redis}: appendfsync (docs/reliability.md)"
     );
-    assert!(text(&services["redis"]["volumes"]).contains(":/data"), "redis keeps /data");
+    assert!(
+        text(&services["redis"]["volumes"]).contains(":/data"),
+        "redis keeps /data"
+    );
     assert!(services["rabbitmq"]["healthcheck"]["test"].is_array());
     let rabbitmq_conf = std::fs::read_to_string(repo_dir().join("deploy/docker/rabbitmq.conf"));
     assert!(rabbitmq_conf.unwrap().contains("consumer_timeout"));
@@ -214,21 +289,40 @@ fn compose_file_runs_redis_append_only_and_the_services_non_root_with_health_che
         let name = program.trim_start_matches("chorus-");
         let service = &services[name];
         assert_eq!(service["command"][0], program, "{name}");
-        let listen = service["environment"]["CHORUS_HTTP_LISTEN"].as_str().unwrap();
+        let listen = service["environment"]["CHORUS_HTTP_LISTEN"]
+            .as_str()
+            .unwrap();
         assert_eq!(listen_port(listen), ("0.0.0.0", port), "{name}");
         let check = text(&service["healthcheck"]["test"]);
-        assert!(check.contains(&format!("http://127.0.0.1:{port}/readyz")), "{name}: {check}");
-        let uid: u32 = text(&service["user"]).split(':').next().unwrap().parse().unwrap();
+        assert!(
+            check.contains(&format!("http://127.0.0.1:{port}/readyz")),
+            "{name}: {check}"
+        );
+        let uid: u32 = text(&service["user"])
+            .split(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(uid > 0, "{name}: runs as root");
         assert_eq!(service["read_only"], true, "{name}");
         assert_eq!(service["cap_drop"], serde_json::json!(["ALL"]), "{name}");
-        assert!(seconds(&text(&service["stop_grace_period"])) > grace, "{name}");
+        assert!(
+            seconds(&text(&service["stop_grace_period"])) > grace,
+            "{name}"
+        );
         for dependency in ["rabbitmq", "redis"] {
             let condition = &service["depends_on"][dependency]["condition"];
             assert_eq!(condition, "service_healthy", "{name}: {dependency}");
         }
-        assert!(service["environment"]["CHORUS_AMQP_URL"].is_string(), "{name}");
-        assert!(service["environment"]["CHORUS_REDIS_URL"].is_string(), "{name}");
+        assert!(
+            service["environment"]["CHORUS_AMQP_URL"].is_string(),
+            "{name}"
+        );
+        assert!(
+            service["environment"]["CHORUS_REDIS_URL"].is_string(),
+            "{name}"
+        );
     }
     // `--scale worker=N` needs a worker without a fixed name or host port.
     let worker = services["worker"].as_object().unwrap();
