@@ -118,3 +118,30 @@ pub fn listen_port(address: &str) -> (&str, u16) {
             .unwrap_or_else(|_| panic!("bad port in {address:?}")),
     )
 }
+
+/// The environment variables a binary reads (`[env: NAME]` of its `--help`).
+pub fn env_names(program: &str) -> Vec<String> {
+    let (ok, help) = run(&binary(program), &["--help"]);
+    assert!(ok, "{program} --help: {help}");
+    help.split("[env: ")
+        .skip(1)
+        .map(|rest| rest.split(['=', ']']).next().unwrap().to_owned())
+        .collect()
+}
+
+/// Fails on a `CHORUS_` variable of a deploy file that `program` does not read (a misspelt
+/// setting would be ignored without a word). `CHORUS_HTTP_LISTEN` counts once the binary has
+/// the listener (`--http-listen`, issue 19's first point, built apart from the deploy files).
+pub fn check_env<'a>(file: &str, program: &str, names: impl IntoIterator<Item = &'a str>) {
+    let known = env_names(program);
+    let listener = known.iter().any(|n| n == "CHORUS_HTTP_LISTEN");
+    for name in names {
+        if !name.starts_with("CHORUS_") || (name == "CHORUS_HTTP_LISTEN" && !listener) {
+            continue;
+        }
+        assert!(
+            known.iter().any(|n| n == name),
+            "{file}: {program} reads no {name}"
+        );
+    }
+}

@@ -9,7 +9,9 @@ use std::{collections::HashMap, path::Path};
 
 use chorus_tests::{
     binary,
-    deploy::{listen_port, run, seconds, shutdown_grace_secs, tools, yaml_documents, SERVICES},
+    deploy::{
+        check_env, listen_port, run, seconds, shutdown_grace_secs, tools, yaml_documents, SERVICES,
+    },
     repo_dir,
 };
 use serde_json::Value;
@@ -327,4 +329,47 @@ fn compose_file_runs_redis_append_only_and_the_services_non_root_with_health_che
     // `--scale worker=N` needs a worker without a fixed name or host port.
     let worker = services["worker"].as_object().unwrap();
     assert!(!worker.contains_key("container_name") && !worker.contains_key("ports"));
+}
+
+/// `NAME=` assignments of an environment file, commented-out examples (`#NAME=`) included.
+fn env_file_names(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(|line| line.trim_start_matches('#'))
+        .filter_map(|line| line.split_once('=').map(|(name, _)| name))
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+        .collect()
+}
+
+#[test]
+fn deploy_files_set_only_variables_the_services_read() {
+    let dir = repo_dir().join("deploy/systemd");
+    let shared = std::fs::read_to_string(dir.join("chorus.env.example")).unwrap();
+    let worker = std::fs::read_to_string(dir.join("worker.env.example")).unwrap();
+    assert!(env_file_names(&shared).contains(&"CHORUS_AMQP_URL"));
+    assert!(env_file_names(&worker).contains(&"CHORUS_TYPES"));
+    for (name, program, _) in UNITS {
+        check_env("chorus.env.example", program, env_file_names(&shared));
+        let unit = read_unit(name);
+        let set = values(&unit, "Service", "Environment");
+        check_env(
+            name,
+            program,
+            set.iter().map(|e| e.split('=').next().unwrap()),
+        );
+    }
+    check_env(
+        "worker.env.example",
+        "chorus-worker",
+        env_file_names(&worker),
+    );
+    let compose = yaml_documents("deploy/docker/compose.yaml").remove(0);
+    for (program, _) in SERVICES {
+        let service = &compose["services"][program.trim_start_matches("chorus-")];
+        let names = service["environment"].as_object().unwrap().keys();
+        check_env("compose.yaml", program, names.map(String::as_str));
+    }
+    let cli = compose["services"]["chorus"]["environment"]
+        .as_object()
+        .unwrap();
+    check_env("compose.yaml", "chorus", cli.keys().map(String::as_str));
 }

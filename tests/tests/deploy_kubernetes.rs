@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, sync::OnceLock};
 
 use chorus_shared::topology;
 use chorus_tests::{
-    deploy::{listen_port, run, shutdown_grace_secs, tools, yaml_documents, SERVICES},
+    deploy::{check_env, listen_port, run, shutdown_grace_secs, tools, yaml_documents, SERVICES},
     repo_dir,
 };
 use serde_json::Value;
@@ -216,6 +216,18 @@ fn deployments_have_probes_resources_a_sandbox_and_a_disruption_budget() {
         check_probes(name, container, *port);
         check_security(name, deployment, container);
         check_secrets(name, deployment, container, config, secret);
+        let config_names = config["data"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str);
+        check_env(name, program, config_names);
+        let vars = container["env"].as_array().unwrap();
+        check_env(
+            name,
+            program,
+            vars.iter().map(|e| e["name"].as_str().unwrap()),
+        );
         let selector = &deployment["spec"]["selector"]["matchLabels"];
         assert!(
             budgets
