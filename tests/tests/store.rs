@@ -79,7 +79,7 @@ async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry
     let entries: Vec<PlanEntry> = (0..subtasks).map(|n| entry(&format!("s{n}"))).collect();
     let wave = graph::first_wave(&entries, 0);
     store
-        .record_plan(id, &lease, &entries, &wave, 0)
+        .record_plan(id, &lease, &entries, &wave, 0, &[])
         .await
         .unwrap();
     store.end_run(id, "plan").await.unwrap();
@@ -105,7 +105,7 @@ async fn claim_planned(store: &Store, id: &str, entries: &[PlanEntry]) -> Claim 
         fingerprint: Some(FINGERPRINT),
     };
     store
-        .claim_planned(id, None, submission, LEASE, entries, &wave, 0)
+        .claim_planned(id, None, submission, LEASE, entries, &wave, 0, &[])
         .await
         .unwrap()
 }
@@ -239,7 +239,7 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
     };
     // The review sends s2 back: round 2 re-opens it.
     let released = store
-        .revise(&id, &leased.lease, &[entry("s2")])
+        .revise(&id, &leased.lease, &[entry("s2")], &[])
         .await
         .unwrap();
     assert_eq!(released.len(), 1);
