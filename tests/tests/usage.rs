@@ -413,3 +413,23 @@ async fn refused_plans_failed_handlers_and_spent_budgets_count_every_paid_call()
     assert_eq!(requests(server.port).await.len(), 4);
     assert_eq!(outcome["stats"]["tokens"]["m"]["calls"], 1, "{outcome}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answers_usage_is_counted_with_the_rejection() {
+    let mut env = TestEnv::new("usagerefused").await;
+    start(&mut env);
+    let input = json!({"plan_error": "no plan for you",
+                       "usage": [usage("planner", 30, 5, Some(0.125))]});
+    let (code, outcome) = run(&env, "usage-refused", &input, &[]).await;
+    assert_eq!(code, 3, "{outcome}");
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    assert_eq!(
+        outcome["stats"]["tokens"]["planner"],
+        json!({"prompt": 30, "completion": 5, "cached": 1, "calls": 1, "cache_hits": 0}),
+        "{outcome}"
+    );
+    assert_eq!(outcome["stats"]["cost"], json!(0.125), "{outcome}");
+    let (_, status) = env.cli(&["status", "usage-refused"]).await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["tokens"], outcome["stats"]["tokens"], "{status}");
+}
