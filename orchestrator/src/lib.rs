@@ -32,6 +32,7 @@ use chorus_shared::{
         CHUNK, PLAN_RUN,
     },
     text, topology,
+    usage::{self, Budget, Usage, UsageMeter},
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -180,6 +181,19 @@ const PLANNING_ELSEWHERE_POLL: Duration = Duration::from_millis(200);
 /// payload must leave this many bytes of the message limit free.
 const SUBTASK_ENVELOPE_BYTES: usize = 1024;
 
+/// A first delivery's planner run, made before its claim.
+#[derive(Default)]
+struct Ahead {
+    /// The checked plan, when the planner gave one that passes the checks.
+    entries: Option<Vec<PlanEntry>>,
+    /// Why the task is rejected, when the planner refused it or its plan failed the checks:
+    /// the claim then rejects it without running the planner again.
+    refused: Option<String>,
+    /// What the planner's model calls used, paid either way: counted with the plan or the
+    /// rejection written under the plan lease.
+    usage: Vec<Usage>,
+}
+
 impl Orchestrator {
     async fn handle(&self, delivery: &Delivery) -> Result<Disposition, ServiceError> {
         let properties = &delivery.properties;
@@ -314,25 +328,30 @@ impl Orchestrator {
         // message redelivered, and a redelivery is claimed first and its run counted. A task
         // with a deadline is claimed first, so that its timer never finds it missing.
         let ahead = if consume::is_redelivery(delivery) || resolved.deadline_ms.is_some() {
-            None
+            Ahead::default()
         } else {
             let task = TaskView {
                 id: id.clone(),
                 kind: request.kind.clone(),
                 options: resolved,
-                usage: chorus_shared::usage::UsageMeter::default(),
+                usage: UsageMeter::default(),
+                budget: resolved.max_tokens.map(|max_tokens| Budget {
+                    max_tokens,
+                    used: 0,
+                }),
                 subtasks: Vec::new(),
             };
             self.plan_ahead(task, input).await
         };
         let cap = resolved.max_concurrency;
         let small_wave = ahead
+            .entries
             .as_ref()
             .filter(|entries| entries.len() <= CHUNK)
             .map(|entries| graph::first_wave(entries, cap));
         let lease_ttl = self.config.outcomes.lease();
         let store = &self.finisher.store;
-        let claim = match (&ahead, &small_wave) {
+        let claim = match (&ahead.entries, &small_wave) {
             (Some(entries), Some(wave)) => {
                 store
                     .claim_planned(
@@ -343,6 +362,7 @@ impl Orchestrator {
                         entries,
                         wave,
                         cap,
+                        &ahead.usage,
                     )
                     .await?
             }
@@ -358,21 +378,23 @@ impl Orchestrator {
 
     /// Goes on from the claim of task `id`: publishes the first wave of a plan recorded with
     /// the claim, plans a new task (`ahead`: the plan made before the claim, if any, with its
-    /// `small_wave`), answers a duplicate of a finished task, or carries on with one claimed
-    /// earlier.
+    /// `small_wave`, and its planner's usage), answers a duplicate of a finished task, or
+    /// carries on with one claimed earlier. The usage of a plan made ahead of a claim that
+    /// found the task existing is not counted: that submission was a duplicate, its planner
+    /// run wasted (docs/llm.md#tokens-and-cost).
     async fn follow_claim(
         &self,
         id: &str,
         claim: Claim,
         waiter: Option<&ReplyTarget>,
         resolved: &ResolvedOptions,
-        ahead: Option<Vec<PlanEntry>>,
+        ahead: Ahead,
         small_wave: Option<FirstWave>,
     ) -> Result<Disposition, ServiceError> {
         match claim {
             Claim::Planned { lease, record } => {
                 // The common case: a new task, planned and recorded with its claim.
-                let entries = ahead.unwrap_or_default();
+                let entries = ahead.entries.unwrap_or_default();
                 let wave = small_wave.unwrap_or_default();
                 let result = self
                     .publish_first_wave(id, &lease, &record, resolved, entries, &wave)
@@ -428,10 +450,17 @@ impl Orchestrator {
         self.plan_and_publish(id).await
     }
 
-    /// Stores and delivers a `rejected` outcome for a claimed task; the request is dead-lettered.
-    async fn reject_task(&self, id: &str, reason: String) -> Result<Disposition, ServiceError> {
+    /// Stores and delivers a `rejected` outcome for a claimed task, counting `usage` (what its
+    /// planner's model calls used: a refused plan was paid for too); the request is
+    /// dead-lettered.
+    async fn reject_task(
+        &self,
+        id: &str,
+        reason: String,
+        usage: &[Usage],
+    ) -> Result<Disposition, ServiceError> {
         self.finisher
-            .conclude(&Outcome::rejected(id, reason.clone()))
+            .conclude(&Outcome::rejected(id, reason.clone()), usage)
             .await?;
         Ok(Disposition::Reject {
             error: ProtocolError::Invalid(reason),
@@ -468,19 +497,59 @@ impl Orchestrator {
                 _ => return Ok(Disposition::Ack),
             }
         };
-        self.plan_then_release(id, leased.lease, leased.record, leased.runs, None)
-            .await
+        self.plan_then_release(
+            id,
+            leased.lease,
+            leased.record,
+            leased.runs,
+            Ahead::default(),
+        )
+        .await
     }
 
     /// The plan of a task not claimed yet, when its kind is known and plans it without error
-    /// or refusal; `None` sends the task the usual way (claim, then plan again and reject).
-    async fn plan_ahead(&self, task: TaskView, input: &[u8]) -> Option<Vec<PlanEntry>> {
-        let kind = self.registry.get(&task.kind)?;
+    /// or refusal (no entries send the task the usual way: claim, then plan again and reject),
+    /// with what the planner's model calls used either way.
+    async fn plan_ahead(&self, task: TaskView, input: &[u8]) -> Ahead {
+        let Some(kind) = self.registry.get(&task.kind) else {
+            return Ahead::default();
+        };
         let input = input.to_vec();
         let inline = kind.inline_plan(&input);
-        match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
-            Ok(Ok(entries)) if self.refuse_plan(&entries).is_none() => Some(entries),
-            _ => None,
+        let meter = task.usage.clone();
+        let name = task.kind.clone();
+        let planned = kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await;
+        let (entries, refused) = match self.checked_plan(&name, planned) {
+            Ok(entries) => (Some(entries), None),
+            Err(reason) => (None, Some(reason)),
+        };
+        Ahead {
+            entries,
+            refused,
+            usage: meter.take(),
+        }
+    }
+
+    /// What a planner run of kind `kind` came to: its plan when it passes [`Self::refuse_plan`],
+    /// or why the task is rejected.
+    fn checked_plan(
+        &self,
+        kind: &str,
+        planned: Result<Result<Vec<PlanEntry>, kinds::KindError>, String>,
+    ) -> Result<Vec<PlanEntry>, String> {
+        match planned {
+            Ok(Ok(entries)) => match self.refuse_plan(&entries) {
+                None => Ok(entries),
+                Some(reason) => Err(reason),
+            },
+            Ok(Err(error)) => Err(format!(
+                "invalid input for kind {}: {error}",
+                text::quoted(kind)
+            )),
+            Err(panic) => Err(format!(
+                "planner of kind {} panicked: {panic}",
+                text::quoted(kind)
+            )),
         }
     }
 
@@ -492,7 +561,7 @@ impl Orchestrator {
         lease: Lease,
         record: Option<TaskRecord>,
         runs: Option<u64>,
-        ahead: Option<Vec<PlanEntry>>,
+        ahead: Ahead,
     ) -> Result<Disposition, ServiceError> {
         let result = self
             .plan_and_publish_leased(id, &lease, record, runs, ahead)
@@ -507,7 +576,7 @@ impl Orchestrator {
         lease: &Lease,
         record: Option<TaskRecord>,
         runs: Option<u64>,
-        ahead: Option<Vec<PlanEntry>>,
+        ahead: Ahead,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let Some(record) = record else {
@@ -518,7 +587,9 @@ impl Orchestrator {
             if runs.is_some() {
                 store.end_run(id, PLAN_RUN).await?;
             }
-            return self.plan_counted(id, lease, record, None, None).await;
+            return self
+                .plan_counted(id, lease, record, None, Ahead::default())
+                .await;
         }
         // The run is uncounted (`end_run`) when this attempt fails short of a crash: only runs
         // that take the process down stay counted.
@@ -530,14 +601,16 @@ impl Orchestrator {
     }
 
     /// Plans (when `record` is still planning; `runs` counts this planner run, `ahead` is a
-    /// plan made before the claim) or resumes publishing the task, under its plan lease.
+    /// plan made before the claim, or at least its planner's usage) or resumes publishing the
+    /// task, under its plan lease. The planner's usage is counted with the plan (or the
+    /// rejection), in the same script.
     async fn plan_counted(
         &self,
         id: &str,
         lease: &Lease,
         record: TaskRecord,
         runs: Option<u64>,
-        ahead: Option<Vec<PlanEntry>>,
+        ahead: Ahead,
     ) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let options = record.resolved_options(id)?;
@@ -555,11 +628,14 @@ impl Orchestrator {
         }
         match record.state {
             TaskState::Planning => {
-                let entries = match ahead {
+                let (entries, usage) = match ahead.entries {
                     // Made and checked before the claim.
-                    Some(entries) => entries,
-                    None => match self.plan_claimed(id, &record, runs).await? {
-                        Ok(entries) => entries,
+                    Some(entries) => (entries, ahead.usage),
+                    None => match self
+                        .plan_claimed(id, &record, runs, (ahead.refused, ahead.usage))
+                        .await?
+                    {
+                        Ok(planned) => planned,
                         Err(disposition) => return Ok(disposition),
                     },
                 };
@@ -568,7 +644,7 @@ impl Orchestrator {
                 // drops the count with the rest of the working state).
                 tokio::try_join!(
                     store.end_run(id, PLAN_RUN),
-                    store.record_plan(id, lease, &entries, &wave, options.max_concurrency)
+                    store.record_plan(id, lease, &entries, &wave, options.max_concurrency, &usage)
                 )?;
                 self.publish_first_wave(id, lease, &record, &options, entries, &wave)
                     .await?;
@@ -588,14 +664,18 @@ impl Orchestrator {
         Ok(Disposition::Ack)
     }
 
-    /// Runs the planner of a claimed task (`runs` counts this run): its checked plan, or how
-    /// the task message ends when the task is rejected instead.
+    /// Runs the planner of a claimed task (`runs` counts this run): its checked plan with what
+    /// the planner's model calls used (`carried`, a run made ahead of the claim, included), or
+    /// how the task message ends when the task is rejected instead. A plan made ahead and
+    /// refused (`refused`) rejects the task without running the planner again, so its calls
+    /// are paid once.
     async fn plan_claimed(
         &self,
         id: &str,
         record: &TaskRecord,
         runs: Option<u64>,
-    ) -> Result<Result<Vec<PlanEntry>, Disposition>, ServiceError> {
+        (refused, carried): (Option<String>, Vec<Usage>),
+    ) -> Result<Result<(Vec<PlanEntry>, Vec<Usage>), Disposition>, ServiceError> {
         let Some(kind) = self.registry.get(&record.kind) else {
             let known = self.known_kinds().await;
             // The name is the submitter's text: quoted, escaped and bounded.
@@ -603,7 +683,7 @@ impl Orchestrator {
                 "unknown kind {}; this deployment knows: {known}",
                 text::quoted(&record.kind)
             );
-            return self.reject_task(id, reason).await.map(Err);
+            return self.reject_task(id, reason, &carried).await.map(Err);
         };
         match runs {
             None => return Ok(Err(Disposition::Ack)),
@@ -613,34 +693,35 @@ impl Orchestrator {
                     runs - 1,
                     text::quoted(&record.kind)
                 );
-                return self.reject_task(id, reason).await.map(Err);
+                return self.reject_task(id, reason, &carried).await.map(Err);
             }
             Some(_) => {}
         }
+        if let Some(reason) = refused {
+            return self.reject_task(id, reason, &carried).await.map(Err);
+        }
         let input = record.input.clone();
         let inline = kind.inline_plan(&input);
+        let options = record.resolved_options(id)?;
         let task = TaskView {
             id: id.to_owned(),
             kind: record.kind.clone(),
-            options: record.resolved_options(id)?,
-            usage: chorus_shared::usage::UsageMeter::default(),
+            options,
+            usage: UsageMeter::default(),
+            budget: options.max_tokens.map(|max_tokens| Budget {
+                max_tokens,
+                used: record.tokens_used,
+            }),
             subtasks: Vec::new(),
         };
-        let reason = match kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await {
-            Ok(Ok(entries)) => match self.refuse_plan(&entries) {
-                None => return Ok(Ok(entries)),
-                Some(reason) => reason,
-            },
-            Ok(Err(error)) => format!(
-                "invalid input for kind {}: {error}",
-                text::quoted(&record.kind)
-            ),
-            Err(panic) => format!(
-                "planner of kind {} panicked: {panic}",
-                text::quoted(&record.kind)
-            ),
-        };
-        self.reject_task(id, reason).await.map(Err)
+        let meter = task.usage.clone();
+        let planned = kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await;
+        let mut used = carried;
+        usage::merge(&mut used, meter.take());
+        match self.checked_plan(&record.kind, planned) {
+            Ok(entries) => Ok(Ok((entries, used))),
+            Err(reason) => self.reject_task(id, reason, &used).await.map(Err),
+        }
     }
 
     /// Publishes the first wave of a plan just recorded under the plan `lease`.

@@ -2,9 +2,14 @@
 //! with (docs/kinds.md#usage), the [`UsageMeter`] a handler reports them through, and the
 //! per-model totals an outcome's `stats.tokens` shows (docs/protocol.md#outcomes).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
+
+/// The error of a model call (or a subtask) not started because its task's `max_tokens` was
+/// spent: the same text wherever the budget is checked (worker, `llm` step).
+pub const TOKEN_BUDGET_EXCEEDED: &str = "token budget exceeded";
 
 /// Most usage entries one answer (or one result) may carry: one per model, and a step calls
 /// few models.
@@ -132,6 +137,55 @@ pub fn merge(into: &mut Vec<Usage>, more: impl IntoIterator<Item = Usage>) {
     }
 }
 
+/// `usage` added to an outcome's per-model `tokens` and its `cost` (what a plan, review or
+/// synthesis used, counted with the outcome that stores it).
+pub fn add_to_stats(
+    tokens: &mut BTreeMap<String, TokenStats>,
+    cost: &mut Option<f64>,
+    usage: &[Usage],
+) {
+    for entry in usage {
+        let stats = tokens.entry(entry.model.clone()).or_default();
+        stats.prompt = stats.prompt.saturating_add(entry.prompt_tokens);
+        stats.completion = stats.completion.saturating_add(entry.completion_tokens);
+        stats.cached = stats.cached.saturating_add(entry.cached_tokens);
+        stats.calls = stats.calls.saturating_add(entry.calls);
+        stats.cache_hits = stats.cache_hits.saturating_add(entry.cache_hits);
+        if let Some(more) = entry.cost {
+            *cost = Some(cost.unwrap_or(0.0) + more);
+        }
+    }
+}
+
+/// What a step may still spend of its task's `max_tokens` (docs/kinds.md#budget): the budget
+/// and the tokens (prompt plus completion) counted against it when the step was called. Steps
+/// get it in their request as `"budget"`; an `llm` step starts no call once `used` plus its own
+/// calls' tokens reach `max_tokens`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// The task's `max_tokens`.
+    pub max_tokens: u64,
+    /// Tokens already counted against it (the task's record, plus what this attempt or step
+    /// run used so far).
+    pub used: u64,
+}
+
+impl Budget {
+    /// Whether nothing is left: `used` has reached `max_tokens`.
+    pub fn spent(&self) -> bool {
+        self.used >= self.max_tokens
+    }
+
+    /// This budget with `more` tokens used besides.
+    #[must_use]
+    pub fn after(self, more: u64) -> Self {
+        Self {
+            used: self.used.saturating_add(more),
+            ..self
+        }
+    }
+}
+
 /// Per-model token counts of a task, as an outcome's `stats.tokens` and `chorus status` show
 /// them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +223,18 @@ impl UsageMeter {
         match self.0.lock() {
             Ok(mut list) => merge(&mut list, usage),
             Err(poisoned) => merge(&mut poisoned.into_inner(), usage),
+        }
+    }
+
+    /// Prompt plus completion tokens recorded so far (left in the meter).
+    pub fn tokens(&self) -> u64 {
+        let sum = |list: &Vec<Usage>| {
+            list.iter()
+                .fold(0u64, |sum, entry| sum.saturating_add(entry.tokens()))
+        };
+        match self.0.lock() {
+            Ok(list) => sum(&list),
+            Err(poisoned) => sum(&poisoned.into_inner()),
         }
     }
 

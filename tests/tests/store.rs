@@ -79,7 +79,7 @@ async fn running_task(store: &Store, id: &str, subtasks: usize) -> Vec<PlanEntry
     let entries: Vec<PlanEntry> = (0..subtasks).map(|n| entry(&format!("s{n}"))).collect();
     let wave = graph::first_wave(&entries, 0);
     store
-        .record_plan(id, &lease, &entries, &wave, 0)
+        .record_plan(id, &lease, &entries, &wave, 0, &[])
         .await
         .unwrap();
     store.end_run(id, "plan").await.unwrap();
@@ -105,7 +105,7 @@ async fn claim_planned(store: &Store, id: &str, entries: &[PlanEntry]) -> Claim 
         fingerprint: Some(FINGERPRINT),
     };
     store
-        .claim_planned(id, None, submission, LEASE, entries, &wave, 0)
+        .claim_planned(id, None, submission, LEASE, entries, &wave, 0, &[])
         .await
         .unwrap()
 }
@@ -239,7 +239,7 @@ async fn a_result_of_an_earlier_round_is_a_duplicate_once_its_subtask_is_sent_ba
     };
     // The review sends s2 back: round 2 re-opens it.
     let released = store
-        .revise(&id, &leased.lease, &[entry("s2")])
+        .revise(&id, &leased.lease, &[entry("s2")], &[])
         .await
         .unwrap();
     assert_eq!(released.len(), 1);
@@ -495,4 +495,66 @@ async fn a_plan_made_before_the_claim_is_recorded_with_it_in_one_call() {
     let state: String = conn.hget(held_keys.task(), "state").await.unwrap();
     assert_eq!(state, "planning");
     assert!(!conn.exists::<_, bool>(held_keys.order()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_steps_usage_is_counted_with_its_write_and_only_once() {
+    use chorus_shared::{protocol::Outcome, usage::Usage};
+    let env = TestEnv::new("storeusage").await;
+    let store = store(&env).await;
+    let used = |model: &str, prompt: u64, cost: Option<f64>| Usage {
+        model: model.to_owned(),
+        prompt_tokens: prompt,
+        completion_tokens: 1,
+        calls: 1,
+        cost,
+        ..Usage::default()
+    };
+    // A plan too large for one call: its usage goes with the last chunk (mark_planned).
+    let id = "usage-chunks";
+    let options = protocol::encode(&TaskOptions::default().resolve().unwrap()).unwrap();
+    let input = protocol::encode(&()).unwrap();
+    let submission = Submission {
+        kind: "range-sum",
+        options: &options,
+        input: &input,
+        parent: None,
+        fingerprint: Some(FINGERPRINT),
+    };
+    let Claim::New(Some(Planning { lease, .. })) =
+        store.claim(id, None, submission, LEASE).await.unwrap()
+    else {
+        panic!("a new task's claim acquires its plan lease");
+    };
+    let entries: Vec<PlanEntry> = (0..1_001).map(|n| entry(&format!("s{n}"))).collect();
+    let wave = graph::first_wave(&entries, 0);
+    let plan_usage = [used("planner", 10, Some(0.5))];
+    store
+        .record_plan(id, &lease, &entries, &wave, 0, &plan_usage)
+        .await
+        .unwrap();
+    // A second write (the task is planned already) is fenced and counts nothing.
+    assert!(store
+        .record_plan(id, &lease, &entries, &wave, 0, &plan_usage)
+        .await
+        .is_err());
+    lease.release().await.unwrap();
+    let record = store.task(id).await.unwrap().unwrap();
+    assert_eq!(record.tokens["planner"].prompt, 10);
+    assert_eq!(record.tokens_used, 11);
+
+    // The outcome's usage counts when that outcome is stored, not when a later one is refused.
+    let outcome = Outcome::rejected(id, "stop");
+    let synthesis_usage = [used("writer", 100, None)];
+    for _ in 0..2 {
+        store
+            .store_outcome(&outcome, &synthesis_usage, LEASE)
+            .await
+            .unwrap();
+    }
+    let record = store.task(id).await.unwrap().unwrap();
+    assert_eq!(record.tokens["writer"].prompt, 100);
+    assert_eq!(record.tokens["writer"].calls, 1);
+    assert_eq!(record.tokens_used, 112);
+    assert_eq!(record.cost, Some(0.5));
 }

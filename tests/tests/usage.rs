@@ -138,3 +138,298 @@ async fn a_spent_token_budget_fails_the_task_or_leaves_it_partial() {
         "{outcome}"
     );
 }
+
+/// The SCRIPTED test server (tests/fixtures/llm/scripted_server.py, canned completions, usage
+/// = words) on a free port, killed on drop.
+struct Scripted {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Scripted {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+    }
+}
+
+fn scripted() -> Scripted {
+    let mut child = std::process::Command::new("python3")
+        .arg(repo_dir().join("tests/fixtures/llm/scripted_server.py"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    Scripted { child, port }
+}
+
+/// Every request body the scripted server received.
+async fn requests(port: u16) -> Vec<Value> {
+    let url = format!("http://127.0.0.1:{port}/requests");
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Prompt tokens of `bodies` as the scripted server counts them: the words of every message.
+fn prompt_words(bodies: &[Value]) -> u64 {
+    bodies
+        .iter()
+        .flat_map(|body| body["messages"].as_array().unwrap().iter())
+        .map(|m| m["content"].as_str().unwrap().split_whitespace().count() as u64)
+        .sum()
+}
+
+/// `llm` kinds on the scripted server (model `m`): `brief` (planner, two handler types,
+/// review, synthesis), `fix` (a JSON handler whose first reply is invalid) and `short` (a text
+/// handler and a synthesis).
+fn llm_kinds_file(port: u16) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("chorus-acct-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = format!(
+        r#"
+[providers.scripted]
+base_url = "http://127.0.0.1:{port}/v1"
+
+[models.m]
+provider = "scripted"
+model = "scripted-1"
+temperature = 0
+price_per_million_input = 1.0
+
+[kinds.brief.planner]
+type = "llm"
+model = "m"
+prompt = "{{{{ task.input.marker }}}} Topic: {{{{ task.input.topic }}}}"
+
+[kinds.brief.handlers.researcher]
+type = "llm"
+model = "m"
+prompt = "Research: {{{{ subtask.input.requirements }}}}"
+
+[kinds.brief.handlers.writer]
+type = "llm"
+model = "m"
+prompt = "Write {{{{ subtask.input.title }}}}{{% if subtask.input.feedback %}} Reviewer: {{{{ subtask.input.feedback }}}}{{% endif %}}"
+
+[kinds.brief.review]
+type = "llm"
+model = "m"
+prompt = "[review] round={{{{ round }}}}"
+
+[kinds.brief.synthesis]
+type = "llm"
+model = "m"
+prompt = "Assemble:{{% for o in outputs %}} [{{{{ o.id }}}}]{{% endfor %}}"
+
+[kinds.fix.handlers.default]
+type = "llm"
+model = "m"
+output = "json"
+prompt = "[json:repair] {{{{ subtask.input }}}}"
+
+[kinds.short.handlers.default]
+type = "llm"
+model = "m"
+prompt = "Say {{{{ subtask.input }}}}"
+
+[kinds.short.synthesis]
+type = "llm"
+model = "m"
+prompt = "Assemble{{% for o in outputs %}} {{{{ o.output }}}}{{% endfor %}}"
+"#
+    );
+    let path = dir.join("kinds.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits (bounded) until child `index` exits: a failpoint was hit.
+async fn crashed(env: &mut TestEnv, index: usize, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while env.is_running(index) {
+        assert!(std::time::Instant::now() < deadline, "{what} never hit");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The outcome of task `id` once it has one (polled through `chorus result`).
+async fn outcome_of(env: &TestEnv, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (_, stdout) = env.cli(&["result", id]).await;
+        if let Ok(outcome) = serde_json::from_str::<Value>(&stdout) {
+            if outcome.get("status").is_some() {
+                return outcome;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no outcome for {id}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_review_and_synthesis_calls_count_once_though_each_service_crashes_after_its_write() {
+    let server = scripted();
+    let mut env = TestEnv::new("acctcrash").await;
+    let path = llm_kinds_file(server.port);
+    let file = path.to_str().unwrap();
+    let lease = ["--kinds-file", file, "--lease-ms", "1000"];
+    let abort = |point: &str| [("CHORUS_FAILPOINTS", format!("{point}=abort"))];
+    let vars = abort("orchestrator.after-plan-recorded");
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let orchestrator = env.spawn_with("chorus-orchestrator", &lease, &vars);
+    env.spawn(
+        "chorus-worker",
+        &["--kinds-file", file, "--types", "researcher,writer"],
+    );
+    let vars = abort("synthesizer.after-review-published");
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let synthesizer = env.spawn_with("chorus-synthesizer", &lease, &vars);
+    let input = json!({"marker": "[plan:deps]", "topic": "agents"}).to_string();
+    let args = [
+        "submit",
+        "--kind",
+        "brief",
+        "--id",
+        "acct-1",
+        "--input",
+        &input,
+        "--max-rounds",
+        "2",
+    ];
+    let (code, out) = env.cli(&args).await;
+    assert_eq!(code, 0, "{out}");
+
+    // The orchestrator dies once the plan (and its usage) is recorded; its successor resumes
+    // publishing without planning again.
+    crashed(&mut env, orchestrator, "orchestrator.after-plan-recorded").await;
+    env.spawn("chorus-orchestrator", &lease);
+    // A synthesizer dies once the review's round (and its usage) is recorded, the next once the
+    // outcome (and the synthesis' usage) is stored; the last one delivers it.
+    crashed(&mut env, synthesizer, "synthesizer.after-review-published").await;
+    let vars = abort("synthesizer.after-store-outcome");
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let synthesizer = env.spawn_with("chorus-synthesizer", &lease, &vars);
+    crashed(&mut env, synthesizer, "synthesizer.after-store-outcome").await;
+    env.spawn("chorus-synthesizer", &lease);
+    let outcome = outcome_of(&env, "acct-1").await;
+    assert_eq!(outcome["status"], "succeeded", "{outcome}");
+
+    // Plan, research, draft, review, redone draft, synthesis: six calls made, six counted.
+    let bodies = requests(server.port).await;
+    assert_eq!(bodies.len(), 6, "{bodies:?}");
+    let tokens = &outcome["stats"]["tokens"]["m"];
+    assert_eq!(tokens["calls"], 6, "{outcome}");
+    assert_eq!(tokens["prompt"], prompt_words(&bodies), "{outcome}");
+    assert_eq!(
+        outcome["stats"]["cost"].as_f64().unwrap(),
+        prompt_words(&bodies) as f64 / 1e6,
+        "{outcome}"
+    );
+    let (_, status) = env.cli(&["status", "acct-1"]).await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["tokens"], outcome["stats"]["tokens"], "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_plans_failed_handlers_and_spent_budgets_count_every_paid_call() {
+    let server = scripted();
+    let mut env = TestEnv::new("acctfail").await;
+    let path = llm_kinds_file(server.port);
+    let file = path.to_str().unwrap();
+    env.spawn("chorus-orchestrator", &["--kinds-file", file]);
+    env.spawn("chorus-worker", &["--kinds-file", file]);
+    env.spawn("chorus-synthesizer", &["--kinds-file", file]);
+    let submit = |kind: &'static str, id: &'static str, input: Value, extra: Vec<&'static str>| {
+        let env = &env;
+        async move {
+            let input = input.to_string();
+            let mut args = vec![
+                "submit", "--kind", kind, "--id", id, "--input", &input, "--wait",
+            ];
+            args.extend(extra);
+            let (code, stdout) = env.cli(&args).await;
+            let outcome: Value =
+                serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{code}: {stdout}"));
+            (code, outcome)
+        }
+    };
+
+    // An invalid plan, then an invalid repair: rejected, and both paid calls counted — the
+    // planner is not run a second time after the claim.
+    let input = json!({"marker": "[plan:invalid]", "topic": "x"});
+    let (code, outcome) = submit("brief", "acct-invalid", input, vec![]).await;
+    assert_eq!(code, 3, "{outcome}");
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    let bodies = requests(server.port).await;
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(outcome["stats"]["tokens"]["m"]["calls"], 2, "{outcome}");
+    assert_eq!(
+        outcome["stats"]["tokens"]["m"]["prompt"],
+        prompt_words(&bodies),
+        "{outcome}"
+    );
+
+    // The first reply (6 tokens) spends a budget of 3: the repair call is refused, the handler
+    // fails, and its one paid call is counted.
+    let (_, outcome) = submit(
+        "fix",
+        "acct-fix",
+        json!({"items": ["x"]}),
+        vec!["--max-tokens", "3"],
+    )
+    .await;
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert!(
+        outcome["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("token budget exceeded"),
+        "{outcome}"
+    );
+    assert_eq!(requests(server.port).await.len(), 3);
+    assert_eq!(outcome["stats"]["tokens"]["m"]["calls"], 1, "{outcome}");
+
+    // The handler's call (5 tokens) spends a budget of 3: no synthesis call starts.
+    let (_, outcome) = submit(
+        "short",
+        "acct-short",
+        json!({"items": ["x"]}),
+        vec!["--max-tokens", "3", "--on-failure", "continue"],
+    )
+    .await;
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    let errors = outcome["errors"].to_string();
+    assert!(
+        errors.contains("synthesis failed: token budget exceeded"),
+        "{outcome}"
+    );
+    assert_eq!(requests(server.port).await.len(), 4);
+    assert_eq!(outcome["stats"]["tokens"]["m"]["calls"], 1, "{outcome}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answers_usage_is_counted_with_the_rejection() {
+    let mut env = TestEnv::new("usagerefused").await;
+    start(&mut env);
+    let input = json!({"plan_error": "no plan for you",
+                       "usage": [usage("planner", 30, 5, Some(0.125))]});
+    let (code, outcome) = run(&env, "usage-refused", &input, &[]).await;
+    assert_eq!(code, 3, "{outcome}");
+    assert_eq!(outcome["status"], "rejected", "{outcome}");
+    assert_eq!(
+        outcome["stats"]["tokens"]["planner"],
+        json!({"prompt": 30, "completion": 5, "cached": 1, "calls": 1, "cache_hits": 0}),
+        "{outcome}"
+    );
+    assert_eq!(outcome["stats"]["cost"], json!(0.125), "{outcome}");
+    let (_, status) = env.cli(&["status", "usage-refused"]).await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["tokens"], outcome["stats"]["tokens"], "{status}");
+}

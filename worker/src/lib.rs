@@ -30,7 +30,7 @@ use chorus_shared::{
     services::{self, Announcement, Announcer, Directory, Placement, Role},
     store::Store,
     text, topology,
-    usage::{self, Usage, UsageMeter},
+    usage::{self, Budget, Usage, UsageMeter},
 };
 use clap::Parser;
 use lapin::message::Delivery;
@@ -301,8 +301,9 @@ fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) 
     (spec, handler_pools)
 }
 
-/// The error of a subtask that did not start because its task's `max_tokens` was spent.
-pub const TOKEN_BUDGET_EXCEEDED: &str = "token budget exceeded";
+/// The error of a subtask that did not start because its task's `max_tokens` was spent (the
+/// same text as an `llm` step's refusal of a call).
+pub const TOKEN_BUDGET_EXCEEDED: &str = usage::TOKEN_BUDGET_EXCEEDED;
 
 /// The settled result of this attempt of `subtask`.
 fn result_of(
@@ -776,11 +777,23 @@ impl Worker {
                 false,
             ));
         }
-        if let Some(budget) = subtask.max_tokens {
+        let mut budget = None;
+        if let Some(max_tokens) = subtask.max_tokens {
             // One HGET: cheap beside any model call, and a call it prevents is paid for nothing.
-            if self.store.tokens_used(&subtask.task).await? >= budget {
+            // This subtask's earlier attempts were paid too, though not recorded yet.
+            let carried = subtask
+                .usage
+                .iter()
+                .fold(0u64, |sum, entry| sum.saturating_add(entry.tokens()));
+            let used = self.store.tokens_used(&subtask.task).await?;
+            let left = Budget {
+                max_tokens,
+                used: used.saturating_add(carried),
+            };
+            if left.spent() {
                 return Ok(Attempt::failed(TOKEN_BUDGET_EXCEEDED, false));
             }
+            budget = Some(left);
         }
         let dependencies = match self.dependencies(subtask).await? {
             Ok(outputs) => outputs,
@@ -799,6 +812,7 @@ impl Worker {
             cancel: running.token().clone(),
             spawned: kinds::Spawned::default(),
             usage: UsageMeter::default(),
+            budget,
         };
         let spawned = context.spawned.clone();
         let usage = context.usage.clone();

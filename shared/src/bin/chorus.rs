@@ -157,7 +157,8 @@ struct SubmitArgs {
     #[arg(long)]
     batch_size: Option<u32>,
     /// Token budget of the whole task (prompt + completion over every step's usage); once
-    /// spent no further subtask starts and the task fails "token budget exceeded".
+    /// spent no further subtask or model call starts and the task fails "token budget
+    /// exceeded".
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     max_tokens: Option<u64>,
     /// Publish subtask.<status> events on chorus.events for this task.

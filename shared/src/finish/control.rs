@@ -38,7 +38,10 @@ impl Finisher {
         if record.state != TaskState::Finished {
             tracing::info!(task = id, status = status.as_str(), %message, "stopping task");
             let outcome = decide::failed_outcome(id, status, message, &record, now_ms());
-            let finished = self.store.store_outcome(&outcome, self.outcome_ttl).await?;
+            let finished = self
+                .store
+                .store_outcome(&outcome, &[], self.outcome_ttl)
+                .await?;
             return self.deliver_finished(id, finished, None).await;
         }
         if record.delivered {

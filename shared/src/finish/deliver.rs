@@ -11,6 +11,7 @@ use crate::{
     publish,
     store::{Finished, Lease},
     topology,
+    usage::Usage,
 };
 
 /// Prefix of the routing key of an outcome on `chorus.events`, before its status.
@@ -21,12 +22,20 @@ const EVENT_ROUTING_PREFIX: &str = "task.";
 const CHILD_ATTEMPTS: u32 = 1;
 
 impl Finisher {
-    /// Stores `outcome` for a task that ends without running (rejected), then delivers it.
+    /// Stores `outcome` for a task that ends without running (rejected), then delivers it;
+    /// `usage` (what its planner's model calls used, paid even for a plan refused) is added to
+    /// its stats and counted with it, once.
     ///
     /// # Errors
     /// Redis or the broker failed; calling again later is safe.
-    pub async fn conclude(&self, outcome: &Outcome) -> Result<(), ServiceError> {
-        let finished = self.store.store_outcome(outcome, self.outcome_ttl).await?;
+    pub async fn conclude(&self, outcome: &Outcome, usage: &[Usage]) -> Result<(), ServiceError> {
+        let mut outcome = outcome.clone();
+        let stats = &mut outcome.stats;
+        crate::usage::add_to_stats(&mut stats.tokens, &mut stats.cost, usage);
+        let finished = self
+            .store
+            .store_outcome(&outcome, usage, self.outcome_ttl)
+            .await?;
         self.deliver_finished(&outcome.id, finished, None).await
     }
 

@@ -13,8 +13,9 @@ use crate::{
 impl Finisher {
     /// Runs the kind's review of round `record.round` of `task` over `outputs` (in plan order; `order`
     /// is the plan, which additions must not collide with); when it sends subtasks back,
-    /// records the next round and publishes what it releases. `Ok(true)` when another round
-    /// runs.
+    /// records the next round (with the review's usage, taken from `task.usage`) and publishes
+    /// what it releases. `Ok(true)` when another round runs; otherwise the review's usage stays
+    /// in `task.usage`, for the outcome.
     ///
     /// # Errors
     /// The kind is unknown, the review failed, panicked or returned a bad subtask, or the next
@@ -59,11 +60,16 @@ impl Finisher {
             redo = entries.len(),
             "review sent subtasks back; next round"
         );
-        let released = self
-            .store
-            .revise(id, lease, &entries)
-            .await
-            .map_err(|e| format!("cannot record round {}: {e}", round + 1))?;
+        // The review's calls are counted with the round they sent back; when that cannot be
+        // recorded they go back to the meter, to be counted with the failed outcome.
+        let usage = task.usage.take();
+        let released = match self.store.revise(id, lease, &entries, &usage).await {
+            Ok(released) => released,
+            Err(e) => {
+                task.usage.record(usage);
+                return Err(format!("cannot record round {}: {e}", round + 1));
+            }
+        };
         self.publish_released(id, record, round + 1, &released)
             .await
             .map_err(|e| format!("cannot publish round {}: {e}", round + 1))?;

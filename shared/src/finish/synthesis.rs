@@ -19,12 +19,14 @@ use crate::{
     store::{
         Lease, LeaseRequest, LeasedRun, Settled, SettledLease, TaskKeys, TaskRecord, TaskState,
     },
+    usage::{self, Budget, Usage, UsageMeter},
 };
 
 /// What synthesis decided.
 enum Synthesis {
-    /// The task is over.
-    Outcome(Outcome),
+    /// The task is over; the usage of the review and synthesis that ran (already in the
+    /// outcome's stats) is counted as it is stored.
+    Outcome(Box<Outcome>, Vec<Usage>),
     /// The review sent subtasks back: another round runs.
     NextRound,
 }
@@ -160,20 +162,23 @@ impl Finisher {
         (runs, pending, hops): (Option<u64>, u64, u32),
         preread: Option<Settled>,
     ) -> Result<(), ServiceError> {
-        let outcome = match decide::step_under_lease(&record, pending, runs, self.max_runs) {
+        let (outcome, usage) = match decide::step_under_lease(&record, pending, runs, self.max_runs)
+        {
             LeasedStep::Nothing => return Ok(()),
             LeasedStep::EndRun => return Ok(self.store.end_run(id, SYNTH_RUN).await?),
             LeasedStep::Deliver => return self.deliver(id, Some(lease)).await,
             LeasedStep::GiveUp(message) => {
                 tracing::warn!(task = id, %message, "giving up on the synthesis");
-                decide::failed_outcome(id, Status::Failed, message, &record, now_ms())
+                let outcome =
+                    decide::failed_outcome(id, Status::Failed, message, &record, now_ms());
+                (outcome, Vec::new())
             }
             // A kind being rolled out: a live synthesizer with the task's definition takes it.
             LeasedStep::Synthesize if self.hand_over(id, &record, hops).await? => {
                 return Ok(self.store.end_run(id, SYNTH_RUN).await?);
             }
             LeasedStep::Synthesize => match self.synthesize(id, record, lease, preread).await {
-                Ok(Synthesis::Outcome(outcome)) => outcome,
+                Ok(Synthesis::Outcome(outcome, usage)) => (*outcome, usage),
                 Ok(Synthesis::NextRound) => return Ok(self.store.end_run(id, SYNTH_RUN).await?),
                 Err(error) => {
                     self.store.end_run(id, SYNTH_RUN).await?;
@@ -184,7 +189,7 @@ impl Finisher {
         // The run ends as the outcome is stored, in one round trip.
         let ((), finished) = tokio::try_join!(
             self.store.end_run(id, SYNTH_RUN),
-            self.store.store_outcome(&outcome, self.outcome_ttl)
+            self.store.store_outcome(&outcome, &usage, self.outcome_ttl)
         )?;
         failpoint::hit("synthesizer.after-store-outcome").await;
         self.deliver_finished(id, finished, Some(lease)).await
@@ -210,30 +215,26 @@ impl Finisher {
             }
         };
         let run = match decide::decide(id, &record, &options, settled, now_ms()) {
-            Decision::Outcome(outcome) => return Ok(Synthesis::Outcome(outcome)),
+            Decision::Outcome(outcome) => {
+                return Ok(Synthesis::Outcome(Box::new(outcome), Vec::new()))
+            }
             Decision::RunKind(run) => run,
         };
+        // One view for the review and the synthesis: its meter holds what their model calls
+        // used until the outcome (or the next round) counts it.
+        let task = task_view(id, &record, options);
         if run.review {
             match self
-                .review(
-                    &task_view(id, &record, options),
-                    &record,
-                    &run.successes,
-                    &run.order,
-                    lease,
-                )
+                .review(&task, &record, &run.successes, &run.order, lease)
                 .await
             {
                 Ok(true) => return Ok(Synthesis::NextRound),
                 Ok(false) => {}
                 Err(message) => {
-                    return Ok(Synthesis::Outcome(decide::failed_outcome(
-                        id,
-                        Status::Failed,
-                        message,
-                        &record,
-                        now_ms(),
-                    )));
+                    return Ok(counted(
+                        &task.usage,
+                        decide::failed_outcome(id, Status::Failed, message, &record, now_ms()),
+                    ));
                 }
             }
         }
@@ -242,17 +243,13 @@ impl Finisher {
             .iter()
             .filter_map(|e| Some((e.subtask.clone()?, e.message.clone())))
             .collect();
-        let task = task_view(id, &record, options);
         let synthesis = self
             .run_synthesis(&task, &record, run.successes, failures)
             .await;
-        Ok(Synthesis::Outcome(decide::synthesized(
-            id,
-            &record,
-            run.errors,
-            synthesis,
-            now_ms(),
-        )))
+        Ok(counted(
+            &task.usage,
+            decide::synthesized(id, &record, run.errors, synthesis, now_ms()),
+        ))
     }
 
     /// The kind of task `record`, and whether its code runs on this thread for `outputs`
@@ -301,13 +298,26 @@ impl Finisher {
     }
 }
 
-/// What the kind's review and synthesis are told about task `id`.
+/// `outcome` with what `meter` holds (the usage of the review and synthesis that ran) added to
+/// its stats, to be counted as it is stored.
+fn counted(meter: &UsageMeter, mut outcome: Outcome) -> Synthesis {
+    let used = meter.take();
+    usage::add_to_stats(&mut outcome.stats.tokens, &mut outcome.stats.cost, &used);
+    Synthesis::Outcome(Box::new(outcome), used)
+}
+
+/// What the kind's review and synthesis are told about task `id`: its budget is what the
+/// record counts when the lease was taken.
 fn task_view(id: &str, record: &TaskRecord, options: ResolvedOptions) -> TaskView {
     TaskView {
         id: id.to_owned(),
         kind: record.kind.clone(),
         options,
-        usage: crate::usage::UsageMeter::default(),
+        usage: UsageMeter::default(),
+        budget: options.max_tokens.map(|max_tokens| Budget {
+            max_tokens,
+            used: record.tokens_used,
+        }),
         subtasks: Vec::new(),
     }
 }

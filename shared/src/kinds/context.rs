@@ -64,6 +64,10 @@ pub struct HandlerContext {
     /// call's usage here as soon as it is paid, failed attempts included, and the worker sends
     /// it with the subtask's result (docs/kinds.md#usage).
     pub usage: UsageMeter,
+    /// The task's token budget as the worker read it before the attempt (this subtask's earlier
+    /// attempts counted in `used`); `None` without `max_tokens`. A kinds-file step gets it in its
+    /// request (docs/kinds.md#budget).
+    pub budget: Option<crate::usage::Budget>,
 }
 
 impl HandlerContext {

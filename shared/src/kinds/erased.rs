@@ -24,6 +24,9 @@ pub struct TaskView {
     /// Where a plan, review or synthesis step records its model calls' usage
     /// (docs/kinds.md#usage); the service takes it when the step returns.
     pub usage: crate::usage::UsageMeter,
+    /// The task's token budget as it stood when the service read the task (`None` without
+    /// `max_tokens`); a kinds-file step gets it in its request, counting `usage` on top.
+    pub budget: Option<crate::usage::Budget>,
     /// For a review: the plan entries of the round's reviewed subtasks (what a review that
     /// sends work back builds the new input from); empty for a plan or a synthesis.
     pub subtasks: Vec<PlanEntry>,

@@ -1,9 +1,11 @@
 //! The one place a step's answer is checked, for every kind of step: at most the size limit,
-//! valid JSON, and not a step-reported failure (`{"error": "...", "retryable": ...}`).
+//! valid JSON, and not a step-reported failure (`{"error": "...", "retryable": ...}`), whose
+//! `usage` is recorded all the same: its calls were paid.
 
 use serde::Deserialize;
 
 use super::StepError;
+use crate::usage::{Usage, UsageMeter};
 
 /// Bytes of an unusable answer quoted in its error (escaped by [`crate::text::bounded`]).
 pub const QUOTED_BYTES: usize = 200;
@@ -14,17 +16,26 @@ struct Reported {
     error: String,
     #[serde(default)]
     retryable: bool,
+    /// What the step's model calls used before it failed (docs/kinds.md#usage).
+    #[serde(default)]
+    usage: Vec<Usage>,
 }
 
 /// `bytes` as an answer: returned as they are when they are one JSON document of at most
-/// `max_bytes`; `what` names the step in messages (`command "python3"`).
+/// `max_bytes`; `what` names the step in messages (`command "python3"`). The `usage` of a
+/// `{"error": ...}` answer goes to `usage` (an answer's own `usage` is the caller's to read).
 ///
 /// # Errors
 /// [`StepError::Fatal`] for an oversized answer or one that is not JSON (its first bytes
 /// quoted), and for `{"error": "..."}`; [`StepError::Retryable`] for
 /// `{"error": "...", "retryable": true}` (the rule of docs/kinds.md#steps).
-pub fn check(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, StepError> {
-    inspect(bytes, max_bytes, what).map_err(|rejected| rejected.error)
+pub fn check(
+    bytes: Vec<u8>,
+    max_bytes: usize,
+    what: &str,
+    usage: &UsageMeter,
+) -> Result<Vec<u8>, StepError> {
+    inspect(bytes, max_bytes, what, usage).map_err(|rejected| rejected.error)
 }
 
 /// An answer [`check`] refused, and whether it was JSON at all (a pool process that answered
@@ -41,7 +52,12 @@ pub struct Rejected {
 ///
 /// # Errors
 /// [`Rejected`], as [`check`] classifies it.
-pub fn inspect(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, Rejected> {
+pub fn inspect(
+    bytes: Vec<u8>,
+    max_bytes: usize,
+    what: &str,
+    usage: &UsageMeter,
+) -> Result<Vec<u8>, Rejected> {
     if bytes.len() > max_bytes {
         return Err(Rejected {
             error: oversized(what, max_bytes, &bytes),
@@ -64,7 +80,7 @@ pub fn inspect(bytes: Vec<u8>, max_bytes: usize, what: &str) -> Result<Vec<u8>, 
     };
     match value.as_object() {
         Some(object) if object.contains_key("error") => Err(Rejected {
-            error: reported(value, what),
+            error: reported(value, what, usage),
             json: true,
         }),
         _ => Ok(bytes),
@@ -98,11 +114,23 @@ pub fn first_bytes(bytes: &[u8]) -> String {
     )
 }
 
-/// The failure a `{"error": ...}` answer reports; an `error` that is not a string, or a
-/// `retryable` that is not a boolean, is the step's mistake and fatal.
-fn reported(value: serde_json::Value, what: &str) -> StepError {
+/// The failure a `{"error": ...}` answer reports, its `usage` recorded in `meter`; an `error`
+/// that is not a string, a `retryable` that is not a boolean or a `usage` out of its bounds is
+/// the step's mistake and fatal.
+fn reported(value: serde_json::Value, what: &str, meter: &UsageMeter) -> StepError {
     match Reported::deserialize(value) {
-        Ok(Reported { error, retryable }) => {
+        Ok(Reported { usage, .. }) if crate::usage::validate_all(&usage).is_err() => {
+            let problem = crate::usage::validate_all(&usage).err().unwrap_or_default();
+            StepError::Fatal {
+                message: format!("{what} answered an error report with a bad usage: {problem}"),
+            }
+        }
+        Ok(Reported {
+            error,
+            retryable,
+            usage,
+        }) => {
+            meter.record(usage);
             let message = format!("{what} reported: {}", crate::text::reason(&error));
             if retryable {
                 StepError::Retryable {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::process::{self, describe_exit, Launch, StepProcess};
 use super::spec::{self, CommandSpec};
 use super::{answer, StepConfigError, StepError};
+use crate::usage::UsageMeter;
 
 /// A command step's settings, checked: where the program is, its limits.
 #[derive(Debug, Clone)]
@@ -161,7 +162,7 @@ enum Exchange {
     Oversized(Vec<u8>),
 }
 
-/// Runs one call in a new process.
+/// Runs one call in a new process; the `usage` of an `{"error": ...}` answer goes to `usage`.
 ///
 /// # Errors
 /// [`StepError`] as docs/kinds.md#steps classifies it.
@@ -171,6 +172,7 @@ pub async fn call(
     timeout: Duration,
     max_answer_bytes: usize,
     cancel: &CancellationToken,
+    usage: &UsageMeter,
 ) -> Result<Vec<u8>, StepError> {
     let what = &config.what;
     let mut proc = process::spawn(&config.launch)
@@ -192,7 +194,9 @@ pub async fn call(
             // Whatever the step left behind in its group goes with it.
             proc.signal_group(rustix::process::Signal::KILL);
             match status {
-                Ok(status) if status.success() => answer::check(stdout, max_answer_bytes, what),
+                Ok(status) if status.success() => {
+                    answer::check(stdout, max_answer_bytes, what, usage)
+                }
                 Ok(status) => Err(exit_error(&mut proc, status, what).await),
                 Err(error) => Err(StepError::Retryable {
                     message: format!("{what}: waiting for it failed: {error}"),

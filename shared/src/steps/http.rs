@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::command::{config_error, millis};
 use super::spec::{self, HttpSpec};
 use super::{answer, StepConfigError, StepError};
+use crate::usage::UsageMeter;
 
 /// Header of the Unix time (seconds) the signature covers.
 pub const TIMESTAMP_HEADER: &str = "x-chorus-timestamp";
@@ -93,7 +94,8 @@ impl HttpStep {
         self.timeout
     }
 
-    /// Sends one request and reads its answer (at most `max_answer_bytes`).
+    /// Sends one request and reads its answer (at most `max_answer_bytes`); the `usage` of an
+    /// `{"error": ...}` answer goes to `usage`.
     ///
     /// # Errors
     /// [`StepError`]: connection errors, timeouts, 429 and 5xx are retryable (with the
@@ -104,8 +106,9 @@ impl HttpStep {
         timeout: Duration,
         max_answer_bytes: usize,
         cancel: &CancellationToken,
+        usage: &UsageMeter,
     ) -> Result<Vec<u8>, StepError> {
-        let exchange = self.exchange(request, timeout, max_answer_bytes);
+        let exchange = self.exchange(request, timeout, max_answer_bytes, usage);
         tokio::select! {
             biased;
             () = cancel.cancelled() => Err(StepError::Cancelled),
@@ -118,6 +121,7 @@ impl HttpStep {
         request: &[u8],
         timeout: Duration,
         max_answer_bytes: usize,
+        usage: &UsageMeter,
     ) -> Result<Vec<u8>, StepError> {
         let what = &self.what;
         let mut builder = self
@@ -146,7 +150,7 @@ impl HttpStep {
             max_answer_bytes,
         )
         .await?;
-        answer::check(body, max_answer_bytes, what)
+        answer::check(body, max_answer_bytes, what, usage)
     }
 }
 

@@ -29,6 +29,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::usage::UsageMeter;
+
 pub use spec::{
     BuiltinSpec, CommandMode, CommandSpec, HttpSpec, LlmOutput, LlmSpec, ModelSpec, ProviderSpec,
     StepSpec, StructuredOutput,
@@ -171,7 +173,8 @@ impl Step {
     /// Sends `request` (a JSON document, UTF-8 bytes) and returns the answer (valid JSON bytes,
     /// at most `limits.max_answer_bytes`). Stops at the smaller of `limits.timeout` and the
     /// step's `timeout_ms`, or when `cancel` fires: the process group is terminated (SIGTERM,
-    /// grace, SIGKILL) and reaped (command and pool), the HTTP request dropped.
+    /// grace, SIGKILL) and reaped (command and pool), the HTTP request dropped. The usage of a
+    /// call that fails is lost; [`Step::call_metered`] keeps it.
     ///
     /// # Errors
     /// [`StepError`], classified as the failure classes say (see docs/kinds.md#steps).
@@ -181,21 +184,40 @@ impl Step {
         limits: CallLimits,
         cancel: &CancellationToken,
     ) -> Result<Vec<u8>, StepError> {
+        self.call_metered(request, limits, cancel, &UsageMeter::default())
+            .await
+    }
+
+    /// [`Step::call`], with what a FAILED call used recorded in `usage`: the `usage` of an
+    /// `{"error": ...}` answer, and the model calls an `llm` step made before it failed, was
+    /// cancelled or refused a call over the request's `budget` (docs/kinds.md#usage). A
+    /// successful answer carries its own `usage`, for the caller to read; nothing of it goes
+    /// to `usage`, so nothing is counted twice.
+    ///
+    /// # Errors
+    /// As [`Step::call`].
+    pub async fn call_metered(
+        &self,
+        request: &[u8],
+        limits: CallLimits,
+        cancel: &CancellationToken,
+        usage: &UsageMeter,
+    ) -> Result<Vec<u8>, StepError> {
         let max = limits.max_answer_bytes;
         match &*self.runner {
             Runner::Command(config) => {
                 let timeout = limits.timeout.min(config.timeout);
-                command::call(config, request, timeout, max, cancel).await
+                command::call(config, request, timeout, max, cancel, usage).await
             }
             Runner::Pool(pool) => {
                 let timeout = limits.timeout.min(pool.config().timeout);
-                pool.call(request, timeout, max, cancel).await
+                pool.call(request, timeout, max, cancel, usage).await
             }
             Runner::Http(step) => {
                 let timeout = limits.timeout.min(step.timeout());
-                step.call(request, timeout, max, cancel).await
+                step.call(request, timeout, max, cancel, usage).await
             }
-            Runner::Llm(step) => step.call(request, limits.timeout, max, cancel).await,
+            Runner::Llm(step) => step.call(request, limits.timeout, max, cancel, usage).await,
         }
     }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::command::{self, CommandConfig};
 use super::process::{self, StepProcess};
 use super::{answer, StepError};
+use crate::usage::UsageMeter;
 
 /// One pool process with its pipes.
 struct Member {
@@ -65,7 +66,8 @@ impl Pool {
     }
 
     /// Runs one call on an idle process (starting one when none is idle and the pool is not
-    /// full; waiting otherwise). `timeout` covers the wait for a process too.
+    /// full; waiting otherwise). `timeout` covers the wait for a process too. The `usage` of an
+    /// `{"error": ...}` answer goes to `usage`.
     ///
     /// # Errors
     /// [`StepError`] as docs/kinds.md#steps classifies it.
@@ -75,6 +77,7 @@ impl Pool {
         timeout: Duration,
         max_answer_bytes: usize,
         cancel: &CancellationToken,
+        usage: &UsageMeter,
     ) -> Result<Vec<u8>, StepError> {
         let what = &self.config.what;
         let deadline = Instant::now() + timeout;
@@ -107,21 +110,23 @@ impl Pool {
                 Err(answer::oversized(what, max_answer_bytes, &head))
             }
             Some(Line::Ended) => Err(self.ended(member).await),
-            Some(Line::Answer(bytes)) => match answer::inspect(bytes, max_answer_bytes, what) {
-                Ok(bytes) => {
-                    self.put_back(member);
-                    Ok(bytes)
-                }
-                Err(answer::Rejected { error, json }) => {
-                    if json {
-                        // A step-reported failure: the process itself is fine.
+            Some(Line::Answer(bytes)) => {
+                match answer::inspect(bytes, max_answer_bytes, what, usage) {
+                    Ok(bytes) => {
                         self.put_back(member);
-                    } else {
-                        member.process.terminate(self.config.grace).await;
+                        Ok(bytes)
                     }
-                    Err(error)
+                    Err(answer::Rejected { error, json }) => {
+                        if json {
+                            // A step-reported failure: the process itself is fine.
+                            self.put_back(member);
+                        } else {
+                            member.process.terminate(self.config.grace).await;
+                        }
+                        Err(error)
+                    }
                 }
-            },
+            }
         }
     }
 

@@ -12,6 +12,7 @@ use super::{
     lease::{lease_ttl_ms, new_lease_token, Lease},
     plan::PlanLayout,
     record::{TaskRecord, TaskState},
+    results::add_usage_block,
     run::PLAN_RUN,
     Store, TaskKeys, CHUNK,
 };
@@ -20,6 +21,7 @@ use crate::{
     error::StoreError,
     graph::FirstWave,
     protocol::{self, Outcome, PlanEntry, ReplyTarget},
+    usage::Usage,
 };
 
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -32,6 +34,7 @@ static CLAIM_PLANNED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/prelude/plan.lua"),
         include_str!("lua/prelude/claim.lua"),
+        include_str!("lua/prelude/usage.lua"),
         include_str!("lua/claim_planned.lua")
     ))
 });
@@ -215,7 +218,8 @@ impl Store {
     /// that plan of at most [`CHUNK`] entries in the same call, acquiring the plan lease; no
     /// planner run is counted, since this one returned. Otherwise as [`Store::claim`], except
     /// that a new task whose plan lease is still held by an earlier task of the id comes back
-    /// as `Claim::New(None)`, claimed but not planned.
+    /// as `Claim::New(None)`, claimed but not planned. `usage` (what the planner's model calls
+    /// used) is counted on the task's record with the plan, and only when the plan is written.
     ///
     /// # Errors
     /// Redis fails, an entry does not encode, or the plan has more than [`CHUNK`] entries.
@@ -229,6 +233,7 @@ impl Store {
         entries: &[PlanEntry],
         wave: &FirstWave,
         cap: u32,
+        usage: &[Usage],
     ) -> Result<Claim, StoreError> {
         if entries.len() > CHUNK {
             return Err(StoreError::Corrupt(format!(
@@ -245,6 +250,7 @@ impl Store {
             .key(keys.waiters())
             .key(keys.cleared_by_plan());
         args.add_to(&mut call, submission);
+        add_usage_block(&mut call, usage);
         layout.add_whole(&mut call)?;
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
         match status.as_str() {

@@ -9,16 +9,22 @@ use super::{
     codec::{decode_outcome, decode_waiters},
     keys::{Key, WORKING},
     lease::Lease,
+    results::add_usage_block,
     Store, TaskKeys,
 };
 use crate::{
     clock::now_ms,
     error::StoreError,
     protocol::{self, Outcome, ReplyTarget},
+    usage::Usage,
 };
 
-static STORE_OUTCOME: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("lua/store_outcome.lua")));
+static STORE_OUTCOME: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude/usage.lua"),
+        include_str!("lua/store_outcome.lua")
+    ))
+});
 static MARK_DELIVERED: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("lua/mark_delivered.lua")));
 
@@ -38,32 +44,36 @@ impl Store {
     /// Stores the outcome unless one is stored already, marks the task finished, sets the TTL on
     /// what is kept (`ttl`, whole seconds, at least 1) and drops the working state. Returns the
     /// outcome that is stored (the earlier one if there was one) with everyone it goes to.
+    /// `usage` (what the steps that led to this outcome used: review, synthesis, a rejected
+    /// plan) is counted on the task's record only when this outcome is the one stored, so a
+    /// redone synthesis never counts twice; the caller includes it in `outcome.stats`.
     ///
     /// # Errors
     /// Redis fails, or what is stored does not decode.
     pub async fn store_outcome(
         &self,
         outcome: &Outcome,
+        usage: &[Usage],
         ttl: Duration,
     ) -> Result<Finished, StoreError> {
         let id = &outcome.id;
         let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut call = STORE_OUTCOME.prepare_invoke();
+        call.key(keys.all(&[
+            Key::Task,
+            Key::Outcome,
+            Key::Waiters,
+            Key::Types,
+            Key::Children,
+        ]))
+        .key(keys.all(&WORKING))
+        .arg(encoded)
+        .arg(ttl.as_secs().max(1))
+        .arg(now_ms());
+        add_usage_block(&mut call, usage);
         let (stored, parent, waiters, children): (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Vec<String>) =
-            STORE_OUTCOME
-                .key(keys.all(&[
-                    Key::Task,
-                    Key::Outcome,
-                    Key::Waiters,
-                    Key::Types,
-                    Key::Children,
-                ]))
-                .key(keys.all(&WORKING))
-                .arg(encoded)
-                .arg(ttl.as_secs().max(1))
-                .arg(now_ms())
-                .invoke_async(&mut self.conn())
-                .await?;
+            call.invoke_async(&mut self.conn()).await?;
         Ok(Finished {
             outcome: decode_outcome(&stored)?,
             waiters: decode_waiters(id, &waiters)?,

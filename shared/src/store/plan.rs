@@ -13,13 +13,15 @@ use super::{
     codec::encode_entry,
     keys::{Key, PLAN_ENTRIES},
     lease::Lease,
+    results::add_usage_block,
     Store, TaskKeys, CHUNK,
 };
-use crate::{error::StoreError, graph::FirstWave, protocol::PlanEntry};
+use crate::{error::StoreError, graph::FirstWave, protocol::PlanEntry, usage::Usage};
 
 static RECORD_PLAN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/prelude/plan.lua"),
+        include_str!("lua/prelude/usage.lua"),
         include_str!("lua/record_plan.lua")
     ))
 });
@@ -36,6 +38,7 @@ static APPEND_LIST: LazyLock<Script> =
 static MARK_PLANNED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/prelude/plan.lua"),
+        include_str!("lua/prelude/usage.lua"),
         include_str!("lua/mark_planned.lua")
     ))
 });
@@ -172,7 +175,8 @@ impl Store {
     /// counted in flight. Starts from scratch each time, so a crash half-way is repaired by a
     /// rerun. Every write checks that `lease` is still held and the task still `planning`, so a
     /// holder whose lease lapsed (a long pause) cannot overwrite the work of the one that took
-    /// over.
+    /// over. `usage` (what the planner's model calls used) is counted on the task's record in
+    /// the same call that moves it to `planned` (docs/kinds.md#usage).
     ///
     /// # Errors
     /// Redis fails, an entry does not encode, or the lease was lost or the task left the
@@ -184,6 +188,7 @@ impl Store {
         entries: &[PlanEntry],
         wave: &FirstWave,
         cap: u32,
+        usage: &[Usage],
     ) -> Result<(), StoreError> {
         let keys = TaskKeys::new(id);
         let layout = PlanLayout::new(entries, wave, cap);
@@ -192,10 +197,12 @@ impl Store {
             call.key(keys.whole_plan())
                 .key(keys.cleared_by_plan())
                 .arg(&lease.token);
+            add_usage_block(&mut call, usage);
             layout.add_whole(&mut call)?;
             call.invoke_async::<i64>(&mut self.conn()).await? == WRITTEN
         } else {
-            self.record_plan_in_chunks(&keys, lease, &layout).await?
+            self.record_plan_in_chunks(&keys, lease, &layout, usage)
+                .await?
         };
         if done {
             Ok(())
@@ -215,6 +222,7 @@ impl Store {
         keys: &TaskKeys,
         lease: &Lease,
         layout: &PlanLayout<'_>,
+        usage: &[Usage],
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let reset: i64 = RESET_PLAN
@@ -253,6 +261,7 @@ impl Store {
         }
         let mut call = MARK_PLANNED.prepare_invoke();
         call.key(keys.all(&PLAN_ENTRIES)).arg(&lease.token);
+        add_usage_block(&mut call, usage);
         layout.add_fields(&mut call);
         Ok(call.invoke_async::<i64>(&mut conn).await? == WRITTEN)
     }

@@ -17,6 +17,7 @@ use super::{
 use crate::{
     error::StoreError,
     protocol::{self, ResultMessage, SubtaskOutcome},
+    usage::Usage,
 };
 
 static RECORD_RESULTS: LazyLock<Script> = LazyLock::new(|| {
@@ -117,16 +118,29 @@ fn add_result(
     for entry in &result.spawned {
         add_entry(call, entry)?;
     }
-    for usage in &result.usage {
-        call.arg(&usage.model)
-            .arg(usage.prompt_tokens)
-            .arg(usage.completion_tokens)
-            .arg(usage.cached_tokens)
-            .arg(usage.calls)
-            .arg(usage.cache_hits)
-            .arg(usage.cost.map(|cost| cost.to_string()).unwrap_or_default());
-    }
+    usage_entries(call, &result.usage);
     Ok(())
+}
+
+/// `usage` as the scripts read usage entries (7 values each: model, prompt, completion, cached
+/// tokens, calls, cache hits, cost or '').
+fn usage_entries(call: &mut redis::ScriptInvocation<'_>, usage: &[Usage]) {
+    for entry in usage {
+        call.arg(&entry.model)
+            .arg(entry.prompt_tokens)
+            .arg(entry.completion_tokens)
+            .arg(entry.cached_tokens)
+            .arg(entry.calls)
+            .arg(entry.cache_hits)
+            .arg(entry.cost.map(|cost| cost.to_string()).unwrap_or_default());
+    }
+}
+
+/// A step's `usage` as `prelude/usage.lua`'s `count_usage` reads it: the count, then the
+/// entries (what a plan, review or synthesis used, counted with what it wrote).
+pub(super) fn add_usage_block(call: &mut redis::ScriptInvocation<'_>, usage: &[Usage]) {
+    call.arg(usage.len());
+    usage_entries(call, usage);
 }
 
 /// Parses the part of a `record_results.lua` reply that says what was recorded, for `expected`

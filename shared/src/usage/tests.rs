@@ -69,3 +69,47 @@ fn the_meter_merges_and_takes() {
     assert_eq!(taken[0].tokens(), 6);
     assert!(meter.take().is_empty());
 }
+
+#[test]
+fn a_budget_is_spent_once_used_reaches_max_tokens() {
+    let budget = Budget {
+        max_tokens: 100,
+        used: 60,
+    };
+    assert!(!budget.spent());
+    assert!(!budget.after(39).spent());
+    assert!(budget.after(40).spent());
+    assert!(budget.after(u64::MAX).spent());
+}
+
+#[test]
+fn add_to_stats_sums_per_model_and_costs() {
+    let mut tokens = BTreeMap::new();
+    let mut cost = None;
+    add_to_stats(&mut tokens, &mut cost, &[entry("a", 10, 5, None)]);
+    assert_eq!(cost, None);
+    add_to_stats(
+        &mut tokens,
+        &mut cost,
+        &[entry("a", 1, 1, Some(0.25)), entry("b", 2, 0, Some(0.5))],
+    );
+    assert_eq!(
+        (
+            tokens["a"].prompt,
+            tokens["a"].completion,
+            tokens["a"].calls
+        ),
+        (11, 6, 2)
+    );
+    assert_eq!(tokens["b"].prompt, 2);
+    assert_eq!(cost, Some(0.75));
+}
+
+#[test]
+fn the_meter_tells_its_tokens_without_taking_them() {
+    let meter = UsageMeter::default();
+    meter.record([entry("a", 10, 5, None), entry("b", 1, 1, None)]);
+    assert_eq!(meter.tokens(), 17);
+    assert_eq!(meter.take().len(), 2);
+    assert_eq!(meter.tokens(), 0);
+}

@@ -191,6 +191,7 @@ fn view() -> super::TaskView {
             .resolve()
             .expect("defaults resolve"),
         usage: crate::usage::UsageMeter::default(),
+        budget: None,
         subtasks: Vec::new(),
     }
 }

@@ -19,6 +19,7 @@ use super::{LoadSettings, StepRef};
 use crate::kinds::{to_entries, DynKind, HandlerContext, KindError, Planned, TaskView, Work};
 use crate::protocol::{PlanEntry, DEFAULT_WORKER_TYPE};
 use crate::steps::{spec::MAX_DURATION_MS, CallLimits, Step, StepError};
+use crate::usage::{Budget, UsageMeter};
 
 /// The steps of a file kind.
 pub(crate) struct Steps {
@@ -77,13 +78,25 @@ impl FileKind {
         }
     }
 
-    /// Calls `step` from a blocking-pool thread and waits for its answer.
-    fn call_blocking(&self, step: &Step, request: &Json) -> Result<Vec<u8>, KindError> {
-        let request = encode_request(request)?;
+    /// Calls `step` from a blocking-pool thread for `task` and waits for its answer; the
+    /// request gets the task's `budget`, and what a failed call used goes to `task.usage`.
+    fn call_blocking(
+        &self,
+        step: &Step,
+        task: &TaskView,
+        mut request: Json,
+    ) -> Result<Vec<u8>, KindError> {
+        add_budget(&mut request, task.budget, &task.usage);
+        let request = encode_request(&request)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| KindError::fatal(format!("no async runtime to call the step on: {e}")))?;
         runtime
-            .block_on(step.call(&request, self.unbounded(), &CancellationToken::new()))
+            .block_on(step.call_metered(
+                &request,
+                self.unbounded(),
+                &CancellationToken::new(),
+                &task.usage,
+            ))
             .map_err(kind_error)
     }
 
@@ -119,6 +132,19 @@ impl FileKind {
 fn encode_request(request: &Json) -> Result<Vec<u8>, KindError> {
     serde_json::to_vec(request)
         .map_err(|e| KindError::fatal(format!("cannot write the request: {e}")))
+}
+
+/// Adds `"budget": {"max_tokens", "used"}` to a step's `request` when the task has one:
+/// `used` is what the service read when the step's run began plus what `meter` holds of this
+/// run already (docs/kinds.md#budget).
+fn add_budget(request: &mut Json, budget: Option<Budget>, meter: &UsageMeter) {
+    if let (Some(budget), Some(map)) = (budget, request.as_object_mut()) {
+        let budget = budget.after(meter.tokens());
+        map.insert(
+            "budget".to_owned(),
+            json!({"max_tokens": budget.max_tokens, "used": budget.used}),
+        );
+    }
 }
 
 /// A step's failure as the kind's: the same class, and a retryable's wait.
@@ -210,7 +236,8 @@ impl DynKind for FileKind {
                     let options = serde_json::to_value(task.options).unwrap_or(Json::Null);
                     map.insert("options".to_owned(), options);
                 }
-                let answer = self.call_blocking(step, &json!({"step": "plan", "task": view}))?;
+                let answer =
+                    self.call_blocking(step, task, json!({"step": "plan", "task": view}))?;
                 let answer: PlanAnswer = read_answer(&answer, "plan")?;
                 task.usage.record(checked_usage(answer.usage, "plan")?);
                 entries_of(answer.subtasks, "")?
@@ -247,7 +274,7 @@ impl DynKind for FileKind {
                     "subtasks": subtasks_json(&task.subtasks)?,
                 });
                 let answer: ReviewAnswer =
-                    read_answer(&self.call_blocking(step, &request)?, "review")?;
+                    read_answer(&self.call_blocking(step, task, request)?, "review")?;
                 task.usage.record(checked_usage(answer.usage, "review")?);
                 if answer.accept {
                     return Ok(None);
@@ -305,7 +332,7 @@ impl DynKind for FileKind {
                     "failures": failures,
                 });
                 let answer: SynthesisAnswer =
-                    read_answer(&self.call_blocking(step, &request)?, "synthesis")?;
+                    read_answer(&self.call_blocking(step, task, request)?, "synthesis")?;
                 task.usage.record(checked_usage(answer.usage, "synthesis")?);
                 json_value(&answer.output, "synthesized output")
             }
@@ -371,7 +398,7 @@ async fn handle_external(
             Ok(json!({"id": id, "output": decode_json(bytes, &format!("output of dependency {id}"))?}))
         })
         .collect::<Result<Vec<_>, KindError>>()?;
-    let request = json!({
+    let mut request = json!({
         "step": "handle",
         "task": {"id": context.task, "kind": context.kind},
         "subtask": {
@@ -390,8 +417,14 @@ async fn handle_external(
             .unwrap_or(Duration::from_millis(MAX_DURATION_MS)),
         max_answer_bytes,
     };
+    add_budget(&mut request, context.budget, &context.usage);
     let answer = step
-        .call(&encode_request(&request)?, limits, &context.cancel)
+        .call_metered(
+            &encode_request(&request)?,
+            limits,
+            &context.cancel,
+            &context.usage,
+        )
         .await
         .map_err(kind_error)?;
     let answer: HandleAnswer = read_answer(&answer, "handle")?;

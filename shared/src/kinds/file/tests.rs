@@ -67,6 +67,7 @@ fn view(kind: &str) -> TaskView {
         kind: kind.to_owned(),
         options: TaskOptions::default().resolve().expect("resolves"),
         usage: crate::usage::UsageMeter::default(),
+        budget: None,
         subtasks: Vec::new(),
     }
 }

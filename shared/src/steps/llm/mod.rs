@@ -20,9 +20,11 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{json, Map, Value as Json};
 use tokio_util::sync::CancellationToken;
 
+use crate::usage::{Budget, Usage, UsageMeter, TOKEN_BUDGET_EXCEEDED};
 pub use client::{Catalog, Model, Tokens};
 pub use shared::StoreSlot;
 
@@ -43,19 +45,83 @@ pub struct LlmStep {
     object: Schema,
 }
 
-/// The tokens of a step's calls so far, for its answer's `usage`.
-#[derive(Debug, Default)]
-struct Meter {
+/// The tokens of a step's calls so far, for its answer's `usage`, and the request's `budget`
+/// each call is checked against. Dropped before the answer is made (the step failed, was
+/// cancelled or refused a call over budget), it records what the calls used in `failed`:
+/// they were paid all the same (docs/kinds.md#usage).
+#[derive(Debug)]
+struct Meter<'a> {
+    model: &'a Model,
     tokens: Tokens,
     calls: u64,
+    budget: Option<Budget>,
+    failed: &'a UsageMeter,
+    answered: bool,
 }
 
-impl Meter {
+impl<'a> Meter<'a> {
+    fn new(model: &'a Model, budget: Option<Budget>, failed: &'a UsageMeter) -> Self {
+        Self {
+            model,
+            tokens: Tokens::default(),
+            calls: 0,
+            budget,
+            failed,
+            answered: false,
+        }
+    }
+
+    /// Before each call: refuses it once the budget is spent, counting this step's calls so
+    /// far on top of what the request said was used (the rule of the task option
+    /// `max_tokens`: once spent, no further call starts).
+    ///
+    /// # Errors
+    /// [`StepError::Fatal`] starting with [`TOKEN_BUDGET_EXCEEDED`].
+    fn check_budget(&self) -> Result<(), StepError> {
+        let Some(budget) = self.budget else {
+            return Ok(());
+        };
+        let budget = budget.after(self.tokens.prompt.saturating_add(self.tokens.completion));
+        if budget.spent() {
+            return Err(StepError::Fatal {
+                message: format!(
+                    "{TOKEN_BUDGET_EXCEEDED}: {} of max_tokens {} used before call {} of {}",
+                    budget.used,
+                    budget.max_tokens,
+                    self.calls + 1,
+                    self.model.what()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn add(&mut self, tokens: Tokens) {
         self.calls += 1;
         self.tokens.prompt += tokens.prompt;
         self.tokens.completion += tokens.completion;
         self.tokens.cached += tokens.cached;
+    }
+
+    /// The usage entry of this step's calls: its model's (docs/kinds.md#usage).
+    fn usage(&self) -> Usage {
+        Usage {
+            model: self.model.name.clone(),
+            prompt_tokens: self.tokens.prompt,
+            completion_tokens: self.tokens.completion,
+            cached_tokens: self.tokens.cached,
+            calls: self.calls,
+            cache_hits: 0,
+            cost: self.model.cost(self.tokens),
+        }
+    }
+}
+
+impl Drop for Meter<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.calls > 0 {
+            self.failed.record([self.usage()]);
+        }
     }
 }
 
@@ -89,22 +155,26 @@ impl LlmStep {
     }
 
     /// Answers `request` (a step request of the JSON contract) by calling the model, under
-    /// `timeout` per call, stopped when `cancel` fires.
+    /// `timeout` per call, stopped when `cancel` fires. No call starts once the request's
+    /// `budget` is spent, this step's own calls counted. The answer's `usage` has the calls;
+    /// when there is no answer (a failure, a cancellation) they go to `failed` instead.
     ///
     /// # Errors
     /// [`StepError`]: the provider's failures as an `http` step's; a plan or verdict still
-    /// invalid after one repair, a template failing, an answer over `max_answer_bytes`: fatal.
+    /// invalid after one repair, a template failing, an answer over `max_answer_bytes`, a
+    /// call refused over budget ([`TOKEN_BUDGET_EXCEEDED`]): fatal.
     pub async fn call(
         &self,
         request: &[u8],
         timeout: Duration,
         max_answer_bytes: usize,
         cancel: &CancellationToken,
+        failed: &UsageMeter,
     ) -> Result<Vec<u8>, StepError> {
         tokio::select! {
             biased;
             () = cancel.cancelled() => Err(StepError::Cancelled),
-            result = self.answer(request, timeout, max_answer_bytes) => result,
+            result = self.answer(request, timeout, max_answer_bytes, failed) => result,
         }
     }
 
@@ -113,12 +183,19 @@ impl LlmStep {
         request: &[u8],
         timeout: Duration,
         max_bytes: usize,
+        failed: &UsageMeter,
     ) -> Result<Vec<u8>, StepError> {
         let request: Json = serde_json::from_slice(request).map_err(|e| StepError::Fatal {
             message: format!("the request is not JSON: {e}"),
         })?;
+        let budget = match request.get("budget") {
+            None | Some(Json::Null) => None,
+            Some(budget) => Some(Budget::deserialize(budget).map_err(|e| StepError::Fatal {
+                message: format!("the request's budget is not {{\"max_tokens\", \"used\"}}: {e}"),
+            })?),
+        };
         let (system, prompt) = self.templates.render(&request)?;
-        let mut meter = Meter::default();
+        let mut meter = Meter::new(&self.model, budget, failed);
         let call = Call {
             step: self,
             system,
@@ -141,7 +218,7 @@ impl LlmStep {
             }
         };
         if let Some(map) = answer.as_object_mut() {
-            map.insert("usage".to_owned(), self.usage(&meter));
+            map.insert("usage".to_owned(), json!([meter.usage()]));
         }
         let bytes = answer.to_string().into_bytes();
         if bytes.len() > max_bytes {
@@ -151,23 +228,9 @@ impl LlmStep {
                 &bytes,
             ));
         }
+        // From here the answer carries the calls' usage.
+        meter.answered = true;
         Ok(bytes)
-    }
-
-    /// The answer's `usage` list: one entry, this step's model (docs/kinds.md#usage).
-    fn usage(&self, meter: &Meter) -> Json {
-        let mut entry = json!({
-            "model": self.model.name,
-            "prompt_tokens": meter.tokens.prompt,
-            "completion_tokens": meter.tokens.completion,
-            "cached_tokens": meter.tokens.cached,
-            "calls": meter.calls,
-            "cache_hits": 0,
-        });
-        if let (Some(cost), Some(map)) = (self.model.cost(meter.tokens), entry.as_object_mut()) {
-            map.insert("cost".to_owned(), json!(cost));
-        }
-        Json::Array(vec![entry])
     }
 }
 
@@ -197,7 +260,8 @@ impl Call<'_> {
     }
 
     /// The reply's text.
-    async fn text(&self, meter: &mut Meter) -> Result<String, StepError> {
+    async fn text(&self, meter: &mut Meter<'_>) -> Result<String, StepError> {
+        meter.check_budget()?;
         let reply = self
             .step
             .model
@@ -209,7 +273,7 @@ impl Call<'_> {
 
     /// A reply `schema` accepts, asked for as structured output; an invalid reply is sent
     /// back once with what is wrong with it.
-    async fn structured(&self, schema: &Schema, meter: &mut Meter) -> Result<Json, StepError> {
+    async fn structured(&self, schema: &Schema, meter: &mut Meter<'_>) -> Result<Json, StepError> {
         let model = &self.step.model;
         let structured = model.provider.structured;
         // Without json_schema support the model only sees the schema in its instructions.
@@ -221,6 +285,7 @@ impl Call<'_> {
         });
         let mut messages = self.messages(extra);
         let format = Some(schema.response_format(structured));
+        meter.check_budget()?;
         let reply = model
             .chat(&messages, format.clone(), self.timeout, self.max_bytes)
             .await?;
@@ -241,6 +306,7 @@ impl Call<'_> {
         );
         messages.push(json!({"role": "assistant", "content": reply.content}));
         messages.push(json!({"role": "user", "content": repair}));
+        meter.check_budget()?;
         let reply = model
             .chat(&messages, format, self.timeout, self.max_bytes)
             .await?;

@@ -1,6 +1,6 @@
 -- A new task claimed with its plan already made, in one call: claim and record_plan together,
 -- for a first delivery planned before its claim (its planner run returned, so nothing is
--- counted). Included after prelude/plan.lua and prelude/claim.lua.
+-- counted). Included after prelude/plan.lua, prelude/claim.lua and prelude/usage.lua.
 -- KEYS[1..11]: as prelude/plan.lua binds them (plan-lease ... ready)
 -- KEYS[12]: outcome — the stored outcome
 -- KEYS[13]: waiters — set of encoded reply targets
@@ -15,13 +15,14 @@
 -- ARGV[7]: plan lease token
 -- ARGV[8]: plan lease ttl, ms
 -- ARGV[9]: fingerprint of the kind's definition the task is planned with (empty for none)
--- ARGV[10..]: the plan as write_plan reads it, then the fields as planned_fields reads them
+-- ARGV[10..]: the planner's usage as count_usage reads it (counted only when the plan is
+--   written), the plan as write_plan reads it, then the fields as planned_fields reads them
 -- Returns: as claim.lua, except {'planned', ''} for a task claimed and planned with its plan
 --   lease held; when that lease is held by an earlier task of the id, the task is claimed
 --   unplanned ({'new', '-1'}).
 local OUTCOME, WAITERS = KEYS[12], KEYS[13]
 local FIRST_TO_CLEAR = 14
-local PLAN_AT = 10
+local USAGE_AT = 10
 
 local claimed = find_claimed(TASK, OUTCOME, WAITERS)
 if claimed then return claimed end
@@ -45,7 +46,7 @@ end
 if redis.call('EXISTS', unpack(KEYS, FIRST_TO_CLEAR)) > 0 then
   redis.call('DEL', unpack(KEYS, FIRST_TO_CLEAR))
 end
-local planned = planned_fields(write_plan(PLAN_AT))
+local planned = planned_fields(write_plan(count_usage(TASK, USAGE_AT)))
 for _, v in ipairs(fields) do planned[#planned + 1] = v end
 redis.call('HSET', TASK, unpack(planned))
 return {'planned', ''}

@@ -1,5 +1,5 @@
 -- Stores a task's outcome unless one is stored already, marks the task finished, sets the
--- outcome TTL on what is kept and drops the working state.
+-- outcome TTL on what is kept and drops the working state. Included after prelude/usage.lua.
 -- KEYS[1]: task — the task hash (kept)
 -- KEYS[2]: outcome — the stored outcome
 -- KEYS[3]: waiters — set of encoded reply targets (kept)
@@ -9,6 +9,8 @@
 -- ARGV[1]: encoded outcome
 -- ARGV[2]: outcome TTL, seconds
 -- ARGV[3]: finished, ms since the Unix epoch
+-- ARGV[4..]: the usage of the steps that led to this outcome (review, synthesis, a rejected
+--   plan) as count_usage reads it: counted only when this outcome is the one stored
 -- Returns: {stored outcome (the earlier one if there was one), encoded parent or '', waiters,
 --   children}.
 local TASK, OUTCOME, WAITERS, TYPES, CHILDREN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -18,6 +20,7 @@ local existing = redis.call('GET', OUTCOME)
 if not existing then
   redis.call('SET', OUTCOME, ARGV[1], 'EX', ARGV[2])
   existing = ARGV[1]
+  count_usage(TASK, 4)
   redis.call('HSET', TASK, 'state', 'finished', 'finished_ms', ARGV[3])
   -- Everything kept expires together, set once: a later call must not outlive the outcome.
   for _, kept in ipairs({WAITERS, TYPES, CHILDREN}) do redis.call('EXPIRE', kept, ARGV[2]) end
