@@ -115,7 +115,7 @@ async fn the_readme_llm_examples_run_unchanged_against_an_endpoint_named_by_two_
     // llm-report: the planner's sections drafted by writers, one sent back by the reviewer
     // with feedback its redone prompt carries, the report assembled by the synthesizer.
     let outcome = submit(&env, "llm-report", &json!({"topic": "agentic AI systems"})).await;
-    assert_priced(&outcome, &["fast"]);
+    assert_priced(&outcome, &["fast", "strong"]);
     let report = outcome["output"].as_str().unwrap();
     assert!(
         report.starts_with("echo: Topic: agentic AI systems"),
@@ -142,7 +142,7 @@ async fn the_readme_llm_examples_run_unchanged_against_an_endpoint_named_by_two_
     let before = requests(server.port).await.len();
     let input = json!({"product": "a budgeting app for students"});
     let outcome = submit(&env, "market-analysis", &input).await;
-    assert_priced(&outcome, &["fast"]);
+    assert_priced(&outcome, &["fast", "strong"]);
     let analysis = outcome["output"].as_str().unwrap();
     assert!(
         analysis.starts_with("echo: Product: a budgeting app for students"),
