@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chorus_shared::steps::llm::limits::MAX_THROTTLED_TRIES;
+use chorus_shared::steps::llm::limits::{Field, MAX_THROTTLED_TRIES};
 use chorus_shared::steps::llm::Catalog;
 use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
+use chorus_shared::store::Store;
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -368,4 +369,126 @@ async fn an_admins_limits_override_the_files_and_hold_without_restarts() {
         64
     );
     assert_eq!(limits(&env, &["set", "a}b", "--rpm", "1"]).await.0, 64);
+}
+
+/// The Redis rules of `role` in deploy/acl/redis.acl.
+fn acl_rules(role: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_dir().join("deploy/acl/redis.acl")).unwrap();
+    let line = text
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(role))
+        .unwrap_or_else(|| panic!("no {role} in redis.acl"));
+    line.split_whitespace().skip(1).map(str::to_owned).collect()
+}
+
+/// A store connected as a Redis user of `role`'s rules, created for this test.
+async fn store_as(env: &TestEnv, role: &str) -> Store {
+    let user = format!("{}-{role}", env.vhost);
+    let mut admin = env.redis().await;
+    let mut setuser = redis::cmd("ACL");
+    setuser
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(">pw");
+    for rule in acl_rules(role) {
+        setuser.arg(rule);
+    }
+    setuser.query_async::<()>(&mut admin).await.unwrap();
+    let url = env
+        .redis_url
+        .replacen("redis://", &format!("redis://{user}:pw@"), 1);
+    Store::connect(&url, Duration::from_secs(5)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_limiter_settles_real_usage_and_takes_lapsed_slots_back_under_each_roles_acl() {
+    let env = TestEnv::new("llmlimiter").await;
+    let admin = store_as(&env, "limits-admin").await;
+    let cli = store_as(&env, "cli").await;
+    let minute = Duration::from_secs(60);
+    admin
+        .limits_set("t", &[(Field::TokensPerMinute, 600)])
+        .await
+        .unwrap();
+    admin
+        .limits_set("f", &[(Field::MaxInFlight, 1)])
+        .await
+        .unwrap();
+    // The CLI's own user reads the limits but cannot set them.
+    assert!(cli
+        .limits_set("t", &[(Field::TokensPerMinute, 1)])
+        .await
+        .is_err());
+    let shown = cli.limits_show().await.unwrap();
+    assert_eq!(shown["t"]["tokens_per_minute"], 600, "{shown}");
+
+    for role in ["worker", "orchestrator", "synthesizer"] {
+        let store = store_as(&env, role).await;
+        let spec = ModelSpec {
+            requests_per_minute: Some(60),
+            ..Default::default()
+        };
+        store.seed_limits(role, &spec).await.unwrap();
+
+        // 600 tokens a minute (10 a second): a call estimated at 600 empties the bucket, the
+        // next waits; settled at 100 used, 500 come back.
+        let first = store.acquire_call("t", 600, minute).await.unwrap().unwrap();
+        let wait = store
+            .acquire_call("t", 300, minute)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(wait > Duration::from_secs(25), "{role}: {wait:?}");
+        store.settle_call("t", &first, Some(100)).await.unwrap();
+        let second = store.acquire_call("t", 300, minute).await.unwrap().unwrap();
+        // A call that used far more than estimated puts the bucket in debt.
+        store.settle_call("t", &second, Some(2_000)).await.unwrap();
+        let wait = store
+            .acquire_call("t", 1, minute)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(wait > Duration::from_secs(100), "{role}: {wait:?}");
+        admin.limits_clear("t", &[]).await.unwrap();
+        admin
+            .limits_set("t", &[(Field::TokensPerMinute, 600)])
+            .await
+            .unwrap();
+        redis::cmd("DEL")
+            .arg(&chorus_shared::steps::llm::limits::keys("t")[2])
+            .exec_async(&mut env.redis().await)
+            .await
+            .unwrap();
+
+        // One slot: taken, then free again once its lease lapses (a killed worker's).
+        let lease = Duration::from_millis(300);
+        let held = store.acquire_call("f", 1, lease).await.unwrap().unwrap();
+        assert!(store.acquire_call("f", 1, lease).await.unwrap().is_err());
+        assert_eq!(cli.limits_show().await.unwrap()["f"]["calls_in_flight"], 1);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let next = store.acquire_call("f", 1, lease).await.unwrap().unwrap();
+        store.settle_call("f", &held, None).await.unwrap();
+        store.settle_call("f", &next, None).await.unwrap();
+        assert!(store.acquire_call("f", 1, lease).await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    let shown = cli.limits_show().await.unwrap();
+    assert_eq!(shown["worker"]["requests_per_minute"], 60, "{shown}");
+    let mut redis = env.redis().await;
+    for role in [
+        "limits-admin",
+        "cli",
+        "worker",
+        "orchestrator",
+        "synthesizer",
+    ] {
+        redis::cmd("ACL")
+            .arg("DELUSER")
+            .arg(format!("{}-{role}", env.vhost))
+            .exec_async(&mut redis)
+            .await
+            .unwrap();
+    }
 }
