@@ -1,4 +1,5 @@
 //! Unit tests of the limits' checks, keys and estimate.
+#![allow(clippy::unwrap_used)]
 
 use serde_json::json;
 
