@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chorus_shared::steps::llm::limits::{Field, MAX_THROTTLED_TRIES};
-use chorus_shared::steps::llm::Catalog;
+use chorus_shared::steps::llm::{Catalog, StoreSlot};
 use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
@@ -491,4 +491,61 @@ async fn the_limiter_settles_real_usage_and_takes_lapsed_slots_back_under_each_r
             .await
             .unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_call_gives_its_slot_back_at_once() {
+    std::env::set_var(KEY_VAR, "test-key");
+    let server = katan(&["--latency-ms", "5000"]).await;
+    let env = TestEnv::new("llmcancel").await;
+    let store = Store::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let slot = StoreSlot::default();
+    slot.attach(store.clone());
+    let providers = BTreeMap::from([(
+        "katan".to_owned(),
+        ProviderSpec {
+            base_url: Some(format!("http://127.0.0.1:{}/v1", server.port)),
+            base_url_env: None,
+            api_key_env: Some(KEY_VAR.to_owned()),
+            timeout_ms: Some(30_000),
+            structured_output: StructuredOutput::JsonObject,
+            ca_file: None,
+        },
+    )]);
+    let models = BTreeMap::from([(
+        "slow".to_owned(),
+        ModelSpec {
+            provider: "katan".to_owned(),
+            model: "gpt-test".to_owned(),
+            max_in_flight: Some(1),
+            ..Default::default()
+        },
+    )]);
+    let catalog = Catalog::build(&providers, &models, Path::new("."), &slot).unwrap();
+    let spec = LlmSpec {
+        model: "slow".to_owned(),
+        system: None,
+        prompt: "Say {{ subtask.input.word }}".to_owned(),
+        output: LlmOutput::Text,
+    };
+    let step = Step::build_llm(&spec, &catalog, &["default".to_owned()]).unwrap();
+    let body = json!({"step": "handle", "subtask": {"id": "0", "input": {"word": "hi"}}});
+    let limits = CallLimits {
+        timeout: Duration::from_secs(30),
+        max_answer_bytes: 1 << 20,
+    };
+    let (body, cancel) = (body.to_string(), CancellationToken::new());
+    let (answer, ()) = tokio::join!(step.call(body.as_bytes(), limits, &cancel), async {
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        let shown = store.limits_show().await.unwrap();
+        assert_eq!(shown["slow"]["calls_in_flight"], 1, "{shown}");
+        cancel.cancel();
+    });
+    assert!(matches!(answer, Err(StepError::Cancelled)), "{answer:?}");
+    // Its lease would hold the slot for 35 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shown = store.limits_show().await.unwrap();
+    assert_eq!(shown["slow"]["calls_in_flight"], 0, "{shown}");
 }

@@ -227,6 +227,43 @@ pub struct Permit {
     reserved: u64,
 }
 
+/// A call reserved and not yet settled. Dropped unsettled (the call was cancelled mid-way), it
+/// is settled in the background, so its in-flight slot comes back at once, not when its lease
+/// lapses.
+pub(super) struct Reservation {
+    store: Store,
+    model: String,
+    permit: Option<Permit>,
+}
+
+impl Reservation {
+    /// Settles it with `used` tokens (None: as reserved). A Redis failure is logged: the slot's
+    /// lease then lapses by itself.
+    async fn settle(mut self, used: Option<u64>) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        if let Err(e) = self.store.settle_call(&self.model, &permit, used).await {
+            tracing::warn!(model = %self.model, "could not settle a call's limits (its in-flight slot lapses with its lease): {e}");
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, model) = (self.store.clone(), std::mem::take(&mut self.model));
+            runtime.spawn(async move {
+                // Best effort: otherwise the lease lapses.
+                drop(store.settle_call(&model, &permit, None).await);
+            });
+        }
+    }
+}
+
 impl Store {
     /// Writes `spec`'s limits of `model` where Redis has none for that field (an admin's value
     /// stays) and lists the model in [`MODELS_KEY`].
@@ -312,7 +349,7 @@ impl Model {
     /// Sends a call of `messages` (built anew for each try by `request`, given the time left)
     /// within the model's limits, under `timeout` all told: waits for the limits, and waits out
     /// a provider's throttling (429, 503 with `Retry-After`) up to [`MAX_THROTTLED_TRIES`].
-    /// Returns the body and the permit to settle with [`Model::settle`].
+    /// Returns the body and the reservation to settle with [`Model::settle`].
     ///
     /// # Errors
     /// [`StepError`] as [`http::post`] classifies it; retryable when the limits leave no room
@@ -323,7 +360,7 @@ impl Model {
         timeout: Duration,
         max_bytes: usize,
         request: impl Fn(Duration) -> reqwest::RequestBuilder,
-    ) -> Result<(Vec<u8>, Option<Permit>), StepError> {
+    ) -> Result<(Vec<u8>, Option<Reservation>), StepError> {
         let what = self.what();
         let deadline = Instant::now() + timeout;
         let estimate = estimate(messages, self.spec.max_tokens);
@@ -376,7 +413,7 @@ impl Model {
         what: &str,
         estimate: u64,
         deadline: Instant,
-    ) -> Result<Option<Permit>, StepError> {
+    ) -> Result<Option<Reservation>, StepError> {
         let Some(store) = self.store.get() else {
             return Ok(None);
         };
@@ -389,7 +426,13 @@ impl Model {
         let mut logged = false;
         loop {
             let wait = match store.acquire_call(&self.name, estimate, lease).await {
-                Ok(Ok(permit)) => return Ok(Some(permit)),
+                Ok(Ok(permit)) => {
+                    return Ok(Some(Reservation {
+                        store: store.clone(),
+                        model: self.name.clone(),
+                        permit: Some(permit),
+                    }))
+                }
                 Ok(Err(wait)) => wait,
                 Err(e) => return Err(unavailable(what, &e)),
             };
@@ -410,14 +453,10 @@ impl Model {
         }
     }
 
-    /// Settles `permit` (when there is one) with `used` tokens (None: as reserved). A Redis
-    /// failure is logged: the slot's lease then lapses by itself.
-    pub(super) async fn settle(&self, permit: Option<Permit>, used: Option<u64>) {
-        let (Some(permit), Some(store)) = (permit, self.store.get()) else {
-            return;
-        };
-        if let Err(e) = store.settle_call(&self.name, &permit, used).await {
-            tracing::warn!(model = %self.name, "could not settle a call's limits (its in-flight slot lapses with its lease): {e}");
+    /// Settles `reservation` (when there is one) with `used` tokens (None: as reserved).
+    pub(super) async fn settle(&self, reservation: Option<Reservation>, used: Option<u64>) {
+        if let Some(reservation) = reservation {
+            reservation.settle(used).await;
         }
     }
 }
