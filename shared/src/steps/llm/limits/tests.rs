@@ -95,3 +95,34 @@ fn the_estimate_is_characters_over_four_plus_the_completion() {
     assert_eq!(estimate(&messages, Some(100)), 12 + 100);
     assert_eq!(estimate(&messages, None), 12 + DEFAULT_COMPLETION_ESTIMATE);
 }
+
+#[test]
+fn a_kinds_files_bad_limit_names_its_models_key() {
+    use std::collections::BTreeMap;
+
+    use crate::steps::spec::{ProviderSpec, StructuredOutput};
+
+    let providers = BTreeMap::from([(
+        "p".to_owned(),
+        ProviderSpec {
+            base_url: Some("http://127.0.0.1:9/v1".to_owned()),
+            base_url_env: None,
+            api_key_env: None,
+            timeout_ms: None,
+            structured_output: StructuredOutput::JsonObject,
+            ca_file: None,
+        },
+    )]);
+    let models = BTreeMap::from([(
+        "writer".to_owned(),
+        ModelSpec {
+            tokens_per_minute: Some(0),
+            ..spec()
+        },
+    )]);
+    let slot = Default::default();
+    let error =
+        crate::steps::llm::Catalog::build(&providers, &models, std::path::Path::new("."), &slot)
+            .unwrap_err();
+    assert_eq!(error.0, "models.writer.tokens_per_minute", "{error:?}");
+}
