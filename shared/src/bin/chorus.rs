@@ -1,6 +1,10 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
 //! progress bar), show a task's state, print its outcome; list the kinds the live services
-//! serve (or those a kinds file adds to the built-in ones), or check such a file.
+//! serve (or those a kinds file adds to the built-in ones), or check such a file; show and set
+//! the limits of language models every worker enforces (`limits`).
+
+#[path = "chorus/limits.rs"]
+mod limits;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
@@ -95,6 +99,11 @@ enum Command {
     /// file's) and their steps, connecting to nothing. `chorus kinds check FILE` checks a kinds
     /// file.
     Kinds(KindsCommand),
+    /// Show or set the limits of the models of `llm` steps (requests and tokens per minute,
+    /// calls in flight) that every worker enforces, kept in Redis (docs/llm.md#limits).
+    /// `set` and `clear` need a Redis user with the `limits-admin` rules.
+    #[command(subcommand)]
+    Limits(limits::LimitsCommand),
 }
 
 /// The flags of `chorus kinds`.
@@ -281,6 +290,28 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             live_kinds(connect).await
         }
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
+        Command::Limits(command) => model_limits(connect, command).await,
+    }
+}
+
+/// `chorus limits ...`: prints every model's limits as JSON.
+async fn model_limits(
+    connect: &ConnectArgs,
+    command: limits::LimitsCommand,
+) -> Result<u8, Failure> {
+    let redis = connect
+        .redis()
+        .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
+    let store = Store::connect_to(&redis, connect.redis_timeout())
+        .await
+        .map_err(|e| Failure::Unavailable(e.into()))?;
+    match limits::run(&store, command).await {
+        Ok(shown) => {
+            print_json(&shown).map_err(Failure::Usage)?;
+            Ok(0)
+        }
+        Err(limits::LimitsError::Usage(message)) => Err(Failure::Usage(message)),
+        Err(limits::LimitsError::Unavailable(e)) => Err(Failure::Unavailable(e.into())),
     }
 }
 

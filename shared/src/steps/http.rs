@@ -202,6 +202,39 @@ pub(crate) async fn post(
     timeout: Duration,
     max_answer_bytes: usize,
 ) -> Result<Vec<u8>, StepError> {
+    send(request, what, timeout, max_answer_bytes)
+        .await
+        .map_err(|failure| failure.error)
+}
+
+/// A failed [`send`]: the error as [`post`] classifies it, and whether the server asked the
+/// caller to slow down (429, or 503 with `Retry-After`: RFC 9110 §15.6.4), which `llm` steps
+/// wait out inside the same attempt (docs/llm.md#limits).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub error: StepError,
+    pub throttled: bool,
+}
+
+impl From<StepError> for Failure {
+    fn from(error: StepError) -> Self {
+        Self {
+            error,
+            throttled: false,
+        }
+    }
+}
+
+/// [`post`], telling a throttled call apart.
+///
+/// # Errors
+/// As [`post`].
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+    what: &str,
+    timeout: Duration,
+    max_answer_bytes: usize,
+) -> Result<Vec<u8>, Failure> {
     let mut response = request
         .send()
         .await
@@ -210,13 +243,13 @@ pub(crate) async fn post(
     if status.is_success() {
         let declared = response.content_length().unwrap_or(0);
         if usize::try_from(declared).map_or(true, |declared| declared > max_answer_bytes) {
-            return Err(answer::oversized(what, max_answer_bytes, &[]));
+            return Err(answer::oversized(what, max_answer_bytes, &[]).into());
         }
         let (body, whole) = read_prefix(&mut response, max_answer_bytes)
             .await
             .map_err(|e| transport_error(what, timeout, &e))?;
         if !whole {
-            return Err(answer::oversized(what, max_answer_bytes, &body));
+            return Err(answer::oversized(what, max_answer_bytes, &body).into());
         }
         return Ok(body);
     }
@@ -231,14 +264,17 @@ pub(crate) async fn post(
         .map(|(head, _)| head)
         .unwrap_or_default();
     let message = format!("{what} answered {status}: {}", answer::first_bytes(&head));
-    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        Err(StepError::Retryable {
+    let throttled = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::SERVICE_UNAVAILABLE && retry_after.is_some());
+    let error = if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        StepError::Retryable {
             message,
             retry_after,
-        })
+        }
     } else {
-        Err(StepError::Fatal { message })
-    }
+        StepError::Fatal { message }
+    };
+    Err(Failure { error, throttled })
 }
 
 /// The body's first `max` bytes at most, and whether that is all of it (reading stops once

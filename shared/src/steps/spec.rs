@@ -180,7 +180,7 @@ pub struct ProviderSpec {
 }
 
 /// A `[models.<name>]` table: a model of a provider and its parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// The name of a `[providers.<name>]` table.
@@ -199,4 +199,17 @@ pub struct ModelSpec {
     /// Price of a million completion tokens, in the user's currency unit.
     #[serde(default)]
     pub price_per_million_output: Option<f64>,
+    /// Calls started per minute by every worker together, at most (docs/llm.md#limits);
+    /// none when absent (unless set in Redis).
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Calls that may start at once after a quiet spell, on top of the steady rate (default 1).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Tokens (prompt + completion) per minute by every worker together, at most.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Calls in flight at once across every worker, at most.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
 }

@@ -35,11 +35,13 @@ pub struct Provider {
 pub struct Model {
     /// The name of its `[models.<name>]` table (what `usage` entries name).
     pub name: String,
-    spec: ModelSpec,
+    pub(super) spec: ModelSpec,
     /// Its provider.
     pub provider: Arc<Provider>,
     /// The service's Redis, once attached: shared limits and the call cache.
     pub store: StoreSlot,
+    /// Whether this process wrote the file's limits to Redis yet.
+    pub(super) seeded: super::limits::Seeded,
 }
 
 /// The providers and models of a kinds file, by name.
@@ -104,6 +106,7 @@ impl Catalog {
             if spec.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
                 return Err((key("temperature"), "must be between 0 and 2".to_owned()));
             }
+            super::limits::check(name, spec).map_err(|(field, e)| (key(field), e))?;
             if spec.max_tokens == Some(0) {
                 return Err((key("max_tokens"), "must be at least 1".to_owned()));
             }
@@ -122,6 +125,7 @@ impl Catalog {
                     spec: spec.clone(),
                     provider: Arc::clone(provider),
                     store: store.clone(),
+                    seeded: Default::default(),
                 }),
             );
         }
@@ -287,22 +291,40 @@ impl Model {
                 map.insert("response_format".to_owned(), format);
             }
         }
-        let mut request = self
-            .provider
-            .client
-            .post(self.provider.url.clone())
-            .header(CONTENT_TYPE, "application/json")
-            .timeout(timeout)
-            .body(body.to_string());
-        if let Some(authorization) = &self.provider.authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
-        }
+        let body = body.to_string();
+        let request = |timeout| {
+            let request = self
+                .provider
+                .client
+                .post(self.provider.url.clone())
+                .header(CONTENT_TYPE, "application/json")
+                .timeout(timeout)
+                .body(body.clone());
+            match &self.provider.authorization {
+                Some(authorization) => request.header(AUTHORIZATION, authorization.clone()),
+                None => request,
+            }
+        };
+        // Within the model's shared limits, throttling waited out (docs/llm.md#limits).
+        let (bytes, permit) = self
+            .send_limited(messages, timeout, max_bytes, request)
+            .await?;
+        let completion = self.completion(&bytes);
+        let used = completion
+            .as_ref()
+            .ok()
+            .map(|c| c.tokens.prompt + c.tokens.completion);
+        self.settle(permit, used).await;
+        completion
+    }
+
+    /// The completion in a response's `bytes`.
+    fn completion(&self, bytes: &[u8]) -> Result<Completion, StepError> {
         let what = self.what();
-        let bytes = http::post(request, &what, timeout, max_bytes).await?;
-        let response: Response = serde_json::from_slice(&bytes).map_err(|e| StepError::Fatal {
+        let response: Response = serde_json::from_slice(bytes).map_err(|e| StepError::Fatal {
             message: format!(
                 "{what} answered something that is not a chat completion ({e}): {}",
-                answer::first_bytes(&bytes)
+                answer::first_bytes(bytes)
             ),
         })?;
         let usage = response.usage;

@@ -6,10 +6,12 @@
 //!
 //! # Layout
 //! - `client`: providers, models and one Chat Completions call.
+//! - `limits`: the model's limits shared in Redis, and throttling waited out.
 //! - `prompt`: the minijinja templates.
 //! - `schema`: the schemas of plans, verdicts and JSON outputs, and their validation.
 
 pub mod client;
+pub mod limits;
 pub mod prompt;
 pub mod schema;
 pub mod shared;
