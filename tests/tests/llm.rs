@@ -124,6 +124,8 @@ fn katan_step(port: u16) -> Step {
             max_tokens: Some(64),
             price_per_million_input: Some(1.0),
             price_per_million_output: Some(2.0),
+            cache: None,
+            cache_ttl_s: None,
         },
     )]);
     let catalog = Catalog::build(&providers, &models, Path::new("."), &Default::default()).unwrap();

@@ -199,4 +199,11 @@ pub struct ModelSpec {
     /// Price of a million completion tokens, in the user's currency unit.
     #[serde(default)]
     pub price_per_million_output: Option<f64>,
+    /// Answer identical calls from Chorus's cache (docs/llm.md#the-call-cache); default: on
+    /// when `temperature = 0` is given, off otherwise.
+    #[serde(default)]
+    pub cache: Option<bool>,
+    /// How long a cached answer is used, in seconds (default one day, at most 30 days).
+    #[serde(default)]
+    pub cache_ttl_s: Option<u64>,
 }

@@ -17,7 +17,7 @@ use crate::steps::http;
 use crate::steps::spec::{self, ModelSpec, ProviderSpec, StructuredOutput};
 use crate::steps::{answer, StepConfigError, StepError};
 
-use super::StoreSlot;
+use super::{cache, StoreSlot};
 
 /// An OpenAI-compatible endpoint.
 #[derive(Debug)]
@@ -40,6 +40,8 @@ pub struct Model {
     pub provider: Arc<Provider>,
     /// The service's Redis, once attached: shared limits and the call cache.
     pub store: StoreSlot,
+    /// Its cache settings; `None`: its calls are not cached.
+    pub cache: Option<cache::Policy>,
 }
 
 /// The providers and models of a kinds file, by name.
@@ -64,8 +66,10 @@ pub struct Tokens {
 pub struct Completion {
     /// The assistant message's text.
     pub content: String,
-    /// What the call used.
+    /// What the call used (nothing when answered from the cache).
     pub tokens: Tokens,
+    /// Answered from Chorus's call cache, without calling the provider.
+    pub cache_hit: bool,
 }
 
 impl Catalog {
@@ -115,6 +119,8 @@ impl Catalog {
                     return Err((key(field), "must be a number >= 0".to_owned()));
                 }
             }
+            let cache =
+                cache::Policy::from_spec(spec).map_err(|(field, message)| (key(field), message))?;
             catalog.models.insert(
                 name.clone(),
                 Arc::new(Model {
@@ -122,6 +128,7 @@ impl Catalog {
                     spec: spec.clone(),
                     provider: Arc::clone(provider),
                     store: store.clone(),
+                    cache,
                 }),
             );
         }
@@ -262,7 +269,9 @@ impl Model {
     }
 
     /// One Chat Completions call with `messages` (and `response_format` when given), under
-    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`.
+    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`. A
+    /// cached model's identical call within its ttl is answered from the cache instead
+    /// ([`cache`]), without calling the provider.
     ///
     /// # Errors
     /// [`StepError`] as an `http` step classifies it (429/5xx/connection/timeout retryable);
@@ -287,17 +296,25 @@ impl Model {
                 map.insert("response_format".to_owned(), format);
             }
         }
+        let body = body.to_string();
+        let what = self.what();
+        let url = self.provider.url.as_str();
+        let cached = cache::Slot::new(self.store.get(), self.cache, url, &self.spec.model, &body);
+        if let Some(hit) = cached.as_ref() {
+            if let Some(completion) = hit.lookup(&what).await {
+                return Ok(completion);
+            }
+        }
         let mut request = self
             .provider
             .client
             .post(self.provider.url.clone())
             .header(CONTENT_TYPE, "application/json")
             .timeout(timeout)
-            .body(body.to_string());
+            .body(body);
         if let Some(authorization) = &self.provider.authorization {
             request = request.header(AUTHORIZATION, authorization.clone());
         }
-        let what = self.what();
         let bytes = http::post(request, &what, timeout, max_bytes).await?;
         let response: Response = serde_json::from_slice(&bytes).map_err(|e| StepError::Fatal {
             message: format!(
@@ -320,7 +337,17 @@ impl Model {
             Some(Message {
                 content: Some(content),
                 ..
-            }) => Ok(Completion { content, tokens }),
+            }) => {
+                let completion = Completion {
+                    content,
+                    tokens,
+                    cache_hit: false,
+                };
+                if let Some(slot) = cached {
+                    slot.store(&completion, max_bytes, &what).await;
+                }
+                Ok(completion)
+            }
             Some(Message {
                 refusal: Some(refusal),
                 ..

@@ -6,9 +6,11 @@
 //!
 //! # Layout
 //! - `client`: providers, models and one Chat Completions call.
+//! - `cache`: the call cache, identical calls answered from Redis.
 //! - `prompt`: the minijinja templates.
 //! - `schema`: the schemas of plans, verdicts and JSON outputs, and their validation.
 
+pub mod cache;
 pub mod client;
 pub mod prompt;
 pub mod schema;
@@ -48,14 +50,17 @@ pub struct LlmStep {
 struct Meter {
     tokens: Tokens,
     calls: u64,
+    cache_hits: u64,
 }
 
 impl Meter {
-    fn add(&mut self, tokens: Tokens) {
+    /// Counts one call answered by `reply` (a cache hit counts as a call with no tokens).
+    fn add(&mut self, reply: &client::Completion) {
         self.calls += 1;
-        self.tokens.prompt += tokens.prompt;
-        self.tokens.completion += tokens.completion;
-        self.tokens.cached += tokens.cached;
+        self.cache_hits += u64::from(reply.cache_hit);
+        self.tokens.prompt += reply.tokens.prompt;
+        self.tokens.completion += reply.tokens.completion;
+        self.tokens.cached += reply.tokens.cached;
     }
 }
 
@@ -162,7 +167,7 @@ impl LlmStep {
             "completion_tokens": meter.tokens.completion,
             "cached_tokens": meter.tokens.cached,
             "calls": meter.calls,
-            "cache_hits": 0,
+            "cache_hits": meter.cache_hits,
         });
         if let (Some(cost), Some(map)) = (self.model.cost(meter.tokens), entry.as_object_mut()) {
             map.insert("cost".to_owned(), json!(cost));
@@ -203,7 +208,7 @@ impl Call<'_> {
             .model
             .chat(&self.messages(None), None, self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         Ok(reply.content)
     }
 
@@ -224,7 +229,7 @@ impl Call<'_> {
         let reply = model
             .chat(&messages, format.clone(), self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         let problem = match schema.check(&reply.content) {
             Ok(value) => return Ok(value),
             Err(problem) => problem,
@@ -244,7 +249,7 @@ impl Call<'_> {
         let reply = model
             .chat(&messages, format, self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         schema
             .check(&reply.content)
             .map_err(|problem| StepError::Fatal {
