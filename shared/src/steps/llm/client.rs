@@ -300,8 +300,8 @@ impl Model {
         let what = self.what();
         let url = self.provider.url.as_str();
         let cached = cache::Slot::new(self.store.get(), self.cache, url, &self.spec.model, &body);
-        if let Some(hit) = cached.as_ref() {
-            if let Some(completion) = hit.lookup(&what).await {
+        if let Some(slot) = cached.as_ref() {
+            if let Some(completion) = slot.lookup(&what).await {
                 return Ok(completion);
             }
         }
