@@ -267,6 +267,7 @@ async fn each_service_runs_under_its_own_restricted_users() {
     worker_cannot_submit_or_cancel(&env, &users, &cli_env).await;
     worker_cannot_run_other_redis_commands(&env, &users).await;
     worker_cannot_write_a_tasks_state(&env, &users).await;
+    worker_uses_the_call_cache(&env, &users).await;
     submitter_cannot_publish_results_or_subtasks(&env, &users).await;
 
     // Nothing the services or the CLI needed was refused: the only refusals are the CONFIG GETs
@@ -502,6 +503,45 @@ async fn worker_cannot_write_a_tasks_state(env: &TestEnv, users: &Users) {
         .await
         .unwrap();
     assert_eq!(state, "finished");
+}
+
+/// The worker reads and writes the call cache of `llm` steps as the cache does (GET; SET with
+/// PX), and its GET and SET reach nothing else it may not write.
+async fn worker_uses_the_call_cache(env: &TestEnv, users: &Users) {
+    let (_, redis_url) = users.urls(env, "worker");
+    let mut worker = redis::Client::open(redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let key = chorus_shared::steps::llm::cache::key("http://h/v1/chat/completions", "m", "{}");
+    redis::cmd("SET")
+        .arg(&key)
+        .arg("answer")
+        .arg("PX")
+        .arg(60_000)
+        .exec_async(&mut worker)
+        .await
+        .unwrap();
+    let value: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut worker)
+        .await
+        .unwrap();
+    assert_eq!(value.as_deref(), Some("answer"));
+    for command in [
+        redis::cmd("SET")
+            .arg("chorus:{lp-1}:outcome")
+            .arg("x")
+            .clone(),
+        redis::cmd("GET").arg("not-chorus").clone(),
+    ] {
+        let error = command
+            .query_async::<redis::Value>(&mut worker)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("NOPERM"), "{command:?}: {error}");
+    }
 }
 
 /// What the worker writes: run counts of a running task's subtask (a redelivered subtask's,

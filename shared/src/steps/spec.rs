@@ -212,4 +212,11 @@ pub struct ModelSpec {
     /// Calls in flight at once across every worker, at most.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
+    /// Answer identical calls from Chorus's cache (docs/llm.md#the-call-cache); default: on
+    /// when `temperature = 0` is given, off otherwise.
+    #[serde(default)]
+    pub cache: Option<bool>,
+    /// How long a cached answer is used, in seconds (default one day, at most 30 days).
+    #[serde(default)]
+    pub cache_ttl_s: Option<u64>,
 }

@@ -17,7 +17,7 @@ use crate::steps::http;
 use crate::steps::spec::{self, ModelSpec, ProviderSpec, StructuredOutput};
 use crate::steps::{answer, StepConfigError, StepError};
 
-use super::StoreSlot;
+use super::{cache, StoreSlot};
 
 /// An OpenAI-compatible endpoint.
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub struct Model {
     pub store: StoreSlot,
     /// Whether this process wrote the file's limits to Redis yet.
     pub(super) seeded: super::limits::Seeded,
+    /// Its cache settings; `None`: its calls are not cached.
+    pub cache: Option<cache::Policy>,
 }
 
 /// The providers and models of a kinds file, by name.
@@ -66,8 +68,10 @@ pub struct Tokens {
 pub struct Completion {
     /// The assistant message's text.
     pub content: String,
-    /// What the call used.
+    /// What the call used (nothing when answered from the cache).
     pub tokens: Tokens,
+    /// Answered from Chorus's call cache, without calling the provider.
+    pub cache_hit: bool,
 }
 
 impl Catalog {
@@ -118,6 +122,8 @@ impl Catalog {
                     return Err((key(field), "must be a number >= 0".to_owned()));
                 }
             }
+            let cache =
+                cache::Policy::from_spec(spec).map_err(|(field, message)| (key(field), message))?;
             catalog.models.insert(
                 name.clone(),
                 Arc::new(Model {
@@ -126,6 +132,7 @@ impl Catalog {
                     provider: Arc::clone(provider),
                     store: store.clone(),
                     seeded: Default::default(),
+                    cache,
                 }),
             );
         }
@@ -266,7 +273,9 @@ impl Model {
     }
 
     /// One Chat Completions call with `messages` (and `response_format` when given), under
-    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`.
+    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`. A
+    /// cached model's identical call within its ttl is answered from the cache instead
+    /// ([`cache`]), without calling the provider.
     ///
     /// # Errors
     /// [`StepError`] as an `http` step classifies it (429/5xx/connection/timeout retryable);
@@ -292,6 +301,15 @@ impl Model {
             }
         }
         let body = body.to_string();
+        let what = self.what();
+        let url = self.provider.url.as_str();
+        let cached = cache::Slot::new(self.store.get(), self.cache, url, &self.spec.model, &body);
+        // A hit is looked up before the limits: it calls no provider, so it takes no slot.
+        if let Some(slot) = cached.as_ref() {
+            if let Some(completion) = slot.lookup(&what).await {
+                return Ok(completion);
+            }
+        }
         let request = |timeout| {
             let request = self
                 .provider
@@ -315,6 +333,9 @@ impl Model {
             .ok()
             .map(|c| c.tokens.prompt + c.tokens.completion);
         self.settle(permit, used).await;
+        if let (Ok(completion), Some(slot)) = (&completion, cached) {
+            slot.store(completion, max_bytes, &what).await;
+        }
         completion
     }
 
@@ -342,7 +363,11 @@ impl Model {
             Some(Message {
                 content: Some(content),
                 ..
-            }) => Ok(Completion { content, tokens }),
+            }) => Ok(Completion {
+                content,
+                tokens,
+                cache_hit: false,
+            }),
             Some(Message {
                 refusal: Some(refusal),
                 ..

@@ -6,10 +6,12 @@
 //!
 //! # Layout
 //! - `client`: providers, models and one Chat Completions call.
+//! - `cache`: the call cache, identical calls answered from Redis.
 //! - `limits`: the model's limits shared in Redis, and throttling waited out.
 //! - `prompt`: the minijinja templates.
 //! - `schema`: the schemas of plans, verdicts and JSON outputs, and their validation.
 
+pub mod cache;
 pub mod client;
 pub mod limits;
 pub mod prompt;
@@ -59,6 +61,7 @@ struct Meter<'a> {
     budget: Option<Budget>,
     failed: &'a UsageMeter,
     answered: bool,
+    cache_hits: u64,
 }
 
 impl<'a> Meter<'a> {
@@ -70,6 +73,7 @@ impl<'a> Meter<'a> {
             budget,
             failed,
             answered: false,
+            cache_hits: 0,
         }
     }
 
@@ -98,11 +102,13 @@ impl<'a> Meter<'a> {
         Ok(())
     }
 
-    fn add(&mut self, tokens: Tokens) {
+    /// Counts one call answered by `reply` (a cache hit counts as a call with no tokens).
+    fn add(&mut self, reply: &client::Completion) {
         self.calls += 1;
-        self.tokens.prompt += tokens.prompt;
-        self.tokens.completion += tokens.completion;
-        self.tokens.cached += tokens.cached;
+        self.cache_hits += u64::from(reply.cache_hit);
+        self.tokens.prompt += reply.tokens.prompt;
+        self.tokens.completion += reply.tokens.completion;
+        self.tokens.cached += reply.tokens.cached;
     }
 
     /// The usage entry of this step's calls: its model's (docs/kinds.md#usage).
@@ -113,7 +119,7 @@ impl<'a> Meter<'a> {
             completion_tokens: self.tokens.completion,
             cached_tokens: self.tokens.cached,
             calls: self.calls,
-            cache_hits: 0,
+            cache_hits: self.cache_hits,
             cost: self.model.cost(self.tokens),
         }
     }
@@ -269,7 +275,7 @@ impl Call<'_> {
             .model
             .chat(&self.messages(None), None, self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         Ok(reply.content)
     }
 
@@ -291,7 +297,7 @@ impl Call<'_> {
         let reply = model
             .chat(&messages, format.clone(), self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         let problem = match schema.check(&reply.content) {
             Ok(value) => return Ok(value),
             Err(problem) => problem,
@@ -312,7 +318,7 @@ impl Call<'_> {
         let reply = model
             .chat(&messages, format, self.timeout, self.max_bytes)
             .await?;
-        meter.add(reply.tokens);
+        meter.add(&reply);
         schema
             .check(&reply.content)
             .map_err(|problem| StepError::Fatal {
