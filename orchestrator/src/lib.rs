@@ -518,7 +518,8 @@ impl Orchestrator {
         let inline = kind.inline_plan(&input);
         let meter = task.usage.clone();
         let name = task.kind.clone();
-        let planned = kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await;
+        let planned =
+            kinds::run_kind_code_retrying(inline, "plan", move || kind.plan(&task, &input)).await;
         let (entries, refused) = match self.checked_plan(&name, planned) {
             Ok(entries) => (Some(entries), None),
             Err(reason) => (None, Some(reason)),
@@ -715,7 +716,8 @@ impl Orchestrator {
             subtasks: Vec::new(),
         };
         let meter = task.usage.clone();
-        let planned = kinds::run_kind_code(inline, move || kind.plan(&task, &input)).await;
+        let planned =
+            kinds::run_kind_code_retrying(inline, "plan", move || kind.plan(&task, &input)).await;
         let mut used = carried;
         usage::merge(&mut used, meter.take());
         match self.checked_plan(&record.kind, planned) {

@@ -346,6 +346,12 @@ async fn models_plan_draft_review_and_synthesize_through_the_services() {
     let told = repairs[0]["messages"][3]["content"].as_str().unwrap();
     assert!(told.contains("/subtasks/0/worker_type"), "{told}");
 
+    // A planner whose provider fails twice (HTTP 500) is run again and the task goes on.
+    let input = json!({"marker": "[plan:flaky]", "topic": "outages"});
+    let (code, outcome) = run(&env, "brief", &input, &[]).await;
+    assert_eq!(code, 0, "{outcome}");
+    assert_eq!(requests_with(server.port, "[plan:flaky]").await.len(), 3);
+
     // Invalid twice: the task is rejected with the validation error.
     let input = json!({"marker": "[plan:invalid]", "topic": "x"});
     let (code, outcome) = run(&env, "brief", &input, &[]).await;

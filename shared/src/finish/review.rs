@@ -40,14 +40,15 @@ impl Finisher {
         let outputs = outputs.to_vec();
         let mut view = task.clone();
         view.subtasks = subtasks;
-        let reviewed =
-            match kinds::run_kind_code(inline, move || kind.review(&view, &input, &outputs, round))
-                .await
-            {
-                Ok(Ok(reviewed)) => reviewed,
-                Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
-                Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
-            };
+        let reviewed = match kinds::run_kind_code_retrying(inline, "review", move || {
+            kind.review(&view, &input, &outputs, round)
+        })
+        .await
+        {
+            Ok(Ok(reviewed)) => reviewed,
+            Ok(Err(error)) => return Err(format!("review of round {round} failed: {error}")),
+            Err(panic) => return Err(format!("review of round {round} panicked: {panic}")),
+        };
         let Some(entries) = reviewed.filter(|entries| !entries.is_empty()) else {
             return Ok(false);
         };

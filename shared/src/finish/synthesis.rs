@@ -286,11 +286,20 @@ impl Finisher {
         let (kind, inline) = self.kind_for(record, outputs.len())?;
         let input = record.input.clone();
         let task = task.clone();
-        match kinds::run_kind_code(inline, move || {
-            kind.synthesize(&task, &input, outputs, &failures)
-        })
-        .await
-        {
+        let ran = if kind.calls_out() {
+            // Each run consumes its outputs: kept to run again after a retryable failure.
+            let outputs = Arc::new(outputs);
+            kinds::run_kind_code_retrying(inline, "synthesis", move || {
+                kind.synthesize(&task, &input, outputs.as_ref().clone(), &failures)
+            })
+            .await
+        } else {
+            kinds::run_kind_code(inline, move || {
+                kind.synthesize(&task, &input, outputs, &failures)
+            })
+            .await
+        };
+        match ran {
             Ok(Ok(output)) => Ok(output),
             Ok(Err(error)) => Err(format!("synthesis failed: {error}")),
             Err(panic) => Err(format!("synthesis panicked: {panic}")),

@@ -88,6 +88,13 @@ pub trait DynKind: Send + Sync {
         failures: &[(String, String)],
     ) -> Result<rmpv::Value, KindError>;
 
+    /// Whether its plan, review or synthesis may fail for a while and then work (it calls an
+    /// external step: a process, an HTTP endpoint, a model), so a retryable failure is worth
+    /// running again ([`super::run_kind_code_retrying`]). Default: `false` (Rust code).
+    fn calls_out(&self) -> bool {
+        false
+    }
+
     /// Names this definition of the kind, as the services announce it: two services whose
     /// fingerprints of a kind differ run different code for it (docs/operations.md, "Rolling
     /// out a kind"). Default: `rust:<name>:<Chorus version>` ([`super::kind::rust_fingerprint`]).

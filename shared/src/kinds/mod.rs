@@ -35,12 +35,14 @@ mod error;
 mod kind;
 mod plan;
 mod registry;
+mod retry;
 
 pub use context::{HandlerContext, Spawned};
 pub use error::KindError;
 pub use kind::Kind;
 pub use plan::{Plan, Planned, Review, Work};
 pub use registry::Registry;
+pub use retry::{run_kind_code_retrying, KIND_CODE_ATTEMPTS, MAX_KIND_CODE_WAIT};
 
 // Used by the services, not by kind authors.
 pub use erased::{

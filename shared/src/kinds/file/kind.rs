@@ -377,6 +377,10 @@ impl DynKind for FileKind {
         self.description.as_deref()
     }
 
+    fn calls_out(&self) -> bool {
+        true
+    }
+
     fn fingerprint(&self) -> String {
         self.fingerprint.clone()
     }
