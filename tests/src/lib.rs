@@ -24,6 +24,7 @@ use lapin::{
 };
 
 pub mod fault;
+pub mod servers;
 
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);
