@@ -150,7 +150,7 @@ async fn s21_a_worker_killed_mid_llm_calls_counts_every_subtask_s_tokens_once() 
     // The calls leave as the handlers start; 300 ms into their 1 s they are at the provider.
     tokio::time::sleep(Duration::from_millis(300)).await;
     env.kill(victim);
-    spawn_worker(&mut env, file, &concurrency.to_string());
+    let replacement = spawn_worker(&mut env, file, &concurrency.to_string());
     let killed = outcome(&mut replies, "s21-kill").await;
     let answered = answered_since(&provider, before).await;
     eprintln!(
@@ -185,9 +185,54 @@ async fn s21_a_worker_killed_mid_llm_calls_counts_every_subtask_s_tokens_once() 
         "{} calls for {n} subtasks with {concurrency} in flight at the kill",
         answered.requests
     );
-    // CACHE: with the call cache (temperature 0), a call answered before the kill is answered
-    // from Redis when its subtask runs again: the bound becomes `n` + the calls still waiting
-    // for the provider at the kill, and stats count the repeats as `cache_hits`.
+
+    // A worker that aborts right after publishing a result, before its ack: that subtask runs
+    // again elsewhere and its result (with its usage) reaches the synthesizer twice.
+    let before = katan_counts(provider.port).await;
+    let concurrency_text = concurrency.to_string();
+    let mut args = vec!["--kinds-file", file, "--concurrency", &concurrency_text];
+    args.extend_from_slice(&RETRIES);
+    let abort = [
+        KEY[0],
+        ("CHORUS_FAILPOINTS", "worker.after-publish-result=abort"),
+    ];
+    let aborting = env.spawn_with("chorus-worker", &args, &abort);
+    client.wait_for_consumers("chorus.subtasks", 2).await;
+    env.kill(replacement);
+    submit(&client, &reply_to, "s21-abort", &items(2000, n), json!({})).await;
+    let deadline = Instant::now() + DEADLINE;
+    while env.is_running(aborting) {
+        assert!(Instant::now() < deadline, "the failpoint never fired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    spawn_worker(&mut env, file, &concurrency.to_string());
+    let aborted = outcome(&mut replies, "s21-abort").await;
+    let answered = answered_since(&provider, before).await;
+    let (_, status) = env.cli(&["status", "s21-abort"]).await;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    eprintln!(
+        "[s21 worker abort after publishing a result] {n} subtasks: provider answered {} calls, {} duplicate results; stats {}",
+        answered.requests, status["duplicate_results"], aborted["stats"]["tokens"]
+    );
+    assert_eq!(aborted["status"], "succeeded", "{aborted}");
+    assert!(
+        status["duplicate_results"].as_u64().unwrap() >= 1,
+        "{status}"
+    );
+    assert_eq!(
+        aborted["stats"]["tokens"], base["stats"]["tokens"],
+        "{aborted}"
+    );
+    assert_eq!(aborted["stats"]["cost"], base["stats"]["cost"], "{aborted}");
+    assert!(
+        (n + 1..=n + concurrency).contains(&answered.requests),
+        "{} calls for {n} subtasks, a result published before the abort",
+        answered.requests
+    );
+    // CACHE: with the call cache (temperature 0), a call answered before the crash is answered
+    // from Redis when its subtask runs again: the provider's count becomes `n` + the calls
+    // still waiting for it at the crash (here and above; `n` exactly where the crash came
+    // after every call had its answer), and stats count the repeats as `cache_hits`.
 }
 
 /// The distinct subtasks a worker's log shows answered 429.
