@@ -115,59 +115,98 @@ async fn answered_since(server: &Server, before: KatanCounts) -> KatanCounts {
     }
 }
 
+/// Scenario 21's services, provider and outcomes.
+struct Scene {
+    env: TestEnv,
+    client: RawClient,
+    reply_to: String,
+    replies: lapin::Consumer,
+    provider: Server,
+    file: String,
+}
+
+impl Scene {
+    /// Runs `items` as task `id`; its outcome, and what the provider answered meanwhile.
+    async fn run(&mut self, id: &str, items: &[String]) -> (Value, KatanCounts) {
+        let before = katan_counts(self.provider.port).await;
+        submit(&self.client, &self.reply_to, id, items, json!({})).await;
+        let outcome = outcome(&mut self.replies, id).await;
+        (outcome, answered_since(&self.provider, before).await)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn s21_a_worker_killed_mid_llm_calls_counts_every_subtask_s_tokens_once() {
     // 1 s per call, and room for every call at once (llm-katan serves one at a time by default).
     let provider = katan(&["--latency-ms", "1000", "--max-concurrent", "64"]).await;
     let mut env = TestEnv::new("s21").await;
-    let file = kinds_file(&env, provider.port);
-    let file = file.to_str().unwrap();
-    let (client, reply_to, mut replies) = start_services(&mut env, file).await;
-    let (n, concurrency) = (8_u64, 4_u64);
-    let victim = spawn_worker(&mut env, file, &concurrency.to_string());
-    client.wait_for_consumers("chorus.subtasks", 1).await;
+    let file = kinds_file(&env, provider.port).to_str().unwrap().to_owned();
+    let (client, reply_to, replies) = start_services(&mut env, &file).await;
+    let mut scene = Scene {
+        env,
+        client,
+        reply_to,
+        replies,
+        provider,
+        file,
+    };
+    let victim = spawn_worker(&mut scene.env, &scene.file, &S21_CONCURRENCY.to_string());
+    scene.client.wait_for_consumers("chorus.subtasks", 1).await;
 
     // Without faults: the task's stats count what the provider answered, call for call.
-    let before = katan_counts(provider.port).await;
-    submit(&client, &reply_to, "s21-base", &items(0, n), json!({})).await;
-    let base = outcome(&mut replies, "s21-base").await;
-    let answered = answered_since(&provider, before).await;
+    let (base, answered) = scene.run("s21-base", &items(0, S21_N)).await;
     assert_eq!(base["status"], "succeeded", "{base}");
     let tokens = &base["stats"]["tokens"]["echo"];
-    assert_eq!(tokens["calls"], n, "{base}");
-    assert_eq!(answered.requests, n);
+    assert_eq!(tokens["calls"], S21_N, "{base}");
+    assert_eq!(answered.requests, S21_N);
     assert_eq!(tokens["prompt"], answered.prompt_tokens, "{base}");
     assert_eq!(tokens["completion"], answered.completion_tokens, "{base}");
 
-    // The same number of items of the same word count (so the same usage per call), other
-    // values (so a call cache could not answer them from the run above): the victim is
-    // SIGKILLed while all its slots wait for the provider.
-    let mut running = client.events("subtask.running").await;
-    let before = katan_counts(provider.port).await;
+    let replacement = killed_mid_call(&mut scene, victim, &base).await;
+    aborted_after_publishing(&mut scene, replacement, &base).await;
+    // CACHE: with the call cache (temperature 0), a call answered before the crash is answered
+    // from Redis when its subtask runs again: the provider's count becomes `n` + the calls
+    // still waiting for it at the crash (`n` exactly after the abort, which comes once every
+    // call of the worker had its answer), and stats count the repeats as `cache_hits`.
+}
+
+/// Subtasks per task of scenario 21, and each worker's concurrency (and prefetch).
+const S21_N: u64 = 8;
+const S21_CONCURRENCY: u64 = 4;
+
+/// Scenario 21's SIGKILL: the same number of items of the same word count as the fault-free
+/// `base` (so the same usage per call), other values (so a call cache could not answer them
+/// from it); the `victim` is SIGKILLed while all its slots wait for the provider. Returns the
+/// index of the worker started in its place.
+async fn killed_mid_call(scene: &mut Scene, victim: usize, base: &Value) -> usize {
+    let (n, concurrency) = (S21_N, S21_CONCURRENCY);
+    let mut running = scene.client.events("subtask.running").await;
     let options = json!({"subtask_events": true});
-    submit(&client, &reply_to, "s21-kill", &items(1000, n), options).await;
+    let before = katan_counts(scene.provider.port).await;
+    submit(
+        &scene.client,
+        &scene.reply_to,
+        "s21-kill",
+        &items(1000, n),
+        options,
+    )
+    .await;
     wait_for_running(&mut running, "s21-kill", concurrency as usize).await;
     // The calls leave as the handlers start; 300 ms into their 1 s they are at the provider.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    env.kill(victim);
-    let replacement = spawn_worker(&mut env, file, &concurrency.to_string());
-    let killed = outcome(&mut replies, "s21-kill").await;
-    let answered = answered_since(&provider, before).await;
+    scene.env.kill(victim);
+    let replacement = spawn_worker(&mut scene.env, &scene.file, &concurrency.to_string());
+    let killed = outcome(&mut scene.replies, "s21-kill").await;
+    let answered = answered_since(&scene.provider, before).await;
     eprintln!(
         "[s21 worker SIGKILL mid-LLM-calls] {n} subtasks, {concurrency} calls in flight at the kill: provider answered {} calls; stats {}",
         answered.requests, killed["stats"]["tokens"]
     );
-
     assert_eq!(killed["status"], "succeeded", "{killed}");
     let outputs = killed["output"].as_array().unwrap();
     for (output, item) in outputs.iter().zip(items(1000, n)) {
-        assert!(
-            output
-                .as_str()
-                .unwrap()
-                .contains(&format!("User: Say {item}")),
-            "{killed}"
-        );
+        let said = format!("User: Say {item}");
+        assert!(output.as_str().unwrap().contains(&said), "{killed}");
     }
     // Every subtask's usage counted exactly once: the same totals (and cost) as without the
     // kill, although the provider answered more calls.
@@ -185,40 +224,55 @@ async fn s21_a_worker_killed_mid_llm_calls_counts_every_subtask_s_tokens_once() 
         "{} calls for {n} subtasks with {concurrency} in flight at the kill",
         answered.requests
     );
+    replacement
+}
 
-    // A worker that aborts right after publishing a result, before its ack: that subtask runs
-    // again elsewhere and its result (with its usage) reaches the synthesizer twice.
-    let before = katan_counts(provider.port).await;
+/// Scenario 21's abort: a worker that aborts right after publishing a result, before its ack
+/// (the only worker, `replacement` stopped): that subtask runs again elsewhere and its result,
+/// with its usage, reaches the synthesizer twice.
+async fn aborted_after_publishing(scene: &mut Scene, replacement: usize, base: &Value) {
+    let (n, concurrency) = (S21_N, S21_CONCURRENCY);
     let concurrency_text = concurrency.to_string();
-    let mut args = vec!["--kinds-file", file, "--concurrency", &concurrency_text];
+    let mut args = vec![
+        "--kinds-file",
+        &scene.file,
+        "--concurrency",
+        &concurrency_text,
+    ];
     args.extend_from_slice(&RETRIES);
     let abort = [
         KEY[0],
         ("CHORUS_FAILPOINTS", "worker.after-publish-result=abort"),
     ];
-    let aborting = env.spawn_with("chorus-worker", &args, &abort);
-    client.wait_for_consumers("chorus.subtasks", 2).await;
-    env.kill(replacement);
-    submit(&client, &reply_to, "s21-abort", &items(2000, n), json!({})).await;
+    let aborting = scene.env.spawn_with("chorus-worker", &args, &abort);
+    scene.client.wait_for_consumers("chorus.subtasks", 2).await;
+    scene.env.kill(replacement);
+    let before = katan_counts(scene.provider.port).await;
+    submit(
+        &scene.client,
+        &scene.reply_to,
+        "s21-abort",
+        &items(2000, n),
+        json!({}),
+    )
+    .await;
     let deadline = Instant::now() + DEADLINE;
-    while env.is_running(aborting) {
+    while scene.env.is_running(aborting) {
         assert!(Instant::now() < deadline, "the failpoint never fired");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    spawn_worker(&mut env, file, &concurrency.to_string());
-    let aborted = outcome(&mut replies, "s21-abort").await;
-    let answered = answered_since(&provider, before).await;
-    let (_, status) = env.cli(&["status", "s21-abort"]).await;
+    spawn_worker(&mut scene.env, &scene.file, &concurrency_text);
+    let aborted = outcome(&mut scene.replies, "s21-abort").await;
+    let answered = answered_since(&scene.provider, before).await;
+    let (_, status) = scene.env.cli(&["status", "s21-abort"]).await;
     let status: Value = serde_json::from_str(&status).unwrap();
     eprintln!(
         "[s21 worker abort after publishing a result] {n} subtasks: provider answered {} calls, {} duplicate results; stats {}",
         answered.requests, status["duplicate_results"], aborted["stats"]["tokens"]
     );
     assert_eq!(aborted["status"], "succeeded", "{aborted}");
-    assert!(
-        status["duplicate_results"].as_u64().unwrap() >= 1,
-        "{status}"
-    );
+    let duplicates = status["duplicate_results"].as_u64().unwrap();
+    assert!(duplicates >= 1, "{status}");
     assert_eq!(
         aborted["stats"]["tokens"], base["stats"]["tokens"],
         "{aborted}"
@@ -229,10 +283,6 @@ async fn s21_a_worker_killed_mid_llm_calls_counts_every_subtask_s_tokens_once() 
         "{} calls for {n} subtasks, a result published before the abort",
         answered.requests
     );
-    // CACHE: with the call cache (temperature 0), a call answered before the crash is answered
-    // from Redis when its subtask runs again: the provider's count becomes `n` + the calls
-    // still waiting for it at the crash (here and above; `n` exactly where the crash came
-    // after every call had its answer), and stats count the repeats as `cache_hits`.
 }
 
 /// The distinct subtasks a worker's log shows answered 429.
