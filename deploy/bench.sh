@@ -2,7 +2,8 @@
 # Runs the Chorus benchmark (bench/): a private RabbitMQ + Redis of its own (installed if
 # missing), the release binaries, then chorus-bench, which measures the raw broker baseline and
 # Chorus side by side and writes bench/results/latest.json. Arguments go to chorus-bench
-# (e.g. --sizes 1000,10000 --repeat 1 for a quick run, --steps-only for the kinds-file figures).
+# (e.g. --sizes 1000,10000 --repeat 1 for a quick run, --steps-only for the kinds-file figures,
+# --llm-only for the LLM-call figures against llm-katan, which deploy/llm-katan.sh installs).
 #
 # Settings (environment): CHORUS_BENCH_STATE_DIR (default <repo>/.chorus/bench),
 # CHORUS_BENCH_AMQP_PORT (5700), CHORUS_BENCH_REDIS_PORT (6450).
@@ -22,16 +23,19 @@ eval "$("$SCRIPT_DIR/services.sh" env)"
 export CHORUS_AMQP_URL CHORUS_REDIS_URL
 
 cargo build --release --workspace --bins
+LLM_KATAN="$("$SCRIPT_DIR/llm-katan.sh")"
 mkdir -p bench/results
 # --steps-only measures the kinds-file figures alone: they go to steps.json, steps.txt and
-# steps-machine.txt, leaving the full run's latest.* and machine.txt as they are.
+# steps-machine.txt, leaving the full run's latest.* and machine.txt as they are; --llm-only
+# likewise to llm.json, llm.txt and llm-machine.txt.
 NAME=latest MACHINE=machine
 for arg in "$@"; do
     if [ "$arg" = --steps-only ]; then NAME=steps MACHINE=steps-machine; fi
+    if [ "$arg" = --llm-only ]; then NAME=llm MACHINE=llm-machine; fi
 done
 {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
     echo "rabbitmq: $("$SCRIPT_DIR/services.sh" rabbitmqctl version 2>/dev/null || echo '?'), redis: $(redis-server --version | awk '{ print $3 }')"
 } | tee "bench/results/$MACHINE.txt"
 BIN_DIR="${CARGO_TARGET_DIR:-target}/release"
-"$BIN_DIR/chorus-bench" --bin-dir "$BIN_DIR" --out "bench/results/$NAME.json" "$@" | tee "bench/results/$NAME.txt"
+"$BIN_DIR/chorus-bench" --bin-dir "$BIN_DIR" --llm-katan "$LLM_KATAN" --out "bench/results/$NAME.json" "$@" | tee "bench/results/$NAME.txt"

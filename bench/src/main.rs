@@ -4,6 +4,7 @@
 //! worker processes. Prints one table and writes it as JSON. `deploy/bench.sh` runs it against
 //! a private RabbitMQ and Redis.
 
+mod llm;
 mod raw;
 mod steps;
 
@@ -114,6 +115,23 @@ struct Cli {
     /// Run only the "kinds without Rust" measurement.
     #[arg(long)]
     steps_only: bool,
+    /// Calls per round of the "LLM calls" measurement (llm-katan with injected latency, see
+    /// bench/src/llm.rs): plain, through the `llm` step, and a task of as many subtasks; 0
+    /// skips it.
+    #[arg(long, default_value_t = 400)]
+    llm_calls: usize,
+    /// Calls in flight at once in that measurement (the task's `max_concurrency` too).
+    #[arg(long, default_value_t = 16)]
+    llm_concurrency: usize,
+    /// Latency llm-katan adds to every call, ms (`--latency-ms`).
+    #[arg(long, default_value_t = 200)]
+    llm_latency_ms: u64,
+    /// The llm-katan executable (deploy/bench.sh passes the one deploy/llm-katan.sh installs).
+    #[arg(long, default_value = "llm-katan")]
+    llm_katan: PathBuf,
+    /// Run only the "LLM calls" measurement.
+    #[arg(long)]
+    llm_only: bool,
     /// Where to write the JSON table.
     #[arg(long, default_value = "bench-results.json")]
     out: PathBuf,
@@ -436,6 +454,12 @@ async fn main() -> Result<()> {
         )?;
         return Ok(());
     }
+    if cli.llm_only {
+        let table = llm::measure(&cli).await?;
+        llm::print(&table);
+        write_json(&cli.out, &json!({ "llm_calls": table }))?;
+        return Ok(());
+    }
     if cli.steps_only {
         let table = steps::measure(&cli).await?;
         steps::print(&table);
@@ -460,6 +484,11 @@ async fn main() -> Result<()> {
     } else {
         None
     };
+    let llm_calls = if cli.llm_calls > 0 {
+        Some(llm::measure(&cli).await?)
+    } else {
+        None
+    };
 
     print_throughput(&cli, baseline_stat, &rows, &batched_rows);
     println!();
@@ -467,6 +496,9 @@ async fn main() -> Result<()> {
     print_scale_out(&scale);
     if let Some(table) = &kinds_without_rust {
         steps::print(table);
+    }
+    if let Some(table) = &llm_calls {
+        llm::print(table);
     }
     let table = json!({
         "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
@@ -479,6 +511,7 @@ async fn main() -> Result<()> {
         "latency_over_floor": over,
         "scale_out": scale,
         "kinds_without_rust": kinds_without_rust,
+        "llm_calls": llm_calls,
     });
     write_json(&cli.out, &table)?;
     println!("\nwritten to {}", cli.out.display());

@@ -25,7 +25,7 @@ use lapin::{
 
 pub mod deploy;
 pub mod fault;
-pub mod llm;
+pub mod servers;
 
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);

@@ -4,66 +4,21 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use chorus_tests::servers::{free_port, Server};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 
-/// A running HTTP server script, killed on drop, with the port it listens on.
-struct Server {
-    child: Child,
-    port: u16,
+/// The steps tests' endpoint (/429 with Retry-After: 3, /500, ...) on a free port.
+fn steps_fixture() -> Server {
+    Server::python(&repo_dir().join("tests/fixtures/steps/http_server.py"), &[])
 }
 
-impl Server {
-    /// The steps tests' endpoint (/429 with Retry-After: 3, /500, ...): picks a free port.
-    fn steps_fixture() -> Self {
-        let script = repo_dir().join("tests/fixtures/steps/http_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-        Self { child, port }
-    }
-
-    /// The word-count example's endpoint (examples/kinds/server.py) on a free port.
-    fn example() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new("python3")
-            .arg(repo_dir().join("examples/kinds/server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert!(line.starts_with("listening"), "{line}");
-        Self { child, port }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
+/// The word-count example's endpoint (examples/kinds/server.py) on a free port.
+fn example() -> Server {
+    let port = free_port().to_string();
+    Server::python(&repo_dir().join("examples/kinds/server.py"), &[&port])
 }
 
 /// A kinds file for the tests in a fresh directory: `scripted` (command planner, review and
@@ -174,7 +129,7 @@ async fn the_csv_stats_example_computes_exact_statistics_with_a_pool_handler() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_step_type_runs_through_the_services() {
-    let (http, words) = (Server::steps_fixture(), Server::example());
+    let (http, words) = (steps_fixture(), example());
     let mut env = TestEnv::new("kindssteps").await;
     start(&mut env, &kinds_file(&http, &words));
     // Command planner and synthesis; call and pool handlers; depends_on; a spawn; a child.
@@ -237,7 +192,7 @@ async fn every_step_type_runs_through_the_services() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failures_are_classified_the_same_for_every_step() {
-    let (http, words) = (Server::steps_fixture(), Server::example());
+    let (http, words) = (steps_fixture(), example());
     let mut env = TestEnv::new("kindsfail").await;
     start(&mut env, &kinds_file(&http, &words));
     // The failing subtask "0" beside one that succeeds, so that the synthesis runs (with
@@ -367,7 +322,7 @@ async fn gone(pid: u32, within: Duration) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hang_times_out_and_a_cancellation_stops_a_pool_call_with_its_process_group() {
-    let (http, words) = (Server::steps_fixture(), Server::example());
+    let (http, words) = (steps_fixture(), example());
     let mut env = TestEnv::new("kindshang").await;
     start(&mut env, &kinds_file(&http, &words));
     let dir = std::env::temp_dir().join(format!("chorus-hang-{}", uuid::Uuid::new_v4().simple()));

@@ -6,101 +6,20 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chorus_shared::steps::llm::Catalog;
 use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
-use chorus_tests::{repo_dir, TestEnv};
+use chorus_tests::servers::{katan, scripted};
+use chorus_tests::TestEnv;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 /// The environment variable the tests' providers read their API key from (llm-katan wants an
 /// `Authorization` header).
 const KEY_VAR: &str = "CHORUS_TEST_LLM_KEY";
-
-/// A server process, killed on drop, and its port.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    // The tests of this file run at once: a port the OS hands out again after its probe closed
-    // would put two servers on one port, and the second's test would talk to the first. So no
-    // port is handed out twice here.
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// The scripted test server on a free port.
-fn scripted() -> Server {
-    let mut child = Command::new("python3")
-        .arg(repo_dir().join("tests/fixtures/llm/scripted_server.py"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    Server { child, port }
-}
-
-/// llm-katan (echo backend, model `gpt-test`) on a free port with `flags`, once it answers.
-async fn katan(flags: &[&str]) -> Server {
-    let output = Command::new(repo_dir().join("deploy/llm-katan.sh"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "deploy/llm-katan.sh failed");
-    let program = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let port = free_port();
-    let stats = std::env::temp_dir().join(format!("katan-{}.json", uuid::Uuid::new_v4().simple()));
-    let child = Command::new(program)
-        .args(["--model", "echo", "--backend", "echo", "--name", "gpt-test"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--stats-file",
-            stats.to_str().unwrap(),
-            "--disable-dashboard",
-        ])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "llm-katan did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
-}
 
 /// An `llm` handler step on model `gpt-test` at `port`, built as a kinds file would.
 fn katan_step(port: u16) -> Step {

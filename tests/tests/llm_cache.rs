@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chorus_tests::llm::{katan, katan_requests, scripted, scripted_requests};
+use chorus_tests::servers::{katan, katan_requests, scripted, scripted_requests};
 use chorus_tests::TestEnv;
 use serde_json::{json, Value};
 

@@ -6,49 +6,12 @@
 //! step sends, and echoes everything else.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
-
+use chorus_tests::servers::{scripted, scripted_requests as requests};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 
 /// What the scripted server asks a redone subtask to add (scripted_server.py `FEEDBACK`).
 const FEEDBACK: &str = "SCRIPTED-FEEDBACK: add figures";
-
-/// The scripted server, killed on drop.
-struct Scripted {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-fn scripted() -> Scripted {
-    let mut child = Command::new("python3")
-        .arg(repo_dir().join("tests/fixtures/llm/scripted_server.py"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    Scripted { child, port }
-}
-
-/// Every request body the server received.
-async fn requests(port: u16) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{port}/requests");
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    serde_json::from_str(&text).unwrap()
-}
 
 /// The user message of a request.
 fn prompt(body: &Value) -> &str {

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chorus_shared::steps::llm::limits::{Field, MAX_THROTTLED_TRIES};
@@ -16,6 +15,7 @@ use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
 use chorus_shared::store::Store;
+use chorus_tests::servers::{katan, scripted};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -23,103 +23,8 @@ use tokio_util::sync::CancellationToken;
 /// The environment variable the providers read their API key from (llm-katan wants one).
 const KEY_VAR: &str = "CHORUS_TEST_LLM_KEY";
 
-/// A server process, killed on drop, its port and its log.
-struct Server {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-impl Server {
-    /// How many requests it refused with `status` (llm-katan logs `| <status> | simulated`).
-    fn refused(&self, status: u16) -> usize {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let needle = format!("| {status} | simulated");
-        text.lines().filter(|line| line.contains(&needle)).count()
-    }
-}
-
-/// A free port on 127.0.0.1, never the same twice in this file (its tests run at once).
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap();
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
-
-/// llm-katan (echo backend, model `gpt-test`) on a free port with `flags`, once it answers.
-async fn katan(flags: &[&str]) -> Server {
-    let output = Command::new(repo_dir().join("deploy/llm-katan.sh"))
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "deploy/llm-katan.sh failed");
-    let program = String::from_utf8(output.stdout).unwrap().trim().to_owned();
-    let port = free_port();
-    let name = uuid::Uuid::new_v4().simple().to_string();
-    let stats = std::env::temp_dir().join(format!("katan-{name}.json"));
-    let log = std::env::temp_dir().join(format!("katan-{name}.log"));
-    let child = Command::new(program)
-        .args(["--model", "echo", "--backend", "echo", "--name", "gpt-test"])
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--stats-file",
-            stats.to_str().unwrap(),
-            "--disable-dashboard",
-        ])
-        .args(flags)
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let server = Server { child, port, log };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "llm-katan did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    server
-}
-
-/// The scripted test server on a free port.
-fn scripted() -> Server {
-    let mut child = Command::new("python3")
-        .arg(repo_dir().join("tests/fixtures/llm/scripted_server.py"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    Server {
-        child,
-        port,
-        log: PathBuf::new(),
-    }
-}
-
-/// A kinds file: kind `echo` (default planner: one subtask per item; an llm handler) on model
-/// `echo` at `base_url` with `limits` (TOML lines of `[models.echo]`), and kind `open` the same
-/// on model `open`, without limits.
+/// A kinds file with models `echo` (with `limits`) and `open` (none) at `base_url`, and a kind
+/// of each whose handler sends `prompt`.
 fn kinds_file(base_url: &str, limits: &str, prompt: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("chorus-lim-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();

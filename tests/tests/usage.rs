@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use chorus_tests::servers::{scripted, scripted_requests as requests};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 
@@ -137,43 +138,6 @@ async fn a_spent_token_budget_fails_the_task_or_leaves_it_partial() {
         outcome["stats"]["tokens"]["writer"]["calls"], 3,
         "{outcome}"
     );
-}
-
-/// The SCRIPTED test server (tests/fixtures/llm/scripted_server.py, canned completions, usage
-/// = words) on a free port, killed on drop.
-struct Scripted {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for Scripted {
-    fn drop(&mut self) {
-        drop(self.child.kill());
-        drop(self.child.wait());
-    }
-}
-
-fn scripted() -> Scripted {
-    let mut child = std::process::Command::new("python3")
-        .arg(repo_dir().join("tests/fixtures/llm/scripted_server.py"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
-    Scripted { child, port }
-}
-
-/// Every request body the scripted server received.
-async fn requests(port: u16) -> Vec<Value> {
-    let url = format!("http://127.0.0.1:{port}/requests");
-    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-    serde_json::from_str(&text).unwrap()
 }
 
 /// Prompt tokens of `bodies` as the scripted server counts them: the words of every message.
