@@ -17,7 +17,6 @@ SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
 cd "$REPO_DIR"
 
-VENV_DIR="$REPO_DIR/.chorus/celery-venv"
 REQUIREMENTS="$REPO_DIR/bench/requirements-celery.txt"
 PYTHON="${PYTHON:-python3}"
 
@@ -43,25 +42,7 @@ command -v "$PYTHON" >/dev/null 2>&1 || {
     log "ERROR: $PYTHON is $("$PYTHON" --version 2>&1); Celery 5.7 needs Python >= 3.10"
     exit 1
 }
-if [[ ! -x "$VENV_DIR/bin/python" ]]; then
-    log "creating virtualenv .chorus/celery-venv"
-    mkdir -p "$(dirname "$VENV_DIR")"
-    if ! "$PYTHON" -m venv "$VENV_DIR" 2>/dev/null; then
-        # Debian's python3 keeps venv/ensurepip in a separate package.
-        rm -rf "$VENV_DIR"
-        log "installing python3-venv (apt-get)"
-        as_root apt-get update
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-venv
-        "$PYTHON" -m venv "$VENV_DIR"
-    fi
-fi
-STAMP="$VENV_DIR/.requirements.sha256"
-WANT="$(sha256sum "$REQUIREMENTS" | awk '{ print $1 }')"
-if [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]]; then
-    log "installing bench/requirements-celery.txt into .chorus/celery-venv"
-    "$VENV_DIR/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
-    printf '%s\n' "$WANT" >"$STAMP"
-fi
+VENV_DIR="$(PYTHON="$PYTHON" "$SCRIPT_DIR/venv.sh" celery "$REQUIREMENTS")"
 
 # ---- private RabbitMQ + Redis ----
 export CHORUS_STATE_DIR="${CHORUS_CELERY_STATE_DIR:-$REPO_DIR/.chorus/celery}"

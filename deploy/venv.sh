@@ -3,8 +3,8 @@
 # file: created on first use (python3-venv comes from apt-get when missing), its requirements
 # reinstalled when the file changes. Prints the virtualenv's directory.
 # Usage: deploy/venv.sh NAME REQUIREMENTS_FILE
-# Used by deploy/llm-katan.sh (the LLM test server) and deploy/deploy-lint.sh (the validators of
-# the deploy files).
+# Used by deploy/llm-katan.sh (the LLM test server), deploy/deploy-lint.sh (the validators of
+# the deploy files) and deploy/bench-celery.sh (Celery for the comparison benchmark).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
