@@ -98,6 +98,9 @@ struct Entry {
     prompt_tokens: u64,
     completion_tokens: u64,
     cached_tokens: u64,
+    /// Who paid for the call ([`super::origin`]); absent in entries of older versions.
+    #[serde(default)]
+    origin: Option<String>,
 }
 
 /// One call's place in the cache.
@@ -124,9 +127,11 @@ impl<'a> Slot<'a> {
         })
     }
 
-    /// The stored answer, as a completion that used no tokens; `None` on a miss, and when
-    /// Redis fails or holds something else than an answer there (logged, see [`warn`]).
-    pub(super) async fn lookup(&self, what: &str) -> Option<Completion> {
+    /// The stored answer; `None` on a miss, and when Redis fails or holds something else than
+    /// an answer there (logged, see [`warn`]). Asked by the `origin` that paid for it (the same
+    /// step run again after its service died before recording it), it is that paid call,
+    /// with its tokens; asked by anyone else, a cache hit that used no tokens.
+    pub(super) async fn lookup(&self, what: &str, origin: &str) -> Option<Completion> {
         let reply: Result<Option<Vec<u8>>, _> = redis::cmd("GET")
             .arg(&self.key)
             .query_async(&mut self.store.conn())
@@ -141,10 +146,22 @@ impl<'a> Slot<'a> {
         match serde_json::from_slice::<Entry>(&bytes) {
             Ok(entry) => {
                 tracing::debug!(key = %self.key, "{what} answered from the cache");
+                // The payer's own redo: its usage was never recorded (had it been, this run's
+                // result would be a duplicate, which is not counted), so it is counted now.
+                let payer = !origin.is_empty() && entry.origin.as_deref() == Some(origin);
+                let tokens = if payer {
+                    Tokens {
+                        prompt: entry.prompt_tokens,
+                        completion: entry.completion_tokens,
+                        cached: entry.cached_tokens,
+                    }
+                } else {
+                    Tokens::default()
+                };
                 Some(Completion {
                     content: entry.content,
-                    tokens: Tokens::default(),
-                    cache_hit: true,
+                    tokens,
+                    cache_hit: !payer,
                 })
             }
             Err(error) => {
@@ -157,12 +174,19 @@ impl<'a> Slot<'a> {
     /// Stores `completion` for the policy's ttl, unless its value would be larger than
     /// `max_bytes` (the answer limit: such an answer fails its step anyway). A Redis failure is
     /// logged ([`warn`]) and otherwise ignored.
-    pub(super) async fn store(&self, completion: &Completion, max_bytes: usize, what: &str) {
+    pub(super) async fn store(
+        &self,
+        completion: &Completion,
+        max_bytes: usize,
+        what: &str,
+        origin: &str,
+    ) {
         let entry = Entry {
             content: completion.content.clone(),
             prompt_tokens: completion.tokens.prompt,
             completion_tokens: completion.tokens.completion,
             cached_tokens: completion.tokens.cached,
+            origin: (!origin.is_empty()).then(|| origin.to_owned()),
         };
         let value = match serde_json::to_vec(&entry) {
             Ok(value) if value.len() <= max_bytes => value,

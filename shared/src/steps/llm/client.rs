@@ -275,7 +275,9 @@ impl Model {
     /// One Chat Completions call with `messages` (and `response_format` when given), under
     /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`. A
     /// cached model's identical call within its ttl is answered from the cache instead
-    /// ([`cache`]), without calling the provider.
+    /// ([`cache`]), without calling the provider. `origin` names who makes the call
+    /// ([`super::origin`]; empty: no one in particular), so that its own redo after a crash is
+    /// counted as the paid call it is.
     ///
     /// # Errors
     /// [`StepError`] as an `http` step classifies it (429/5xx/connection/timeout retryable);
@@ -286,6 +288,7 @@ impl Model {
         response_format: Option<Json>,
         timeout: Duration,
         max_bytes: usize,
+        origin: &str,
     ) -> Result<Completion, StepError> {
         let timeout = timeout.min(self.provider.timeout);
         let mut body = json!({"model": self.spec.model, "messages": messages});
@@ -306,7 +309,7 @@ impl Model {
         let cached = cache::Slot::new(self.store.get(), self.cache, url, &self.spec.model, &body);
         // A hit is looked up before the limits: it calls no provider, so it takes no slot.
         if let Some(slot) = cached.as_ref() {
-            if let Some(completion) = slot.lookup(&what).await {
+            if let Some(completion) = slot.lookup(&what, origin).await {
                 return Ok(completion);
             }
         }
@@ -334,7 +337,7 @@ impl Model {
             .map(|c| c.tokens.prompt + c.tokens.completion);
         self.settle(permit, used).await;
         if let (Ok(completion), Some(slot)) = (&completion, cached) {
-            slot.store(completion, max_bytes, &what).await;
+            slot.store(completion, max_bytes, &what, origin).await;
         }
         completion
     }

@@ -210,6 +210,7 @@ impl LlmStep {
             prompt,
             timeout,
             max_bytes,
+            origin: origin(&request),
         };
         let mut answer = match request.get("step").and_then(Json::as_str) {
             Some("plan") => call.structured(&self.plan, &mut meter).await?,
@@ -249,6 +250,8 @@ struct Call<'a> {
     prompt: String,
     timeout: Duration,
     max_bytes: usize,
+    /// Who makes the calls ([`origin`]).
+    origin: String,
 }
 
 impl Call<'_> {
@@ -273,7 +276,13 @@ impl Call<'_> {
         let reply = self
             .step
             .model
-            .chat(&self.messages(None), None, self.timeout, self.max_bytes)
+            .chat(
+                &self.messages(None),
+                None,
+                self.timeout,
+                self.max_bytes,
+                &self.origin,
+            )
             .await?;
         meter.add(&reply);
         Ok(reply.content)
@@ -295,7 +304,13 @@ impl Call<'_> {
         let format = Some(schema.response_format(structured));
         meter.check_budget()?;
         let reply = model
-            .chat(&messages, format.clone(), self.timeout, self.max_bytes)
+            .chat(
+                &messages,
+                format.clone(),
+                self.timeout,
+                self.max_bytes,
+                &self.origin,
+            )
             .await?;
         meter.add(&reply);
         let problem = match schema.check(&reply.content) {
@@ -316,7 +331,13 @@ impl Call<'_> {
         messages.push(json!({"role": "user", "content": repair}));
         meter.check_budget()?;
         let reply = model
-            .chat(&messages, format, self.timeout, self.max_bytes)
+            .chat(
+                &messages,
+                format,
+                self.timeout,
+                self.max_bytes,
+                &self.origin,
+            )
             .await?;
         meter.add(&reply);
         schema
@@ -329,6 +350,30 @@ impl Call<'_> {
                 crate::text::reason(&problem)
             ),
             })
+    }
+}
+
+/// Who makes a step's calls, from its request (docs/kinds.md#the-json-contract): a handler's
+/// attempt (`<task>/<subtask>/<attempt>`), or a planner's, review's (with its round) or
+/// synthesis's run (`<task>/<step>[/<round>]`). The same step run again after its service died
+/// before recording what it did has the same origin; a retry (the next attempt, whose request
+/// carries the failed attempt's usage) or another task has another.
+fn origin(request: &Json) -> String {
+    let part = |value: Option<&Json>| match value {
+        Some(Json::String(text)) => text.clone(),
+        Some(Json::Number(number)) => number.to_string(),
+        _ => String::new(),
+    };
+    let task = part(request.pointer("/task/id"));
+    let step = part(request.get("step"));
+    match step.as_str() {
+        "handle" => format!(
+            "{task}/{}/{}",
+            part(request.pointer("/subtask/id")),
+            part(request.get("attempt"))
+        ),
+        "review" => format!("{task}/review/{}", part(request.get("round"))),
+        _ => format!("{task}/{step}"),
     }
 }
 

@@ -4,8 +4,8 @@
 use serde_json::json;
 
 use super::prompt::Templates;
-use super::review_answer;
 use super::schema::Schema;
+use super::{origin, review_answer};
 
 #[test]
 fn templates_render_the_request_and_tolerate_missing_fields() {
@@ -89,4 +89,21 @@ fn a_verdict_becomes_the_contracts_review_answer() {
     );
     let schema = Schema::review().unwrap();
     assert!(schema.check(r#"{"accept": "yes"}"#).is_err());
+}
+
+#[test]
+fn a_steps_origin_names_its_attempt_or_run_so_only_its_own_redo_shares_it() {
+    let handle =
+        json!({"step": "handle", "task": {"id": "t"}, "subtask": {"id": "s1"}, "attempt": 2});
+    assert_eq!(origin(&handle), "t/s1/2");
+    let review = json!({"step": "review", "task": {"id": "t"}, "round": 1});
+    assert_eq!(origin(&review), "t/review/1");
+    assert_eq!(
+        origin(&json!({"step": "plan", "task": {"id": "t"}})),
+        "t/plan"
+    );
+    assert_eq!(
+        origin(&json!({"step": "synthesize", "task": {"id": "t"}})),
+        "t/synthesize"
+    );
 }

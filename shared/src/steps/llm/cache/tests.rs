@@ -113,6 +113,7 @@ fn stored_values_decode_and_anything_else_does_not() {
         prompt_tokens: 10,
         completion_tokens: 3,
         cached_tokens: 0,
+        origin: Some("t/s/1".to_owned()),
     };
     let bytes = serde_json::to_vec(&entry).unwrap();
     assert_eq!(serde_json::from_slice::<Entry>(&bytes).unwrap(), entry);
