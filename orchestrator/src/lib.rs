@@ -11,6 +11,7 @@ mod tests;
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
+    observe,
     amqp::{self, reply_target},
     config::{
         self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs,
@@ -63,6 +64,8 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub http: observe::HttpArgs,
+    #[command(flatten)]
     pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
@@ -97,6 +100,7 @@ impl Config {
     /// The first URL that does not parse (password hidden) or root that cannot be opened, as
     /// one line for the user.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.listen(observe::ORCHESTRATOR_LISTEN)?;
         self.connect.validate()?;
         self.files.roots().map(drop)
     }
@@ -121,8 +125,10 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&config.http, observe::ORCHESTRATOR_LISTEN, shutdown.clone())?;
     let store = Store::connect_service(&config.connect).await?;
     registry.attach_store(&store);
+    observe::health::attach_store(&store);
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
     let instance = services::instance_id();
     let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));

@@ -15,6 +15,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
+    observe,
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
     config::{self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, ShutdownArgs},
@@ -64,6 +65,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub http: observe::HttpArgs,
     #[command(flatten)]
     pub kinds: KindsArgs,
     #[command(flatten)]
@@ -138,6 +141,7 @@ impl Config {
     /// The first problem, as one line for the user: the URL's (password hidden),
     /// `--retry-base-delay-ms must not exceed --retry-max-delay-ms`, or the root's.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.listen(observe::WORKER_LISTEN)?;
         self.connect.validate()?;
         if self.retry_base_delay_ms > self.retry_max_delay_ms {
             return Err("--retry-base-delay-ms must not exceed --retry-max-delay-ms".to_owned());
@@ -211,10 +215,12 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&config.http, observe::WORKER_LISTEN, shutdown.clone())?;
     // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
     // settings (docs/protocol.md); the workers, often many, do not repeat it.
     let store = Store::connect_settings(&config.connect).await?;
     registry.attach_store(&store);
+    observe::health::attach_store(&store);
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
