@@ -11,7 +11,7 @@ mod tests;
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
-    observe,
+    observe::{self, metrics},
     amqp::{self, reply_target},
     config::{
         self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs,
@@ -358,6 +358,11 @@ impl Orchestrator {
                     .await?
             }
         };
+        if matches!(claim, Claim::New(_) | Claim::Planned { .. }) {
+            // Only the deployment's kinds are labels: a submitter's unknown name is not.
+            let known = self.registry.get(&request.kind).is_some();
+            metrics::task_submitted(if known { &request.kind } else { "(unknown)" });
+        }
         self.follow_claim(&id, claim, waiter.as_ref(), &resolved, ahead, small_wave)
             .await
     }

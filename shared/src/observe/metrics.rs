@@ -36,7 +36,8 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "chorus_dead_letters_total";
     /// Connections re-established after a loss, `{server="rabbitmq"|"redis"}`.
     pub const RECONNECTS: &str = "chorus_reconnects_total";
-    /// Seconds from a stored outcome to its confirmed delivery to waiters and events.
+    /// Seconds to deliver a finished task's outcome: published to every waiter and to
+    /// `chorus.events` with confirms, the parent told, the children cancelled, marked delivered.
     pub const OUTCOME_DELIVERY: &str = "chorus_outcome_delivery_seconds";
     /// Tokens of model calls, `{model,type="prompt"|"completion"|"cached"}`.
     pub const LLM_TOKENS: &str = "chorus_llm_tokens_total";
@@ -166,8 +167,13 @@ pub enum Settled {
     Retried,
 }
 
-/// An attempt of a subtask ended as `settled` after its handler ran `run_seconds`.
-pub fn subtask_settled(kind: &str, worker_type: &str, settled: Settled, run_seconds: f64) {
+/// The handler of a subtask's attempt ran `run_seconds`.
+pub fn subtask_ran(kind: &str, worker_type: &str, run_seconds: f64) {
+    histogram!(names::SUBTASK_RUN, &subtask_labels(kind, worker_type)).record(run_seconds);
+}
+
+/// An attempt of a subtask ended as `settled`.
+pub fn subtask_settled(kind: &str, worker_type: &str, settled: Settled) {
     let labels = subtask_labels(kind, worker_type);
     let name = match settled {
         Settled::Succeeded => names::SUBTASKS_SUCCEEDED,
@@ -175,7 +181,6 @@ pub fn subtask_settled(kind: &str, worker_type: &str, settled: Settled, run_seco
         Settled::Retried => names::SUBTASKS_RETRIED,
     };
     counter!(name, &labels).increment(1);
-    histogram!(names::SUBTASK_RUN, &labels).record(run_seconds);
 }
 
 /// The worker serves `worker_type` with `total` handler slots.

@@ -32,6 +32,8 @@ pub struct Finished {
     pub parent: Option<Vec<u8>>,
     /// Child tasks it started.
     pub children: Vec<String>,
+    /// The task's kind (as submitted; empty when unknown).
+    pub kind: String,
 }
 
 impl Store {
@@ -49,7 +51,14 @@ impl Store {
         let id = &outcome.id;
         let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (stored, parent, waiters, children): (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Vec<String>) =
+        #[allow(clippy::type_complexity)]
+        let (stored, parent, waiters, children, kind): (
+            Vec<u8>,
+            Vec<u8>,
+            Vec<Vec<u8>>,
+            Vec<String>,
+            String,
+        ) =
             STORE_OUTCOME
                 .key(keys.all(&[
                     Key::Task,
@@ -69,6 +78,7 @@ impl Store {
             waiters: decode_waiters(id, &waiters)?,
             parent: Some(parent).filter(|bytes| !bytes.is_empty()),
             children,
+            kind,
         })
     }
 
@@ -83,11 +93,15 @@ impl Store {
             self.task(id),
             self.children(id)
         )?;
+        let (parent, kind) = record.map_or((None, String::new()), |record| {
+            (record.parent, record.kind)
+        });
         Ok(outcome.map(|outcome| Finished {
             outcome,
             waiters,
-            parent: record.and_then(|record| record.parent),
+            parent,
             children,
+            kind,
         }))
     }
 

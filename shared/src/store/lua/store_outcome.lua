@@ -10,7 +10,7 @@
 -- ARGV[2]: outcome TTL, seconds
 -- ARGV[3]: finished, ms since the Unix epoch
 -- Returns: {stored outcome (the earlier one if there was one), encoded parent or '', waiters,
---   children}.
+--   children, kind or ''}.
 local TASK, OUTCOME, WAITERS, TYPES, CHILDREN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local FIRST_TO_DROP = 6
 
@@ -26,4 +26,4 @@ if not existing then
 end
 -- What delivery needs comes back with it; waiters read after the outcome is set miss none.
 return {existing, redis.call('HGET', TASK, 'parent') or '', redis.call('SMEMBERS', WAITERS),
-  redis.call('SMEMBERS', CHILDREN)}
+  redis.call('SMEMBERS', CHILDREN), redis.call('HGET', TASK, 'kind') or ''}
