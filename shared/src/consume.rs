@@ -400,6 +400,15 @@ where
         });
     }
     drain(&channel, consumer.tag(), &tracker, config).await;
+    // Closed here, answered, before the session closes its connection: a channel left to its
+    // drop asks for its close after the connection's, which lapin logs as a connection ERROR.
+    drop(
+        tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            channel.close(amqp::REPLY_SUCCESS, ShortString::from("bye")),
+        )
+        .await,
+    );
     let failed = intake.failure.lock().await.take();
     match failed {
         Some(error) if !shutdown.is_cancelled() => Err(error),

@@ -98,7 +98,8 @@ pub fn reason_class(reason: &str) -> &'static str {
         return class;
     }
     if reason.starts_with("failed after") {
-        if reason.contains("crash") || reason.contains("poison") {
+        // The worker's own words for a subtask that keeps taking its process down.
+        if reason.contains("times without finishing") {
             return "poison";
         }
         return "failed";

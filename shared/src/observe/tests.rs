@@ -28,6 +28,11 @@ fn reason_classes_are_bounded() {
         ("body is 9 bytes, over the limit of 1 bytes", "oversized"),
         ("unknown kind \"x\"; this deployment knows: a", "unknown-kind"),
         ("failed after 3 attempt(s): boom", "failed"),
+        ("failed after 1 attempt(s): injected poison", "failed"),
+        (
+            "failed after 3 attempt(s): started 3 times without finishing: its handler keeps crashing",
+            "poison",
+        ),
         ("anything else", "invalid"),
     ] {
         assert_eq!(reason_class(reason), class, "{reason}");
