@@ -11,7 +11,6 @@ mod tests;
 use std::{sync::Arc, time::Duration};
 
 use chorus_shared::{
-    observe::{self, metrics},
     amqp::{self, reply_target},
     config::{
         self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs,
@@ -22,6 +21,7 @@ use chorus_shared::{
     finish::{arm_deadline, Finisher},
     graph::{self, FirstWave},
     kinds::{self, Registry, TaskView},
+    observe::{self, metrics},
     protocol::{
         self, Encoding, Outcome, ParentRef, PlanEntry, RawInput, ReplyTarget, ResolvedOptions,
         TaskRequest,

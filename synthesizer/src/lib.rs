@@ -10,7 +10,6 @@ mod tests;
 use std::sync::Arc;
 
 use chorus_shared::{
-    observe,
     amqp::{self, DeadLetter},
     clock::now_ms,
     config::{ConnectArgs, KindsArgs, LimitArgs, LogArgs, OutcomeArgs, ShutdownArgs},
@@ -20,6 +19,7 @@ use chorus_shared::{
     finish::Finisher,
     graph,
     kinds::Registry,
+    observe,
     protocol::{
         self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },

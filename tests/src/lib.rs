@@ -25,6 +25,7 @@ use lapin::{
 
 pub mod deploy;
 pub mod fault;
+pub mod observe;
 
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);

@@ -15,7 +15,6 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
-    observe::{self, metrics},
     amqp::{self, DeadLetter, Outgoing, Publisher},
     clock::now_ms,
     config::{self, ConnectArgs, FileArgs, KindsArgs, LimitArgs, LogArgs, ShutdownArgs},
@@ -23,6 +22,7 @@ use chorus_shared::{
     error::ServiceError,
     failpoint,
     kinds::{self, panic_message, HandlerContext, KindError, Registry},
+    observe::{self, metrics},
     protocol::{
         self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
     },
@@ -516,7 +516,11 @@ impl Worker {
             return Ok(Disposition::Ack);
         }
         match self
-            .attempt(&subtask, consume::is_redelivery(delivery), live_at(delivery))
+            .attempt(
+                &subtask,
+                consume::is_redelivery(delivery),
+                live_at(delivery),
+            )
             .await?
         {
             Settlement::Nothing => {}
@@ -859,7 +863,7 @@ impl Worker {
             started.elapsed().as_secs_f64(),
         );
         if running.token().is_cancelled() {
-            tracing::info!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
+            tracing::debug!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
             return Ok(Attempt::TaskOver);
         }
         self.publish_event(subtask, attempt.event_status(subtask))

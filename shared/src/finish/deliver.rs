@@ -6,8 +6,8 @@
 use super::{decide, Finisher};
 use crate::{
     amqp::{self, Outgoing},
-    observe::metrics,
     error::{ServiceError, StoreError},
+    observe::metrics,
     protocol::{self, Control, Encoding, Outcome, ParentRef, ReplyTarget, ResultMessage},
     publish,
     store::{Finished, Lease},

@@ -194,7 +194,8 @@ pub fn slots_total(worker_type: &str, total: usize) {
 /// A handler slot of `worker_type` is busy until the guard drops.
 #[must_use = "the slot counts as busy while the guard lives"]
 pub fn slot_busy(worker_type: &str) -> SlotBusy {
-    let busy = gauge!(names::WORKER_SLOTS, "worker_type" => worker_type.to_owned(), "state" => "busy");
+    let busy =
+        gauge!(names::WORKER_SLOTS, "worker_type" => worker_type.to_owned(), "state" => "busy");
     busy.increment(1);
     SlotBusy(busy)
 }

@@ -76,7 +76,11 @@ pub struct ListenError {
 ///
 /// # Errors
 /// As [`start`], and an address that does not parse (the service's `validate` catches it first).
-pub fn serve(args: &HttpArgs, default: &str, shutdown: CancellationToken) -> Result<(), ListenError> {
+pub fn serve(
+    args: &HttpArgs,
+    default: &str,
+    shutdown: CancellationToken,
+) -> Result<(), ListenError> {
     let listen = args.listen(default).map_err(|reason| ListenError {
         address: args.http_listen.clone().unwrap_or_default(),
         reason,

@@ -58,21 +58,20 @@ impl Store {
             Vec<Vec<u8>>,
             Vec<String>,
             String,
-        ) =
-            STORE_OUTCOME
-                .key(keys.all(&[
-                    Key::Task,
-                    Key::Outcome,
-                    Key::Waiters,
-                    Key::Types,
-                    Key::Children,
-                ]))
-                .key(keys.all(&WORKING))
-                .arg(encoded)
-                .arg(ttl.as_secs().max(1))
-                .arg(now_ms())
-                .invoke_async(&mut self.conn())
-                .await?;
+        ) = STORE_OUTCOME
+            .key(keys.all(&[
+                Key::Task,
+                Key::Outcome,
+                Key::Waiters,
+                Key::Types,
+                Key::Children,
+            ]))
+            .key(keys.all(&WORKING))
+            .arg(encoded)
+            .arg(ttl.as_secs().max(1))
+            .arg(now_ms())
+            .invoke_async(&mut self.conn())
+            .await?;
         Ok(Finished {
             outcome: decode_outcome(&stored)?,
             waiters: decode_waiters(id, &waiters)?,
@@ -93,9 +92,8 @@ impl Store {
             self.task(id),
             self.children(id)
         )?;
-        let (parent, kind) = record.map_or((None, String::new()), |record| {
-            (record.parent, record.kind)
-        });
+        let (parent, kind) =
+            record.map_or((None, String::new()), |record| (record.parent, record.kind));
         Ok(outcome.map(|outcome| Finished {
             outcome,
             waiters,
