@@ -1,4 +1,5 @@
 //! Unit tests of the listener's settings and the dead-letter reason classes.
+#![allow(clippy::unwrap_used)]
 
 use super::{metrics::reason_class, HttpArgs, Listen};
 
