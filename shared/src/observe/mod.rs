@@ -24,7 +24,7 @@ pub const SYNTHESIZER_LISTEN: &str = "127.0.0.1:9612";
 /// `--http-listen`: where the service serves `/healthz`, `/readyz` and `/metrics`.
 #[derive(Args, Clone, Debug, Default)]
 pub struct HttpArgs {
-    /// Address of the health and metrics listener (/healthz, /readyz, /metrics), HOST:PORT, or
+    /// Address of the health and metrics listener (/healthz, /readyz, /metrics), IP:PORT, or
     /// "off". [default: 127.0.0.1:9610 orchestrator, 9611 worker, 9612 synthesizer; when the
     /// default port is taken the service runs without the listener]
     #[arg(long, env = "CHORUS_HTTP_LISTEN", value_name = "ADDR")]
@@ -46,7 +46,7 @@ impl HttpArgs {
     /// The listener asked for, `default` (one of the `*_LISTEN` constants) when none is given.
     ///
     /// # Errors
-    /// The address is neither `off` nor `HOST:PORT` with an IP host, as one line.
+    /// The address is neither `off` nor `IP:PORT`, as one line.
     pub fn listen(&self, default: &str) -> Result<Listen, String> {
         match self.http_listen.as_deref().map(str::trim) {
             Some("off") => Ok(Listen::Off),
