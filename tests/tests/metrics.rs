@@ -127,7 +127,15 @@ async fn metrics_count_a_known_run_exactly() {
     };
     assert_eq!((slots("total"), slots("busy")), (3.0, 0.0));
 
-    let scrape = Scrape::of(&synthesizer).await;
+    // A delivery is counted once it is marked, just after the submitter got its reply.
+    let mut scrape = Scrape::of(&synthesizer).await;
+    for _ in 0..50 {
+        if scrape.value("chorus_outcome_delivery_seconds_count", &[]) >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        scrape = Scrape::of(&synthesizer).await;
+    }
     let finished =
         |status| scrape.value("chorus_tasks_finished_total", &[kind, ("status", status)]);
     assert_eq!(
