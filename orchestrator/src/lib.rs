@@ -21,6 +21,7 @@ use chorus_shared::{
     finish::{arm_deadline, Finisher},
     graph::{self, FirstWave},
     kinds::{self, Registry, TaskView},
+    observe::{self, metrics},
     protocol::{
         self, Encoding, Outcome, ParentRef, PlanEntry, RawInput, ReplyTarget, ResolvedOptions,
         TaskRequest,
@@ -64,6 +65,8 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub http: observe::HttpArgs,
+    #[command(flatten)]
     pub kinds: KindsArgs,
     #[command(flatten)]
     pub files: FileArgs,
@@ -98,6 +101,7 @@ impl Config {
     /// The first URL that does not parse (password hidden) or root that cannot be opened, as
     /// one line for the user.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.listen(observe::ORCHESTRATOR_LISTEN)?;
         self.connect.validate()?;
         self.files.roots().map(drop)
     }
@@ -122,8 +126,10 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&config.http, observe::ORCHESTRATOR_LISTEN, shutdown.clone())?;
     let store = Store::connect_service(&config.connect).await?;
     registry.attach_store(&store);
+    observe::health::attach_store(&store);
     tracing::info!(kinds = ?registry.names(), "orchestrator starting");
     let instance = services::instance_id();
     let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
@@ -372,6 +378,11 @@ impl Orchestrator {
                     .await?
             }
         };
+        if matches!(claim, Claim::New(_) | Claim::Planned { .. }) {
+            // Only the deployment's kinds are labels: a submitter's unknown name is not.
+            let known = self.registry.get(&request.kind).is_some();
+            metrics::task_submitted(if known { &request.kind } else { "(unknown)" });
+        }
         self.follow_claim(&id, claim, waiter.as_ref(), &resolved, ahead, small_wave)
             .await
     }

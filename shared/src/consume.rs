@@ -19,7 +19,7 @@ use crate::{
     amqp::{self, DeadLetter, Publisher},
     config::ConnectArgs,
     error::{BrokerError, ProtocolError, ServiceError, StoreError},
-    text,
+    observe, text,
     tls::Endpoint,
     topology,
 };
@@ -118,6 +118,9 @@ where
         };
         match opened {
             Ok(session) => {
+                if opened_once {
+                    observe::metrics::reconnect("rabbitmq");
+                }
                 opened_once = true;
                 tracing::info!(broker = %redacted_broker(connect), "connected to RabbitMQ");
                 let started = tokio::time::Instant::now();
@@ -234,6 +237,7 @@ where
     Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
 {
     let sessions_shutdown = shutdown.clone();
+    observe::health::expect_consumers(spec.consumers.len());
     run_sessions(
         spec.name,
         &spec.connect.clone(),
@@ -361,6 +365,7 @@ where
     Fut: Future<Output = Result<Disposition, ServiceError>> + Send + 'static,
 {
     let (channel, mut consumer) = open_consumer(session, config).await?;
+    let _ready = observe::health::consumer_up();
     let permits = Arc::new(Semaphore::new(config.concurrency.max(1)));
     let tracker = TaskTracker::new();
     // Cancelled when the grace period is over: what still runs is dropped, not left running
@@ -395,6 +400,15 @@ where
         });
     }
     drain(&channel, consumer.tag(), &tracker, config).await;
+    // Closed here, answered, before the session closes its connection: a channel left to its
+    // drop asks for its close after the connection's, which lapin logs as a connection ERROR.
+    drop(
+        tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            channel.close(amqp::REPLY_SUCCESS, ShortString::from("bye")),
+        )
+        .await,
+    );
     let failed = intake.failure.lock().await.take();
     match failed {
         Some(error) if !shutdown.is_cancelled() => Err(error),

@@ -34,6 +34,8 @@
 //! - [`clock`]: wall-clock time in milliseconds since the Unix epoch, as stored and sent.
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 //! - [`usage`]: tokens and cost of model calls, as steps report them and outcomes sum them.
+//! - [`observe`]: the health and metrics listener (`--http-listen`): `/healthz`, `/readyz`,
+//!   `/metrics`, and the metrics services record.
 
 pub mod amqp;
 pub mod client;
@@ -46,6 +48,7 @@ pub mod files;
 pub mod finish;
 pub mod graph;
 pub mod kinds;
+pub mod observe;
 pub mod protocol;
 pub mod publish;
 pub mod ratelimit;

@@ -142,6 +142,9 @@ fn exit_code(error: &anyhow::Error) -> i32 {
     error
         .chain()
         .find_map(|cause| {
+            if cause.is::<crate::observe::ListenError>() {
+                return Some(config::EXIT_USAGE);
+            }
             match cause.downcast_ref::<BrokerError>() {
                 Some(BrokerError::TlsRefused(_)) => return Some(config::EXIT_UNAVAILABLE),
                 Some(BrokerError::Settings(_)) => return Some(config::EXIT_USAGE),

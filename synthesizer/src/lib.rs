@@ -19,6 +19,7 @@ use chorus_shared::{
     finish::Finisher,
     graph,
     kinds::Registry,
+    observe,
     protocol::{
         self, Control, Encoding, ResultBatch, ResultMessage, Status, SubtaskEvent, SubtaskOutcome,
     },
@@ -60,6 +61,8 @@ pub struct Config {
     #[command(flatten)]
     pub log: LogArgs,
     #[command(flatten)]
+    pub http: observe::HttpArgs,
+    #[command(flatten)]
     pub kinds: KindsArgs,
 
     /// Results handled at once (also the prefetch).
@@ -81,6 +84,7 @@ impl Config {
     /// # Errors
     /// The first URL that does not parse, as one line for the user (password hidden).
     pub fn validate(&self) -> Result<(), String> {
+        self.http.listen(observe::SYNTHESIZER_LISTEN)?;
         self.connect.validate()
     }
 }
@@ -104,8 +108,10 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&config.http, observe::SYNTHESIZER_LISTEN, shutdown.clone())?;
     let store = Store::connect_service(&config.connect).await?;
     registry.attach_store(&store);
+    observe::health::attach_store(&store);
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
     let instance = services::instance_id();
     let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));

@@ -25,6 +25,7 @@ use lapin::{
 
 pub mod deploy;
 pub mod fault;
+pub mod observe;
 pub mod servers;
 
 /// Longest wait for anything in a test.

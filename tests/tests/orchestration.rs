@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use chorus_tests::{msgpack_to_json, next_message, wait_for_running, TestEnv};
+use chorus_tests::{
+    msgpack_to_json, next_message,
+    observe::{free_address, Scrape},
+    wait_for_running, TestEnv,
+};
 use lapin::{message::Delivery, types::ShortString, BasicProperties, Consumer};
 use serde_json::{json, Value};
 
@@ -374,7 +378,12 @@ async fn a_review_round_redoes_drafts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancel_stops_queued_and_running_subtasks() {
     let mut env = TestEnv::new("cancel").await;
-    env.start_system(1);
+    let listen = free_address();
+    env.spawn("chorus-orchestrator", &[]);
+    let mut worker = vec!["--http-listen", listen.as_str()];
+    worker.extend(RETRY_FLAGS);
+    env.spawn("chorus-worker", &worker);
+    env.spawn("chorus-synthesizer", &[]);
     let events_client = env.client().await;
     events_client.wait_for_queue("chorus.tasks").await;
     let mut running = events_client.events("subtask.running").await;
@@ -396,21 +405,31 @@ async fn cancel_stops_queued_and_running_subtasks() {
     assert_eq!(outcome["stats"]["succeeded"], 0);
     let (code, _) = env.cli(&["result", "doomed"]).await;
     assert_eq!(code, 5);
-    // Running handlers saw their token: they end long before their 10 s sleep would have (a
-    // handler left to finish would log the same line, but only after those 10 s).
-    let worker = 1;
-    let mut seen = false;
+    // Running handlers saw their token: their slots are free long before their 10 s sleep
+    // would have ended.
+    let busy = || async {
+        Scrape::of(&listen).await.value(
+            "chorus_worker_slots",
+            &[("worker_type", "default"), ("state", "busy")],
+        )
+    };
+    let mut freed = false;
     for _ in 0..50 {
-        if env
-            .log_of(worker)
-            .contains("task ended while its handler ran; result dropped")
-        {
-            seen = true;
+        if busy().await == 0.0 {
+            freed = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(seen, "running handlers were not cancelled");
+    assert!(freed, "running handlers were not cancelled");
+    // One line for the cancelled task in the worker's log, not one per stopped subtask.
+    let log = env.log_of(1);
+    let lines: Vec<&str> = log.lines().filter(|line| line.contains("doomed")).collect();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].contains("task is over; stopping its running handlers"),
+        "{lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -22,6 +22,7 @@ use chorus_shared::{
     error::ServiceError,
     failpoint,
     kinds::{self, panic_message, HandlerContext, KindError, Registry},
+    observe::{self, metrics},
     protocol::{
         self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
     },
@@ -64,6 +65,8 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
     #[command(flatten)]
     pub log: LogArgs,
+    #[command(flatten)]
+    pub http: observe::HttpArgs,
     #[command(flatten)]
     pub kinds: KindsArgs,
     #[command(flatten)]
@@ -138,6 +141,7 @@ impl Config {
     /// The first problem, as one line for the user: the URL's (password hidden),
     /// `--retry-base-delay-ms must not exceed --retry-max-delay-ms`, or the root's.
     pub fn validate(&self) -> Result<(), String> {
+        self.http.listen(observe::WORKER_LISTEN)?;
         self.connect.validate()?;
         if self.retry_base_delay_ms > self.retry_max_delay_ms {
             return Err("--retry-base-delay-ms must not exceed --retry-max-delay-ms".to_owned());
@@ -211,10 +215,12 @@ pub async fn run(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    observe::serve(&config.http, observe::WORKER_LISTEN, shutdown.clone())?;
     // Not connect_service: the orchestrator and the synthesizer warn about Redis's persistence
     // settings (docs/protocol.md); the workers, often many, do not repeat it.
     let store = Store::connect_settings(&config.connect).await?;
     registry.attach_store(&store);
+    observe::health::attach_store(&store);
     // One gate for the process, across sessions: handlers of an old session may still be
     // running during the grace period.
     let quarantine = Arc::new(RwLock::new(()));
@@ -286,6 +292,7 @@ fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) 
         }
         let concurrency = concurrency.unwrap_or(config.concurrency);
         let prefetch = config.prefetch.unwrap_or(concurrency);
+        metrics::slots_total(worker_type, usize::from(concurrency));
         handler_pools.insert(
             queue.clone(),
             Arc::new(Semaphore::new(usize::from(concurrency))),
@@ -386,6 +393,26 @@ impl Attempt {
             *usage = recorded;
         }
         self
+    }
+
+    /// Counts how this attempt of `subtask` ended, and its model calls. A kind this worker
+    /// lacks is counted under `kind="(unknown)"`: the label holds only the deployment's kinds.
+    fn record_metrics(&self, subtask: &SubtaskMessage, known_kind: bool) {
+        let kind = if known_kind {
+            subtask.kind.as_str()
+        } else {
+            "(unknown)"
+        };
+        let settled = match self.event_status(subtask) {
+            "succeeded" => metrics::Settled::Succeeded,
+            "retrying" => metrics::Settled::Retried,
+            "failed" => metrics::Settled::Failed,
+            _ => return,
+        };
+        metrics::subtask_settled(kind, &subtask.worker_type, settled);
+        if let Self::Succeeded { usage, .. } | Self::Failed { usage, .. } = self {
+            metrics::llm_usage(usage);
+        }
     }
 
     /// The status of the `subtask.<status>` event that reports this attempt of `subtask`.
@@ -490,7 +517,11 @@ impl Worker {
             return Ok(Disposition::Ack);
         }
         match self
-            .attempt(&subtask, consume::is_redelivery(delivery))
+            .attempt(
+                &subtask,
+                consume::is_redelivery(delivery),
+                live_at(delivery),
+            )
             .await?
         {
             Settlement::Nothing => {}
@@ -538,7 +569,9 @@ impl Worker {
         // A redelivered message's subtasks run alone, counted.
         let redelivered = consume::is_redelivery(delivery);
         let subtasks = batch.into_subtasks();
-        let settlements = self.attempt_all(&subtasks, redelivered).await?;
+        let settlements = self
+            .attempt_all(&subtasks, redelivered, live_at(delivery))
+            .await?;
         self.settle_batch(&subtasks, settlements).await?;
         Ok(Disposition::Ack)
     }
@@ -549,13 +582,14 @@ impl Worker {
         &self,
         subtasks: &[SubtaskMessage],
         redelivered: bool,
+        published_ms: Option<u64>,
     ) -> Result<Vec<Settlement>, ServiceError> {
         // Every item runs to its end, whatever happens to the others: none is dropped while its
         // handler still runs.
         let attempts = futures::future::join_all(
             subtasks
                 .iter()
-                .map(|subtask| self.attempt(subtask, redelivered)),
+                .map(|subtask| self.attempt(subtask, redelivered, published_ms)),
         )
         .await;
         let mut settlements = Vec::with_capacity(attempts.len());
@@ -625,28 +659,31 @@ impl Worker {
         Ok(())
     }
 
-    /// Runs one attempt of `subtask` (alone and counted when its message was redelivered) and
-    /// decides what follows it.
+    /// Runs one attempt of `subtask` (alone and counted when its message was redelivered;
+    /// `published_ms`: when its message was published, for the queue wait) and decides what
+    /// follows it.
     async fn attempt(
         &self,
         subtask: &SubtaskMessage,
         redelivered: bool,
+        published_ms: Option<u64>,
     ) -> Result<Settlement, ServiceError> {
         // The semaphore is never closed, so a permit always comes.
         let _permit = self.handlers.acquire().await.ok();
+        let _busy = metrics::slot_busy(&subtask.worker_type);
         let attempt = if subtask.deadline_at_ms.is_some_and(|at| now_ms() >= at) {
             Attempt::failed(
                 "the task's deadline passed before this subtask started",
                 false,
             )
         } else if redelivered {
-            match self.run_suspect(subtask).await? {
+            match self.run_suspect(subtask, published_ms).await? {
                 Some(attempt) => attempt,
                 None => return Ok(Settlement::Nothing),
             }
         } else {
             let _shared = self.quarantine.read().await;
-            self.run_handler(subtask).await?
+            self.run_handler(subtask, published_ms).await?
         };
         // Every attempt's usage goes on with the subtask: an earlier attempt's was paid too.
         let so_far = |usage: Vec<Usage>| {
@@ -655,6 +692,7 @@ impl Worker {
             all
         };
         let result = |outcome, spawned, usage| result_of(subtask, outcome, spawned, so_far(usage));
+        attempt.record_metrics(subtask, self.registry.get(&subtask.kind).is_some());
         Ok(match attempt {
             Attempt::TaskOver => Settlement::Nothing,
             Attempt::Succeeded {
@@ -713,7 +751,11 @@ impl Worker {
     /// Runs a redelivered subtask alone, counting its starts in Redis: one that keeps taking its
     /// worker down (a crash, an OOM kill) is failed after `--max-deliveries` runs, while the
     /// subtasks that were merely prefetched beside it are not blamed.
-    async fn run_suspect(&self, subtask: &SubtaskMessage) -> Result<Option<Attempt>, ServiceError> {
+    async fn run_suspect(
+        &self,
+        subtask: &SubtaskMessage,
+        published_ms: Option<u64>,
+    ) -> Result<Option<Attempt>, ServiceError> {
         let _alone = self.quarantine.write().await;
         let Some(unfinished) = self
             .store
@@ -733,7 +775,7 @@ impl Worker {
             )));
         }
         // Uncounted whatever happened: only a run that takes the process down stays counted.
-        let attempt = self.run_handler(subtask).await;
+        let attempt = self.run_handler(subtask, published_ms).await;
         self.store.end_run(&subtask.task, &subtask.subtask).await?;
         Ok(Some(attempt?))
     }
@@ -759,7 +801,11 @@ impl Worker {
     /// Runs one attempt of `subtask`'s handler: after its rate-limit token and its
     /// dependencies' outputs, under its time limit, with its `running` event and the event of
     /// how it ended.
-    async fn run_handler(&self, subtask: &SubtaskMessage) -> Result<Attempt, ServiceError> {
+    async fn run_handler(
+        &self,
+        subtask: &SubtaskMessage,
+        published_ms: Option<u64>,
+    ) -> Result<Attempt, ServiceError> {
         let Some(kind) = self.registry.get(&subtask.kind) else {
             return Ok(Attempt::failed(
                 format!(
@@ -820,10 +866,18 @@ impl Worker {
         // Spawned so that a panicking handler fails its attempt instead of the worker; aborted
         // if this attempt is dropped (a batch redone, the grace period over), so that it never
         // runs on without its permit.
+        let waited = published_ms.map(|at| now_ms().saturating_sub(at) as f64 / 1000.0);
+        metrics::subtask_started(&subtask.kind, &subtask.worker_type, waited);
+        let started = std::time::Instant::now();
         let handler = AbortOnDrop(tokio::spawn(kind.handle(&subtask.payload, context)));
         let attempt = await_handler(handler, subtask, &spawned, &usage).await;
+        metrics::subtask_ran(
+            &subtask.kind,
+            &subtask.worker_type,
+            started.elapsed().as_secs_f64(),
+        );
         if running.token().is_cancelled() {
-            tracing::info!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
+            tracing::debug!(task = %subtask.task, subtask = %text::bounded(&subtask.subtask, text::MAX_NAME_BYTES), "task ended while its handler ran; result dropped");
             return Ok(Attempt::TaskOver);
         }
         self.publish_event(subtask, attempt.event_status(subtask))

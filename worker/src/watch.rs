@@ -229,7 +229,11 @@ impl TaskWatch {
         let watched = known.watched(task, now);
         watched.checked = now;
         watched.live = live;
-        if !live {
+        if !live && !watched.token.is_cancelled() {
+            // One line per task and process, however many of its subtasks stop or are dropped.
+            if watched.running > 0 {
+                tracing::info!(%task, running = watched.running, "task is over; stopping its running handlers and dropping its queued subtasks");
+            }
             watched.token.cancel();
         }
     }

@@ -372,6 +372,7 @@ pub async fn dead_letter(
         headers.insert(ShortString::from(topology::SUBTASK_HEADER), name(subtask));
     }
     let properties = copy_for_dead_letter(original).with_headers(headers);
+    crate::observe::metrics::dead_letter(letter.source_queue, letter.reason);
     publisher
         .publish(Outgoing {
             exchange: topology::OUTPUTS_EXCHANGE,

@@ -7,6 +7,7 @@ use super::{decide, Finisher};
 use crate::{
     amqp::{self, Outgoing},
     error::{ServiceError, StoreError},
+    observe::metrics,
     protocol::{self, Control, Encoding, Outcome, ParentRef, ReplyTarget, ResultMessage},
     publish,
     store::{Finished, Lease},
@@ -64,13 +65,22 @@ impl Finisher {
             waiters,
             parent,
             children,
+            kind,
         } = finished;
+        let delivering = std::time::Instant::now();
         self.publish_outcome(id, &outcome, &waiters).await?;
         if let Some(parent) = parent {
             self.report_to_parent(id, &parent, &outcome).await?;
         }
         self.cancel_children(id, &children, &outcome).await?;
         self.store.mark_delivered(id, lease).await?;
+        // Counted at each delivery: one repeated after a crash counts again (at least once).
+        metrics::outcome_delivered(delivering.elapsed().as_secs_f64());
+        let known = self.registry.get(&kind).is_some();
+        metrics::task_finished(
+            if known { &kind } else { "(unknown)" },
+            outcome.status.as_str(),
+        );
         tracing::info!(
             task = id,
             status = outcome.status.as_str(),

@@ -122,7 +122,10 @@ impl Reconnecting {
             })?;
             let connection = open(endpoint.clone(), config).await;
             match &connection {
-                Ok(_) => tracing::info!(redis = %endpoint.redacted(), "reconnected to Redis"),
+                Ok(_) => {
+                    crate::observe::metrics::reconnect("redis");
+                    tracing::info!(redis = %endpoint.redacted(), "reconnected to Redis");
+                }
                 Err(error) => {
                     tracing::warn!(redis = %endpoint.redacted(), %error, "cannot reconnect to Redis; retrying at the next command");
                 }

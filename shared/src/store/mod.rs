@@ -169,6 +169,16 @@ impl Store {
         Ok(store)
     }
 
+    /// Asks Redis for a `PING` (readiness probes, `observe::health`).
+    ///
+    /// # Errors
+    /// Redis does not answer or refuses (the message names no password).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
     /// A handle on the connection (also for scripts kept beside the modules that use them).
     pub(crate) fn conn(&self) -> connection::Reconnecting {
         self.connection.clone()

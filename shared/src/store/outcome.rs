@@ -38,6 +38,8 @@ pub struct Finished {
     pub parent: Option<Vec<u8>>,
     /// Child tasks it started.
     pub children: Vec<String>,
+    /// The task's kind (as submitted; empty when unknown).
+    pub kind: String,
 }
 
 impl Store {
@@ -72,13 +74,20 @@ impl Store {
         .arg(ttl.as_secs().max(1))
         .arg(now_ms());
         add_usage_block(&mut call, usage);
-        let (stored, parent, waiters, children): (Vec<u8>, Vec<u8>, Vec<Vec<u8>>, Vec<String>) =
-            call.invoke_async(&mut self.conn()).await?;
+        #[allow(clippy::type_complexity)]
+        let (stored, parent, waiters, children, kind): (
+            Vec<u8>,
+            Vec<u8>,
+            Vec<Vec<u8>>,
+            Vec<String>,
+            String,
+        ) = call.invoke_async(&mut self.conn()).await?;
         Ok(Finished {
             outcome: decode_outcome(&stored)?,
             waiters: decode_waiters(id, &waiters)?,
             parent: Some(parent).filter(|bytes| !bytes.is_empty()),
             children,
+            kind,
         })
     }
 
@@ -93,11 +102,14 @@ impl Store {
             self.task(id),
             self.children(id)
         )?;
+        let (parent, kind) =
+            record.map_or((None, String::new()), |record| (record.parent, record.kind));
         Ok(outcome.map(|outcome| Finished {
             outcome,
             waiters,
-            parent: record.and_then(|record| record.parent),
+            parent,
             children,
+            kind,
         }))
     }
 

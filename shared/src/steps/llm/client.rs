@@ -290,6 +290,25 @@ impl Model {
         max_bytes: usize,
         origin: &str,
     ) -> Result<Completion, StepError> {
+        let completion = self
+            .chat_once(messages, response_format, timeout, max_bytes, origin)
+            .await;
+        if completion.is_err() {
+            // Answered calls are counted from their usage entries; failed ones have none.
+            crate::observe::metrics::llm_call_failed(&self.name);
+        }
+        completion
+    }
+
+    /// [`Model::chat`] without its count of failed calls.
+    async fn chat_once(
+        &self,
+        messages: &[Json],
+        response_format: Option<Json>,
+        timeout: Duration,
+        max_bytes: usize,
+        origin: &str,
+    ) -> Result<Completion, StepError> {
         let timeout = timeout.min(self.provider.timeout);
         let mut body = json!({"model": self.spec.model, "messages": messages});
         if let Some(map) = body.as_object_mut() {

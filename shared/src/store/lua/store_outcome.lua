@@ -12,7 +12,7 @@
 -- ARGV[4..]: the usage of the steps that led to this outcome (review, synthesis, a rejected
 --   plan) as count_usage reads it: counted only when this outcome is the one stored
 -- Returns: {stored outcome (the earlier one if there was one), encoded parent or '', waiters,
---   children}.
+--   children, kind or ''}.
 local TASK, OUTCOME, WAITERS, TYPES, CHILDREN = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local FIRST_TO_DROP = 6
 
@@ -29,4 +29,4 @@ if not existing then
 end
 -- What delivery needs comes back with it; waiters read after the outcome is set miss none.
 return {existing, redis.call('HGET', TASK, 'parent') or '', redis.call('SMEMBERS', WAITERS),
-  redis.call('SMEMBERS', CHILDREN)}
+  redis.call('SMEMBERS', CHILDREN), redis.call('HGET', TASK, 'kind') or ''}
