@@ -35,6 +35,7 @@
 //! - [`failpoint`]: named crash and stall points for the fault-injection suite.
 //! - [`usage`]: tokens and cost of model calls, as steps report them and outcomes sum them.
 
+pub mod admin;
 pub mod amqp;
 pub mod client;
 pub mod clock;

@@ -257,6 +257,10 @@ async fn each_service_runs_under_its_own_restricted_users() {
     let (code, out) = cli(&cli_env, &["cancel", "lp-2"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(outcome(&cli_env, "lp-2").await["status"], "cancelled");
+    // The services wrote the index of recent tasks under their users, the CLI's user reads it.
+    let (code, out) = cli(&cli_env, &["tasks", "--json", "--status", "cancelled"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"lp-2\""), "{out}");
 
     // Each service announced its kinds under its own user, and the CLI's user reads them.
     let (code, out) = cli(&cli_env, &["kinds"]).await;

@@ -1,10 +1,13 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
 //! progress bar), show a task's state, print its outcome; list the kinds the live services
 //! serve (or those a kinds file adds to the built-in ones), or check such a file; show and set
-//! the limits of language models every worker enforces (`limits`).
+//! the limits of language models every worker enforces (`limits`); list the recent tasks
+//! (`tasks`).
 
 #[path = "chorus/limits.rs"]
 mod limits;
+#[path = "chorus/tasks.rs"]
+mod tasks;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
@@ -113,6 +116,9 @@ enum Command {
     /// `set` and `clear` need a Redis user with the `limits-admin` rules.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// List the recent tasks, newest first (id, kind, status, submitted, finished, progress),
+    /// from the index the services keep in Redis (the last 7 days, at most 10,000 tasks).
+    Tasks(tasks::TasksArgs),
 }
 
 /// The flags of `chorus kinds`.
@@ -314,6 +320,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
         Command::Limits(command) => model_limits(connect, command).await,
+        Command::Tasks(args) => {
+            let store = connect_store(connect).await?;
+            let shown = tasks::run(&store, &args)
+                .await
+                .map_err(|e| Failure::Unavailable(e.into()))?;
+            println!("{shown}");
+            Ok(0)
+        }
     }
 }
 
