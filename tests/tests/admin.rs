@@ -166,3 +166,72 @@ async fn the_index_is_trimmed_by_age_and_count_as_it_is_written() {
     assert_eq!(listed[0].submitted_ms, now + 4);
     assert_eq!(listed[0].finished_ms, Some(now + 200));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chorus_graph_draws_a_running_tasks_subtasks_and_dependencies() {
+    let mut env = TestEnv::new("admin-graph").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-synthesizer", &[]);
+    env.spawn("chorus-worker", &[]);
+    // 0 (default) runs, 1 waits in a queue nobody serves, 2 waits for 1.
+    let (code, out) = env
+        .cli(&[
+            "submit", "--kind", "range-sum", "--id", "chain", "--input",
+            r#"{"start": 0, "end": 30, "parts": 3, "chain": true, "types": ["default", "nobody", "default"]}"#,
+        ])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let mut graph = Value::Null;
+    for _ in 0..100 {
+        let (code, out) = env.cli(&["graph", "chain", "--format", "json"]).await;
+        if code == 0 {
+            graph = serde_json::from_str(&out).unwrap();
+            if graph["nodes"][0]["state"] == "succeeded" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let nodes = graph["nodes"].as_array().unwrap();
+    let states: Vec<(&str, &str, &str)> = nodes
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap(),
+                n["worker_type"].as_str().unwrap(),
+                n["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("0", "default", "succeeded"),
+            ("1", "nobody", "released"),
+            ("2", "default", "pending")
+        ],
+        "{graph}"
+    );
+    assert_eq!(nodes[0]["attempts"], 1);
+    assert_eq!(
+        graph["edges"],
+        serde_json::json!([{"from": "0", "to": "1"}, {"from": "1", "to": "2"}])
+    );
+    let (code, dot) = env.cli(&["graph", "chain"]).await;
+    assert_eq!(code, 0, "{dot}");
+    assert!(dot.starts_with("digraph {"), "{dot}");
+    assert!(dot.contains("  n0 -> n1;\n  n1 -> n2;\n"), "{dot}");
+    let (code, mermaid) = env.cli(&["graph", "chain", "--format", "mermaid"]).await;
+    assert_eq!(code, 0, "{mermaid}");
+    assert!(mermaid.contains("  n1 --> n2\n"), "{mermaid}");
+
+    // Finished: the plan is gone, and the command says so; unknown: exit 4.
+    let (code, out) = env.cli(&["cancel", "chain"]).await;
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = env.cli(&["watch", "chain", "--timeout-secs", "30"]).await;
+    assert_eq!(code, 5, "{out}");
+    let (code, out) = env.cli(&["graph", "chain"]).await;
+    assert_eq!(code, 6, "{out}");
+    let (code, out) = env.cli(&["graph", "no-such-task"]).await;
+    assert_eq!(code, 4, "{out}");
+}

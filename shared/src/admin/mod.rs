@@ -1,4 +1,6 @@
 //! What operators look at beyond one task they know: the recent tasks (`tasks`), for
-//! `chorus tasks` and the dashboard, which builds its pages on these functions.
+//! `chorus tasks` and the dashboard, which builds its pages on these functions; a task's
+//! subtasks as a dependency graph (`graph`), for `chorus graph`.
 
+pub mod graph;
 pub mod tasks;

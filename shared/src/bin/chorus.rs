@@ -14,6 +14,7 @@ use std::{io::IsTerminal, process::ExitCode, time::Duration};
 use std::collections::HashMap;
 
 use chorus_shared::{
+    admin,
     client::{CancelRequest, Client, ClientError, TaskStatus, TypeStatus},
     config::{ConnectArgs, KindsArgs, DEFAULT_MAX_MESSAGE_BYTES, EXIT_USAGE},
     error::StoreError,
@@ -55,8 +56,8 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
     version,
     about = "Submit Chorus tasks and follow them.",
     after_help = "Exit codes: 0 succeeded or partial, 1 failed, 3 rejected, 4 no such task / no \
-                  outcome yet / wait timed out, 5 cancelled, 6 cancel of a task already \
-                  finished, 64 bad usage, 69 RabbitMQ or Redis unavailable, 130 interrupted \
+                  outcome yet / wait timed out, 5 cancelled, 6 cancel (or graph) of a task \
+                  already finished, 64 bad usage, 69 RabbitMQ or Redis unavailable, 130 interrupted \
                   (Ctrl-C; the task goes on)."
 )]
 struct Cli {
@@ -119,6 +120,17 @@ enum Command {
     /// List the recent tasks, newest first (id, kind, status, submitted, finished, progress),
     /// from the index the services keep in Redis (the last 7 days, at most 10,000 tasks).
     Tasks(tasks::TasksArgs),
+    /// Print a running task's subtasks as a dependency graph: each subtask's worker type and
+    /// state (pending, released = queued or running, succeeded, failed, skipped) and an edge
+    /// from each dependency to what waits for it, from the recorded plan. An unknown task exits
+    /// 4; a finished one exits 6 (its plan is not kept past the outcome).
+    Graph {
+        /// Task id.
+        id: String,
+        /// dot (Graphviz: `chorus graph ID | dot -Tsvg > graph.svg`), mermaid or json.
+        #[arg(long, default_value = "dot", value_parser = ["dot", "mermaid", "json"])]
+        format: String,
+    },
 }
 
 /// The flags of `chorus kinds`.
@@ -320,6 +332,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
         Command::Limits(command) => model_limits(connect, command).await,
+        Command::Graph { id, format } => graph(connect, &id, &format).await,
         Command::Tasks(args) => {
             let store = connect_store(connect).await?;
             let shown = tasks::run(&store, &args)
@@ -469,6 +482,28 @@ async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Resu
             Ok(EXIT_ALREADY_FINISHED)
         }
     }
+}
+
+/// `chorus graph`: prints the task's graph in `format`.
+async fn graph(connect: &ConnectArgs, id: &str, format: &str) -> Result<u8, Failure> {
+    let store = connect_store(connect).await?;
+    let graph = match admin::graph::read(&store, id).await {
+        Ok(graph) => graph,
+        Err(admin::graph::GraphError::Store(e)) => return Err(Failure::Unavailable(e.into())),
+        Err(e @ admin::graph::GraphError::Unknown(_)) => {
+            return Err(Failure::NoOutcome(e.to_string()))
+        }
+        Err(e @ admin::graph::GraphError::Finished(_)) => {
+            eprintln!("chorus: {e}");
+            return Ok(EXIT_ALREADY_FINISHED);
+        }
+    };
+    match format {
+        "mermaid" => print!("{}", admin::graph::to_mermaid(&graph)),
+        "json" => print_json(&graph).map_err(Failure::Usage)?,
+        _ => print!("{}", admin::graph::to_dot(&graph)),
+    }
+    Ok(0)
 }
 
 /// `chorus result`: prints the task's outcome, or says why there is none.
