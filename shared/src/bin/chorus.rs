@@ -2,8 +2,10 @@
 //! progress bar), show a task's state, print its outcome; list the kinds the live services
 //! serve (or those a kinds file adds to the built-in ones), or check such a file; show and set
 //! the limits of language models every worker enforces (`limits`); list the recent tasks
-//! (`tasks`).
+//! (`tasks`), draw a running task's graph (`graph`), look into and replay `chorus.dead` (`dead`).
 
+#[path = "chorus/dead.rs"]
+mod dead;
 #[path = "chorus/limits.rs"]
 mod limits;
 #[path = "chorus/tasks.rs"]
@@ -120,6 +122,10 @@ enum Command {
     /// List the recent tasks, newest first (id, kind, status, submitted, finished, progress),
     /// from the index the services keep in Redis (the last 7 days, at most 10,000 tasks).
     Tasks(tasks::TasksArgs),
+    /// List, show, requeue or purge the dead letters of chorus.dead. Needs a RabbitMQ user
+    /// with the `admin` permissions of deploy/acl/rabbitmq.permissions.
+    #[command(subcommand)]
+    Dead(dead::DeadCommand),
     /// Print a running task's subtasks as a dependency graph: each subtask's worker type and
     /// state (pending, released = queued or running, succeeded, failed, skipped) and an edge
     /// from each dependency to what waits for it, from the recorded plan. An unknown task exits
@@ -333,6 +339,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
         Command::Limits(command) => model_limits(connect, command).await,
         Command::Graph { id, format } => graph(connect, &id, &format).await,
+        Command::Dead(command) => dead_letters(connect, command).await,
         Command::Tasks(args) => {
             let store = connect_store(connect).await?;
             let shown = tasks::run(&store, &args)
@@ -481,6 +488,25 @@ async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Resu
             eprintln!("chorus: task {id:?} already finished ({status}); nothing to cancel");
             Ok(EXIT_ALREADY_FINISHED)
         }
+    }
+}
+
+/// `chorus dead ...`: connects to RabbitMQ alone (a failure names the URL tried) and runs it.
+async fn dead_letters(connect: &ConnectArgs, command: dead::DeadCommand) -> Result<u8, Failure> {
+    let endpoint = connect
+        .amqp()
+        .map_err(|e| Failure::Unavailable(chorus_shared::error::BrokerError::Settings(e).into()))?;
+    let connection = chorus_shared::amqp::connect(&endpoint, "chorus dead")
+        .await
+        .map_err(|e| Failure::Unavailable(ClientError::connecting("RabbitMQ", &endpoint, e)))?;
+    match dead::run(&connection, connect.publish_timeout(), command).await {
+        Ok(shown) => {
+            println!("{shown}");
+            Ok(0)
+        }
+        Err(dead::DeadError::Usage(message)) => Err(Failure::Usage(message)),
+        Err(dead::DeadError::Broker(e)) => Err(Failure::Unavailable(e.into())),
+        Err(dead::DeadError::NotFound(message)) => Err(Failure::NoOutcome(message)),
     }
 }
 
