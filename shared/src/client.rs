@@ -66,6 +66,33 @@ pub enum ClientError {
     /// A message could not be encoded or decoded.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// Connecting failed: names the server and the address tried (password hidden), so a
+    /// wrong port or host shows in the message itself.
+    #[error("cannot connect to {service} at {address}: {reason}")]
+    Connect {
+        /// `RabbitMQ` or `Redis`.
+        service: &'static str,
+        /// The URL tried, password replaced by `***`.
+        address: String,
+        /// What failed (password hidden).
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// `error`, met connecting to `service` at `endpoint`, as [`ClientError::Connect`] (the
+    /// password of the endpoint's URL hidden from its message too).
+    pub fn connecting(
+        service: &'static str,
+        endpoint: &crate::tls::Endpoint,
+        error: impl std::fmt::Display,
+    ) -> Self {
+        Self::Connect {
+            service,
+            address: endpoint.redacted(),
+            reason: crate::config::hide_password(&error.to_string(), endpoint.url()),
+        }
+    }
 }
 
 impl From<lapin::Error> for ClientError {
@@ -166,6 +193,37 @@ pub struct TypeStatus {
     pub note: Option<String>,
 }
 
+impl TypeStatus {
+    /// Subtasks of this task a worker holds (delivered, so running: a worker prefetches no
+    /// more than its slots unless `--prefetch` says otherwise), as a lower bound: in flight
+    /// minus every message ready in the type's queue (which may be other tasks'), so it never
+    /// shows more than really run. 0 when the broker could not be asked.
+    pub fn running(&self) -> u64 {
+        let in_flight = self.progress.in_flight();
+        self.queued
+            .map_or(0, |ready| in_flight.saturating_sub(u64::from(ready)))
+    }
+
+    /// Released and not settled, and not counted in [`TypeStatus::running`]: waiting in the
+    /// queue, as far as one can tell.
+    pub fn queued_here(&self) -> u64 {
+        self.progress.in_flight() - self.running()
+    }
+}
+
+/// What came of asking to cancel a task ([`Client::cancel_if_live`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelRequest {
+    /// The cancellation was sent: the task was known and not finished.
+    Requested,
+    /// Redis knows no such task (never submitted, not claimed yet, or its record expired):
+    /// nothing was sent.
+    Unknown,
+    /// The task had already finished, with this status when its outcome is stored: nothing
+    /// was sent.
+    Finished(Option<Status>),
+}
+
 impl Client {
     /// Connects to RabbitMQ and Redis (URLs or their files, TLS files) and makes sure the
     /// queues exist.
@@ -173,9 +231,19 @@ impl Client {
     /// # Errors
     /// Either service is unreachable or refuses the TLS handshake, or a file cannot be read.
     pub async fn connect(args: &ConnectArgs) -> Result<Self, ClientError> {
-        let store = Store::connect_settings(args).await?;
+        let redis = args.redis().map_err(StoreError::Settings)?;
+        let store = Store::connect_settings(args).await.map_err(|e| match e {
+            // Already names the server, and tests and docs quote it as it is.
+            StoreError::TlsRefused(_) | StoreError::Settings(_) => ClientError::Store(e),
+            other => ClientError::connecting("Redis", &redis, other),
+        })?;
         let broker = args.amqp().map_err(BrokerError::Settings)?;
-        let connection = amqp::connect(&broker, "chorus client").await?;
+        let connection = amqp::connect(&broker, "chorus client")
+            .await
+            .map_err(|e| match e {
+                BrokerError::TlsRefused(_) | BrokerError::Settings(_) => ClientError::Broker(e),
+                other => ClientError::connecting("RabbitMQ", &broker, other),
+            })?;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
         topology::declare_if_permitted(&connection, topology::NO_RETRY_DELAY, &[]).await?;
         Ok(Self {
@@ -364,6 +432,28 @@ impl Client {
             })
             .await?;
         Ok(())
+    }
+
+    /// Cancels task `id` if Redis knows it and it has not finished; else says why not, and
+    /// sends nothing.
+    ///
+    /// # Errors
+    /// Redis failed, or the broker did not confirm.
+    pub async fn cancel_if_live(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<CancelRequest, ClientError> {
+        protocol::validate_task_id(id)?;
+        let Some(record) = self.store.task(id).await? else {
+            return Ok(CancelRequest::Unknown);
+        };
+        if record.state == TaskState::Finished {
+            let status = self.store.outcome(id).await?.map(|o| o.status);
+            return Ok(CancelRequest::Finished(status));
+        }
+        self.cancel(id, reason).await?;
+        Ok(CancelRequest::Requested)
     }
 
     /// The stored outcome of a task, if it has one.

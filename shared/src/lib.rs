@@ -37,6 +37,7 @@
 //! - [`observe`]: the health and metrics listener (`--http-listen`): `/healthz`, `/readyz`,
 //!   `/metrics`, and the metrics services record.
 
+pub mod admin;
 pub mod amqp;
 pub mod client;
 pub mod clock;

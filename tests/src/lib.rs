@@ -258,7 +258,7 @@ impl TestEnv {
 
     /// How processes get this env's URLs: in files under its log directory when
     /// [`TestEnv::url_files`] is set, else in environment variables (never in argv).
-    fn url_vars(&self) -> Vec<(String, String)> {
+    pub fn url_vars(&self) -> Vec<(String, String)> {
         if !self.url_files {
             return vec![
                 ("CHORUS_AMQP_URL".into(), self.amqp_url.clone()),

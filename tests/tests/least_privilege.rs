@@ -254,9 +254,24 @@ async fn each_service_runs_under_its_own_restricted_users() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
+    // Once claimed (a cancel of a task Redis does not know yet sends nothing, exit 4), the
+    // CLI's user reads the running task's plan and results for `chorus graph`.
+    let mut graph = (4, String::new());
+    for _ in 0..100 {
+        graph = cli(&cli_env, &["graph", "lp-2", "--format", "json"]).await;
+        if graph.0 != 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(graph.0, 0, "{}", graph.1);
     let (code, out) = cli(&cli_env, &["cancel", "lp-2"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(outcome(&cli_env, "lp-2").await["status"], "cancelled");
+    // The services wrote the index of recent tasks under their users, the CLI's user reads it.
+    let (code, out) = cli(&cli_env, &["tasks", "--json", "--status", "cancelled"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"lp-2\""), "{out}");
 
     // Each service announced its kinds under its own user, and the CLI's user reads them.
     let (code, out) = cli(&cli_env, &["kinds"]).await;

@@ -37,7 +37,14 @@ async fn submit_primes(env: &TestEnv) -> String {
 /// attempt beyond the first.
 async fn succeeded(env: &TestEnv, id: &str) -> Value {
     let (code, stdout) = env
-        .cli(&["watch", id, "--timeout-secs", OUTCOME_SECS])
+        .cli(&[
+            "watch",
+            id,
+            "--timeout-secs",
+            OUTCOME_SECS,
+            "--wait-unknown-secs",
+            OUTCOME_SECS,
+        ])
         .await;
     let outcome: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("task {id}: no outcome ({e}): {stdout}"));

@@ -108,7 +108,9 @@ async fn a_rotated_redis_password_is_used_at_the_next_reconnect() {
     env.redis_url = redis_url_of(&admin_url, &user, &new);
     env.write_url_files();
     wait_for_log(&env, 0, "reconnected to Redis", 1);
-    let (code, out) = env.cli(&["watch", "during-rotation"]).await;
+    let (code, out) = env
+        .cli(&["watch", "during-rotation", "--wait-unknown-secs", "30"])
+        .await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("succeeded"), "{out}");
     let (code, out) = run_task(&env).await;

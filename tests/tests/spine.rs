@@ -70,7 +70,8 @@ async fn range_sum_of_a_thousand_subtasks_is_exact() {
     assert_eq!(outcome["errors"], json!([]));
 
     // The outcome is kept in Redis with a TTL, and every key of the task shares its hash tag
-    // (beside it, only the services' announcements, one key for the deployment).
+    // (beside it, only the services' announcements and the index of recent tasks, under its own
+    // hash tag: keys of the deployment).
     let mut redis = env.redis().await;
     let ttl: i64 = redis::cmd("TTL")
         .arg("chorus:{sum-1000}:outcome")
@@ -86,7 +87,9 @@ async fn range_sum_of_a_thousand_subtasks_is_exact() {
     assert!(!keys.is_empty());
     assert!(
         keys.iter().all(|k| k.starts_with("chorus:{sum-1000}:")
-            || k == chorus_shared::store::SERVICES_KEY),
+            || k == chorus_shared::store::SERVICES_KEY
+            || k == chorus_shared::admin::tasks::INDEX_KEY
+            || k == chorus_shared::admin::tasks::ENTRIES_KEY),
         "{keys:?}"
     );
 }

@@ -1,17 +1,23 @@
 //! `chorus`: the client CLI — submit a task (optionally waiting for its outcome with a live
 //! progress bar), show a task's state, print its outcome; list the kinds the live services
 //! serve (or those a kinds file adds to the built-in ones), or check such a file; show and set
-//! the limits of language models every worker enforces (`limits`).
+//! the limits of language models every worker enforces (`limits`); list the recent tasks
+//! (`tasks`), draw a running task's graph (`graph`), look into and replay `chorus.dead` (`dead`).
 
+#[path = "chorus/dead.rs"]
+mod dead;
 #[path = "chorus/limits.rs"]
 mod limits;
+#[path = "chorus/tasks.rs"]
+mod tasks;
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
 use std::collections::HashMap;
 
 use chorus_shared::{
-    client::{Client, ClientError, TaskStatus},
+    admin,
+    client::{CancelRequest, Client, ClientError, TaskStatus, TypeStatus},
     config::{ConnectArgs, KindsArgs, DEFAULT_MAX_MESSAGE_BYTES, EXIT_USAGE},
     error::StoreError,
     kinds::Registry,
@@ -30,6 +36,11 @@ const EXIT_REJECTED: u8 = 3;
 const EXIT_NO_OUTCOME: u8 = 4;
 /// Exit code for a `cancelled` outcome.
 const EXIT_CANCELLED: u8 = 5;
+/// Exit code of `cancel` when the task had already finished (nothing was sent).
+const EXIT_ALREADY_FINISHED: u8 = 6;
+/// Exit code when Ctrl-C stopped `submit --wait` or `watch` (128 + SIGINT, as shells report
+/// it); the task goes on.
+const EXIT_INTERRUPTED: u8 = 130;
 /// Exit code when RabbitMQ or Redis cannot be used (BSD `EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -40,8 +51,6 @@ const WATCH_POLL: Duration = Duration::from_millis(250);
 /// How often `submit --wait` refreshes its progress bar from Redis (and looks for an outcome
 /// whose reply was missed).
 const PROGRESS_TICK: Duration = Duration::from_millis(200);
-/// How long `watch` waits for a task it cannot find before giving up on it as unknown.
-const UNKNOWN_TASK_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -49,8 +58,9 @@ const UNKNOWN_TASK_PATIENCE: Duration = Duration::from_secs(10);
     version,
     about = "Submit Chorus tasks and follow them.",
     after_help = "Exit codes: 0 succeeded or partial, 1 failed, 3 rejected, 4 no such task / no \
-                  outcome yet / wait timed out, 5 cancelled, 64 bad usage, 69 RabbitMQ or Redis \
-                  unavailable."
+                  outcome yet / wait timed out, 5 cancelled, 6 cancel (or graph) of a task \
+                  already finished, 64 bad usage, 69 RabbitMQ or Redis unavailable, 130 interrupted \
+                  (Ctrl-C; the task goes on)."
 )]
 struct Cli {
     #[command(flatten)]
@@ -74,7 +84,8 @@ enum Command {
         id: String,
     },
     /// Cancel a task: queued subtasks are dropped, running handlers see their cancellation
-    /// token, and the outcome is `cancelled` with the stats so far.
+    /// token, and the outcome is `cancelled` with the stats so far. An unknown task exits 4, a
+    /// task already finished exits 6 (with its status); neither sends anything.
     Cancel {
         /// Task id.
         id: String,
@@ -83,10 +94,14 @@ enum Command {
         reason: Option<String>,
     },
     /// Follow a task live: a progress bar per worker type on a terminal, a plain line per change
-    /// otherwise; prints the outcome as JSON at the end.
+    /// otherwise; prints the outcome as JSON at the end. An unknown task exits 4 at once.
     Watch {
         /// Task id.
         id: String,
+        /// Wait up to this many seconds for a task Redis does not know yet (just submitted,
+        /// not claimed by an orchestrator yet) before exiting 4.
+        #[arg(long, default_value_t = 0)]
+        wait_unknown_secs: u64,
         /// Give up after this many seconds (the task goes on).
         #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
         timeout_secs: u64,
@@ -104,6 +119,24 @@ enum Command {
     /// `set` and `clear` need a Redis user with the `limits-admin` rules.
     #[command(subcommand)]
     Limits(limits::LimitsCommand),
+    /// List the recent tasks, newest first (id, kind, status, submitted, finished, progress),
+    /// from the index the services keep in Redis (the last 7 days, at most 10,000 tasks).
+    Tasks(tasks::TasksArgs),
+    /// List, show, requeue or purge the dead letters of chorus.dead. Needs a RabbitMQ user
+    /// with the `admin` permissions of deploy/acl/rabbitmq.permissions.
+    #[command(subcommand)]
+    Dead(dead::DeadCommand),
+    /// Print a running task's subtasks as a dependency graph: each subtask's worker type and
+    /// state (pending, released = queued or running, succeeded, failed, skipped) and an edge
+    /// from each dependency to what waits for it, from the recorded plan. An unknown task exits
+    /// 4; a finished one exits 6 (its plan is not kept past the outcome).
+    Graph {
+        /// Task id.
+        id: String,
+        /// dot (Graphviz: `chorus graph ID | dot -Tsvg > graph.svg`), mermaid or json.
+        #[arg(long, default_value = "dot", value_parser = ["dot", "mermaid", "json"])]
+        format: String,
+    },
 }
 
 /// The flags of `chorus kinds`.
@@ -214,6 +247,8 @@ enum Failure {
     Usage(String),
     Unavailable(ClientError),
     NoOutcome(String),
+    /// Ctrl-C while waiting for task `0`.
+    Interrupted(String),
 }
 
 impl From<ClientError> for Failure {
@@ -253,6 +288,13 @@ async fn main() -> ExitCode {
             eprintln!("chorus: {message}");
             ExitCode::from(EXIT_NO_OUTCOME)
         }
+        Err(Failure::Interrupted(id)) => {
+            eprintln!(
+                "chorus: stopped waiting; task {id:?} goes on. Watch it with `chorus watch {id}`, \
+                 cancel it with `chorus cancel {id}`."
+            );
+            ExitCode::from(EXIT_INTERRUPTED)
+        }
     }
 }
 
@@ -271,16 +313,21 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 None => Err(no_such_task(&id)),
             }
         }
-        Command::Cancel { id, reason } => {
+        Command::Cancel { id, reason } => cancel(connect, &id, reason).await,
+        Command::Watch {
+            id,
+            timeout_secs,
+            wait_unknown_secs,
+        } => {
             let client = Client::connect(connect).await?;
-            client.cancel(&id, reason).await?;
-            print_json(&serde_json::json!({ "id": id, "cancel": "requested" }))
-                .map_err(Failure::Usage)?;
-            Ok(0)
-        }
-        Command::Watch { id, timeout_secs } => {
-            let client = Client::connect(connect).await?;
-            let outcome = watch(&client, &id, Duration::from_secs(timeout_secs)).await?;
+            let limits = (
+                Duration::from_secs(timeout_secs),
+                Duration::from_secs(wait_unknown_secs),
+            );
+            let outcome = tokio::select! {
+                outcome = watch(&client, &id, limits) => outcome?,
+                _ = tokio::signal::ctrl_c() => return Err(Failure::Interrupted(id)),
+            };
             print_outcome(&outcome)
         }
         Command::Result { id } => result(connect, &id).await,
@@ -291,6 +338,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         }
         Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
         Command::Limits(command) => model_limits(connect, command).await,
+        Command::Graph { id, format } => graph(connect, &id, &format).await,
+        Command::Dead(command) => dead_letters(connect, command).await,
+        Command::Tasks(args) => {
+            let store = connect_store(connect).await?;
+            let shown = tasks::run(&store, &args)
+                .await
+                .map_err(|e| Failure::Unavailable(e.into()))?;
+            println!("{shown}");
+            Ok(0)
+        }
     }
 }
 
@@ -299,12 +356,7 @@ async fn model_limits(
     connect: &ConnectArgs,
     command: limits::LimitsCommand,
 ) -> Result<u8, Failure> {
-    let redis = connect
-        .redis()
-        .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
-    let store = Store::connect_to(&redis, connect.redis_timeout())
-        .await
-        .map_err(|e| Failure::Unavailable(e.into()))?;
+    let store = connect_store(connect).await?;
     match limits::run(&store, command).await {
         Ok(shown) => {
             print_json(&shown).map_err(Failure::Usage)?;
@@ -315,15 +367,23 @@ async fn model_limits(
     }
 }
 
-/// `chorus kinds`: the kinds the live services announce, as JSON
-/// (docs/operations.md#rolling-out-a-kind).
-async fn live_kinds(connect: &ConnectArgs) -> Result<u8, Failure> {
+/// Connects to Redis alone; a failure names the address tried (password hidden).
+async fn connect_store(connect: &ConnectArgs) -> Result<Store, Failure> {
     let redis = connect
         .redis()
         .map_err(|e| Failure::Unavailable(StoreError::Settings(e).into()))?;
-    let store = Store::connect_to(&redis, connect.redis_timeout())
+    Store::connect_to(&redis, connect.redis_timeout())
         .await
-        .map_err(|e| Failure::Unavailable(e.into()))?;
+        .map_err(|e| match e {
+            StoreError::TlsRefused(_) => Failure::Unavailable(e.into()),
+            other => Failure::Unavailable(ClientError::connecting("Redis", &redis, other)),
+        })
+}
+
+/// `chorus kinds`: the kinds the live services announce, as JSON
+/// (docs/operations.md#rolling-out-a-kind).
+async fn live_kinds(connect: &ConnectArgs) -> Result<u8, Failure> {
+    let store = connect_store(connect).await?;
     let live = services::read_live(&store)
         .await
         .map_err(|e| Failure::Unavailable(e.into()))?;
@@ -398,9 +458,78 @@ async fn submit(connect: &ConnectArgs, args: SubmitArgs) -> Result<u8, Failure> 
     }
     let mut replies = client.reply_queue().await?;
     client.submit(&request, Some(&replies.name)).await?;
+    // The id first, on stderr (stdout stays the outcome's JSON), so it is known even if the
+    // wait is given up.
+    eprintln!(
+        "chorus: submitted task {id}; waiting for its outcome (Ctrl-C stops waiting, not the task)"
+    );
     let limit = Duration::from_secs(args.wait_timeout_secs);
     let outcome = wait_for_outcome(&client, &mut replies, &id, limit).await?;
     print_outcome(&outcome)
+}
+
+/// `chorus cancel`: sends the cancellation of a live task; says so, with a distinct exit code,
+/// when the task is unknown (4) or already finished (6).
+async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Result<u8, Failure> {
+    let client = Client::connect(connect).await?;
+    match client.cancel_if_live(id, reason).await? {
+        CancelRequest::Requested => {
+            print_json(&serde_json::json!({ "id": id, "cancel": "requested" }))
+                .map_err(Failure::Usage)?;
+            Ok(0)
+        }
+        CancelRequest::Unknown => Err(no_such_task(id)),
+        CancelRequest::Finished(status) => {
+            let status = status.map_or("unknown".to_owned(), |s| s.as_str().to_owned());
+            print_json(
+                &serde_json::json!({ "id": id, "cancel": "already finished", "status": status }),
+            )
+            .map_err(Failure::Usage)?;
+            eprintln!("chorus: task {id:?} already finished ({status}); nothing to cancel");
+            Ok(EXIT_ALREADY_FINISHED)
+        }
+    }
+}
+
+/// `chorus dead ...`: connects to RabbitMQ alone (a failure names the URL tried) and runs it.
+async fn dead_letters(connect: &ConnectArgs, command: dead::DeadCommand) -> Result<u8, Failure> {
+    let endpoint = connect
+        .amqp()
+        .map_err(|e| Failure::Unavailable(chorus_shared::error::BrokerError::Settings(e).into()))?;
+    let connection = chorus_shared::amqp::connect(&endpoint, "chorus dead")
+        .await
+        .map_err(|e| Failure::Unavailable(ClientError::connecting("RabbitMQ", &endpoint, e)))?;
+    match dead::run(&connection, connect.publish_timeout(), command).await {
+        Ok(shown) => {
+            println!("{shown}");
+            Ok(0)
+        }
+        Err(dead::DeadError::Usage(message)) => Err(Failure::Usage(message)),
+        Err(dead::DeadError::Broker(e)) => Err(Failure::Unavailable(e.into())),
+        Err(dead::DeadError::NotFound(message)) => Err(Failure::NoOutcome(message)),
+    }
+}
+
+/// `chorus graph`: prints the task's graph in `format`.
+async fn graph(connect: &ConnectArgs, id: &str, format: &str) -> Result<u8, Failure> {
+    let store = connect_store(connect).await?;
+    let graph = match admin::graph::read(&store, id).await {
+        Ok(graph) => graph,
+        Err(admin::graph::GraphError::Store(e)) => return Err(Failure::Unavailable(e.into())),
+        Err(e @ admin::graph::GraphError::Unknown(_)) => {
+            return Err(Failure::NoOutcome(e.to_string()))
+        }
+        Err(e @ admin::graph::GraphError::Finished(_)) => {
+            eprintln!("chorus: {e}");
+            return Ok(EXIT_ALREADY_FINISHED);
+        }
+    };
+    match format {
+        "mermaid" => print!("{}", admin::graph::to_mermaid(&graph)),
+        "json" => print_json(&graph).map_err(Failure::Usage)?,
+        _ => print!("{}", admin::graph::to_dot(&graph)),
+    }
+    Ok(0)
 }
 
 /// `chorus result`: prints the task's outcome, or says why there is none.
@@ -438,11 +567,12 @@ fn progress_line(status: &TaskStatus) -> String {
         .map(|t| {
             let p = &t.progress;
             let mut line = format!(
-                "{} {}/{} settled ({} running, {} waiting, {} failed, {} skipped)",
+                "{} {}/{} settled ({} running, {} queued, {} waiting, {} failed, {} skipped)",
                 p.worker_type,
                 p.settled(),
                 p.total,
-                p.in_flight(),
+                t.running(),
+                t.queued_here(),
                 p.waiting(),
                 p.failed,
                 p.skipped
@@ -467,9 +597,32 @@ fn progress_line(status: &TaskStatus) -> String {
     line
 }
 
+/// The message beside a worker type's bar: running (what workers hold, never the queued ones),
+/// queued, waiting, failed, skipped, and why it does not progress.
+fn bar_message(t: &TypeStatus) -> String {
+    let p = &t.progress;
+    format!(
+        "{} running · {} queued · {} waiting · {} failed · {} skipped{}",
+        t.running(),
+        t.queued_here(),
+        p.waiting(),
+        p.failed,
+        p.skipped,
+        t.note
+            .as_ref()
+            .map(|n| format!(" · {n}"))
+            .unwrap_or_default()
+    )
+}
+
 /// Follows a task until it has an outcome: bars per worker type on a terminal, else a line
-/// whenever the progress changes.
-async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Failure> {
+/// whenever the progress changes. `limits`: the longest wait for the outcome, and for a task
+/// Redis does not know yet (zero: an unknown task fails at once).
+async fn watch(
+    client: &Client,
+    id: &str,
+    (limit, unknown_patience): (Duration, Duration),
+) -> Result<Outcome, Failure> {
     let terminal = std::io::stderr().is_terminal();
     let bars = MultiProgress::new();
     let mut by_type: HashMap<String, ProgressBar> = HashMap::new();
@@ -490,7 +643,7 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
         match client.status(id).await? {
             None => {
                 let since = *unknown_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() > UNKNOWN_TASK_PATIENCE {
+                if since.elapsed() >= unknown_patience {
                     return Err(no_such_task(id));
                 }
             }
@@ -507,17 +660,7 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
                         });
                         bar.set_length(p.total);
                         bar.set_position(p.settled());
-                        bar.set_message(format!(
-                            "{} running · {} waiting · {} failed · {} skipped{}",
-                            p.in_flight(),
-                            p.waiting(),
-                            p.failed,
-                            p.skipped,
-                            t.note
-                                .as_ref()
-                                .map(|n| format!(" · {n}"))
-                                .unwrap_or_default()
-                        ));
+                        bar.set_message(bar_message(t));
                     }
                     if let Some(usage) = status.usage_line() {
                         usage_bar
@@ -533,8 +676,10 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
                 }
                 if status.status.is_some() {
                     if let Some(outcome) = client.outcome(id).await? {
+                        // `abandon`, not `finish`: finishing fills the bar, which after a
+                        // cancel would show as settled what was only dropped.
                         for bar in by_type.values().chain(usage_bar.iter()) {
-                            bar.finish();
+                            bar.abandon();
                         }
                         return Ok(outcome);
                     }
@@ -543,6 +688,17 @@ async fn watch(client: &Client, id: &str, limit: Duration) -> Result<Outcome, Fa
         }
         tokio::time::sleep(WATCH_POLL).await;
     }
+}
+
+/// Why a task does not progress (today: a worker type no worker serves), joined; empty when
+/// nothing is known to hold it up.
+fn stall_notes(status: &TaskStatus) -> String {
+    let notes: Vec<&str> = status
+        .types
+        .iter()
+        .filter_map(|t| t.note.as_deref())
+        .collect();
+    notes.join("; ")
 }
 
 /// Waits for the outcome on the reply queue, drawing progress from Redis meanwhile. Redis is
@@ -567,9 +723,16 @@ async fn wait_for_outcome(
     );
     let deadline = tokio::time::Instant::now() + limit;
     let mut tick = tokio::time::interval(PROGRESS_TICK);
+    let mut last_notes = String::new();
+    let interrupt = tokio::signal::ctrl_c();
+    tokio::pin!(interrupt);
     let outcome = loop {
         tokio::select! {
             reply = replies.next_outcome() => break reply?,
+            _ = &mut interrupt => {
+                bar.abandon();
+                return Err(Failure::Interrupted(id.to_owned()));
+            }
             _ = tick.tick() => {
                 if tokio::time::Instant::now() >= deadline {
                     bar.abandon();
@@ -578,7 +741,17 @@ async fn wait_for_outcome(
                 if let Some(status) = client.status(id).await? {
                     bar.set_length(status.subtasks);
                     bar.set_position(status.settled);
-                    bar.set_message(status.state);
+                    let notes = stall_notes(&status);
+                    if notes.is_empty() {
+                        bar.set_message(status.state);
+                    } else {
+                        bar.set_message(format!("{} · {notes}", status.state));
+                    }
+                    if notes != last_notes && !notes.is_empty() {
+                        // Said once, also without a terminal, so a script's log shows it.
+                        bar.suspend(|| eprintln!("chorus: task {id} is not progressing: {notes}"));
+                    }
+                    last_notes = notes;
                     if status.status.is_some() {
                         if let Some(outcome) = client.outcome(id).await? {
                             break outcome;

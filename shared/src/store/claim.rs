@@ -17,6 +17,7 @@ use super::{
     Store, TaskKeys, CHUNK,
 };
 use crate::{
+    admin::tasks::LIVE,
     clock::now_ms,
     error::StoreError,
     graph::FirstWave,
@@ -201,6 +202,10 @@ impl Store {
         args.add_to(&mut call, submission);
         call.arg(PLAN_RUN);
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
+        if status == "new" {
+            self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
+                .await;
+        }
         match status.as_str() {
             "new" => {
                 let runs = String::from_utf8_lossy(&value).parse::<u64>().ok();
@@ -253,6 +258,10 @@ impl Store {
         add_usage_block(&mut call, usage);
         layout.add_whole(&mut call)?;
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
+        if status == "planned" || status == "new" {
+            self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
+                .await;
+        }
         match status.as_str() {
             "planned" => {
                 let mut record = args.record(submission);

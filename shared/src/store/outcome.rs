@@ -70,7 +70,7 @@ impl Store {
             Key::Children,
         ]))
         .key(keys.all(&WORKING))
-        .arg(encoded)
+        .arg(&encoded)
         .arg(ttl.as_secs().max(1))
         .arg(now_ms());
         add_usage_block(&mut call, usage);
@@ -82,6 +82,13 @@ impl Store {
             Vec<String>,
             String,
         ) = call.invoke_async(&mut self.conn()).await?;
+        if stored == encoded {
+            // This outcome is the one stored: the index of recent tasks learns its end (a
+            // task never claimed, e.g. a rejected plan's, enters it here).
+            let now = now_ms();
+            self.index_task_logged(id, &kind, outcome.status.as_str(), now, Some(now))
+                .await;
+        }
         Ok(Finished {
             outcome: decode_outcome(&stored)?,
             waiters: decode_waiters(id, &waiters)?,
