@@ -34,6 +34,17 @@ fn a_steady_rate_is_measured_as_itself() {
 }
 
 #[test]
+fn the_burst_does_not_count_towards_the_rate() {
+    // Its calls started before the first refill.
+    let table = summarize(&steady(20, 320), 600, 20, 320, 30);
+    assert!(
+        (table.achieved_rpm - 600.0).abs() < 600.0 * 0.01,
+        "{table:?}"
+    );
+    assert!(table.windows.iter().all(|w| w.within), "{table:?}");
+}
+
+#[test]
 fn a_burst_above_the_allowance_is_reported() {
     // 20 calls at once, then the steady rate: 10 s hold 20 + 100, above 600 * 10 / 60 + 1.
     let table = summarize(&steady(20, 320), 600, 1, 320, 30);
