@@ -3,7 +3,8 @@
 # missing), the release binaries, then chorus-bench, which measures the raw broker baseline and
 # Chorus side by side and writes bench/results/latest.json. Arguments go to chorus-bench
 # (e.g. --sizes 1000,10000 --repeat 1 for a quick run, --steps-only for the kinds-file figures,
-# --llm-only for the LLM-call figures against llm-katan, which deploy/llm-katan.sh installs).
+# --llm-only for the LLM-call figures against llm-katan, which deploy/llm-katan.sh installs,
+# --llm-rate-only for the rate under a shared limit alone).
 #
 # Settings (environment): CHORUS_BENCH_STATE_DIR (default <repo>/.chorus/bench),
 # CHORUS_BENCH_AMQP_PORT (5700), CHORUS_BENCH_REDIS_PORT (6450).
@@ -27,11 +28,13 @@ LLM_KATAN="$("$SCRIPT_DIR/llm-katan.sh")"
 mkdir -p bench/results
 # --steps-only measures the kinds-file figures alone: they go to steps.json, steps.txt and
 # steps-machine.txt, leaving the full run's latest.* and machine.txt as they are; --llm-only
-# likewise to llm.json, llm.txt and llm-machine.txt.
+# likewise to llm.json, llm.txt and llm-machine.txt, --llm-rate-only to llm-rate.json,
+# llm-rate.txt and llm-rate-machine.txt.
 NAME=latest MACHINE=machine
 for arg in "$@"; do
     if [ "$arg" = --steps-only ]; then NAME=steps MACHINE=steps-machine; fi
     if [ "$arg" = --llm-only ]; then NAME=llm MACHINE=llm-machine; fi
+    if [ "$arg" = --llm-rate-only ]; then NAME=llm-rate MACHINE=llm-rate-machine; fi
 done
 {
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"

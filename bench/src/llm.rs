@@ -30,14 +30,14 @@ use crate::raw::{close_all, connect};
 use crate::{broker, reset, Cli, Stat, Submitter, System, MICROS_PER_SECOND, SETTLE};
 
 /// The served model name and the kind of the kinds file [`write_kinds_file`] writes.
-const MODEL: &str = "gpt-test";
+pub(crate) const MODEL: &str = "gpt-test";
 const KIND: &str = "llm-echo";
 /// Calls before any clock runs (connections, Python's first requests).
 const WARM_UP_CALLS: usize = 20;
 /// Longest wait for llm-katan to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// llm-katan needs an `Authorization` header; any key does.
-const KEY_VAR: &str = "CHORUS_BENCH_LLM_KEY";
+pub(crate) const KEY_VAR: &str = "CHORUS_BENCH_LLM_KEY";
 const MICROS_PER_MILLI: f64 = 1000.0;
 
 /// Median and 99th percentile, µs.
@@ -97,14 +97,15 @@ pub struct LlmTable {
     chorus_in_service: Own,
     /// Wall time of the task through the services, ms (median over the rounds).
     task_ms: Stat,
-    // LIMITS: "rate under a limit of N rpm across 3 worker processes" (issue 18, Performance)
-    // goes here: achieved calls per minute against N, and the most in any minute window.
+    /// The rate under a shared limit across three worker processes (bench/src/llm_rate.rs);
+    /// none when `--llm-rate-calls` is 0.
+    rate_under_limit: Option<crate::llm_rate::RateTable>,
 }
 
 /// llm-katan as a child process, killed on drop.
-struct Katan {
+pub(crate) struct Katan {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Katan {
@@ -115,7 +116,7 @@ impl Drop for Katan {
 }
 
 impl Katan {
-    async fn start(program: &Path, latency_ms: u64, concurrency: usize) -> Result<Self> {
+    pub(crate) async fn start(program: &Path, latency_ms: u64, concurrency: usize) -> Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -145,7 +146,7 @@ impl Katan {
         Ok(katan)
     }
 
-    fn base_url(&self) -> String {
+    pub(crate) fn base_url(&self) -> String {
         format!("http://127.0.0.1:{}/v1", self.port)
     }
 }
@@ -177,11 +178,7 @@ pub async fn measure(cli: &Cli) -> Result<LlmTable> {
         stepped.extend(through_step);
     }
     let (service, task_ms) = through_services(cli, &katan, &calls, &mut raw).await?;
-    // LIMITS: the achieved rate under a shared limit goes here (issue 18, Performance: "with a
-    // limit of N requests per minute across three worker processes, the achieved rate is within
-    // 5 % of N and never above it plus the burst"): `System::start_with(cli, 3, None, ...)` on a
-    // kinds file whose model declares `requests_per_minute`, one task of enough subtasks, and
-    // llm-katan's `/metrics` request count polled per window, reported beside N in `LlmTable`.
+    let rate_under_limit = crate::llm_rate::measure(cli).await?;
     let raw_exchange = Spread::of(&raw);
     let (step_call, service_subtask) = (Spread::of(&stepped), Spread::of(&service));
     Ok(LlmTable {
@@ -195,6 +192,7 @@ pub async fn measure(cli: &Cli) -> Result<LlmTable> {
         service_subtask,
         chorus_in_service: Own::of(service_subtask, raw_exchange, cli.llm_latency_ms),
         task_ms: Stat::of(&task_ms),
+        rate_under_limit,
     })
 }
 
@@ -467,4 +465,7 @@ pub fn print(table: &LlmTable) {
         "task of {} through the services: {} ms",
         table.calls_per_round, table.task_ms
     );
+    if let Some(rate) = &table.rate_under_limit {
+        crate::llm_rate::print(rate);
+    }
 }

@@ -5,6 +5,7 @@
 //! a private RabbitMQ and Redis.
 
 mod llm;
+mod llm_rate;
 mod raw;
 mod steps;
 
@@ -129,6 +130,19 @@ struct Cli {
     /// The llm-katan executable (deploy/bench.sh passes the one deploy/llm-katan.sh installs).
     #[arg(long, default_value = "llm-katan")]
     llm_katan: PathBuf,
+    /// Requests per minute the model of the "rate under a shared limit" measurement declares
+    /// (bench/src/llm_rate.rs: three worker processes share it).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+    llm_rate_rpm: u32,
+    /// `burst` of that model: calls that may start at once after a quiet spell.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    llm_rate_burst: u32,
+    /// Calls (subtasks of one task) of that measurement; 0 skips it.
+    #[arg(long, default_value_t = 300)]
+    llm_rate_calls: usize,
+    /// Run only the "rate under a shared limit" measurement.
+    #[arg(long)]
+    llm_rate_only: bool,
     /// Run only the "LLM calls" measurement.
     #[arg(long)]
     llm_only: bool,
@@ -452,6 +466,14 @@ async fn main() -> Result<()> {
             &cli.out,
             &json!({"latency": latency, "latency_floor": floor, "latency_over_floor": over}),
         )?;
+        return Ok(());
+    }
+    if cli.llm_rate_only {
+        let table = llm_rate::measure(&cli).await?;
+        if let Some(table) = &table {
+            llm_rate::print(table);
+        }
+        write_json(&cli.out, &json!({ "llm_rate_under_limit": table }))?;
         return Ok(());
     }
     if cli.llm_only {
