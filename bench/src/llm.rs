@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chorus_shared::protocol::{Status, TaskOptions};
+use chorus_shared::protocol::{Outcome, Status, TaskOptions};
 use chorus_shared::steps::llm::{Catalog, StoreSlot};
 use chorus_shared::steps::{CallLimits, LlmSpec, ModelSpec, ProviderSpec, Step};
 use futures::{StreamExt, TryStreamExt};
@@ -352,6 +352,31 @@ async fn through_services(
 
 /// Runs one task of `n` subtasks with events, at most `concurrency` in flight; its id and
 /// wall time, having checked that every subtask succeeded with its usage counted.
+/// Checks that a task of kind `kind` of `n` `llm` subtasks on `model` succeeded with one call
+/// counted each.
+///
+/// # Errors
+/// The outcome says otherwise.
+pub(crate) fn check_outcome(outcome: &Outcome, kind: &str, model: &str, n: usize) -> Result<()> {
+    let calls = outcome
+        .stats
+        .tokens
+        .get(model)
+        .map_or(0, |tokens| tokens.calls);
+    if outcome.status != Status::Succeeded
+        || outcome.stats.succeeded != n as u64
+        || calls != n as u64
+    {
+        bail!(
+            "wrong outcome of {kind}: {:?}, stats {:?}, errors {:?}",
+            outcome.status,
+            outcome.stats,
+            outcome.errors
+        );
+    }
+    Ok(())
+}
+
 async fn run_task(
     submitter: &mut Submitter,
     n: usize,
@@ -366,22 +391,7 @@ async fn run_task(
     let (elapsed, outcome) = submitter
         .run_task(KIND, &json!({ "items": items }), Some(options))
         .await?;
-    let calls = outcome
-        .stats
-        .tokens
-        .get("echo")
-        .map_or(0, |tokens| tokens.calls);
-    if outcome.status != Status::Succeeded
-        || outcome.stats.succeeded != n as u64
-        || calls != n as u64
-    {
-        bail!(
-            "wrong outcome of {KIND}: {:?}, stats {:?}, errors {:?}",
-            outcome.status,
-            outcome.stats,
-            outcome.errors
-        );
-    }
+    check_outcome(&outcome, KIND, "echo", n)?;
     Ok((outcome.id, elapsed))
 }
 

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chorus_shared::protocol::{Status, TaskOptions};
+use chorus_shared::protocol::TaskOptions;
 use serde::Serialize;
 use serde_json::json;
 
@@ -251,19 +251,7 @@ async fn run_task(submitter: &mut Submitter, n: usize, in_flight: u64) -> Result
     let (_, outcome) = submitter
         .run_task(KIND, &json!({ "items": items }), Some(options))
         .await?;
-    let calls = outcome.stats.tokens.get("rated").map_or(0, |t| t.calls);
-    if outcome.status != Status::Succeeded
-        || outcome.stats.succeeded != n as u64
-        || calls != n as u64
-    {
-        bail!(
-            "wrong outcome of {KIND}: {:?}, stats {:?}, errors {:?}",
-            outcome.status,
-            outcome.stats,
-            outcome.errors
-        );
-    }
-    Ok(())
+    super::llm::check_outcome(&outcome, KIND, "rated", n)
 }
 
 /// Writes the kinds file (kind `llm-rate`: a subtask per item, an `llm` handler on model
