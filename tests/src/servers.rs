@@ -194,3 +194,48 @@ pub async fn katan_counts(port: u16) -> KatanCounts {
         completion_tokens: counter("llm_katan_completion_tokens_total"),
     }
 }
+
+/// The environment variable the tests' providers read their API key from (llm-katan wants an
+/// `Authorization` header; any key does).
+pub const LLM_KEY_VAR: &str = "CHORUS_TEST_LLM_KEY";
+
+/// An `llm` handler step, built as a kinds file would, saying `Say {{ subtask.input.word }}` to
+/// `model` (its `provider` is replaced by `katan`) at llm-katan on `port`, with a provider
+/// timeout of `timeout_ms` and its key from [`LLM_KEY_VAR`].
+pub fn katan_step(
+    port: u16,
+    timeout_ms: u64,
+    model: chorus_shared::steps::ModelSpec,
+) -> chorus_shared::steps::Step {
+    use chorus_shared::steps::{LlmOutput, LlmSpec, ProviderSpec, Step, StructuredOutput};
+    let providers = std::collections::BTreeMap::from([(
+        "katan".to_owned(),
+        ProviderSpec {
+            base_url: Some(format!("http://127.0.0.1:{port}/v1")),
+            base_url_env: None,
+            api_key_env: Some(LLM_KEY_VAR.to_owned()),
+            timeout_ms: Some(timeout_ms),
+            structured_output: StructuredOutput::JsonObject,
+            ca_file: None,
+        },
+    )]);
+    let model = chorus_shared::steps::ModelSpec {
+        provider: "katan".to_owned(),
+        ..model
+    };
+    let models = std::collections::BTreeMap::from([("echo".to_owned(), model)]);
+    let catalog = chorus_shared::steps::llm::Catalog::build(
+        &providers,
+        &models,
+        Path::new("."),
+        &Default::default(),
+    )
+    .unwrap();
+    let spec = LlmSpec {
+        model: "echo".to_owned(),
+        system: None,
+        prompt: "Say {{ subtask.input.word }}".to_owned(),
+        output: LlmOutput::Text,
+    };
+    Step::build_llm(&spec, &catalog, &["default".to_owned()]).unwrap()
+}

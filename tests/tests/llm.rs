@@ -4,14 +4,10 @@
 //! (canned completions) for plans, repairs, reviews and synthesis through the three services.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use chorus_shared::steps::llm::Catalog;
-use chorus_shared::steps::{
-    CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
-};
+use chorus_shared::steps::{CallLimits, ModelSpec, Step, StepError};
 use chorus_tests::servers::{katan, scripted};
 use chorus_tests::TestEnv;
 use serde_json::{json, Value};
@@ -23,37 +19,15 @@ const KEY_VAR: &str = "CHORUS_TEST_LLM_KEY";
 
 /// An `llm` handler step on model `gpt-test` at `port`, built as a kinds file would.
 fn katan_step(port: u16) -> Step {
-    let providers = BTreeMap::from([(
-        "katan".to_owned(),
-        ProviderSpec {
-            base_url: Some(format!("http://127.0.0.1:{port}/v1")),
-            base_url_env: None,
-            api_key_env: Some(KEY_VAR.to_owned()),
-            timeout_ms: Some(10_000),
-            structured_output: StructuredOutput::JsonObject,
-            ca_file: None,
-        },
-    )]);
-    let models = BTreeMap::from([(
-        "echo".to_owned(),
-        ModelSpec {
-            provider: "katan".to_owned(),
-            model: "gpt-test".to_owned(),
-            temperature: Some(0.0),
-            max_tokens: Some(64),
-            price_per_million_input: Some(1.0),
-            price_per_million_output: Some(2.0),
-            ..Default::default()
-        },
-    )]);
-    let catalog = Catalog::build(&providers, &models, Path::new("."), &Default::default()).unwrap();
-    let spec = LlmSpec {
-        model: "echo".to_owned(),
-        system: None,
-        prompt: "Say {{ subtask.input.word }}".to_owned(),
-        output: LlmOutput::Text,
+    let model = ModelSpec {
+        model: "gpt-test".to_owned(),
+        temperature: Some(0.0),
+        max_tokens: Some(64),
+        price_per_million_input: Some(1.0),
+        price_per_million_output: Some(2.0),
+        ..Default::default()
     };
-    Step::build_llm(&spec, &catalog, &["default".to_owned()]).unwrap()
+    chorus_tests::servers::katan_step(port, 10_000, model)
 }
 
 async fn call(step: &Step) -> Result<Value, StepError> {

@@ -15,7 +15,7 @@ use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
 use chorus_shared::store::Store;
-use chorus_tests::servers::{katan, scripted};
+use chorus_tests::servers::{katan, katan_step, scripted};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -178,34 +178,12 @@ async fn throttling_is_waited_out_without_using_attempts() {
 async fn a_provider_that_keeps_throttling_fails_the_attempt_after_a_bounded_number_of_tries() {
     std::env::set_var(KEY_VAR, "test-key");
     let server = katan(&["--rate-limit-after", "1"]).await;
-    let providers = BTreeMap::from([(
-        "katan".to_owned(),
-        ProviderSpec {
-            base_url: Some(format!("http://127.0.0.1:{}/v1", server.port)),
-            base_url_env: None,
-            api_key_env: Some(KEY_VAR.to_owned()),
-            timeout_ms: Some(30_000),
-            structured_output: StructuredOutput::JsonObject,
-            ca_file: None,
-        },
-    )]);
-    let models = BTreeMap::from([(
-        "echo".to_owned(),
-        ModelSpec {
-            provider: "katan".to_owned(),
-            model: "gpt-test".to_owned(),
-            max_tokens: Some(64),
-            ..Default::default()
-        },
-    )]);
-    let catalog = Catalog::build(&providers, &models, Path::new("."), &Default::default()).unwrap();
-    let spec = LlmSpec {
-        model: "echo".to_owned(),
-        system: None,
-        prompt: "Say {{ subtask.input.word }}".to_owned(),
-        output: LlmOutput::Text,
+    let model = ModelSpec {
+        model: "gpt-test".to_owned(),
+        max_tokens: Some(64),
+        ..Default::default()
     };
-    let step = Step::build_llm(&spec, &catalog, &["default".to_owned()]).unwrap();
+    let step = katan_step(server.port, 30_000, model);
     let request = json!({"step": "handle", "subtask": {"id": "0", "input": {"word": "hi"}}});
     let limits = CallLimits {
         timeout: Duration::from_secs(30),
