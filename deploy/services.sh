@@ -147,7 +147,10 @@ ensure_packages() {
 }
 
 rmq() { env "${RMQ_ENV[@]}" "$@"; }
-rabbitmqctl() { rmq "$RMQ_BIN/rabbitmqctl" "$@"; }
+# Bounded: rabbitmqctl waits without limit on a node that accepts its connection but does not
+# answer (overloaded, or blocked by an alarm), and a test calling it would hang with it.
+RMQCTL_TIMEOUT_S="${CHORUS_RABBITMQCTL_TIMEOUT_S:-120}"
+rabbitmqctl() { timeout --kill-after=10 "$RMQCTL_TIMEOUT_S" env "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmqctl" "$@"; }
 
 port_open() { timeout 2 bash -c ": </dev/tcp/127.0.0.1/$1" >/dev/null 2>&1; }
 
@@ -635,7 +638,7 @@ vhost-delete)
     vhost_delete "$1"
     ;;
 rabbitmqctl)
-    exec env "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmqctl" "$@"
+    exec timeout --kill-after=10 "$RMQCTL_TIMEOUT_S" env "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmqctl" "$@"
     ;;
 kill-rabbitmq) kill_rabbitmq ;;
 kill-redis) kill_redis ;;

@@ -8,7 +8,8 @@
 #   deploy/test.sh some_test_name --nocapture
 # Settings (environment): CHORUS_TEST_STATE_DIR (default <repo>/.chorus/test),
 # CHORUS_TEST_AMQP_PORT (5690), CHORUS_TEST_REDIS_PORT (6400),
-# CHORUS_TEST_THREADS (4), CARGO (cargo).
+# CHORUS_TEST_THREADS (4), CHORUS_TEST_TIMEOUT_S (2700: the whole `cargo test` step),
+# CARGO (cargo).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,6 +18,7 @@ cd "$REPO_DIR"
 
 CARGO="${CARGO:-cargo}"
 TEST_THREADS="${CHORUS_TEST_THREADS:-4}"
+TEST_TIMEOUT_S="${CHORUS_TEST_TIMEOUT_S:-2700}"
 
 export CHORUS_TEST_STATE_DIR="${CHORUS_TEST_STATE_DIR:-$REPO_DIR/.chorus/test}"
 export CHORUS_TEST_AMQP_PORT="${CHORUS_TEST_AMQP_PORT:-5690}"
@@ -66,6 +68,11 @@ on_exit() {
                 "$CHORUS_TEST_STATE_DIR" "$CHORUS_TEST_STATE_DIR" >&2
         fi
     fi
+    if ((rc != 0)); then
+        # A full disk makes RabbitMQ block every publisher (its disk alarm) and tests wait on
+        # confirms: say how much was left.
+        printf '   disk: %s\n' "$(df -h --output=avail,target "$REPO_DIR" | tail -n 1)" >&2
+    fi
     if [[ -n "$summary" ]]; then
         printf '%s\n' "$summary"
     fi
@@ -110,7 +117,10 @@ section "cargo test --workspace -- --test-threads=$TEST_THREADS${*:+ $*}"
 TEST_LOG="$CHORUS_TEST_STATE_DIR/cargo-test.log"
 mkdir -p "$CHORUS_TEST_STATE_DIR"
 rm -f "$REPO_DIR/.chorus/fault/report.txt"
-"$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$TEST_LOG"
+printf 'disk before the tests: %s\n' "$(df -h --output=avail,target "$REPO_DIR" | tail -n 1)" >&2
+# Bounded, so a test that hangs fails the run with its log instead of outlasting CI's budget.
+timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
+    "$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$TEST_LOG"
 if [[ -f "$REPO_DIR/.chorus/fault/report.txt" ]]; then
     section "Fault-injection figures (see docs/reliability.md)"
     cat "$REPO_DIR/.chorus/fault/report.txt" >&2

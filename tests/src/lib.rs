@@ -601,19 +601,29 @@ impl RawClient {
     /// in time, as on a loaded 2-core machine) — what any careful publisher does.
     pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) {
         for _ in 0..5 {
-            let confirm = self
-                .channel
-                .basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(queue),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties.clone(),
+            let publish = async {
+                self.channel
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(queue),
+                        BasicPublishOptions::default(),
+                        body,
+                        properties.clone(),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
+            };
+            // A broker under a disk or memory alarm blocks publishers without a word: a
+            // confirm that never comes is a failure saying so, not a test hanging until CI's
+            // time is up.
+            let confirm = tokio::time::timeout(WAIT, publish).await.unwrap_or_else(|_| {
+                panic!(
+                    "publish to {queue} not confirmed within {WAIT:?}: is the broker blocking \
+                     publishers (disk or memory alarm: `rabbitmq-diagnostics alarms`)?"
                 )
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            });
             if confirm.is_ack() {
                 return;
             }
