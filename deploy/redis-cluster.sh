@@ -13,6 +13,9 @@
 #   masters             print the ports of the current masters, one a line
 #   replica-of PORT     print the port of a replica of the master on PORT
 #   kill PORT           SIGKILL the node on PORT (fault tests)
+#   restart PORT        start the node on PORT again with its data (it rejoins, as a replica
+#                       if its replica took over) and wait until every node says ok
+#   owner KEY           print the port of the master that holds KEY's slot
 #   flush               FLUSHALL on every master (tests, between two runs)
 #
 # Settings (environment, with defaults):
@@ -127,14 +130,21 @@ stop() {
     rm -rf "$DIR"
 }
 
+# The first node that answers (the first port may be the one a test killed).
+live_node() {
+    local port
+    for port in "${PORTS[@]}"; do node_up "$port" && { echo "$port"; return 0; }; done
+    die "no node answers"
+}
+
 masters() {
-    cli "$BASE" cluster nodes 2>/dev/null | awk '$3 ~ /master/ && $3 !~ /fail/ { split($2, a, "[:@]"); print a[2] }' | sort -n
+    cli "$(live_node)" cluster nodes 2>/dev/null | awk '$3 ~ /master/ && $3 !~ /fail/ { split($2, a, "[:@]"); print a[2] }' | sort -n
 }
 
 replica_of() {
     local id
     id="$(cli "$1" cluster myid | tr -d '\r')"
-    cli "$BASE" cluster nodes | awk -v id="$id" '$4 == id && $3 !~ /fail/ { split($2, a, "[:@]"); print a[2]; exit }'
+    cli "$(live_node)" cluster nodes | awk -v id="$id" '$4 == id && $3 !~ /fail/ { split($2, a, "[:@]"); print a[2]; exit }'
 }
 
 url() {
@@ -151,6 +161,19 @@ status) cli "$BASE" cluster info | tr -d '\r' | grep -E '^cluster_(state|known_n
 url) url ;;
 masters) masters ;;
 replica-of) replica_of "${2:?replica-of PORT}" ;;
+restart)
+    port="${2:?restart PORT}"
+    [[ -z "$(node_pid "$port")" ]] || die "node $port is running"
+    redis-server "$DIR/$port/redis.conf" 9>&-
+    wait_for "node $port did not answer PING" 30 node_up "$port"
+    wait_for "the cluster did not take node $port back" 60 all_ok
+    ;;
+owner)
+    live="$(live_node)"
+    slot="$(cli "$live" cluster keyslot "${2:?owner KEY}" | tr -d '\r')"
+    cli "$live" cluster nodes | awk -v s="$slot" '$3 ~ /master/ && $3 !~ /fail/ {
+        for (i = 9; i <= NF; i++) { n = split($i, r, "-"); if (s >= r[1] && s <= r[n]) { split($2, a, "[:@]"); print a[2]; exit } } }'
+    ;;
 kill) pid="$(node_pid "${2:?kill PORT}")"; [[ -n "$pid" ]] || die "no node on port $2"; kill -KILL "$pid" ;;
 flush) for port in $(masters); do cli "$port" flushall >/dev/null; done ;;
 *) sed -n '2,22p' "$0" >&2; exit 64 ;;

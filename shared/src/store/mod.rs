@@ -83,7 +83,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
-pub use self::cluster::{check as check_endpoint, seeds as cluster_seeds};
+pub use self::cluster::check as check_endpoint;
 pub use self::{
     claim::{Claim, Planning, Submission},
     graph::Released,

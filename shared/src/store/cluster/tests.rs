@@ -1,6 +1,7 @@
 //! Unit tests of the cluster URL form and the Redis Cluster audit: every key a script is given
 //! shares one hash slot with the others, and no script touches a key it was not given (Redis
 //! Cluster sends a script to the node of its keys' slot, and refuses keys of other slots).
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 
