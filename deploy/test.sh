@@ -9,7 +9,9 @@
 # Settings (environment): CHORUS_TEST_STATE_DIR (default <repo>/.chorus/test),
 # CHORUS_TEST_AMQP_PORT (5690), CHORUS_TEST_REDIS_PORT (6400),
 # CHORUS_TEST_THREADS (4), CHORUS_TEST_TIMEOUT_S (2700: the whole `cargo test` step),
-# CARGO (cargo).
+# CHORUS_TEST_REDIS_CLUSTER_PORT (7100: the first of the six ports of the Redis Cluster step),
+# CHORUS_TEST_CLUSTER (`ci`: the spine and orchestration tests but one and the failover scenario
+# on the cluster; `full`: every spine test too; `off`: skip that step), CARGO (cargo).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +34,9 @@ export CHORUS_AMQP_PORT="$CHORUS_TEST_AMQP_PORT"
 export CHORUS_REDIS_PORT="$CHORUS_TEST_REDIS_PORT"
 # Tests must not pick up a developer's own endpoints by accident.
 unset CHORUS_AMQP_URL CHORUS_REDIS_URL
+# The Redis Cluster is for the cluster step only: set, it moves every test onto the cluster.
+CLUSTER_PORT="${CHORUS_TEST_REDIS_CLUSTER_PORT:-7100}"
+unset CHORUS_TEST_REDIS_CLUSTER_PORT
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-always}"
 
@@ -46,9 +51,14 @@ section() {
 }
 
 SERVICES_STARTED=0
+CLUSTER_STARTED=0
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
+    if ((CLUSTER_STARTED)); then
+        printf '\n== stopping the test Redis Cluster\n' >&2
+        "$SCRIPT_DIR/redis-cluster.sh" stop || true
+    fi
     if ((SERVICES_STARTED)); then
         printf '\n== stopping test services\n' >&2
         "$SCRIPT_DIR/services.sh" stop || true
@@ -121,6 +131,25 @@ printf 'disk before the tests: %s\n' "$(df -h --output=avail,target "$REPO_DIR" 
 # Bounded, so a test that hangs fails the run with its log instead of outlasting CI's budget.
 timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
     "$CARGO" test --workspace -- --test-threads="$TEST_THREADS" "$@" 2>&1 | tee "$TEST_LOG"
+if [[ "${CHORUS_TEST_CLUSTER:-ci}" != off ]]; then
+    section "Redis Cluster (3 masters, 3 replicas) on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5))"
+    CLUSTER_STARTED=1
+    export CHORUS_REDIS_CLUSTER_PORT="$CLUSTER_PORT"
+    "$SCRIPT_DIR/redis-cluster.sh" start
+    # One test at a time: the cluster has one database, flushed as each test starts.
+    # workers_take_...: counts commands with MONITOR on the single server, which sees nothing here.
+    # In CI, not the 20,000-subtask orchestrator kill either (its point is the broker, ~30 s).
+    skip=(--skip workers_take_freshly_published_subtasks_as_live_without_asking_redis)
+    if [[ "${CHORUS_TEST_CLUSTER:-ci}" != full ]]; then
+        skip+=(--skip an_orchestrator_killed_while_publishing_resumes_after_restart)
+    fi
+    section "cargo test on the Redis Cluster: spine, orchestration, master failover"
+    CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
+        "$CARGO" test -p chorus-tests --test spine --test orchestration -- --test-threads=1 \
+        "${skip[@]}" 2>&1 | tee -a "$TEST_LOG"
+    CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
+        "$CARGO" test -p chorus-tests --test faults_redis_cluster -- --ignored 2>&1 | tee -a "$TEST_LOG"
+fi
 if [[ -f "$REPO_DIR/.chorus/fault/report.txt" ]]; then
     section "Fault-injection figures (see docs/reliability.md)"
     cat "$REPO_DIR/.chorus/fault/report.txt" >&2

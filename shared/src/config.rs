@@ -64,7 +64,9 @@ pub struct ConnectArgs {
     pub amqp_tls_key: Option<PathBuf>,
 
     /// Redis address, redis://[user:password@]host:port[/db], or rediss:// for TLS (an ACL user
-    /// goes before the password). [default: redis://127.0.0.1:6379]
+    /// goes before the password); a Redis Cluster as
+    /// redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// for TLS; db 0
+    /// only). [default: redis://127.0.0.1:6379]
     #[arg(long, env = "CHORUS_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -255,11 +257,11 @@ impl ConnectArgs {
             )
         })?;
         let redis = self.redis()?;
-        redis.redis_client().map_err(|e| {
+        crate::store::check_endpoint(&redis).map_err(|e| {
             format!(
                 "--redis-url {}: {}",
                 redis.redacted(),
-                hide_password(&e.to_string(), redis.url())
+                hide_password(&e, redis.url())
             )
         })?;
         Ok(())

@@ -89,9 +89,12 @@ impl Endpoint {
         flags: &str,
         secure_scheme: &str,
     ) -> Result<Self, String> {
-        let secure = url
-            .split_once("://")
-            .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case(secure_scheme));
+        // `rediss+cluster` (a Redis Cluster, `store::cluster`) is as secure as `rediss`.
+        let secure = url.split_once("://").is_some_and(|(scheme, _)| {
+            let scheme = scheme.to_ascii_lowercase();
+            let scheme = scheme.strip_suffix("+cluster").unwrap_or(&scheme);
+            scheme.eq_ignore_ascii_case(secure_scheme)
+        });
         let any_file = files.ca.is_some() || files.cert.is_some() || files.key.is_some();
         if any_file && !secure {
             return Err(format!(
@@ -237,22 +240,27 @@ impl Endpoint {
     /// # Errors
     /// The URL does not parse, or redis-rs refuses the certificates.
     pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
-        if self.ca.is_none() && self.identity.is_none() {
-            return redis::Client::open(self.url.as_str());
+        match self.redis_certificates() {
+            None => redis::Client::open(self.url.as_str()),
+            Some(certificates) => redis::Client::build_with_tls(self.url.as_str(), certificates),
         }
-        redis::Client::build_with_tls(
-            self.url.as_str(),
-            redis::TlsCertificates {
-                client_tls: self
-                    .identity
-                    .as_ref()
-                    .map(|identity| redis::ClientTlsConfig {
-                        client_cert: identity.cert.clone(),
-                        client_key: identity.key.clone(),
-                    }),
-                root_cert: self.ca.clone(),
-            },
-        )
+    }
+
+    /// The TLS files as redis-rs takes them, `None` when there are none (the system's roots).
+    pub(crate) fn redis_certificates(&self) -> Option<redis::TlsCertificates> {
+        if self.ca.is_none() && self.identity.is_none() {
+            return None;
+        }
+        Some(redis::TlsCertificates {
+            client_tls: self
+                .identity
+                .as_ref()
+                .map(|identity| redis::ClientTlsConfig {
+                    client_cert: identity.cert.clone(),
+                    client_key: identity.key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        })
     }
 }
 

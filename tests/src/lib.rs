@@ -1,6 +1,7 @@
 //! Test harness: private RabbitMQ and Redis (started by `deploy/services.sh`), one vhost and one
-//! Redis database per test, the real service binaries as child processes, and a raw AMQP client
-//! that only publishes and consumes, as a third-party submitter would.
+//! Redis database per test (or the Redis Cluster of `cluster`, one test at a time), the real
+//! service binaries as child processes, and a raw AMQP client that only publishes and consumes,
+//! as a third-party submitter would.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::{
@@ -23,6 +24,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 
+pub mod cluster;
 pub mod deploy;
 pub mod fault;
 pub mod observe;
@@ -223,6 +225,7 @@ impl TestEnv {
             .expect("create vhost");
         assert!(status.success(), "cannot create vhost {vhost}");
         // Databases 1..63 (the private Redis has 64); test binaries run one after another.
+        // On the test cluster (`cluster::port`), database 0 of every node.
         let db = NEXT_DB.fetch_add(1, Ordering::SeqCst) % 63 + 1;
         let env = Self::with_urls(
             &vhost,
@@ -230,11 +233,20 @@ impl TestEnv {
                 "amqp://guest:guest@127.0.0.1:{}/{vhost}",
                 services.amqp_port
             ),
-            format!("redis://127.0.0.1:{}/{db}", services.redis_port),
+            cluster::port().map_or_else(
+                || format!("redis://127.0.0.1:{}/{db}", services.redis_port),
+                cluster::url,
+            ),
             services.state_dir.join("logs"),
         );
         let mut conn = env.redis().await;
-        redis::cmd("FLUSHDB")
+        // On the cluster (one database), tests run one at a time and each starts from empty.
+        let flush = if cluster::port().is_some() {
+            "FLUSHALL"
+        } else {
+            "FLUSHDB"
+        };
+        redis::cmd(flush)
             .query_async::<()>(&mut conn)
             .await
             .unwrap();
@@ -432,13 +444,19 @@ impl TestEnv {
         )
     }
 
-    /// A Redis connection to this env's database.
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
+    /// A Redis connection to this env's database, or to the test cluster when the env is on
+    /// it.
+    pub async fn redis(&self) -> cluster::TestRedis {
+        if let Some(first) = cluster::port().filter(|_| self.redis_url.contains("+cluster://")) {
+            return cluster::TestRedis::Cluster(cluster::connect(first).await);
+        }
+        cluster::TestRedis::Single(
+            redis::Client::open(self.redis_url.as_str())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
     }
 
     /// Every command the Redis server runs from now on that mentions `needle`, as `MONITOR`

@@ -666,7 +666,7 @@ async fn s05_a_memory_alarm_blocks_publishers_without_losing_anything() {
     }
 }
 
-async fn settled(redis: &mut redis::aio::MultiplexedConnection, run: &[Planned]) -> u64 {
+async fn settled(redis: &mut chorus_tests::cluster::TestRedis, run: &[Planned]) -> u64 {
     let mut total = 0;
     for task in run {
         let counts: Vec<Option<u64>> = redis::cmd("HMGET")

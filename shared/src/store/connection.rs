@@ -166,7 +166,7 @@ async fn open(
 
 /// `error` unchanged, or rebuilt with the password of `endpoint`'s URL hidden should its message
 /// quote it (redis-rs's do not today; every connection error reaches a log line).
-fn redacted(error: RedisError, endpoint: &Endpoint) -> RedisError {
+pub(super) fn redacted(error: RedisError, endpoint: &Endpoint) -> RedisError {
     let message = error.to_string();
     let hidden = config::hide_password(&message, endpoint.url());
     if hidden == message {

@@ -1,8 +1,8 @@
 //! Redis state of every task: key layout, the atomic Lua scripts of the fan-in, and leases.
 //!
 //! All keys of one task share the hash tag `{<task-id>}` (`chorus:{<id>}:task`, `...:plan`,
-//! ...), so every script touches a single slot, as Redis Cluster requires (the connection itself
-//! is to a single Redis for now).
+//! ...), so every script touches a single slot, as Redis Cluster requires; the connection is to one
+//! server or to a cluster (`cluster`).
 //!
 //! | key | type | holds |
 //! |-----|------|-------|
@@ -45,6 +45,7 @@
 //! - `outcome`: storing the outcome once, reading it with its waiters, marking it delivered
 //!   (which releases the synthesis lease).
 //! - `connection`: the connection, rebuilt from the settings read anew when it breaks.
+//!   `cluster`: a Redis Cluster's URL form and connection, and the connection type of both.
 //! - `read`, `children`, `progress`: plain reads. `record`: the task hash parsed.
 //!   `codec`: stored values encoded and decoded. `services`: the services' announcements.
 
@@ -62,6 +63,7 @@ use crate::{
 
 mod children;
 mod claim;
+mod cluster;
 mod codec;
 mod connection;
 mod graph;
@@ -81,6 +83,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
+pub use self::cluster::check as check_endpoint;
 pub use self::{
     claim::{Claim, Planning, Submission},
     graph::Released,
@@ -97,18 +100,19 @@ pub use self::{
 /// A Redis connection (reconnecting by itself, every command time-bounded) and the scripts.
 #[derive(Clone)]
 pub struct Store {
-    connection: connection::Reconnecting,
+    connection: cluster::Connection,
 }
 
 /// How many plan entries or result fields go to Redis per round trip.
 pub const CHUNK: usize = 1000;
 
 impl Store {
-    /// Connects to Redis at `url` (`redis://host:port`). Every command fails after `timeout`
-    /// instead of hanging.
+    /// Connects to Redis at `url` (`redis://host:port`, or a cluster's
+    /// `redis+cluster://host:port,host:port`). Every command fails after `timeout` instead of
+    /// hanging.
     ///
     /// # Errors
-    /// A malformed URL or an unreachable server.
+    /// A malformed URL or an unreachable server (or cluster).
     pub async fn connect(url: &str, timeout: Duration) -> Result<Self, StoreError> {
         Self::connect_to(&Endpoint::new(url), timeout).await
     }
@@ -145,8 +149,13 @@ impl Store {
         let config = AsyncConnectionConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout));
-        connection::Reconnecting::connect(source, endpoint, config)
-            .await
+        let connection = match cluster::seeds(endpoint.url()).map_err(StoreError::Settings)? {
+            Some(seeds) => cluster::connect(endpoint, seeds, timeout).await,
+            None => connection::Reconnecting::connect(source, endpoint, config)
+                .await
+                .map(cluster::Connection::Single),
+        };
+        connection
             .map(|connection| Self { connection })
             .map_err(|error| match tls::refusal(&error) {
                 Some(reason) => StoreError::TlsRefused(TlsRefused {
@@ -180,7 +189,7 @@ impl Store {
     }
 
     /// A handle on the connection (also for scripts kept beside the modules that use them).
-    pub(crate) fn conn(&self) -> connection::Reconnecting {
+    pub(crate) fn conn(&self) -> cluster::Connection {
         self.connection.clone()
     }
 

@@ -1,0 +1,99 @@
+//! The private Redis Cluster of a test run (`deploy/redis-cluster.sh`: 3 masters, 3 replicas),
+//! used instead of the single Redis when `CHORUS_TEST_REDIS_CLUSTER_PORT` names its first port.
+//!
+//! A cluster has only database 0, so tests on it are isolated by running one at a time
+//! (`--test-threads=1`, as `deploy/test.sh` runs them) and flushing every master as each test
+//! starts ([`TestEnv::new`](crate::TestEnv::new)).
+
+use std::process::Command;
+
+use redis::{
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+    Cmd, Pipeline, RedisFuture, Value,
+};
+
+use crate::repo_dir;
+
+/// The first port of the test cluster, when the tests run on one.
+pub fn port() -> Option<u16> {
+    std::env::var("CHORUS_TEST_REDIS_CLUSTER_PORT")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The ports of the cluster's six nodes.
+pub fn ports(first: u16) -> Vec<u16> {
+    (first..first + 6).collect()
+}
+
+/// The cluster URL Chorus takes, every node a seed.
+pub fn url(first: u16) -> String {
+    let seeds: Vec<String> = ports(first)
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    format!("redis+cluster://{}", seeds.join(","))
+}
+
+/// A `deploy/redis-cluster.sh` command aimed at the test cluster.
+pub fn script(first: u16, args: &[&str]) -> Command {
+    let mut command = Command::new(repo_dir().join("deploy/redis-cluster.sh"));
+    command
+        .args(args)
+        .env("CHORUS_STATE_DIR", &crate::services().state_dir)
+        .env("CHORUS_REDIS_CLUSTER_PORT", first.to_string());
+    command
+}
+
+/// A test's own connection to Redis: the single server's database, or the cluster.
+#[derive(Clone)]
+pub enum TestRedis {
+    /// One server.
+    Single(MultiplexedConnection),
+    /// The cluster, following its slot map.
+    Cluster(ClusterConnection),
+}
+
+/// A connection to the cluster of `first`.
+pub async fn connect(first: u16) -> ClusterConnection {
+    let seeds: Vec<String> = ports(first)
+        .iter()
+        .map(|port| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    ClusterClient::new(seeds)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap()
+}
+
+impl ConnectionLike for TestRedis {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
