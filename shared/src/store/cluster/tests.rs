@@ -74,8 +74,8 @@ const EVERY_KEY: [Key; 19] = [
 
 #[test]
 fn every_key_of_a_task_is_in_one_slot_whatever_its_id() {
-    // Not an id that starts with `}`: its tag `{}` is empty, so Redis hashes each whole key
-    // and its keys scatter over the slots (a known gap, docs/deployment.md#redis-cluster).
+    // Braces are refused in ids (`protocol::validate_id`, so no id starting with `}` can
+    // empty the tag); the ones with braces here show the tag holds even past that check.
     for id in ["t-1", "a}b", "{x}", "x{y}z", "ünï-cödé", "{", "x}"] {
         let keys = TaskKeys::new(id).all(&EVERY_KEY);
         let tag = hashed(&keys[0]);
