@@ -19,6 +19,7 @@ use crate::{
     admin::tasks::{Entry, ENTRIES_KEY, INDEX_KEY, LIVE},
     clock::now_ms,
     error::StoreError,
+    observe::metrics,
     store::{Store, TaskKeys},
     text,
 };
@@ -191,7 +192,10 @@ pub async fn run(store: Store, args: SweepArgs, owner: String, shutdown: Cancell
             Err(error) => Err(error),
         };
         match swept {
-            Ok(stuck) => tracing::debug!(stuck, "sweep done"),
+            Ok(stuck) => {
+                metrics::stuck_tasks_reported(stuck);
+                tracing::debug!(stuck, "sweep done");
+            }
             Err(error) => tracing::warn!(%error, "sweep failed; the next interval tries again"),
         }
     }

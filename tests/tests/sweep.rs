@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use chorus_tests::{TestEnv, WAIT};
+use chorus_tests::{
+    observe::{free_address, Scrape},
+    TestEnv, WAIT,
+};
 use lapin::{options::QueuePurgeOptions, types::ShortString, BasicProperties};
 use serde_json::{json, Value};
 
@@ -57,7 +60,10 @@ fn stuck_lines(log: &str, id: &str) -> usize {
 async fn a_task_whose_subtask_message_is_lost_is_found_stuck_and_a_slow_one_is_not() {
     let mut env = TestEnv::new("sweep").await;
     env.spawn("chorus-orchestrator", &[]);
-    let synthesizer = env.spawn("chorus-synthesizer", &SWEEP_FLAGS);
+    let listen = free_address();
+    let mut flags = SWEEP_FLAGS.to_vec();
+    flags.extend(["--http-listen", &listen]);
+    let synthesizer = env.spawn("chorus-synthesizer", &flags);
     // No worker yet: the lost task's subtask waits in its queue, and is then purged.
     submit(
         &env,
@@ -98,4 +104,8 @@ async fn a_task_whose_subtask_message_is_lost_is_found_stuck_and_a_slow_one_is_n
         "a moving task was reported:\n{log}"
     );
     assert!(log.contains("pending=1"), "{log}");
+    let reports = Scrape::of(&listen)
+        .await
+        .value("chorus_stuck_task_reports_total", &[]);
+    assert!(reports >= 1.0, "stuck reports counted: {reports}");
 }
