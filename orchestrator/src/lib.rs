@@ -378,7 +378,10 @@ impl Orchestrator {
                     .await?
             }
         };
-        if matches!(claim, Claim::New(_) | Claim::Planned { .. }) {
+        if matches!(
+            claim,
+            Claim::New(_) | Claim::Planned { .. } | Claim::Cancelled(_)
+        ) {
             // Only the deployment's kinds are labels: a submitter's unknown name is not.
             let known = self.registry.get(&request.kind).is_some();
             metrics::task_submitted(if known { &request.kind } else { "(unknown)" });
@@ -430,6 +433,12 @@ impl Orchestrator {
                 }
                 // Finishes an interrupted delivery to the other waiters, if any.
                 self.finisher.finish_if_settled(id).await?;
+                Ok(Disposition::Ack)
+            }
+            Claim::Cancelled(reason) => {
+                // A cancel sent before this claim: the task ends `cancelled`, nothing planned.
+                tracing::info!(task = %id, "task cancelled before its claim; not planning it");
+                self.finisher.cancel(id, reason.as_deref()).await?;
                 Ok(Disposition::Ack)
             }
             Claim::New(None) => self.carry_on(id, TaskState::Planning).await,

@@ -216,9 +216,10 @@ impl TypeStatus {
 pub enum CancelRequest {
     /// The cancellation was sent: the task was known and not finished.
     Requested,
-    /// Redis knows no such task (never submitted, not claimed yet, or its record expired):
-    /// nothing was sent.
-    Unknown,
+    /// Redis knows no such task (not claimed yet, never submitted, or its record expired): the
+    /// cancellation was sent all the same, and a synthesizer keeps it for its outcome TTL, so
+    /// that the task's claim ends it `cancelled` if it comes (docs/protocol.md, "Cancelling").
+    NotKnownYet,
     /// The task had already finished, with this status when its outcome is stored: nothing
     /// was sent.
     Finished(Option<Status>),
@@ -434,8 +435,8 @@ impl Client {
         Ok(())
     }
 
-    /// Cancels task `id` if Redis knows it and it has not finished; else says why not, and
-    /// sends nothing.
+    /// Cancels task `id` unless it has finished (then says so and sends nothing); says too
+    /// when Redis does not know the task yet, whose cancel is kept for its claim.
     ///
     /// # Errors
     /// Redis failed, or the broker did not confirm.
@@ -446,7 +447,9 @@ impl Client {
     ) -> Result<CancelRequest, ClientError> {
         protocol::validate_task_id(id)?;
         let Some(record) = self.store.task(id).await? else {
-            return Ok(CancelRequest::Unknown);
+            // Sent, not dropped: a task submitted a moment ago may not be claimed yet.
+            self.cancel(id, reason).await?;
+            return Ok(CancelRequest::NotKnownYet);
         };
         if record.state == TaskState::Finished {
             let status = self.store.outcome(id).await?.map(|o| o.status);

@@ -58,6 +58,7 @@ pub mod services;
 pub mod shutdown;
 pub mod steps;
 pub mod store;
+pub mod sweep;
 pub mod telemetry;
 pub mod text;
 pub mod tls;

@@ -28,6 +28,7 @@ use chorus_shared::{
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
+    sweep::{self, SweepArgs},
     text, topology,
 };
 use clap::Parser;
@@ -46,7 +47,8 @@ use tokio_util::sync::CancellationToken;
                   and once a task has no pending subtask left, runs its kind's review (for \
                   refinement rounds) and synthesis once (under a lease), stores the outcome, \
                   publishes it to every submitter's reply_to and to the chorus.events exchange. \
-                  It also consumes chorus.control (cancellations, deadline timers). Several may \
+                  It also consumes chorus.control (cancellations, deadline timers), and one \
+                  synthesizer at a time sweeps for tasks stuck without progress. Several may \
                   run side by side."
 )]
 pub struct Config {
@@ -64,6 +66,8 @@ pub struct Config {
     pub http: observe::HttpArgs,
     #[command(flatten)]
     pub kinds: KindsArgs,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
 
     /// Results handled at once (also the prefetch).
     #[arg(long, env = "CHORUS_SYNTHESIZER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
@@ -115,12 +119,20 @@ pub async fn run(
     tracing::info!(kinds = ?registry.names(), "synthesizer starting");
     let instance = services::instance_id();
     let directory = Arc::new(Directory::new(store.clone(), instance.clone(), &registry));
+    let owner = instance.clone();
     let announcer = Announcer::start(
         store.clone(),
         instance,
         Announcement::of(Role::Synthesizer, &registry, Vec::new()),
     )
     .await?;
+    // One synthesizer at a time sweeps for stuck tasks (a lease in Redis).
+    let sweeper = tokio::spawn(sweep::run(
+        store.clone(),
+        config.sweep.clone(),
+        owner,
+        shutdown.clone(),
+    ));
     let spec = ServiceSpec::new(
         "chorus-synthesizer",
         &config.connect,
@@ -162,6 +174,7 @@ pub async fn run(
     })
     .await;
     announcer.stop().await;
+    sweeper.abort();
     served?;
     tracing::info!("synthesizer stopped");
     Ok(())

@@ -104,7 +104,8 @@ async fn submit_wait_names_the_task_says_why_it_stalls_and_ctrl_c_leaves_it_runn
     let state: Value = serde_json::from_str(&out).unwrap();
     assert_ne!(state["state"], "finished", "{state}");
 
-    // Cancel: a live task is cancelled (0), then a finished one says so (6), an unknown one 4.
+    // Cancel: a live task is cancelled (0), then a finished one says so (6), one not known yet
+    // 4 (the cancel is sent and kept for its claim).
     let (code, out) = env.cli(&["cancel", "stall"]).await;
     assert_eq!(code, 0, "{out}");
     let (code, out) = env.cli(&["watch", "stall", "--timeout-secs", "30"]).await;
@@ -114,7 +115,12 @@ async fn submit_wait_names_the_task_says_why_it_stalls_and_ctrl_c_leaves_it_runn
     assert!(err.contains("already finished (cancelled)"), "{err}");
     let (code, out, err) = cli_all(&env, &["cancel", "never-submitted"]).await;
     assert_eq!(code, 4, "{out} {err}");
-    assert!(err.contains("no task \"never-submitted\""), "{err}");
+    assert!(
+        err.contains("task \"never-submitted\" is not known yet; the cancel is kept"),
+        "{err}"
+    );
+    let said: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(said["cancel"], "kept", "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

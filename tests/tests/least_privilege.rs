@@ -254,7 +254,7 @@ async fn each_service_runs_under_its_own_restricted_users() {
     )
     .await;
     assert_eq!(code, 0, "{out}");
-    // Once claimed (a cancel of a task Redis does not know yet sends nothing, exit 4), the
+    // Once claimed (a cancel of a task Redis does not know yet is kept for its claim, exit 4), the
     // CLI's user reads the running task's plan and results for `chorus graph`.
     let mut graph = (4, String::new());
     for _ in 0..100 {

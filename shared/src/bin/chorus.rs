@@ -36,6 +36,9 @@ const EXIT_REJECTED: u8 = 3;
 const EXIT_NO_OUTCOME: u8 = 4;
 /// Exit code for a `cancelled` outcome.
 const EXIT_CANCELLED: u8 = 5;
+/// How long a synthesizer keeps a cancel of a task not known yet by default, as `cancel` says
+/// it: the default `--outcome-ttl-secs` (`config::OutcomeArgs`).
+const DEFAULT_OUTCOME_TTL: &str = "24 h";
 /// Exit code of `cancel` when the task had already finished (nothing was sent).
 const EXIT_ALREADY_FINISHED: u8 = 6;
 /// Exit code when Ctrl-C stopped `submit --wait` or `watch` (128 + SIGINT, as shells report
@@ -58,7 +61,8 @@ const PROGRESS_TICK: Duration = Duration::from_millis(200);
     version,
     about = "Submit Chorus tasks and follow them.",
     after_help = "Exit codes: 0 succeeded or partial, 1 failed, 3 rejected, 4 no such task / no \
-                  outcome yet / wait timed out, 5 cancelled, 6 cancel (or graph) of a task \
+                  outcome yet / wait timed out / cancel of a task not known yet (sent and kept \
+                  for its claim), 5 cancelled, 6 cancel (or graph) of a task \
                   already finished, 64 bad usage, 69 RabbitMQ or Redis unavailable, 130 interrupted \
                   (Ctrl-C; the task goes on)."
 )]
@@ -84,8 +88,10 @@ enum Command {
         id: String,
     },
     /// Cancel a task: queued subtasks are dropped, running handlers see their cancellation
-    /// token, and the outcome is `cancelled` with the stats so far. An unknown task exits 4, a
-    /// task already finished exits 6 (with its status); neither sends anything.
+    /// token, and the outcome is `cancelled` with the stats so far. A task already finished
+    /// exits 6 (with its status) and nothing is sent. A task not known yet exits 4, but the
+    /// cancel is sent and kept for the synthesizers' outcome TTL: a task submitted a moment
+    /// ago and not claimed yet ends `cancelled` when it is.
     Cancel {
         /// Task id.
         id: String,
@@ -468,8 +474,9 @@ async fn submit(connect: &ConnectArgs, args: SubmitArgs) -> Result<u8, Failure> 
     print_outcome(&outcome)
 }
 
-/// `chorus cancel`: sends the cancellation of a live task; says so, with a distinct exit code,
-/// when the task is unknown (4) or already finished (6).
+/// `chorus cancel`: sends the cancellation of a task; says so, with a distinct exit code, when
+/// the task is not known yet (4: sent, and kept for its claim) or already finished (6: nothing
+/// sent).
 async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Result<u8, Failure> {
     let client = Client::connect(connect).await?;
     match client.cancel_if_live(id, reason).await? {
@@ -478,7 +485,16 @@ async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Resu
                 .map_err(Failure::Usage)?;
             Ok(0)
         }
-        CancelRequest::Unknown => Err(no_such_task(id)),
+        CancelRequest::NotKnownYet => {
+            print_json(&serde_json::json!({ "id": id, "cancel": "kept" }))
+                .map_err(Failure::Usage)?;
+            eprintln!(
+                "chorus: task {id:?} is not known yet; the cancel is kept for the synthesizers' \
+                 outcome TTL (--outcome-ttl-secs, {} by default) and applies if it is submitted",
+                DEFAULT_OUTCOME_TTL
+            );
+            Ok(EXIT_NO_OUTCOME)
+        }
         CancelRequest::Finished(status) => {
             let status = status.map_or("unknown".to_owned(), |s| s.as_str().to_owned());
             print_json(

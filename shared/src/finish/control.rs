@@ -12,8 +12,8 @@ use crate::{
     clock::now_ms,
     error::ServiceError,
     protocol::{self, Control, Status},
-    store::TaskState,
-    topology,
+    store::{KeptCancel, TaskState},
+    text, topology,
 };
 
 /// Shortest wait of a deadline timer, in ms: a timer always goes through a delay queue, even
@@ -50,16 +50,36 @@ impl Finisher {
         self.deliver(id, None).await
     }
 
+    /// Cancels task `id` (`reason`: the canceller's, if any): stops it when it is claimed; keeps
+    /// the cancel for the outcome TTL when it is not (a cancel sent right after the submission,
+    /// before an orchestrator took the task), for its claim to apply
+    /// ([`crate::store::Claim::Cancelled`]). Whether the task exists is decided atomically with
+    /// the claim, so a cancel is never lost between the two (docs/protocol.md, "Cancelling").
+    ///
+    /// # Errors
+    /// Redis or the broker failed; calling again later is safe.
+    pub async fn cancel(&self, id: &str, reason: Option<&str>) -> Result<(), ServiceError> {
+        if self.store.task(id).await?.is_none()
+            && self.store.keep_cancel(id, reason, self.outcome_ttl).await? == KeptCancel::Kept
+        {
+            tracing::info!(
+                task = %text::quoted(id),
+                ttl_secs = self.outcome_ttl.as_secs(),
+                "cancel of a task not claimed yet; kept for its claim to apply"
+            );
+            return Ok(());
+        }
+        let message = decide::cancel_message(reason);
+        self.stop(id, Status::Cancelled, message).await
+    }
+
     /// Handles a control message.
     ///
     /// # Errors
     /// Redis or the broker failed.
     pub async fn control(&self, control: &Control) -> Result<(), ServiceError> {
         match control {
-            Control::Cancel { task, reason } => {
-                let message = decide::cancel_message(reason.as_deref());
-                self.stop(task, Status::Cancelled, message).await
-            }
+            Control::Cancel { task, reason } => self.cancel(task, reason.as_deref()).await,
             Control::Deadline { task } => self.check_deadline(task).await,
             Control::Settle { task, hops } => self.finish_if_settled_after(task, *hops).await,
         }

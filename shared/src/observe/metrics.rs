@@ -43,6 +43,8 @@ pub mod names {
     pub const LLM_TOKENS: &str = "chorus_llm_tokens_total";
     /// Model calls, `{model,result="ok"|"error"|"cache_hit"}`.
     pub const LLM_CALLS: &str = "chorus_llm_calls_total";
+    /// Stuck tasks reported by the sweeper, once per task per sweep (`crate::sweep`).
+    pub const STUCK_TASK_REPORTS: &str = "chorus_stuck_task_reports_total";
 }
 
 /// Histogram buckets in seconds: from a no-op subtask (ms) to a long model call (minutes).
@@ -132,6 +134,12 @@ pub fn task_submitted(kind: &str) {
 /// A task of `kind` finished with `status` (`succeeded`, `failed`, `cancelled`, ...).
 pub fn task_finished(kind: &str, status: &'static str) {
     counter!(names::TASKS_FINISHED, "kind" => kind.to_owned(), "status" => status).increment(1);
+}
+
+/// A sweep found `count` tasks stuck (each counted again by every sweep that finds it still
+/// stuck, so the rate says how many are stuck now).
+pub fn stuck_tasks_reported(count: usize) {
+    counter!(names::STUCK_TASK_REPORTS).increment(u64::try_from(count).unwrap_or(u64::MAX));
 }
 
 /// Seconds an outcome took from being stored to being delivered.

@@ -49,6 +49,11 @@ pub enum Claim {
     New(Option<Planning>),
     /// The task exists and is in this state (a duplicate, or a redelivery after a crash).
     Exists(TaskState),
+    /// A cancel came before the claim (kept by [`Store::keep_cancel`]), with the canceller's
+    /// reason if any: the task exists, `planning`, without a plan lease, and the caller stops it
+    /// `cancelled` instead of planning it. Every later claim of the task says so too, until its
+    /// outcome is stored.
+    Cancelled(Option<String>),
     /// The id was new and the plan made before the claim is recorded with it
     /// ([`Store::claim_planned`]): the caller publishes the first wave under the plan lease.
     Planned {
@@ -162,14 +167,17 @@ impl ClaimArgs {
     }
 }
 
-/// The claim replies other than a new task: `finished` with the encoded outcome, or `exists`
-/// with the task's state.
+/// The claim replies other than a new task: `finished` with the encoded outcome, `cancelled`
+/// with the kept cancel's reason (empty for none), or `exists` with the task's state.
 ///
 /// # Errors
 /// The outcome or the state is not one Chorus writes ([`StoreError::Corrupt`]).
 pub(super) fn claim_reply(status: &str, value: &[u8]) -> Result<Claim, StoreError> {
     match status {
         "finished" => Ok(Claim::Finished(decode_outcome(value)?)),
+        "cancelled" => Ok(Claim::Cancelled(
+            Some(String::from_utf8_lossy(value).into_owned()).filter(|reason| !reason.is_empty()),
+        )),
         _ => Ok(Claim::Exists(TaskState::parse(&String::from_utf8_lossy(
             value,
         ))?)),
@@ -198,11 +206,12 @@ impl Store {
             Key::Waiters,
             Key::PlanLease,
             Key::Starts,
+            Key::Cancel,
         ]));
         args.add_to(&mut call, submission);
         call.arg(PLAN_RUN);
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
-        if status == "new" {
+        if status == "new" || status == "cancelled" {
             self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
                 .await;
         }
@@ -253,12 +262,13 @@ impl Store {
         call.key(keys.whole_plan())
             .key(keys.outcome())
             .key(keys.waiters())
+            .key(keys.cancel())
             .key(keys.cleared_by_plan());
         args.add_to(&mut call, submission);
         add_usage_block(&mut call, usage);
         layout.add_whole(&mut call)?;
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
-        if status == "planned" || status == "new" {
+        if matches!(status.as_str(), "planned" | "new" | "cancelled") {
             self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
                 .await;
         }

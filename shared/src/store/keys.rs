@@ -27,6 +27,7 @@ pub(super) enum Key {
     Outcome,
     PlanLease,
     SynthLease,
+    Cancel,
 }
 
 impl Key {
@@ -52,6 +53,7 @@ impl Key {
             Self::Outcome => "outcome",
             Self::PlanLease => "plan-lease",
             Self::SynthLease => "synth-lease",
+            Self::Cancel => "cancel",
         }
     }
 }
@@ -194,6 +196,11 @@ impl TaskKeys {
     /// Lease of the synthesizer finishing the task.
     pub fn synth_lease(&self) -> String {
         self.get(Key::SynthLease)
+    }
+
+    /// A cancel that came before the task was claimed, kept until its claim applies it.
+    pub fn cancel(&self) -> String {
+        self.get(Key::Cancel)
     }
 
     /// Subtask ids in plan order.

@@ -24,6 +24,7 @@
 //! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
+//! | `cancel` | string | the reason (empty for none) of a cancel that came before the task's claim, kept for the outcome TTL; the claim moves it to the task hash's `cancel` field |
 //!
 //! Beside the tasks' keys, one key of the deployment: `chorus:services` ([`SERVICES_KEY`]), a
 //! hash of the live services' announcements (instance id → encoded
@@ -36,6 +37,7 @@
 //! front of them at compile time):
 //! - `keys`: [`TaskKeys`] and the named groups of keys scripts share.
 //! - `claim`: claiming a task id ([`Store::claim`], [`Store::claim_planned`]).
+//! - `cancel`: keeping a cancel that came before the claim ([`Store::keep_cancel`]).
 //! - `plan`: recording the plan (whole or in chunks), the confirmed prefix of the first wave,
 //!   moving on to `running`.
 //! - `results`: recording subtask results ([`Store::record_results`]).
@@ -61,6 +63,7 @@ use crate::{
     tls::{self, Endpoint},
 };
 
+mod cancel;
 mod children;
 mod claim;
 mod cluster;
@@ -85,6 +88,7 @@ mod tests;
 
 pub use self::cluster::check as check_endpoint;
 pub use self::{
+    cancel::KeptCancel,
     claim::{Claim, Planning, Submission},
     graph::Released,
     keys::TaskKeys,

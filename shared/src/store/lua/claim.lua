@@ -5,6 +5,7 @@
 -- KEYS[3]: waiters — set of encoded reply targets
 -- KEYS[4]: plan-lease — owner token of the planning process
 -- KEYS[5]: starts — hash of runs started and not finished
+-- KEYS[6]: cancel — a cancel kept before the claim
 -- ARGV[1]: encoded waiter (empty for none)
 -- ARGV[2]: kind
 -- ARGV[3]: encoded resolved options
@@ -15,18 +16,16 @@
 -- ARGV[8]: plan lease ttl, ms
 -- ARGV[9]: fingerprint of the kind's definition the task is planned with (empty for none)
 -- ARGV[10]: planner run name
--- Returns: {'finished', outcome} for a task with an outcome; {'exists', state} for a known
---   task; {'new', runs} for a new task with its lease acquired and `runs` planner runs counted,
+-- Returns: {'finished', outcome} for a task with an outcome; {'cancelled', reason} for a task
+--   cancelled before its claim (created if new); {'exists', state} for a known task; {'new', runs} for a new task with its lease acquired and `runs` planner runs counted,
 --   or {'new', '-1'} when the lease is still held by an earlier task of the id.
 local TASK, OUTCOME, WAITERS, PLAN_LEASE, STARTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local CANCEL = KEYS[6]
 
-local claimed = find_claimed(TASK, OUTCOME, WAITERS)
+local claimed = find_claimed(TASK, OUTCOME, WAITERS, CANCEL)
 if claimed then return claimed end
-redis.call('HSET', TASK, 'state', 'planning', 'kind', ARGV[2], 'options', ARGV[3],
-  'input', ARGV[4], 'created_ms', ARGV[5], 'total', 0, 'published', 0,
-  'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1, 'inflight', 0)
-if ARGV[6] ~= '' then redis.call('HSET', TASK, 'parent', ARGV[6]) end
-if ARGV[9] ~= '' then redis.call('HSET', TASK, 'fingerprint', ARGV[9]) end
+redis.call('HSET', TASK, 'state', 'planning', 'total', 0, 'published', 0, 'inflight', 0,
+  unpack(new_task_fields()))
 -- The new task's plan lease and planner run come with the claim, saving two round trips.
 if not redis.call('SET', PLAN_LEASE, ARGV[7], 'NX', 'PX', ARGV[8]) then return {'new', '-1'} end
 return {'new', tostring(redis.call('HINCRBY', STARTS, ARGV[10], 1))}

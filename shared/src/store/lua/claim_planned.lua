@@ -4,7 +4,8 @@
 -- KEYS[1..11]: as prelude/plan.lua binds them (plan-lease ... ready)
 -- KEYS[12]: outcome — the stored outcome
 -- KEYS[13]: waiters — set of encoded reply targets
--- KEYS[14..]: the working keys, then types — left over only if the task was removed by hand;
+-- KEYS[14]: cancel — a cancel kept before the claim
+-- KEYS[15..]: the working keys, then types — left over only if the task was removed by hand;
 --   dropped before the plan is written
 -- ARGV[1]: encoded waiter (empty for none)
 -- ARGV[2]: kind
@@ -20,22 +21,13 @@
 -- Returns: as claim.lua, except {'planned', ''} for a task claimed and planned with its plan
 --   lease held; when that lease is held by an earlier task of the id, the task is claimed
 --   unplanned ({'new', '-1'}).
-local OUTCOME, WAITERS = KEYS[12], KEYS[13]
-local FIRST_TO_CLEAR = 14
+local OUTCOME, WAITERS, CANCEL = KEYS[12], KEYS[13], KEYS[14]
+local FIRST_TO_CLEAR = 15
 local USAGE_AT = 10
 
-local claimed = find_claimed(TASK, OUTCOME, WAITERS)
+local claimed = find_claimed(TASK, OUTCOME, WAITERS, CANCEL)
 if claimed then return claimed end
-local fields = {'kind', ARGV[2], 'options', ARGV[3], 'input', ARGV[4], 'created_ms', ARGV[5],
-  'succeeded', 0, 'failed', 0, 'skipped', 0, 'retries', 0, 'round', 1}
-if ARGV[6] ~= '' then
-  fields[#fields + 1] = 'parent'
-  fields[#fields + 1] = ARGV[6]
-end
-if ARGV[9] ~= '' then
-  fields[#fields + 1] = 'fingerprint'
-  fields[#fields + 1] = ARGV[9]
-end
+local fields = new_task_fields()
 if not redis.call('SET', PLAN_LEASE, ARGV[7], 'NX', 'PX', ARGV[8]) then
   redis.call('HSET', TASK, 'state', 'planning', 'total', 0, 'published', 0, 'inflight', 0,
     unpack(fields))
