@@ -23,6 +23,7 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 
+pub mod cluster;
 pub mod deploy;
 pub mod fault;
 pub mod observe;
