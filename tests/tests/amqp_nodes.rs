@@ -1,5 +1,7 @@
 //! Several AMQP URLs (a RabbitMQ cluster's nodes) against the test broker: a node that is down
-//! or does not answer is skipped within the connect timeout, and the services run on the next.
+//! or does not answer is skipped within the connect timeout, and the services run on the next;
+//! and a consumer the broker cancels (`basic.cancel`, as when its queue goes away or moves)
+//! gets its session rebuilt.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -87,4 +89,49 @@ async fn services_given_a_dead_node_first_run_tasks_on_the_next() {
             && log.contains("node=2"),
         "the orchestrator's log names the skipped and the chosen node:\n{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_the_broker_cancels_is_started_again() {
+    let mut env = TestEnv::new("nodes-cancel").await;
+    env.spawn("chorus-orchestrator", &[]);
+    env.spawn("chorus-worker", &[]);
+    let synthesizer = env.spawn("chorus-synthesizer", &[]);
+    let client = env.client().await;
+    client.wait_for_consumers("chorus.results", 1).await;
+    // Deleting the queue makes the broker send basic.cancel to its consumer.
+    let connection =
+        lapin::Connection::connect(&env.amqp_url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .queue_delete(
+            lapin::types::ShortString::from("chorus.results"),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while env.log_of(synthesizer).matches("connected to RabbitMQ").count() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the synthesizer did not reconnect after its consumer was cancelled:\n{}",
+            env.log_of(synthesizer)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    client.wait_for_consumers("chorus.results", 1).await;
+    let (code, out) = env
+        .cli(&[
+            "submit",
+            "--kind",
+            "range-sum",
+            "--input",
+            r#"{"start":0,"end":100,"parts":4}"#,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(code, 0, "a task after the cancel: {out}");
+    assert!(out.contains("4950"), "{out}");
 }
