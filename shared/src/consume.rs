@@ -55,7 +55,7 @@ fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
 }
 
 /// Opens a session on the first of `nodes` that accepts, from index `start` on; both
-/// connections go to the same node when it takes both. Answers the session and the index of the
+/// connections go to the same node when it takes both. Returns the session and the index of the
 /// node of its consume connection.
 async fn open_session(
     nodes: &[Endpoint],

@@ -113,7 +113,12 @@ async fn a_consumer_the_broker_cancels_is_started_again() {
         .await
         .unwrap();
     let deadline = Instant::now() + WAIT;
-    while env.log_of(synthesizer).matches("connected to RabbitMQ").count() < 2 {
+    while env
+        .log_of(synthesizer)
+        .matches("connected to RabbitMQ")
+        .count()
+        < 2
+    {
         assert!(
             Instant::now() < deadline,
             "the synthesizer did not reconnect after its consumer was cancelled:\n{}",
