@@ -14,6 +14,8 @@
 #   vhost NAME          create vhost NAME (idempotent), grant guest all perms
 #   vhost-delete NAME   delete vhost NAME (idempotent)
 #   rabbitmqctl ARGS... run rabbitmqctl against this private node
+#   start-rabbitmq      start only the RabbitMQ node (a node of deploy/rabbitmq-cluster.sh)
+#   stop-rabbitmq       stop only the RabbitMQ node
 #   kill-rabbitmq       SIGKILL the RabbitMQ node (fault tests)
 #   kill-redis          SIGKILL the Redis server (fault tests)
 #   install             only install the Debian packages if missing
@@ -31,6 +33,9 @@
 #   $CHORUS_STATE_DIR/tls (server certificate for 127.0.0.1 and localhost, a client
 #   certificate, an unrelated CA); the broker's TLS listener verifies a client certificate
 #   when one is presented.
+#   CHORUS_RABBITMQ_DIST_PORT, CHORUS_RABBITMQ_CTL_DIST_PORTS (MIN-MAX), CHORUS_EPMD_PORT: the
+#                      derived ports above, set apart by deploy/rabbitmq-cluster.sh for nodes
+#                      whose AMQP ports are neighbours (its nodes share one epmd)
 #   CHORUS_RABBITMQ_ERL_ARGS  extra Erlang flags of the broker (default: schedulers do not busy-wait,
 #                      +sbwt none +sbwtdcpu none +sbwtdio none)
 set -euo pipefail
@@ -59,10 +64,17 @@ fi
 mkdir -p "$STATE_DIR"
 STATE_DIR="$(cd "$STATE_DIR" && pwd)"
 
-DIST_PORT=$((AMQP_PORT + 20000))
-CTL_DIST_MIN=$((AMQP_PORT + 20001))
-CTL_DIST_MAX=$((AMQP_PORT + 20009))
-EPMD_PORT=$((AMQP_PORT + 21000))
+DIST_PORT="${CHORUS_RABBITMQ_DIST_PORT:-$((AMQP_PORT + 20000))}"
+_ctl_ports="${CHORUS_RABBITMQ_CTL_DIST_PORTS:-$((AMQP_PORT + 20001))-$((AMQP_PORT + 20009))}"
+CTL_DIST_MIN="${_ctl_ports%-*}"
+CTL_DIST_MAX="${_ctl_ports#*-}"
+EPMD_PORT="${CHORUS_EPMD_PORT:-$((AMQP_PORT + 21000))}"
+for _v in DIST_PORT CTL_DIST_MIN CTL_DIST_MAX EPMD_PORT; do
+    if ! [[ "${!_v}" =~ ^[0-9]+$ ]]; then
+        echo "services.sh: $_v must be a number, got '${!_v}'" >&2
+        exit 2
+    fi
+done
 NODE_NAME="chorus${AMQP_PORT}@localhost"
 
 RMQ_DIR="$STATE_DIR/rabbitmq"
@@ -577,7 +589,7 @@ STARTING_PID=""
 cmd="${1:-}"
 [[ $# -gt 0 ]] && shift
 case "$cmd" in
-start | stop | kill-rabbitmq | kill-redis) lock_state ;;
+start | stop | kill-rabbitmq | kill-redis | start-rabbitmq | stop-rabbitmq) lock_state ;;
 esac
 case "$cmd" in
 start)
@@ -641,6 +653,12 @@ rabbitmqctl)
     exec timeout --kill-after=10 "$RMQCTL_TIMEOUT_S" env "${RMQ_ENV[@]}" "$RMQ_BIN/rabbitmqctl" "$@"
     ;;
 kill-rabbitmq) kill_rabbitmq ;;
+start-rabbitmq)
+    ensure_packages
+    "$SCRIPT_DIR/tls.sh" "$TLS_DIR"
+    start_rabbitmq
+    ;;
+stop-rabbitmq) stop_rabbitmq ;;
 kill-redis) kill_redis ;;
 install) ensure_packages ;;
 -h | --help | help) usage 0 ;;

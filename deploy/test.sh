@@ -8,6 +8,8 @@
 #   deploy/test.sh some_test_name --nocapture
 # Settings (environment): CHORUS_TEST_STATE_DIR (default <repo>/.chorus/test),
 # CHORUS_TEST_AMQP_PORT (5690), CHORUS_TEST_REDIS_PORT (6400),
+# CHORUS_TEST_AMQP_CLUSTER_PORT (5751: the first AMQP port of the 3-node RabbitMQ cluster of
+# tests/tests/faults_cluster.rs, deploy/rabbitmq-cluster.sh; stopped on exit),
 # CHORUS_TEST_THREADS (4), CHORUS_TEST_TIMEOUT_S (2700: the whole `cargo test` step),
 # CHORUS_TEST_REDIS_CLUSTER_PORT (7100: the first of the six ports of the Redis Cluster step),
 # CHORUS_TEST_CLUSTER (`ci`: the spine and orchestration tests but one and the failover scenario
@@ -27,6 +29,7 @@ export CHORUS_TEST_AMQP_PORT="${CHORUS_TEST_AMQP_PORT:-5690}"
 export CHORUS_TEST_REDIS_PORT="${CHORUS_TEST_REDIS_PORT:-6400}"
 export CHORUS_TEST_AMQP_URL="amqp://guest:guest@127.0.0.1:$CHORUS_TEST_AMQP_PORT/%2f"
 export CHORUS_TEST_REDIS_URL="redis://127.0.0.1:$CHORUS_TEST_REDIS_PORT"
+export CHORUS_TEST_AMQP_CLUSTER_PORT="${CHORUS_TEST_AMQP_CLUSTER_PORT:-5751}"
 # services.sh (also when the test harness calls `services.sh vhost NAME`)
 # then targets the test pair, never the dev one.
 export CHORUS_STATE_DIR="$CHORUS_TEST_STATE_DIR"
@@ -62,6 +65,12 @@ on_exit() {
     if ((SERVICES_STARTED)); then
         printf '\n== stopping test services\n' >&2
         "$SCRIPT_DIR/services.sh" stop || true
+    fi
+    # The cluster scenario stops its cluster itself; this is for a test that did not get to.
+    if [[ -d "$REPO_DIR/.chorus/cluster-test" ]]; then
+        CHORUS_CLUSTER_STATE_DIR="$REPO_DIR/.chorus/cluster-test" \
+            CHORUS_CLUSTER_AMQP_PORT="$CHORUS_TEST_AMQP_CLUSTER_PORT" \
+            "$SCRIPT_DIR/rabbitmq-cluster.sh" stop >/dev/null 2>&1 || true
     fi
     # One plain closing line with the totals of every test binary, so a CI reader does not take
     # the last binary's "0 passed" (doc-tests) for the whole run.

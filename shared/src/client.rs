@@ -93,6 +93,23 @@ impl ClientError {
             reason: crate::config::hide_password(&error.to_string(), endpoint.url()),
         }
     }
+
+    /// As [`ClientError::connecting`], for a service with several nodes (a RabbitMQ cluster):
+    /// the address lists them all, and no node's password shows.
+    pub fn connecting_any(
+        service: &'static str,
+        nodes: &[crate::tls::Endpoint],
+        error: impl std::fmt::Display,
+    ) -> Self {
+        let reason = nodes.iter().fold(error.to_string(), |reason, node| {
+            crate::config::hide_password(&reason, node.url())
+        });
+        Self::Connect {
+            service,
+            address: amqp::redacted_nodes(nodes),
+            reason,
+        }
+    }
 }
 
 impl From<lapin::Error> for ClientError {
@@ -238,13 +255,14 @@ impl Client {
             StoreError::TlsRefused(_) | StoreError::Settings(_) => ClientError::Store(e),
             other => ClientError::connecting("Redis", &redis, other),
         })?;
-        let broker = args.amqp().map_err(BrokerError::Settings)?;
-        let connection = amqp::connect(&broker, "chorus client")
+        let nodes = args.amqp_nodes().map_err(BrokerError::Settings)?;
+        let connection = amqp::connect_any(&nodes, 0, "chorus client", args.amqp_connect_timeout())
             .await
             .map_err(|e| match e {
                 BrokerError::TlsRefused(_) | BrokerError::Settings(_) => ClientError::Broker(e),
-                other => ClientError::connecting("RabbitMQ", &broker, other),
-            })?;
+                other => ClientError::connecting_any("RabbitMQ", &nodes, other),
+            })?
+            .connection;
         let publisher = Publisher::open(&connection, args.publish_timeout()).await?;
         topology::declare_if_permitted(&connection, topology::NO_RETRY_DELAY, &[]).await?;
         Ok(Self {

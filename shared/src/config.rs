@@ -27,6 +27,10 @@ pub enum LogFormat {
 
 /// Default of `--redis-timeout-ms`: the longest wait for one Redis command, in ms.
 pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 5000;
+/// Default of `--amqp-connect-timeout-ms`: the longest wait for one connection attempt to one
+/// RabbitMQ node, in ms. A live node answers in milliseconds; a host that is down may drop the
+/// TCP handshake without answering, and the next node must not wait for the system's TCP timeout.
+pub const DEFAULT_AMQP_CONNECT_TIMEOUT_MS: u64 = 5000;
 /// Default of `--publish-timeout-ms`: the longest wait for a publish confirm, in ms.
 pub const DEFAULT_PUBLISH_TIMEOUT_MS: u64 = 30_000;
 /// Default `--retry-max-delay-ms` of the worker (its longest retry delay) and the orchestrator
@@ -41,12 +45,15 @@ pub const DEFAULT_RETRY_MAX_DELAY_MS: u64 = 60_000;
 #[derive(Args, Clone)]
 pub struct ConnectArgs {
     /// RabbitMQ address (amqp:// or amqps:// for TLS); the vhost is the URL path, %2f for "/".
+    /// For a cluster, the nodes' URLs separated by commas: the first that answers is used, the
+    /// next ones when it is lost (a comma inside a password is written %2C).
     /// [default: amqp://guest:***@127.0.0.1:5672/%2f]
     #[arg(long, env = "CHORUS_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
 
-    /// File holding the RabbitMQ address, e.g. a container or systemd secret (one line; a
-    /// trailing newline is ignored); instead of --amqp-url.
+    /// File holding the RabbitMQ address, e.g. a container or systemd secret (one line, the
+    /// nodes' URLs separated by commas as in --amqp-url; a trailing newline is ignored); instead
+    /// of --amqp-url.
     #[arg(long, env = "CHORUS_AMQP_URL_FILE", value_name = "FILE")]
     pub amqp_url_file: Option<PathBuf>,
 
@@ -88,6 +95,11 @@ pub struct ConnectArgs {
     #[arg(long, env = "CHORUS_REDIS_TLS_KEY", value_name = "FILE")]
     pub redis_tls_key: Option<PathBuf>,
 
+    /// Longest wait for one attempt to connect to a RabbitMQ node (TCP, TLS and the AMQP
+    /// handshake); past it the next node of --amqp-url is tried.
+    #[arg(long, env = "CHORUS_AMQP_CONNECT_TIMEOUT_MS", default_value_t = DEFAULT_AMQP_CONNECT_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    pub amqp_connect_timeout_ms: u64,
+
     /// Longest wait for one Redis command; a slower command fails and is retried later.
     #[arg(long, env = "CHORUS_REDIS_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
@@ -106,6 +118,7 @@ impl std::fmt::Debug for ConnectArgs {
             .field("amqp_tls_ca", &self.amqp_tls_ca)
             .field("amqp_tls_cert", &self.amqp_tls_cert)
             .field("amqp_tls_key", &self.amqp_tls_key)
+            .field("amqp_connect_timeout_ms", &self.amqp_connect_timeout_ms)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("redis_url_file", &self.redis_url_file)
             .field("redis_tls_ca", &self.redis_tls_ca)
@@ -147,6 +160,23 @@ fn resolve_url(
     }
 }
 
+/// The URLs of a list such as `--amqp-url`'s: separated by commas, blanks around each ignored
+/// (a comma is never part of a URL's host or vhost, and one in a password is percent-encoded as
+/// `%2C`, RFC 3986). `flag` names the setting in the error.
+///
+/// # Errors
+/// An entry is empty (`a,,b`, a trailing comma); the message quotes no URL.
+pub fn split_urls(flag: &str, text: &str) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = text.split(',').map(|url| url.trim().to_owned()).collect();
+    match urls.iter().position(String::is_empty) {
+        Some(index) => Err(format!(
+            "{flag}: entry {} of the comma-separated list is empty",
+            index + 1
+        )),
+        None => Ok(urls),
+    }
+}
+
 impl ConnectArgs {
     /// Settings for plain `amqp_url` and `redis_url`, no files, default timeouts: for programs
     /// that take the URLs their own way (the benchmark, tests).
@@ -157,6 +187,7 @@ impl ConnectArgs {
             amqp_tls_ca: None,
             amqp_tls_cert: None,
             amqp_tls_key: None,
+            amqp_connect_timeout_ms: DEFAULT_AMQP_CONNECT_TIMEOUT_MS,
             redis_url: Some(redis_url.into()),
             redis_url_file: None,
             redis_tls_ca: None,
@@ -187,6 +218,10 @@ impl ConnectArgs {
             ("CHORUS_REDIS_URL", &self.redis_url),
         ];
         let timeouts = [
+            (
+                "CHORUS_AMQP_CONNECT_TIMEOUT_MS",
+                self.amqp_connect_timeout_ms,
+            ),
             ("CHORUS_REDIS_TIMEOUT_MS", self.redis_timeout_ms),
             ("CHORUS_PUBLISH_TIMEOUT_MS", self.publish_timeout_ms),
         ];
@@ -202,14 +237,28 @@ impl ConnectArgs {
         paths.chain(urls).chain(timeouts).collect()
     }
 
-    /// The broker to connect to: its URL (from `--amqp-url`, `--amqp-url-file` or the default)
-    /// and TLS files, read now.
+    /// The broker to connect to: its first node ([`ConnectArgs::amqp_nodes`]), for programs that
+    /// talk to one node only (the benchmark).
     ///
     /// # Errors
-    /// Both the URL and its file are given, a file cannot be read or holds no PEM, or TLS
-    /// files come with an `amqp://` URL; one line for the user, passwords hidden.
+    /// As [`ConnectArgs::amqp_nodes`].
     pub fn amqp(&self) -> Result<Endpoint, String> {
-        let url = resolve_url(
+        self.amqp_nodes()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "--amqp-url: no URL".to_owned())
+    }
+
+    /// The broker's nodes, in the order given: their URLs (from `--amqp-url`, `--amqp-url-file`
+    /// or the default; comma-separated for a cluster, [`split_urls`]) and the TLS files, read
+    /// now and used for every node. Never empty.
+    ///
+    /// # Errors
+    /// Both the URL and its file are given, a file cannot be read or holds no PEM, the list
+    /// has an empty entry, or TLS files come with an `amqp://` URL; one line for the user,
+    /// passwords hidden.
+    pub fn amqp_nodes(&self) -> Result<Vec<Endpoint>, String> {
+        let urls = resolve_url(
             "--amqp-url",
             self.amqp_url.as_deref(),
             self.amqp_url_file.as_deref(),
@@ -220,7 +269,10 @@ impl ConnectArgs {
             cert: self.amqp_tls_cert.clone(),
             key: self.amqp_tls_key.clone(),
         };
-        Endpoint::load(url, &files, "--amqp", "amqps")
+        split_urls("--amqp-url", &urls)?
+            .into_iter()
+            .map(|url| Endpoint::load(url, &files, "--amqp", "amqps"))
+            .collect()
     }
 
     /// Redis to connect to, as [`ConnectArgs::amqp`] for `--redis-*`.
@@ -248,14 +300,15 @@ impl ConnectArgs {
     /// # Errors
     /// The first problem, with passwords hidden.
     pub fn validate(&self) -> Result<(), String> {
-        let amqp = self.amqp()?;
-        amqp.url().parse::<lapin::uri::AMQPUri>().map_err(|e| {
-            format!(
-                "--amqp-url {}: {}",
-                amqp.redacted(),
-                hide_password(&e, amqp.url())
-            )
-        })?;
+        for amqp in self.amqp_nodes()? {
+            amqp.url().parse::<lapin::uri::AMQPUri>().map_err(|e| {
+                format!(
+                    "--amqp-url {}: {}",
+                    amqp.redacted(),
+                    hide_password(&e, amqp.url())
+                )
+            })?;
+        }
         let redis = self.redis()?;
         crate::store::check_endpoint(&redis).map_err(|e| {
             format!(
@@ -270,6 +323,11 @@ impl ConnectArgs {
     /// Redis command timeout.
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Longest wait for one connection attempt to one broker node.
+    pub fn amqp_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.amqp_connect_timeout_ms)
     }
 
     /// Publish confirm timeout.
@@ -560,6 +618,46 @@ mod tests {
             args(None, None).amqp().expect("works").url(),
             DEFAULT_AMQP_URL
         );
+    }
+
+    #[test]
+    fn a_cluster_is_a_comma_separated_list_of_urls() {
+        let nodes = args(
+            Some("amqp://a:pw@n1:5672/v, amqp://a:pw@n2:5672/v,amqp://n3"),
+            None,
+        )
+        .amqp_nodes()
+        .expect("works");
+        let urls: Vec<&str> = nodes.iter().map(Endpoint::url).collect();
+        assert_eq!(
+            urls,
+            [
+                "amqp://a:pw@n1:5672/v",
+                "amqp://a:pw@n2:5672/v",
+                "amqp://n3"
+            ]
+        );
+        let gap = args(Some("amqp://a:pw@n1,,amqp://n3"), None)
+            .amqp_nodes()
+            .expect_err("refused");
+        assert!(gap.contains("entry 2") && !gap.contains("pw"), "{gap}");
+        let trailing = args(Some("amqp://n1,"), None)
+            .validate()
+            .expect_err("refused");
+        assert!(trailing.contains("entry 2"), "{trailing}");
+        let bad_second = args(Some("amqp://n1,amqp://a:s3cret@n2:notaport"), None)
+            .validate()
+            .expect_err("refused");
+        assert!(
+            bad_second.contains("n2") && !bad_second.contains("s3cret"),
+            "{bad_second}"
+        );
+        let tls = ConnectArgs {
+            amqp_tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..args(Some("amqp://n1,amqps://n2"), None)
+        };
+        let plain = tls.amqp_nodes().expect_err("refused");
+        assert!(plain.contains("need a amqps:// URL"), "{plain}");
     }
 
     #[test]

@@ -54,19 +54,47 @@ fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> {
         .build()
 }
 
+/// Opens a session on the first of `nodes` that accepts, from index `start` on; both
+/// connections go to the same node when it takes both. Returns the session and the index of the
+/// node of its consume connection.
 async fn open_session(
-    endpoint: &Endpoint,
+    nodes: &[Endpoint],
+    start: usize,
     name: &str,
-    publish_timeout: Duration,
-) -> Result<Session, BrokerError> {
-    let consume = amqp::connect(endpoint, &format!("{name} (consume)")).await?;
-    let publish = amqp::connect(endpoint, &format!("{name} (publish)")).await?;
-    let publisher = Publisher::open(&publish, publish_timeout).await?;
-    Ok(Session {
-        consume,
-        publish,
-        publisher,
-    })
+    connect: &ConnectArgs,
+) -> Result<(Session, usize), BrokerError> {
+    let timeout = connect.amqp_connect_timeout();
+    let consume = amqp::connect_any(nodes, start, &format!("{name} (consume)"), timeout).await?;
+    let opened = async {
+        let publish = amqp::connect_any(nodes, consume.node, &format!("{name} (publish)"), timeout)
+            .await?
+            .connection;
+        let publisher = Publisher::open(&publish, connect.publish_timeout()).await?;
+        Ok::<_, BrokerError>((publish, publisher))
+    };
+    match opened.await {
+        Ok((publish, publisher)) => Ok((
+            Session {
+                consume: consume.connection,
+                publish,
+                publisher,
+            },
+            consume.node,
+        )),
+        Err(error) => {
+            // Not left open beside the next attempt's connections.
+            drop(
+                tokio::time::timeout(
+                    FAREWELL_TIMEOUT,
+                    consume
+                        .connection
+                        .close(amqp::REPLY_SUCCESS, ShortString::from("bye")),
+                )
+                .await,
+            );
+            Err(error)
+        }
+    }
 }
 
 /// Longest wait for the broker to answer a close or a cancel: on a connection that just died
@@ -89,8 +117,13 @@ async fn close_session(session: &Session) {
 
 /// Runs `serve` on a fresh session until it returns `Ok` (shutdown) — reconnecting with backoff
 /// whenever the broker connection fails. Each session starts from scratch: unacked messages of
-/// a failed session come back from the broker and are handled again. The broker's URL and TLS
+/// a failed session come back from the broker and are handled again. The broker's URLs and TLS
 /// files are read from `connect` for each session, so rotated files take effect.
+///
+/// With several nodes (a cluster), the first session tries them in the order given, and each
+/// later one starts at the node after the one the last session was on: a node that was lost is
+/// tried last, not first, and a dead node costs at most `--amqp-connect-timeout-ms`. Which node
+/// a session is on is logged.
 ///
 /// # Errors
 /// Before any session has opened, a broker that refuses the TLS handshake or settings that
@@ -108,21 +141,24 @@ where
 {
     let mut delays = backoff(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY);
     let mut opened_once = false;
+    let mut next_node = 0;
     while !shutdown.is_cancelled() {
         let opened = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             opened = async {
-                let endpoint = connect.amqp().map_err(BrokerError::Settings)?;
-                open_session(&endpoint, name, connect.publish_timeout()).await
+                let nodes = connect.amqp_nodes().map_err(BrokerError::Settings)?;
+                let (session, node) = open_session(&nodes, next_node, name, connect).await?;
+                Ok::<_, BrokerError>((session, node, nodes))
             } => opened,
         };
         match opened {
-            Ok(session) => {
+            Ok((session, node, nodes)) => {
                 if opened_once {
                     observe::metrics::reconnect("rabbitmq");
                 }
                 opened_once = true;
-                tracing::info!(broker = %redacted_broker(connect), "connected to RabbitMQ");
+                next_node = node + 1;
+                tracing::info!(broker = %nodes[node].redacted(), node = node + 1, nodes = nodes.len(), "connected to RabbitMQ");
                 let started = tokio::time::Instant::now();
                 let session = Arc::new(session);
                 let served = serve(Arc::clone(&session)).await;
@@ -157,11 +193,11 @@ where
     Ok(())
 }
 
-/// The broker's URL for a log line, password hidden.
+/// The broker's URLs for a log line, passwords hidden.
 fn redacted_broker(connect: &ConnectArgs) -> String {
-    connect.amqp().map_or_else(
+    connect.amqp_nodes().map_or_else(
         |_| "(unreadable settings)".to_owned(),
-        |endpoint| endpoint.redacted(),
+        |nodes| amqp::redacted_nodes(&nodes),
     )
 }
 

@@ -363,6 +363,22 @@ pub async fn collect_stored(
     }
 }
 
+/// Prints a figure and appends it to `.chorus/fault/report.txt`, which `deploy/test.sh` shows
+/// at the end of a run (test output is otherwise captured).
+pub fn note(line: &str) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let dir = repo_dir().join(".chorus/fault");
+    drop(std::fs::create_dir_all(&dir));
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("report.txt"))
+    {
+        drop(writeln!(file, "{line}"));
+    }
+}
+
 /// Classifies every task and subtask of a run against the fault-free expectation.
 pub async fn check(
     env: &TestEnv,

@@ -24,10 +24,11 @@ use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
 
-pub mod cluster;
 pub mod deploy;
 pub mod fault;
 pub mod observe;
+pub mod rabbit_cluster;
+pub mod redis_cluster;
 pub mod servers;
 
 /// Longest wait for anything in a test.
@@ -225,7 +226,7 @@ impl TestEnv {
             .expect("create vhost");
         assert!(status.success(), "cannot create vhost {vhost}");
         // Databases 1..63 (the private Redis has 64); test binaries run one after another.
-        // On the test cluster (`cluster::port`), database 0 of every node.
+        // On the test cluster (`redis_cluster::port`), database 0 of every node.
         let db = NEXT_DB.fetch_add(1, Ordering::SeqCst) % 63 + 1;
         let env = Self::with_urls(
             &vhost,
@@ -233,15 +234,15 @@ impl TestEnv {
                 "amqp://guest:guest@127.0.0.1:{}/{vhost}",
                 services.amqp_port
             ),
-            cluster::port().map_or_else(
+            redis_cluster::port().map_or_else(
                 || format!("redis://127.0.0.1:{}/{db}", services.redis_port),
-                cluster::url,
+                redis_cluster::url,
             ),
             services.state_dir.join("logs"),
         );
         let mut conn = env.redis().await;
         // On the cluster (one database), tests run one at a time and each starts from empty.
-        let flush = if cluster::port().is_some() {
+        let flush = if redis_cluster::port().is_some() {
             "FLUSHALL"
         } else {
             "FLUSHDB"
@@ -446,11 +447,13 @@ impl TestEnv {
 
     /// A Redis connection to this env's database, or to the test cluster when the env is on
     /// it.
-    pub async fn redis(&self) -> cluster::TestRedis {
-        if let Some(first) = cluster::port().filter(|_| self.redis_url.contains("+cluster://")) {
-            return cluster::TestRedis::Cluster(cluster::connect(first).await);
+    pub async fn redis(&self) -> redis_cluster::TestRedis {
+        if let Some(first) =
+            redis_cluster::port().filter(|_| self.redis_url.contains("+cluster://"))
+        {
+            return redis_cluster::TestRedis::Cluster(redis_cluster::connect(first).await);
         }
-        cluster::TestRedis::Single(
+        redis_cluster::TestRedis::Single(
             redis::Client::open(self.redis_url.as_str())
                 .unwrap()
                 .get_multiplexed_async_connection()

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chorus_tests::{
-    fault::{check, collect_replies, collect_stored, Cluster, Planned, Report},
+    fault::{check, collect_replies, collect_stored, note, Cluster, Planned, Report},
     wait_for_running, RawClient, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
@@ -140,21 +140,6 @@ async fn wait_for_state(env: &TestEnv, key: &str, state: &str) {
 fn assert_clean(scenario: &str, report: &Report) {
     note(&format!("[{scenario}] {report}"));
     assert!(report.is_clean(), "[{scenario}] {report}");
-}
-
-/// Prints a figure and appends it to `.chorus/fault/report.txt`, which `deploy/test.sh` shows
-/// at the end of a run (test output is otherwise captured).
-fn note(line: &str) {
-    use std::io::Write;
-    eprintln!("{line}");
-    let path = chorus_tests::repo_dir().join(".chorus/fault/report.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        drop(writeln!(file, "{line}"));
-    }
 }
 
 /// Plays supervisor until the first reply: restarts `process` (started as `program`) each time
@@ -666,7 +651,7 @@ async fn s05_a_memory_alarm_blocks_publishers_without_losing_anything() {
     }
 }
 
-async fn settled(redis: &mut chorus_tests::cluster::TestRedis, run: &[Planned]) -> u64 {
+async fn settled(redis: &mut chorus_tests::redis_cluster::TestRedis, run: &[Planned]) -> u64 {
     let mut total = 0;
     for task in run {
         let counts: Vec<Option<u64>> = redis::cmd("HMGET")

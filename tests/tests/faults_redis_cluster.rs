@@ -11,9 +11,8 @@ use std::{
 };
 
 use chorus_tests::{
-    cluster,
     fault::{check, collect_replies, Planned},
-    TestEnv,
+    redis_cluster, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
 use serde_json::Value;
@@ -26,7 +25,7 @@ fn run_script(first: u16, args: &[&str]) -> String {
         status,
         stdout,
         stderr,
-    } = cluster::script(first, args).output().unwrap();
+    } = redis_cluster::script(first, args).output().unwrap();
     assert!(
         status.success(),
         "deploy/redis-cluster.sh {args:?} failed: {}",
@@ -82,7 +81,9 @@ async fn wait_for_progress(env: &TestEnv, run: &[Planned], settled: u64) {
 fn wait_for_failover(first: u16, key: &str, killed: &str) -> Duration {
     let started = Instant::now();
     loop {
-        let owner = cluster::script(first, &["owner", key]).output().unwrap();
+        let owner = redis_cluster::script(first, &["owner", key])
+            .output()
+            .unwrap();
         let owner = String::from_utf8_lossy(&owner.stdout).trim().to_owned();
         if !owner.is_empty() && owner != killed {
             return started.elapsed();
@@ -98,7 +99,7 @@ fn wait_for_failover(first: u16, key: &str, killed: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs the Redis Cluster: deploy/test.sh runs it in its cluster step"]
 async fn rc1_a_master_killed_mid_run_fails_over_to_its_replica_and_loses_nothing() {
-    let first = cluster::port()
+    let first = redis_cluster::port()
         .expect("CHORUS_TEST_REDIS_CLUSTER_PORT: the first port of deploy/redis-cluster.sh");
     let mut env = TestEnv::new("rc1").await;
     let timeouts = ["--redis-timeout-ms", "1000"];

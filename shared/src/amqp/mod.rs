@@ -5,6 +5,7 @@
 //! # Layout
 //! - `mod.rs`: connections, the [`Publisher`], acks, headers, dead letters.
 //! - `reply.rs`: where a submitter wants its outcome, and the reply messages sent there.
+//! - `nodes.rs`: the nodes of a cluster, connecting to whichever answers ([`connect_any`]).
 
 use std::{
     collections::HashSet,
@@ -30,8 +31,10 @@ use crate::{
     topology,
 };
 
+mod nodes;
 mod reply;
 
+pub use nodes::{attempt_order, connect_any, redacted_nodes, NodeConnection};
 pub(crate) use reply::{encode_reply, publish_reply, reply_message};
 pub use reply::{is_chorus_queue, reply_rejected, reply_target};
 

@@ -509,12 +509,14 @@ async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Resu
 
 /// `chorus dead ...`: connects to RabbitMQ alone (a failure names the URL tried) and runs it.
 async fn dead_letters(connect: &ConnectArgs, command: dead::DeadCommand) -> Result<u8, Failure> {
-    let endpoint = connect
-        .amqp()
+    let nodes = connect
+        .amqp_nodes()
         .map_err(|e| Failure::Unavailable(chorus_shared::error::BrokerError::Settings(e).into()))?;
-    let connection = chorus_shared::amqp::connect(&endpoint, "chorus dead")
+    let timeout = connect.amqp_connect_timeout();
+    let connection = chorus_shared::amqp::connect_any(&nodes, 0, "chorus dead", timeout)
         .await
-        .map_err(|e| Failure::Unavailable(ClientError::connecting("RabbitMQ", &endpoint, e)))?;
+        .map_err(|e| Failure::Unavailable(ClientError::connecting_any("RabbitMQ", &nodes, e)))?
+        .connection;
     match dead::run(&connection, connect.publish_timeout(), command).await {
         Ok(shown) => {
             println!("{shown}");
