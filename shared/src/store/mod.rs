@@ -23,6 +23,7 @@
 //! | `children` | set | ids of child tasks started by subtasks |
 //! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
+//! | `graph` | string | the dashboard's copy of the first subtasks' graph, JSON, written before the outcome, same TTL (`admin::graph::keep`) |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 //!
 //! Beside the tasks' keys, one key of the deployment: `chorus:services` ([`SERVICES_KEY`]), a
