@@ -381,3 +381,44 @@ async fn dead_letters(env: &TestEnv, browser: &Client) {
     goto(browser, "/tasks/dash-requeued").await;
     assert_eq!(text_of(browser, "#state").await, "succeeded");
 }
+
+/// A large task's kept graph is bounded: the first `KEPT_NODES` subtasks of its plan, with the
+/// plan's size, and its page draws the first `MAX_DRAWN` saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_tasks_kept_graph_is_bounded() {
+    use chorus_shared::admin::{dashboard::svg::MAX_DRAWN, graph};
+    let mut env = TestEnv::new("dashboard-large").await;
+    env.start_system(1);
+    let parts = graph::KEPT_NODES + 100;
+    let input = json!({"start": 0, "end": parts, "parts": parts});
+    submit(&env, "dash-large", input, &["--batch-size", "100"], true).await;
+    let store = chorus_shared::store::Store::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (kept, total) = graph::kept(&store, "dash-large").await.unwrap().unwrap();
+    assert_eq!(total, parts);
+    assert_eq!(kept.nodes.len(), graph::KEPT_NODES);
+    assert!(kept
+        .nodes
+        .iter()
+        .all(|n| n.state == graph::NodeState::Succeeded));
+    let listen = "127.0.0.1:9173";
+    env.spawn("chorus", &["dashboard", "--listen", listen]);
+    let url = format!("http://{listen}/tasks/dash-large");
+    let page = until("the large task's page", || async {
+        let response = reqwest::get(&url).await.ok()?;
+        response.status().is_success().then_some(())?;
+        response.text().await.ok()
+    })
+    .await;
+    assert!(
+        page.contains(&format!(
+            "Graph of the first {MAX_DRAWN} subtasks of {parts}."
+        )),
+        "{page}"
+    );
+    assert_eq!(
+        page.matches("class=\"node st-succeeded\"").count(),
+        MAX_DRAWN
+    );
+}
