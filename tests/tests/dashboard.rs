@@ -215,34 +215,42 @@ async fn dashboard_in_a_real_browser() {
     .await;
 
     let browser = browser(&profile).await;
+    tasks_page(&browser).await;
+    live_task_page(&env, &browser).await;
+    dead_letters(&env, &browser).await;
+    bounded("closing chromium", browser.close()).await.unwrap();
+}
 
+/// The tasks page lists the three tasks; the filters narrow it.
+async fn tasks_page(browser: &Client) {
     // The tasks page lists the three; the status filter narrows it (a plain GET form).
-    goto(&browser, "/tasks").await;
+    goto(browser, "/tasks").await;
     until("the three tasks listed", || async {
-        let text = text_of(&browser, "#tasks").await;
+        let text = text_of(browser, "#tasks").await;
         ["dash-done", "dash-failed", "dash-live"]
             .iter()
             .all(|id| text.contains(id))
             .then_some(())
     })
     .await;
-    screenshot(&browser, "tasks").await;
-    goto(&browser, "/tasks?status=failed").await;
-    let listed = text_of(&browser, "#tasks").await;
+    screenshot(browser, "tasks").await;
+    goto(browser, "/tasks?status=failed").await;
+    let listed = text_of(browser, "#tasks").await;
     assert!(listed.contains("dash-failed"), "{listed}");
     assert!(
         !listed.contains("dash-done") && !listed.contains("dash-live"),
         "{listed}"
     );
-    goto(&browser, "/tasks?kind=nope").await;
-    assert!(text_of(&browser, "#tasks")
-        .await
-        .contains("No task matches"));
+    goto(browser, "/tasks?kind=nope").await;
+    assert!(text_of(browser, "#tasks").await.contains("No task matches"));
+}
 
+/// dash-live's page while it runs and once finished; dash-failed's page.
+async fn live_task_page(env: &TestEnv, browser: &Client) {
     // The running task: five nodes; one not yet succeeded turns green without a reload (a
     // marker set in the page survives), fed by the event stream.
-    goto(&browser, "/tasks/dash-live").await;
-    assert_eq!(count(&browser, "svg g.node").await, 5);
+    goto(browser, "/tasks/dash-live").await;
+    assert_eq!(count(browser, "svg g.node").await, 5);
     bounded(
         "a marker",
         browser.execute("window.chorusMarker = 1;", vec![]),
@@ -251,7 +259,7 @@ async fn dashboard_in_a_real_browser() {
     .unwrap();
     let mut watched = None;
     for index in 0..4 {
-        let class = class_of(&browser, &format!("svg [data-node=\"{index}\"]"))
+        let class = class_of(browser, &format!("svg [data-node=\"{index}\"]"))
             .await
             .unwrap();
         if !class.contains("st-succeeded") {
@@ -260,10 +268,10 @@ async fn dashboard_in_a_real_browser() {
         }
     }
     let watched = watched.expect("a node of dash-live not yet succeeded when the page loaded");
-    screenshot(&browser, "task-running").await;
+    screenshot(browser, "task-running").await;
     let css = format!("svg [data-node=\"{watched}\"]");
     until("a node to turn succeeded live", || async {
-        class_of(&browser, &css)
+        class_of(browser, &css)
             .await
             .filter(|c| c.contains("st-succeeded"))
     })
@@ -278,26 +286,23 @@ async fn dashboard_in_a_real_browser() {
 
     // Once finished the page reloads itself: the kept graph, all green, progress as stored.
     until("dash-live's page to show it succeeded", || async {
-        let state = text_of(&browser, "#state").await;
+        let state = text_of(browser, "#state").await;
         (state == "succeeded").then_some(())
     })
     .await;
-    assert_eq!(count(&browser, "svg g.node.st-succeeded").await, 5);
-    let stored = status(&env, "dash-live").await;
-    let row = text_of(&browser, "#progress tbody tr").await;
+    assert_eq!(count(browser, "svg g.node.st-succeeded").await, 5);
+    let stored = status(env, "dash-live").await;
+    let row = text_of(browser, "#progress tbody tr").await;
     let succeeded = stored["types"][0]["succeeded"].as_u64().unwrap();
     assert_eq!(succeeded, 5, "{stored}");
     assert!(row.contains(&format!("{} 0 0 0 0 5", succeeded)), "{row}");
-    screenshot(&browser, "task-finished").await;
+    screenshot(browser, "task-finished").await;
 
     // A failed task: its failed nodes are red and its errors listed.
-    goto(&browser, "/tasks/dash-failed").await;
-    assert_eq!(text_of(&browser, "#state").await, "failed");
-    assert!(count(&browser, "svg g.node.st-failed").await >= 1);
-    assert!(!text_of(&browser, "#errors").await.is_empty());
-
-    dead_letters(&env, &browser).await;
-    bounded("closing chromium", browser.close()).await.unwrap();
+    goto(browser, "/tasks/dash-failed").await;
+    assert_eq!(text_of(browser, "#state").await, "failed");
+    assert!(count(browser, "svg g.node.st-failed").await >= 1);
+    assert!(!text_of(browser, "#errors").await.is_empty());
 }
 
 /// The dead-letter page: a letter with a hostile reason is shown as text, and its Requeue

@@ -212,22 +212,7 @@ fn task_context(
         }
         GraphView::Missing(why) => (None, Vec::new(), Some(why.clone())),
     };
-    let errors: Vec<_> = match outcome {
-        Some(outcome) => outcome
-            .errors
-            .iter()
-            .map(|e| minijinja::context! { subtask => e.subtask, message => bounded(&e.message) })
-            .collect(),
-        None => match graph {
-            GraphView::Shown(graph, _) => graph
-                .nodes
-                .iter()
-                .filter(|n| n.state == graph::NodeState::Failed)
-                .map(|n| minijinja::context! { subtask => n.id, message => n.error.as_deref().map(bounded) })
-                .collect(),
-            GraphView::Missing(_) => Vec::new(),
-        },
-    };
+    let errors = errors_of(outcome, graph);
     let tokens: BTreeMap<&String, _> = status
         .tokens
         .iter()
@@ -253,6 +238,24 @@ fn task_context(
         svg => svg,
         nodes => nodes,
         graph_note => graph_note,
+    }
+}
+
+/// The errors shown: the outcome's once finished, else those of the failed subtasks so far.
+fn errors_of(outcome: Option<&Outcome>, graph: &GraphView) -> Vec<minijinja::Value> {
+    match (outcome, graph) {
+        (Some(outcome), _) => outcome
+            .errors
+            .iter()
+            .map(|e| minijinja::context! { subtask => e.subtask, message => bounded(&e.message) })
+            .collect(),
+        (None, GraphView::Shown(graph, _)) => graph
+            .nodes
+            .iter()
+            .filter(|n| n.state == graph::NodeState::Failed)
+            .map(|n| minijinja::context! { subtask => n.id, message => n.error.as_deref().map(bounded) })
+            .collect(),
+        (None, GraphView::Missing(_)) => Vec::new(),
     }
 }
 

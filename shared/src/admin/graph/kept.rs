@@ -8,7 +8,7 @@ use std::{collections::HashSet, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-use super::{build, settled_state, unreleased, Settled, TaskGraph};
+use super::{build, settled_state, Settled, TaskGraph};
 use crate::{
     error::StoreError,
     protocol,
@@ -72,8 +72,11 @@ pub async fn keep(store: &Store, id: &str, ttl: Duration) -> Result<(), StoreErr
             settled.insert(subtask.clone(), settled_state(&stored));
         }
     }
-    let waiting: HashSet<String> = unreleased(store, id).await?;
-    let graph = build(id, "finished", entries, &settled, &waiting);
+    // A subtask unsettled at the end (the task failed, was cancelled or ran out of time) never
+    // ran to the end: it is kept as pending, without reading the waiting hash, which may be as
+    // large as the plan.
+    let unsettled: HashSet<String> = order.iter().cloned().collect();
+    let graph = build(id, "finished", entries, &settled, &unsettled);
     let drawn: HashSet<&String> = order.iter().collect();
     let kept = Kept {
         total,
