@@ -101,12 +101,14 @@ trap on_exit EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-section "Packages (rabbitmq-server, redis-server)"
+section "Packages (rabbitmq-server, redis-server, chromium)"
 "$SCRIPT_DIR/services.sh" install
 # llm-katan, the OpenAI-compatible test server of tests/tests/llm.rs, in .chorus/llm-venv.
 "$SCRIPT_DIR/llm-katan.sh" >/dev/null
 # The validators of the deploy files (tests/tests/deploy_*.rs) in .chorus/deploy-venv.
 "$SCRIPT_DIR/deploy-lint.sh" >/dev/null
+# Debian's chromium and chromedriver, for the dashboard's browser test (tests/tests/dashboard.rs).
+"$SCRIPT_DIR/browser.sh" >/dev/null
 "$CARGO" --version
 if ! "$CARGO" fmt --version >/dev/null 2>&1 || ! "$CARGO" clippy --version >/dev/null 2>&1; then
     if command -v rustup >/dev/null 2>&1; then

@@ -484,4 +484,20 @@ impl Client {
     pub async fn outcome(&self, id: &str) -> Result<Option<Outcome>, ClientError> {
         Ok(self.store.outcome(id).await?)
     }
+
+    /// The Redis store, for the admin reads built on the same connection (the dashboard).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The RabbitMQ connection, for the admin work built on it (the dashboard's dead letters
+    /// and event consumers).
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// The confirmed publisher (the dashboard's requeue).
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher
+    }
 }

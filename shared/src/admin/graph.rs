@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     error::StoreError,
@@ -18,14 +18,17 @@ use crate::{
     text,
 };
 
+mod kept;
 #[cfg(test)]
 mod tests;
+
+pub use kept::{keep, kept, Kept, KEPT_NODES};
 
 /// Longest id, worker type or error written in a graph, in bytes (cut with a marker past it).
 const MAX_LABEL_BYTES: usize = 120;
 
 /// Where a subtask is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     /// Not released yet: waiting for its dependencies or a slot under the task's cap.
@@ -65,7 +68,7 @@ impl NodeState {
 }
 
 /// One subtask.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Node {
     /// Subtask id.
     pub id: String,
@@ -82,7 +85,7 @@ pub struct Node {
 }
 
 /// A dependency: `to` waits for `from`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Edge {
     /// The dependency.
     pub from: String,
@@ -132,20 +135,46 @@ pub async fn read(store: &Store, id: &str) -> Result<TaskGraph, GraphError> {
     }
     let order = store.order(id).await?;
     let entries = store.entries(id, &order).await?;
-    let settled: HashMap<String, (NodeState, u32, Option<String>)> = store
+    let settled: Settled = store
         .results(id)
         .await?
         .into_iter()
         .map(|(subtask, stored)| {
-            let (state, error) = match stored.outcome {
-                SubtaskOutcome::Succeeded(_) => (NodeState::Succeeded, None),
-                SubtaskOutcome::Failed(e) => (NodeState::Failed, Some(e)),
-                SubtaskOutcome::Skipped(e) => (NodeState::Skipped, Some(e)),
-            };
-            (subtask, (state, stored.attempts, error))
+            let state = settled_state(&stored);
+            (subtask, state)
         })
         .collect();
     let unreleased = unreleased(store, id).await?;
+    Ok(build(
+        id,
+        record.state.as_str(),
+        entries,
+        &settled,
+        &unreleased,
+    ))
+}
+
+/// Where each subtask settled: state, attempts, error.
+type Settled = HashMap<String, (NodeState, u32, Option<String>)>;
+
+/// The settled state of a stored result.
+fn settled_state(stored: &crate::store::StoredResult) -> (NodeState, u32, Option<String>) {
+    let (state, error) = match &stored.outcome {
+        SubtaskOutcome::Succeeded(_) => (NodeState::Succeeded, None),
+        SubtaskOutcome::Failed(e) => (NodeState::Failed, Some(e.clone())),
+        SubtaskOutcome::Skipped(e) => (NodeState::Skipped, Some(e.clone())),
+    };
+    (state, stored.attempts, error)
+}
+
+/// The graph of `entries` (plan order) given what settled and what is not released yet.
+fn build(
+    id: &str,
+    state: &'static str,
+    entries: Vec<crate::protocol::PlanEntry>,
+    settled: &Settled,
+    unreleased: &HashSet<String>,
+) -> TaskGraph {
     let mut nodes = Vec::with_capacity(entries.len());
     let mut edges = Vec::new();
     for entry in entries {
@@ -177,12 +206,12 @@ pub async fn read(store: &Store, id: &str) -> Result<TaskGraph, GraphError> {
         };
         nodes.push(node);
     }
-    Ok(TaskGraph {
+    TaskGraph {
         task: id.to_owned(),
-        state: record.state.as_str(),
+        state,
         nodes,
         edges,
-    })
+    }
 }
 
 /// Subtasks of `id` not released yet: those waiting for dependencies and those ready for a

@@ -3,6 +3,7 @@
 //! subtasks as a dependency graph (`graph`), for `chorus graph`; the dead letters of
 //! `chorus.dead` (`dead`), for `chorus dead`.
 
+pub mod dashboard;
 pub mod dead;
 pub mod graph;
 pub mod tasks;

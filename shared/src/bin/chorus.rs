@@ -2,7 +2,8 @@
 //! progress bar), show a task's state, print its outcome; list the kinds the live services
 //! serve (or those a kinds file adds to the built-in ones), or check such a file; show and set
 //! the limits of language models every worker enforces (`limits`); list the recent tasks
-//! (`tasks`), draw a running task's graph (`graph`), look into and replay `chorus.dead` (`dead`).
+//! (`tasks`), draw a running task's graph (`graph`), look into and replay `chorus.dead` (`dead`),
+//! serve the web dashboard (`dashboard`).
 
 #[path = "chorus/dead.rs"]
 mod dead;
@@ -142,6 +143,18 @@ enum Command {
         /// dot (Graphviz: `chorus graph ID | dot -Tsvg > graph.svg`), mermaid or json.
         #[arg(long, default_value = "dot", value_parser = ["dot", "mermaid", "json"])]
         format: String,
+    },
+    /// Serve a web dashboard until Ctrl-C: the recent and running tasks (filter by kind and
+    /// status), each task's progress per worker type, errors, tokens and its subtasks as a
+    /// dependency graph coloured by state (live while it runs), and the dead letters of
+    /// chorus.dead with a Requeue button each. It has NO authentication: it listens on loopback
+    /// by default; to reach it from elsewhere use an SSH tunnel (`ssh -L 9620:127.0.0.1:9620
+    /// host`) or a reverse proxy that authenticates (docs/operations.md#dashboard). Needs the
+    /// RabbitMQ permissions of both `cli` and `admin` (deploy/acl/rabbitmq.permissions).
+    Dashboard {
+        /// Address to listen on, IP:PORT; one that is not loopback is served with a warning.
+        #[arg(long, default_value = admin::dashboard::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -346,6 +359,13 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Limits(command) => model_limits(connect, command).await,
         Command::Graph { id, format } => graph(connect, &id, &format).await,
         Command::Dead(command) => dead_letters(connect, command).await,
+        Command::Dashboard { listen } => {
+            let client = Client::connect(connect).await?;
+            admin::dashboard::serve(client, listen, chorus_shared::shutdown::on_signal())
+                .await
+                .map_err(Failure::Usage)?;
+            Ok(0)
+        }
         Command::Tasks(args) => {
             let store = connect_store(connect).await?;
             let shown = tasks::run(&store, &args)

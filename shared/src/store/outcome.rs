@@ -59,6 +59,11 @@ impl Store {
         ttl: Duration,
     ) -> Result<Finished, StoreError> {
         let id = &outcome.id;
+        // The dashboard's copy of the graph, while the plan and results it is read from exist;
+        // a failure costs the page of a finished task its graph, never the outcome.
+        if let Err(error) = crate::admin::graph::keep(self, id, ttl).await {
+            tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
+        }
         let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut call = STORE_OUTCOME.prepare_invoke();
