@@ -19,7 +19,7 @@ pub(super) fn encode_entry(entry: &PlanEntry) -> Result<Vec<u8>, StoreError> {
 ///
 /// # Errors
 /// `bytes` is not an encoded entry ([`StoreError::Corrupt`]).
-pub(super) fn decode_entry(task: &str, bytes: &[u8]) -> Result<PlanEntry, StoreError> {
+pub(crate) fn decode_entry(task: &str, bytes: &[u8]) -> Result<PlanEntry, StoreError> {
     protocol::decode(bytes).map_err(|e| StoreError::Corrupt(format!("plan entry of {task}: {e}")))
 }
 

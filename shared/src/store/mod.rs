@@ -69,6 +69,7 @@ mod children;
 mod claim;
 mod cluster;
 mod codec;
+pub(crate) use codec::decode_entry;
 mod connection;
 mod graph;
 mod keys;

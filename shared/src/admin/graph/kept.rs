@@ -12,7 +12,7 @@ use super::{build, settled_state, Settled, TaskGraph};
 use crate::{
     error::StoreError,
     protocol,
-    store::{Store, StoredResult, TaskKeys},
+    store::{decode_entry, Store, StoredResult, TaskKeys},
 };
 
 /// Most subtasks kept: the copy stays a few hundred kilobytes at most, whatever the plan's size.
@@ -28,6 +28,9 @@ pub struct Kept {
     /// Dependencies among them.
     pub edges: Vec<super::Edge>,
 }
+
+/// The values of an `HMGET`, in the order asked (`None` where a field is missing).
+type Fields = Vec<Option<Vec<u8>>>;
 
 /// The key of the kept graph of `id`.
 fn key(id: &str) -> String {
@@ -45,25 +48,40 @@ fn key(id: &str) -> String {
 /// Redis fails or holds what does not decode.
 pub async fn keep(store: &Store, id: &str, ttl: Duration) -> Result<(), StoreError> {
     let mut conn = store.conn();
-    let order: Vec<String> = redis::cmd("LRANGE")
-        .arg(TaskKeys::new(id).order())
+    let keys = TaskKeys::new(id);
+    // Two round trips for the reads (the outcome waits on them): one keyed by the task's hash
+    // tag, so a Cluster serves each pipeline from one node.
+    let (order, total): (Vec<String>, usize) = redis::pipe()
+        .cmd("LRANGE")
+        .arg(keys.order())
         .arg(0)
         .arg(KEPT_NODES - 1)
+        .cmd("LLEN")
+        .arg(keys.order())
         .query_async(&mut conn)
         .await?;
     if order.is_empty() {
         return Ok(());
     }
-    let total: usize = redis::cmd("LLEN")
-        .arg(TaskKeys::new(id).order())
-        .query_async(&mut conn)
-        .await?;
-    let entries = store.entries(id, &order).await?;
-    let raw: Vec<Option<Vec<u8>>> = redis::cmd("HMGET")
-        .arg(TaskKeys::new(id).results())
+    let (plan, raw): (Fields, Fields) = redis::pipe()
+        .cmd("HMGET")
+        .arg(keys.plan())
+        .arg(&order)
+        .cmd("HMGET")
+        .arg(keys.results())
         .arg(&order)
         .query_async(&mut conn)
         .await?;
+    let entries = order
+        .iter()
+        .zip(plan)
+        .map(|(subtask, bytes)| match bytes {
+            Some(bytes) => decode_entry(id, &bytes),
+            None => Err(StoreError::Corrupt(format!(
+                "task {id} has no plan entry {subtask}"
+            ))),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut settled = Settled::new();
     for (subtask, raw) in order.iter().zip(raw) {
         if let Some(raw) = raw {
