@@ -618,12 +618,14 @@ impl RawClient {
             // A broker under a disk or memory alarm blocks publishers without a word: a
             // confirm that never comes is a failure saying so, not a test hanging until CI's
             // time is up.
-            let confirm = tokio::time::timeout(WAIT, publish).await.unwrap_or_else(|_| {
-                panic!(
-                    "publish to {queue} not confirmed within {WAIT:?}: is the broker blocking \
+            let confirm = tokio::time::timeout(WAIT, publish)
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "publish to {queue} not confirmed within {WAIT:?}: is the broker blocking \
                      publishers (disk or memory alarm: `rabbitmq-diagnostics alarms`)?"
-                )
-            });
+                    )
+                });
             if confirm.is_ack() {
                 return;
             }
