@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs the Chorus benchmark (bench/): a private RabbitMQ + Redis of its own (installed if
 # missing), the release binaries, then chorus-bench, which measures the raw broker baseline and
-# Chorus side by side and writes bench/results/latest.json. Arguments go to chorus-bench
-# (e.g. --sizes 1000,10000 --repeat 1 for a quick run, --steps-only for the kinds-file figures,
+# Chorus side by side and writes bench/results/latest.json. The services run with their default
+# flags; its first table puts them beside the baseline and the former tuned flags in rounds
+# taken in turns. Arguments go to chorus-bench (e.g. --sizes 1000,10000 --repeat 1 for a quick
+# run, --defaults-only for that first table and the latency alone, --steps-only for the kinds-file figures,
 # --llm-only for the LLM-call figures against llm-katan, which deploy/llm-katan.sh installs,
 # --llm-rate-only for the rate under a shared limit alone).
 #

@@ -27,7 +27,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::raw::{close_all, connect};
-use crate::{broker, reset, Cli, Stat, Submitter, System, MICROS_PER_SECOND, SETTLE};
+use crate::{
+    broker, compare::Flags, reset, Cli, Stat, Submitter, System, MICROS_PER_SECOND, SETTLE,
+};
 
 /// The served model name and the kind of the kinds file [`write_kinds_file`] writes.
 pub(crate) const MODEL: &str = "gpt-test";
@@ -295,7 +297,7 @@ async fn through_services(
 ) -> Result<(Vec<f64>, Vec<f64>)> {
     let kinds_file = write_kinds_file(&katan.base_url())?;
     reset(cli).await?;
-    let system = System::start_with(cli, 1, None, Some(&kinds_file))?;
+    let system = System::start_with(cli, 1, None, Some(&kinds_file), Flags::Tuned)?;
     let mut submitter = Submitter::connect(cli).await?;
     let connection = connect(&broker(cli)?).await?;
     let channel = connection.create_channel().await?;

@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::llm::{Katan, KEY_VAR, MODEL};
-use crate::{reset, Cli, Submitter, System, SETTLE};
+use crate::{compare::Flags, reset, Cli, Submitter, System, SETTLE};
 
 /// The kind of the kinds file [`write_kinds_file`] writes.
 const KIND: &str = "llm-rate";
@@ -86,7 +86,7 @@ pub async fn measure(cli: &Cli) -> Result<Option<RateTable>> {
     let kinds_file = write_kinds_file(&katan.base_url(), rpm, burst)?;
     // A previous run's limits in Redis would win over the file's (HSETNX): start empty.
     reset(cli).await?;
-    let system = System::start_with(cli, WORKERS, None, Some(&kinds_file))?;
+    let system = System::start_with(cli, WORKERS, None, Some(&kinds_file), Flags::Tuned)?;
     let mut submitter = Submitter::connect(cli).await?;
     tokio::time::sleep(SETTLE).await;
     run_task(&mut submitter, WARM_UP_CALLS, in_flight).await?;

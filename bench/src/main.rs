@@ -4,6 +4,7 @@
 //! worker processes. Prints one table and writes it as JSON. `deploy/bench.sh` runs it against
 //! a private RabbitMQ and Redis.
 
+mod compare;
 mod llm;
 mod llm_rate;
 mod raw;
@@ -30,6 +31,7 @@ use lapin::types::ShortString;
 use serde::Serialize;
 use serde_json::json;
 
+use compare::Flags;
 use raw::{baseline, close_all, connect, hop_floor, RAW_PREFETCH};
 
 /// Time the services get to connect and declare their queues before a clock starts.
@@ -42,10 +44,6 @@ const INTEGERS_PER_SUBTASK: u64 = 10;
 const LATENCY_TASK_SUBTASKS: u64 = 3;
 /// Task size of the baseline and the scale-out when `--sizes` is empty.
 const DEFAULT_MIDDLE_SIZE: u64 = 10_000;
-/// `--publish-batch` of the orchestrator under measurement.
-const ORCHESTRATOR_PUBLISH_BATCH: &str = "1000";
-/// `--concurrency` of the synthesizer under measurement.
-const SYNTHESIZER_CONCURRENCY: &str = "256";
 /// Clock ticks per second of the CPU times in `/proc/<pid>/stat` (`USER_HZ` on Linux).
 const CLOCK_TICKS_PER_SECOND: f64 = 100.0;
 const MILLIS_PER_SECOND: f64 = 1000.0;
@@ -80,7 +78,9 @@ struct Cli {
     /// Worker process counts for the scale-out measurement (at the middle size).
     #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     workers: Vec<usize>,
-    /// Concurrency (and prefetch) of each worker process.
+    /// Concurrency (and prefetch) of the worker in the tuned configuration, which the "kinds
+    /// without Rust" and "LLM calls" measurements use too; every other measurement runs the
+    /// services with their default flags.
     #[arg(long, default_value_t = 100)]
     worker_concurrency: u16,
     /// Subtasks per message in the batched measurement (`options.batch_size`).
@@ -96,6 +96,10 @@ struct Cli {
     /// two builds run after run).
     #[arg(long)]
     latency_only: bool,
+    /// Measure only the latency (with the default flags) and the side-by-side runs of the
+    /// baseline, the default flags and the tuned flags at the middle size (a few minutes).
+    #[arg(long)]
+    defaults_only: bool,
     /// Subtasks of each task of the built-in `range-sum` and of the pool-mode no-op Python
     /// handler in the "kinds without Rust" measurement; 0 skips that measurement.
     #[arg(long, default_value_t = 10_000)]
@@ -190,16 +194,19 @@ struct System {
 }
 
 impl System {
+    /// The services with their default flags (`worker_prefetch`: the workers' `--prefetch`).
     fn start(cli: &Cli, workers: usize, worker_prefetch: Option<u16>) -> Result<Self> {
-        Self::start_with(cli, workers, worker_prefetch, None)
+        Self::start_with(cli, workers, worker_prefetch, None, Flags::Defaults)
     }
 
-    /// [`System::start`], every service given `kinds_file` (`--kinds-file`) when there is one.
+    /// [`System::start`] with `flags`, every service given `kinds_file` (`--kinds-file`) when
+    /// there is one.
     fn start_with(
         cli: &Cli,
         workers: usize,
         worker_prefetch: Option<u16>,
         kinds_file: Option<&Path>,
+        flags: Flags,
     ) -> Result<Self> {
         let mut children = Vec::new();
         let spawn = |bin: &str, args: &[&str]| -> Result<(String, Child)> {
@@ -226,23 +233,17 @@ impl System {
                 .with_context(|| format!("cannot start {}", path.display()))?;
             Ok((bin.to_owned(), child))
         };
-        children.push(spawn(
-            "chorus-orchestrator",
-            &["--publish-batch", ORCHESTRATOR_PUBLISH_BATCH],
-        )?);
-        let concurrency = cli.worker_concurrency.to_string();
-        let mut worker_args = vec!["--concurrency".to_owned(), concurrency];
-        if let Some(prefetch) = worker_prefetch {
+        let orchestrator = flags.args(cli, "chorus-orchestrator");
+        children.push(spawn("chorus-orchestrator", &strs(&orchestrator))?);
+        let mut worker_args = flags.args(cli, "chorus-worker");
+        if let Some(prefetch) = worker_prefetch.or(flags.worker_prefetch(cli)) {
             worker_args.extend(["--prefetch".to_owned(), prefetch.to_string()]);
         }
-        let worker_args: Vec<&str> = worker_args.iter().map(String::as_str).collect();
         for _ in 0..workers {
-            children.push(spawn("chorus-worker", &worker_args)?);
+            children.push(spawn("chorus-worker", &strs(&worker_args))?);
         }
-        children.push(spawn(
-            "chorus-synthesizer",
-            &["--concurrency", SYNTHESIZER_CONCURRENCY],
-        )?);
+        let synthesizer = flags.args(cli, "chorus-synthesizer");
+        children.push(spawn("chorus-synthesizer", &strs(&synthesizer))?);
         Ok(Self { children })
     }
 
@@ -285,6 +286,11 @@ impl Drop for System {
             drop(child.wait());
         }
     }
+}
+
+/// `args` borrowed, as a command line takes them.
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
 
 /// The broker under measurement, its URL and TLS files read now.
@@ -416,10 +422,7 @@ async fn measure_size(
     for _ in 0..cli.repeat {
         reset(cli).await?;
         let system = System::start(cli, workers, prefetch)?;
-        let mut submitter = Submitter::connect(cli).await?;
-        tokio::time::sleep(SETTLE).await;
-        let elapsed = submitter.run(n, batch_size).await?;
-        rates.push(n as f64 / elapsed.as_secs_f64());
+        rates.push(run_once(cli, n, batch_size).await?);
         for (bin, (peak, seconds)) in system.usage() {
             let entry = rss.entry(bin.clone()).or_insert(0);
             *entry = (*entry).max(peak);
@@ -427,6 +430,15 @@ async fn measure_size(
         }
     }
     Ok((rates, rss, cpu))
+}
+
+/// One task of `n` subtasks (`batch_size` to a message) through the services just started,
+/// once they had [`SETTLE`] to connect. Returns subtasks per second.
+async fn run_once(cli: &Cli, n: u64, batch_size: Option<u32>) -> Result<f64> {
+    let mut submitter = Submitter::connect(cli).await?;
+    tokio::time::sleep(SETTLE).await;
+    let elapsed = submitter.run(n, batch_size).await?;
+    Ok(n as f64 / elapsed.as_secs_f64())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -493,10 +505,23 @@ async fn main() -> Result<()> {
         .get(cli.sizes.len() / 2)
         .copied()
         .unwrap_or(DEFAULT_MIDDLE_SIZE);
+    if cli.defaults_only {
+        let (latency, floor, over) = measure_latency(&cli).await?;
+        let side_by_side = compare::measure(&cli, middle).await?;
+        print_latency(&latency, &floor, &over);
+        compare::print(&side_by_side);
+        write_json(
+            &cli.out,
+            &json!({"latency": latency, "latency_floor": floor, "latency_over_floor": over,
+                    "defaults_side_by_side": side_by_side}),
+        )?;
+        return Ok(());
+    }
     let baseline_stat = measure_baseline(&cli, middle).await?;
     // Before the throughput runs: after a burst of 100,000 messages the broker compacts its
     // quorum logs for a while, which would be measured as latency of whatever runs next.
     let (latency, floor, over) = measure_latency(&cli).await?;
+    let side_by_side = compare::measure(&cli, middle).await?;
     let rows = measure_throughput(&cli, Packing::Single, &cli.sizes, baseline_stat).await?;
     let batched_rows =
         measure_throughput(&cli, Packing::Batched, &cli.batched_sizes.0, baseline_stat).await?;
@@ -512,6 +537,7 @@ async fn main() -> Result<()> {
         None
     };
 
+    compare::print(&side_by_side);
     print_throughput(&cli, baseline_stat, &rows, &batched_rows);
     println!();
     print_latency(&latency, &floor, &over);
@@ -523,8 +549,9 @@ async fn main() -> Result<()> {
         llm::print(table);
     }
     let table = json!({
-        "settings": {"repeat": cli.repeat, "worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
+        "settings": {"repeat": cli.repeat, "service_flags": "defaults", "tuned_worker_concurrency": cli.worker_concurrency, "queue_type": "quorum", "persistent": true, "confirms": true,
                      "batch_size": cli.batch_size, "batched_prefetch": cli.batched_prefetch},
+        "defaults_side_by_side": side_by_side,
         "baseline_msgs_per_s": baseline_stat,
         "throughput": rows,
         "batched": batched_rows,

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{reset, Cli, Stat, Status, Submitter, System, MICROS_PER_SECOND, SETTLE};
+use crate::{
+    compare::Flags, reset, Cli, Stat, Status, Submitter, System, MICROS_PER_SECOND, SETTLE,
+};
 
 /// The kinds of the kinds file [`write_kinds_file`] writes.
 const POOL_KIND: &str = "noop-pool";
@@ -82,7 +84,7 @@ pub async fn measure(cli: &Cli) -> Result<StepsTable> {
     let (python, python_version) = resolve_python(cli.steps_python.as_deref())?;
     let kinds_file = write_kinds_file(cli, &python)?;
     reset(cli).await?;
-    let system = System::start_with(cli, 1, None, Some(&kinds_file))?;
+    let system = System::start_with(cli, 1, None, Some(&kinds_file), Flags::Tuned)?;
     let worker = system
         .children
         .iter()

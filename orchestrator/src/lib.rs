@@ -77,8 +77,9 @@ pub struct Config {
     pub concurrency: u16,
 
     /// Subtasks published per batch; the batch's confirms are awaited together and then the
-    /// confirmed prefix is saved in Redis.
-    #[arg(long, env = "CHORUS_PUBLISH_BATCH", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    /// confirmed prefix is saved in Redis (one Redis write per batch; a crash republishes at
+    /// most one batch, as duplicates that change nothing).
+    #[arg(long, env = "CHORUS_PUBLISH_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub publish_batch: u64,
 
     /// Retry delays go up to this, so the delay queues are declared up to it (keep equal to

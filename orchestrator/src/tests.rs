@@ -28,3 +28,10 @@ fn file_roots_must_be_directories() {
     let refused = config(&["--file-root", "/no/such/chorus/root"]).validate();
     assert!(refused.is_err_and(|message| message.starts_with("--file-root /no/such/chorus/root")));
 }
+
+#[test]
+fn a_plan_is_published_in_batches_of_a_thousand_by_default() {
+    // The batch the benchmark's tuned flags used: a plan chunk's worth of confirms in flight
+    // (issue 20: the defaults are the fast configuration).
+    assert_eq!(config(&[]).publish_batch, 1000);
+}

@@ -211,8 +211,9 @@ pub struct TypeStatus {
 }
 
 impl TypeStatus {
-    /// Subtasks of this task a worker holds (delivered, so running: a worker prefetches no
-    /// more than its slots unless `--prefetch` says otherwise), as a lower bound: in flight
+    /// Subtasks of this task the workers hold (delivered: running, or waiting in a worker for
+    /// a handler slot, since a worker prefetches up to 16 times its slots unless `--prefetch`
+    /// says otherwise), as a lower bound: in flight
     /// minus every message ready in the type's queue (which may be other tasks'), so it never
     /// shows more than really run. 0 when the broker could not be asked.
     pub fn running(&self) -> u64 {

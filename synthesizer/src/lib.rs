@@ -69,8 +69,11 @@ pub struct Config {
     #[command(flatten)]
     pub sweep: SweepArgs,
 
-    /// Results handled at once (also the prefetch).
-    #[arg(long, env = "CHORUS_SYNTHESIZER_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Result messages handled at once (also the prefetch). Handling one is mostly waiting on
+    /// one Redis script, so a high bound costs little and keeps the results queue drained at
+    /// the broker's rate; each held message takes its size in memory (up to
+    /// --max-message-bytes).
+    #[arg(long, env = "CHORUS_SYNTHESIZER_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Threads of the async runtime: 1 (the default) runs the synthesizer's own work on one

@@ -111,3 +111,10 @@ fn deadline_timers_come_back_through_the_delay_path() {
     assert!(check_control_route(&timer, "chorus.retry").is_ok());
     assert!(check_control_route(&timer, "").is_ok());
 }
+
+#[test]
+fn results_are_taken_256_at_a_time_by_default() {
+    // Handling a result message is mostly waiting on one Redis script: a low bound left the
+    // results queue filling while the worker outran it (issue 20).
+    assert_eq!(config(&[]).concurrency, 256);
+}

@@ -142,7 +142,12 @@ async fn watch_counts_as_running_only_what_the_workers_hold() {
     let mut env = TestEnv::new("cli-running").await;
     env.spawn("chorus-orchestrator", &[]);
     env.spawn("chorus-synthesizer", &[]);
-    env.spawn("chorus-worker", &["--types", "default:2"]);
+    // A prefetch of the slots, so that what the worker holds is what it runs: the count must
+    // never include the 18 subtasks still in the queue.
+    env.spawn(
+        "chorus-worker",
+        &["--types", "default:2", "--prefetch", "2"],
+    );
     let input = r#"{"start": 0, "end": 200, "parts": 20, "delay_ms": 300}"#;
     let (code, out) = env
         .cli(&[

@@ -229,10 +229,15 @@ async fn killed_mid_call(scene: &mut Scene, victim: usize, base: &Value) -> usiz
 async fn aborted_after_publishing(scene: &mut Scene, replacement: usize, base: &Value) {
     let (n, concurrency) = (S21_N, S21_CONCURRENCY);
     let concurrency_text = concurrency.to_string();
+    // A prefetch of its slots: the calls run at once and are all answered when the first
+    // result is published; a worker holding more would start the next ones before the abort,
+    // and the provider would see those again.
     let mut args = vec![
         "--kinds-file",
         &scene.file,
         "--concurrency",
+        &concurrency_text,
+        "--prefetch",
         &concurrency_text,
     ];
     args.extend_from_slice(&RETRIES);

@@ -72,16 +72,21 @@ pub struct Config {
     #[command(flatten)]
     pub files: FileArgs,
 
-    /// Subtasks run at once by this process per worker type that names no concurrency of its
-    /// own; also the prefetch unless --prefetch says otherwise, so the broker never hands it
-    /// more than it runs.
-    #[arg(long, env = "CHORUS_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Handlers run at once by this process per worker type that names no concurrency of its
+    /// own. It bounds the handlers only: a subtask whose handler is done holds no slot while
+    /// its result waits for the broker's confirm (that is what --prefetch covers).
+    #[arg(long, env = "CHORUS_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
-    /// Messages each worker type's consumer may hold unacked (default: the type's
-    /// concurrency). A batch (`options.batch_size`) counts as one message: when tasks use
-    /// batches, a prefetch of 2 to 4 keeps one worker from holding more of a task than it runs
-    /// while its peers idle.
+    /// Messages each worker type's consumer may hold unacked: running, waiting for a handler
+    /// slot, or waiting for their result's confirm. Default: 16 times the type's concurrency
+    /// (256 at the default concurrency), at most 1,024, which keeps the pipe full for quick
+    /// handlers while a subtask waits in a worker for at most 16 handler runs before it starts.
+    /// Each held message takes its size in memory (up to --max-message-bytes). A batch
+    /// (`options.batch_size`) counts as one message: when tasks use batches, a prefetch of 2
+    /// to 4 keeps one worker from holding more of a task than it runs while its peers idle;
+    /// for handlers that run for minutes on several workers, a prefetch of the concurrency
+    /// spreads them best.
     #[arg(long, env = "CHORUS_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
 
@@ -110,6 +115,37 @@ pub struct Config {
     /// Longest delay between two attempts.
     #[arg(long, env = "CHORUS_RETRY_MAX_DELAY_MS", default_value_t = config::DEFAULT_RETRY_MAX_DELAY_MS, value_parser = clap::value_parser!(u64).range(1..))]
     pub retry_max_delay_ms: u64,
+}
+
+/// Handlers at once per worker type by default (`--concurrency`): enough for handlers that
+/// wait on I/O for seconds without over-running what they call, and more than quick handlers
+/// need, since the prefetch, not this, keeps their pipe full.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// Prefetch per handler slot when `--prefetch` is not given: a subtask held by a worker waits
+/// for at most this many handler runs before its own starts.
+pub const PREFETCH_PER_SLOT: u16 = 16;
+
+/// Most messages a consumer holds by default, whatever its concurrency: bounds the memory they
+/// take (up to `--max-message-bytes` each).
+pub const MAX_DEFAULT_PREFETCH: u16 = 1024;
+
+/// The prefetch of a worker type whose handlers run `concurrency` at once: `prefetch` (the
+/// flag) when given, else [`PREFETCH_PER_SLOT`] × `concurrency`, at most
+/// [`MAX_DEFAULT_PREFETCH`] and never below `concurrency` (messages).
+///
+/// Why decoupled: a quick handler's subtask spends most of its time in the worker waiting for
+/// its result's confirm (a few ms), not in the handler (µs), so a prefetch equal to the
+/// concurrency left the handler slots idle and the rate at about half the broker's (issue 20);
+/// the multiple, rather than one fixed number, keeps the wait of a held subtask behind slow
+/// handlers proportionate (a type of 2 slow GPU handlers holds 32, not hundreds).
+pub fn prefetch_of(concurrency: u16, prefetch: Option<u16>) -> u16 {
+    prefetch.unwrap_or_else(|| {
+        concurrency
+            .saturating_mul(PREFETCH_PER_SLOT)
+            .min(MAX_DEFAULT_PREFETCH)
+            .max(concurrency)
+    })
 }
 
 /// Parses `TYPE` or `TYPE:CONCURRENCY`.
@@ -291,7 +327,7 @@ fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) 
             continue;
         }
         let concurrency = concurrency.unwrap_or(config.concurrency);
-        let prefetch = config.prefetch.unwrap_or(concurrency);
+        let prefetch = prefetch_of(concurrency, config.prefetch);
         metrics::slots_total(worker_type, usize::from(concurrency));
         handler_pools.insert(
             queue.clone(),
