@@ -1,6 +1,8 @@
 //! Client side: submitting tasks, waiting for outcomes on a private reply queue, and reading a
 //! task's state from Redis. The `chorus` CLI is a thin layer over this.
 
+use std::collections::HashMap;
+
 use futures::StreamExt;
 use lapin::{
     options::{BasicConsumeOptions, QueueDeclareOptions},
@@ -14,6 +16,7 @@ use crate::{
     config::ConnectArgs,
     error::{BrokerError, ProtocolError, StoreError},
     protocol::{self, Control, Outcome, Status, TaskRequest},
+    services,
     store::{Store, TaskState, TypeProgress},
     topology,
 };
@@ -205,21 +208,26 @@ pub struct TypeStatus {
     pub queued: Option<u32>,
     /// Consumers of the queue (worker processes serving the type).
     pub consumers: Option<u32>,
+    /// Handler slots of the live workers serving the type (their announcements), when they
+    /// say: what can run at once, for every task of the type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slots: Option<u64>,
     /// A warning for a human, e.g. that no worker serves the type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
 }
 
 impl TypeStatus {
-    /// Subtasks of this task the workers hold (delivered: running, or waiting in a worker for
-    /// a handler slot, since a worker prefetches up to 16 times its slots unless `--prefetch`
-    /// says otherwise), as a lower bound: in flight
-    /// minus every message ready in the type's queue (which may be other tasks'), so it never
-    /// shows more than really run. 0 when the broker could not be asked.
+    /// Subtasks of this task running, as a lower bound: in flight minus every message ready in
+    /// the type's queue (which may be other tasks') is what the workers hold, and of that at
+    /// most their handler slots run (a worker prefetches more than its slots by default; the
+    /// rest wait in it for a slot). 0 when the broker could not be asked.
     pub fn running(&self) -> u64 {
         let in_flight = self.progress.in_flight();
-        self.queued
-            .map_or(0, |ready| in_flight.saturating_sub(u64::from(ready)))
+        let held = self
+            .queued
+            .map_or(0, |ready| in_flight.saturating_sub(u64::from(ready)));
+        self.slots.map_or(held, |slots| held.min(slots))
     }
 
     /// Released and not settled, and not counted in [`TypeStatus::running`]: waiting in the
@@ -342,6 +350,19 @@ impl Client {
         Ok(())
     }
 
+    /// Handler slots per worker type, summed over the live workers that announce them; empty
+    /// when Redis cannot be read (the counts then go uncapped, as before announcements had
+    /// slots).
+    async fn live_slots(&self) -> HashMap<String, u64> {
+        let mut slots: HashMap<String, u64> = HashMap::new();
+        for (_, announcement) in services::read_live(&self.store).await.unwrap_or_default() {
+            for (worker_type, n) in announcement.slots {
+                *slots.entry(worker_type).or_default() += u64::from(n);
+            }
+        }
+        slots
+    }
+
     /// The state of a task, or `None` when Redis knows no such task.
     ///
     /// # Errors
@@ -356,6 +377,7 @@ impl Client {
             None
         };
         let progress = self.store.type_progress(id).await?;
+        let slots = self.live_slots().await;
         let mut types = Vec::with_capacity(progress.len());
         for progress in progress {
             let queue = topology::subtask_queue(&progress.worker_type);
@@ -371,11 +393,13 @@ impl Client {
                     progress.worker_type
                 )
             });
+            let slots = slots.get(&progress.worker_type).copied();
             types.push(TypeStatus {
                 progress,
                 queue,
                 queued,
                 consumers,
+                slots,
                 note,
             });
         }

@@ -592,6 +592,7 @@ impl Job {
                     tracing::warn!(queue = %self.queue, error = %error, "Redis failed; retrying this message");
                     tokio::time::sleep(delays.next().unwrap_or(STORE_RETRY_MAX_DELAY)).await;
                 }
+                Err(ServiceError::ShuttingDown) => return,
                 Err(ServiceError::Store(StoreError::Fenced(reason))) => {
                     // Another process took the work over under its own lease; its message
                     // stays unacked until it is done, so this copy is not needed.

@@ -117,6 +117,10 @@ pub enum ServiceError {
     /// The message is bad; it is dead-lettered.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The service is stopping before the message's work started: it is left unacked, so the
+    /// broker gives it to another consumer when this one's channel closes.
+    #[error("shutting down before the work started")]
+    ShuttingDown,
 }
 
 impl From<lapin::Error> for ServiceError {

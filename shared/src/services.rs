@@ -99,11 +99,22 @@ pub struct Announcement {
     /// Worker types served (workers only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worker_types: Vec<String>,
+    /// Handler slots per worker type served (workers only): what can run at once, whatever the
+    /// prefetch holds besides; `chorus status` caps its "running" with their sum.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub slots: BTreeMap<String, u32>,
     /// Until when it counts as live, ms since the Unix epoch.
     pub expires_at_ms: u64,
 }
 
 impl Announcement {
+    /// This announcement with the handler `slots` of each worker type (workers only).
+    #[must_use]
+    pub fn with_slots(mut self, slots: BTreeMap<String, u32>) -> Self {
+        self.slots = slots;
+        self
+    }
+
     /// What a service of `role` holding `registry` announces (`worker_types`: the types a
     /// worker serves, empty for the other roles); `expires_at_ms` is set as it is written.
     pub fn of(role: Role, registry: &Registry, worker_types: Vec<String>) -> Self {
@@ -128,6 +139,7 @@ impl Announcement {
             kinds: registry.fingerprints(),
             steps,
             worker_types,
+            slots: BTreeMap::new(),
             expires_at_ms: 0,
         }
     }

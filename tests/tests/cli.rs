@@ -142,12 +142,9 @@ async fn watch_counts_as_running_only_what_the_workers_hold() {
     let mut env = TestEnv::new("cli-running").await;
     env.spawn("chorus-orchestrator", &[]);
     env.spawn("chorus-synthesizer", &[]);
-    // A prefetch of the slots, so that what the worker holds is what it runs: the count must
-    // never include the 18 subtasks still in the queue.
-    env.spawn(
-        "chorus-worker",
-        &["--types", "default:2", "--prefetch", "2"],
-    );
+    // Two slots and the default prefetch (32 here): the worker holds all 20 subtasks at once,
+    // and "running" must still never count more than the two that run.
+    env.spawn("chorus-worker", &["--types", "default:2"]);
     let input = r#"{"start": 0, "end": 200, "parts": 20, "delay_ms": 300}"#;
     let (code, out) = env
         .cli(&[

@@ -476,18 +476,11 @@ async fn s11_sigterm_drains_a_worker_and_a_second_signal_exits_at_once() {
     let (mut env, client) = start(&cluster, "s11").await;
     env.spawn("chorus-orchestrator", &[]);
     env.spawn("chorus-synthesizer", &[]);
-    // A prefetch of its slots: a worker also runs, within the grace, the subtasks it had
-    // prefetched beyond them, and this scenario counts what ran before the exit.
+    // Four slots and the default prefetch (64): the worker holds all eight subtasks, and the
+    // four waiting for a slot at SIGTERM must go back to the queue, not start in the grace.
     let draining = env.spawn(
         "chorus-worker",
-        &[
-            "--concurrency",
-            "4",
-            "--prefetch",
-            "4",
-            "--shutdown-grace-secs",
-            "20",
-        ],
+        &["--concurrency", "4", "--shutdown-grace-secs", "20"],
     );
     client.wait_for_queue("chorus.tasks").await;
     let (reply_to, mut replies) = client.reply_queue().await;

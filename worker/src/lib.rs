@@ -238,6 +238,9 @@ struct Worker {
     /// Handlers of this consumer's worker type that may run at once (`--types`,
     /// `--concurrency`), whether their subtasks came alone or in batches.
     handlers: Arc<Semaphore>,
+    /// Cancelled at shutdown: a subtask still waiting for a handler slot then goes back to the
+    /// queue instead of starting in the grace period, which is for the handlers running.
+    stopping: CancellationToken,
     /// The other live services' announcements, for subtasks of kinds this worker lacks.
     directory: Arc<Directory>,
 }
@@ -276,15 +279,23 @@ pub async fn run(
     let announcer = Announcer::start(
         store.clone(),
         instance,
-        Announcement::of(Role::Worker, &registry, types),
+        Announcement::of(Role::Worker, &registry, types).with_slots(
+            config
+                .types
+                .iter()
+                .map(|(name, slots)| (name.clone(), u32::from(slots.unwrap_or(config.concurrency))))
+                .collect(),
+        ),
     )
     .await?;
+    let stopping = shutdown.clone();
     let served = consume::serve(spec, shutdown, |session: &Session, queue: &str| {
         let handlers = handler_pools
             .get(queue)
             .map_or_else(|| Arc::new(Semaphore::new(1)), Arc::clone);
         let worker = Arc::new(Worker {
             handlers,
+            stopping: stopping.clone(),
             config: config.clone(),
             registry: registry.clone(),
             publisher: session.publisher.clone(),
@@ -635,6 +646,9 @@ impl Worker {
                 // Redis or the broker in trouble: the whole batch is redone once they are back.
                 Err(ServiceError::Broker(error)) => return Err(error.into()),
                 Err(ServiceError::Store(error)) if error.is_transient() => return Err(error.into()),
+                // Stopping before some items started: the batch comes back whole (the items
+                // that ran are duplicates the fan-in ignores).
+                Err(ServiceError::ShuttingDown) => return Err(ServiceError::ShuttingDown),
                 // Anything else is this item's problem alone: it fails, the others carry on.
                 Err(error) => Settlement::Settled(result_of(
                     subtask,
@@ -704,8 +718,12 @@ impl Worker {
         redelivered: bool,
         published_ms: Option<u64>,
     ) -> Result<Settlement, ServiceError> {
-        // The semaphore is never closed, so a permit always comes.
-        let _permit = self.handlers.acquire().await.ok();
+        // The semaphore is never closed, so a permit always comes, unless shutdown comes first.
+        let _permit = tokio::select! {
+            biased;
+            () = self.stopping.cancelled() => return Err(ServiceError::ShuttingDown),
+            permit = self.handlers.acquire() => permit.ok(),
+        };
         let _busy = metrics::slot_busy(&subtask.worker_type);
         let attempt = if subtask.deadline_at_ms.is_some_and(|at| now_ms() >= at) {
             Attempt::failed(

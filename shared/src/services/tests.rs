@@ -11,6 +11,7 @@ fn announcement(role: Role, kinds: &[(&str, &str)], types: &[&str]) -> Announcem
             .collect(),
         steps: BTreeMap::new(),
         worker_types: types.iter().map(|t| (*t).to_owned()).collect(),
+        slots: BTreeMap::new(),
         expires_at_ms: u64::MAX,
     }
 }
