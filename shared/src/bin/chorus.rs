@@ -360,6 +360,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Graph { id, format } => graph(connect, &id, &format).await,
         Command::Dead(command) => dead_letters(connect, command).await,
         Command::Dashboard { listen } => {
+            // A long-running server: its requeues, template and event-stream errors are logged
+            // (stderr, `RUST_LOG`), as the services log theirs.
+            chorus_shared::telemetry::init(chorus_shared::config::LogFormat::Text);
             let client = Client::connect(connect).await?;
             admin::dashboard::serve(client, listen, chorus_shared::shutdown::on_signal())
                 .await
