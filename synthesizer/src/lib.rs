@@ -28,7 +28,7 @@ use chorus_shared::{
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
-    sweep::{self, SweepArgs},
+    sweep::{self, RepairSettings, SweepArgs},
     text, topology,
 };
 use clap::Parser;
@@ -130,6 +130,10 @@ pub async fn run(
     let sweeper = tokio::spawn(sweep::run(
         store.clone(),
         config.sweep.clone(),
+        RepairSettings {
+            connect: config.connect.clone(),
+            max_message_bytes: config.limits.max_message_bytes(),
+        },
         owner,
         shutdown.clone(),
     ));

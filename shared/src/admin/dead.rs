@@ -227,6 +227,35 @@ pub async fn list(connection: &Connection, limit: usize) -> Result<Vec<DeadLette
     Ok(found)
 }
 
+/// Calls `visit` with each of the first `limit` dead letters (as listed, and its body and
+/// properties), none removed: for readers that need the body, such as the sweeper
+/// (`crate::sweep`), without holding every body at once.
+///
+/// # Errors
+/// As [`list`].
+pub async fn visit(
+    connection: &Connection,
+    limit: usize,
+    mut visit: impl FnMut(&DeadLetter, &[u8], &BasicProperties),
+) -> Result<(), BrokerError> {
+    let look = Look::open(connection).await?;
+    for _ in 0..limit {
+        let message = match look.next().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(error) => {
+                look.close().await;
+                return Err(error);
+            }
+        };
+        let delivery = &message.delivery;
+        let letter = describe(&delivery.data, &delivery.properties, false);
+        visit(&letter, &delivery.data, &delivery.properties);
+    }
+    look.close().await;
+    Ok(())
+}
+
 /// The dead letter of `key` among the first `limit`, with its headers and body; none removed.
 ///
 /// # Errors
