@@ -42,6 +42,8 @@ const CANDIDATES: usize = 1_000;
 /// The longest delay whose queue a repair checks for a subtask waiting to be retried: a day,
 /// far above any retry back-off or rate-limit deferral.
 const LONGEST_DELAY: Duration = Duration::from_secs(24 * 60 * 60);
+/// Messages of one delay queue a repair reads, at most; past it, it republishes nothing.
+const DELAYED_READ: usize = 1_000;
 
 /// What the repair needs besides Redis: the broker, and the largest message (for batches).
 #[derive(Clone, Debug)]
@@ -81,6 +83,11 @@ fn subtasks_of(
     if !from_subtask_queue {
         return Vec::new();
     }
+    decode_subtasks(body, properties)
+}
+
+/// The subtasks a message body carries: a subtask, a batch of them (by its `type`), or none.
+fn decode_subtasks(body: &[u8], properties: &BasicProperties) -> Vec<SubtaskMessage> {
     let batch = amqp::property_str(properties.kind()) == Some(protocol::SUBTASK_BATCH_TYPE);
     if batch {
         protocol::decode::<SubtaskBatch>(body)
@@ -154,28 +161,43 @@ async fn ready_messages(connection: &Connection, queue: &str) -> Result<Option<u
     Ok(count)
 }
 
-/// Messages waiting in the delay queues (retries, deferrals, timers), all buckets up to
-/// [`LONGEST_DELAY`] together.
-async fn delayed_messages(connection: &Connection) -> Result<u64, BrokerError> {
-    let mut total = 0;
+/// The subtasks waiting in the delay queues (retries, deferrals), by task and subtask, all
+/// buckets up to [`LONGEST_DELAY`] read without removing anything; `None` when a bucket holds
+/// more than [`DELAYED_READ`] messages, too many to say which subtasks wait there.
+async fn delayed_subtasks(
+    connection: &Connection,
+) -> Result<Option<HashSet<(String, String)>>, BrokerError> {
+    let mut found = HashSet::new();
     for (queue, _) in topology::delay_queues_up_to(LONGEST_DELAY) {
-        total += u64::from(ready_messages(connection, &queue).await?.unwrap_or(0));
+        let ready = ready_messages(connection, &queue).await?.unwrap_or(0);
+        if ready == 0 {
+            continue;
+        }
+        if usize::try_from(ready).map_or(true, |ready| ready > DELAYED_READ) {
+            return Ok(None);
+        }
+        dead::peek(connection, &queue, DELAYED_READ, |_, body, properties| {
+            for message in decode_subtasks(body, properties) {
+                found.insert((message.task, message.subtask));
+            }
+        })
+        .await?;
     }
-    Ok(total)
+    Ok(Some(found))
 }
 
 /// The broker side of one repair.
 struct Broker<'c> {
     connection: &'c Connection,
     publisher: Publisher,
-    /// Messages in the delay queues when the repair began.
-    delayed: u64,
+    /// The subtasks in the delay queues when the repair began (`None`: too many to read).
+    delayed: Option<HashSet<(String, String)>>,
     max_message_bytes: usize,
 }
 
 /// Repairs `stuck` (tasks one sweep found stuck): for each, settles as failed its pending
-/// subtasks found dead-lettered in `chorus.dead`, and publishes again those released whose
-/// queue and the delay queues hold no message at all. Each task repaired starts its stuck
+/// subtasks found dead-lettered in `chorus.dead`, and publishes again those released that
+/// wait in no delay queue and whose subtask queue holds no ready message at all. Each task repaired starts its stuck
 /// clock afresh, so that the next repair of it comes no sooner than `--stuck-after-ms`.
 ///
 /// # Errors
@@ -202,7 +224,9 @@ pub async fn repair(
         let mut dead = dead_copies(&connection, &tasks).await?;
         let broker = Broker {
             publisher: Publisher::open(&connection, settings.connect.publish_timeout()).await?,
-            delayed: delayed_messages(&connection).await?,
+            // Read before the subtask queues: a message moving on from a delay queue meanwhile
+            // is then seen in its subtask queue, never missed in both.
+            delayed: delayed_subtasks(&connection).await?,
             connection: &connection,
             max_message_bytes: settings.max_message_bytes,
         };
@@ -296,13 +320,17 @@ async fn republish_lost(
     if entries.is_empty() {
         return Ok(0);
     }
-    if broker.delayed > 0 {
-        tracing::info!(task = %text::quoted(id), subtasks = entries.len(), delayed = broker.delayed, "stuck task left alone: messages wait in the delay queues, one may be its subtask's");
+    let Some(delayed) = &broker.delayed else {
+        tracing::info!(task = %text::quoted(id), subtasks = entries.len(), "stuck task left alone: a delay queue holds too many messages to tell whether its subtasks wait there");
         return Ok(0);
-    }
+    };
     let mut counts: HashMap<String, Option<u32>> = HashMap::new();
     let mut lost = Vec::new();
     for entry in entries {
+        if delayed.contains(&(id.to_owned(), entry.id.clone())) {
+            tracing::info!(task = %text::quoted(id), subtask = %text::quoted(&entry.id), "stuck task left alone: its subtask waits in a delay queue");
+            continue;
+        }
         let queue = topology::subtask_queue(&entry.worker_type);
         if !counts.contains_key(&queue) {
             let count = ready_messages(broker.connection, &queue).await?;
