@@ -43,14 +43,15 @@ static MARK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sweep
 /// The sweeper's flags (synthesizer).
 #[derive(Args, Clone, Debug)]
 pub struct SweepArgs {
-    /// How often the deployment looks for stuck tasks, in ms (one synthesizer at a time, through
-    /// a lease in Redis); 0 turns the sweeper off in this synthesizer.
+    /// How often the deployment looks for stuck tasks and repairs them, in ms (one synthesizer
+    /// at a time, through a lease in Redis); 0 turns the sweeper off in this synthesizer.
     #[arg(long, env = "CHORUS_SWEEP_INTERVAL_MS", default_value_t = 30_000)]
     pub sweep_interval_ms: u64,
 
     /// A running task with pending subtasks is stuck once its progress (subtasks settled,
-    /// published or retried, its state or round) has not changed for this long, in ms. Keep it
-    /// well above the longest a subtask may take, backlog included.
+    /// published or retried, its state or round) has not changed for this long, in ms; it is
+    /// then repaired (docs/reliability.md, "Stuck tasks"). Keep it well above the longest a
+    /// subtask may take, backlog included: a subtask running longer is published again.
     #[arg(long, env = "CHORUS_STUCK_AFTER_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stuck_after_ms: u64,
 }

@@ -48,8 +48,9 @@ use tokio_util::sync::CancellationToken;
                   refinement rounds) and synthesis once (under a lease), stores the outcome, \
                   publishes it to every submitter's reply_to and to the chorus.events exchange. \
                   It also consumes chorus.control (cancellations, deadline timers), and one \
-                  synthesizer at a time sweeps for tasks stuck without progress. Several may \
-                  run side by side."
+                  synthesizer at a time sweeps for tasks stuck without progress and repairs \
+                  them (a subtask dead-lettered by the broker is settled as failed, one whose \
+                  message is in no queue is published again). Several may run side by side."
 )]
 pub struct Config {
     #[command(flatten)]
