@@ -174,7 +174,7 @@ async fn dead_letter_at_delivery_limit(client: &RawClient) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_sweeper_fails_a_dead_lettered_subtask_and_republishes_a_deleted_one() {
+async fn stuck_tasks_dead_lettered_fail_deleted_republish_backlog_waits() {
     let mut env = TestEnv::new("repair").await;
     env.spawn("chorus-orchestrator", &[]);
     let listen = free_address();
@@ -192,9 +192,9 @@ async fn the_sweeper_fails_a_dead_lettered_subtask_and_republishes_a_deleted_one
     let client = env.client().await;
     client.wait_for_queue("chorus.tasks").await;
     let (reply_to, mut replies) = client.reply_queue().await;
-    let submit = async |id: &str| {
-        let request =
-            json!({"kind": "range-sum", "id": id, "input": {"start": 0, "end": 10, "parts": 1}});
+    let submit = async |id: &str, types: &[&str]| {
+        let input = json!({"start": 0, "end": 10, "parts": 1, "types": types});
+        let request = json!({"kind": "range-sum", "id": id, "input": input});
         let properties = BasicProperties::default()
             .with_content_type(ShortString::from("application/msgpack"))
             .with_reply_to(ShortString::from(reply_to.as_str()))
@@ -202,11 +202,14 @@ async fn the_sweeper_fails_a_dead_lettered_subtask_and_republishes_a_deleted_one
         let body = rmp_serde::to_vec_named(&request).unwrap();
         client.publish("chorus.tasks", &body, properties).await;
     };
+    // A task whose subtask waits in the queue of a worker type no worker serves: a backlog,
+    // stuck but left alone.
+    submit("backlog", &["idle"]).await;
     // No worker yet: one task's subtask is dead-lettered by the broker, the other's deleted.
-    submit("dead").await;
+    submit("dead", &[]).await;
     wait_for_state(&env, "dead", "running").await;
     dead_letter_at_delivery_limit(&client).await;
-    submit("deleted").await;
+    submit("deleted", &[]).await;
     wait_for_state(&env, "deleted", "running").await;
     client
         .channel
@@ -257,4 +260,25 @@ async fn the_sweeper_fails_a_dead_lettered_subtask_and_republishes_a_deleted_one
         &[("action", "republished")],
     );
     assert_eq!((failed, republished), (1.0, 1.0), "{log}");
+    let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
+    while !env.log_of(synthesizer).lines().any(|line| {
+        line.contains("its subtask's queue has a backlog") && line.contains("\"backlog\"")
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog was not noticed:\n{}",
+            env.log_of(synthesizer)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let scrape = Scrape::of(&listen).await;
+    assert_eq!(
+        scrape.value(
+            "chorus_stuck_subtasks_repaired_total",
+            &[("action", "republished")]
+        ),
+        1.0,
+        "a backlog was republished:\n{}",
+        env.log_of(synthesizer)
+    );
 }
