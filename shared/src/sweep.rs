@@ -7,7 +7,9 @@
 //! synthesizers run, the deployment sweeps once per `--sweep-interval-ms`. It reads the live
 //! tasks from the index of recent tasks (`chorus:index:{tasks}`, [`crate::admin::tasks`]) and
 //! notes each one's progress in its own hash (`mark.lua`, one Redis Cluster slot per task), so
-//! nothing is added to the path of results.
+//! nothing is added to the path of results. A task found stuck is then repaired
+//! ([`repair`]): what the broker dead-lettered is settled as failed, what is in no queue is
+//! published again.
 
 use std::{sync::LazyLock, time::Duration};
 
@@ -24,6 +26,10 @@ use crate::{
     text,
 };
 
+pub mod repair;
+
+pub use repair::{RepairSettings, Repaired};
+
 #[cfg(test)]
 mod tests;
 
@@ -37,14 +43,15 @@ static MARK: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("sweep
 /// The sweeper's flags (synthesizer).
 #[derive(Args, Clone, Debug)]
 pub struct SweepArgs {
-    /// How often the deployment looks for stuck tasks, in ms (one synthesizer at a time, through
-    /// a lease in Redis); 0 turns the sweeper off in this synthesizer.
+    /// How often the deployment looks for stuck tasks and repairs them, in ms (one synthesizer
+    /// at a time, through a lease in Redis); 0 turns the sweeper off in this synthesizer.
     #[arg(long, env = "CHORUS_SWEEP_INTERVAL_MS", default_value_t = 30_000)]
     pub sweep_interval_ms: u64,
 
     /// A running task with pending subtasks is stuck once its progress (subtasks settled,
-    /// published or retried, its state or round) has not changed for this long, in ms. Keep it
-    /// well above the longest a subtask may take, backlog included.
+    /// published or retried, its state or round) has not changed for this long, in ms; it is
+    /// then repaired (docs/reliability.md, "Stuck tasks"). Keep it well above the longest a
+    /// subtask may take, backlog included: a subtask running longer is published again.
     #[arg(long, env = "CHORUS_STUCK_AFTER_MS", default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub stuck_after_ms: u64,
 }
@@ -170,9 +177,35 @@ pub async fn sweep_once(store: &Store, stuck_after: Duration) -> Result<Vec<Stuc
     Ok(stuck)
 }
 
+/// One sweep and the repair of what it found stuck; returns how many tasks were stuck.
+async fn sweep_and_repair(
+    store: &Store,
+    repair: &RepairSettings,
+    stuck_after: Duration,
+) -> Result<usize, String> {
+    let stuck = sweep_once(store, stuck_after)
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics::stuck_tasks_reported(stuck.len());
+    if !stuck.is_empty() {
+        let repaired = repair::repair(store, repair, &stuck)
+            .await
+            .map_err(|e| format!("repair: {e}"))?;
+        tracing::debug!(?repaired, "stuck tasks repaired");
+    }
+    Ok(stuck.len())
+}
+
 /// Runs the sweeper of one synthesizer (`owner`: its instance id) until `shutdown`: every
-/// interval, a sweep if this synthesizer takes the lease. Does nothing with an interval of 0.
-pub async fn run(store: Store, args: SweepArgs, owner: String, shutdown: CancellationToken) {
+/// interval, a sweep and a repair of the stuck tasks found, if this synthesizer takes the
+/// lease. Does nothing with an interval of 0.
+pub async fn run(
+    store: Store,
+    args: SweepArgs,
+    repair: RepairSettings,
+    owner: String,
+    shutdown: CancellationToken,
+) {
     if args.sweep_interval_ms == 0 {
         return;
     }
@@ -185,17 +218,12 @@ pub async fn run(store: Store, args: SweepArgs, owner: String, shutdown: Cancell
         }
         // Held for one interval and never released: one sweep per interval in the deployment.
         let swept = match store.take_sweep_lease(&owner, interval).await {
-            Ok(true) => sweep_once(&store, stuck_after)
-                .await
-                .map(|stuck| stuck.len()),
+            Ok(true) => sweep_and_repair(&store, &repair, stuck_after).await,
             Ok(false) => continue,
-            Err(error) => Err(error),
+            Err(error) => Err(error.to_string()),
         };
         match swept {
-            Ok(stuck) => {
-                metrics::stuck_tasks_reported(stuck);
-                tracing::debug!(stuck, "sweep done");
-            }
+            Ok(stuck) => tracing::debug!(stuck, "sweep done"),
             Err(error) => tracing::warn!(%error, "sweep failed; the next interval tries again"),
         }
     }

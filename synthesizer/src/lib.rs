@@ -28,7 +28,7 @@ use chorus_shared::{
     store::{
         LeaseRequest, Recorded, Released, ResultStatus, SettledLease, Store, TaskKeys, TaskRecord,
     },
-    sweep::{self, SweepArgs},
+    sweep::{self, RepairSettings, SweepArgs},
     text, topology,
 };
 use clap::Parser;
@@ -48,8 +48,9 @@ use tokio_util::sync::CancellationToken;
                   refinement rounds) and synthesis once (under a lease), stores the outcome, \
                   publishes it to every submitter's reply_to and to the chorus.events exchange. \
                   It also consumes chorus.control (cancellations, deadline timers), and one \
-                  synthesizer at a time sweeps for tasks stuck without progress. Several may \
-                  run side by side."
+                  synthesizer at a time sweeps for tasks stuck without progress and repairs \
+                  them (a subtask dead-lettered by the broker is settled as failed, one whose \
+                  message is in no queue is published again). Several may run side by side."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -133,6 +134,10 @@ pub async fn run(
     let sweeper = tokio::spawn(sweep::run(
         store.clone(),
         config.sweep.clone(),
+        RepairSettings {
+            connect: config.connect.clone(),
+            max_message_bytes: config.limits.max_message_bytes(),
+        },
         owner,
         shutdown.clone(),
     ));

@@ -183,9 +183,16 @@ async fn outcome(cli_env: &TestEnv, id: &str) -> Value {
 async fn each_service_runs_under_its_own_restricted_users() {
     let mut env = TestEnv::new("leastpriv").await;
     let users = Users::create(&env).await;
+    let mut synthesizer = 0;
     for role in ["orchestrator", "worker", "synthesizer"] {
         let (amqp, redis) = users.urls(&env, role);
         let mut args = vec![];
+        if role == "synthesizer" {
+            // A quick sweeper, so that it finds the long task lp-2 stuck and repairs it (its
+            // subtasks are running, their queue empty: republished) under the synthesizer's
+            // users — reading chorus.dead and the delay queues included.
+            args.extend(["--sweep-interval-ms", "300", "--stuck-after-ms", "1500"]);
+        }
         if role == "worker" {
             // A rate limit, so that its token script runs under the worker's Redis user.
             args.extend([
@@ -197,11 +204,14 @@ async fn each_service_runs_under_its_own_restricted_users() {
                 "default=1000",
             ]);
         }
-        env.spawn_with(
+        let spawned = env.spawn_with(
             &format!("chorus-{role}"),
             &args,
             &[("CHORUS_AMQP_URL", &amqp), ("CHORUS_REDIS_URL", &redis)],
         );
+        if role == "synthesizer" {
+            synthesizer = spawned;
+        }
     }
     // The CLI's user may not declare the queues: it needs the services to have.
     let client = env.client().await;
@@ -265,6 +275,23 @@ async fn each_service_runs_under_its_own_restricted_users() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(graph.0, 0, "{}", graph.1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !env
+        .log_of(synthesizer)
+        .contains("stuck task repaired: its subtasks' messages were in no queue")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper never repaired lp-2 under its users:\n{}",
+            env.log_of(synthesizer)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !env.log_of(synthesizer).contains("sweep failed"),
+        "{}",
+        env.log_of(synthesizer)
+    );
     let (code, out) = cli(&cli_env, &["cancel", "lp-2"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(outcome(&cli_env, "lp-2").await["status"], "cancelled");

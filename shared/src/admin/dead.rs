@@ -185,14 +185,19 @@ impl Look {
         })
     }
 
-    /// The next message from the head, unacked; `None` when the queue has no more.
+    /// The next message from the head of `chorus.dead`, unacked; `None` when it has no more.
     async fn next(&self) -> Result<Option<lapin::message::BasicGetMessage>, BrokerError> {
+        self.next_of(topology::DEAD_QUEUE).await
+    }
+
+    /// The next message from the head of `queue`, unacked; `None` when it has no more.
+    async fn next_of(
+        &self,
+        queue: &str,
+    ) -> Result<Option<lapin::message::BasicGetMessage>, BrokerError> {
         Ok(self
             .channel
-            .basic_get(
-                ShortString::from(topology::DEAD_QUEUE),
-                BasicGetOptions { no_ack: false },
-            )
+            .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: false })
             .await?)
     }
 
@@ -225,6 +230,53 @@ pub async fn list(connection: &Connection, limit: usize) -> Result<Vec<DeadLette
     }
     look.close().await;
     Ok(found)
+}
+
+/// Calls `visit` with each of the first `limit` dead letters (as listed, and its body and
+/// properties), none removed: for readers that need the body, such as the sweeper
+/// (`crate::sweep`), without holding every body at once.
+///
+/// # Errors
+/// As [`list`].
+pub async fn visit(
+    connection: &Connection,
+    limit: usize,
+    visit: impl FnMut(&DeadLetter, &[u8], &BasicProperties),
+) -> Result<usize, BrokerError> {
+    peek(connection, topology::DEAD_QUEUE, limit, visit).await
+}
+
+/// [`visit`] for any `queue`: the first `limit` messages from its head, read the same safe
+/// way (unacked on a channel of their own, all given back when it closes); returns how many
+/// were read. On a queue with a delivery limit each look counts a delivery: for queues without
+/// one (`chorus.dead`, the delay queues).
+///
+/// # Errors
+/// The broker failed, the queue does not exist, or the user may not read it.
+pub async fn peek(
+    connection: &Connection,
+    queue: &str,
+    limit: usize,
+    mut visit: impl FnMut(&DeadLetter, &[u8], &BasicProperties),
+) -> Result<usize, BrokerError> {
+    let look = Look::open(connection).await?;
+    let mut read = 0;
+    while read < limit {
+        let message = match look.next_of(queue).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(error) => {
+                look.close().await;
+                return Err(error);
+            }
+        };
+        read += 1;
+        let delivery = &message.delivery;
+        let letter = describe(&delivery.data, &delivery.properties, false);
+        visit(&letter, &delivery.data, &delivery.properties);
+    }
+    look.close().await;
+    Ok(read)
 }
 
 /// The dead letter of `key` among the first `limit`, with its headers and body; none removed.

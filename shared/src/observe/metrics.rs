@@ -45,6 +45,8 @@ pub mod names {
     pub const LLM_CALLS: &str = "chorus_llm_calls_total";
     /// Stuck tasks reported by the sweeper, once per task per sweep (`crate::sweep`).
     pub const STUCK_TASK_REPORTS: &str = "chorus_stuck_task_reports_total";
+    /// Pending subtasks of stuck tasks the sweeper repaired, `{action="failed"|"republished"}`.
+    pub const STUCK_SUBTASKS_REPAIRED: &str = "chorus_stuck_subtasks_repaired_total";
 }
 
 /// Histogram buckets in seconds: from a no-op subtask (ms) to a long model call (minutes).
@@ -140,6 +142,13 @@ pub fn task_finished(kind: &str, status: &'static str) {
 /// stuck, so the rate says how many are stuck now).
 pub fn stuck_tasks_reported(count: usize) {
     counter!(names::STUCK_TASK_REPORTS).increment(u64::try_from(count).unwrap_or(u64::MAX));
+}
+
+/// The sweeper repaired `count` pending subtasks of stuck tasks by `action`: `failed` (settled
+/// as failed, the broker having dead-lettered them) or `republished` (their message gone).
+pub fn stuck_subtasks_repaired(action: &'static str, count: usize) {
+    counter!(names::STUCK_SUBTASKS_REPAIRED, "action" => action)
+        .increment(u64::try_from(count).unwrap_or(u64::MAX));
 }
 
 /// Seconds an outcome took from being stored to being delivered.
