@@ -379,6 +379,40 @@ pub fn note(line: &str) {
     }
 }
 
+/// Subtasks of `run` settled (succeeded or failed), as Redis counts them.
+pub async fn settled(redis: &mut crate::redis_cluster::TestRedis, run: &[Planned]) -> u64 {
+    let mut total = 0;
+    for task in run {
+        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(format!("chorus:{{{}}}:task", task.id))
+            .arg("succeeded")
+            .arg("failed")
+            .query_async(redis)
+            .await
+            .unwrap_or_default();
+        total += counts.into_iter().flatten().sum::<u64>();
+    }
+    total
+}
+
+/// Waits (at most two minutes, the fault scenarios' bound) until at least `at_least` subtasks
+/// of `run` are settled, as Redis counts them.
+pub async fn wait_for_progress(env: &TestEnv, run: &[Planned], at_least: u64) {
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let total = settled(&mut redis, run).await;
+        if total >= at_least {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no progress: {total} of {at_least} subtasks settled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Classifies every task and subtask of a run against the fault-free expectation.
 pub async fn check(
     env: &TestEnv,

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use chorus_tests::{
-    fault::{check, collect_replies, collect_stored, note, Cluster, Planned, Report},
+    fault::{
+        check, collect_replies, collect_stored, note, settled, wait_for_progress, Cluster, Planned,
+        Report,
+    },
     wait_for_running, RawClient, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
@@ -86,33 +89,6 @@ async fn wait_for_topology(client: &RawClient) {
         client.wait_for_queue(queue).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-}
-
-/// Waits until at least `settled` subtasks of `tasks` are settled, as Redis counts them.
-async fn wait_for_progress(env: &TestEnv, tasks: &[Planned], settled: u64) {
-    let mut redis = env.redis().await;
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let mut total = 0;
-        for task in tasks {
-            let counts: Vec<Option<u64>> = redis::cmd("HMGET")
-                .arg(format!("chorus:{{{}}}:task", task.id))
-                .arg("succeeded")
-                .arg("failed")
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            total += counts.into_iter().flatten().sum::<u64>();
-        }
-        if total >= settled {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no progress: {total} of {settled} settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits until the task hash `key` is in `state`.
@@ -651,21 +627,6 @@ async fn s05_a_memory_alarm_blocks_publishers_without_losing_anything() {
     for service in services {
         assert!(env.is_running(service), "a service exited during the alarm");
     }
-}
-
-async fn settled(redis: &mut chorus_tests::redis_cluster::TestRedis, run: &[Planned]) -> u64 {
-    let mut total = 0;
-    for task in run {
-        let counts: Vec<Option<u64>> = redis::cmd("HMGET")
-            .arg(format!("chorus:{{{}}}:task", task.id))
-            .arg("succeeded")
-            .arg("failed")
-            .query_async(redis)
-            .await
-            .unwrap_or_default();
-        total += counts.into_iter().flatten().sum::<u64>();
-    }
-    total
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,7 +11,7 @@ use std::{
 };
 
 use chorus_tests::{
-    fault::{check, collect_replies, Planned},
+    fault::{check, collect_replies, wait_for_progress, Planned},
     redis_cluster, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
@@ -48,33 +48,6 @@ fn tasks(count: usize) -> Vec<Planned> {
             options: Value::Null,
         })
         .collect()
-}
-
-/// Waits (bounded) until `settled` subtasks of `run` are settled, as the cluster counts them.
-async fn wait_for_progress(env: &TestEnv, run: &[Planned], settled: u64) {
-    let mut redis = env.redis().await;
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let mut total = 0;
-        for task in run {
-            let counts: Vec<Option<u64>> = redis::cmd("HMGET")
-                .arg(format!("chorus:{{{}}}:task", task.id))
-                .arg("succeeded")
-                .arg("failed")
-                .query_async(&mut redis)
-                .await
-                .unwrap_or_default();
-            total += counts.into_iter().flatten().sum::<u64>();
-        }
-        if total >= settled {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no progress before the kill: {total} of {settled} subtasks settled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Waits (bounded) until a master other than `killed` serves `key`'s slot; how long it took.
