@@ -165,6 +165,28 @@ async fn the_index_is_trimmed_by_age_and_count_as_it_is_written() {
     assert_eq!(listed[0].status, "failed");
     assert_eq!(listed[0].submitted_ms, now + 4);
     assert_eq!(listed[0].finished_ms, Some(now + 200));
+    // The claim's write may land after the outcome's (both are written beside the task's way,
+    // not on it): the outcome stays, and the claim's earlier submit time replaces the end's.
+    let ended_first = Entry {
+        kind: String::new(),
+        status: "succeeded".into(),
+        submitted_ms: now + 500,
+        finished_ms: Some(now + 500),
+    };
+    store
+        .index_task_bounded("late-claim", &ended_first, day, 3)
+        .await
+        .unwrap();
+    store
+        .index_task_bounded("late-claim", &entry(now + 450), day, 3)
+        .await
+        .unwrap();
+    let listed = tasks::list(&store, &filter).await.unwrap();
+    assert_eq!(listed[0].id, "late-claim");
+    assert_eq!(listed[0].kind, "k");
+    assert_eq!(listed[0].status, "succeeded");
+    assert_eq!(listed[0].submitted_ms, now + 450);
+    assert_eq!(listed[0].finished_ms, Some(now + 500));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -373,7 +373,12 @@ async fn dead_letters(env: &TestEnv, browser: &Client) {
     }
     let button = button.expect("the letter of dash-requeued");
     bounded("pressing Requeue", button.click()).await.unwrap();
-    let notice = text_of(browser, "#notice").await;
+    // The click returns once the form is sent; the page with the notice may come later.
+    let notice = until("the page saying the letter was requeued", || async {
+        let element = browser.find(Locator::Css("#notice")).await.ok()?;
+        element.text().await.ok()
+    })
+    .await;
     assert!(
         notice.starts_with("Requeued") && notice.contains("chorus.tasks"),
         "{notice}"

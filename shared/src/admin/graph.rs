@@ -22,7 +22,8 @@ mod kept;
 #[cfg(test)]
 mod tests;
 
-pub use kept::{keep, kept, Kept, KEPT_NODES};
+pub(crate) use kept::key as kept_key;
+pub use kept::{kept, prepare, Kept, KEPT_NODES};
 
 /// Longest id, worker type or error written in a graph, in bytes (cut with a marker past it).
 const MAX_LABEL_BYTES: usize = 120;

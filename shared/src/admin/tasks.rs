@@ -156,6 +156,27 @@ impl Store {
             tracing::warn!(task = %crate::text::quoted(id), %error, "cannot write the task in the index of recent tasks; it goes on");
         }
     }
+
+    /// [`Store::index_task_logged`] on a task of its own: the claim and the outcome do not wait
+    /// for the index (one Redis round trip less on each task's way), which only serves listings.
+    /// Writes may land in either order: `index.lua` keeps the earliest submit time and never
+    /// lets a `live` write hide an outcome. Must be called inside a Tokio runtime.
+    pub fn index_task_in_background(
+        &self,
+        id: &str,
+        kind: &str,
+        status: &str,
+        submitted_ms: u64,
+        finished_ms: Option<u64>,
+    ) {
+        let store = self.clone();
+        let (id, kind, status) = (id.to_owned(), kind.to_owned(), status.to_owned());
+        tokio::spawn(async move {
+            store
+                .index_task_logged(&id, &kind, &status, submitted_ms, finished_ms)
+                .await;
+        });
+    }
 }
 
 /// Whether `summary` passes `filter`'s status: `running` takes every task without an outcome.

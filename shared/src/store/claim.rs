@@ -212,8 +212,7 @@ impl Store {
         call.arg(PLAN_RUN);
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
         if status == "new" || status == "cancelled" {
-            self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
-                .await;
+            self.index_task_in_background(id, submission.kind, LIVE, args.created_ms, None);
         }
         match status.as_str() {
             "new" => {
@@ -269,8 +268,7 @@ impl Store {
         layout.add_whole(&mut call)?;
         let (status, value): (String, Vec<u8>) = call.invoke_async(&mut self.conn()).await?;
         if matches!(status.as_str(), "planned" | "new" | "cancelled") {
-            self.index_task_logged(id, submission.kind, LIVE, args.created_ms, None)
-                .await;
+            self.index_task_in_background(id, submission.kind, LIVE, args.created_ms, None);
         }
         match status.as_str() {
             "planned" => {

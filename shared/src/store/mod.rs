@@ -23,7 +23,7 @@
 //! | `children` | set | ids of child tasks started by subtasks |
 //! | `starts` | hash | subtask id, `plan` or `synth` → runs started and not finished (poison detection) |
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
-//! | `graph` | string | the dashboard's copy of the first subtasks' graph, JSON, written before the outcome, same TTL (`admin::graph::keep`) |
+//! | `graph` | string | the dashboard's copy of the first subtasks' graph, JSON, read just before the outcome (`admin::graph::prepare`) and written by its script, same TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
 //! | `cancel` | string | the reason (empty for none) of a cancel that came before the task's claim, kept for the outcome TTL; the claim moves it to the task hash's `cancel` field |
 //!

@@ -48,7 +48,9 @@ impl Store {
     /// outcome that is stored (the earlier one if there was one) with everyone it goes to.
     /// `usage` (what the steps that led to this outcome used: review, synthesis, a rejected
     /// plan) is counted on the task's record only when this outcome is the one stored, so a
-    /// redone synthesis never counts twice; the caller includes it in `outcome.stats`.
+    /// redone synthesis never counts twice; the caller includes it in `outcome.stats`. The
+    /// dashboard's copy of the task's graph is read first and written with the outcome: two
+    /// round trips in all.
     ///
     /// # Errors
     /// Redis fails, or what is stored does not decode.
@@ -59,11 +61,16 @@ impl Store {
         ttl: Duration,
     ) -> Result<Finished, StoreError> {
         let id = &outcome.id;
-        // The dashboard's copy of the graph, while the plan and results it is read from exist;
-        // a failure costs the page of a finished task its graph, never the outcome.
-        if let Err(error) = crate::admin::graph::keep(self, id, ttl).await {
-            tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
-        }
+        // The dashboard's copy of the graph, read while the plan and results exist and written
+        // by the outcome's script; a failure costs the page of a finished task its graph, never
+        // the outcome.
+        let graph = crate::admin::graph::prepare(self, id)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
+                None
+            })
+            .unwrap_or_default();
         let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut call = STORE_OUTCOME.prepare_invoke();
@@ -74,10 +81,12 @@ impl Store {
             Key::Types,
             Key::Children,
         ]))
+        .key(crate::admin::graph::kept_key(id))
         .key(keys.all(&WORKING))
         .arg(&encoded)
         .arg(ttl.as_secs().max(1))
-        .arg(now_ms());
+        .arg(now_ms())
+        .arg(graph);
         add_usage_block(&mut call, usage);
         #[allow(clippy::type_complexity)]
         let (stored, parent, waiters, children, kind): (
@@ -89,10 +98,10 @@ impl Store {
         ) = call.invoke_async(&mut self.conn()).await?;
         if stored == encoded {
             // This outcome is the one stored: the index of recent tasks learns its end (a
-            // task never claimed, e.g. a rejected plan's, enters it here).
+            // task never claimed, e.g. a rejected plan's, enters it here). Written beside the
+            // delivery rather than before it: the index only serves listings.
             let now = now_ms();
-            self.index_task_logged(id, &kind, outcome.status.as_str(), now, Some(now))
-                .await;
+            self.index_task_in_background(id, &kind, outcome.status.as_str(), now, Some(now));
         }
         Ok(Finished {
             outcome: decode_outcome(&stored)?,

@@ -1,10 +1,13 @@
 //! The copy of a task's graph kept with its outcome: the plan and results are dropped when the
-//! outcome is stored, so whoever stores it (`Store::store_outcome`) first writes the first
-//! [`KEPT_NODES`] subtasks with their final states, and the edges among them, as JSON under
+//! outcome is stored, so whoever stores it (`Store::store_outcome`) first reads the first
+//! [`KEPT_NODES`] subtasks with their final states, and the edges among them, then writes them
+//! in the outcome's own script, as JSON under
 //! `chorus:{<id>}:graph` (the task's hash tag: one Cluster slot with its other keys) with the
 //! outcome's TTL, for the dashboard's page of a finished task.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::LazyLock};
+
+use redis::Script;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,8 @@ use crate::{
 
 /// Most subtasks kept: the copy stays a few hundred kilobytes at most, whatever the plan's size.
 pub const KEPT_NODES: usize = 1000;
+
+static READ: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("kept_read.lua")));
 
 /// What is kept.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -33,45 +38,33 @@ pub struct Kept {
 type Fields = Vec<Option<Vec<u8>>>;
 
 /// The key of the kept graph of `id`.
-fn key(id: &str) -> String {
+pub(crate) fn key(id: &str) -> String {
     let keys = TaskKeys::new(id);
     // `chorus:{<id>}:task` → `chorus:{<id>}:graph`: the same hash tag, by construction.
     let task = keys.task();
     format!("{}graph", task.trim_end_matches("task"))
 }
 
-/// Writes the graph of task `id` (the first [`KEPT_NODES`] subtasks of its plan, with their
-/// states now) to be kept `ttl`; called just before its outcome is stored, while its plan and
-/// results still exist.
+/// Reads the graph of task `id` (the first [`KEPT_NODES`] subtasks of its plan, with their
+/// states now) in one round trip (`kept_read.lua`) and returns it as the JSON to keep, or `None`
+/// when the task has no plan; called just before its outcome is stored, while its plan and
+/// results still exist. `Store::store_outcome` writes it in the outcome's own script, with the
+/// outcome's TTL.
 ///
 /// # Errors
 /// Redis fails or holds what does not decode.
-pub async fn keep(store: &Store, id: &str, ttl: Duration) -> Result<(), StoreError> {
-    let mut conn = store.conn();
+pub async fn prepare(store: &Store, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
     let keys = TaskKeys::new(id);
-    // Two round trips for the reads (the outcome waits on them): one keyed by the task's hash
-    // tag, so a Cluster serves each pipeline from one node.
-    let (order, total): (Vec<String>, usize) = redis::pipe()
-        .cmd("LRANGE")
-        .arg(keys.order())
-        .arg(0)
-        .arg(KEPT_NODES - 1)
-        .cmd("LLEN")
-        .arg(keys.order())
-        .query_async(&mut conn)
-        .await?;
+    let mut call = READ.prepare_invoke();
+    call.key(keys.order())
+        .key(keys.plan())
+        .key(keys.results())
+        .arg(KEPT_NODES);
+    let (total, order, plan, raw): (usize, Vec<String>, Fields, Fields) =
+        call.invoke_async(&mut store.conn()).await?;
     if order.is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    let (plan, raw): (Fields, Fields) = redis::pipe()
-        .cmd("HMGET")
-        .arg(keys.plan())
-        .arg(&order)
-        .cmd("HMGET")
-        .arg(keys.results())
-        .arg(&order)
-        .query_async(&mut conn)
-        .await?;
     let entries = order
         .iter()
         .zip(plan)
@@ -105,15 +98,9 @@ pub async fn keep(store: &Store, id: &str, ttl: Duration) -> Result<(), StoreErr
             .filter(|e| drawn.contains(&e.from))
             .collect(),
     };
-    let json = serde_json::to_vec(&kept).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let () = redis::cmd("SET")
-        .arg(key(id))
-        .arg(json)
-        .arg("EX")
-        .arg(ttl.as_secs().max(1))
-        .query_async(&mut conn)
-        .await?;
-    Ok(())
+    serde_json::to_vec(&kept)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// The graph kept for finished task `id` and the size of its plan, if one was kept.

@@ -5,7 +5,7 @@
 -- ARGV[1]: task id
 -- ARGV[2]: kind ('' when unknown: an entry written before keeps its kind)
 -- ARGV[3]: status: 'live', or the outcome's status
--- ARGV[4]: submitted ms (the score of a new entry; an entry written before keeps its own)
+-- ARGV[4]: submitted ms (the score of a new entry; an entry written before keeps the earlier)
 -- ARGV[5]: finished ms ('' while live)
 -- ARGV[6]: now, ms since the Unix epoch
 -- ARGV[7]: max age, ms: older entries are dropped
@@ -21,7 +21,9 @@ if old then
   if ok and type(decoded) == 'table' then entry = decoded end
 end
 local score = redis.call('ZSCORE', INDEX, id)
-if not score then
+-- The earliest submit time wins: the claim's write may land after the outcome's, which only
+-- knows when the task finished.
+if not score or tonumber(ARGV[4]) < tonumber(score) then
   score = ARGV[4]
   redis.call('ZADD', INDEX, score, id)
 end
