@@ -551,7 +551,7 @@ async fn a_steps_usage_is_counted_with_its_write_and_only_once() {
     let synthesis_usage = [used("writer", 100, None)];
     for _ in 0..2 {
         store
-            .store_outcome(&outcome, &synthesis_usage, LEASE)
+            .store_outcome(&outcome, &synthesis_usage, LEASE, None)
             .await
             .unwrap();
     }

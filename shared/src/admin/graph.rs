@@ -23,7 +23,7 @@ mod kept;
 mod tests;
 
 pub(crate) use kept::key as kept_key;
-pub use kept::{kept, prepare, Kept, KEPT_NODES};
+pub use kept::{from_lease_read, kept, prepare, Kept, KEPT_NODES};
 
 /// Longest id, worker type or error written in a graph, in bytes (cut with a marker past it).
 const MAX_LABEL_BYTES: usize = 120;

@@ -40,7 +40,7 @@ impl Finisher {
             let outcome = decide::failed_outcome(id, status, message, &record, now_ms());
             let finished = self
                 .store
-                .store_outcome(&outcome, &[], self.outcome_ttl)
+                .store_outcome(&outcome, &[], self.outcome_ttl, None)
                 .await?;
             return self.deliver_finished(id, finished, None).await;
         }

@@ -35,7 +35,7 @@ impl Finisher {
         crate::usage::add_to_stats(&mut stats.tokens, &mut stats.cost, usage);
         let finished = self
             .store
-            .store_outcome(&outcome, usage, self.outcome_ttl)
+            .store_outcome(&outcome, usage, self.outcome_ttl, None)
             .await?;
         self.deliver_finished(&outcome.id, finished, None).await
     }

@@ -162,6 +162,15 @@ impl Finisher {
         (runs, pending, hops): (Option<u64>, u64, u32),
         preread: Option<Settled>,
     ) -> Result<(), ServiceError> {
+        // Built now from what the lease read, before the synthesis takes it: the outcome's
+        // script then writes it without another read.
+        let kept_graph = preread.as_ref().and_then(|read| {
+            crate::admin::graph::from_lease_read(id, read)
+                .unwrap_or_else(|error| {
+                    tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
+                    None
+                })
+        });
         let (outcome, usage) = match decide::step_under_lease(&record, pending, runs, self.max_runs)
         {
             LeasedStep::Nothing => return Ok(()),
@@ -189,7 +198,8 @@ impl Finisher {
         // The run ends as the outcome is stored, in one round trip.
         let ((), finished) = tokio::try_join!(
             self.store.end_run(id, SYNTH_RUN),
-            self.store.store_outcome(&outcome, &usage, self.outcome_ttl)
+            self.store
+                .store_outcome(&outcome, &usage, self.outcome_ttl, kept_graph)
         )?;
         failpoint::hit("synthesizer.after-store-outcome").await;
         self.deliver_finished(id, finished, Some(lease)).await
@@ -211,7 +221,11 @@ impl Finisher {
             None => {
                 let (order, results) =
                     tokio::try_join!(self.store.order(id), self.store.results(id))?;
-                Settled { order, results }
+                Settled {
+                    order,
+                    results,
+                    plan: Vec::new(),
+                }
             }
         };
         let run = match decide::decide(id, &record, &options, settled, now_ms()) {

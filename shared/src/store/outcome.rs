@@ -49,8 +49,9 @@ impl Store {
     /// `usage` (what the steps that led to this outcome used: review, synthesis, a rejected
     /// plan) is counted on the task's record only when this outcome is the one stored, so a
     /// redone synthesis never counts twice; the caller includes it in `outcome.stats`. The
-    /// dashboard's copy of the task's graph is read first and written with the outcome: two
-    /// round trips in all.
+    /// dashboard's copy of the task's graph (`kept_graph`, JSON, when the caller built it from
+    /// what it read already, `admin::graph::from_lease_read`) is written with the outcome; without
+    /// it, it is read first ([`crate::admin::graph::prepare`]): one round trip more.
     ///
     /// # Errors
     /// Redis fails, or what is stored does not decode.
@@ -59,18 +60,21 @@ impl Store {
         outcome: &Outcome,
         usage: &[Usage],
         ttl: Duration,
+        kept_graph: Option<Vec<u8>>,
     ) -> Result<Finished, StoreError> {
         let id = &outcome.id;
-        // The dashboard's copy of the graph, read while the plan and results exist and written
-        // by the outcome's script; a failure costs the page of a finished task its graph, never
-        // the outcome.
-        let graph = crate::admin::graph::prepare(self, id)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
-                None
-            })
-            .unwrap_or_default();
+        // Read while the plan and results exist; a failure costs the page of a finished task
+        // its graph, never the outcome.
+        let graph = match kept_graph {
+            Some(graph) => graph,
+            None => crate::admin::graph::prepare(self, id)
+                .await
+                .unwrap_or_else(|error| {
+                    tracing::warn!(task = %crate::text::quoted(id), %error, "cannot keep the task's graph for the dashboard");
+                    None
+                })
+                .unwrap_or_default(),
+        };
         let keys = TaskKeys::new(id);
         let encoded = protocol::encode(outcome).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut call = STORE_OUTCOME.prepare_invoke();

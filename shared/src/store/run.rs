@@ -61,6 +61,10 @@ pub struct Settled {
     pub order: Vec<String>,
     /// Every settled subtask.
     pub results: Vec<(String, StoredResult)>,
+    /// The encoded plan entries of the first ids of `order`, in its order (`None` where one is
+    /// missing), when they were read with the results (by the results that settle the task);
+    /// empty otherwise. The dashboard's copy of the graph is built from them.
+    pub plan: Vec<Option<Vec<u8>>>,
 }
 
 /// What the call that recorded a task's last results did with its synthesis lease.
@@ -94,7 +98,8 @@ pub(super) struct LeasedRead {
 }
 
 /// Parses what `lua/prelude/lease_run.lua` returns for task `id`: `{runs, pending, task hash
-/// fields}`, then for a small settled task `order, results fields`.
+/// fields}`, then for a small settled task `order, results fields` and perhaps the first plan
+/// entries.
 ///
 /// # Errors
 /// The reply has another shape, or a stored value does not decode ([`StoreError::Corrupt`]).
@@ -115,7 +120,15 @@ pub(super) fn read_leased(id: &str, reply: &[redis::Value]) -> Result<LeasedRead
                 .into_iter()
                 .map(|(subtask, raw)| decode_result(id, subtask, &raw))
                 .collect::<Result<Vec<_>, _>>()?;
-            Some(Settled { order, results })
+            let plan = match reply.get(5) {
+                Some(plan) => read(Some(plan)).map_err(corrupt)?,
+                None => Vec::new(),
+            };
+            Some(Settled {
+                order,
+                results,
+                plan,
+            })
         }
         _ => None,
     };

@@ -15,7 +15,7 @@ use super::{build, settled_state, Settled, TaskGraph};
 use crate::{
     error::StoreError,
     protocol,
-    store::{decode_entry, Store, StoredResult, TaskKeys},
+    store::{decode_entry, Settled as LeaseRead, Store, StoredResult, TaskKeys},
 };
 
 /// Most subtasks kept: the copy stays a few hundred kilobytes at most, whatever the plan's size.
@@ -48,8 +48,8 @@ pub(crate) fn key(id: &str) -> String {
 /// Reads the graph of task `id` (the first [`KEPT_NODES`] subtasks of its plan, with their
 /// states now) in one round trip (`kept_read.lua`) and returns it as the JSON to keep, or `None`
 /// when the task has no plan; called just before its outcome is stored, while its plan and
-/// results still exist. `Store::store_outcome` writes it in the outcome's own script, with the
-/// outcome's TTL.
+/// results still exist, unless [`from_lease_read`] could build it from what synthesis read.
+/// `Store::store_outcome` writes it in the outcome's own script, with the outcome's TTL.
 ///
 /// # Errors
 /// Redis fails or holds what does not decode.
@@ -62,6 +62,52 @@ pub async fn prepare(store: &Store, id: &str) -> Result<Option<Vec<u8>>, StoreEr
         .arg(KEPT_NODES);
     let (total, order, plan, raw): (usize, Vec<String>, Fields, Fields) =
         call.invoke_async(&mut store.conn()).await?;
+    let mut settled = Settled::new();
+    for (subtask, raw) in order.iter().zip(raw) {
+        if let Some(raw) = raw {
+            let stored: StoredResult =
+                protocol::decode(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            settled.insert(subtask.clone(), settled_state(&stored));
+        }
+    }
+    to_json(id, total, &order, plan, &settled)
+}
+
+/// The JSON to keep for task `id` built from what the results that settled it read with the
+/// synthesis lease (`read`), with no round trip of its own; `None` when the plan entries were
+/// not read with them, or the task has no plan.
+///
+/// # Errors
+/// A plan entry is missing or does not decode.
+pub fn from_lease_read(id: &str, read: &LeaseRead) -> Result<Option<Vec<u8>>, StoreError> {
+    if read.plan.is_empty() {
+        return Ok(None);
+    }
+    let settled: Settled = read
+        .results
+        .iter()
+        .map(|(subtask, stored)| (subtask.clone(), settled_state(stored)))
+        .collect();
+    let drawn = read.order.len().min(read.plan.len()).min(KEPT_NODES);
+    to_json(
+        id,
+        read.order.len(),
+        &read.order[..drawn],
+        read.plan[..drawn].to_vec(),
+        &settled,
+    )
+}
+
+/// The JSON kept for task `id`: `total` subtasks in its plan, of which `order` (the first, in
+/// plan order) are drawn, with their encoded plan entries (`plan`, in the same order) and the
+/// states of those `settled`; `None` for an empty order.
+fn to_json(
+    id: &str,
+    total: usize,
+    order: &[String],
+    plan: Fields,
+    settled: &Settled,
+) -> Result<Option<Vec<u8>>, StoreError> {
     if order.is_empty() {
         return Ok(None);
     }
@@ -75,19 +121,11 @@ pub async fn prepare(store: &Store, id: &str) -> Result<Option<Vec<u8>>, StoreEr
             ))),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let mut settled = Settled::new();
-    for (subtask, raw) in order.iter().zip(raw) {
-        if let Some(raw) = raw {
-            let stored: StoredResult =
-                protocol::decode(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            settled.insert(subtask.clone(), settled_state(&stored));
-        }
-    }
     // A subtask unsettled at the end (the task failed, was cancelled or ran out of time) never
     // ran to the end: it is kept as pending, without reading the waiting hash, which may be as
     // large as the plan.
     let unsettled: HashSet<String> = order.iter().cloned().collect();
-    let graph = build(id, "finished", entries, &settled, &unsettled);
+    let graph = build(id, "finished", entries, settled, &unsettled);
     let drawn: HashSet<&String> = order.iter().collect();
     let kept = Kept {
         total,

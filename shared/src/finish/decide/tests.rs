@@ -72,6 +72,7 @@ fn settled(order: &[&str], results: Vec<(String, StoredResult)>) -> Settled {
     Settled {
         order: order.iter().map(|s| (*s).to_owned()).collect(),
         results,
+        plan: Vec::new(),
     }
 }
 

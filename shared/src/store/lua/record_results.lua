@@ -157,6 +157,6 @@ for _, v in ipairs(released) do out[#out + 1] = v end
 local lease = false
 if pending == 0 and token ~= '' and (state == 'planned' or state == 'running') then
   lease = lease_run(SYNTH_LEASE, TASK, STARTS, PENDING, ORDER, RESULTS, token, ttl, run, up_to,
-    {state = state, pending = 0}) or 'held'
+    {state = state, pending = 0}, PLAN) or 'held'
 end
 return {out, lease}
