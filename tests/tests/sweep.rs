@@ -12,6 +12,7 @@ use chorus_tests::{
     observe::{free_address, Scrape},
     RawClient, TestEnv, WAIT,
 };
+use futures::StreamExt;
 use lapin::{
     options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions},
     types::{FieldTable, ShortString},
@@ -281,4 +282,116 @@ async fn stuck_tasks_dead_lettered_fail_deleted_republish_backlog_waits() {
         "a backlog was republished:\n{}",
         env.log_of(synthesizer)
     );
+}
+
+/// The `subtask.<status>` events of `task` (published for `subtask_events: true`) until its
+/// outcome arrives on `replies`, with when each came; fails after `OUTCOME_WAIT`.
+async fn events_until_outcome(
+    events: &mut lapin::Consumer,
+    replies: &mut lapin::Consumer,
+    log: impl Fn() -> String,
+) -> (Vec<(Value, tokio::time::Instant)>, Value) {
+    let until = tokio::time::Instant::now() + OUTCOME_WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(until, async {
+            tokio::select! {
+                event = events.next() => (true, event),
+                reply = replies.next() => (false, reply),
+            }
+        })
+        .await;
+        let Ok((is_event, Some(Ok(delivery)))) = next else {
+            panic!(
+                "no outcome within {OUTCOME_WAIT:?} (events: {:?}):\n{}",
+                seen.iter().map(|(event, _)| event).collect::<Vec<_>>(),
+                log()
+            );
+        };
+        let message = msgpack_to_json(&delivery.data);
+        if !is_event {
+            return (seen, message);
+        }
+        seen.push((message, tokio::time::Instant::now()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subtask_waiting_in_a_delay_queue_is_not_republished_and_runs_once_when_its_delay_ends() {
+    let mut env = TestEnv::new("sweep-delayed").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let listen = free_address();
+    let mut flags = SWEEP_FLAGS.to_vec();
+    flags.extend(["--http-listen", &listen]);
+    let synthesizer = env.spawn("chorus-synthesizer", &flags);
+    // Its one retry waits 3 s (plus jitter) in a delay queue: stuck after 1.5 s, swept every
+    // 200 ms meanwhile.
+    let retry = [
+        "--retry-base-delay-ms",
+        "3000",
+        "--retry-max-delay-ms",
+        "3000",
+    ];
+    env.spawn("chorus-worker", &retry);
+    let client = env.client().await;
+    client.wait_for_queue("chorus.tasks").await;
+    let mut events = client.events("subtask.*").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let request = json!({
+        "kind": "range-sum", "id": "delayed",
+        "input": {"start": 0, "end": 10, "parts": 1, "fail_attempts": 1},
+        "options": {"max_attempts": 2, "subtask_events": true},
+    });
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_reply_to(ShortString::from(reply_to.as_str()));
+    client
+        .publish(
+            "chorus.tasks",
+            &rmp_serde::to_vec_named(&request).unwrap(),
+            properties,
+        )
+        .await;
+    let (seen, outcome) =
+        events_until_outcome(&mut events, &mut replies, || env.log_of(synthesizer)).await;
+    let log = env.log_of(synthesizer);
+    assert_eq!(outcome["status"], "succeeded", "{outcome}\n{log}");
+    assert_eq!(outcome["output"]["sum"], 45, "{outcome}");
+    let runs: Vec<u64> = seen
+        .iter()
+        .filter(|(event, _)| event["status"] == "running")
+        .map(|(event, _)| event["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(runs, [1, 2], "the subtask ran once per attempt:\n{log}");
+    let retried = seen
+        .iter()
+        .find(|(event, _)| event["status"] == "retrying")
+        .map(|(_, at)| *at)
+        .unwrap();
+    let second_run = seen
+        .iter()
+        .find(|(event, _)| event["status"] == "running" && event["attempt"] == 2)
+        .map(|(_, at)| *at)
+        .unwrap();
+    let waited = second_run - retried;
+    assert!(
+        waited >= Duration::from_millis(2_900),
+        "the retry ran before its delay ended: {waited:?}"
+    );
+    assert!(
+        stuck_lines(&log, "delayed") >= 1,
+        "the waiting task was not found stuck:\n{log}"
+    );
+    assert!(
+        log.lines().any(|line| line
+            .contains("stuck task left alone: its subtask waits in a delay queue")
+            && line.contains("\"delayed\"")),
+        "{log}"
+    );
+    let republished = Scrape::of(&listen).await.value(
+        "chorus_stuck_subtasks_repaired_total",
+        &[("action", "republished")],
+    );
+    assert_eq!(republished, 0.0, "a waiting retry was republished:\n{log}");
+    eprintln!("the retry ran {waited:?} after it was scheduled");
 }
