@@ -1,25 +1,22 @@
 //! The sweeper finds a task stuck without progress while subtasks are pending (its subtask's
-//! message lost), leaves alone a task that is slow but moving, and repairs the stuck: a subtask
-//! the broker dead-lettered at its delivery limit is settled as failed with the reason, a
-//! subtask whose message was deleted is published again (docs/reliability.md, "Stuck tasks";
-//! issue 20, point 4).
+//! message lost), leaves alone a task that is slow but moving, and a subtask waiting out its
+//! retry delay in a delay queue (docs/reliability.md, "Stuck tasks"; issue 20, point 4). The
+//! repairs under real faults — a subtask dead-lettered at the broker's delivery limit, a deleted
+//! message, a backlog — are scenario sw1 of `faults_sweep.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
 use chorus_tests::{
-    msgpack_to_json, next_message,
+    msgpack_to_json,
     observe::{free_address, Scrape},
-    RawClient, TestEnv, WAIT,
+    TestEnv, WAIT,
 };
-use lapin::{
-    options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions},
-    types::{FieldTable, ShortString},
-    BasicProperties,
-};
+use futures::StreamExt;
+use lapin::{options::QueuePurgeOptions, types::ShortString, BasicProperties};
 use serde_json::{json, Value};
 
-/// How long the repair scenario waits for both outcomes.
+/// How long the delay-queue test waits for its outcome (its retry waits 3 s).
 const OUTCOME_WAIT: Duration = Duration::from_secs(30);
 
 const SWEEP_FLAGS: [&str; 4] = ["--sweep-interval-ms", "200", "--stuck-after-ms", "1500"];
@@ -120,165 +117,114 @@ async fn a_task_whose_subtask_message_is_lost_is_found_stuck_and_a_slow_one_is_n
     assert!(reports >= 1.0, "stuck reports counted: {reports}");
 }
 
-/// Ready messages in `queue` (which exists).
-async fn ready(client: &RawClient, queue: &str) -> u32 {
-    client
-        .channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
-}
-
-/// Takes the message of `chorus.subtasks` and gives it back, again and again, until the broker
-/// dead-letters it at the queue's delivery limit: what a worker crashing on it every time does.
-async fn dead_letter_at_delivery_limit(client: &RawClient) {
-    let before = ready(client, "chorus.dead").await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while ready(client, "chorus.dead").await == before {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the broker never dead-lettered the subtask at its delivery limit"
-        );
-        let got = client
-            .channel
-            .basic_get(
-                ShortString::from("chorus.subtasks"),
-                BasicGetOptions { no_ack: false },
-            )
-            .await
-            .unwrap();
-        match got {
-            Some(message) => {
-                let nacked = message
-                    .delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await
-                    .unwrap();
-                assert!(nacked, "the nack was not sent");
+/// The `subtask.<status>` events on `events` (a task's, with `subtask_events: true`), with when
+/// each came, until the outcome arrives on `replies`; fails after `OUTCOME_WAIT` with `log()`.
+async fn events_until_outcome(
+    events: &mut lapin::Consumer,
+    replies: &mut lapin::Consumer,
+    log: impl Fn() -> String,
+) -> (Vec<(Value, tokio::time::Instant)>, Value) {
+    let until = tokio::time::Instant::now() + OUTCOME_WAIT;
+    let mut seen = Vec::new();
+    loop {
+        let next = tokio::time::timeout_at(until, async {
+            tokio::select! {
+                event = events.next() => (true, event),
+                reply = replies.next() => (false, reply),
             }
-            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        })
+        .await;
+        let Ok((is_event, Some(Ok(delivery)))) = next else {
+            panic!(
+                "no outcome within {OUTCOME_WAIT:?} (events: {:?}):\n{}",
+                seen.iter().map(|(event, _)| event).collect::<Vec<_>>(),
+                log()
+            );
+        };
+        let message = msgpack_to_json(&delivery.data);
+        if !is_event {
+            return (seen, message);
         }
+        seen.push((message, tokio::time::Instant::now()));
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stuck_tasks_dead_lettered_fail_deleted_republish_backlog_waits() {
-    let mut env = TestEnv::new("repair").await;
+async fn a_subtask_waiting_in_a_delay_queue_is_not_republished_and_runs_once_when_its_delay_ends() {
+    let mut env = TestEnv::new("sweep-delayed").await;
     env.spawn("chorus-orchestrator", &[]);
     let listen = free_address();
-    let synthesizer = env.spawn(
-        "chorus-synthesizer",
-        &[
-            "--sweep-interval-ms",
-            "500",
-            "--stuck-after-ms",
-            "2000",
-            "--http-listen",
-            &listen,
-        ],
-    );
+    let mut flags = SWEEP_FLAGS.to_vec();
+    flags.extend(["--http-listen", &listen]);
+    let synthesizer = env.spawn("chorus-synthesizer", &flags);
+    // Its one retry waits 3 s (plus jitter) in a delay queue: stuck after 1.5 s, swept every
+    // 200 ms meanwhile.
+    let retry = [
+        "--retry-base-delay-ms",
+        "3000",
+        "--retry-max-delay-ms",
+        "3000",
+    ];
+    env.spawn("chorus-worker", &retry);
     let client = env.client().await;
     client.wait_for_queue("chorus.tasks").await;
+    let mut events = client.events("subtask.*").await;
     let (reply_to, mut replies) = client.reply_queue().await;
-    let submit = async |id: &str, types: &[&str]| {
-        let input = json!({"start": 0, "end": 10, "parts": 1, "types": types});
-        let request = json!({"kind": "range-sum", "id": id, "input": input});
-        let properties = BasicProperties::default()
-            .with_content_type(ShortString::from("application/msgpack"))
-            .with_reply_to(ShortString::from(reply_to.as_str()))
-            .with_correlation_id(ShortString::from(id));
-        let body = rmp_serde::to_vec_named(&request).unwrap();
-        client.publish("chorus.tasks", &body, properties).await;
-    };
-    // A task whose subtask waits in the queue of a worker type no worker serves: a backlog,
-    // stuck but left alone.
-    submit("backlog", &["idle"]).await;
-    // No worker yet: one task's subtask is dead-lettered by the broker, the other's deleted.
-    submit("dead", &[]).await;
-    wait_for_state(&env, "dead", "running").await;
-    dead_letter_at_delivery_limit(&client).await;
-    submit("deleted", &[]).await;
-    wait_for_state(&env, "deleted", "running").await;
+    let request = json!({
+        "kind": "range-sum", "id": "delayed",
+        "input": {"start": 0, "end": 10, "parts": 1, "fail_attempts": 1},
+        "options": {"max_attempts": 2, "subtask_events": true},
+    });
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_reply_to(ShortString::from(reply_to.as_str()));
     client
-        .channel
-        .queue_purge(
-            ShortString::from("chorus.subtasks"),
-            QueuePurgeOptions::default(),
+        .publish(
+            "chorus.tasks",
+            &rmp_serde::to_vec_named(&request).unwrap(),
+            properties,
         )
-        .await
-        .unwrap();
-    env.spawn("chorus-worker", &[]);
-    let mut outcomes = std::collections::HashMap::new();
-    for _ in 0..2 {
-        // Well within WAIT: the repair comes about 2.5 s after the stall.
-        let reply = tokio::time::timeout(OUTCOME_WAIT, next_message(&mut replies))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the stuck tasks got no outcome within {OUTCOME_WAIT:?} (got {outcomes:?}):\n{}",
-                    env.log_of(synthesizer)
-                )
-            });
-        let id = reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .unwrap()
-            .to_string();
-        outcomes.insert(id, msgpack_to_json(&reply.data));
-    }
+        .await;
+    let (seen, outcome) =
+        events_until_outcome(&mut events, &mut replies, || env.log_of(synthesizer)).await;
     let log = env.log_of(synthesizer);
-    let dead = &outcomes["dead"];
-    assert_eq!(dead["status"], "failed", "{dead}\n{log}");
-    let reason = dead["errors"][0]["message"].as_str().unwrap_or("");
+    assert_eq!(outcome["status"], "succeeded", "{outcome}\n{log}");
+    assert_eq!(outcome["output"]["sum"], 45, "{outcome}");
+    let runs: Vec<u64> = seen
+        .iter()
+        .filter(|(event, _)| event["status"] == "running")
+        .map(|(event, _)| event["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(runs, [1, 2], "the subtask ran once per attempt:\n{log}");
+    let retried = seen
+        .iter()
+        .find(|(event, _)| event["status"] == "retrying")
+        .map(|(_, at)| *at)
+        .unwrap();
+    let second_run = seen
+        .iter()
+        .find(|(event, _)| event["status"] == "running" && event["attempt"] == 2)
+        .map(|(_, at)| *at)
+        .unwrap();
+    let waited = second_run - retried;
     assert!(
-        reason.contains("dead-lettered by the broker at its delivery limit"),
-        "{dead}"
+        waited >= Duration::from_millis(2_900),
+        "the retry ran before its delay ended: {waited:?}"
     );
-    let deleted = &outcomes["deleted"];
-    assert_eq!(deleted["status"], "succeeded", "{deleted}\n{log}");
-    assert_eq!(deleted["output"]["sum"], 45, "{deleted}");
-    let scrape = Scrape::of(&listen).await;
-    let failed = scrape.value(
-        "chorus_stuck_subtasks_repaired_total",
-        &[("action", "failed")],
+    assert!(
+        stuck_lines(&log, "delayed") >= 1,
+        "the waiting task was not found stuck:\n{log}"
     );
-    let republished = scrape.value(
+    assert!(
+        log.lines().any(|line| line
+            .contains("stuck task left alone: its subtask waits in a delay queue")
+            && line.contains("\"delayed\"")),
+        "{log}"
+    );
+    let republished = Scrape::of(&listen).await.value(
         "chorus_stuck_subtasks_repaired_total",
         &[("action", "republished")],
     );
-    assert_eq!((failed, republished), (1.0, 1.0), "{log}");
-    let deadline = tokio::time::Instant::now() + OUTCOME_WAIT;
-    while !env.log_of(synthesizer).lines().any(|line| {
-        line.contains("its subtask's queue has a backlog") && line.contains("\"backlog\"")
-    }) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the backlog was not noticed:\n{}",
-            env.log_of(synthesizer)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let scrape = Scrape::of(&listen).await;
-    assert_eq!(
-        scrape.value(
-            "chorus_stuck_subtasks_repaired_total",
-            &[("action", "republished")]
-        ),
-        1.0,
-        "a backlog was republished:\n{}",
-        env.log_of(synthesizer)
-    );
+    assert_eq!(republished, 0.0, "a waiting retry was republished:\n{log}");
+    eprintln!("the retry ran {waited:?} after it was scheduled");
 }
