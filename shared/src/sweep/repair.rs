@@ -100,8 +100,10 @@ fn decode_subtasks(body: &[u8], properties: &BasicProperties) -> Vec<SubtaskMess
 /// The error a subtask dead-lettered for `reason` (the broker's, or Chorus's own) settles with.
 pub fn failure_reason(reason: Option<&str>) -> String {
     match reason {
+        // A policy may lower the queue's own limit (the broker applies the lower one), so the
+        // count is named as a bound, not as what happened.
         Some("delivery_limit") => format!(
-            "dead-lettered by the broker at its delivery limit ({} deliveries without an ack: a worker crashing on it?)",
+            "dead-lettered by the broker at its delivery limit (delivered that often without an ack, at most {} times unless a policy lowers it: a worker crashing on it?)",
             topology::BROKER_DELIVERY_LIMIT
         ),
         Some(other) => format!("dead-lettered ({})", text::reason(other)),
