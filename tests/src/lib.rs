@@ -550,9 +550,19 @@ impl RawClient {
         }
     }
 
-    /// The consumer count of `queue`, or `None` if it does not exist (a passive declare on a
-    /// channel of its own, since a failed one closes the channel).
+    /// The ready messages of `queue`, or `None` if it does not exist.
+    pub async fn ready_in(&self, queue: &str) -> Option<u32> {
+        self.declared(queue).await.map(|(ready, _)| ready)
+    }
+
+    /// The consumer count of `queue`, or `None` if it does not exist.
     async fn consumers_of(&self, queue: &str) -> Option<u32> {
+        self.declared(queue).await.map(|(_, consumers)| consumers)
+    }
+
+    /// The ready messages and consumers of `queue`, or `None` if it does not exist (a passive
+    /// declare on a channel of its own, since a failed one closes the channel).
+    async fn declared(&self, queue: &str) -> Option<(u32, u32)> {
         let probe = self._connection.create_channel().await.unwrap();
         let passive = QueueDeclareOptions {
             passive: true,
@@ -562,7 +572,7 @@ impl RawClient {
             .queue_declare(ShortString::from(queue), passive, FieldTable::default())
             .await
             .ok()
-            .map(|declared| declared.consumer_count());
+            .map(|declared| (declared.message_count(), declared.consumer_count()));
         if found.is_some() {
             drop(probe.close(200, ShortString::from("ok")).await);
         }

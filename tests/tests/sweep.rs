@@ -119,6 +119,78 @@ async fn a_task_whose_subtask_message_is_lost_is_found_stuck_and_a_slow_one_is_n
 
 /// The `subtask.<status>` events on `events` (a task's, with `subtask_events: true`), with when
 /// each came, until the outcome arrives on `replies`; fails after `OUTCOME_WAIT` with `log()`.
+/// Submits `request` (with `subtask_events` on) and returns the subtask events seen, each with
+/// when it came, and the outcome; `synthesizer`'s log is shown if no outcome comes.
+async fn run_watching_events(
+    env: &TestEnv,
+    request: &Value,
+    synthesizer: usize,
+) -> (Vec<(Value, tokio::time::Instant)>, Value) {
+    let client = env.client().await;
+    client.wait_for_queue("chorus.tasks").await;
+    let mut events = client.events("subtask.*").await;
+    let (reply_to, mut replies) = client.reply_queue().await;
+    let properties = BasicProperties::default()
+        .with_content_type(ShortString::from("application/msgpack"))
+        .with_reply_to(ShortString::from(reply_to.as_str()));
+    client
+        .publish(
+            "chorus.tasks",
+            &rmp_serde::to_vec_named(request).unwrap(),
+            properties,
+        )
+        .await;
+    events_until_outcome(&mut events, &mut replies, || env.log_of(synthesizer)).await
+}
+
+/// A subtask running longer than the stuck time, and one waiting meanwhile in the worker's
+/// prefetch for its handler slot, are unacked messages no queue check sees: the worker marks
+/// their task held, and the sweeper leaves it alone; each subtask runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn subtasks_running_or_prefetched_longer_than_the_stuck_time_run_once() {
+    let mut env = TestEnv::new("sweep-held").await;
+    env.spawn("chorus-orchestrator", &[]);
+    let listen = free_address();
+    let mut flags = SWEEP_FLAGS.to_vec();
+    flags.extend(["--http-listen", &listen]);
+    let synthesizer = env.spawn("chorus-synthesizer", &flags);
+    // One handler slot: the second subtask waits in the prefetch while the first runs 2.5 s,
+    // then runs 2.5 s itself; stuck after 1.5 s, swept every 200 ms all along.
+    env.spawn("chorus-worker", &["--concurrency", "1"]);
+    let request = json!({
+        "kind": "range-sum", "id": "held",
+        "input": {"start": 0, "end": 10, "parts": 2, "delay_ms": 2500},
+        "options": {"subtask_events": true},
+    });
+    let (seen, outcome) = run_watching_events(&env, &request, synthesizer).await;
+    let log = env.log_of(synthesizer);
+    assert_eq!(outcome["status"], "succeeded", "{outcome}\n{log}");
+    assert_eq!(outcome["output"]["sum"], 45, "{outcome}");
+    let mut runs: Vec<String> = seen
+        .iter()
+        .filter(|(event, _)| event["status"] == "running")
+        .map(|(event, _)| event["subtask"].as_str().unwrap().to_owned())
+        .collect();
+    runs.sort();
+    assert_eq!(runs, ["0", "1"], "each subtask ran once:\n{log}");
+    assert!(
+        stuck_lines(&log, "held") >= 1,
+        "the task was not found stuck:\n{log}"
+    );
+    assert!(
+        log.lines().any(
+            |line| line.contains("stuck task left alone: a worker holds its subtasks")
+                && line.contains("\"held\"")
+        ),
+        "{log}"
+    );
+    let republished = Scrape::of(&listen).await.value(
+        "chorus_stuck_subtasks_repaired_total",
+        &[("action", "republished")],
+    );
+    assert_eq!(republished, 0.0, "a held subtask was republished:\n{log}");
+}
+
 async fn events_until_outcome(
     events: &mut lapin::Consumer,
     replies: &mut lapin::Consumer,
@@ -166,27 +238,12 @@ async fn a_subtask_waiting_in_a_delay_queue_is_not_republished_and_runs_once_whe
         "3000",
     ];
     env.spawn("chorus-worker", &retry);
-    let client = env.client().await;
-    client.wait_for_queue("chorus.tasks").await;
-    let mut events = client.events("subtask.*").await;
-    let (reply_to, mut replies) = client.reply_queue().await;
     let request = json!({
         "kind": "range-sum", "id": "delayed",
         "input": {"start": 0, "end": 10, "parts": 1, "fail_attempts": 1},
         "options": {"max_attempts": 2, "subtask_events": true},
     });
-    let properties = BasicProperties::default()
-        .with_content_type(ShortString::from("application/msgpack"))
-        .with_reply_to(ShortString::from(reply_to.as_str()));
-    client
-        .publish(
-            "chorus.tasks",
-            &rmp_serde::to_vec_named(&request).unwrap(),
-            properties,
-        )
-        .await;
-    let (seen, outcome) =
-        events_until_outcome(&mut events, &mut replies, || env.log_of(synthesizer)).await;
+    let (seen, outcome) = run_watching_events(&env, &request, synthesizer).await;
     let log = env.log_of(synthesizer);
     assert_eq!(outcome["status"], "succeeded", "{outcome}\n{log}");
     assert_eq!(outcome["output"]["sum"], 45, "{outcome}");

@@ -379,6 +379,8 @@ impl Worker {
             tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
             return Ok(Disposition::Ack);
         }
+        // Until its ack: the sweeper must not republish a subtask waiting here for a slot.
+        let _held = self.watch.hold(&subtask.task);
         let wanted = rollout::Wanted {
             kind: &subtask.kind,
             fingerprint: subtask.fingerprint.as_deref(),
@@ -429,6 +431,7 @@ impl Worker {
             tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
             return Ok(Disposition::Ack);
         }
+        let _held = self.watch.hold(&batch.task);
         let wanted = rollout::Wanted {
             kind: &batch.kind,
             fingerprint: batch.fingerprint.as_deref(),

@@ -3,7 +3,9 @@
 //! is asked at most once a second per task, so a task of 100,000 subtasks costs one lookup a
 //! second, not one per subtask; subtasks of a task that arrive together share one lookup. A
 //! subtask published less than a second ago by a service that had just found its task
-//! unfinished (it says when in a header) needs no lookup at all.
+//! unfinished (it says when in a header) needs no lookup at all. The same poll marks the tasks
+//! whose subtasks this worker holds (running or waiting for a handler slot) in Redis, so the
+//! sweeper does not take them for lost.
 
 use std::{
     collections::HashMap,
@@ -21,12 +23,17 @@ const FRESHNESS: Duration = Duration::from_secs(1);
 const POLL: Duration = Duration::from_millis(500);
 /// Entries of tasks with nothing running are forgotten after this long.
 const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// How long a task's held mark lasts unless the poll renews it: ten polls, so a poll delayed
+/// by a busy host does not let it lapse, and a killed worker's mark is gone within seconds.
+const HELD_TTL: Duration = Duration::from_secs(5);
 
 struct Watched {
     /// Cancelled when the task is seen over.
     token: CancellationToken,
     /// Handlers of the task running now.
     running: usize,
+    /// Deliveries of the task this worker holds (unacked), started or not.
+    held: usize,
     /// When the task was last seen live (or over).
     checked: Instant,
     live: bool,
@@ -49,6 +56,7 @@ impl Known {
             .or_insert_with(|| Watched {
                 token: CancellationToken::new(),
                 running: 0,
+                held: 0,
                 checked,
                 live: true,
             })
@@ -108,6 +116,20 @@ fn seen_live_at(at_ms: u64, now_ms: u64) -> Option<Instant> {
         return None;
     }
     Instant::now().checked_sub(Duration::from_millis(age))
+}
+
+/// A delivery of a task held by this worker, from its decoding to its ack.
+pub struct Held {
+    watch: Arc<TaskWatch>,
+    task: String,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(watched) = self.watch.lock().tasks.get_mut(&self.task) {
+            watched.held = watched.held.saturating_sub(1);
+        }
+    }
 }
 
 impl Drop for Running {
@@ -251,20 +273,42 @@ impl TaskWatch {
         }
     }
 
-    /// Looks up the tasks with running handlers and cancels those that are over; forgets idle
-    /// entries.
+    /// Registers a delivery of `task` that this worker holds until the guard is dropped (at its
+    /// ack): the task is marked held in Redis while any is.
+    pub fn hold(self: &Arc<Self>, task: &str) -> Held {
+        let mut known = self.lock();
+        known.watched(task, Instant::now()).held += 1;
+        Held {
+            watch: Arc::clone(self),
+            task: task.to_owned(),
+        }
+    }
+
+    /// Looks up the tasks with running handlers and cancels those that are over, marks the
+    /// tasks held (in the same round trip, pipelined); forgets idle entries.
     async fn poll(&self) -> Result<(), StoreError> {
-        let busy: Vec<String> = {
+        let (busy, held): (Vec<String>, Vec<String>) = {
             let mut known = self.lock();
             let tasks = &mut known.tasks;
-            tasks.retain(|_, w| w.running > 0 || w.checked.elapsed() < FORGET_AFTER);
-            tasks
-                .iter()
-                .filter(|(_, w)| w.running > 0 && w.live)
-                .map(|(task, _)| task.clone())
-                .collect()
+            tasks.retain(|_, w| w.running > 0 || w.held > 0 || w.checked.elapsed() < FORGET_AFTER);
+            let live = || tasks.iter().filter(|(_, w)| w.live);
+            (
+                live()
+                    .filter(|(_, w)| w.running > 0)
+                    .map(|(task, _)| task.clone())
+                    .collect(),
+                live()
+                    .filter(|(_, w)| w.held > 0)
+                    .map(|(task, _)| task.clone())
+                    .collect(),
+            )
         };
-        let over = self.store.finished(&busy).await?;
+        let (over, marked) =
+            tokio::join!(self.store.finished(&busy), self.store.hold(&held, HELD_TTL));
+        if let Err(error) = marked {
+            tracing::debug!(%error, "cannot mark the tasks this worker holds");
+        }
+        let over = over?;
         for (task, over) in busy.iter().zip(over) {
             self.note(task, !over);
         }

@@ -28,6 +28,7 @@ pub(super) enum Key {
     PlanLease,
     SynthLease,
     Cancel,
+    Held,
 }
 
 impl Key {
@@ -54,6 +55,7 @@ impl Key {
             Self::PlanLease => "plan-lease",
             Self::SynthLease => "synth-lease",
             Self::Cancel => "cancel",
+            Self::Held => "held",
         }
     }
 }
@@ -201,6 +203,12 @@ impl TaskKeys {
     /// A cancel that came before the task was claimed, kept until its claim applies it.
     pub fn cancel(&self) -> String {
         self.get(Key::Cancel)
+    }
+
+    /// Set (with a short TTL, refreshed) while a worker holds subtasks of the task, running or
+    /// prefetched: the sweeper then takes none of them for lost.
+    pub fn held(&self) -> String {
+        self.get(Key::Held)
     }
 
     /// Subtask ids in plan order.

@@ -25,6 +25,7 @@
 //! | `outcome` | string | the encoded [`Outcome`], kept for the outcome TTL |
 //! | `graph` | string | the dashboard's copy of the first subtasks' graph, JSON, read just before the outcome (`admin::graph::prepare`) and written by its script, same TTL |
 //! | `plan-lease`, `synth-lease` | string | owner token of the process planning / synthesizing |
+//! | `held` | string | `1` while a worker holds subtasks of the task (running or prefetched), set every 500 ms with a 5 s TTL by the worker's watch ([`Store::hold`]); the sweeper republishes nothing of a task held |
 //! | `cancel` | string | the reason (empty for none) of a cancel that came before the task's claim, kept for the outcome TTL; the claim moves it to the task hash's `cancel` field |
 //!
 //! Beside the tasks' keys, one key of the deployment: `chorus:services` ([`SERVICES_KEY`]), a

@@ -167,6 +167,42 @@ impl Store {
         Ok(pipe.query_async(&mut self.conn()).await?)
     }
 
+    /// Marks each of `tasks` held by a worker for `ttl` (whole milliseconds): the worker refreshes
+    /// the mark while it holds subtasks of the task (running or prefetched, unacked), and the
+    /// sweeper takes none of a held task's subtasks for lost, since an unacked message is
+    /// invisible in its queue (a passive declare counts ready messages only). One pipelined
+    /// round trip, keys of any slots (one command each).
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn hold(&self, tasks: &[String], ttl: Duration) -> Result<(), StoreError> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        for task in tasks {
+            pipe.cmd("SET")
+                .arg(TaskKeys::new(task).held())
+                .arg(1)
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore();
+        }
+        Ok(pipe.query_async(&mut self.conn()).await?)
+    }
+
+    /// Whether a worker holds subtasks of task `id` now (see [`Store::hold`]).
+    ///
+    /// # Errors
+    /// Redis fails.
+    pub async fn is_held(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(redis::cmd("EXISTS")
+            .arg(TaskKeys::new(id).held())
+            .query_async(&mut self.conn())
+            .await?)
+    }
+
     /// Everyone waiting for the outcome of a task.
     ///
     /// # Errors

@@ -164,11 +164,20 @@ async fn ready_messages(connection: &Connection, queue: &str) -> Result<Option<u
 }
 
 /// The subtasks waiting in the delay queues (retries, deferrals), by task and subtask, all
-/// buckets up to [`LONGEST_DELAY`] read without removing anything; `None` when a bucket holds
+/// buckets up to [`LONGEST_DELAY`] (declared if missing) read without removing anything; `None` when a bucket holds
 /// more than [`DELAYED_READ`] messages, too many to say which subtasks wait there.
 async fn delayed_subtasks(
     connection: &Connection,
 ) -> Result<Option<HashSet<(String, String)>>, BrokerError> {
+    // Declared first (idempotent, as every service declares them): a passive look at a bucket
+    // no process declared yet would close its channel, which the AMQP client logs as an error.
+    let channel = connection.create_channel().await?;
+    topology::declare(&channel, LONGEST_DELAY).await?;
+    drop(
+        channel
+            .close(amqp::REPLY_SUCCESS, ShortString::from("done"))
+            .await,
+    );
     let mut found = HashSet::new();
     for (queue, _) in topology::delay_queues_up_to(LONGEST_DELAY) {
         let ready = ready_messages(connection, &queue).await?.unwrap_or(0);
@@ -311,7 +320,8 @@ async fn settle_failed(broker: &Broker<'_>, copy: DeadCopy) -> Result<(), Servic
 }
 
 /// Publishes again those of `entries` (released handler subtasks of task `id`, not dead-lettered)
-/// whose queue holds no message, when the delay queues hold none either; returns how many.
+/// whose queue holds no message, when the delay queues hold none either and no worker holds
+/// subtasks of the task ([`Store::hold`]); returns how many.
 async fn republish_lost(
     store: &Store,
     broker: &Broker<'_>,
@@ -320,6 +330,12 @@ async fn republish_lost(
     entries: Vec<PlanEntry>,
 ) -> Result<usize, ServiceError> {
     if entries.is_empty() {
+        return Ok(0);
+    }
+    // An unacked message is invisible to the queue checks below: a worker holding one (a
+    // subtask running longer than the stuck time, or waiting in its prefetch) says so.
+    if store.is_held(id).await? {
+        tracing::info!(task = %text::quoted(id), subtasks = entries.len(), "stuck task left alone: a worker holds its subtasks (running or prefetched)");
         return Ok(0);
     }
     let Some(delayed) = &broker.delayed else {

@@ -50,7 +50,7 @@ fn hashed(key: &str) -> &str {
     key
 }
 
-const EVERY_KEY: [Key; 19] = [
+const EVERY_KEY: [Key; 21] = [
     Key::Task,
     Key::Waiters,
     Key::Plan,
@@ -70,6 +70,8 @@ const EVERY_KEY: [Key; 19] = [
     Key::Outcome,
     Key::PlanLease,
     Key::SynthLease,
+    Key::Cancel,
+    Key::Held,
 ];
 
 #[test]
