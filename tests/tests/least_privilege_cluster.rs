@@ -108,9 +108,7 @@ impl Users {
 impl Drop for Users {
     fn drop(&mut self) {
         for role in ROLES {
-            drop(
-                redis_cluster::script(self.first, &["acl-deluser", &self.name(role)]).output(),
-            );
+            drop(redis_cluster::script(self.first, &["acl-deluser", &self.name(role)]).output());
         }
     }
 }
@@ -184,7 +182,10 @@ async fn services_run_under_their_acl_users_on_the_cluster_through_a_resharding(
     let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;
     assert!(report.is_clean(), "{report}");
     let asked = redirections() - before;
-    assert!(asked > 0, "no command met ASK: the resharding tested nothing");
+    assert!(
+        asked > 0,
+        "no command met ASK: the resharding tested nothing"
+    );
 
     // The CLI's user reads the outcome on the cluster too.
     let logs = chorus_tests::services().state_dir.join("logs");
