@@ -184,7 +184,8 @@ impl Clustered {
     /// the lockstep.
     ///
     /// # Errors
-    /// What the cluster answered, a refusal still standing at the deadline, or a timeout.
+    /// Any other error the cluster or redis-rs reports, or a timeout (`io::ErrorKind::TimedOut`)
+    /// when no answer came within `timeout`, refusals included.
     async fn request(&self, cmd: &Cmd) -> RedisResult<Value> {
         let mut pauses = refusal_pauses();
         let tries = async {
