@@ -16,6 +16,18 @@
 #   restart PORT        start the node on PORT again with its data (it rejoins, as a replica
 #                       if its replica took over) and wait until every node says ok
 #   owner KEY           print the port of the master that holds KEY's slot
+#   move-slot KEY [PORT] [PAUSE_MS]
+#                       move KEY's slot, with its keys, from its master to the master on PORT
+#                       (default: the next master), live, as a resharding does: IMPORTING on
+#                       the target, MIGRATING on the source, MIGRATE one key at a time with
+#                       PAUSE_MS (default 0) before each (so clients meet ASK and TRYAGAIN),
+#                       then SETSLOT NODE on every master; prints "FROM TO"
+#   redirections        print the MOVED, ASK, TRYAGAIN and CLUSTERDOWN replies every live
+#                       node has sent since it started (INFO errorstats), summed: "MOVED n ASK n ..."
+#   acl-setuser USER RULES...
+#                       ACL SETUSER USER RULES... on every node (a cluster does not share its
+#                       users: each node, replicas included, needs them)
+#   acl-deluser USER    ACL DELUSER USER on every live node
 #   flush               FLUSHALL on every master (tests, between two runs)
 #
 # Settings (environment, with defaults):
@@ -154,6 +166,62 @@ url() {
     echo "redis+cluster://${seeds[*]}"
 }
 
+owner_of_slot() {
+    cli "$(live_node)" cluster nodes | awk -v s="$1" '$3 ~ /master/ && $3 !~ /fail/ {
+        for (i = 9; i <= NF; i++) { n = split($i, r, "-"); if (s >= r[1] && s <= r[n]) { split($2, a, "[:@]"); print a[2]; exit } } }'
+}
+
+pause_ms() { ((${1:-0} > 0)) && sleep "$(printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)))" || true; }
+
+# The live resharding of one slot, as the Redis Cluster specification's "Live reconfiguration"
+# and `redis-cli --cluster reshard` do it.
+move_slot() {
+    local key="$1" to="${2:-}" pause="${3:-0}" live slot from from_id to_id batch port
+    live="$(live_node)"
+    slot="$(cli "$live" cluster keyslot "$key" | tr -d '\r')"
+    from="$(owner_of_slot "$slot")"
+    [[ -n "$from" ]] || die "no master serves slot $slot"
+    if [[ -z "$to" ]]; then
+        to="$(masters | awk -v f="$from" '$1 > f { print; exit }')"
+        [[ -n "$to" ]] || to="$(masters | head -n 1)"
+    fi
+    [[ "$to" != "$from" ]] || die "slot $slot is already on $to"
+    from_id="$(cli "$from" cluster myid | tr -d '\r')"
+    to_id="$(cli "$to" cluster myid | tr -d '\r')"
+    [[ "$(cli "$to" cluster setslot "$slot" importing "$from_id")" == OK ]] || die "IMPORTING $slot on $to"
+    [[ "$(cli "$from" cluster setslot "$slot" migrating "$to_id")" == OK ]] || die "MIGRATING $slot on $from"
+    while true; do
+        pause_ms "$pause"
+        batch="$(cli "$from" cluster getkeysinslot "$slot" 1 | tr -d '\r')"
+        [[ -n "$batch" ]] || break
+        [[ "$(cli "$from" migrate 127.0.0.1 "$to" "" 0 5000 keys "$batch")" =~ ^(OK|NOKEY)$ ]] ||
+            die "MIGRATE of a key of slot $slot from $from to $to failed"
+    done
+    # The target first, so that the source's MOVED never points at a node that does not know.
+    cli "$to" cluster setslot "$slot" node "$to_id" >/dev/null
+    cli "$from" cluster setslot "$slot" node "$to_id" >/dev/null
+    for port in $(masters); do
+        [[ "$port" == "$to" || "$port" == "$from" ]] || cli "$port" cluster setslot "$slot" node "$to_id" >/dev/null
+    done
+    echo "$from $to"
+}
+
+redirections() {
+    local port
+    for port in "${PORTS[@]}"; do
+        node_up "$port" && cli "$port" info errorstats | tr -d '\r'
+    done | awk -F'[_:=,]' '/^errorstat_/ { n[$2] += $4 }
+        END { printf "MOVED %d ASK %d TRYAGAIN %d CLUSTERDOWN %d\n", n["MOVED"], n["ASK"], n["TRYAGAIN"], n["CLUSTERDOWN"] }'
+}
+
+every_node() {
+    local port
+    for port in "${PORTS[@]}"; do
+        node_up "$port" || continue
+        cli "$port" "$@" >/dev/null || die "$* on node $port"
+    done
+}
+
 case "${1:-}" in
 start) start ;;
 stop) stop; log "stopped" ;;
@@ -171,10 +239,13 @@ restart)
 owner)
     live="$(live_node)"
     slot="$(cli "$live" cluster keyslot "${2:?owner KEY}" | tr -d '\r')"
-    cli "$live" cluster nodes | awk -v s="$slot" '$3 ~ /master/ && $3 !~ /fail/ {
-        for (i = 9; i <= NF; i++) { n = split($i, r, "-"); if (s >= r[1] && s <= r[n]) { split($2, a, "[:@]"); print a[2]; exit } } }'
+    owner_of_slot "$slot"
     ;;
+move-slot) move_slot "${2:?move-slot KEY [PORT] [PAUSE_MS]}" "${3:-}" "${4:-0}" ;;
+redirections) redirections ;;
+acl-setuser) shift; user="${1:?acl-setuser USER RULES...}"; shift; every_node acl setuser "$user" "$@" ;;
+acl-deluser) every_node acl deluser "${2:?acl-deluser USER}" ;;
 kill) pid="$(node_pid "${2:?kill PORT}")"; [[ -n "$pid" ]] || die "no node on port $2"; kill -KILL "$pid" ;;
 flush) for port in $(masters); do cli "$port" flushall >/dev/null; done ;;
-*) sed -n '2,22p' "$0" >&2; exit 64 ;;
+*) sed -n '2,37p' "$0" >&2; exit 64 ;;
 esac

@@ -12,8 +12,10 @@
 # tests/tests/faults_cluster.rs, deploy/rabbitmq-cluster.sh; stopped on exit),
 # CHORUS_TEST_THREADS (4), CHORUS_TEST_TIMEOUT_S (2700: the whole `cargo test` step),
 # CHORUS_TEST_REDIS_CLUSTER_PORT (7100: the first of the six ports of the Redis Cluster step),
-# CHORUS_TEST_CLUSTER (`ci`: the spine and orchestration tests but one and the failover scenario
-# on the cluster; `full`: every spine test too; `off`: skip that step), CARGO (cargo).
+# CHORUS_TEST_CLUSTER (`ci`: the spine and orchestration tests but one, the failover and
+# resharding scenarios and the ACL users on the cluster; `full`: every spine test too, and a
+# resharding whose slots each migrate for longer than the command timeout; `off`: skip that
+# step), CARGO (cargo).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -154,12 +156,13 @@ if [[ "${CHORUS_TEST_CLUSTER:-ci}" != off ]]; then
     if [[ "${CHORUS_TEST_CLUSTER:-ci}" != full ]]; then
         skip+=(--skip an_orchestrator_killed_while_publishing_resumes_after_restart)
     fi
-    section "cargo test on the Redis Cluster: spine, orchestration, master failover"
+    section "cargo test on the Redis Cluster: spine, orchestration, master failover, resharding, ACL users"
     CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
         "$CARGO" test -p chorus-tests --test spine --test orchestration -- --test-threads=1 \
         "${skip[@]}" 2>&1 | tee -a "$TEST_LOG"
     CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
-        "$CARGO" test -p chorus-tests --test faults_redis_cluster -- --ignored 2>&1 | tee -a "$TEST_LOG"
+        "$CARGO" test -p chorus-tests --test faults_redis_cluster --test least_privilege_cluster -- \
+        --ignored --test-threads=1 2>&1 | tee -a "$TEST_LOG"
 fi
 if [[ -f "$REPO_DIR/.chorus/fault/report.txt" ]]; then
     section "Fault-injection figures (see docs/reliability.md)"

@@ -4,22 +4,27 @@
 //!
 //! redis-rs's cluster client (`cluster_async`) learns the slot map from any seed, sends each
 //! command to the master of its key's slot, follows `MOVED` and `ASK` (a resharding), retries
-//! `TRYAGAIN` and `CLUSTERDOWN` with a backoff and refreshes the slot map after a failover. What
-//! it needs from Chorus is that all keys of one script share a slot: they carry one hash tag
-//! (`chorus:{<task>}:...`, `store::keys`; the audit is in `cluster/tests.rs`).
+//! `TRYAGAIN` and `CLUSTERDOWN` with a backoff ([`RETRY_WAIT`]) and refreshes the slot map after
+//! a failover. What it needs from Chorus is that all keys of one script share a slot: they carry
+//! one hash tag (`chorus:{<task>}:...`, `store::keys`; the audit is in `cluster/tests.rs`).
 //!
 //! Unlike a single server's connection, a cluster's keeps the credentials and TLS files it
 //! started with: redis-rs reconnects to each node by itself.
 //!
+//! A command the cluster still refuses when redis-rs gives up (`MOVED`, `ASK`, `TRYAGAIN`,
+//! `CLUSTERDOWN`: a slot that moves, or a failover) is tried again here, after a short pause,
+//! within the command's timeout ([`Clustered`]).
+//!
 //! [`Store`]: super::Store
 
-use std::time::Duration;
+use std::{io, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::{
     aio::ConnectionLike,
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
-    Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 
 use super::connection::{self, Reconnecting};
@@ -74,6 +79,20 @@ pub fn seeds(url: &str) -> Result<Option<Vec<String>>, String> {
         .map(Some)
 }
 
+/// The waits of redis-rs between two tries of a command the cluster answered `TRYAGAIN` or
+/// `CLUSTERDOWN`, in ms: `(min, max, factor)`, the n-th wait drawn from
+/// `min..min(max, factor * 2^n)`.
+///
+/// A script whose keys are half migrated by a resharding gets `TRYAGAIN` until the last of its
+/// slot's keys has moved (the Redis Cluster specification, "Live reconfiguration": the client
+/// should try again later), a matter of milliseconds per key. redis-rs's defaults wait at least
+/// 1,280 ms before trying again, longer than a `--redis-timeout-ms` of 1,000 (which bounds its
+/// tries too), so such a script failed as "timed out"; these waits try again within the
+/// command's time. Its 16 tries (redis-rs's default) wait about 1.7 s in all; a refusal that
+/// outlasts them is tried again by [`Clustered::request`] until the timeout.
+/// Tested by `faults_redis_cluster.rs` (`a_script_meeting_tryagain_*`).
+const RETRY_WAIT: (u64, u64, u64) = (10, 250, 10);
+
 /// The cluster client of `endpoint`'s `seeds` (from [`seeds`]), with its TLS files; every
 /// connection attempt and every command (its redirections and retries included) is bounded by
 /// `timeout`.
@@ -85,9 +104,13 @@ fn client(
     seeds: Vec<String>,
     timeout: Duration,
 ) -> RedisResult<ClusterClient> {
+    let (min_wait, max_wait, factor) = RETRY_WAIT;
     let mut builder = ClusterClientBuilder::new(seeds)
         .connection_timeout(timeout)
-        .response_timeout(timeout);
+        .response_timeout(timeout)
+        .min_retry_wait(min_wait)
+        .max_retry_wait(max_wait)
+        .retry_wait_formula(factor, 2);
     if let Some(certificates) = endpoint.redis_certificates() {
         builder = builder.certs(certificates);
     }
@@ -114,7 +137,74 @@ pub(crate) enum Connection {
     /// One server, reconnecting from its settings read anew.
     Single(Reconnecting),
     /// A cluster, following its slot map.
-    Cluster(ClusterConnection),
+    Cluster(Clustered),
+}
+
+/// A cluster's connection and the bound of each command, redirections and retries included.
+#[derive(Clone)]
+pub(crate) struct Clustered {
+    connection: ClusterConnection,
+    timeout: Duration,
+}
+
+/// The error codes of a cluster node that refused a command without running it, so that it is
+/// safe to send again (a script included): the slot is served elsewhere (`MOVED`), is being
+/// migrated (`ASK`), has its keys split between two nodes mid-migration (`TRYAGAIN`), or has no
+/// master (`CLUSTERDOWN`). The Redis Cluster specification, "Redirection and resharding": each
+/// comes from the node's routing check before the command runs.
+const REFUSED_BEFORE_RUNNING: [&str; 4] = ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN"];
+
+/// Whether `error` is a refusal of [`REFUSED_BEFORE_RUNNING`].
+fn refused_before_running(error: &RedisError) -> bool {
+    error
+        .code()
+        .is_some_and(|code| REFUSED_BEFORE_RUNNING.contains(&code))
+}
+
+/// The pauses between two tries of a refused command: from 10 ms, doubling to 200 ms, with
+/// jitter, so that commands refused together do not come back together.
+fn refusal_pauses() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(10))
+        .with_max_delay(Duration::from_millis(200))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+impl Clustered {
+    /// Runs `cmd`, trying it again while the cluster refuses it before running it, until it is
+    /// answered or `timeout` has passed since the first try.
+    ///
+    /// redis-rs follows `ASK` by sending `ASKING` and then the command on the node's shared
+    /// (multiplexed) connection: another command slipping in between takes the one-time
+    /// `ASKING` flag, the node answers `MOVED` back to the migrating node, which answers `ASK`
+    /// again, and under load a script can spend all of redis-rs's tries in this loop during a
+    /// resharding (as sewenew/redis-plus-plus#281 describes for another client). A pause breaks
+    /// the lockstep.
+    ///
+    /// # Errors
+    /// Any other error the cluster or redis-rs reports, or a timeout (`io::ErrorKind::TimedOut`)
+    /// when no answer came within `timeout`, refusals included.
+    async fn request(&self, cmd: &Cmd) -> RedisResult<Value> {
+        let mut pauses = refusal_pauses();
+        let tries = async {
+            loop {
+                let mut connection = self.connection.clone();
+                match connection.req_packed_command(cmd).await {
+                    Err(error) if refused_before_running(&error) => {
+                        let pause = pauses.next().unwrap_or(Duration::from_millis(200));
+                        tracing::debug!(%error, pause_ms = pause.as_millis(), "Redis Cluster refused a command; trying it again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    answer => return answer,
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, tries)
+            .await
+            .unwrap_or_else(|_| Err(RedisError::from(io::Error::from(io::ErrorKind::TimedOut))))
+    }
 }
 
 /// Connects to the cluster of `seeds` (from [`seeds`]), bounding each attempt and command by
@@ -133,7 +223,12 @@ pub(crate) async fn connect(
     client
         .get_async_connection()
         .await
-        .map(Connection::Cluster)
+        .map(|connection| {
+            Connection::Cluster(Clustered {
+                connection,
+                timeout,
+            })
+        })
         .map_err(|error| connection::redacted(error, endpoint))
 }
 
@@ -141,7 +236,7 @@ impl ConnectionLike for Connection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(cluster) => Box::pin(cluster.request(cmd)),
         }
     }
 
@@ -153,14 +248,17 @@ impl ConnectionLike for Connection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+            // Not tried again here: a pipeline may have run in part before a refusal.
+            Self::Cluster(cluster) => cluster
+                .connection
+                .req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
+            Self::Cluster(cluster) => cluster.connection.get_db(),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::seeds;
+use super::{refused_before_running, seeds};
 use crate::store::keys::{Key, TaskKeys};
 
 #[test]
@@ -35,6 +35,36 @@ fn a_cluster_url_with_another_database_or_an_empty_host_is_refused_without_the_p
     assert!(!error.contains("secret"), "{error}");
     assert!(seeds("redis+cluster://").is_err());
     assert!(seeds("redis+cluster://h:7000?protocol=resp3").is_err());
+}
+
+/// The error a node's reply `line` (a RESP error, `-CODE message`) becomes in redis-rs.
+fn server_error(line: &str) -> redis::RedisError {
+    redis::parse_redis_value(format!("-{line}\r\n").as_bytes())
+        .unwrap()
+        .extract_error()
+        .unwrap_err()
+}
+
+#[test]
+fn only_refusals_before_running_are_tried_again() {
+    for refusal in [
+        "MOVED 3999 127.0.0.1:7001",
+        "ASK 3999 127.0.0.1:7001",
+        "TRYAGAIN Multiple keys request during rehashing of slot",
+        "CLUSTERDOWN The cluster is down",
+    ] {
+        assert!(refused_before_running(&server_error(refusal)), "{refusal}");
+    }
+    // A script's own error, a refused user, a timeout: the command ran, or retrying is no use.
+    for other in [
+        "ERR Error running script",
+        "NOPERM this user has no permissions to run the 'asking' command",
+        "NOSCRIPT No matching script",
+    ] {
+        assert!(!refused_before_running(&server_error(other)), "{other}");
+    }
+    let timeout = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    assert!(!refused_before_running(&timeout));
 }
 
 /// The part of `key` Redis Cluster hashes to find its slot: the first `{...}` when not empty,
