@@ -397,7 +397,8 @@ impl Orchestrator {
     /// `small_wave`, and its planner's usage), answers a duplicate of a finished task, or
     /// carries on with one claimed earlier. The usage of a plan made ahead of a claim that
     /// found the task existing is not counted: that submission was a duplicate, its planner
-    /// run wasted (docs/llm.md#tokens-and-cost).
+    /// run wasted (docs/llm.md#tokens-and-cost). A new task claimed without its plan lease
+    /// (`Claim::New(None)`) keeps its plan made ahead for when it gets the lease.
     async fn follow_claim(
         &self,
         id: &str,
@@ -443,7 +444,9 @@ impl Orchestrator {
                 self.finisher.cancel(id, reason.as_deref()).await?;
                 Ok(Disposition::Ack)
             }
-            Claim::New(None) => self.carry_on(id, TaskState::Planning).await,
+            // A new task whose plan lease an earlier task of the id still holds: planned once
+            // the lease lapses, with the plan made ahead (its calls paid once, and counted).
+            Claim::New(None) => self.plan_and_publish(id, ahead).await,
             Claim::Exists(state) => self.carry_on(id, state).await,
         }
     }
@@ -469,7 +472,7 @@ impl Orchestrator {
         }
         // The kind is checked on the claimed record, not on this request: a duplicate naming
         // another kind must not change the task it duplicates.
-        self.plan_and_publish(id).await
+        self.plan_and_publish(id, Ahead::default()).await
     }
 
     /// Stores and delivers a `rejected` outcome for a claimed task, counting `usage` (what its
@@ -491,7 +494,10 @@ impl Orchestrator {
         })
     }
 
-    async fn plan_and_publish(&self, id: &str) -> Result<Disposition, ServiceError> {
+    /// Plans task `id` (or resumes publishing it) once this process holds its plan lease;
+    /// `ahead` is a plan made before the claim (used when the task is still planning), or
+    /// none.
+    async fn plan_and_publish(&self, id: &str, ahead: Ahead) -> Result<Disposition, ServiceError> {
         let store = &self.finisher.store;
         let keys = TaskKeys::new(id);
         // Planner runs that never return (a planner crashing the process) are counted, so such
@@ -519,14 +525,8 @@ impl Orchestrator {
                 _ => return Ok(Disposition::Ack),
             }
         };
-        self.plan_then_release(
-            id,
-            leased.lease,
-            leased.record,
-            leased.runs,
-            Ahead::default(),
-        )
-        .await
+        self.plan_then_release(id, leased.lease, leased.record, leased.runs, ahead)
+            .await
     }
 
     /// Publishes the first wave of a plan just recorded under the plan `lease`.

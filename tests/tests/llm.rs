@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chorus_shared::steps::{CallLimits, ModelSpec, Step, StepError};
-use chorus_tests::servers::{katan, scripted};
+use chorus_shared::store::TaskKeys;
+use chorus_tests::observe::{free_address, Scrape};
+use chorus_tests::servers::{katan, scripted, scripted_requests};
 use chorus_tests::TestEnv;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -91,6 +93,11 @@ async fn a_handler_calls_llm_katan_with_real_usage_and_classifies_its_failures()
 /// A kinds file with the `brief` kind (every step an `llm` step) on the scripted server and
 /// an `echo` kind (default planner, one llm handler) on llm-katan.
 fn kinds_file(scripted: u16, katan: u16) -> PathBuf {
+    kinds_file_with(scripted, katan, "")
+}
+
+/// [`kinds_file`] with `extra` lines in model `m`'s table.
+fn kinds_file_with(scripted: u16, katan: u16, extra: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("chorus-llm-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let text = format!(
@@ -107,6 +114,7 @@ structured_output = "json_object"
 provider = "scripted"
 model = "scripted-1"
 temperature = 0
+{extra}
 
 [models.echo]
 provider = "katan"
@@ -279,4 +287,110 @@ async fn models_plan_draft_review_and_synthesize_through_the_services() {
     assert_eq!(tokens["calls"], 1, "{outcome}");
     assert!(tokens["prompt"].as_u64().unwrap() > 0, "{outcome}");
     assert!(tokens["completion"].as_u64().unwrap() > 0, "{outcome}");
+}
+
+/// The three services on the kinds file `path`, each with its metrics listener on the address
+/// of `listen` at its place (orchestrator, worker, synthesizer).
+fn start_listening(env: &mut TestEnv, path: &std::path::Path, listen: &[String]) {
+    let file = path.to_str().unwrap();
+    let vars = [(KEY_VAR, "test-key")];
+    let orchestrator = ["--kinds-file", file, "--http-listen", &listen[0]];
+    env.spawn_with("chorus-orchestrator", &orchestrator, &vars);
+    let worker = [
+        "--kinds-file",
+        file,
+        "--types",
+        "default,researcher,writer",
+        "--http-listen",
+        &listen[1],
+    ];
+    env.spawn_with("chorus-worker", &worker, &vars);
+    let synthesizer = ["--kinds-file", file, "--http-listen", &listen[2]];
+    env.spawn_with("chorus-synthesizer", &synthesizer, &vars);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_steps_model_calls_are_counted_by_the_service_that_made_them() {
+    std::env::set_var(KEY_VAR, "test-key");
+    let (server, echo) = (scripted(), katan(&[]).await);
+    let mut env = TestEnv::new("llmmetrics").await;
+    let listen: Vec<String> = (0..3).map(|_| free_address()).collect();
+    start_listening(&mut env, &kinds_file(server.port, echo.port), &listen);
+    // A plan (orchestrator), a researcher, a draft and its redo (worker), a review and the
+    // synthesis (synthesizer): six calls of model `m`.
+    let input = json!({"marker": "[plan:deps]", "topic": "agents"});
+    let (code, outcome) = run(&env, "brief", &input, &["--max-rounds", "2"]).await;
+    assert_eq!(code, 0, "{outcome}");
+    let scrapes = [
+        Scrape::of(&listen[0]).await,
+        Scrape::of(&listen[1]).await,
+        Scrape::of(&listen[2]).await,
+    ];
+    let calls = |scrape: &Scrape, result: &str| {
+        scrape.value(
+            "chorus_llm_calls_total",
+            &[("model", "m"), ("result", result)],
+        )
+    };
+    let tokens = |scrape: &Scrape, kind: &str| {
+        scrape.value("chorus_llm_tokens_total", &[("model", "m"), ("type", kind)])
+    };
+    let ok: Vec<f64> = scrapes.iter().map(|s| calls(s, "ok")).collect();
+    assert_eq!(
+        ok,
+        [1.0, 3.0, 2.0],
+        "calls counted by orchestrator, worker, synthesizer"
+    );
+    let stats = &outcome["stats"]["tokens"]["m"];
+    assert_eq!(stats["calls"], 6, "{outcome}");
+    for (kind, field) in [("prompt", "prompt"), ("completion", "completion")] {
+        let counted: f64 = scrapes.iter().map(|s| tokens(s, kind)).sum();
+        assert_eq!(counted, stats[field].as_f64().unwrap(), "{kind}: {outcome}");
+    }
+    // A plan invalid twice: both paid calls are counted, though the step failed.
+    let input = json!({"marker": "[plan:invalid]", "topic": "x"});
+    let (code, outcome) = run(&env, "brief", &input, &[]).await;
+    assert_eq!(code, 3, "{outcome}");
+    assert_eq!(calls(&Scrape::of(&listen[0]).await, "ok"), 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_made_while_an_earlier_plan_lease_is_held_is_used_once_and_counted() {
+    std::env::set_var(KEY_VAR, "test-key");
+    let (server, echo) = (scripted(), katan(&[]).await);
+    let mut env = TestEnv::new("llmlease").await;
+    let listen: Vec<String> = (0..3).map(|_| free_address()).collect();
+    // Without the call cache, which would answer a second planner run (same origin) from the
+    // first's call.
+    let path = kinds_file_with(server.port, echo.port, "cache = false");
+    start_listening(&mut env, &path, &listen);
+    // An earlier task of this id left its plan lease, held for one more second: the new task
+    // is claimed without it, and planned once it lapses.
+    env.client()
+        .await
+        .wait_for_consumers("chorus.tasks", 1)
+        .await;
+    let id = "lease-held-by-an-earlier-task";
+    redis::cmd("SET")
+        .arg(TaskKeys::new(id).plan_lease())
+        .arg("an-earlier-owner")
+        .arg("PX")
+        .arg(1_000)
+        .exec_async(&mut env.redis().await)
+        .await
+        .unwrap();
+    let held = std::time::Instant::now();
+    let input = json!({"marker": "[plan:deps]", "topic": "agents"});
+    let (code, outcome) = run(&env, "brief", &input, &["--id", id]).await;
+    assert_eq!(code, 0, "{outcome}");
+    // It was planned once the earlier lease lapsed, not before.
+    assert!(held.elapsed() >= Duration::from_secs(1), "{outcome}");
+    // The plan made before the claim is the one used: the planner ran once, and every call
+    // that reached the provider is counted in the outcome.
+    assert_eq!(requests_with(server.port, "[plan:deps]").await.len(), 1);
+    let received = scripted_requests(server.port).await.len();
+    assert_eq!(
+        outcome["stats"]["tokens"]["m"]["calls"], received,
+        "{outcome}"
+    );
 }

@@ -15,7 +15,7 @@ use chorus_shared::steps::{
     CallLimits, LlmOutput, LlmSpec, ModelSpec, ProviderSpec, Step, StepError, StructuredOutput,
 };
 use chorus_shared::store::Store;
-use chorus_tests::servers::{katan, katan_step, scripted};
+use chorus_tests::servers::{katan, katan_counts, katan_requests, katan_step, scripted};
 use chorus_tests::{repo_dir, TestEnv};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -85,12 +85,22 @@ fn start_worker(env: &mut TestEnv, path: &Path) {
 
 /// Submits a task of `kind` with `items` items and waits: exit code, outcome, time taken.
 async fn run(env: &TestEnv, kind: &str, items: usize) -> (i32, Value, Duration) {
+    run_with(env, kind, items, &[]).await
+}
+
+/// [`run`] with `extra` flags of `chorus submit`.
+async fn run_with(
+    env: &TestEnv,
+    kind: &str,
+    items: usize,
+    extra: &[&str],
+) -> (i32, Value, Duration) {
     let items: Vec<String> = (0..items).map(|i| format!("w{i}")).collect();
     let input = json!({ "items": items }).to_string();
     let started = Instant::now();
-    let (code, stdout) = env
-        .cli(&["submit", "--kind", kind, "--input", &input, "--wait"])
-        .await;
+    let mut args = vec!["submit", "--kind", kind, "--input", &input, "--wait"];
+    args.extend_from_slice(extra);
+    let (code, stdout) = env.cli(&args).await;
     let outcome = serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("{code}: {stdout}"));
     (code, outcome, started.elapsed())
 }
@@ -431,4 +441,148 @@ async fn a_cancelled_call_gives_its_slot_back_at_once() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let shown = store.limits_show().await.unwrap();
     assert_eq!(shown["slow"]["calls_in_flight"], 0, "{shown}");
+}
+
+/// llm-katan's prompt plus completion tokens at `port` (its `/metrics` has no such series
+/// before its first call: 0).
+async fn katan_tokens(port: u16) -> u64 {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|line| {
+            line.starts_with("llm_katan_prompt_tokens_total{")
+                || line.starts_with("llm_katan_completion_tokens_total{")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// llm-katan's prompt plus completion tokens at `port`, sampled every 100 ms (with the time
+/// since `started`) until `done` fires or two minutes pass.
+fn sample_tokens(
+    port: u16,
+    started: Instant,
+    done: CancellationToken,
+) -> tokio::task::JoinHandle<Vec<(Duration, u64)>> {
+    tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let deadline = started + Duration::from_secs(120);
+        while !done.is_cancelled() && Instant::now() < deadline {
+            samples.push((started.elapsed(), katan_tokens(port).await));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        samples
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_per_minute_hold_across_two_workers_end_to_end() {
+    // Each call of `Say "wN"` is 12 tokens at llm-katan (2 prompt, 10 completion), estimated
+    // at 1 + 16 before it starts. 55 calls are 660 tokens: the bucket's minute (600) goes at
+    // once, the 60 more refill at 10 a second, so the task takes about 6 s (unlimited, well
+    // under 1 s).
+    let server = katan(&[]).await;
+    let mut env = TestEnv::new("llmtpm").await;
+    let path = kinds_file(
+        &server.base_url(),
+        "tokens_per_minute = 600\nmax_tokens = 16",
+        "Say {{ subtask.input }}",
+    );
+    start(&mut env, &path, 2);
+    let started = Instant::now();
+    let done = CancellationToken::new();
+    let sampler = sample_tokens(server.port, started, done.clone());
+    let (code, outcome, took) = run(&env, "echo", 55).await;
+    done.cancel();
+    let samples = sampler.await.unwrap();
+    // Nothing failed for good, and no attempt was used up waiting.
+    assert_eq!(code, 0, "{outcome}");
+    assert_eq!(outcome["stats"]["succeeded"], 55, "{outcome}");
+    assert_eq!(outcome["stats"]["retries"], 0, "{outcome}");
+    let total = katan_counts(server.port).await;
+    assert_eq!(total.requests, 55);
+    let tokens = total.prompt_tokens + total.completion_tokens;
+    assert_eq!(tokens, 660, "llm-katan's count per call changed: {total:?}");
+    assert!(took >= Duration::from_secs(4), "took {took:?}");
+    // From the first tokens on, what reached the provider by each sample stays within the
+    // bucket (a minute's worth) plus its refill since then; one call's settlement (its real
+    // tokens over its estimate) and a poll's lag are the slack.
+    let first = samples
+        .iter()
+        .find(|(_, tokens)| *tokens > 0)
+        .map(|(at, _)| *at)
+        .expect("no sample saw a call");
+    for (at, tokens) in &samples {
+        let since = at.saturating_sub(first).as_secs_f64() + 0.2;
+        let allowed = 600.0 + 10.0 * since + 12.0;
+        assert!(
+            (*tokens as f64) <= allowed,
+            "{tokens} tokens reached llm-katan {since:.1} s after the first: over {allowed}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_call_starts_once_parallel_subtasks_have_spent_the_budget() {
+    // Six subtasks start at once (the worker checks the budget, 0 used, for each); their calls
+    // then wait their turn, one every 500 ms (120 a minute). Each call is 12 tokens: after
+    // two have been recorded the budget of 20 is spent, and the calls still waiting are
+    // refused before they are sent, against the task's tokens in Redis at that moment.
+    let server = katan(&[]).await;
+    let mut env = TestEnv::new("llmbudget").await;
+    let path = kinds_file(
+        &server.base_url(),
+        "requests_per_minute = 120",
+        "Say {{ subtask.input }}",
+    );
+    let file = path.to_str().unwrap();
+    let vars = [(KEY_VAR, "test-key")];
+    env.spawn_with("chorus-orchestrator", &["--kinds-file", file], &vars);
+    let worker = ["--kinds-file", file, "--concurrency", "8"];
+    env.spawn_with("chorus-worker", &worker, &vars);
+    env.spawn_with("chorus-synthesizer", &["--kinds-file", file], &vars);
+    let (code, outcome, _) = run_with(&env, "echo", 6, &["--max-tokens", "20"]).await;
+    assert_ne!(code, 0, "{outcome}");
+    assert_eq!(outcome["status"], "failed", "{outcome}");
+    assert!(
+        outcome.to_string().contains("token budget exceeded"),
+        "{outcome}"
+    );
+    let reached = katan_requests(server.port).await;
+    assert!(
+        reached <= 3,
+        "{reached} calls reached llm-katan after the budget was spent: {outcome}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_wakes_up_late_keeps_the_refill_it_was_told_to_wait_for() {
+    // 300 a minute, burst 1: a request every 200 ms. This caller always asks again 50 ms after
+    // the wait it was told (as a worker's wake-up and round trip, exaggerated): the refill of
+    // those 50 ms is kept for it, so it still starts one call every 200 ms, not every 250.
+    let env = TestEnv::new("llmlate").await;
+    let store = Store::connect(&env.redis_url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let spec = ModelSpec {
+        requests_per_minute: Some(300),
+        ..Default::default()
+    };
+    store.seed_limits("late", &spec).await.unwrap();
+    let minute = Duration::from_secs(60);
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_millis(4_500) {
+        match store.acquire_call("late", 1, minute).await.unwrap() {
+            Ok(permit) => {
+                calls += 1;
+                store.settle_call("late", &permit, None).await.unwrap();
+            }
+            Err(wait) => tokio::time::sleep(wait + Duration::from_millis(50)).await,
+        }
+    }
+    // At 0 and 250 ms, then every 200 ms: 23 by 4.5 s (one every 250 ms: 19).
+    assert!(calls >= 21, "{calls} calls in 4.5 s at 300 a minute");
+    // Never more than the limit allows: a minute's rate over the time plus the burst.
+    assert!(calls <= 4_500 * 300 / 60_000 + 1, "{calls} calls");
 }

@@ -19,7 +19,7 @@ use super::{LoadSettings, StepRef};
 use crate::kinds::{to_entries, DynKind, HandlerContext, KindError, Planned, TaskView, Work};
 use crate::protocol::{PlanEntry, DEFAULT_WORKER_TYPE};
 use crate::steps::{spec::MAX_DURATION_MS, CallLimits, Step, StepError};
-use crate::usage::{Budget, UsageMeter};
+use crate::usage::{Budget, Usage, UsageMeter};
 
 /// The steps of a file kind.
 pub(crate) struct Steps {
@@ -90,14 +90,16 @@ impl FileKind {
         let request = encode_request(&request)?;
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| KindError::fatal(format!("no async runtime to call the step on: {e}")))?;
-        runtime
-            .block_on(step.call_metered(
-                &request,
-                self.unbounded(),
-                &CancellationToken::new(),
-                &task.usage,
-            ))
-            .map_err(kind_error)
+        // What calls used before the step failed, counted like an answer's usage.
+        let failed = UsageMeter::default();
+        let answer = runtime.block_on(step.call_metered(
+            &request,
+            self.unbounded(),
+            &CancellationToken::new(),
+            &failed,
+        ));
+        record_usage(task, failed.take());
+        answer.map_err(kind_error)
     }
 
     /// Checks that every entry of `entries` runs on a worker type this kind has a handler for.
@@ -145,6 +147,17 @@ fn add_budget(request: &mut Json, budget: Option<Budget>, meter: &UsageMeter) {
             json!({"max_tokens": budget.max_tokens, "used": budget.used}),
         );
     }
+}
+
+/// Records `usage` (what a plan, review or synthesis step's model calls used) in the task's
+/// meter, and counts it in the service's `chorus_llm_*` metrics, as the worker counts its
+/// handlers' (README, metrics): every call is counted by the service that made it.
+fn record_usage(task: &TaskView, usage: Vec<Usage>) {
+    if usage.is_empty() {
+        return;
+    }
+    crate::observe::metrics::llm_usage(&usage);
+    task.usage.record(usage);
 }
 
 /// A step's failure as the kind's: the same class, and a retryable's wait.
@@ -239,7 +252,7 @@ impl DynKind for FileKind {
                 let answer =
                     self.call_blocking(step, task, json!({"step": "plan", "task": view}))?;
                 let answer: PlanAnswer = read_answer(&answer, "plan")?;
-                task.usage.record(checked_usage(answer.usage, "plan")?);
+                record_usage(task, checked_usage(answer.usage, "plan")?);
                 entries_of(answer.subtasks, "")?
             }
             None => to_entries(
@@ -275,7 +288,7 @@ impl DynKind for FileKind {
                 });
                 let answer: ReviewAnswer =
                     read_answer(&self.call_blocking(step, task, request)?, "review")?;
-                task.usage.record(checked_usage(answer.usage, "review")?);
+                record_usage(task, checked_usage(answer.usage, "review")?);
                 if answer.accept {
                     return Ok(None);
                 }
@@ -333,7 +346,7 @@ impl DynKind for FileKind {
                 });
                 let answer: SynthesisAnswer =
                     read_answer(&self.call_blocking(step, task, request)?, "synthesis")?;
-                task.usage.record(checked_usage(answer.usage, "synthesis")?);
+                record_usage(task, checked_usage(answer.usage, "synthesis")?);
                 json_value(&answer.output, "synthesized output")
             }
             // The outputs as a list, in plan order.

@@ -273,7 +273,9 @@ impl Model {
     }
 
     /// One Chat Completions call with `messages` (and `response_format` when given), under
-    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`. A
+    /// the smaller of `timeout` and the provider's; the response read up to `max_bytes`
+    /// (`limits` is `(timeout, max_bytes)`). With `spend`, the task's token budget is checked
+    /// against Redis right before the call is sent ([`super::Spend`]). A
     /// cached model's identical call within its ttl is answered from the cache instead
     /// ([`cache`]), without calling the provider. `origin` names who makes the call
     /// ([`super::origin`]; empty: no one in particular), so that its own redo after a crash is
@@ -281,17 +283,17 @@ impl Model {
     ///
     /// # Errors
     /// [`StepError`] as an `http` step classifies it (429/5xx/connection/timeout retryable);
-    /// a response without the message's text is fatal.
+    /// a response without the message's text is fatal; so is a call refused over budget.
     pub async fn chat(
         &self,
         messages: &[Json],
         response_format: Option<Json>,
-        timeout: Duration,
-        max_bytes: usize,
+        limits: (Duration, usize),
         origin: &str,
+        spend: Option<&super::Spend<'_>>,
     ) -> Result<Completion, StepError> {
         let completion = self
-            .chat_once(messages, response_format, timeout, max_bytes, origin)
+            .chat_once(messages, response_format, limits, origin, spend)
             .await;
         if completion.is_err() {
             // Answered calls are counted from their usage entries; failed ones have none.
@@ -305,9 +307,9 @@ impl Model {
         &self,
         messages: &[Json],
         response_format: Option<Json>,
-        timeout: Duration,
-        max_bytes: usize,
+        (timeout, max_bytes): (Duration, usize),
         origin: &str,
+        spend: Option<&super::Spend<'_>>,
     ) -> Result<Completion, StepError> {
         let timeout = timeout.min(self.provider.timeout);
         let mut body = json!({"model": self.spec.model, "messages": messages});
@@ -347,7 +349,7 @@ impl Model {
         };
         // Within the model's shared limits, throttling waited out (docs/llm.md#limits).
         let (bytes, permit) = self
-            .send_limited(messages, timeout, max_bytes, request)
+            .send_limited(messages, (timeout, max_bytes), spend, request)
             .await?;
         let completion = self.completion(&bytes);
         let used = completion

@@ -347,18 +347,20 @@ fn unavailable(what: &str, error: &StoreError) -> StepError {
 
 impl Model {
     /// Sends a call of `messages` (built anew for each try by `request`, given the time left)
-    /// within the model's limits, under `timeout` all told: waits for the limits, and waits out
-    /// a provider's throttling (429, 503 with `Retry-After`) up to [`MAX_THROTTLED_TRIES`].
-    /// Returns the body and the reservation to settle with [`Model::settle`].
+    /// within the model's limits, under `timeout` all told (the body read up to `max_bytes`):
+    /// waits for the limits, checks the task's token budget in Redis (`spend`) once they let
+    /// it go, and waits out a provider's throttling (429, 503 with `Retry-After`) up to
+    /// [`MAX_THROTTLED_TRIES`]. Returns the body and the reservation to settle with
+    /// [`Model::settle`].
     ///
     /// # Errors
     /// [`StepError`] as [`http::post`] classifies it; retryable when the limits leave no room
-    /// within `timeout` or Redis cannot be reached.
+    /// within `timeout` or Redis cannot be reached; fatal when the budget is spent.
     pub(super) async fn send_limited(
         &self,
         messages: &[Json],
-        timeout: Duration,
-        max_bytes: usize,
+        (timeout, max_bytes): (Duration, usize),
+        spend: Option<&super::Spend<'_>>,
         request: impl Fn(Duration) -> reqwest::RequestBuilder,
     ) -> Result<(Vec<u8>, Option<Reservation>), StepError> {
         let what = self.what();
@@ -372,6 +374,13 @@ impl Model {
             .build();
         loop {
             let permit = self.acquire(&what, estimate, deadline).await?;
+            // Calls of the same task may have spent the budget while this one waited.
+            if let (Some(spend), Some(store)) = (spend, self.store.get()) {
+                if let Err(refused) = spend.check_now(store, &what).await {
+                    self.settle(permit, Some(0)).await;
+                    return Err(refused);
+                }
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let failure = match http::send(request(left), &what, left, max_bytes).await {
                 Ok(body) => return Ok((body, permit)),

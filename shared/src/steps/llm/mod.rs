@@ -35,6 +35,7 @@ pub use shared::StoreSlot;
 use super::command::config_error;
 use super::spec::{LlmOutput, LlmSpec, StructuredOutput};
 use super::{StepConfigError, StepError};
+use crate::store::Store;
 use prompt::Templates;
 use schema::Schema;
 
@@ -79,27 +80,23 @@ impl<'a> Meter<'a> {
 
     /// Before each call: refuses it once the budget is spent, counting this step's calls so
     /// far on top of what the request said was used (the rule of the task option
-    /// `max_tokens`: once spent, no further call starts).
+    /// `max_tokens`: once spent, no further call starts). Returns what the call checks again,
+    /// against the task's record in Redis, right before it is sent ([`Spend`]).
     ///
     /// # Errors
     /// [`StepError::Fatal`] starting with [`TOKEN_BUDGET_EXCEEDED`].
-    fn check_budget(&self) -> Result<(), StepError> {
-        let Some(budget) = self.budget else {
-            return Ok(());
+    fn check_budget<'t>(&self, task: &'t str) -> Result<Option<Spend<'t>>, StepError> {
+        let Some(before) = self.budget else {
+            return Ok(None);
         };
-        let budget = budget.after(self.tokens.prompt.saturating_add(self.tokens.completion));
-        if budget.spent() {
-            return Err(StepError::Fatal {
-                message: format!(
-                    "{TOKEN_BUDGET_EXCEEDED}: {} of max_tokens {} used before call {} of {}",
-                    budget.used,
-                    budget.max_tokens,
-                    self.calls + 1,
-                    self.model.what()
-                ),
-            });
-        }
-        Ok(())
+        let spend = Spend {
+            task,
+            before,
+            own: self.tokens.prompt.saturating_add(self.tokens.completion),
+            call: self.calls + 1,
+        };
+        spend.check(before.used, &self.model.what())?;
+        Ok(Some(spend))
     }
 
     /// Counts one call answered by `reply` (a cache hit counts as a call with no tokens).
@@ -121,6 +118,63 @@ impl<'a> Meter<'a> {
             calls: self.calls,
             cache_hits: self.cache_hits,
             cost: self.model.cost(self.tokens),
+        }
+    }
+}
+
+/// A call's view of its task's token budget (docs/llm.md#the-token-budget): checked from the
+/// step's request before the call, and again right before it is sent (after waiting for the
+/// model's limits) against the task's tokens as they are in Redis then, so that no call starts
+/// once calls running at the same time have spent the budget.
+#[derive(Debug, Clone, Copy)]
+pub struct Spend<'a> {
+    /// The task's id, naming its record in Redis.
+    task: &'a str,
+    /// The budget as the step's request gave it (the task's record then, this subtask's
+    /// earlier attempts and this attempt's earlier steps).
+    before: Budget,
+    /// Prompt plus completion tokens of this step's calls so far.
+    own: u64,
+    /// This call's number in the step, from 1.
+    call: u64,
+}
+
+impl Spend<'_> {
+    /// Refuses the call when `recorded` (the task's tokens as last read: the request's view or
+    /// Redis's, whichever is larger) plus this step's own calls reach `max_tokens`.
+    ///
+    /// # Errors
+    /// [`StepError::Fatal`] starting with [`TOKEN_BUDGET_EXCEEDED`].
+    fn check(&self, recorded: u64, what: &str) -> Result<(), StepError> {
+        let budget = Budget {
+            max_tokens: self.before.max_tokens,
+            used: recorded.max(self.before.used),
+        }
+        .after(self.own);
+        if budget.spent() {
+            return Err(StepError::Fatal {
+                message: format!(
+                    "{TOKEN_BUDGET_EXCEEDED}: {} of max_tokens {} used before call {} of {what}",
+                    budget.used, budget.max_tokens, self.call
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the budget against the task's tokens in Redis now (one `HGET`). A read that
+    /// fails leaves the request's view, which was checked already: the worker read the record
+    /// when the attempt began.
+    ///
+    /// # Errors
+    /// As [`Spend::check`].
+    pub(super) async fn check_now(&self, store: &Store, what: &str) -> Result<(), StepError> {
+        match store.tokens_used(self.task).await {
+            Ok(recorded) => self.check(recorded, what),
+            Err(e) => {
+                tracing::debug!(task = %self.task, "{what}: the task's token budget could not be read again before the call ({e}); going by the request's");
+                Ok(())
+            }
         }
     }
 }
@@ -211,6 +265,11 @@ impl LlmStep {
             timeout,
             max_bytes,
             origin: origin(&request),
+            task: request
+                .pointer("/task/id")
+                .and_then(Json::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         };
         let mut answer = match request.get("step").and_then(Json::as_str) {
             Some("plan") => call.structured(&self.plan, &mut meter).await?,
@@ -252,6 +311,8 @@ struct Call<'a> {
     max_bytes: usize,
     /// Who makes the calls ([`origin`]).
     origin: String,
+    /// The task's id (the request's `task.id`), whose budget each call checks.
+    task: String,
 }
 
 impl Call<'_> {
@@ -272,16 +333,16 @@ impl Call<'_> {
 
     /// The reply's text.
     async fn text(&self, meter: &mut Meter<'_>) -> Result<String, StepError> {
-        meter.check_budget()?;
+        let spend = meter.check_budget(&self.task)?;
         let reply = self
             .step
             .model
             .chat(
                 &self.messages(None),
                 None,
-                self.timeout,
-                self.max_bytes,
+                (self.timeout, self.max_bytes),
                 &self.origin,
+                spend.as_ref(),
             )
             .await?;
         meter.add(&reply);
@@ -302,14 +363,14 @@ impl Call<'_> {
         });
         let mut messages = self.messages(extra);
         let format = Some(schema.response_format(structured));
-        meter.check_budget()?;
+        let spend = meter.check_budget(&self.task)?;
         let reply = model
             .chat(
                 &messages,
                 format.clone(),
-                self.timeout,
-                self.max_bytes,
+                (self.timeout, self.max_bytes),
                 &self.origin,
+                spend.as_ref(),
             )
             .await?;
         meter.add(&reply);
@@ -329,14 +390,14 @@ impl Call<'_> {
         );
         messages.push(json!({"role": "assistant", "content": reply.content}));
         messages.push(json!({"role": "user", "content": repair}));
-        meter.check_budget()?;
+        let spend = meter.check_budget(&self.task)?;
         let reply = model
             .chat(
                 &messages,
                 format,
-                self.timeout,
-                self.max_bytes,
+                (self.timeout, self.max_bytes),
                 &self.origin,
+                spend.as_ref(),
             )
             .await?;
         meter.add(&reply);
