@@ -238,7 +238,7 @@ impl ConnectArgs {
     }
 
     /// The broker to connect to: its first node ([`ConnectArgs::amqp_nodes`]), for programs that
-    /// talk to one node only (the benchmark).
+    /// talk to one node only.
     ///
     /// # Errors
     /// As [`ConnectArgs::amqp_nodes`].
