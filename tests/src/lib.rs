@@ -30,6 +30,7 @@ pub mod observe;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod servers;
+pub mod spine;
 
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);
