@@ -107,15 +107,20 @@ pub fn check(endpoint: &Endpoint) -> Result<(), String> {
     .map_err(|error| error.to_string())
 }
 
-/// A connection to one Redis server or to a Redis Cluster; cheap to clone (one shared
-/// connection, or one per node of the cluster).
+/// A connection to one Redis server (of type `S`) or to a Redis Cluster, running each command
+/// on whichever it holds; cheap to clone when `S` is (one shared connection, or one per node of
+/// the cluster). The store's is [`Connection`]; a program with a plain connection to one
+/// server (the tests) uses the same type around its own.
 #[derive(Clone)]
-pub(crate) enum Connection {
-    /// One server, reconnecting from its settings read anew.
-    Single(Reconnecting),
+pub enum SingleOrCluster<S> {
+    /// One server.
+    Single(S),
     /// A cluster, following its slot map.
     Cluster(ClusterConnection),
 }
+
+/// The store's connection: one server, reconnecting from its settings read anew, or a cluster.
+pub(crate) type Connection = SingleOrCluster<Reconnecting>;
 
 /// Connects to the cluster of `seeds` (from [`seeds`]), bounding each attempt and command by
 /// `timeout`.
@@ -137,7 +142,7 @@ pub(crate) async fn connect(
         .map_err(|error| connection::redacted(error, endpoint))
 }
 
-impl ConnectionLike for Connection {
+impl<S: ConnectionLike + Send> ConnectionLike for SingleOrCluster<S> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),
