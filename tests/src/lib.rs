@@ -17,8 +17,8 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     options::{
-        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
     },
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
@@ -572,34 +572,9 @@ impl RawClient {
 
     /// Declares an exclusive server-named queue and consumes it without acks.
     pub async fn reply_queue(&self) -> (String, Consumer) {
-        let queue = self
-            .channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        chorus_shared::topology::private_queue(&self.channel)
             .await
-            .unwrap();
-        let name = queue.name().as_str().to_owned();
-        let consumer = self
-            .channel
-            .basic_consume(
-                ShortString::from(name.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        (name, consumer)
+            .unwrap()
     }
 
     /// A queue bound to `chorus.events` for `pattern`, consumed without acks.

@@ -8,11 +8,13 @@
 use std::time::{Duration, Instant};
 
 use chorus_tests::{
-    fault::{check, collect_stored, note, settled, wait_for_progress, Planned},
+    fault::{
+        check, collect_stored, note, settled, submit, tasks, wait_for_progress, wait_for_topology,
+        Planned,
+    },
     rabbit_cluster::{RabbitCluster, Relay, NODES},
     TestEnv,
 };
-use lapin::{types::ShortString, BasicProperties};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -28,21 +30,6 @@ const SETTLED_BEFORE_FAULT: u64 = 60;
 /// One cluster at a time: every scenario starts its own on the same ports.
 static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> {
-    (0..count)
-        .map(|i| Planned {
-            id: format!("{prefix}-{i}"),
-            start: -1000 * i as i64,
-            end: 100_000 + 7919 * i as i64,
-            parts,
-            // Every third task has a poisoned subtask: retries through the delay queues too.
-            poison: if i % 3 == 2 { vec![1] } else { vec![] },
-            delay_ms,
-            shape: Value::Null,
-            options: Value::Null,
-        })
-        .collect()
-}
 /// Every Chorus quorum queue has a replica on each node, and their leaders are spread over more
 /// than one node; prints where the leaders are.
 fn check_placement(cluster: &RabbitCluster) {
@@ -108,9 +95,10 @@ async fn start(name: &str) -> (RabbitCluster, TestEnv) {
     (cluster, env)
 }
 
-/// Flags of the services in the scenarios (a worker's first): fast retries, and confirms that
-/// do not wait long on a node that is gone.
+/// Flags of the orchestrator and the synthesizer: confirms that do not wait long on a node
+/// that is gone.
 const SERVICE_FLAGS: [&str; 2] = ["--publish-timeout-ms", "5000"];
+/// A worker's: the same, 8 subtasks at once and fast retries.
 const WORKER_FLAGS: [&str; 8] = [
     "--concurrency",
     "8",
@@ -122,30 +110,14 @@ const WORKER_FLAGS: [&str; 8] = [
     "5000",
 ];
 
-/// Waits until the services' queues exist and have settled on the cluster, checks where their
-/// replicas and leaders are, submits `run` and waits until it is under way.
+/// Waits until the services' queues exist and have settled on the cluster (the 3 s of
+/// [`wait_for_topology`]: a quorum queue replica killed right after its creation may be lost),
+/// checks where their replicas and leaders are, submits `run` and waits until it is under way.
 async fn submit_and_start(cluster: &RabbitCluster, env: &TestEnv, run: &[Planned]) {
     let client = env.client().await;
-    for queue in [
-        "chorus.tasks",
-        "chorus.subtasks",
-        "chorus.results",
-        "chorus.dead",
-    ] {
-        client.wait_for_queue(queue).await;
-    }
-    // RabbitMQ 3.10 may lose a quorum queue replica killed right after its creation (see
-    // fault::Cluster::prepare_for_broker_restarts); the scenarios are about a running system.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for_topology(&client).await;
     check_placement(cluster);
-    for task in run {
-        let properties = BasicProperties::default()
-            .with_content_type(ShortString::from("application/msgpack"))
-            .with_delivery_mode(2)
-            .with_reply_to(ShortString::from("nobody-listens"));
-        let body = rmp_serde::to_vec_named(&task.request()).unwrap();
-        client.publish("chorus.tasks", &body, properties).await;
-    }
+    submit(&client, run, "nobody-listens").await;
     wait_for_progress(env, run, SETTLED_BEFORE_FAULT).await;
 }
 
