@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use chorus_tests::{
     fault::{
         check, collect_stored, note, settled, submit, tasks, wait_for_progress, wait_for_topology,
-        Planned,
+        worker_args, Planned,
     },
     rabbit_cluster::{RabbitCluster, Relay, NODES},
     TestEnv,
@@ -98,17 +98,11 @@ async fn start(name: &str) -> (RabbitCluster, TestEnv) {
 /// Flags of the orchestrator and the synthesizer: confirms that do not wait long on a node
 /// that is gone.
 const SERVICE_FLAGS: [&str; 2] = ["--publish-timeout-ms", "5000"];
-/// A worker's: the same, 8 subtasks at once and fast retries.
-const WORKER_FLAGS: [&str; 8] = [
-    "--concurrency",
-    "8",
-    "--retry-base-delay-ms",
-    "20",
-    "--retry-max-delay-ms",
-    "200",
-    "--publish-timeout-ms",
-    "5000",
-];
+/// A worker's: the suite's ([`worker_args`]: 8 subtasks at once, fast retries) and the same
+/// confirm timeout.
+fn worker_flags() -> Vec<&'static str> {
+    [&worker_args()[..], &SERVICE_FLAGS[..]].concat()
+}
 
 /// Waits until the services' queues exist and have settled on the cluster (the 3 s of
 /// [`wait_for_topology`]: a quorum queue replica killed right after its creation may be lost),
@@ -189,12 +183,12 @@ async fn c01_a_node_killed_under_load_loses_nothing_and_its_services_move_to_ano
         ),
         env.spawn_with(
             "chorus-worker",
-            &WORKER_FLAGS,
+            &worker_flags(),
             &[("CHORUS_AMQP_URL", &on(VICTIM))],
         ),
         env.spawn_with(
             "chorus-worker",
-            &WORKER_FLAGS,
+            &worker_flags(),
             &[("CHORUS_AMQP_URL", &on(3))],
         ),
         env.spawn_with(
@@ -269,10 +263,10 @@ async fn c02_a_node_that_stops_answering_is_left_after_the_heartbeat_and_nothing
             &SERVICE_FLAGS,
             &[("CHORUS_AMQP_URL", &cluster.urls_from(1))],
         ),
-        env.spawn_with("chorus-worker", &WORKER_FLAGS, &relayed),
+        env.spawn_with("chorus-worker", &worker_flags(), &relayed),
         env.spawn_with(
             "chorus-worker",
-            &WORKER_FLAGS,
+            &worker_flags(),
             &[("CHORUS_AMQP_URL", &cluster.urls_from(3))],
         ),
         env.spawn_with("chorus-synthesizer", &SERVICE_FLAGS, &relayed),
