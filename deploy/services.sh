@@ -146,16 +146,18 @@ packages_present() {
         command -v redis-server >/dev/null 2>&1 &&
         command -v redis-cli >/dev/null 2>&1 &&
         command -v openssl >/dev/null 2>&1 &&
-        command -v python3 >/dev/null 2>&1
+        command -v python3 >/dev/null 2>&1 &&
+        command -v socat >/dev/null 2>&1
 }
 
 ensure_packages() {
     packages_present && return 0
     # python3: the step fixtures of the tests (commands and an HTTP server, standard library only).
-    log "installing rabbitmq-server, redis-server, openssl and python3 (apt-get)"
+    # socat: the TCP relay a cluster scenario freezes (tests/tests/faults_cluster.rs).
+    log "installing rabbitmq-server, redis-server, openssl, python3 and socat (apt-get)"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server redis-server openssl python3
-    packages_present || die "rabbitmq-server / redis-server / openssl / python3 still missing after apt-get install"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y rabbitmq-server redis-server openssl python3 socat
+    packages_present || die "rabbitmq-server / redis-server / openssl / python3 / socat still missing after apt-get install"
 }
 
 rmq() { env "${RMQ_ENV[@]}" "$@"; }

@@ -158,7 +158,7 @@ if [[ "${CHORUS_TEST_CLUSTER:-ci}" != off ]]; then
     fi
     section "cargo test on the Redis Cluster: spine, orchestration, master failover, resharding, ACL users"
     CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
-        "$CARGO" test -p chorus-tests --test spine --test orchestration -- --test-threads=1 \
+        "$CARGO" test -p chorus-tests --test spine --test spine_rejects --test orchestration -- --test-threads=1 \
         "${skip[@]}" 2>&1 | tee -a "$TEST_LOG"
     CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
         "$CARGO" test -p chorus-tests --test faults_redis_cluster --test least_privilege_cluster -- \

@@ -23,7 +23,6 @@ use chorus_shared::{
     config::ConnectArgs,
     kinds::range_sum::sum_of_range,
     protocol::{Outcome, Status, TaskOptions, TaskRequest},
-    tls::Endpoint,
     topology,
 };
 use clap::Parser;
@@ -32,7 +31,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use compare::Flags;
-use raw::{baseline, close_all, connect, hop_floor, RAW_PREFETCH};
+use raw::{baseline, close_all, connect, hop_floor, Broker, RAW_PREFETCH};
 
 /// Time the services get to connect and declare their queues before a clock starts.
 const SETTLE: Duration = Duration::from_millis(500);
@@ -293,9 +292,12 @@ fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// The broker under measurement, its URL and TLS files read now.
-fn broker(cli: &Cli) -> Result<Endpoint> {
-    cli.connect.amqp().map_err(anyhow::Error::msg)
+/// The broker under measurement: every node of `--amqp-url`, its TLS files read now.
+fn broker(cli: &Cli) -> Result<Broker> {
+    Ok(Broker {
+        nodes: cli.connect.amqp_nodes().map_err(anyhow::Error::msg)?,
+        connect_timeout: cli.connect.amqp_connect_timeout(),
+    })
 }
 
 /// Empties Redis and every Chorus queue, so each measurement starts alike.

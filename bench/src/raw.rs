@@ -77,10 +77,23 @@ fn persistent() -> BasicProperties {
     BasicProperties::default().with_delivery_mode(amqp::PERSISTENT)
 }
 
-/// A connection to the broker under measurement (its TLS files for an `amqps://` URL), as the
-/// services open theirs.
-pub(crate) async fn connect(broker: &Endpoint) -> Result<Connection> {
-    Ok(amqp::connect(broker, "chorus-bench").await?)
+/// The broker under measurement: its nodes (`--amqp-url a,b,c`, TLS files read) and how long
+/// one connection attempt to one node may take (`--amqp-connect-timeout-ms`).
+pub(crate) struct Broker {
+    /// The nodes, in the order given.
+    pub(crate) nodes: Vec<Endpoint>,
+    /// Longest wait for one node to accept a connection.
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A connection to the broker under measurement, to the first of its nodes that accepts, as the
+/// services open theirs ([`amqp::connect_any`]; TLS files for an `amqps://` URL).
+pub(crate) async fn connect(broker: &Broker) -> Result<Connection> {
+    Ok(
+        amqp::connect_any(&broker.nodes, 0, "chorus-bench", broker.connect_timeout)
+            .await?
+            .connection,
+    )
 }
 
 /// Starts consuming `queue` on `channel`.
@@ -122,7 +135,7 @@ pub(crate) async fn close_all(connections: &[&Connection]) {
 /// The raw two-hop path: publish persistent + confirmed → consume + publish the "result"
 /// persistent + confirmed, then ack → consume + ack. Same queue type as Chorus (quorum),
 /// prefetch [`RAW_PREFETCH`]. Returns messages per second through both hops.
-pub(crate) async fn baseline(broker: &Endpoint, n: u64) -> Result<f64> {
+pub(crate) async fn baseline(broker: &Broker, n: u64) -> Result<f64> {
     let (hop1, hop2) = ("bench.hop1", "bench.hop2");
     let setup = connect(broker).await?;
     for queue in [hop1, hop2] {
@@ -224,7 +237,7 @@ fn spawn_producer(
 /// task's outcome waits for (request → planner, subtask → worker, result → synthesizer on
 /// quorum queues, outcome → submitter on a classic reply queue), each relay publishing
 /// persistent + confirmed before acking, like the services. Returns milliseconds per message.
-pub(crate) async fn hop_floor(broker: &Endpoint, messages: usize) -> Result<Vec<f64>> {
+pub(crate) async fn hop_floor(broker: &Broker, messages: usize) -> Result<Vec<f64>> {
     let queues = ["bench.lat1", "bench.lat2", "bench.lat3", "bench.lat4"];
     let setup = connect(broker).await?;
     for (index, queue) in queues.iter().enumerate() {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, QueueDeclareOptions},
+    options::QueueDeclareOptions,
     types::{FieldTable, ShortString},
     Connection, Consumer,
 };
@@ -287,29 +287,7 @@ impl Client {
     /// The broker failed.
     pub async fn reply_queue(&self) -> Result<ReplyQueue, ClientError> {
         let channel = self.connection.create_channel().await?;
-        let queue = channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let name = queue.name().as_str().to_owned();
-        let consumer = channel
-            .basic_consume(
-                ShortString::from(name.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (name, consumer) = topology::private_queue(&channel).await?;
         Ok(ReplyQueue { name, consumer })
     }
 

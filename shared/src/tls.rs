@@ -48,6 +48,7 @@ pub struct Endpoint {
     url: String,
     ca: Option<Vec<u8>>,
     identity: Option<Identity>,
+    heartbeat_s: Option<u16>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -72,6 +73,7 @@ impl Endpoint {
             url: url.into(),
             ca: None,
             identity: None,
+            heartbeat_s: None,
         }
     }
 
@@ -146,7 +148,26 @@ impl Endpoint {
                 ))
             }
         };
-        Ok(Self { url, ca, identity })
+        Ok(Self {
+            url,
+            ca,
+            identity,
+            heartbeat_s: None,
+        })
+    }
+
+    /// The same server with the AMQP heartbeat to ask for, in seconds (`--amqp-heartbeat-s`);
+    /// a `heartbeat=` in the URL's query wins over it.
+    #[must_use]
+    pub fn with_heartbeat(mut self, seconds: u16) -> Self {
+        self.heartbeat_s = Some(seconds);
+        self
+    }
+
+    /// The AMQP heartbeat to ask for, in seconds, unless the URL names one; `None` takes the
+    /// broker's proposal.
+    pub fn heartbeat_s(&self) -> Option<u16> {
+        self.heartbeat_s
     }
 
     /// The URL, credentials included: for the client library only, never for a message.

@@ -22,9 +22,9 @@
 use std::time::Duration;
 
 use lapin::{
-    options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
-    BasicProperties, Channel, Connection, ExchangeKind,
+    BasicProperties, Channel, Connection, Consumer, ExchangeKind,
 };
 
 use crate::error::BrokerError;
@@ -354,6 +354,38 @@ pub async fn declare_subtask_queue(
     let queue = subtask_queue(worker_type);
     declare_returning_queue(channel, &queue).await?;
     Ok(queue)
+}
+
+/// Declares an exclusive, server-named queue that goes with its connection (a submitter's
+/// replies, the dashboard's events) and consumes it without acks: what lands there is only
+/// ever read once, by its one consumer. Returns the queue's name and the consumer.
+///
+/// # Errors
+/// The broker refuses the declaration or the consumer.
+pub async fn private_queue(channel: &Channel) -> Result<(String, Consumer), lapin::Error> {
+    let queue = channel
+        .queue_declare(
+            ShortString::from(""),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            ShortString::from(""),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((queue.name().as_str().to_owned(), consumer))
 }
 
 #[cfg(test)]

@@ -12,10 +12,10 @@ use std::{
 
 use chorus_shared::kinds::range_sum::{slice_bounds, sum_of_range};
 use futures::StreamExt;
-use lapin::Consumer;
+use lapin::{types::ShortString, BasicProperties, Consumer};
 use serde_json::{json, Value};
 
-use crate::{msgpack_to_json, repo_dir, TestEnv};
+use crate::{msgpack_to_json, repo_dir, RawClient, TestEnv};
 
 static NEXT_CLUSTER: AtomicU16 = AtomicU16::new(0);
 
@@ -462,4 +462,150 @@ pub async fn check(
         }
     }
     report
+}
+
+// What the fault scenarios (tests/tests/faults*.rs) share: their tasks, submitting them,
+// waiting for the topology and for a state, the verdict.
+
+/// Longest wait of a fault scenario for its outcomes (and for a state it waits on).
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// `value` as MessagePack, as a task request is published.
+pub fn msgpack(value: &Value) -> Vec<u8> {
+    rmp_serde::to_vec_named(value).unwrap()
+}
+
+/// `count` `range-sum` tasks with ids `<prefix>-<i>`, `parts` subtasks of `delay_ms` each.
+pub fn tasks(prefix: &str, count: usize, parts: u32, delay_ms: u64) -> Vec<Planned> {
+    (0..count)
+        .map(|i| {
+            let i64_i = i as i64;
+            Planned {
+                id: format!("{prefix}-{i}"),
+                start: -1000 * i64_i,
+                end: 100_000 + 7919 * i64_i,
+                parts,
+                // Every third task has a poisoned subtask, so `partial` outcomes are checked too.
+                poison: if i % 3 == 2 { vec![1] } else { vec![] },
+                delay_ms,
+                shape: Value::Null,
+                options: Value::Null,
+            }
+        })
+        .collect()
+}
+
+/// Publishes `tasks` to `chorus.tasks`, replies to `reply_to`.
+pub async fn submit(client: &RawClient, tasks: &[Planned], reply_to: &str) {
+    submit_as(client, tasks, reply_to, None).await;
+}
+
+/// Submits with a given correlation id (else the outcome carries the task id).
+pub async fn submit_as(
+    client: &RawClient,
+    tasks: &[Planned],
+    reply_to: &str,
+    correlation_id: Option<&str>,
+) {
+    for task in tasks {
+        let mut properties = BasicProperties::default()
+            .with_content_type(ShortString::from("application/msgpack"))
+            .with_delivery_mode(2)
+            .with_reply_to(ShortString::from(reply_to));
+        if let Some(correlation_id) = correlation_id {
+            properties = properties.with_correlation_id(ShortString::from(correlation_id));
+        }
+        client
+            .publish("chorus.tasks", &msgpack(&task.request()), properties)
+            .await;
+    }
+}
+
+/// Waits until every service has declared its queues, and a little more: RabbitMQ 3.10 may not
+/// restart a quorum queue killed within a fraction of a second of its creation (its Ra server
+/// stays leaderless), which is a broker limitation, not what these scenarios test.
+pub async fn wait_for_topology(client: &RawClient) {
+    for queue in [
+        "chorus.tasks",
+        "chorus.subtasks",
+        "chorus.results",
+        "chorus.dead",
+    ] {
+        client.wait_for_queue(queue).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+/// Waits until the task hash `key` is in `state`.
+pub async fn wait_for_state(env: &TestEnv, key: &str, state: &str) {
+    let mut redis = env.redis().await;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let current: Option<String> = redis::cmd("HGET")
+            .arg(key)
+            .arg("state")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if current.as_deref() == Some(state) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never reached state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Notes the oracle's `report` of `scenario` (see [`note`]) and asserts it is clean.
+pub fn assert_clean(scenario: &str, report: &Report) {
+    note(&format!("[{scenario}] {report}"));
+    assert!(report.is_clean(), "[{scenario}] {report}");
+}
+
+/// Plays supervisor until the first reply: restarts `process` (started as `program`) each time
+/// it dies, at most ten times. Returns the decoded reply and how many times it died.
+pub async fn supervise_until_reply(
+    env: &mut TestEnv,
+    replies: &mut lapin::Consumer,
+    mut process: usize,
+    program: (&str, &[&str], &[(&str, &str)]),
+) -> (Value, usize) {
+    let (bin, args, vars) = program;
+    let mut crashes = 0;
+    loop {
+        if let Ok(Some(Ok(reply))) = tokio::time::timeout(
+            Duration::from_millis(200),
+            futures::StreamExt::next(replies),
+        )
+        .await
+        {
+            return (crate::msgpack_to_json(&reply.data), crashes);
+        }
+        if !env.is_running(process) {
+            crashes += 1;
+            assert!(crashes <= 10, "{bin} kept crashing: never given up on");
+            process = env.spawn_with(bin, args, vars);
+        }
+    }
+}
+
+/// The scenario's environment on `cluster` and a raw client of it.
+pub async fn start(cluster: &Cluster, name: &str) -> (TestEnv, RawClient) {
+    let env = cluster.env(name).await;
+    let client = env.client().await;
+    (env, client)
+}
+
+/// A worker's flags in the scenarios: 8 subtasks at once, retries after 20 to 200 ms.
+pub fn worker_args() -> [&'static str; 6] {
+    [
+        "--concurrency",
+        "8",
+        "--retry-base-delay-ms",
+        "20",
+        "--retry-max-delay-ms",
+        "200",
+    ]
 }

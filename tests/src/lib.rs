@@ -17,8 +17,8 @@ use std::{
 use futures::StreamExt;
 use lapin::{
     options::{
-        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
-        QueueBindOptions, QueueDeclareOptions,
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+        QueueDeclareOptions,
     },
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
@@ -30,6 +30,7 @@ pub mod observe;
 pub mod rabbit_cluster;
 pub mod redis_cluster;
 pub mod servers;
+pub mod spine;
 
 /// Longest wait for anything in a test.
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -451,7 +452,10 @@ impl TestEnv {
         if let Some(first) =
             redis_cluster::port().filter(|_| self.redis_url.contains("+cluster://"))
         {
-            return redis_cluster::TestRedis::Cluster(redis_cluster::connect(first).await);
+            return redis_cluster::TestRedis::Cluster(chorus_shared::store::Clustered::new(
+                redis_cluster::connect(first).await,
+                WAIT,
+            ));
         }
         redis_cluster::TestRedis::Single(
             redis::Client::open(self.redis_url.as_str())
@@ -581,34 +585,9 @@ impl RawClient {
 
     /// Declares an exclusive server-named queue and consumes it without acks.
     pub async fn reply_queue(&self) -> (String, Consumer) {
-        let queue = self
-            .channel
-            .queue_declare(
-                ShortString::from(""),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        chorus_shared::topology::private_queue(&self.channel)
             .await
-            .unwrap();
-        let name = queue.name().as_str().to_owned();
-        let consumer = self
-            .channel
-            .basic_consume(
-                ShortString::from(name.as_str()),
-                ShortString::from(""),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        (name, consumer)
+            .unwrap()
     }
 
     /// A queue bound to `chorus.events` for `pattern`, consumed without acks.

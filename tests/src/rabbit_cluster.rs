@@ -1,11 +1,15 @@
 //! A private RabbitMQ cluster for the cluster scenarios: `deploy/rabbitmq-cluster.sh` on the
 //! ports from `CHORUS_TEST_AMQP_CLUSTER_PORT` (node N on that port + N - 1), state under
-//! `.chorus/cluster-test`, stopped when dropped.
+//! `.chorus/cluster-test`, stopped when dropped; and [`Relay`], a TCP relay in front of a node
+//! that a test can freeze, a stand-in for a host that vanishes without closing its sockets.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 use std::{
+    net::{TcpListener, TcpStream},
+    os::unix::process::CommandExt,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 use crate::repo_dir;
@@ -97,5 +101,81 @@ impl RabbitCluster {
 impl Drop for RabbitCluster {
     fn drop(&mut self) {
         drop(self.script(&["stop"]).stdout(Stdio::null()).status());
+    }
+}
+
+/// A `socat` TCP relay on a free local port to one node, a process group of its own (one
+/// process per relayed connection); killed when dropped.
+pub struct Relay {
+    /// The port the relay listens on (127.0.0.1).
+    pub port: u16,
+    child: Child,
+}
+
+impl Relay {
+    /// Starts relaying a free local port to 127.0.0.1:`target`; waits (at most 10 s) until it
+    /// accepts connections.
+    pub fn start(target: u16) -> Self {
+        // A port the kernel just handed out and took back: free unless another process grabs it
+        // in between, which socat would report by exiting.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("socat")
+            .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"))
+            .arg(format!("TCP:127.0.0.1:{target}"))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("socat (deploy/services.sh install puts it there)");
+        let mut relay = Self { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                relay.child.try_wait().unwrap().is_none(),
+                "socat relay on port {port} exited"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "socat relay on port {port} not listening after 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        relay
+    }
+
+    /// The AMQP URL of the node through the relay, default vhost.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Sends `signal` to the relay's whole process group (the listener and every connection's
+    /// process).
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, "--", &format!("-{}", self.child.id())])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {signal} of the socat relay failed");
+    }
+
+    /// Stops forwarding without closing anything (SIGSTOP): the connections stay open, their
+    /// bytes wait in the kernel's buffers, as with a host that froze or dropped off the network.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // SIGKILL ends stopped processes too.
+        drop(
+            Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .status(),
+        );
+        drop(self.child.wait());
     }
 }

@@ -7,12 +7,8 @@
 
 use std::process::Command;
 
-use redis::{
-    aio::{ConnectionLike, MultiplexedConnection},
-    cluster::ClusterClient,
-    cluster_async::ClusterConnection,
-    Cmd, Pipeline, RedisFuture, Value,
-};
+use chorus_shared::store::SingleOrCluster;
+use redis::{aio::MultiplexedConnection, cluster::ClusterClient, cluster_async::ClusterConnection};
 
 use crate::repo_dir;
 
@@ -48,14 +44,9 @@ pub fn script(first: u16, args: &[&str]) -> Command {
     command
 }
 
-/// A test's own connection to Redis: the single server's database, or the cluster.
-#[derive(Clone)]
-pub enum TestRedis {
-    /// One server.
-    Single(MultiplexedConnection),
-    /// The cluster, following its slot map.
-    Cluster(ClusterConnection),
-}
+/// A test's own connection to Redis: the single server's database, or the cluster (the
+/// store's type around a plain connection).
+pub type TestRedis = SingleOrCluster<MultiplexedConnection>;
 
 /// A connection to the cluster of `first`.
 pub async fn connect(first: u16) -> ClusterConnection {
@@ -68,32 +59,4 @@ pub async fn connect(first: u16) -> ClusterConnection {
         .get_async_connection()
         .await
         .unwrap()
-}
-
-impl ConnectionLike for TestRedis {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(connection) => connection.req_packed_command(cmd),
-            Self::Cluster(connection) => connection.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(connection) => connection.get_db(),
-            Self::Cluster(connection) => connection.get_db(),
-        }
-    }
 }

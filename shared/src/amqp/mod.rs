@@ -67,7 +67,10 @@ pub async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connection, Brok
             config::hide_password(&message, endpoint.url())
         ))
     };
-    let uri: AMQPUri = endpoint.url().parse().map_err(settings)?;
+    let mut uri: AMQPUri = endpoint.url().parse().map_err(settings)?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = endpoint.heartbeat_s();
+    }
     let tls = match uri.scheme {
         AMQPScheme::AMQPS => Some(endpoint.amqp_tls().map_err(settings)?),
         AMQPScheme::AMQP => None,

@@ -7,27 +7,31 @@
 
 #[path = "chorus/dead.rs"]
 mod dead;
+#[path = "chorus/kinds.rs"]
+mod kinds;
 #[path = "chorus/limits.rs"]
 mod limits;
+#[path = "chorus/submit.rs"]
+mod submit;
 #[path = "chorus/tasks.rs"]
 mod tasks;
+#[path = "chorus/watch.rs"]
+mod watch;
 
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
-
-use std::collections::HashMap;
+use std::{process::ExitCode, time::Duration};
 
 use chorus_shared::{
     admin,
-    client::{CancelRequest, Client, ClientError, TaskStatus, TypeStatus},
-    config::{ConnectArgs, KindsArgs, DEFAULT_MAX_MESSAGE_BYTES, EXIT_USAGE},
+    client::{Client, ClientError},
+    config::{ConnectArgs, EXIT_USAGE},
     error::StoreError,
-    kinds::Registry,
-    protocol::{OnFailure, Outcome, Status, TaskOptions, TaskRequest},
-    services,
+    protocol::{Outcome, Status},
     store::Store,
 };
-use clap::{Args, Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use clap::{Parser, Subcommand};
+
+use kinds::KindsCommand;
+use submit::SubmitArgs;
 
 /// Exit code for a `failed` outcome.
 const EXIT_FAILED: u8 = 1;
@@ -50,11 +54,6 @@ const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Longest wait for an outcome by default (`submit --wait`, `watch`), in seconds: an hour.
 const DEFAULT_WAIT_SECS: u64 = 3600;
-/// How often `watch` reads the task's progress from Redis.
-const WATCH_POLL: Duration = Duration::from_millis(250);
-/// How often `submit --wait` refreshes its progress bar from Redis (and looks for an outcome
-/// whose reply was missed).
-const PROGRESS_TICK: Duration = Duration::from_millis(200);
 
 #[derive(Parser, Debug)]
 #[command(
@@ -158,94 +157,6 @@ enum Command {
     },
 }
 
-/// The flags of `chorus kinds`.
-#[derive(Args, Debug)]
-struct KindsCommand {
-    #[command(flatten)]
-    kinds: KindsArgs,
-    #[command(subcommand)]
-    check: Option<KindsCheck>,
-}
-
-/// `chorus kinds check FILE`.
-#[derive(Subcommand, Debug)]
-enum KindsCheck {
-    /// Check a kinds file as a service would at start-up (programs found, URLs valid, env vars
-    /// set, ...): exit 0 when it can be used, else one line naming the file, the kind and the
-    /// key, and exit 64.
-    Check {
-        /// The kinds file.
-        file: std::path::PathBuf,
-    },
-}
-
-/// The flags of `chorus submit`.
-#[derive(Args, Debug)]
-struct SubmitArgs {
-    /// Kind of the task, e.g. range-sum or wordfreq.
-    #[arg(long)]
-    kind: String,
-    /// Task input: JSON text, or @FILE to read JSON from a file.
-    #[arg(long)]
-    input: String,
-    /// Task id (default: a new UUID). Submitting an id again runs nothing new: you get the
-    /// same outcome.
-    #[arg(long)]
-    id: Option<String>,
-    /// Wait for the outcome, with a progress bar on a terminal, and print it.
-    #[arg(long)]
-    wait: bool,
-    /// Attempts per subtask (default 3).
-    #[arg(long)]
-    max_attempts: Option<u32>,
-    /// Time limit of one subtask attempt, in ms (default 300000).
-    #[arg(long)]
-    timeout_ms: Option<u64>,
-    /// What a failed subtask does to the task: fail (default) or continue (partial result).
-    #[arg(long, value_parser = parse_on_failure)]
-    on_failure: Option<OnFailure>,
-    /// Most subtasks of the task in flight at once, across all workers (default: no cap).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-    max_concurrency: Option<u32>,
-    /// Time limit of the whole task, in ms; past it the task fails "deadline exceeded".
-    #[arg(long)]
-    deadline_ms: Option<u64>,
-    /// Review rounds the kind may run, the first included (default 1: no refinement).
-    #[arg(long)]
-    max_rounds: Option<u32>,
-    /// Subtasks packed per message, 1 to 1000 (default 1): for tiny subtasks. Workers run
-    /// a batch side by side and publish its results together.
-    #[arg(long)]
-    batch_size: Option<u32>,
-    /// Token budget of the whole task (prompt + completion over every step's usage); once
-    /// spent no further subtask or model call starts and the task fails "token budget
-    /// exceeded".
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    max_tokens: Option<u64>,
-    /// Publish subtask.<status> events on chorus.events for this task.
-    #[arg(long)]
-    subtask_events: bool,
-    /// With --wait, give up waiting after this many seconds (the task goes on).
-    #[arg(long, default_value_t = DEFAULT_WAIT_SECS)]
-    wait_timeout_secs: u64,
-}
-
-fn parse_on_failure(raw: &str) -> Result<OnFailure, String> {
-    match raw {
-        "fail" => Ok(OnFailure::Fail),
-        "continue" => Ok(OnFailure::Continue),
-        other => Err(format!("expected fail or continue, got {other:?}")),
-    }
-}
-
-fn read_input(raw: &str) -> Result<rmpv::Value, String> {
-    let text = match raw.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--input {path}: {e}"))?,
-        None => raw.to_owned(),
-    };
-    serde_json::from_str(&text).map_err(|e| format!("--input is not valid JSON: {e}"))
-}
-
 fn exit_code_of(status: Status) -> u8 {
     match status {
         Status::Succeeded | Status::Partial => 0,
@@ -321,7 +232,7 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let connect = &cli.connect;
     match cli.command {
-        Command::Submit(args) => submit(connect, args).await,
+        Command::Submit(args) => submit::submit(connect, args).await,
         Command::Status { id } => {
             let client = Client::connect(connect).await?;
             match client.status(&id).await? {
@@ -332,7 +243,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 None => Err(no_such_task(&id)),
             }
         }
-        Command::Cancel { id, reason } => cancel(connect, &id, reason).await,
+        Command::Cancel { id, reason } => submit::cancel(connect, &id, reason).await,
         Command::Watch {
             id,
             timeout_secs,
@@ -344,7 +255,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 Duration::from_secs(wait_unknown_secs),
             );
             let outcome = tokio::select! {
-                outcome = watch(&client, &id, limits) => outcome?,
+                outcome = watch::watch(&client, &id, limits) => outcome?,
                 _ = tokio::signal::ctrl_c() => return Err(Failure::Interrupted(id)),
             };
             print_outcome(&outcome)
@@ -353,9 +264,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Kinds(command)
             if command.check.is_none() && command.kinds.kinds_file.is_none() =>
         {
-            live_kinds(connect).await
+            kinds::live_kinds(connect).await
         }
-        Command::Kinds(command) => kinds(command).map_err(Failure::Usage),
+        Command::Kinds(command) => kinds::kinds(command).map_err(Failure::Usage),
         Command::Limits(command) => model_limits(connect, command).await,
         Command::Graph { id, format } => graph(connect, &id, &format).await,
         Command::Dead(command) => dead_letters(connect, command).await,
@@ -407,127 +318,6 @@ async fn connect_store(connect: &ConnectArgs) -> Result<Store, Failure> {
             StoreError::TlsRefused(_) => Failure::Unavailable(e.into()),
             other => Failure::Unavailable(ClientError::connecting("Redis", &redis, other)),
         })
-}
-
-/// `chorus kinds`: the kinds the live services announce, as JSON
-/// (docs/operations.md#rolling-out-a-kind).
-async fn live_kinds(connect: &ConnectArgs) -> Result<u8, Failure> {
-    let store = connect_store(connect).await?;
-    let live = services::read_live(&store)
-        .await
-        .map_err(|e| Failure::Unavailable(e.into()))?;
-    print_json(&services::catalogue(&live)).map_err(Failure::Usage)?;
-    Ok(0)
-}
-
-/// `chorus kinds --kinds-file F [check FILE]`: loads the kinds as a service would (with the default
-/// `--max-message-bytes`), then lists them, or says the file is fine.
-fn kinds(command: KindsCommand) -> Result<u8, String> {
-    let checking = command.check.is_some();
-    let kinds = match command.check {
-        Some(KindsCheck::Check { file }) => KindsArgs {
-            kinds_file: Some(file),
-        },
-        None => command.kinds,
-    };
-    let max_answer_bytes = usize::try_from(DEFAULT_MAX_MESSAGE_BYTES).unwrap_or(usize::MAX);
-    let registry = kinds.registry(Registry::builtin(), max_answer_bytes)?;
-    if let (Some(path), true) = (&kinds.kinds_file, checking) {
-        let added = registry.names().len() - Registry::builtin().names().len();
-        println!("{}: {added} kinds, all usable", path.display());
-        return Ok(0);
-    }
-    for name in registry.names() {
-        let Some(kind) = registry.get(&name) else {
-            continue;
-        };
-        let steps = kind.steps();
-        match (steps.is_empty(), kind.description()) {
-            (true, _) => println!("{name}  (built-in, Rust)"),
-            (false, Some(description)) => println!("{name}  {description}"),
-            (false, None) => println!("{name}"),
-        }
-        for (step, runs) in steps {
-            println!("    {step}: {runs}");
-        }
-    }
-    Ok(0)
-}
-
-/// `chorus submit`: sends the task, then prints its id, or with `--wait` its outcome.
-async fn submit(connect: &ConnectArgs, args: SubmitArgs) -> Result<u8, Failure> {
-    let input = read_input(&args.input).map_err(Failure::Usage)?;
-    let id = args.id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let options = TaskOptions {
-        max_attempts: args.max_attempts,
-        timeout_ms: args.timeout_ms,
-        on_failure: args.on_failure,
-        max_concurrency: args.max_concurrency,
-        deadline_ms: args.deadline_ms,
-        max_rounds: args.max_rounds,
-        subtask_events: args.subtask_events.then_some(true),
-        batch_size: args.batch_size,
-        max_tokens: args.max_tokens,
-    };
-    options
-        .resolve()
-        .map_err(|e| Failure::Usage(e.to_string()))?;
-    let request = TaskRequest {
-        kind: args.kind,
-        input,
-        id: Some(id.clone()),
-        options: (options != TaskOptions::default()).then_some(options),
-        parent: None,
-    };
-    let client = Client::connect(connect).await?;
-    if !args.wait {
-        client.submit(&request, None).await?;
-        print_json(&serde_json::json!({ "id": id })).map_err(Failure::Usage)?;
-        return Ok(0);
-    }
-    let mut replies = client.reply_queue().await?;
-    client.submit(&request, Some(&replies.name)).await?;
-    // The id first, on stderr (stdout stays the outcome's JSON), so it is known even if the
-    // wait is given up.
-    eprintln!(
-        "chorus: submitted task {id}; waiting for its outcome (Ctrl-C stops waiting, not the task)"
-    );
-    let limit = Duration::from_secs(args.wait_timeout_secs);
-    let outcome = wait_for_outcome(&client, &mut replies, &id, limit).await?;
-    print_outcome(&outcome)
-}
-
-/// `chorus cancel`: sends the cancellation of a task; says so, with a distinct exit code, when
-/// the task is not known yet (4: sent, and kept for its claim) or already finished (6: nothing
-/// sent).
-async fn cancel(connect: &ConnectArgs, id: &str, reason: Option<String>) -> Result<u8, Failure> {
-    let client = Client::connect(connect).await?;
-    match client.cancel_if_live(id, reason).await? {
-        CancelRequest::Requested => {
-            print_json(&serde_json::json!({ "id": id, "cancel": "requested" }))
-                .map_err(Failure::Usage)?;
-            Ok(0)
-        }
-        CancelRequest::NotKnownYet => {
-            print_json(&serde_json::json!({ "id": id, "cancel": "kept" }))
-                .map_err(Failure::Usage)?;
-            eprintln!(
-                "chorus: task {id:?} is not known yet; the cancel is kept for the synthesizers' \
-                 outcome TTL (--outcome-ttl-secs, {} by default) and applies if it is submitted",
-                DEFAULT_OUTCOME_TTL
-            );
-            Ok(EXIT_NO_OUTCOME)
-        }
-        CancelRequest::Finished(status) => {
-            let status = status.map_or("unknown".to_owned(), |s| s.as_str().to_owned());
-            print_json(
-                &serde_json::json!({ "id": id, "cancel": "already finished", "status": status }),
-            )
-            .map_err(Failure::Usage)?;
-            eprintln!("chorus: task {id:?} already finished ({status}); nothing to cancel");
-            Ok(EXIT_ALREADY_FINISHED)
-        }
-    }
 }
 
 /// `chorus dead ...`: connects to RabbitMQ alone (a failure names the URL tried) and runs it.
@@ -598,210 +388,4 @@ fn print_outcome(outcome: &Outcome) -> Result<u8, Failure> {
 /// The failure of a command naming a task Redis does not know.
 fn no_such_task(id: &str) -> Failure {
     Failure::NoOutcome(format!("no task {id:?} (unknown, or its record expired)"))
-}
-
-/// One line of progress of a task, for logs and pipes.
-fn progress_line(status: &TaskStatus) -> String {
-    let types: Vec<String> = status
-        .types
-        .iter()
-        .map(|t| {
-            let p = &t.progress;
-            let mut line = format!(
-                "{} {}/{} settled ({} running, {} queued, {} waiting, {} failed, {} skipped)",
-                p.worker_type,
-                p.settled(),
-                p.total,
-                t.running(),
-                t.queued_here(),
-                p.waiting(),
-                p.failed,
-                p.skipped
-            );
-            if let Some(note) = &t.note {
-                line.push_str(&format!(" [{note}]"));
-            }
-            line
-        })
-        .collect();
-    let mut line = format!(
-        "{} {} round {} retries {}: {}",
-        status.id,
-        status.state,
-        status.round,
-        status.retries,
-        types.join(" · ")
-    );
-    if let Some(usage) = status.usage_line() {
-        line.push_str(&format!(" | {usage}"));
-    }
-    line
-}
-
-/// The message beside a worker type's bar: running (what workers hold, never the queued ones),
-/// queued, waiting, failed, skipped, and why it does not progress.
-fn bar_message(t: &TypeStatus) -> String {
-    let p = &t.progress;
-    format!(
-        "{} running · {} queued · {} waiting · {} failed · {} skipped{}",
-        t.running(),
-        t.queued_here(),
-        p.waiting(),
-        p.failed,
-        p.skipped,
-        t.note
-            .as_ref()
-            .map(|n| format!(" · {n}"))
-            .unwrap_or_default()
-    )
-}
-
-/// Follows a task until it has an outcome: bars per worker type on a terminal, else a line
-/// whenever the progress changes. `limits`: the longest wait for the outcome, and for a task
-/// Redis does not know yet (zero: an unknown task fails at once).
-async fn watch(
-    client: &Client,
-    id: &str,
-    (limit, unknown_patience): (Duration, Duration),
-) -> Result<Outcome, Failure> {
-    let terminal = std::io::stderr().is_terminal();
-    let bars = MultiProgress::new();
-    let mut by_type: HashMap<String, ProgressBar> = HashMap::new();
-    let style = ProgressStyle::with_template("{prefix:>12} [{bar:40}] {pos}/{len} {msg}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut last_line = String::new();
-    let mut unknown_since: Option<tokio::time::Instant> = None;
-    let mut usage_bar: Option<ProgressBar> = None;
-    loop {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Failure::NoOutcome(format!(
-                "gave up watching task {id:?} after {} s; it goes on",
-                limit.as_secs()
-            )));
-        }
-        match client.status(id).await? {
-            None => {
-                let since = *unknown_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= unknown_patience {
-                    return Err(no_such_task(id));
-                }
-            }
-            Some(status) => {
-                unknown_since = None;
-                if terminal {
-                    for t in &status.types {
-                        let p = &t.progress;
-                        let bar = by_type.entry(p.worker_type.clone()).or_insert_with(|| {
-                            let bar = bars.add(ProgressBar::new(0));
-                            bar.set_style(style.clone());
-                            bar.set_prefix(p.worker_type.clone());
-                            bar
-                        });
-                        bar.set_length(p.total);
-                        bar.set_position(p.settled());
-                        bar.set_message(bar_message(t));
-                    }
-                    if let Some(usage) = status.usage_line() {
-                        usage_bar
-                            .get_or_insert_with(|| bars.add(ProgressBar::new_spinner()))
-                            .set_message(usage);
-                    }
-                } else {
-                    let line = progress_line(&status);
-                    if line != last_line {
-                        eprintln!("{line}");
-                        last_line = line;
-                    }
-                }
-                if status.status.is_some() {
-                    if let Some(outcome) = client.outcome(id).await? {
-                        // `abandon`, not `finish`: finishing fills the bar, which after a
-                        // cancel would show as settled what was only dropped.
-                        for bar in by_type.values().chain(usage_bar.iter()) {
-                            bar.abandon();
-                        }
-                        return Ok(outcome);
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(WATCH_POLL).await;
-    }
-}
-
-/// Why a task does not progress (today: a worker type no worker serves), joined; empty when
-/// nothing is known to hold it up.
-fn stall_notes(status: &TaskStatus) -> String {
-    let notes: Vec<&str> = status
-        .types
-        .iter()
-        .filter_map(|t| t.note.as_deref())
-        .collect();
-    notes.join("; ")
-}
-
-/// Waits for the outcome on the reply queue, drawing progress from Redis meanwhile. Redis is
-/// also a fallback: an outcome stored there counts even if its reply was missed.
-async fn wait_for_outcome(
-    client: &Client,
-    replies: &mut chorus_shared::client::ReplyQueue,
-    id: &str,
-    limit: Duration,
-) -> Result<Outcome, Failure> {
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{bar:40}] {pos}/{len} subtasks settled · {msg} · {elapsed}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut tick = tokio::time::interval(PROGRESS_TICK);
-    let mut last_notes = String::new();
-    let interrupt = tokio::signal::ctrl_c();
-    tokio::pin!(interrupt);
-    let outcome = loop {
-        tokio::select! {
-            reply = replies.next_outcome() => break reply?,
-            _ = &mut interrupt => {
-                bar.abandon();
-                return Err(Failure::Interrupted(id.to_owned()));
-            }
-            _ = tick.tick() => {
-                if tokio::time::Instant::now() >= deadline {
-                    bar.abandon();
-                    return Err(Failure::NoOutcome(format!("gave up waiting for task {id:?} after {} s; it goes on", limit.as_secs())));
-                }
-                if let Some(status) = client.status(id).await? {
-                    bar.set_length(status.subtasks);
-                    bar.set_position(status.settled);
-                    let notes = stall_notes(&status);
-                    if notes.is_empty() {
-                        bar.set_message(status.state);
-                    } else {
-                        bar.set_message(format!("{} · {notes}", status.state));
-                    }
-                    if notes != last_notes && !notes.is_empty() {
-                        // Said once, also without a terminal, so a script's log shows it.
-                        bar.suspend(|| eprintln!("chorus: task {id} is not progressing: {notes}"));
-                    }
-                    last_notes = notes;
-                    if status.status.is_some() {
-                        if let Some(outcome) = client.outcome(id).await? {
-                            break outcome;
-                        }
-                    }
-                }
-            }
-        }
-    };
-    bar.finish_and_clear();
-    Ok(outcome)
 }

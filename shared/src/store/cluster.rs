@@ -130,19 +130,21 @@ pub fn check(endpoint: &Endpoint) -> Result<(), String> {
     .map_err(|error| error.to_string())
 }
 
-/// A connection to one Redis server or to a Redis Cluster; cheap to clone (one shared
-/// connection, or one per node of the cluster).
+/// A connection to one Redis server (of type `S`) or to a Redis Cluster, running each command
+/// on whichever it holds; cheap to clone when `S` is (one shared connection, or one per node of
+/// the cluster). The store's is [`Connection`]; a program with a plain connection to one
+/// server (the tests) uses the same type around its own.
 #[derive(Clone)]
-pub(crate) enum Connection {
-    /// One server, reconnecting from its settings read anew.
-    Single(Reconnecting),
+pub enum SingleOrCluster<S> {
+    /// One server.
+    Single(S),
     /// A cluster, following its slot map.
     Cluster(Clustered),
 }
 
 /// A cluster's connection and the bound of each command, redirections and retries included.
 #[derive(Clone)]
-pub(crate) struct Clustered {
+pub struct Clustered {
     connection: ClusterConnection,
     timeout: Duration,
 }
@@ -173,6 +175,15 @@ fn refusal_pauses() -> impl Iterator<Item = Duration> {
 }
 
 impl Clustered {
+    /// `connection`, each of its commands bounded by `timeout` (refusals tried again within it,
+    /// see [`Clustered::request`]).
+    pub fn new(connection: ClusterConnection, timeout: Duration) -> Self {
+        Self {
+            connection,
+            timeout,
+        }
+    }
+
     /// Runs `cmd`, trying it again while the cluster refuses it before running it, until it is
     /// answered or `timeout` has passed since the first try.
     ///
@@ -207,6 +218,9 @@ impl Clustered {
     }
 }
 
+/// The store's connection: one server, reconnecting from its settings read anew, or a cluster.
+pub(crate) type Connection = SingleOrCluster<Reconnecting>;
+
 /// Connects to the cluster of `seeds` (from [`seeds`]), bounding each attempt and command by
 /// `timeout`.
 ///
@@ -223,16 +237,11 @@ pub(crate) async fn connect(
     client
         .get_async_connection()
         .await
-        .map(|connection| {
-            Connection::Cluster(Clustered {
-                connection,
-                timeout,
-            })
-        })
+        .map(|connection| Connection::Cluster(Clustered::new(connection, timeout)))
         .map_err(|error| connection::redacted(error, endpoint))
 }
 
-impl ConnectionLike for Connection {
+impl<S: ConnectionLike + Send> ConnectionLike for SingleOrCluster<S> {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(connection) => connection.req_packed_command(cmd),

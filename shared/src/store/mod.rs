@@ -89,7 +89,7 @@ mod services;
 #[cfg(test)]
 mod tests;
 
-pub use self::cluster::check as check_endpoint;
+pub use self::cluster::{check as check_endpoint, Clustered, SingleOrCluster};
 pub use self::{
     cancel::KeptCancel,
     claim::{Claim, Planning, Submission},

@@ -16,7 +16,7 @@ use axum::{
 };
 use futures::StreamExt;
 use lapin::{
-    options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
+    options::QueueBindOptions,
     types::{FieldTable, ShortString},
     Channel, Consumer,
 };
@@ -72,21 +72,11 @@ pub(super) async fn events(State(app): State<Shared>, Path(id): Path<String>) ->
 /// A consumer of a fresh exclusive queue bound to the task and subtask events.
 async fn subscribe(app: &Shared) -> Result<Option<(Channel, Consumer)>, lapin::Error> {
     let channel = app.client.connection().create_channel().await?;
-    let queue = channel
-        .queue_declare(
-            ShortString::from(""),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (queue, consumer) = topology::private_queue(&channel).await?;
     for key in BINDINGS {
         channel
             .queue_bind(
-                queue.name().clone(),
+                ShortString::from(queue.as_str()),
                 ShortString::from(topology::EVENTS_EXCHANGE),
                 ShortString::from(key),
                 QueueBindOptions::default(),
@@ -94,17 +84,6 @@ async fn subscribe(app: &Shared) -> Result<Option<(Channel, Consumer)>, lapin::E
             )
             .await?;
     }
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            ShortString::from(""),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
     Ok(Some((channel, consumer)))
 }
 
