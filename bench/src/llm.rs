@@ -426,11 +426,12 @@ async fn subtask_times(events: &mut lapin::Consumer, task: &str, n: usize) -> Re
 }
 
 /// Writes the measurement's kinds file (kind `llm-echo`: a subtask per item, the `llm` handler
-/// of [`handler_step`]) to a temporary file; returns its path.
+/// of [`handler_step`]) to a temporary file; returns its path. The call cache is off: the rounds
+/// repeat the same items, and a call answered from the cache would measure no exchange at all.
 fn write_kinds_file(base_url: &str) -> Result<PathBuf> {
     let text = format!(
         "[providers.katan]\nbase_url = {base_url:?}\napi_key_env = {KEY_VAR:?}\n\
-         [models.echo]\nprovider = \"katan\"\nmodel = {MODEL:?}\ntemperature = 0\nmax_tokens = 64\n\
+         [models.echo]\nprovider = \"katan\"\nmodel = {MODEL:?}\ntemperature = 0\nmax_tokens = 64\ncache = false\n\
          [kinds.{KIND}.handlers.default]\ntype = \"llm\"\nmodel = \"echo\"\nprompt = \"Say {{{{ subtask.input }}}}\"\n"
     );
     let path = std::env::temp_dir().join(format!("chorus-bench-llm-{}.toml", std::process::id()));
