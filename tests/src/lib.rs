@@ -707,3 +707,16 @@ pub fn msgpack_to_json(body: &[u8]) -> serde_json::Value {
     let value = rmpv::decode::read_value(&mut &body[..]).unwrap();
     serde_json::to_value(value).unwrap()
 }
+
+/// `ROLE REST...` lines of a file under `deploy/acl/`, comments and blanks left out.
+pub fn acl_lines(file: &str) -> std::collections::HashMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(repo_dir().join("deploy/acl").join(file)).unwrap();
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let mut words = line.split_whitespace().map(str::to_owned);
+            (words.next().unwrap(), words.collect())
+        })
+        .collect()
+}

@@ -8,7 +8,7 @@
 
 use std::{collections::HashMap, process::Stdio, time::Duration};
 
-use chorus_tests::{header, repo_dir, services, TestEnv};
+use chorus_tests::{acl_lines, header, services, TestEnv};
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions},
     types::{AMQPValue, FieldTable, ShortString},
@@ -18,19 +18,6 @@ use serde_json::{json, Value};
 
 /// The roles of `deploy/acl/`, in its order.
 const ROLES: [&str; 4] = ["orchestrator", "worker", "synthesizer", "cli"];
-
-/// `ROLE REST...` lines of a file under `deploy/acl/`, comments and blanks left out.
-fn acl_lines(file: &str) -> HashMap<String, Vec<String>> {
-    let text = std::fs::read_to_string(repo_dir().join("deploy/acl").join(file)).unwrap();
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let mut words = line.split_whitespace().map(str::to_owned);
-            (words.next().unwrap(), words.collect())
-        })
-        .collect()
-}
 
 /// The users of one test: RabbitMQ users and Redis ACL users named `<vhost>-<role>`, removed
 /// when dropped (both servers keep users outside vhosts and databases).

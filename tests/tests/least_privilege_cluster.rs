@@ -11,27 +11,15 @@
 use std::{collections::HashMap, time::Duration};
 
 use chorus_tests::{
+    acl_lines,
     fault::{check, collect_replies, wait_for_progress, Planned},
-    redis_cluster, repo_dir, TestEnv,
+    redis_cluster, TestEnv,
 };
 use lapin::{types::ShortString, BasicProperties};
 use serde_json::Value;
 
 /// The roles whose users the services and the CLI connect as.
 const ROLES: [&str; 4] = ["orchestrator", "worker", "synthesizer", "cli"];
-
-/// The rules of each role in `deploy/acl/redis.acl` (`ROLE RULES...` lines).
-fn acl_rules() -> HashMap<String, Vec<String>> {
-    let text = std::fs::read_to_string(repo_dir().join("deploy/acl/redis.acl")).unwrap();
-    text.lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| {
-            let mut words = line.split_whitespace().map(str::to_owned);
-            (words.next().unwrap(), words.collect())
-        })
-        .collect()
-}
 
 /// This test's ACL users on every node of the cluster, named `<vhost>-<role>`; removed when
 /// dropped.
@@ -46,7 +34,7 @@ impl Users {
             first,
             prefix: prefix.to_owned(),
         };
-        let rules = acl_rules();
+        let rules = acl_lines("redis.acl");
         for role in ROLES {
             let user = users.name(role);
             let password = format!(">{}", password(role));

@@ -37,24 +37,7 @@ async fn submit(env: &TestEnv, request: &Value) {
 
 /// Waits (bounded) until task `id`'s hash says `state`.
 async fn wait_for_state(env: &TestEnv, id: &str, state: &str) {
-    let mut redis = env.redis().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let current: Option<String> = redis::cmd("HGET")
-            .arg(format!("chorus:{{{id}}}:task"))
-            .arg("state")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if current.as_deref() == Some(state) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "task {id} never reached state {state} (now {current:?})"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    chorus_tests::fault::wait_for_state(env, &format!("chorus:{{{id}}}:task"), state).await;
 }
 
 fn stuck_lines(log: &str, id: &str) -> usize {
