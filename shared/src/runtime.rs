@@ -103,12 +103,13 @@ pub fn registry(
 
 /// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the
 /// calling thread, which saves the hand-offs between threads on every message; `0`: one per
-/// core). `service` gets the token of [`shutdown::on_signal`]. A failure is logged as one line
+/// core; the service is spawned on the pool rather than run by the calling thread). `service`
+/// gets the token of [`shutdown::on_signal`]. A failure is logged as one line
 /// and ends the process: with [`config::EXIT_UNAVAILABLE`] when a server refused the TLS
 /// handshake, [`config::EXIT_USAGE`] when a settings file cannot be used, else with status 1.
 pub fn run_service<Fut>(name: &str, threads: u16, service: impl FnOnce(CancellationToken) -> Fut)
 where
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
 {
     let built = match threads {
         1 => tokio::runtime::Builder::new_current_thread()
@@ -129,12 +130,24 @@ where
             std::process::exit(1);
         }
     };
-    runtime.block_on(async {
-        if let Err(error) = service(shutdown::on_signal()).await {
-            tracing::error!("{name} failed: {error:#}");
-            std::process::exit(exit_code(&error));
+    let served = runtime.block_on(async {
+        let service = service(shutdown::on_signal());
+        if threads == 1 {
+            return service.await;
+        }
+        // On a pool, the service runs on one of its threads, not on this one: the future given
+        // to `block_on` is polled by the calling thread, so every delivery would wake this
+        // thread, which would then hand each handler to a pool thread (two hand-offs per
+        // message instead of one; tokio's docs on `Runtime::block_on`).
+        match tokio::spawn(service).await {
+            Ok(served) => served,
+            Err(join) => Err(anyhow::anyhow!("{}", crate::kinds::panic_message(join))),
         }
     });
+    if let Err(error) = served {
+        tracing::error!("{name} failed: {error:#}");
+        std::process::exit(exit_code(&error));
+    }
 }
 
 /// The exit status of a service that failed with `error` (see [`run_service`]).
