@@ -13,7 +13,8 @@
 # CHORUS_TEST_THREADS (4), CHORUS_TEST_TIMEOUT_S (2700: the whole `cargo test` step),
 # CHORUS_TEST_REDIS_CLUSTER_PORT (7100: the first of the six ports of the Redis Cluster step),
 # CHORUS_TEST_CLUSTER (`ci`: the spine and orchestration tests but one, the failover and
-# resharding scenarios and the ACL users on the cluster; `full`: every spine test too, and a
+# resharding scenarios and the ACL users on the cluster, then tasks on a second cluster that
+# speaks TLS only, on the next six ports from +10; `full`: every spine test too, and a
 # resharding whose slots each migrate for longer than the command timeout; `off`: skip that
 # step), CARGO (cargo).
 set -euo pipefail
@@ -57,12 +58,18 @@ section() {
 
 SERVICES_STARTED=0
 CLUSTER_STARTED=0
+TLS_CLUSTER_STARTED=0
 on_exit() {
     local rc=$?
     trap - EXIT INT TERM
     if ((CLUSTER_STARTED)); then
         printf '\n== stopping the test Redis Cluster\n' >&2
         "$SCRIPT_DIR/redis-cluster.sh" stop || true
+    fi
+    if ((TLS_CLUSTER_STARTED)); then
+        printf '\n== stopping the test Redis Cluster over TLS\n' >&2
+        CHORUS_REDIS_CLUSTER_TLS_DIR="$CHORUS_TEST_STATE_DIR/tls" CHORUS_REDIS_CLUSTER_PORT="$TLS_CLUSTER_PORT" \
+            "$SCRIPT_DIR/redis-cluster.sh" stop || true
     fi
     if ((SERVICES_STARTED)); then
         printf '\n== stopping test services\n' >&2
@@ -163,6 +170,15 @@ if [[ "${CHORUS_TEST_CLUSTER:-ci}" != off ]]; then
     CHORUS_TEST_REDIS_CLUSTER_PORT="$CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
         "$CARGO" test -p chorus-tests --test faults_redis_cluster --test least_privilege_cluster -- \
         --ignored --test-threads=1 2>&1 | tee -a "$TEST_LOG"
+    # The same cluster shape speaking TLS only, with mutual TLS on every node (the test PKI of
+    # services.sh), ten ports up; one test, then it is stopped.
+    TLS_CLUSTER_PORT=$((CLUSTER_PORT + 10))
+    section "Redis Cluster over TLS on 127.0.0.1:$TLS_CLUSTER_PORT-$((TLS_CLUSTER_PORT + 5)): tasks over rediss+cluster://"
+    TLS_CLUSTER_STARTED=1
+    CHORUS_REDIS_CLUSTER_TLS_DIR="$CHORUS_TEST_STATE_DIR/tls" CHORUS_REDIS_CLUSTER_PORT="$TLS_CLUSTER_PORT" \
+        "$SCRIPT_DIR/redis-cluster.sh" start
+    CHORUS_TEST_REDIS_TLS_CLUSTER_PORT="$TLS_CLUSTER_PORT" timeout --signal=TERM --kill-after=30 "$TEST_TIMEOUT_S" \
+        "$CARGO" test -p chorus-tests --test tls -- --ignored --test-threads=1 2>&1 | tee -a "$TEST_LOG"
 fi
 if [[ -f "$REPO_DIR/.chorus/fault/report.txt" ]]; then
     section "Fault-injection figures (see docs/reliability.md)"

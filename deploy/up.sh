@@ -55,7 +55,6 @@ say "Starting private RabbitMQ + Redis"
 "$SCRIPT_DIR/services.sh" start
 eval "$("$SCRIPT_DIR/services.sh" env)"
 export CHORUS_AMQP_URL CHORUS_REDIS_URL
-export RUST_LOG="${RUST_LOG:-info}"
 
 say "Building release binaries"
 "$CARGO" build --release --workspace --bins

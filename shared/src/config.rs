@@ -359,7 +359,8 @@ impl ConnectArgs {
 /// Settings of logging.
 #[derive(Args, Clone, Debug)]
 pub struct LogArgs {
-    /// Log format; the level comes from RUST_LOG (default "info").
+    /// Log format; the level comes from RUST_LOG (default
+    /// "info,lapin=warn,redis::cluster_handling=error").
     #[arg(long, env = "CHORUS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }

@@ -261,9 +261,18 @@ impl Endpoint {
     /// # Errors
     /// The URL does not parse, or redis-rs refuses the certificates.
     pub fn redis_client(&self) -> redis::RedisResult<redis::Client> {
+        self.redis_client_at(&self.url)
+    }
+
+    /// [`Endpoint::redis_client`] of one server at `url` (a node of a cluster) with these TLS
+    /// files.
+    ///
+    /// # Errors
+    /// As [`Endpoint::redis_client`].
+    pub(crate) fn redis_client_at(&self, url: &str) -> redis::RedisResult<redis::Client> {
         match self.redis_certificates() {
-            None => redis::Client::open(self.url.as_str()),
-            Some(certificates) => redis::Client::build_with_tls(self.url.as_str(), certificates),
+            None => redis::Client::open(url),
+            Some(certificates) => redis::Client::build_with_tls(url, certificates),
         }
     }
 

@@ -328,9 +328,12 @@ impl TestEnv {
             .env_remove("CHORUS_REDIS_URL")
             .envs(self.url_vars())
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            // The services' own default filter unless the run sets one: the tests see the log
+            // lines an operator would.
+            .envs(
+                std::env::var("RUST_LOG")
+                    .ok()
+                    .map(|filter| ("RUST_LOG", filter)),
             )
             .envs(vars.iter().copied())
             .stdout(log.try_clone().unwrap())

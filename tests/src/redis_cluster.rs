@@ -27,11 +27,30 @@ pub fn ports(first: u16) -> Vec<u16> {
 
 /// The cluster URL Chorus takes, every node a seed.
 pub fn url(first: u16) -> String {
+    url_with_scheme("redis+cluster", first)
+}
+
+/// The first port of the TLS-only test cluster (`deploy/redis-cluster.sh` with
+/// `CHORUS_REDIS_CLUSTER_TLS_DIR`), when the tests run beside one:
+/// `CHORUS_TEST_REDIS_TLS_CLUSTER_PORT`.
+pub fn tls_port() -> Option<u16> {
+    std::env::var("CHORUS_TEST_REDIS_TLS_CLUSTER_PORT")
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The URL of the TLS-only cluster of `first`, every node a seed (`rediss+cluster://`).
+pub fn tls_url(first: u16) -> String {
+    url_with_scheme("rediss+cluster", first)
+}
+
+fn url_with_scheme(scheme: &str, first: u16) -> String {
     let seeds: Vec<String> = ports(first)
         .iter()
         .map(|port| format!("127.0.0.1:{port}"))
         .collect();
-    format!("redis+cluster://{}", seeds.join(","))
+    format!("{scheme}://{}", seeds.join(","))
 }
 
 /// A `deploy/redis-cluster.sh` command aimed at the test cluster.
@@ -42,6 +61,43 @@ pub fn script(first: u16, args: &[&str]) -> Command {
         .env("CHORUS_STATE_DIR", &crate::services().state_dir)
         .env("CHORUS_REDIS_CLUSTER_PORT", first.to_string());
     command
+}
+
+/// A `deploy/redis-cluster.sh` command aimed at the TLS-only test cluster of `first`: its
+/// nodes' files, and the client certificate its redis-cli calls present, from the test PKI.
+pub fn tls_script(first: u16, args: &[&str]) -> Command {
+    let mut command = script(first, args);
+    command.env(
+        "CHORUS_REDIS_CLUSTER_TLS_DIR",
+        crate::services().state_dir.join("tls"),
+    );
+    command
+}
+
+/// Runs a `deploy/redis-cluster.sh` `command`; its standard output, trimmed. Panics with the
+/// script's error output when it fails.
+pub fn run(mut command: Command) -> String {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "deploy/redis-cluster.sh {:?} failed: {}",
+        command.get_args().collect::<Vec<_>>(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// The `MOVED`, `ASK` and `TRYAGAIN` replies a cluster's nodes have sent so far, in that
+/// order: `command` is a `redirections` command of [`script`] or [`tls_script`]
+/// (`INFO errorstats` of every live node, summed).
+pub fn redirections(command: Command) -> [u64; 3] {
+    let line = run(command);
+    let count = |name: &str| -> u64 {
+        let mut words = line.split_whitespace();
+        words.find(|word| *word == name);
+        words.next().and_then(|n| n.parse().ok()).unwrap()
+    };
+    [count("MOVED"), count("ASK"), count("TRYAGAIN")]
 }
 
 /// A test's own connection to Redis: the single server's database, or the cluster (the

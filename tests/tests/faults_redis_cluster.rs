@@ -8,10 +8,7 @@
 //! runs it in its cluster step.
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use chorus_shared::store::{KeptCancel, Store};
 use chorus_tests::{
@@ -25,17 +22,7 @@ use serde_json::Value;
 const DEADLINE: Duration = Duration::from_secs(120);
 
 fn run_script(first: u16, args: &[&str]) -> String {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = redis_cluster::script(first, args).output().unwrap();
-    assert!(
-        status.success(),
-        "deploy/redis-cluster.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    String::from_utf8_lossy(&stdout).trim().to_owned()
+    redis_cluster::run(redis_cluster::script(first, args))
 }
 
 fn tasks(count: usize, delay_ms: u64) -> Vec<Planned> {
@@ -127,13 +114,7 @@ async fn rc1_a_master_killed_mid_run_fails_over_to_its_replica_and_loses_nothing
 /// The `MOVED`, `ASK` and `TRYAGAIN` replies the cluster's nodes have sent so far
 /// (`deploy/redis-cluster.sh redirections`), in that order.
 fn redirections(first: u16) -> [u64; 3] {
-    let line = run_script(first, &["redirections"]);
-    let count = |name: &str| -> u64 {
-        let mut words = line.split_whitespace();
-        words.find(|word| *word == name);
-        words.next().and_then(|n| n.parse().ok()).unwrap()
-    };
-    [count("MOVED"), count("ASK"), count("TRYAGAIN")]
+    redis_cluster::redirections(redis_cluster::script(first, &["redirections"]))
 }
 
 /// Submits `run` with replies to a fresh queue; the consumer of the replies.

@@ -40,12 +40,7 @@ impl Users {
             let password = format!(">{}", password(role));
             let mut args = vec!["acl-setuser", &user, "reset", "on", &password];
             args.extend(rules[role].iter().map(String::as_str));
-            let output = redis_cluster::script(first, &args).output().unwrap();
-            assert!(
-                output.status.success(),
-                "acl-setuser {role}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+            redis_cluster::run(redis_cluster::script(first, &args));
         }
         users
     }
@@ -147,24 +142,11 @@ async fn services_run_under_their_acl_users_on_the_cluster_through_a_resharding(
     wait_for_progress(&env, &run, 2).await;
 
     // The task's slot moves mid-run: the services meet ASK, and send ASKING, as their users.
-    let redirections = || {
-        let output = redis_cluster::script(first, &["redirections"])
-            .output()
-            .unwrap();
-        let line = String::from_utf8_lossy(&output.stdout).into_owned();
-        let mut ask = line.split_whitespace().skip_while(|word| *word != "ASK");
-        ask.nth(1).and_then(|n| n.parse::<u64>().ok()).unwrap()
-    };
+    let redirections =
+        || redis_cluster::redirections(redis_cluster::script(first, &["redirections"]))[1];
     let before = redirections();
     let key = "chorus:{acl-1}:task";
-    let output = redis_cluster::script(first, &["move-slot", key, "", "100"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "move-slot: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    redis_cluster::run(redis_cluster::script(first, &["move-slot", key, "", "100"]));
 
     let collected = collect_replies(&mut replies, 1, Duration::from_secs(60)).await;
     let report = check(&env, &run, &collected.outcomes, collected.conflicting).await;

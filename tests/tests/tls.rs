@@ -1,12 +1,14 @@
 //! TLS and secrets against the real TLS-only listeners of `deploy/services.sh`: a task runs
 //! through the three services and the CLI over `amqps://` and `rediss://` (CA files, mutual TLS,
 //! a RabbitMQ user and a Redis ACL user whose URLs come from files), no password shows in any
-//! output, and a server whose certificate does not verify is refused with exit code 69.
+//! output, and a server whose certificate does not verify is refused with exit code 69. On a
+//! Redis Cluster that speaks TLS only (`deploy/test.sh`'s cluster step), tasks run over
+//! `rediss+cluster://` with mutual TLS on every node, through a slot move.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use chorus_tests::{services, TestEnv};
+use chorus_tests::{redis_cluster, services, TestEnv};
 
 /// The TLS files of one connection (`prefix`: `AMQP` or `REDIS`): `ca` and the test's client
 /// certificate, as environment variables.
@@ -248,5 +250,90 @@ async fn help_shows_no_password() {
         assert!(help.contains("--amqp-url-file"), "{bin}: {help}");
         assert!(help.contains("--redis-tls-ca"), "{bin}: {help}");
         assert!(!help.contains("guest:guest"), "{bin}: {help}");
+    }
+}
+
+/// Tasks run on a Redis Cluster that speaks TLS only and demands a client certificate on every
+/// node (`deploy/redis-cluster.sh` with its TLS directory; `deploy/test.sh` starts it in its
+/// cluster step): the services reach the nodes named by the seeds and by the slot map over
+/// TLS, present their certificate to each, follow a `MOVED` to another node after a slot
+/// moves, and a service given a CA that did not sign the nodes is refused (exit 69).
+#[tokio::test]
+#[ignore = "needs the TLS Redis Cluster: deploy/test.sh runs it in its cluster step"]
+async fn tasks_run_on_a_redis_cluster_over_mutual_tls() {
+    let first = redis_cluster::tls_port().expect("CHORUS_TEST_REDIS_TLS_CLUSTER_PORT");
+    // No node answers a client without TLS: the test cannot pass on plain connections.
+    for port in redis_cluster::ports(first) {
+        let plain = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let ping = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut conn = plain.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await;
+        assert!(
+            !matches!(ping, Ok(Ok(_))),
+            "node {port} answered without TLS"
+        );
+    }
+    redis_cluster::run(redis_cluster::tls_script(first, &["flush"]));
+    let mut env = TestEnv::new("tls-cluster").await;
+    env.redis_url = redis_cluster::tls_url(first);
+    env.vars = tls_vars("REDIS", "ca.pem");
+    env.start_system(1);
+    let submit = |id: &'static str| {
+        let env = &env;
+        async move {
+            let input = r#"{"start": 0, "end": 100, "parts": 4}"#;
+            let args = [
+                "submit",
+                "--kind",
+                "range-sum",
+                "--input",
+                input,
+                "--id",
+                id,
+                "--wait",
+            ];
+            let output = env.run_to_exit("chorus", &args).await;
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(0), "{id}: {stdout}\n{stderr}");
+            assert!(
+                stdout.contains("succeeded") && stdout.contains("4950"),
+                "{stdout}"
+            );
+        }
+    };
+    submit("tls-cluster-1").await;
+
+    // The next task's slot moves first: the services' slot map is stale, the node they ask
+    // answers MOVED, and they follow it to the new owner, over TLS with their certificate.
+    let redirections =
+        || redis_cluster::redirections(redis_cluster::tls_script(first, &["redirections"]))[0];
+    let before = redirections();
+    let key = "chorus:{tls-cluster-2}:task";
+    let owner = redis_cluster::run(redis_cluster::tls_script(first, &["owner", key]));
+    redis_cluster::run(redis_cluster::tls_script(first, &["move-slot", key]));
+    let moved_to = redis_cluster::run(redis_cluster::tls_script(first, &["owner", key]));
+    assert_ne!(owner, moved_to);
+    submit("tls-cluster-2").await;
+    assert!(redirections() > before, "no MOVED was followed");
+
+    // A CA that did not sign the nodes: refused at the handshake, one line, exit 69.
+    env.vars = tls_vars("REDIS", "other-ca.pem");
+    let refused = env.spawn("chorus-worker", &[]);
+    let code = env.wait_exit(refused, Duration::from_secs(60));
+    let log = env.log_of(refused);
+    assert_eq!(code, Some(69), "{log}");
+    // One line for the operator, naming the cause, not one per node from the client library.
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("UnknownIssuer"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains("refused: TLS handshake failed"), "{log}");
+    for index in 0..3 {
+        let log = env.log_of(index);
+        assert!(!log.contains(" ERROR "), "{log}");
     }
 }

@@ -24,7 +24,7 @@ use redis::{
     aio::ConnectionLike,
     cluster::{ClusterClient, ClusterClientBuilder},
     cluster_async::ClusterConnection,
-    Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value,
 };
 
 use super::connection::{self, Reconnecting};
@@ -232,13 +232,43 @@ pub(crate) async fn connect(
     seeds: Vec<String>,
     timeout: Duration,
 ) -> RedisResult<Connection> {
-    let client =
-        client(endpoint, seeds, timeout).map_err(|error| connection::redacted(error, endpoint))?;
-    client
-        .get_async_connection()
-        .await
-        .map(|connection| Connection::Cluster(Clustered::new(connection, timeout)))
-        .map_err(|error| connection::redacted(error, endpoint))
+    let client = client(endpoint, seeds.clone(), timeout)
+        .map_err(|error| connection::redacted(error, endpoint))?;
+    match client.get_async_connection().await {
+        Ok(connection) => Ok(Connection::Cluster(Clustered::new(connection, timeout))),
+        Err(error) => {
+            let refused = refused_handshake(endpoint, &seeds, timeout).await;
+            Err(connection::redacted(refused.unwrap_or(error), endpoint))
+        }
+    }
+}
+
+/// The error of a seed that refused the TLS handshake, if one did. redis-rs's cluster client
+/// reports a failed start as text only (`create_initial_connections` keeps the `to_string()`
+/// of the last node's error), so `tls::refusal` finds no TLS error under it: the seeds are
+/// asked again one at a time as single servers with the same TLS files, until one connects
+/// (the failure was something else) or refuses the handshake. Nothing is asked of a plain
+/// cluster.
+async fn refused_handshake(
+    endpoint: &Endpoint,
+    seeds: &[String],
+    timeout: Duration,
+) -> Option<RedisError> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    for seed in seeds.iter().filter(|seed| seed.starts_with("rediss://")) {
+        let client = endpoint.redis_client_at(seed).ok()?;
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(_) => return None,
+            Err(error) if crate::tls::refusal(&error).is_some() => return Some(error),
+            Err(_) => {}
+        }
+    }
+    None
 }
 
 impl<S: ConnectionLike + Send> ConnectionLike for SingleOrCluster<S> {
