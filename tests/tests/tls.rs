@@ -280,31 +280,24 @@ async fn tasks_run_on_a_redis_cluster_over_mutual_tls() {
     env.redis_url = redis_cluster::tls_url(first);
     env.vars = tls_vars("REDIS", "ca.pem");
     env.start_system(1);
-    let submit = |id: &'static str| {
-        let env = &env;
-        async move {
-            let input = r#"{"start": 0, "end": 100, "parts": 4}"#;
-            let args = [
-                "submit",
-                "--kind",
-                "range-sum",
-                "--input",
-                input,
-                "--id",
-                id,
-                "--wait",
-            ];
-            let output = env.run_to_exit("chorus", &args).await;
-            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            assert_eq!(output.status.code(), Some(0), "{id}: {stdout}\n{stderr}");
-            assert!(
-                stdout.contains("succeeded") && stdout.contains("4950"),
-                "{stdout}"
-            );
-        }
+    let input = r#"{"start": 0, "end": 100, "parts": 4}"#;
+    let task = |id| {
+        [
+            "submit",
+            "--kind",
+            "range-sum",
+            "--input",
+            input,
+            "--id",
+            id,
+            "--wait",
+        ]
     };
-    submit("tls-cluster-1").await;
+    let (code, stdout) = env.cli(&task("tls-cluster-1")).await;
+    assert!(
+        code == 0 && stdout.contains("succeeded") && stdout.contains("4950"),
+        "{stdout}"
+    );
 
     // The next task's slot moves first: the services' slot map is stale, the node they ask
     // answers MOVED, and they follow it to the new owner, over TLS with their certificate.
@@ -316,7 +309,11 @@ async fn tasks_run_on_a_redis_cluster_over_mutual_tls() {
     redis_cluster::run(redis_cluster::tls_script(first, &["move-slot", key]));
     let moved_to = redis_cluster::run(redis_cluster::tls_script(first, &["owner", key]));
     assert_ne!(owner, moved_to);
-    submit("tls-cluster-2").await;
+    let (code, stdout) = env.cli(&task("tls-cluster-2")).await;
+    assert!(
+        code == 0 && stdout.contains("succeeded") && stdout.contains("4950"),
+        "{stdout}"
+    );
     assert!(redirections() > before, "no MOVED was followed");
 
     // A CA that did not sign the nodes: refused at the handshake, one line, exit 69.
