@@ -5,6 +5,7 @@
 //! delay queue — with a confirm before it acks. Subtasks of tasks that are over are dropped, and
 //! running handlers of such tasks see their cancellation token.
 
+mod attempt;
 mod flags;
 mod results;
 mod rollout;
@@ -14,6 +15,7 @@ pub mod watch;
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use attempt::{await_handler, result_of, time_limit, AbortOnDrop, Attempt, Settlement};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chorus_shared::{
     amqp::{self, DeadLetter, Outgoing, Publisher},
@@ -22,11 +24,9 @@ use chorus_shared::{
     consume::{self, check_size, ConsumeConfig, Disposition, ServiceSpec, Session},
     error::ServiceError,
     failpoint,
-    kinds::{self, panic_message, HandlerContext, KindError, Registry},
+    kinds::{self, HandlerContext, Registry},
     observe::{self, metrics},
-    protocol::{
-        self, PlanEntry, ResultMessage, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome,
-    },
+    protocol::{self, SubtaskBatch, SubtaskEvent, SubtaskMessage, SubtaskOutcome},
     publish,
     ratelimit::RateLimit,
     services::{self, Announcement, Announcer, Directory, Placement, Role},
@@ -184,181 +184,9 @@ fn consumers(config: &Config) -> (ServiceSpec, HashMap<String, Arc<Semaphore>>) 
 /// same text as an `llm` step's refusal of a call).
 pub const TOKEN_BUDGET_EXCEEDED: &str = usage::TOKEN_BUDGET_EXCEEDED;
 
-/// The settled result of this attempt of `subtask`.
-fn result_of(
-    subtask: &SubtaskMessage,
-    outcome: SubtaskOutcome,
-    spawned: Vec<PlanEntry>,
-    usage: Vec<Usage>,
-) -> ResultMessage {
-    ResultMessage {
-        task: subtask.task.clone(),
-        subtask: subtask.subtask.clone(),
-        attempts: subtask.attempt,
-        outcome,
-        spawned,
-        round: subtask.round,
-        usage,
-    }
-}
-
 /// When the publisher of a subtask message last found its task unfinished, if it says.
 fn live_at(delivery: &Delivery) -> Option<u64> {
     amqp::header_u64(&delivery.properties, topology::LIVE_AT_HEADER)
-}
-
-/// A spawned task that is aborted when this is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// How an attempt ended, before deciding between retry and settling.
-enum Attempt {
-    Succeeded {
-        output: Vec<u8>,
-        spawned: Vec<PlanEntry>,
-        /// What the attempt's model calls used.
-        usage: Vec<Usage>,
-    },
-    Failed {
-        message: String,
-        retryable: bool,
-        /// The least wait before the next attempt the handler asked for (HTTP `Retry-After`).
-        retry_after: Option<Duration>,
-        /// What the attempt's model calls used before it failed: paid, so counted too.
-        usage: Vec<Usage>,
-    },
-    /// The task ended (cancelled, failed, past its deadline) while the handler ran: nothing
-    /// to publish.
-    TaskOver,
-}
-
-impl Attempt {
-    /// A failed attempt; `message` (often the handler's own text) is escaped and bounded
-    /// ([`text::reason`]) before it reaches a log line, a result or a dead letter.
-    fn failed(message: impl AsRef<str>, retryable: bool) -> Self {
-        Self::Failed {
-            message: text::reason(message.as_ref()),
-            retryable,
-            retry_after: None,
-            usage: Vec::new(),
-        }
-    }
-
-    /// The failed attempt of a handler's `error`, with its retry class and wait.
-    fn from_error(error: &KindError) -> Self {
-        Self::Failed {
-            message: text::reason(error.message()),
-            retryable: error.is_retryable(),
-            retry_after: error.retry_after(),
-            usage: Vec::new(),
-        }
-    }
-
-    /// This attempt with `recorded` (what its handler's usage meter holds) as its usage.
-    fn with_usage(mut self, recorded: Vec<Usage>) -> Self {
-        if let Self::Succeeded { usage, .. } | Self::Failed { usage, .. } = &mut self {
-            *usage = recorded;
-        }
-        self
-    }
-
-    /// Counts how this attempt of `subtask` ended, and its model calls. A kind this worker
-    /// lacks is counted under `kind="(unknown)"`: the label holds only the deployment's kinds.
-    fn record_metrics(&self, subtask: &SubtaskMessage, known_kind: bool) {
-        let kind = if known_kind {
-            subtask.kind.as_str()
-        } else {
-            "(unknown)"
-        };
-        let settled = match self.event_status(subtask) {
-            "succeeded" => metrics::Settled::Succeeded,
-            "retrying" => metrics::Settled::Retried,
-            "failed" => metrics::Settled::Failed,
-            _ => return,
-        };
-        metrics::subtask_settled(kind, &subtask.worker_type, settled);
-        if let Self::Succeeded { usage, .. } | Self::Failed { usage, .. } = self {
-            metrics::llm_usage(usage);
-        }
-    }
-
-    /// The status of the `subtask.<status>` event that reports this attempt of `subtask`.
-    fn event_status(&self, subtask: &SubtaskMessage) -> &'static str {
-        match self {
-            Self::TaskOver => "cancelled",
-            Self::Succeeded { .. } => "succeeded",
-            Self::Failed {
-                retryable: true, ..
-            } if subtask.attempt < subtask.max_attempts => "retrying",
-            Self::Failed { .. } => "failed",
-        }
-    }
-}
-
-/// What a subtask's attempt leaves to publish.
-enum Settlement {
-    /// Nothing: the task is over.
-    Nothing,
-    /// The subtask settled (succeeded, or failed with no attempt left).
-    Settled(ResultMessage),
-    /// Another attempt, later: the next attempt's message, the error that caused it and the
-    /// least wait its handler asked for.
-    Retry(SubtaskMessage, String, Option<Duration>),
-}
-
-/// The time limit of an attempt at `subtask`: its timeout, or what is left before its task's
-/// deadline when that comes first (then `true`).
-fn time_limit(subtask: &SubtaskMessage) -> (Duration, bool) {
-    let time_limit = Duration::from_millis(subtask.timeout_ms);
-    if let Some(at) = subtask.deadline_at_ms {
-        let left = Duration::from_millis(at.saturating_sub(now_ms()));
-        if left < time_limit {
-            return (left, true);
-        }
-    }
-    (time_limit, false)
-}
-
-/// Waits for the spawned `handler` of `subtask` under its time limit — its timeout, or what is
-/// left before the task's deadline when that comes first — and says how the attempt ended
-/// (`spawned`: what the handler spawned, taken when it succeeds; `usage`: what its model calls
-/// used, taken however it ended).
-async fn await_handler(
-    mut handler: AbortOnDrop<Result<Vec<u8>, KindError>>,
-    subtask: &SubtaskMessage,
-    spawned: &kinds::Spawned,
-    usage: &UsageMeter,
-) -> Attempt {
-    let (time_limit, deadline_bound) = time_limit(subtask);
-    let attempt = match tokio::time::timeout(time_limit, &mut handler.0).await {
-        Ok(Ok(Ok(output))) => Attempt::Succeeded {
-            output,
-            spawned: kinds::spawned_entries(
-                spawned.take(),
-                &format!("{}.", subtask.subtask),
-                subtask.depth + 1,
-            ),
-            usage: Vec::new(),
-        },
-        Ok(Ok(Err(error))) => Attempt::from_error(&error),
-        Ok(Err(join)) => {
-            Attempt::failed(format!("handler panicked: {}", panic_message(join)), true)
-        }
-        Err(_) => {
-            handler.0.abort();
-            if deadline_bound {
-                Attempt::failed("stopped at the task's deadline", false)
-            } else {
-                Attempt::failed(format!("timed out after {} ms", subtask.timeout_ms), true)
-            }
-        }
-    };
-    attempt.with_usage(usage.take())
 }
 
 impl Worker {
@@ -375,21 +203,14 @@ impl Worker {
                 subtask: Some(subtask.subtask),
             });
         }
-        if !self.watch.is_live(&subtask.task, live_at(delivery)).await? {
-            tracing::debug!(task = %subtask.task, subtask = %subtask.subtask, "task is over; dropping its subtask");
-            return Ok(Disposition::Ack);
-        }
-        // Until its ack: the sweeper must not republish a subtask waiting here for a slot.
-        let _held = self.watch.hold(&subtask.task);
         let wanted = rollout::Wanted {
             kind: &subtask.kind,
             fingerprint: subtask.fingerprint.as_deref(),
             worker_type: &subtask.worker_type,
         };
-        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
-            self.defer(&subtask.worker_type, delivery).await?;
+        let Some(_held) = self.admit(delivery, &subtask.task, &wanted).await? else {
             return Ok(Disposition::Ack);
-        }
+        };
         match self
             .attempt(
                 &subtask,
@@ -414,6 +235,32 @@ impl Worker {
         Ok(Disposition::Ack)
     }
 
+    /// Whether the subtask (or batch) of `task` in `delivery` runs here: not when its task is
+    /// over (dropped) or when the roll-out places `wanted` on another worker (deferred: sent
+    /// back to its queue). Returns the hold on the task while it runs (until its ack: the
+    /// sweeper must not republish a subtask waiting here for a slot), `None` when the message
+    /// is only to be acked.
+    ///
+    /// # Errors
+    /// Redis or the broker failed (the message comes back).
+    async fn admit(
+        &self,
+        delivery: &Delivery,
+        task: &str,
+        wanted: &rollout::Wanted<'_>,
+    ) -> Result<Option<watch::Held>, ServiceError> {
+        if !self.watch.is_live(task, live_at(delivery)).await? {
+            tracing::debug!(%task, worker_type = wanted.worker_type, "task is over; dropping its subtasks");
+            return Ok(None);
+        }
+        let held = self.watch.hold(task);
+        if rollout::place(&self.directory, wanted, delivery).await? == Placement::Defer {
+            self.defer(wanted.worker_type, delivery).await?;
+            return Ok(None);
+        }
+        Ok(Some(held))
+    }
+
     /// Runs the subtasks of a batch side by side (each under a handler permit of its type),
     /// then publishes every retry and all the results together, and only then lets the batch
     /// be acked: a crash at any point before redoes the whole batch, and what was already
@@ -427,20 +274,14 @@ impl Worker {
                 subtask: None,
             });
         }
-        if !self.watch.is_live(&batch.task, live_at(delivery)).await? {
-            tracing::debug!(task = %batch.task, subtasks = batch.items.len(), "task is over; dropping its batch");
-            return Ok(Disposition::Ack);
-        }
-        let _held = self.watch.hold(&batch.task);
         let wanted = rollout::Wanted {
             kind: &batch.kind,
             fingerprint: batch.fingerprint.as_deref(),
             worker_type: &batch.worker_type,
         };
-        if rollout::place(&self.directory, &wanted, delivery).await? == Placement::Defer {
-            self.defer(&batch.worker_type, delivery).await?;
+        let Some(_held) = self.admit(delivery, &batch.task, &wanted).await? else {
             return Ok(Disposition::Ack);
-        }
+        };
         // A redelivered message's subtasks run alone, counted.
         let redelivered = consume::is_redelivery(delivery);
         let subtasks = batch.into_subtasks();
