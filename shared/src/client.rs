@@ -4,11 +4,7 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use lapin::{
-    options::QueueDeclareOptions,
-    types::{FieldTable, ShortString},
-    Connection, Consumer,
-};
+use lapin::{types::ShortString, Connection, Consumer};
 use serde::Serialize;
 
 use crate::{
@@ -405,32 +401,13 @@ impl Client {
         }))
     }
 
-    /// Ready messages and consumers of `queue`, or `None`s when it does not exist.
+    /// Ready messages and consumers of `queue`, or `None`s when it does not exist or cannot
+    /// be asked.
     async fn queue_info(&self, queue: &str) -> (Option<u32>, Option<u32>) {
-        // A passive declare of a missing queue closes its channel, so each gets its own.
-        let Ok(channel) = self.connection.create_channel().await else {
-            return (None, None);
-        };
-        let declared = channel
-            .queue_declare(
-                ShortString::from(queue),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        let info = match declared {
-            Ok(queue) => (Some(queue.message_count()), Some(queue.consumer_count())),
-            Err(_) => (None, None),
-        };
-        drop(
-            channel
-                .close(amqp::REPLY_SUCCESS, ShortString::from("bye"))
-                .await,
-        );
-        info
+        match amqp::queue_counts(&self.connection, queue).await {
+            Ok(Some(counts)) => (Some(counts.ready), Some(counts.consumers)),
+            _ => (None, None),
+        }
     }
 
     /// Asks for a task to be cancelled (a `cancel` message to `chorus.control` through

@@ -6,6 +6,7 @@
 //! - `mod.rs`: connections, the [`Publisher`], acks, headers, dead letters.
 //! - `reply.rs`: where a submitter wants its outcome, and the reply messages sent there.
 //! - `nodes.rs`: the nodes of a cluster, connecting to whichever answers ([`connect_any`]).
+//! - `queues.rs`: what a queue holds ([`queue_counts`]).
 
 use std::{
     collections::HashSet,
@@ -32,9 +33,11 @@ use crate::{
 };
 
 mod nodes;
+mod queues;
 mod reply;
 
 pub use nodes::{attempt_order, connect_any, redacted_nodes, NodeConnection};
+pub use queues::{queue_counts, QueueCounts};
 pub(crate) use reply::{encode_reply, publish_reply, reply_message};
 pub use reply::{is_chorus_queue, reply_rejected, reply_target};
 

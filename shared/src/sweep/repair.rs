@@ -10,11 +10,7 @@ use std::{
     time::Duration,
 };
 
-use lapin::{
-    options::QueueDeclareOptions,
-    types::{FieldTable, ShortString},
-    BasicProperties, Connection,
-};
+use lapin::{types::ShortString, BasicProperties, Connection};
 use redis::Script;
 
 use super::Stuck;
@@ -136,31 +132,9 @@ async fn dead_copies(
 /// # Errors
 /// The connection is gone.
 async fn ready_messages(connection: &Connection, queue: &str) -> Result<Option<u32>, BrokerError> {
-    // A passive declare of a missing queue closes its channel, so each gets its own.
-    let channel = connection.create_channel().await?;
-    let declared = channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await;
-    let count = match declared {
-        Ok(declared) => Some(declared.message_count()),
-        Err(_) if connection.status().connected() => None,
-        Err(error) => return Err(error.into()),
-    };
-    if count.is_some() {
-        drop(
-            channel
-                .close(amqp::REPLY_SUCCESS, ShortString::from("done"))
-                .await,
-        );
-    }
-    Ok(count)
+    Ok(amqp::queue_counts(connection, queue)
+        .await?
+        .map(|counts| counts.ready))
 }
 
 /// The subtasks waiting in the delay queues (retries, deferrals), by task and subtask, all
