@@ -7,8 +7,7 @@ use crate::WAIT;
 
 /// A loopback port free now (the system's pick), as `127.0.0.1:<port>` for `--http-listen`.
 pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", crate::servers::free_port())
 }
 
 /// `GET http://<address><path>`: its status and body, `None` when nothing answers.

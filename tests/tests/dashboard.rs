@@ -10,10 +10,11 @@
 use std::{
     future::Future,
     process::{Child, Command, Stdio},
+    sync::OnceLock,
     time::Duration,
 };
 
-use chorus_tests::{repo_dir, services, TestEnv};
+use chorus_tests::{repo_dir, servers::free_port, services, TestEnv};
 use fantoccini::{Client, ClientBuilder, Locator};
 use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
@@ -21,9 +22,12 @@ use lapin::{
 };
 use serde_json::{json, Value};
 
-/// The dashboard's and chromedriver's ports (this test's range: 9170-9179).
-const DASHBOARD_PORT: u16 = 9171;
-const DRIVER_PORT: u16 = 9172;
+/// The dashboard's and chromedriver's ports: free ones, picked once per run, so that two runs
+/// on one machine never meet.
+fn ports() -> (u16, u16) {
+    static PORTS: OnceLock<(u16, u16)> = OnceLock::new();
+    *PORTS.get_or_init(|| (free_port(), free_port()))
+}
 /// Longest wait for one browser command or one condition.
 const STEP: Duration = Duration::from_secs(20);
 
@@ -97,14 +101,14 @@ async fn browser(profile: &std::path::Path) -> Client {
         "a chromium session",
         ClientBuilder::new(connector)
             .capabilities(capabilities)
-            .connect(&format!("http://127.0.0.1:{DRIVER_PORT}")),
+            .connect(&format!("http://127.0.0.1:{}", ports().1)),
     )
     .await
     .unwrap()
 }
 
 async fn goto(browser: &Client, path: &str) {
-    let url = format!("http://127.0.0.1:{DASHBOARD_PORT}{path}");
+    let url = format!("http://127.0.0.1:{}{path}", ports().0);
     bounded(&format!("page {path}"), browser.goto(&url))
         .await
         .unwrap();
@@ -168,20 +172,20 @@ async fn dashboard_in_a_real_browser() {
     let profile = services().state_dir.join(format!("chromium-{}", env.vhost));
     let _driver = Killed(
         Command::new("chromedriver")
-            .arg(format!("--port={DRIVER_PORT}"))
+            .arg(format!("--port={}", ports().1))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver (deploy/browser.sh installs it)"),
     );
-    let listen = format!("127.0.0.1:{DASHBOARD_PORT}");
+    let listen = format!("127.0.0.1:{}", ports().0);
     env.spawn("chorus", &["dashboard", "--listen", &listen]);
     let home = format!("http://{listen}/tasks");
     until("the dashboard to serve", || async {
         http_ok(&home).await.then_some(())
     })
     .await;
-    let driver = format!("http://127.0.0.1:{DRIVER_PORT}/status");
+    let driver = format!("http://127.0.0.1:{}/status", ports().1);
     until("chromedriver", || async {
         http_ok(&driver).await.then_some(())
     })
@@ -422,8 +426,8 @@ async fn a_large_tasks_kept_graph_is_bounded() {
         .nodes
         .iter()
         .all(|n| n.state == graph::NodeState::Succeeded));
-    let listen = "127.0.0.1:9173";
-    env.spawn("chorus", &["dashboard", "--listen", listen]);
+    let listen = format!("127.0.0.1:{}", free_port());
+    env.spawn("chorus", &["dashboard", "--listen", &listen]);
     let url = format!("http://{listen}/tasks/dash-large");
     let page = until("the large task's page", || async {
         let response = reqwest::get(&url).await.ok()?;
