@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Manages ONE private Redis Cluster for Chorus's tests: 3 masters and 3 replicas (one replica
+# Manages a private Redis Cluster for Chorus's tests: 3 masters and 3 replicas (one replica
 # per master) on 127.0.0.1, ports BASE..BASE+5 (cluster bus ports +10000), state under
 # $CHORUS_STATE_DIR/redis-cluster. Every node runs with `appendonly yes` and
 # `appendfsync always`, so an acknowledged write is on the master's disk (what a failover can
@@ -60,7 +60,8 @@ log() { printf '[redis-cluster] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 TLS_ARGS=()
 [[ -n "$TLS_DIR" ]] && TLS_ARGS=(--tls --cacert "$TLS_DIR/ca.pem" --cert "$TLS_DIR/client.pem" --key "$TLS_DIR/client.key")
-cli() { local port="$1"; shift; redis-cli -h 127.0.0.1 -p "$port" "${TLS_ARGS[@]}" "$@"; }
+# ${a[@]+...}: an empty array is "unbound" to `set -u` in bash before 4.4.
+cli() { local port="$1"; shift; redis-cli -h 127.0.0.1 -p "$port" ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} "$@"; }
 
 node_pid() {
     local pid
@@ -145,7 +146,7 @@ start() {
     for port in "${PORTS[@]}"; do wait_for "node $port did not answer PING" 30 node_up "$port"; done
     local nodes=()
     for port in "${PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
-    redis-cli "${TLS_ARGS[@]}" --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log" 2>&1 ||
+    redis-cli ${TLS_ARGS[@]+"${TLS_ARGS[@]}"} --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DIR/create.log" 2>&1 ||
         die "redis-cli --cluster create failed (log: $DIR/create.log)"
     wait_for "cluster_state did not become ok" 30 all_ok
     log "cluster up: $(url)"
@@ -244,7 +245,7 @@ move_slot() {
 redirections() {
     local port
     for port in "${PORTS[@]}"; do
-        node_up "$port" && cli "$port" info errorstats | tr -d '\r'
+        if node_up "$port"; then cli "$port" info errorstats | tr -d '\r'; fi
     done | awk -F'[_:=,]' '/^errorstat_/ { n[$2] += $4 }
         END { printf "MOVED %d ASK %d TRYAGAIN %d CLUSTERDOWN %d\n", n["MOVED"], n["ASK"], n["TRYAGAIN"], n["CLUSTERDOWN"] }'
 }
@@ -282,5 +283,5 @@ acl-setuser) shift; user="${1:?acl-setuser USER RULES...}"; shift; every_node ac
 acl-deluser) every_node acl deluser "${2:?acl-deluser USER}" ;;
 kill) pid="$(node_pid "${2:?kill PORT}")"; [[ -n "$pid" ]] || die "no node on port $2"; kill -KILL "$pid" ;;
 flush) for port in $(masters); do cli "$port" flushall >/dev/null; done ;;
-*) sed -n '2,37p' "$0" >&2; exit 64 ;;
+*) sed -n '2,45p' "$0" >&2; exit 64 ;;
 esac

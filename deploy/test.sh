@@ -171,7 +171,7 @@ if [[ "${CHORUS_TEST_CLUSTER:-ci}" != off ]]; then
         "$CARGO" test -p chorus-tests --test faults_redis_cluster --test least_privilege_cluster -- \
         --ignored --test-threads=1 2>&1 | tee -a "$TEST_LOG"
     # The same cluster shape speaking TLS only, with mutual TLS on every node (the test PKI of
-    # services.sh), ten ports up; one test, then it is stopped.
+    # services.sh), ten ports up, for one test; stopped on exit with the other.
     TLS_CLUSTER_PORT=$((CLUSTER_PORT + 10))
     section "Redis Cluster over TLS on 127.0.0.1:$TLS_CLUSTER_PORT-$((TLS_CLUSTER_PORT + 5)): tasks over rediss+cluster://"
     TLS_CLUSTER_STARTED=1

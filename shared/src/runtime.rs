@@ -103,8 +103,9 @@ pub fn registry(
 
 /// Runs `service` until it returns, on a runtime of `threads` threads (`1`: everything on the
 /// calling thread, which saves the hand-offs between threads on every message; `0`: one per
-/// core; the service is spawned on the pool rather than run by the calling thread). `service`
-/// gets the token of [`shutdown::on_signal`]. A failure is logged as one line
+/// core; the service is spawned on the pool rather than run by the calling thread, hence the
+/// `Send + 'static` bound, which a custom binary's service future must meet). `service` gets
+/// the token of [`shutdown::on_signal`]. A failure is logged as one line
 /// and ends the process: with [`config::EXIT_UNAVAILABLE`] when a server refused the TLS
 /// handshake, [`config::EXIT_USAGE`] when a settings file cannot be used, else with status 1.
 pub fn run_service<Fut>(name: &str, threads: u16, service: impl FnOnce(CancellationToken) -> Fut)
@@ -141,6 +142,8 @@ where
         // message instead of one; tokio's docs on `Runtime::block_on`).
         match tokio::spawn(service).await {
             Ok(served) => served,
+            // A panic ends the process as it would on the calling thread (status 101).
+            Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
             Err(join) => Err(anyhow::anyhow!("{}", crate::kinds::panic_message(join))),
         }
     });

@@ -10,7 +10,7 @@ use crate::config::LogFormat;
 /// Redis Cluster client's from `error`, since it warns once per node on every failed connect
 /// and on every `MOVED` (a resharding), where Chorus logs one line of its own (e.g. a TLS
 /// refusal names every seed once).
-const DEFAULT_FILTER: &str = "info,lapin=warn,redis::cluster_handling=error";
+pub const DEFAULT_FILTER: &str = "info,lapin=warn,redis::cluster_handling=error";
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init(format: LogFormat) {

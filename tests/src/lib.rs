@@ -453,7 +453,7 @@ impl TestEnv {
     /// it.
     pub async fn redis(&self) -> redis_cluster::TestRedis {
         if let Some(first) =
-            redis_cluster::port().filter(|_| self.redis_url.contains("+cluster://"))
+            redis_cluster::port().filter(|_| self.redis_url.starts_with("redis+cluster://"))
         {
             return redis_cluster::TestRedis::Cluster(chorus_shared::store::Clustered::new(
                 redis_cluster::connect(first).await,

@@ -27,7 +27,11 @@ pub fn ports(first: u16) -> Vec<u16> {
 
 /// The cluster URL Chorus takes, every node a seed.
 pub fn url(first: u16) -> String {
-    url_with_scheme("redis+cluster", first)
+    let seeds: Vec<String> = ports(first)
+        .iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
+    format!("redis+cluster://{}", seeds.join(","))
 }
 
 /// The first port of the TLS-only test cluster (`deploy/redis-cluster.sh` with
@@ -40,17 +44,10 @@ pub fn tls_port() -> Option<u16> {
         .ok()
 }
 
-/// The URL of the TLS-only cluster of `first`, every node a seed (`rediss+cluster://`).
+/// The URL of the TLS-only cluster of `first` with its first node as the only seed
+/// (`rediss+cluster://`): the client learns the others from the slot map.
 pub fn tls_url(first: u16) -> String {
-    url_with_scheme("rediss+cluster", first)
-}
-
-fn url_with_scheme(scheme: &str, first: u16) -> String {
-    let seeds: Vec<String> = ports(first)
-        .iter()
-        .map(|port| format!("127.0.0.1:{port}"))
-        .collect();
-    format!("{scheme}://{}", seeds.join(","))
+    format!("rediss+cluster://127.0.0.1:{first}")
 }
 
 /// A `deploy/redis-cluster.sh` command aimed at the test cluster.

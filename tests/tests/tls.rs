@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chorus_shared::telemetry;
 use chorus_tests::{redis_cluster, services, TestEnv};
 
 /// The TLS files of one connection (`prefix`: `AMQP` or `REDIS`): `ca` and the test's client
@@ -316,19 +317,24 @@ async fn tasks_run_on_a_redis_cluster_over_mutual_tls() {
     );
     assert!(redirections() > before, "no MOVED was followed");
 
-    // A CA that did not sign the nodes: refused at the handshake, one line, exit 69.
-    env.vars = tls_vars("REDIS", "other-ca.pem");
-    let refused = env.spawn("chorus-worker", &[]);
-    let code = env.wait_exit(refused, Duration::from_secs(60));
-    let log = env.log_of(refused);
-    assert_eq!(code, Some(69), "{log}");
-    // One line for the operator, naming the cause, not one per node from the client library.
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("UnknownIssuer"))
-        .collect();
-    assert_eq!(lines.len(), 1, "{log}");
-    assert!(lines[0].contains("refused: TLS handshake failed"), "{log}");
+    // A CA that did not sign the nodes, then no client certificate: refused at the handshake,
+    // one line, exit 69 (under the services' default log filter, whatever this run's).
+    let ca_only = vec![tls_vars("REDIS", "ca.pem").remove(0)];
+    for (vars, cause) in [
+        (tls_vars("REDIS", "other-ca.pem"), "UnknownIssuer"),
+        (ca_only, "CertificateRequired"),
+    ] {
+        env.vars = vars;
+        let filter = [("RUST_LOG", telemetry::DEFAULT_FILTER)];
+        let refused = env.spawn_with("chorus-worker", &[], &filter);
+        let code = env.wait_exit(refused, Duration::from_secs(60));
+        let log = env.log_of(refused);
+        assert_eq!(code, Some(69), "{log}");
+        // One line for the operator, not one per node from the client library.
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(cause)).collect();
+        assert_eq!(lines.len(), 1, "{log}");
+        assert!(lines[0].contains("refused: TLS handshake failed"), "{log}");
+    }
     for index in 0..3 {
         let log = env.log_of(index);
         assert!(!log.contains(" ERROR "), "{log}");

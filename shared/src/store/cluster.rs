@@ -246,8 +246,8 @@ pub(crate) async fn connect(
 /// The error of a seed that refused the TLS handshake, if one did. redis-rs's cluster client
 /// reports a failed start as text only (`create_initial_connections` keeps the `to_string()`
 /// of the last node's error), so `tls::refusal` finds no TLS error under it: the seeds are
-/// asked again one at a time as single servers with the same TLS files, until one connects
-/// (the failure was something else) or refuses the handshake. Nothing is asked of a plain
+/// asked again as single servers with the same TLS files, all at once and within one
+/// `timeout`, and the first handshake error found is returned. Nothing is asked of a plain
 /// cluster.
 async fn refused_handshake(
     endpoint: &Endpoint,
@@ -257,18 +257,22 @@ async fn refused_handshake(
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
-    for seed in seeds.iter().filter(|seed| seed.starts_with("rediss://")) {
-        let client = endpoint.redis_client_at(seed).ok()?;
-        match client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(_) => return None,
-            Err(error) if crate::tls::refusal(&error).is_some() => return Some(error),
-            Err(_) => {}
-        }
-    }
-    None
+    let probes = seeds
+        .iter()
+        .filter(|seed| seed.starts_with("rediss://"))
+        .filter_map(|seed| endpoint.redis_client_at(seed).ok())
+        .map(|client| {
+            let config = config.clone();
+            async move {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .err()
+                    .filter(|error| crate::tls::refusal(error).is_some())
+            }
+        });
+    let found = tokio::time::timeout(timeout, futures::future::join_all(probes)).await;
+    found.ok()?.into_iter().flatten().next()
 }
 
 impl<S: ConnectionLike + Send> ConnectionLike for SingleOrCluster<S> {
