@@ -507,21 +507,23 @@ fn protocol_error(message: &str) -> ServiceError {
 }
 
 /// Publishes a `subtask.<status>` event on `chorus.events`. Events are for dashboards: one that
-/// cannot be published is logged, never retried.
+/// cannot be published is logged, never retried, and the work it describes does not wait for
+/// its confirm ([`Publisher::publish_unawaited`]).
 pub async fn announce(publisher: &Publisher, event: &SubtaskEvent) {
     let Ok(body) = protocol::encode(event) else {
         return;
     };
     let routing_key = format!("subtask.{}", event.status);
+    let message = Outgoing {
+        exchange: topology::EVENTS_EXCHANGE,
+        routing_key: &routing_key,
+        body: &body,
+        properties: lapin::BasicProperties::default()
+            .with_content_type(ShortString::from(protocol::MSGPACK)),
+        mandatory: false,
+    };
     let published = publisher
-        .publish(Outgoing {
-            exchange: topology::EVENTS_EXCHANGE,
-            routing_key: &routing_key,
-            body: &body,
-            properties: lapin::BasicProperties::default()
-                .with_content_type(ShortString::from(protocol::MSGPACK)),
-            mandatory: false,
-        })
+        .publish_unawaited(message, "a subtask event")
         .await;
     if let Err(error) = published {
         tracing::debug!(task = %event.task, %error, "cannot publish a subtask event");

@@ -231,6 +231,48 @@ impl Publisher {
             .map_err(|_| BrokerError::Timeout("publish confirm", self.timeout_ms()))?
     }
 
+    /// Publishes one message and returns once it is queued on the channel, leaving its confirm
+    /// to a task of its own (within the publish timeout; a failure is logged at debug level,
+    /// naming `what`). For announcements whose loss is harmless and which must not hold up the
+    /// work they describe (events): waiting for each confirm would add a broker round trip to
+    /// every step that announces itself. Messages published this way from one task keep their
+    /// order, since each is queued before this returns (AMQP 0-9-1: a channel delivers in
+    /// publish order).
+    ///
+    /// # Errors
+    /// The message could not be queued (a dead channel).
+    pub async fn publish_unawaited(
+        &self,
+        message: Outgoing<'_>,
+        what: &'static str,
+    ) -> Result<(), BrokerError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                ShortString::from(message.exchange),
+                ShortString::from(message.routing_key),
+                BasicPublishOptions {
+                    mandatory: message.mandatory,
+                    ..Default::default()
+                },
+                message.body,
+                message.properties,
+            )
+            .await?;
+        let timeout = self.timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, confirm).await {
+                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
+                Ok(Ok(confirmation)) => {
+                    tracing::debug!(?confirmation, what, "broker did not take a message");
+                }
+                Ok(Err(error)) => tracing::debug!(%error, what, "no confirm for a message"),
+                Err(_) => tracing::debug!(what, "no confirm for a message in time"),
+            }
+        });
+        Ok(())
+    }
+
     /// Publishes many messages with their confirms pipelined, and waits for all of them.
     ///
     /// # Errors
