@@ -256,9 +256,10 @@ async fn help_shows_no_password() {
 
 /// Tasks run on a Redis Cluster that speaks TLS only and demands a client certificate on every
 /// node (`deploy/redis-cluster.sh` with its TLS directory; `deploy/test.sh` starts it in its
-/// cluster step): the services reach the nodes named by the seeds and by the slot map over
-/// TLS, present their certificate to each, follow a `MOVED` to another node after a slot
-/// moves, and a service given a CA that did not sign the nodes is refused (exit 69).
+/// cluster step): the services reach the node named by their one seed and the others from the
+/// slot map over TLS, present their certificate to each, follow a `MOVED` to another node after
+/// a slot moves, and a service given a CA that did not sign the nodes, or no client
+/// certificate, is refused with one line (exit 69).
 #[tokio::test]
 #[ignore = "needs the TLS Redis Cluster: deploy/test.sh runs it in its cluster step"]
 async fn tasks_run_on_a_redis_cluster_over_mutual_tls() {
