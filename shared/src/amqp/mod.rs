@@ -21,7 +21,7 @@ use lapin::{
     tcp::{AMQPUriTcpExt, TLSConfig},
     types::{AMQPValue, LongString, ShortString},
     uri::{AMQPScheme, AMQPUri},
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, PublisherConfirm,
 };
 
 use crate::{
@@ -198,8 +198,8 @@ impl Publisher {
         u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)
     }
 
-    async fn send(&self, message: Outgoing<'_>) -> Result<(), BrokerError> {
-        let routing_key = message.routing_key.to_owned();
+    /// Queues `message` on the channel; the broker's confirm of it.
+    async fn queue(&self, message: Outgoing<'_>) -> Result<PublisherConfirm, BrokerError> {
         let confirm = self
             .channel
             .basic_publish(
@@ -213,11 +213,23 @@ impl Publisher {
                 message.properties,
             )
             .await?;
+        Ok(confirm)
+    }
+
+    /// What the broker's `confirm` of a message to `routing_key` means: taken, returned as
+    /// unroutable (a mandatory message), or refused.
+    async fn confirmed(confirm: PublisherConfirm, routing_key: &str) -> Result<(), BrokerError> {
         match confirm.await? {
             Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key)),
-            Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key)),
+            Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable(routing_key.to_owned())),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked(routing_key.to_owned())),
         }
+    }
+
+    async fn send(&self, message: Outgoing<'_>) -> Result<(), BrokerError> {
+        let routing_key = message.routing_key.to_owned();
+        let confirm = self.queue(message).await?;
+        Self::confirmed(confirm, &routing_key).await
     }
 
     /// Publishes one message and waits for the broker's confirm.
@@ -246,27 +258,13 @@ impl Publisher {
         message: Outgoing<'_>,
         what: &'static str,
     ) -> Result<(), BrokerError> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                ShortString::from(message.exchange),
-                ShortString::from(message.routing_key),
-                BasicPublishOptions {
-                    mandatory: message.mandatory,
-                    ..Default::default()
-                },
-                message.body,
-                message.properties,
-            )
-            .await?;
+        let routing_key = message.routing_key.to_owned();
+        let confirm = self.queue(message).await?;
         let timeout = self.timeout;
         tokio::spawn(async move {
-            match tokio::time::timeout(timeout, confirm).await {
-                Ok(Ok(Confirmation::Ack(None) | Confirmation::NotRequested)) => {}
-                Ok(Ok(confirmation)) => {
-                    tracing::debug!(?confirmation, what, "broker did not take a message");
-                }
-                Ok(Err(error)) => tracing::debug!(%error, what, "no confirm for a message"),
+            match tokio::time::timeout(timeout, Self::confirmed(confirm, &routing_key)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, what, "broker did not take a message"),
                 Err(_) => tracing::debug!(what, "no confirm for a message in time"),
             }
         });
