@@ -177,6 +177,9 @@ impl Connection {
     /// Useful in simple consumer programs where no other work keeps the
     /// process alive. Drops the connection handle then waits for the
     /// background IO loop thread to finish.
+    ///
+    /// Patched for Chorus (CHORUS-PATCH.md): the I/O loop is a task on the
+    /// runtime, not a thread, so this returns at once.
     pub fn run(self) -> Result<()> {
         let io_loop = self.io_loop.clone();
         drop(self);

@@ -251,7 +251,8 @@ impl<
                     }
                 }
                 turns += 1;
-                if turns % 16 == 0 {
+                if turns == 16 {
+                    turns = 0;
                     YieldNow(false).await;
                 }
             }
