@@ -393,6 +393,16 @@ impl TestEnv {
         self.proc_status(index, "Threads")
     }
 
+    /// Names of the threads of child `index` now (`/proc/<pid>/task/*/comm`).
+    pub fn thread_names(&self, index: usize) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.children[index].1.id());
+        std::fs::read_dir(tasks)
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim().to_owned())
+            .collect()
+    }
+
     /// The number of `field` in `/proc/<pid>/status` of child `index`.
     fn proc_status(&self, index: usize, field: &str) -> u64 {
         let status =

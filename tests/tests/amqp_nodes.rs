@@ -1,7 +1,8 @@
 //! Several AMQP URLs (a RabbitMQ cluster's nodes) against the test broker: a node that is down
 //! or does not answer is skipped within the connect timeout, and the services run on the next;
 //! and a consumer the broker cancels (`basic.cancel`, as when its queue goes away or moves)
-//! gets its session rebuilt.
+//! gets its session rebuilt. And the AMQP client's I/O runs on each service's own runtime, not
+//! on a thread of its own (the patched lapin of `vendor/lapin`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -139,4 +140,42 @@ async fn a_consumer_the_broker_cancels_is_started_again() {
         .await;
     assert_eq!(code, 0, "a task after the cancel: {out}");
     assert!(out.contains("4950"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_amqp_io_runs_on_each_services_own_runtime() {
+    let mut env = TestEnv::new("nodes-io").await;
+    let services = [
+        env.spawn("chorus-orchestrator", &[]),
+        env.spawn("chorus-worker", &[]),
+        env.spawn("chorus-synthesizer", &[]),
+    ];
+    let (code, out) = env
+        .cli(&[
+            "submit",
+            "--kind",
+            "range-sum",
+            "--input",
+            r#"{"start":0,"end":100,"parts":4}"#,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(code, 0, "chorus submit --wait: {out}");
+    assert!(out.contains("4950"), "{out}");
+    // Released lapin reads and writes each connection on a thread named `lapin-io-loop`
+    // (two per service: consume and publish), which cost every delivery two thread wake-ups;
+    // with the patch (vendor/lapin/CHORUS-PATCH.md) that loop is a task on the runtime.
+    for service in services {
+        let names = env.thread_names(service);
+        assert!(
+            names
+                .iter()
+                .any(|name| name.starts_with("tokio-rt-worker") || name.starts_with("chorus")),
+            "service {service}'s threads are not what this test expects: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|name| name == "lapin-io-loop"),
+            "service {service} runs lapin's I/O on threads of its own: {names:?}"
+        );
+    }
 }
