@@ -16,10 +16,7 @@ use std::{
 
 use futures::StreamExt;
 use lapin::{
-    options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
-        QueueDeclareOptions,
-    },
+    options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions},
     types::{FieldTable, ShortString},
     BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
 };
@@ -522,7 +519,7 @@ impl TestEnv {
             .await
             .unwrap();
         RawClient {
-            _connection: connection,
+            connection,
             channel,
         }
     }
@@ -539,7 +536,7 @@ impl Drop for TestEnv {
 
 /// A bare AMQP client: publishes and consumes, declares only its own queues.
 pub struct RawClient {
-    _connection: Connection,
+    connection: Connection,
     /// Confirm-mode channel.
     pub channel: Channel,
 }
@@ -577,23 +574,12 @@ impl RawClient {
         self.declared(queue).await.map(|(_, consumers)| consumers)
     }
 
-    /// The ready messages and consumers of `queue`, or `None` if it does not exist (a passive
-    /// declare on a channel of its own, since a failed one closes the channel).
+    /// The ready messages and consumers of `queue`, or `None` if it does not exist.
     async fn declared(&self, queue: &str) -> Option<(u32, u32)> {
-        let probe = self._connection.create_channel().await.unwrap();
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let found = probe
-            .queue_declare(ShortString::from(queue), passive, FieldTable::default())
+        chorus_shared::amqp::queue_counts(&self.connection, queue)
             .await
-            .ok()
-            .map(|declared| (declared.message_count(), declared.consumer_count()));
-        if found.is_some() {
-            drop(probe.close(200, ShortString::from("ok")).await);
-        }
-        found
+            .unwrap()
+            .map(|counts| (counts.ready, counts.consumers))
     }
 
     /// Declares an exclusive server-named queue and consumes it without acks.

@@ -16,6 +16,23 @@ fn refused_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
+/// Runs a 4-subtask `range-sum` task through the services with `chorus submit --wait` and
+/// checks its sum; `what` names the run in a failure.
+async fn sums_a_range(env: &TestEnv, what: &str) {
+    let (code, out) = env
+        .cli(&[
+            "submit",
+            "--kind",
+            "range-sum",
+            "--input",
+            r#"{"start":0,"end":100,"parts":4}"#,
+            "--wait",
+        ])
+        .await;
+    assert_eq!(code, 0, "{what}: {out}");
+    assert!(out.contains("4950"), "{out}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_that_never_answers_costs_one_connect_timeout() {
     let env = TestEnv::new("nodes-silent").await;
@@ -71,18 +88,7 @@ async fn services_given_a_dead_node_first_run_tasks_on_the_next() {
     let orchestrator = env.spawn("chorus-orchestrator", &[]);
     env.spawn("chorus-worker", &[]);
     env.spawn("chorus-synthesizer", &[]);
-    let (code, out) = env
-        .cli(&[
-            "submit",
-            "--kind",
-            "range-sum",
-            "--input",
-            r#"{"start":0,"end":100,"parts":4}"#,
-            "--wait",
-        ])
-        .await;
-    assert_eq!(code, 0, "chorus submit --wait over the node list: {out}");
-    assert!(out.contains("4950"), "{out}");
+    sums_a_range(&env, "chorus submit --wait over the node list").await;
     let log = env.log_of(orchestrator);
     assert!(
         log.contains("cannot connect to this RabbitMQ node; trying the next")
@@ -128,18 +134,7 @@ async fn a_consumer_the_broker_cancels_is_started_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     client.wait_for_consumers("chorus.results", 1).await;
-    let (code, out) = env
-        .cli(&[
-            "submit",
-            "--kind",
-            "range-sum",
-            "--input",
-            r#"{"start":0,"end":100,"parts":4}"#,
-            "--wait",
-        ])
-        .await;
-    assert_eq!(code, 0, "a task after the cancel: {out}");
-    assert!(out.contains("4950"), "{out}");
+    sums_a_range(&env, "a task after the cancel").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -150,18 +145,7 @@ async fn the_amqp_io_runs_on_each_services_own_runtime() {
         env.spawn("chorus-worker", &[]),
         env.spawn("chorus-synthesizer", &[]),
     ];
-    let (code, out) = env
-        .cli(&[
-            "submit",
-            "--kind",
-            "range-sum",
-            "--input",
-            r#"{"start":0,"end":100,"parts":4}"#,
-            "--wait",
-        ])
-        .await;
-    assert_eq!(code, 0, "chorus submit --wait: {out}");
-    assert!(out.contains("4950"), "{out}");
+    sums_a_range(&env, "chorus submit --wait").await;
     // Released lapin reads and writes each connection on a thread named `lapin-io-loop`
     // (two per service: consume and publish), which cost every delivery two thread wake-ups;
     // with the patch (vendor/lapin/CHORUS-PATCH.md) that loop is a task on the runtime.

@@ -18,8 +18,8 @@ use chorus_tests::{
 };
 use futures::StreamExt;
 use lapin::{
-    options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions},
-    types::{FieldTable, ShortString},
+    options::{BasicAckOptions, BasicGetOptions},
+    types::ShortString,
     BasicProperties,
 };
 use serde_json::{json, Value};
@@ -70,19 +70,7 @@ async fn submit(client: &RawClient, body: &[u8], reply_to: &str) {
 
 /// Ready messages in `queue` (which exists).
 async fn ready(client: &RawClient, queue: &str) -> u32 {
-    client
-        .channel
-        .queue_declare(
-            ShortString::from(queue),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
+    client.ready_in(queue).await.unwrap()
 }
 
 /// Waits (bounded) until `queue` holds at least `count` ready messages.
