@@ -186,21 +186,9 @@ async fn retries_skip_the_classic_delay_queues_an_earlier_version_left_behind() 
     assert_eq!(outcome["stats"]["retries"], 20);
     // Every retry expired from its bucket before its attempt ran, so copies routed to an
     // earlier version's buckets, if any, have reached the counting queue by now.
-    let routed = client
-        .channel
-        .queue_declare(
-            ShortString::from(routed_to_earlier_buckets),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let routed = client.ready_in(routed_to_earlier_buckets).await.unwrap();
     assert_eq!(
-        routed.message_count(),
-        0,
+        routed, 0,
         "retries were routed to an earlier version's delay queues too"
     );
 }
