@@ -1,6 +1,6 @@
 //! A service binary's start-up ([`prepare`]: its settings checked, logging) and the async
-//! runtime it runs on ([`run_service`]): one thread (the default of the orchestrator and the
-//! synthesizer, whose own work is waiting on the broker and Redis) or a pool of threads.
+//! runtime it runs on ([`run_service`]): one thread (the default of every service, whose own
+//! work is waiting on the broker, Redis and the handlers) or a pool of threads.
 
 use std::future::Future;
 

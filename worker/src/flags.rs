@@ -52,11 +52,13 @@ pub struct Config {
     #[arg(long, env = "CHORUS_PREFETCH", value_parser = clap::value_parser!(u16).range(1..))]
     pub prefetch: Option<u16>,
 
-    /// Threads running handlers and the worker's own work: 0 for one per core, 1 to run all of
-    /// it on one thread (the least overhead per message, for handlers that wait on I/O and never
-    /// block). Blocking or CPU-heavy handler code belongs on `tokio::task::spawn_blocking`
-    /// either way.
-    #[arg(long, env = "CHORUS_WORKER_THREADS", default_value_t = 0)]
+    /// Threads running handlers and the worker's own work (its AMQP I/O included): 1 (the
+    /// default) runs all of it on one thread, the least overhead per message, for handlers that
+    /// wait (on a model, a process, an HTTP server, a timer) and compute little; 0 for one per
+    /// core. Blocking or CPU-heavy handler code belongs on `tokio::task::spawn_blocking` either
+    /// way: on one thread it would hold up every other handler and the broker connection. The
+    /// worker scales by processes.
+    #[arg(long, env = "CHORUS_WORKER_THREADS", default_value_t = 1)]
     pub threads: u16,
 
     /// Worker types served, comma-separated, each optionally with its own concurrency:

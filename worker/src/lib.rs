@@ -195,6 +195,8 @@ impl Worker {
         if amqp::property_str(delivery.properties.kind()) == Some(protocol::SUBTASK_BATCH_TYPE) {
             return self.handle_batch(delivery).await;
         }
+        // Counted before anything waits, so that results of siblings ready now go out together.
+        let handling = self.results.handling();
         let subtask: SubtaskMessage = protocol::decode(&delivery.data)?;
         if let Err(error) = subtask.validate() {
             return Ok(Disposition::Reject {
@@ -221,7 +223,7 @@ impl Worker {
         {
             Settlement::Nothing => {}
             Settlement::Settled(result) => {
-                self.results.send(&result).await?;
+                self.results.send(&result, handling).await?;
                 failpoint::hit("worker.after-publish-result").await;
                 if let SubtaskOutcome::Failed(message) = &result.outcome {
                     self.dead_letter(&subtask, &delivery.data, &delivery.properties, message)
@@ -229,6 +231,7 @@ impl Worker {
                 }
             }
             Settlement::Retry(next, error, after) => {
+                drop(handling);
                 self.schedule_retry(&next, &error, after).await?;
             }
         }

@@ -55,9 +55,10 @@ pub trait Kind: Send + Sync + 'static {
     /// An input the kind cannot run: the task is `rejected` with this message.
     fn plan(&self, input: &Self::Input) -> Result<Plan<Self::Subtask>, KindError>;
 
-    /// Runs one subtask, as a task on the worker's async runtime, which also carries the
-    /// worker's AMQP I/O: long computation belongs in `tokio::task::spawn_blocking`, so the
-    /// runtime's threads stay free to move messages.
+    /// Runs one subtask, as a task on the worker's async runtime (one thread unless the worker
+    /// runs with `--threads 0`), which also carries the worker's AMQP I/O and its other
+    /// handlers: long computation and blocking calls belong in `tokio::task::spawn_blocking`, so
+    /// the runtime stays free to move messages.
     ///
     /// # Errors
     /// The attempt failed; retryable errors are retried until `max_attempts`.
