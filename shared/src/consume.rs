@@ -15,6 +15,10 @@ use lapin::{
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+mod acks;
+
+use acks::Acks;
+
 use crate::{
     amqp::{self, DeadLetter, Publisher},
     config::ConnectArgs,
@@ -414,16 +418,31 @@ where
         failure: Arc::new(Mutex::new(None)),
         watchdog: tokio::time::interval(SESSION_CHECK_INTERVAL),
     };
+    let closing = CancellationToken::new();
+    let (acks, acking) = Acks::start(config.prefetch, closing.clone(), {
+        let broken = intake.broken.clone();
+        let failure = Arc::clone(&intake.failure);
+        move |error| {
+            // Held only to record a failure: one that is being recorded says the same.
+            if let Ok(mut slot) = failure.try_lock() {
+                slot.get_or_insert(ServiceError::Broker(error));
+            }
+            broken.cancel();
+        }
+    });
+    let acks = Arc::new(acks);
     while let Some(permit) = intake.permit(&permits).await {
         let Some(delivery) = intake.delivery(&mut consumer).await else {
             break;
         };
+        acks.taken(delivery.delivery_tag);
         let job = Job {
             publisher: session.publisher.clone(),
             queue: config.queue.clone(),
             shutdown: shutdown.clone(),
             broken: intake.broken.clone(),
             failure: Arc::clone(&intake.failure),
+            acks: Arc::clone(&acks),
         };
         let handler = handler.clone();
         let abandon = abandon.clone();
@@ -436,6 +455,11 @@ where
         });
     }
     drain(&channel, consumer.tag(), &tracker, config).await;
+    abandon.cancel();
+    // The acks of the jobs that finished leave before the channel closes.
+    drop(acks);
+    closing.cancel();
+    drop(tokio::time::timeout(FAREWELL_TIMEOUT, acking).await);
     // Closed here, answered, before the session closes its connection: a channel left to its
     // drop asks for its close after the connection's, which lapin logs as a connection ERROR.
     drop(
@@ -569,6 +593,7 @@ struct Job {
     shutdown: CancellationToken,
     broken: CancellationToken,
     failure: Arc<Mutex<Option<ServiceError>>>,
+    acks: Arc<Acks>,
 }
 
 impl Job {
@@ -626,7 +651,7 @@ impl Job {
     }
 
     /// Settles the delivery; a failure to do so ends the session.
-    async fn conclude(&self, delivery: &Delivery, disposition: Disposition) {
+    async fn conclude(&self, delivery: &Arc<Delivery>, disposition: Disposition) {
         if let Err(error) = self.settle(delivery, disposition).await {
             self.fail(error).await;
         }
@@ -640,9 +665,11 @@ impl Job {
         self.broken.cancel();
     }
 
+    /// Dead-letters the delivery first when it is rejected, then hands it to the channel's
+    /// acks ([`Acks`]), which send it shortly with others.
     async fn settle(
         &self,
-        delivery: &Delivery,
+        delivery: &Arc<Delivery>,
         disposition: Disposition,
     ) -> Result<(), ServiceError> {
         if let Disposition::Reject {
@@ -674,7 +701,7 @@ impl Job {
             )
             .await?;
         }
-        amqp::ack(delivery).await?;
+        self.acks.settled(Arc::clone(delivery))?;
         Ok(())
     }
 }
