@@ -88,6 +88,8 @@ fn the_flags_default_to_the_fast_configuration() {
     let defaults = config(&[]);
     assert_eq!(defaults.concurrency, super::DEFAULT_CONCURRENCY);
     assert_eq!(defaults.prefetch, None);
+    // One runtime thread, like the other services: a pool only adds hand-offs.
+    assert_eq!(defaults.threads, 1);
     let (spec, pools) = super::consumers(&defaults);
     let queue = chorus_shared::topology::subtask_queue("default");
     assert_eq!(pools[&queue].available_permits(), 16);
