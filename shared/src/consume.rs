@@ -459,7 +459,13 @@ where
     // The acks of the jobs that finished leave before the channel closes.
     drop(acks);
     closing.cancel();
-    drop(tokio::time::timeout(FAREWELL_TIMEOUT, acking).await);
+    let mut acking = acking;
+    if tokio::time::timeout(FAREWELL_TIMEOUT, &mut acking)
+        .await
+        .is_err()
+    {
+        acking.abort();
+    }
     // Closed here, answered, before the session closes its connection: a channel left to its
     // drop asks for its close after the connection's, which lapin logs as a connection ERROR.
     drop(

@@ -108,22 +108,17 @@ impl Acks {
 /// be acked with `multiple` when the run has more than one, and the other ready tags, each
 /// acked alone. Takes every ready tag out of `unacked`.
 pub(super) fn plan(unacked: &mut BTreeSet<Tag>, ready: &BTreeSet<Tag>) -> (Option<Tag>, Vec<Tag>) {
-    let run: Vec<Tag> = unacked
+    let run: BTreeSet<Tag> = unacked
         .iter()
         .take_while(|tag| ready.contains(tag))
         .copied()
         .collect();
-    let (multiple, alone) = match run.as_slice() {
-        [_, .., last] => (
-            Some(*last),
-            ready
-                .iter()
-                .filter(|tag| !run.contains(tag))
-                .copied()
-                .collect(),
-        ),
-        _ => (None, ready.iter().copied().collect()),
-    };
+    let multiple = run.last().copied().filter(|_| run.len() > 1);
+    let alone = ready
+        .iter()
+        .filter(|tag| multiple.is_none() || !run.contains(tag))
+        .copied()
+        .collect();
     for tag in ready {
         unacked.remove(tag);
     }
