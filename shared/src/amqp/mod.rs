@@ -16,8 +16,7 @@ use std::{
 
 use futures::future::try_join_all;
 use lapin::{
-    message::Delivery,
-    options::{BasicAckOptions, BasicPublishOptions, ConfirmSelectOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     tcp::{AMQPUriTcpExt, TLSConfig},
     types::{AMQPValue, LongString, ShortString},
     uri::{AMQPScheme, AMQPUri},
@@ -285,19 +284,6 @@ impl Publisher {
             .await
             .map_err(|_| BrokerError::Timeout("publish confirms", self.timeout_ms()))?
             .map(|_| ())
-    }
-}
-
-/// Acks a delivery. lapin answers `false` when the channel is already gone, in which case the
-/// broker redelivers the message; that is reported as [`BrokerError::AckLost`], never as success.
-///
-/// # Errors
-/// The ack could not be sent.
-pub async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
-    if delivery.acker.ack(BasicAckOptions::default()).await? {
-        Ok(())
-    } else {
-        Err(BrokerError::AckLost)
     }
 }
 
